@@ -1,0 +1,273 @@
+"""Typed run configs: dataclasses with documented, range-checked fields; YAML file + dotted overrides.
+
+Every field is declared with `param(default, doc, lo=, hi=, choices=)`, so its documentation and its
+allowed values live beside it and one validator checks them all, naming the dotted key. Parsing and
+type coercion are OmegaConf's (`OmegaConf.structured` + `merge` + `from_dotlist`); this module only
+turns its exceptions into one-line messages and writes the resolved config into run directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .errors import ConfigError
+
+
+def param(default, doc: str, *, lo=None, hi=None, lo_open=False, hi_open=False, choices=None):
+    """A documented config field. `lo`/`hi` bound numbers (closed unless `*_open`), `choices` strings."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls, doc: str):
+    """A nested config section."""
+    return field(default_factory=cls, metadata={"doc": doc})
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class TaskConfig:
+    name: str = param("modchain", "built-in task name (see `retort tasks`) or a .jsonl/.parquet file")
+    verifier: str = param("numeric", "answer check for file tasks", choices=["exact", "numeric", "math"])
+    difficulty: Dict[str, Any] = param({}, "difficulty knobs of a built-in task, e.g. {steps_max: 6}")
+    test_fraction: float = param(0.1, "share of a file task's rows held out as the test split", lo=0.0, hi=1.0, hi_open=True)
+
+
+@dataclass
+class ModelConfig:
+    name: str = param(
+        "preset:teacher",
+        "preset:NAME (built-in tiny Llama), builtin:teacher (the cached trained teacher), "
+        "a local HF directory, a .gguf file, or a hub id",
+    )
+    gguf_file: Optional[str] = param(None, "GGUF file name inside `name` (a directory or hub id)")
+    dtype: str = param("float32", "weights dtype when loading", choices=["float32", "bfloat16", "float16", "auto"])
+    trust_remote_code: bool = param(False, "run model code from the checkpoint (off unless you trust it)")
+
+
+@dataclass
+class DataConfig:
+    source: str = param("solutions", "what the student learns from: the task's worked solutions, "
+                        "bare answers, or teacher traces", choices=["solutions", "answers", "traces"])
+    traces: Optional[str] = param(None, "trace directory when source=traces")
+    n_train: int = param(50000, "training examples drawn from the task's train split", lo=1)
+    max_len: int = param(256, "longest prompt+completion in tokens; longer examples are dropped", lo=8)
+
+
+@dataclass
+class OptimConfig:
+    steps: int = param(1000, "optimizer steps", lo=1)
+    batch_size: int = param(32, "micro-batch size per process", lo=1)
+    grad_accum: int = param(1, "micro-batches per optimizer step", lo=1)
+    lr: float = param(1e-3, "peak learning rate (AdamW)", lo=0.0, hi=1.0, lo_open=True)
+    min_lr_ratio: float = param(0.1, "final lr of the cosine decay, as a fraction of lr", lo=0.0, hi=1.0)
+    warmup_steps: int = param(50, "linear warmup steps", lo=0)
+    weight_decay: float = param(0.01, "AdamW weight decay", lo=0.0)
+    beta1: float = param(0.9, "AdamW beta1", lo=0.0, hi=1.0, hi_open=True)
+    beta2: float = param(0.99, "AdamW beta2", lo=0.0, hi=1.0, hi_open=True)
+    clip_grad: float = param(1.0, "max global grad norm (0 disables clipping)", lo=0.0)
+    precision: str = param("auto", "auto = bf16 on GPUs that support it, else fp32", choices=["auto", "fp32", "bf16"])
+    log_every: int = param(10, "steps between metrics lines", lo=1)
+    eval_every: int = param(0, "steps between evaluations (0: only at the end)", lo=0)
+    save_every: int = param(200, "steps between checkpoints (0: only at the end)", lo=0)
+    keep_checkpoints: int = param(2, "checkpoints kept on disk", lo=1)
+    log_with: str = param("none", "extra metrics sink", choices=["none", "tensorboard", "wandb"])
+    stop_at_accuracy: float = param(0.0, "stop once periodic eval reaches this accuracy (0: never)", lo=0.0, hi=1.0)
+
+
+@dataclass
+class EvalConfig:
+    split: str = param("test", "task split to evaluate", choices=["train", "test"])
+    n: int = param(200, "number of prompts", lo=1)
+    k: int = param(1, "samples per prompt for pass@k / maj@k (1: greedy only)", lo=1)
+    temperature: float = param(1.0, "sampling temperature for k > 1", lo=0.0, lo_open=True)
+    top_p: float = param(1.0, "nucleus sampling for k > 1", lo=0.0, hi=1.0, lo_open=True)
+    max_new_tokens: int = param(128, "completion length limit", lo=1)
+    batch_size: int = param(64, "prompts per generation batch", lo=1)
+    seed: int = param(1234, "seed for the test prompts and sampling")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass
+class TrainRun:
+    """`retort train`: one student, one method, one run directory."""
+
+    out: str = param("runs/train", "run directory (config, metrics, checkpoints)")
+    seed: int = param(0, "seed for model init, data order and sampling")
+    method: str = param("sft", "training method (see `retort methods`)")
+    method_args: Dict[str, Any] = param({}, "the method's own options (see `retort methods`)")
+    task: TaskConfig = section(TaskConfig, "the task")
+    student: ModelConfig = section(ModelConfig, "the model being trained")
+    teacher: ModelConfig = section(ModelConfig, "the teacher, for methods that need one")
+    data: DataConfig = section(DataConfig, "training data")
+    train: OptimConfig = section(OptimConfig, "optimisation and logging")
+    eval: EvalConfig = section(EvalConfig, "periodic and final evaluation")
+
+    def __post_init__(self):
+        if self.data.source == "traces" and not self.data.traces:
+            raise ConfigError("data.source=traces needs data.traces=DIR (a `retort traces` output)")
+
+
+@dataclass
+class EvalRun:
+    """`retort eval`: one or more models on one task."""
+
+    out: Optional[str] = param(None, "write results JSON here (default: print only)")
+    task: TaskConfig = section(TaskConfig, "the task")
+    model: ModelConfig = section(ModelConfig, "the model evaluated")
+    eval: EvalConfig = section(EvalConfig, "what and how to evaluate")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _valid_keys(cls, dotted_parent: str) -> list[str]:
+    for part in [p for p in dotted_parent.split(".") if p]:
+        hint = _field_types(cls).get(part)
+        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            return []
+        cls = hint
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _check_value(key: str, value, meta) -> None:
+    choices, lo, hi = meta.get("choices"), meta.get("lo"), meta.get("hi")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}={value!r} is not allowed; expected one of: {', '.join(map(str, choices))}")
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    bad_lo = lo is not None and (value <= lo if meta.get("lo_open") else value < lo)
+    bad_hi = hi is not None and (value >= hi if meta.get("hi_open") else value > hi)
+    if bad_lo or bad_hi:
+        left = "" if lo is None else f"{lo} {'<' if meta.get('lo_open') else '<='} "
+        right = "" if hi is None else f" {'<' if meta.get('hi_open') else '<='} {hi}"
+        raise ConfigError(f"{key}={value} is out of range; expected {left}{key.rsplit('.', 1)[-1]}{right}")
+
+
+def build(cls, data: dict, prefix: str = ""):
+    """Instantiate dataclass `cls` from a plain dict, checking every field's declared range."""
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f" under '{prefix.rstrip('.')}'" if prefix else ""
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; valid keys{where}: {', '.join(names) or '(none)'}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{prefix}{f.name}"
+        value = data[f.name]
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            value = build(hint, value or {}, key + ".")
+        else:
+            _check_value(key, value, f.metadata)
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}" if prefix and not str(e).startswith(prefix) else str(e)) from None
+
+
+def _read_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] = None, base: Optional[dict] = None):
+    """Resolve `cls` defaults <- `base` <- YAML file <- dotted `overrides` (`train.lr=1e-4`)."""
+    layers: list[tuple[str, Any]] = []
+    if base:
+        layers.append(("defaults", base))
+    if path:
+        layers.append((path, _read_yaml(path)))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
+        key, _, value = item.partition("=")
+        layers.append((f"override {item!r}", OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"]))))
+    merged = OmegaConf.structured(cls)
+    for source, data in layers:
+        try:
+            merged = OmegaConf.merge(merged, data)
+        except ConfigKeyError as e:
+            full = e.full_key or str(e.key)
+            parent = full.rsplit(".", 1)[0] if "." in full else ""
+            valid = _valid_keys(cls, parent)
+            where = f" under '{parent}'" if parent else ""
+            raise ConfigError(
+                f"{source}: unknown key '{full}'; valid keys{where}: {', '.join(valid)}"
+            ) from None
+        except ValidationError as e:
+            raise ConfigError(f"{source}: bad value for '{e.full_key}': {e.msg}") from None
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{source}: {getattr(e, 'msg', e)}") from None
+    return build(cls, OmegaConf.to_container(merged, resolve=True))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically: a crash leaves the old file or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc with range) for every field: what `retort config` prints."""
+    rows = []
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        key = prefix + f.name
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            rows.extend(describe(hint, key + "."))
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        doc = f.metadata.get("doc", "")
+        m = f.metadata
+        if m.get("choices"):
+            doc += f" [{' | '.join(m['choices'])}]"
+        elif m.get("lo") is not None or m.get("hi") is not None:
+            lo = "" if m.get("lo") is None else f"{m['lo']} {'<' if m.get('lo_open') else '<='} "
+            hi = "" if m.get("hi") is None else f" {'<' if m.get('hi_open') else '<='} {m['hi']}"
+            doc += f" [{lo}x{hi}]"
+        rows.append((key, repr(default), doc))
+    return rows

@@ -1,0 +1,1 @@
+"""Training data: tokenised examples, collators (labels -100 on prompt and padding), the trace format."""

@@ -1,0 +1,62 @@
+"""Tokenise (prompt, completion) pairs and collate them into right-padded training batches.
+
+Prompt tokens and padding get label -100, so a loss sums over completion tokens only. Batches are
+formed from length-sorted buckets so that padding is a small share of the compute.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode_prompt(tok, prompt: str) -> list[int]:
+    """Prompt ids with the tokenizer's own special tokens (BOS for retort's presets)."""
+    return tok(prompt, add_special_tokens=True)["input_ids"]
+
+
+def encode_example(tok, prompt: str, completion: str) -> Encoded:
+    p = encode_prompt(tok, prompt)
+    c = tok(completion, add_special_tokens=False)["input_ids"]
+    if tok.eos_token_id is not None:
+        c = c + [tok.eos_token_id]
+    return Encoded(p + c, [IGNORE] * len(p) + c)
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(x.input_ids) for x in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, x in enumerate(items):
+        n = len(x.input_ids)
+        ids[i, :n] = torch.tensor(x.input_ids)
+        labels[i, :n] = torch.tensor(x.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def bucketed_order(lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 50) -> list[list[int]]:
+    """Batches of indices: shuffle, sort within windows of `bucket_batches` batches by length,
+    cut into batches, shuffle the batches. Deterministic for a seed."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    batches = [b for b in batches if len(b) == batch_size] or batches
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,109 @@
+"""The method contract the training loop drives (DESIGN.md, "The method contract").
+
+A method is built from a `MethodContext` and its own config dataclass, and provides
+- `batches(plan)`: this process's micro-batches from optimizer step `plan.start_step` on;
+- `count(batch)`: how many tokens (or items) the batch's loss sums over, known before the forward
+  pass so the loop can normalise by the global count across accumulation steps and processes;
+- `loss(model, batch) -> LossOut`: the *summed* loss over those tokens, and metrics.
+Off-policy methods over a fixed list of encoded examples can subclass `OffPolicy`, which shards a
+deterministic, length-bucketed order so that resuming at a step and changing the number of
+processes (at the same global batch) both see exactly the same examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..data.collate import IGNORE, Encoded, bucketed_order, collate
+
+
+@dataclass
+class BatchPlan:
+    rank: int
+    world: int
+    accum: int
+    batch_size: int
+    start_step: int
+    seed: int
+
+
+@dataclass
+class LossOut:
+    loss: torch.Tensor  # summed over `count` tokens/items
+    count: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MethodContext:
+    """What a method may use: the run config, task, student tokenizer, and lazy teacher loading."""
+
+    run: Any
+    task: Any
+    tokenizer: Any
+    load_teacher: Any = None  # () -> (model, tokenizer)
+    device: Any = "cpu"
+
+
+class Method:
+    name = "method"
+    paper = ""
+    equation = ""
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, ctx: MethodContext, cfg):
+        self.ctx, self.cfg = ctx, cfg
+
+    def batches(self, plan: BatchPlan) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def count(self, batch: dict) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+    def loss(self, model, batch: dict) -> LossOut:
+        raise NotImplementedError
+
+
+def token_nll_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over label tokens (labels -100 are skipped)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, int((labels != IGNORE).sum())
+
+
+class OffPolicy(Method):
+    """Micro-batches from a fixed list of `Encoded` examples, sharded deterministically.
+
+    Micro-batch `a` of process `r` at optimizer step `s` is chunk `(s * accum + a) * world + r` of a
+    length-bucketed order that is reshuffled each epoch. One process with accum=2 and two processes
+    with accum=1 therefore train on the same examples at every step.
+    """
+
+    def examples(self) -> list[Encoded]:
+        raise NotImplementedError
+
+    def batches(self, plan: BatchPlan) -> Iterator[dict]:
+        data = self.examples()
+        if not data:
+            raise ValueError("no training examples")
+        lengths = [len(x.input_ids) for x in data]
+        epochs: dict[int, list[list[int]]] = {}
+        pad = self.ctx.tokenizer.pad_token_id
+        step = plan.start_step
+        while True:
+            for a in range(plan.accum):
+                chunk = (step * plan.accum + a) * plan.world + plan.rank
+                per_epoch = max(1, len(data) // plan.batch_size)
+                epoch, pos = divmod(chunk, per_epoch)
+                if epoch not in epochs:
+                    epochs = {epoch: bucketed_order(lengths, plan.batch_size, plan.seed + epoch)}
+                yield collate([data[i] for i in epochs[epoch][pos % len(epochs[epoch])]], pad)
+            step += 1

@@ -1,0 +1,140 @@
+"""Load a teacher or student: built-in preset, the cached built-in teacher, a local HF directory,
+a GGUF file, or a hub id. Plus the teacher/student vocabulary check.
+
+Model code from a checkpoint never runs unless `trust_remote_code=True` is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError, require
+from .presets import PRESETS, char_tokenizer, preset_config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def cache_dir() -> Path:
+    """Where retort keeps built-in teachers: $RETORT_CACHE, else ~/.cache/retort."""
+    return Path(os.environ.get("RETORT_CACHE") or Path.home() / ".cache" / "retort")
+
+
+def builtin_teacher_dir(task: str = "modchain") -> Path:
+    return cache_dir() / f"teacher-{task}"
+
+
+def _seeded_init(model, seed: int):
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model.init_weights() if hasattr(model, "init_weights") else model.apply(model._init_weights)
+    torch.random.set_rng_state(gen_state)
+    return model
+
+
+def load_model(cfg, *, seed: int = 0, max_len: int = 512):
+    """Return (model, tokenizer) for a `ModelConfig`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    name = cfg.name
+    if name.startswith("preset:"):
+        tok = char_tokenizer()
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(preset_config(name.split(":", 1)[1], len(tok), max_len))
+        return model.to(DTYPES[cfg.dtype] if cfg.dtype != "auto" else torch.float32), tok
+    if name.startswith("builtin:"):
+        which = name.split(":", 1)[1] or "teacher"
+        path = builtin_teacher_dir(which.removeprefix("teacher-") if which.startswith("teacher-") else "modchain")
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{name}: the built-in teacher is not trained yet ({path}); run `retort teacher` first")
+        name = str(path)
+    gguf_file = cfg.gguf_file
+    if name.endswith(".gguf"):
+        if not Path(name).is_file():
+            raise ModelError(f"model file not found: {name}")
+        name, gguf_file = str(Path(name).parent), Path(name).name
+    if gguf_file:
+        require("gguf", "gguf", "loading a GGUF model")
+    local = Path(name).exists()
+    if local and not Path(name).is_dir():
+        raise ModelError(f"{name}: expected a model directory (config.json + weights) or a .gguf file")
+    if local and not gguf_file and not (Path(name) / "config.json").is_file():
+        raise ModelError(f"{name}: no config.json here; not a Hugging Face model directory")
+    if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ModelError(f"model path not found: {name}")
+    kwargs = dict(trust_remote_code=cfg.trust_remote_code)
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if not local and not _in_hub_cache(name, kwargs):
+        _require_hub(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[cfg.dtype], **kwargs)
+    except (OSError, ValueError) as e:
+        where = "local directory" if local else "hub id (needs network access, or a local copy)"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"could not load model {name!r} as a {where}: {first}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _in_hub_cache(name: str, kwargs: dict) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True, **kwargs)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _require_hub(name: str) -> None:
+    """Fail in seconds, not after a minute of retries, when the hub cannot be reached."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ModelError(f"could not load model {name!r} as a hub id: HF_HUB_OFFLINE is set and it is not in the "
+                         "local cache; pass a local directory or .gguf file")
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        raise ModelError(f"could not load model {name!r} as a hub id: {host} is unreachable ({e}); "
+                         "download it where there is network and pass its local directory") from None
+
+
+def save_model(model, tok, path: str | os.PathLike) -> None:
+    """Weights as safetensors via save_pretrained, plus the tokenizer: reloadable with plain HF."""
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+
+
+@dataclass(frozen=True)
+class VocabMap:
+    """Teacher and student share token ids 0..size-1; logits are compared on those columns only
+    (checkpoints pad their embedding matrices differently, e.g. 151936 vs 152064)."""
+
+    size: int
+
+
+def check_vocab(student_tok, teacher_tok, student_model=None, teacher_model=None) -> VocabMap:
+    s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if s != t:
+        only_s = sorted(set(s.items()) - set(t.items()), key=lambda kv: kv[1])[:3]
+        only_t = sorted(set(t.items()) - set(s.items()), key=lambda kv: kv[1])[:3]
+        raise ModelError(
+            f"teacher and student tokenizers differ ({len(t)} vs {len(s)} tokens; e.g. student has "
+            f"{only_s}, teacher has {only_t}); token-level methods need the same vocabulary "
+            "(sequence-level methods such as sft on traces do not)"
+        )
+    size = len(s)
+    for role, m in (("student", student_model), ("teacher", teacher_model)):
+        if m is not None and m.get_output_embeddings().weight.shape[0] < size:
+            rows = m.get_output_embeddings().weight.shape[0]
+            raise ModelError(f"{role} output layer has {rows} rows but the tokenizer has {size} tokens")
+    return VocabMap(size)

@@ -1,0 +1,69 @@
+"""Batched generation with KV cache and left padding (the transformers engine).
+
+`generate` returns, for each prompt, `num_samples` completions (text, token ids, finish reason).
+Greedy when temperature is 0, else sampling with temperature and top-p, seeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.collate import encode_prompt
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS) or "length"
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+             top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
+             progress=None) -> list[list[Completion]]:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos_ids = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tok.eos_token_id
+    eos_set = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
+    encoded = [encode_prompt(tok, p) for p in prompts]
+    # Sort by length so each batch pads little; results go back in input order.
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: list[list[Completion]] = [[] for _ in prompts]
+    sampling = temperature > 0
+    gen = torch.Generator().manual_seed(seed)
+    per_batch = max(1, batch_size // num_samples) if sampling else batch_size
+    for start in range(0, len(order), per_batch):
+        idx = order[start:start + per_batch]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]):] = 1
+        reps = num_samples if sampling else 1
+        ids, mask = ids.repeat_interleave(reps, 0).to(device), mask.repeat_interleave(reps, 0).to(device)
+        kwargs = dict(do_sample=sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                      eos_token_id=list(eos_set), use_cache=True)
+        if sampling:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, width:].tolist()
+        for row, seq in enumerate(out):
+            cut = next((j for j, t in enumerate(seq) if t in eos_set), None)
+            tokens = seq if cut is None else seq[:cut]
+            comp = Completion(tok.decode(tokens, skip_special_tokens=True), tokens,
+                              "length" if cut is None else "stop")
+            results[idx[row // reps]].append(comp)
+        if progress is not None:
+            progress(len(idx))
+    if not sampling and num_samples > 1:
+        results = [r * num_samples for r in results]
+    model.train(was_training)
+    return results

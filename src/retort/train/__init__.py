@@ -1,0 +1,5 @@
+"""The training loop and its checkpoints."""
+
+from .loop import NonFiniteLoss, train
+
+__all__ = ["NonFiniteLoss", "train"]

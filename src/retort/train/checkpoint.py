@@ -1,0 +1,92 @@
+"""Checkpoints: everything needed to continue a run exactly.
+
+`ckpt/step-NNNNNNN/` holds `model/` (save_pretrained, safetensors, plus tokenizer), `optimizer.pt`
+and `scheduler.pt` (state dicts, read back with weights_only=True), `rng-RANK.json` (Python, NumPy
+and torch generator states of each process) and `state.json` (step, tokens seen). A checkpoint is
+written under `step-N.tmp` and renamed when whole, so a crash never leaves a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PREFIX = "step-"
+
+
+def rng_state() -> dict:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.random.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    torch.random.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "ckpt"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith(PREFIX) and not p.name.endswith(".tmp")
+            and (p / "state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, optimizer, scheduler,
+                    state: dict, keep: int) -> Path:
+    root = Path(run_dir) / "ckpt"
+    final = root / f"{PREFIX}{step:07d}"
+    tmp = root / f"{PREFIX}{step:07d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    # Each process keeps its own RNG streams; the rest is identical across processes.
+    (tmp / f"rng-{accelerator.process_index}.json").write_text(json.dumps(rng_state()))
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+        os.replace(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_training_state(ckpt: Path, *, rank: int, optimizer, scheduler) -> dict:
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng_file = ckpt / f"rng-{rank}.json"
+    if rng_file.is_file():
+        set_rng_state(json.loads(rng_file.read_text()))
+    return json.loads((ckpt / "state.json").read_text())

@@ -1,0 +1,261 @@
+"""The one training loop: accelerate, global token normalisation, warmup+cosine, clipping,
+checkpoints and exact resume, NaN stop, metrics, progress. Methods plug in through
+`retort.methods.base.Method`; nothing here knows what a method computes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..config import build, save_config, to_dict
+from ..errors import ConfigError, RetortError, require
+from ..methods import METHODS, BatchPlan, MethodContext
+from ..models import load_model, save_model
+from ..tasks import get_task
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .schedule import warmup_cosine
+
+
+class NonFiniteLoss(RetortError):
+    pass
+
+
+def method_config(run):
+    if run.method not in METHODS:
+        raise ConfigError(f"method={run.method!r}: unknown; methods: {', '.join(METHODS)}")
+    return build(METHODS[run.method].Config, dict(run.method_args), "method_args.")
+
+
+def _precision(choice: str) -> str:
+    if choice == "fp32":
+        return "no"
+    if choice == "bf16":
+        return "bf16"
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per line; on resume lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: Optional[int], enabled: bool):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        kept = []
+        if resume_step is not None and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if row.get("step", 0) <= resume_step:
+                    kept.append(line)
+        path.write_text("".join(k + "\n" for k in kept))
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def _prepare_run_dir(run_dir: Path, run, resume: bool) -> Optional[Path]:
+    """Refuse to mix runs; return the checkpoint to resume from (or None)."""
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        return None
+    if not resume:
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another out=")
+    import yaml
+
+    old = yaml.safe_load(cfg_file.read_text())
+    new = json.loads(json.dumps(to_dict(run)))
+    diff = sorted(_diff_keys(old, new))
+    if diff:
+        raise ConfigError(f"--resume: config differs from the run in {run_dir} at {', '.join(diff)}")
+    return latest_checkpoint(run_dir)
+
+
+def _diff_keys(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+def _progress(total: int, start: int, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), disable=not enabled)
+    return prog, prog.add_task("train", total=total, completed=start, info="")
+
+
+def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, console=None) -> dict:
+    """Train `run.student` with `run.method`; returns a summary dict (also in summary.json).
+
+    `evaluate(model, tokenizer, task) -> dict` is called on the main process every
+    `train.eval_every` steps and at the end; other processes wait.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    opt_cfg = run.train
+    mcfg = method_config(run)
+    run_dir = Path(run.out)
+    if opt_cfg.log_with == "wandb":
+        require("wandb", "wandb", "train.log_with=wandb")
+    ckpt = _prepare_run_dir(run_dir, run, resume)
+    accelerator = Accelerator(
+        mixed_precision=_precision(opt_cfg.precision), cpu=not torch.cuda.is_available(),
+        log_with=None if opt_cfg.log_with == "none" else opt_cfg.log_with, project_dir=str(run_dir),
+    )
+    main = accelerator.is_main_process
+    accelerator.wait_for_everyone()  # every process has checked the run dir before anyone writes to it
+    set_seed(run.seed)
+    task = get_task(run.task)
+    if ckpt is not None:
+        from ..config import ModelConfig
+
+        model, tok = load_model(ModelConfig(name=str(ckpt / "model"), dtype=run.student.dtype))
+    else:
+        model, tok = load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
+
+    def load_teacher():
+        return load_model(run.teacher, seed=run.seed)
+
+    ctx = MethodContext(run=run, task=task, tokenizer=tok, load_teacher=load_teacher, device=accelerator.device)
+    method = METHODS[run.method](ctx, mcfg)
+
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opt_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=opt_cfg.lr, betas=(opt_cfg.beta1, opt_cfg.beta2),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
+        s, total=opt_cfg.steps, warmup=opt_cfg.warmup_steps, min_ratio=opt_cfg.min_lr_ratio))
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    start_step, tokens_seen = 0, 0
+    if ckpt is not None:
+        state = load_training_state(ckpt, rank=accelerator.process_index, optimizer=optimizer, scheduler=scheduler)
+        start_step, tokens_seen = state["step"], state.get("tokens", 0)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    log = MetricsLog(run_dir / "metrics.jsonl", start_step if ckpt is not None else None, main)
+    if accelerator.log_with:
+        accelerator.init_trackers("retort", config=json.loads(json.dumps(asdict(run), default=str)))
+
+    plan = BatchPlan(accelerator.process_index, accelerator.num_processes, opt_cfg.grad_accum,
+                     opt_cfg.batch_size, start_step, run.seed)
+    batches = method.batches(plan)
+    world = accelerator.num_processes
+    device = accelerator.device
+    interactive = main and (console.is_terminal if console is not None else False)
+    progress, bar = _progress(opt_cfg.steps, start_step, interactive)
+    last_eval: dict = {}
+    t0 = time.time()
+    step = start_step
+    stopped_early = False
+
+    def checkpoint(step_now):
+        save_checkpoint(run_dir, step_now, accelerator=accelerator, model=model, tokenizer=tok, optimizer=optimizer,
+                        scheduler=scheduler, state={"tokens": tokens_seen}, keep=opt_cfg.keep_checkpoints)
+
+    def run_eval(step_now):
+        nonlocal last_eval
+        if evaluate is None:
+            return {}
+        if main:
+            last_eval = evaluate(accelerator.unwrap_model(model), tok, task)
+            log.write({"step": step_now, **{f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))}})
+        accelerator.wait_for_everyone()
+        flag = torch.tensor([last_eval.get("accuracy", 0.0) if main else 0.0], device=device)
+        return {"accuracy": float(accelerator.reduce(flag, "sum"))}
+
+    model.train()
+    with progress:
+        while step < opt_cfg.steps:
+            micro = [next(batches) for _ in range(opt_cfg.grad_accum)]
+            micro = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
+            local_count = sum(method.count(b) for b in micro)
+            counts = accelerator.reduce(torch.tensor([float(local_count)], device=device), "sum")
+            # Every micro-batch's summed loss is divided by the *global* count; DDP averages
+            # gradients over processes, so multiply by world to get the global-mean gradient.
+            denom = max(float(counts.item()), 1.0)
+            loss_sum = torch.zeros((), device=device)
+            metric_sums: dict[str, float] = {}
+            for i, b in enumerate(micro):
+                sync = i == len(micro) - 1
+                ctx_mgr = accelerator.no_sync(model) if not sync and world > 1 else _null()
+                with ctx_mgr, accelerator.autocast():
+                    out = method.loss(model, b)
+                    accelerator.backward(out.loss * (world / denom))
+                loss_sum += out.loss.detach().float()
+                for k, v in out.metrics.items():
+                    metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+            global_loss = float(accelerator.reduce(loss_sum, "sum")) / denom
+            if not math.isfinite(global_loss):
+                last = latest_checkpoint(run_dir)
+                raise NonFiniteLoss(
+                    f"step {step + 1}: loss is {global_loss}; stopping. Last good checkpoint: "
+                    f"{last if last else 'none (no checkpoint was saved yet)'}. Try a lower train.lr or train.clip_grad"
+                )
+            grad_norm = (accelerator.clip_grad_norm_(model.parameters(), opt_cfg.clip_grad)
+                         if opt_cfg.clip_grad > 0 else torch.tensor(float("nan")))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += int(counts.item())
+            if step % opt_cfg.log_every == 0 or step == opt_cfg.steps:
+                row = {"step": step, "loss": global_loss, "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "tokens": tokens_seen, "time": round(time.time() - t0, 3),
+                       **{k: v / len(micro) for k, v in metric_sums.items()}}
+                log.write(row)
+                if accelerator.log_with:
+                    accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+                if main and not interactive and console is not None:
+                    console.print(f"step {step}/{opt_cfg.steps} loss {global_loss:.4f} lr {row['lr']:.2e}")
+            progress.update(bar, completed=step, info=f"loss {global_loss:.4f}")
+            if opt_cfg.eval_every and step % opt_cfg.eval_every == 0 and step < opt_cfg.steps:
+                acc = run_eval(step)["accuracy"]
+                if main and console is not None:
+                    console.print(f"step {step}: eval accuracy {acc:.3f}")
+                if opt_cfg.stop_at_accuracy and acc >= opt_cfg.stop_at_accuracy:
+                    stopped_early = True
+                    checkpoint(step)
+                    break
+            if opt_cfg.save_every and step % opt_cfg.save_every == 0 and step < opt_cfg.steps:
+                checkpoint(step)
+    if not stopped_early:
+        checkpoint(step)
+    if evaluate is not None:
+        run_eval(step)
+    summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(time.time() - t0, 2),
+               "stopped_early": stopped_early, "eval": last_eval, "main_process": main}
+    if main:
+        save_model(accelerator.unwrap_model(model), tok, run_dir / "model")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if accelerator.log_with:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    return summary
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own retort cache, so nothing leaks between tests or from the user."""
+    monkeypatch.setenv("RETORT_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_overrides(out, steps=6, **extra):
+    """Overrides for a seconds-long training run of the nano preset."""
+    args = {
+        "out": str(out), "student.name": "preset:nano", "train.steps": steps, "train.batch_size": 4,
+        "train.warmup_steps": 2, "train.log_every": 1, "train.save_every": 0, "data.n_train": 64,
+        "eval.n": 8, "eval.max_new_tokens": 12, "eval.batch_size": 8,
+    }
+    args.update(extra)
+    return [f"{k}={v}" for k, v in args.items()]

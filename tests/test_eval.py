@@ -1,0 +1,57 @@
+import itertools
+from math import comb
+
+import pytest
+import torch
+
+from retort.config import EvalConfig, ModelConfig
+from retort.eval import evaluate, majority, pass_at_k
+from retort.models import load_model
+from retort.rollout import generate
+from retort.tasks import TASKS
+
+def brute_pass_at_k(n, c, k):
+    outcomes = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
+
+@pytest.mark.parametrize("n,c,k", [(5, 0, 1), (5, 2, 1), (5, 2, 3), (6, 1, 6), (7, 4, 2), (8, 8, 3)])
+def test_pass_at_k_is_unbiased(n, c, k):
+    assert pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k))
+    assert pass_at_k(n, c, 1) == pytest.approx(c / n)
+
+def test_pass_at_k_rejects_bad_input():
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)
+
+def test_majority():
+    assert majority(["1", "2", "2", None]) == "2"
+    assert majority(["3", "1", "1", "3"]) == "3"  # tie -> first seen
+    assert majority([None, None]) is None
+
+def test_left_padded_batches_generate_like_single_prompts():
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8)
+    prompts = ["Q:1\n", "Q:2+3*4-5+6\n", "Q:a=1,b=a+2;b?\n", "Q:7*7\n"]
+    batched = generate(model, tok, prompts, max_new_tokens=10, batch_size=4)
+    single = [generate(model, tok, [p], max_new_tokens=10, batch_size=1)[0] for p in prompts]
+    assert [b[0].token_ids for b in batched] == [s[0].token_ids for s in single]
+
+def test_sampling_is_seeded_and_returns_k_samples():
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
+    a = generate(model, tok, ["Q:1\n", "Q:2\n"], max_new_tokens=8, temperature=1.0, num_samples=3, seed=5)
+    b = generate(model, tok, ["Q:1\n", "Q:2\n"], max_new_tokens=8, temperature=1.0, num_samples=3, seed=5)
+    assert [len(x) for x in a] == [3, 3]
+    assert [[c.token_ids for c in x] for x in a] == [[c.token_ids for c in x] for x in b]
+
+def test_evaluate_reports_all_metrics():
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=0)
+    res = evaluate(model, tok, TASKS["modchain"](), EvalConfig(n=6, k=3, max_new_tokens=8, batch_size=6))
+    for key in ("accuracy", "pass@3", "maj@3", "pass@1_sampled", "mean_tokens", "by_difficulty", "samples"):
+        assert key in res
+    assert 0 <= res["accuracy"] <= 1 and res["n"] == 6
+    assert res["pass@3"] >= res["pass@1_sampled"]

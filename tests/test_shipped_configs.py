@@ -1,0 +1,21 @@
+"""Every YAML in configs/ loads against its schema (and names a command in its header)."""
+
+from pathlib import Path
+
+import pytest
+
+from retort.config import EvalRun, TrainRun, load_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads(path):
+    header = path.read_text().splitlines()[0]
+    assert header.startswith("# retort "), f"{path.name} must start with the command that runs it"
+    cls = EvalRun if " eval " in header else TrainRun
+    load_config(cls, str(path))
