@@ -33,6 +33,16 @@ def encode_example(tok, prompt: str, completion: str) -> Encoded:
     return Encoded(p + c, [IGNORE] * len(p) + c)
 
 
+def encode_examples(tok, prompts: list[str], completions: list[str]) -> list[Encoded]:
+    """`encode_example` for many pairs, tokenised in two batched calls (much faster for large sets)."""
+    if not prompts:
+        return []
+    ps = tok(prompts, add_special_tokens=True)["input_ids"]
+    cs = tok(completions, add_special_tokens=False)["input_ids"]
+    eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+    return [Encoded(p + c + eos, [IGNORE] * len(p) + c + eos) for p, c in zip(ps, cs)]
+
+
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(x.input_ids) for x in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)

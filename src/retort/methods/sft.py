@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.collate import encode_example
+from ..data.collate import encode_examples
 from .base import LossOut, OffPolicy, token_nll_sum
 
 
@@ -25,17 +25,12 @@ class SFT(OffPolicy):
     def examples(self):
         run, tok = self.ctx.run, self.ctx.tokenizer
         rows = self.ctx.task.examples("train", run.data.n_train, run.seed)
-        out = []
-        for ex in rows:
-            if run.data.source == "answers":
-                completion = ex.answer_completion
-            else:
-                if ex.solution is None:
-                    continue
-                completion = ex.solution
-            enc = encode_example(tok, ex.prompt, completion)
-            if len(enc.input_ids) <= run.data.max_len:
-                out.append(enc)
+        if run.data.source == "answers":
+            pairs = [(ex.prompt, ex.answer_completion) for ex in rows]
+        else:
+            pairs = [(ex.prompt, ex.solution) for ex in rows if ex.solution is not None]
+        encoded = encode_examples(tok, [p for p, _ in pairs], [c for _, c in pairs])
+        out = [enc for enc in encoded if len(enc.input_ids) <= run.data.max_len]
         if not out:
             from ..errors import DataError
 
