@@ -55,3 +55,10 @@ def test_evaluate_reports_all_metrics():
         assert key in res
     assert 0 <= res["accuracy"] <= 1 and res["n"] == 6
     assert res["pass@3"] >= res["pass@1_sampled"]
+
+
+def test_sampling_leaves_the_global_rng_alone():
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
+    before = torch.random.get_rng_state()
+    generate(model, tok, ["Q:1\n"], max_new_tokens=4, temperature=1.0, num_samples=2, seed=3)
+    assert torch.equal(before, torch.random.get_rng_state())

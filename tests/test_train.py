@@ -59,7 +59,8 @@ def test_loss_is_normalised_by_tokens_across_accumulation(tmp_path):
     model, tok = load_model(run.student, seed=run.seed)
     method = SFT(MethodContext(run=run, task=get_task(run.task), tokenizer=tok), SFT.Config())
     it = method.batches(BatchPlan(0, 1, 2, 3, 0, run.seed))
-    sums = [token_nll_sum(model, next(it)) for _ in range(2)]
+    with torch.no_grad():
+        sums = [token_nll_sum(model, next(it)) for _ in range(2)]
     assert sums[0][1] != sums[1][1]  # different token counts, so the two averages differ
     expected = float(sum(s for s, _ in sums)) / sum(n for _, n in sums)
     train(run)
@@ -108,6 +109,8 @@ def test_run_dir_is_not_mixed_between_runs(tmp_path):
         train(load_config(TrainRun, None, args))
     with pytest.raises(ConfigError, match="config differs .* at train.lr"):
         train(load_config(TrainRun, None, args + ["train.lr=0.5"]), resume=True)
+    again = train(load_config(TrainRun, None, args), resume=True)  # a finished run resumes to the same end
+    assert again["steps"] == 2
 
 
 def test_unknown_method_args_are_rejected(tmp_path):
@@ -168,3 +171,10 @@ def test_two_processes_match_one_process_loss_curve(tmp_path):
     wa = load_file(tmp_path / "one" / "model" / "model.safetensors")
     wb = load_file(tmp_path / "two" / "model" / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_tensorboard_tracker_writes_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", steps=3) + ["train.log_with=tensorboard"])
+    train(run)
+    assert list((tmp_path / "r").rglob("events.out.tfevents.*"))

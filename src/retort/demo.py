@@ -13,8 +13,9 @@ from pathlib import Path
 from .config import EvalConfig, TrainRun, load_config
 
 STUDENT = {"student": {"name": "preset:student"},
-           "train": {"steps": 600, "batch_size": 32, "lr": 3e-3, "warmup_steps": 30, "save_every": 0,
-                     "log_every": 50},
+           "data": {"n_train": 64000},
+           "train": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "save_every": 500,
+                     "log_every": 100},
            "eval": {"n": 300, "max_new_tokens": 96}}
 
 # label -> overrides of STUDENT; the student of the small preset, trained from scratch.
@@ -27,21 +28,19 @@ EVAL = EvalConfig(n=300, seed=7, max_new_tokens=96, batch_size=150)
 
 
 def run_demo(out: str = "runs/demo", console=None) -> dict:
-    from dataclasses import replace
-
+    from .config import ModelConfig, TaskConfig
     from .eval import evaluate, results_table
     from .models import load_model
-    from .config import ModelConfig
     from .tasks import get_task
     from .teacher import ensure_teacher
     from .train import train
 
     root = Path(out)
     teacher_dir = ensure_teacher(console=console)
+    task = get_task(TaskConfig())
     rows = []
-    task = None
-    model, tok = load_model(ModelConfig(name=str(teacher_dir)))
     for label, overrides in [("teacher (built-in)", None), *DEMO_RUNS.items()]:
+        path = teacher_dir
         if overrides is not None:
             slug = label.split(": ", 1)[-1].replace(" ", "_")
             run = load_config(TrainRun, None, [*overrides, f"out={root / slug}"], base=STUDENT)
@@ -50,8 +49,8 @@ def run_demo(out: str = "runs/demo", console=None) -> dict:
                 if console is not None:
                     console.print(f"demo: training {label}")
                 train(run, resume=True, console=console)
-            model, tok = load_model(replace(run.student, name=str(Path(run.out) / "model")))
-        task = task or get_task(load_config(TrainRun).task)
+            path = Path(run.out) / "model"
+        model, tok = load_model(ModelConfig(name=str(path)))
         result = evaluate(model, tok, task, EVAL)
         result["params"] = sum(p.numel() for p in model.parameters())
         rows.append((label, result))

@@ -46,10 +46,15 @@ def load_model(cfg, *, seed: int = 0, max_len: int = 512):
         model = LlamaForCausalLM(preset_config(name.split(":", 1)[1], len(tok), max_len))
         return model.to(DTYPES[cfg.dtype] if cfg.dtype != "auto" else torch.float32), tok
     if name.startswith("builtin:"):
-        which = name.split(":", 1)[1] or "teacher"
-        path = builtin_teacher_dir(which.removeprefix("teacher-") if which.startswith("teacher-") else "modchain")
+        which = name.split(":", 1)[1]
+        if which != "teacher" and not which.startswith("teacher-"):
+            raise ModelError(f"{name}: expected builtin:teacher or builtin:teacher-TASK")
+        task = which.removeprefix("teacher").removeprefix("-") or "modchain"
+        path = builtin_teacher_dir(task) / "model"
         if not (path / "config.json").is_file():
-            raise ModelError(f"{name}: the built-in teacher is not trained yet ({path}); run `retort teacher` first")
+            hint = "" if task == "modchain" else f" task.name={task}"
+            raise ModelError(f"{name}: the built-in teacher is not trained yet ({path.parent}); "
+                             f"run `retort teacher{hint}` first")
         name = str(path)
     gguf_file = cfg.gguf_file
     if name.endswith(".gguf"):

@@ -15,9 +15,9 @@ CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
 # name -> LlamaConfig fields. Sizes were chosen by measurement (BENCHMARKS.md): the teacher learns
 # the built-in tasks with worked solutions in minutes on 2 CPU cores; the student is >10x smaller.
 PRESETS: dict[str, dict] = {
-    "teacher": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=4),
-    "student": dict(hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    "teacher": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
+                    num_key_value_heads=6),
+    "student": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
                     num_key_value_heads=4),
     "nano": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                  num_key_value_heads=2),

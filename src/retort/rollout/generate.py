@@ -51,10 +51,15 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, tempe
                       eos_token_id=list(eos_set), use_cache=True)
         if sampling:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, width:].tolist()
+        # Sampling draws from the global RNG; fork it so that evaluating inside a training run
+        # leaves the run's random streams (and so its exact resumability) untouched.
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if sampling:
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, width:].tolist()
         for row, seq in enumerate(out):
             cut = next((j for j, t in enumerate(seq) if t in eos_set), None)
             tokens = seq if cut is None else seq[:cut]

@@ -40,6 +40,18 @@ class _Procedural(Task):
     def _problem(self, rng: random.Random, steps: int) -> Example:
         raise NotImplementedError
 
+    def _chain(self, rng: random.Random, steps: int) -> tuple[int, list[tuple[int, str, int, int]]]:
+        """A start value and `steps` operations (value before, op, operand, value after), modulo m."""
+        m = self.modulus
+        start = value = rng.randrange(m)
+        chain = []
+        for _ in range(steps):
+            op, operand = rng.choice("+-*"), rng.randrange(1, m)
+            new = OPS[op](value, operand) % m
+            chain.append((value, op, operand, new))
+            value = new
+        return start, chain
+
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         if split not in ("train", "test"):
             raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
@@ -73,18 +85,11 @@ class ModChain(_Procedural):
     steps_min, steps_max, modulus = 2, 6, 10
 
     def _problem(self, rng: random.Random, steps: int) -> Example:
-        m = self.modulus
-        value = rng.randrange(m)
-        prompt, lines = [f"Q:{value}"], []
-        for _ in range(steps):
-            op = rng.choice("+-*")
-            operand = rng.randrange(1, m)
-            new = OPS[op](value, operand) % m
-            prompt.append(f"{op}{operand}")
-            lines.append(f"{value}{op}{operand}={new}")
-            value = new
-        answer = str(value)
-        return Example("", "".join(prompt) + "\n", answer, "\n".join(lines) + f"\nA:{answer}", steps)
+        start, chain = self._chain(rng, steps)
+        prompt = f"Q:{start}" + "".join(f"{op}{x}" for _, op, x, _ in chain) + "\n"
+        lines = [f"{a}{op}{x}={b}" for a, op, x, b in chain]
+        answer = str(chain[-1][3])
+        return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
 
 
 class VarChain(_Procedural):
@@ -94,19 +99,12 @@ class VarChain(_Procedural):
     steps_min, steps_max, modulus = 2, 5, 10
 
     def _problem(self, rng: random.Random, steps: int) -> Example:
-        m = self.modulus
         names = rng.sample("abcdefghijklmnopqrstuvwxyz", steps + 1)
-        value = rng.randrange(m)
-        defs, lines = [f"{names[0]}={value}"], [f"{names[0]}={value}"]
-        for prev, name in zip(names, names[1:]):
-            op = rng.choice("+-*")
-            operand = rng.randrange(1, m)
-            new = OPS[op](value, operand) % m
-            defs.append(f"{name}={prev}{op}{operand}")
-            lines.append(f"{name}={value}{op}{operand}={new}")
-            value = new
+        start, chain = self._chain(rng, steps)
+        defs = [f"{names[0]}={start}"] + [f"{n}={p}{op}{x}" for p, n, (_, op, x, _) in zip(names, names[1:], chain)]
+        lines = [f"{names[0]}={start}"] + [f"{n}={a}{op}{x}={b}" for n, (a, op, x, b) in zip(names[1:], chain)]
         rng.shuffle(defs)
-        answer = str(value)
+        answer = str(chain[-1][3])
         prompt = f"Q:{','.join(defs)};{names[-1]}?\n"
         return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
 

@@ -62,6 +62,8 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, 
     root = Path(run_dir) / "ckpt"
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f"{PREFIX}{step:07d}.tmp"
+    if (final / "state.json").is_file():
+        return final  # this step is already saved (a finished run resumed again)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

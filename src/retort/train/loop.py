@@ -110,8 +110,8 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
     opt_cfg = run.train
     mcfg = method_config(run)
     run_dir = Path(run.out)
-    if opt_cfg.log_with == "wandb":
-        require("wandb", "wandb", "train.log_with=wandb")
+    if opt_cfg.log_with != "none":
+        require(opt_cfg.log_with, opt_cfg.log_with, f"train.log_with={opt_cfg.log_with}")
     ckpt = _prepare_run_dir(run_dir, run, resume)
     accelerator = Accelerator(
         mixed_precision=_precision(opt_cfg.precision), cpu=not torch.cuda.is_available(),
@@ -154,7 +154,7 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
     accelerator.wait_for_everyone()
     log = MetricsLog(run_dir / "metrics.jsonl", start_step if ckpt is not None else None, main)
     if accelerator.log_with:
-        accelerator.init_trackers("retort", config=json.loads(json.dumps(asdict(run), default=str)))
+        accelerator.init_trackers("retort", config=_flat(asdict(run)))
 
     plan = BatchPlan(accelerator.process_index, accelerator.num_processes, opt_cfg.grad_accum,
                      opt_cfg.batch_size, start_step, run.seed)
@@ -240,7 +240,7 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
                 checkpoint(step)
     if not stopped_early:
         checkpoint(step)
-    if evaluate is not None:
+    if evaluate is not None and not stopped_early:  # an early stop has just evaluated this step
         run_eval(step)
     summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(time.time() - t0, 2),
                "stopped_early": stopped_early, "eval": last_eval, "main_process": main}
@@ -251,6 +251,17 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return summary
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Dotted keys and scalar values: what trackers' hyper-parameter tables accept."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+    return out
 
 
 class _null:

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# GPU smoke check (run on a lent GPU machine, see BENCHMARKS.md): the built-in teacher trained
+# under bf16 autocast (train.precision=auto), a 2-process-free student run, and eval with sampling.
+# Wheels for packages the GPU image lacks travel in .whl/ (omegaconf, antlr4-python3-runtime).
+set -uo pipefail
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src
+fi
+export RETORT_CACHE=/tmp/retort-cache PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi -L
+python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'bf16', torch.cuda.is_bf16_supported())"
+/usr/bin/time -v python3 -m retort.cli teacher 2>&1 | grep -vE '^\s+(Page|Volun|Invol|Swaps|File|Socket|Signals|Exit|Minor|Major|Average|Percent|System|User)' | tail -25
+cp "$RETORT_CACHE"/teacher-modchain/teacher.json "$OUT"/gpu_teacher.json
+cp "$RETORT_CACHE"/teacher-modchain/metrics.jsonl "$OUT"/gpu_teacher_metrics.jsonl
+python3 -m retort.cli train out=/tmp/gpu_student student.name=preset:student data.source=solutions \
+  train.steps=2000 train.lr=2e-3 train.save_every=1000 train.log_every=500 eval.n=500 2>&1 | tail -6
+cp /tmp/gpu_student/summary.json "$OUT"/gpu_student_summary.json
+python3 -m retort.cli eval -m teacher=builtin:teacher -m student=/tmp/gpu_student/model eval.n=500 eval.k=4 \
+  eval.temperature=0.8 --json "$OUT"/gpu_eval.json 2>&1 | tail -8

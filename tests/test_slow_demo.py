@@ -1,0 +1,22 @@
+"""`retort demo` end to end (trains the built-in teacher: minutes)."""
+
+import json
+
+import pytest
+
+from retort.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    teacher = results["teacher (built-in)"]
+    answers = results["student: answers only"]
+    assert teacher["accuracy"] >= 0.95
+    assert answers["accuracy"] < 0.6
+    assert teacher["params"] >= 10 * answers["params"]
+    # the second run reuses the cached teacher and the trained students
+    assert main(["demo", "--out", str(out)]) == 0
