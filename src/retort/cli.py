@@ -162,18 +162,75 @@ def methods():
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("command", type=click.Choice(["train", "eval", "teacher"]))
+@click.argument("command", type=click.Choice(["train", "eval", "teacher", "traces"]))
 def config(command):
     """Show every config key of a command with its default, meaning and allowed values."""
-    from .config import EvalRun, TrainRun, describe
+    from .config import EvalRun, TracesRun, TrainRun, describe
 
-    cls = {"train": TrainRun, "eval": EvalRun, "teacher": TrainRun}[command]
+    cls = {"train": TrainRun, "eval": EvalRun, "teacher": TrainRun, "traces": TracesRun}[command]
     for key, default, doc in describe(cls):
         click.echo(f"{key} = {default}\n    {doc}")
 
 
-COMMANDS = {"teacher": teacher, "train": train, "eval": eval_cmd, "demo": demo,
-            "tasks": tasks, "methods": methods, "config": config}
+@click.command(context_settings=CONTEXT)
+@config_option
+@overrides_arg
+def traces(config_file, overrides):
+    """Sample teacher completions, verify and score each, store them as resumable Parquet shards.
+
+    \b
+    retort traces out=runs/traces n_prompts=2000 sampling.n=4 sampling.temperature=0.8
+    retort traces -c configs/traces_smollm2.yaml sampling.topk=16
+    Rerun the same command after a crash: it continues where it stopped.
+    """
+    from .config import TracesRun, load_config
+    from .traces import run_traces
+
+    run_traces(load_config(TracesRun, config_file, _overrides(overrides)), console=_console())
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("traces_dir", type=click.Path())
+@click.option("--stats", "show_stats", is_flag=True, help="Print statistics of the trace set.")
+@click.option("--out", type=click.Path(), help="Write the filtered trace set here.")
+@click.option("--correct", is_flag=True, help="Keep only verified-correct traces (rejection sampling).")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Drop completions longer than this.")
+@click.option("--first-k-correct", type=click.IntRange(min=1), help="Keep the first K correct samples per prompt.")
+def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct):
+    """Statistics of a trace set, and filters into a new one.
+
+    \b
+    retort curate runs/traces --stats
+    retort curate runs/traces --out runs/traces_ok --correct --max-tokens 256 --first-k-correct 1
+    """
+    from .curate import filter_traces, trace_stats
+    from .data.traces import read_traces
+    from .errors import RetortError
+
+    if not show_stats and not out:
+        raise RetortError("curate: pass --stats, or --out DIR with filters")
+    if show_stats:
+        click.echo(json.dumps(trace_stats(read_traces(traces_dir)), indent=2))
+    if out:
+        stats = filter_traces(traces_dir, out, correct_only=correct, max_tokens=max_tokens,
+                              first_k_correct=first_k_correct)
+        _console().print(f"curate: {stats['rows']} rows from {stats['prompts']} prompts written to {out}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", default=None, help="HTML file (default: report.html in the first run dir).")
+@click.option("--title", default="retort report", show_default=True)
+def report(run_dirs, out, title):
+    """One self-contained HTML page comparing runs: table, loss curves, accuracy vs tokens, samples."""
+    from .report import write_report
+
+    path = write_report(list(run_dirs), out or str(Path(run_dirs[0]) / "report.html"), title=title)
+    _console().print(f"report: {path}")
+
+
+COMMANDS = {"teacher": teacher, "traces": traces, "curate": curate, "train": train, "eval": eval_cmd,
+            "report": report, "demo": demo, "tasks": tasks, "methods": methods, "config": config}
 
 
 @click.group(context_settings=CONTEXT, commands=COMMANDS)

@@ -13,7 +13,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -30,9 +30,9 @@ def param(default, doc: str, *, lo=None, hi=None, lo_open=False, hi_open=False, 
     return field(default=default, metadata=meta)
 
 
-def section(cls, doc: str):
-    """A nested config section."""
-    return field(default_factory=cls, metadata={"doc": doc})
+def section(cls, doc: str, **defaults):
+    """A nested config section (with `defaults` overriding the section class's own)."""
+    return field(default_factory=lambda: cls(**defaults), metadata={"doc": doc})
 
 
 # --------------------------------------------------------------------------- sections
@@ -56,13 +56,19 @@ class ModelConfig:
     gguf_file: Optional[str] = param(None, "GGUF file name inside `name` (a directory or hub id)")
     dtype: str = param("float32", "weights dtype when loading", choices=["float32", "bfloat16", "float16", "auto"])
     trust_remote_code: bool = param(False, "run model code from the checkpoint (off unless you trust it)")
+    chat_template: str = param("auto", "wrap prompts in the tokenizer's chat template: auto = when it has one",
+                               choices=["auto", "off"])
+    keep_layers: int = param(0, "keep only this many evenly spaced decoder layers, initialised from the "
+                                "loaded ones (a layer-pruned student); 0 keeps all", lo=0)
 
 
 @dataclass
 class DataConfig:
     source: str = param("solutions", "what the student learns from: the task's worked solutions, "
                         "bare answers, or teacher traces", choices=["solutions", "answers", "traces"])
-    traces: Optional[str] = param(None, "trace directory when source=traces")
+    traces: Optional[str] = param(None, "trace directory when source=traces (made by `retort traces`)")
+    trace_filter: str = param("correct", "which traces to learn from when source=traces",
+                              choices=["correct", "all"])
     n_train: int = param(50000, "training examples drawn from the task's train split", lo=1)
     max_len: int = param(256, "longest prompt+completion in tokens; longer examples are dropped", lo=8)
 
@@ -113,7 +119,7 @@ class TrainRun:
     method_args: Dict[str, Any] = param({}, "the method's own options (see `retort methods`)")
     task: TaskConfig = section(TaskConfig, "the task")
     student: ModelConfig = section(ModelConfig, "the model being trained")
-    teacher: ModelConfig = section(ModelConfig, "the teacher, for methods that need one")
+    teacher: ModelConfig = section(ModelConfig, "the teacher, for methods that need one", name="builtin:teacher")
     data: DataConfig = section(DataConfig, "training data")
     train: OptimConfig = section(OptimConfig, "optimisation and logging")
     eval: EvalConfig = section(EvalConfig, "periodic and final evaluation")
@@ -124,12 +130,38 @@ class TrainRun:
 
 
 @dataclass
+class SamplingConfig:
+    n: int = param(4, "completions sampled per prompt", lo=1)
+    temperature: float = param(1.0, "sampling temperature (0: greedy)", lo=0.0)
+    top_p: float = param(1.0, "nucleus sampling", lo=0.0, hi=1.0, lo_open=True)
+    max_new_tokens: int = param(128, "completion length limit", lo=1)
+    stop: List[str] = param([], "stop strings (generation also stops at EOS)")
+    topk: int = param(0, "also store the teacher's top-k log-probs at every position (0: none)", lo=0)
+    seed: int = param(0, "sampling seed (each shard derives its own)")
+
+
+@dataclass
+class TracesRun:
+    """`retort traces`: the teacher samples completions of task prompts; each is verified and stored."""
+
+    out: str = param("runs/traces", "trace directory (Parquet shards + manifest.json)")
+    split: str = param("train", "task split whose prompts are used", choices=["train", "test"])
+    n_prompts: int = param(1000, "number of prompts", lo=1)
+    seed: int = param(0, "seed for choosing the prompts")
+    shard_prompts: int = param(64, "prompts per shard (the unit of crash-safe progress)", lo=1)
+    batch_size: int = param(64, "sequences per generation batch", lo=1)
+    task: TaskConfig = section(TaskConfig, "the task")
+    teacher: ModelConfig = section(ModelConfig, "the model sampled", name="builtin:teacher")
+    sampling: SamplingConfig = section(SamplingConfig, "how completions are sampled")
+
+
+@dataclass
 class EvalRun:
     """`retort eval`: one or more models on one task."""
 
     out: Optional[str] = param(None, "write results JSON here (default: print only)")
     task: TaskConfig = section(TaskConfig, "the task")
-    model: ModelConfig = section(ModelConfig, "the model evaluated")
+    model: ModelConfig = section(ModelConfig, "the model evaluated", name="builtin:teacher")
     eval: EvalConfig = section(EvalConfig, "what and how to evaluate")
 
 

@@ -1,8 +1,9 @@
 """`retort demo`: the embedded default end to end on one CPU in minutes.
 
-Built-in teacher (trained on first use, then cached) -> students trained by each method in
-`DEMO_RUNS` -> every model evaluated on the same test problems -> one table (runs/demo/results.json).
-Adding a method to the demo is one line in `DEMO_RUNS`.
+Built-in teacher (trained on first use, then cached) -> teacher traces -> students trained by each
+entry of `DEMO_RUNS` -> every model evaluated on the same test problems -> a table in the terminal,
+`results.json` and `report.html` in the demo directory. Adding a method to the demo is one line in
+`DEMO_RUNS`. Finished pieces are reused when the demo is run again.
 """
 
 from __future__ import annotations
@@ -10,42 +11,60 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import EvalConfig, TrainRun, load_config
+from .config import EvalConfig, TracesRun, TrainRun, load_config
 
 STUDENT = {"student": {"name": "preset:student"},
            "data": {"n_train": 64000},
            "train": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "save_every": 500,
-                     "log_every": 100},
-           "eval": {"n": 300, "max_new_tokens": 96}}
+                     "log_every": 100}}
 
-# label -> overrides of STUDENT; the student of the small preset, trained from scratch.
+# Teacher traces the distilled students learn from: 4000 train prompts x 2 samples at temperature 1.
+TRACES = ["n_prompts=4000", "sampling.n=2", "sampling.temperature=1.0", "sampling.max_new_tokens=96",
+          "shard_prompts=500", "batch_size=500"]
+
+# label -> overrides of STUDENT; "{traces}" is the demo's trace directory. Each is the small
+# student preset trained from scratch.
 DEMO_RUNS: dict[str, list[str]] = {
     "student: answers only": ["method=sft", "data.source=answers"],
-    "student: sft on worked solutions": ["method=sft", "data.source=solutions"],
+    "student: sft on teacher traces": ["method=sft", "data.source=traces", "data.traces={traces}"],
 }
 
-EVAL = EvalConfig(n=300, seed=7, max_new_tokens=96, batch_size=150)
+EVAL = EvalConfig(n=500, seed=7, max_new_tokens=96, batch_size=250)
 
 
 def run_demo(out: str = "runs/demo", console=None) -> dict:
     from .config import ModelConfig, TaskConfig
+    from .data.traces import read_manifest
+    from .errors import DataError
     from .eval import evaluate, results_table
     from .models import load_model
+    from .report import write_report
     from .tasks import get_task
     from .teacher import ensure_teacher
+    from .traces import run_traces
     from .train import train
 
     root = Path(out)
     teacher_dir = ensure_teacher(console=console)
+    traces = root / "traces"
+    try:
+        done = read_manifest(traces).get("complete", False)
+    except DataError:
+        done = False
+    if not done:
+        if console is not None:
+            console.print("demo: sampling teacher traces")
+        run_traces(load_config(TracesRun, None, [*TRACES, f"out={traces}", f"teacher.name={teacher_dir}"]),
+                   console=console)
     task = get_task(TaskConfig())
     rows = []
     for label, overrides in [("teacher (built-in)", None), *DEMO_RUNS.items()]:
         path = teacher_dir
         if overrides is not None:
             slug = label.split(": ", 1)[-1].replace(" ", "_")
-            run = load_config(TrainRun, None, [*overrides, f"out={root / slug}"], base=STUDENT)
-            summary_file = Path(run.out) / "summary.json"
-            if not summary_file.is_file():
+            args = [o.replace("{traces}", str(traces)) for o in overrides]
+            run = load_config(TrainRun, None, [*args, f"out={root / slug}"], base=STUDENT)
+            if not (Path(run.out) / "summary.json").is_file():
                 if console is not None:
                     console.print(f"demo: training {label}")
                 train(run, resume=True, console=console)
@@ -58,4 +77,7 @@ def run_demo(out: str = "runs/demo", console=None) -> dict:
         console.print(results_table(rows))
     root.mkdir(parents=True, exist_ok=True)
     (root / "results.json").write_text(json.dumps({label: r for label, r in rows}, indent=2))
+    report = write_report([root], root / "report.html", title="retort demo")
+    if console is not None:
+        console.print(f"demo: report in {report}")
     return dict(rows)

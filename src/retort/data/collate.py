@@ -21,7 +21,12 @@ class Encoded:
 
 
 def encode_prompt(tok, prompt: str) -> list[int]:
-    """Prompt ids with the tokenizer's own special tokens (BOS for retort's presets)."""
+    """Prompt ids: the user turn of the tokenizer's chat template (with the generation prompt) when
+    it has one, else the text with the tokenizer's own special tokens (BOS for retort's presets)."""
+    if getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     return tok(prompt, add_special_tokens=True)["input_ids"]
 
 
@@ -37,7 +42,10 @@ def encode_examples(tok, prompts: list[str], completions: list[str]) -> list[Enc
     """`encode_example` for many pairs, tokenised in two batched calls (much faster for large sets)."""
     if not prompts:
         return []
-    ps = tok(prompts, add_special_tokens=True)["input_ids"]
+    if getattr(tok, "chat_template", None):
+        ps = [encode_prompt(tok, p) for p in prompts]
+    else:
+        ps = tok(prompts, add_special_tokens=True)["input_ids"]
     cs = tok(completions, add_special_tokens=False)["input_ids"]
     eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
     return [Encoded(p + c + eos, [IGNORE] * len(p) + c + eos) for p, c in zip(ps, cs)]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.collate import encode_examples
+from ..data.collate import IGNORE, Encoded, encode_examples, encode_prompt
+from ..data.traces import read_manifest, read_traces
+from ..errors import DataError
 from .base import LossOut, OffPolicy, token_nll_sum
 
 
@@ -24,6 +26,8 @@ class SFT(OffPolicy):
 
     def examples(self):
         run, tok = self.ctx.run, self.ctx.tokenizer
+        if run.data.source == "traces":
+            return trace_examples(run.data, tok)
         rows = self.ctx.task.examples("train", run.data.n_train, run.seed)
         if run.data.source == "answers":
             pairs = [(ex.prompt, ex.answer_completion) for ex in rows]
@@ -32,8 +36,6 @@ class SFT(OffPolicy):
         encoded = encode_examples(tok, [p for p, _ in pairs], [c for _, c in pairs])
         out = [enc for enc in encoded if len(enc.input_ids) <= run.data.max_len]
         if not out:
-            from ..errors import DataError
-
             raise DataError(
                 f"no training examples for data.source={run.data.source} "
                 f"(rows without a solution, or longer than data.max_len={run.data.max_len})"
@@ -43,3 +45,33 @@ class SFT(OffPolicy):
     def loss(self, model, batch) -> LossOut:
         loss, n = token_nll_sum(model, batch)
         return LossOut(loss, n)
+
+
+def trace_examples(data, tok) -> list[Encoded]:
+    """Training pairs from a trace set: correct-only by default. When the student's tokenizer is
+    the teacher's, the teacher's sampled token ids are used as they are (decode-then-encode can
+    change BPE segmentation); otherwise the completion text is tokenised by the student."""
+    from ..traces import tokenizer_sha256
+
+    manifest = read_manifest(data.traces)
+    table = read_traces(data.traces, columns=["prompt", "completion", "completion_ids", "correct", "finish_reason"])
+    cols = table.to_pydict()
+    keep = [i for i, ok in enumerate(cols["correct"]) if ok or data.trace_filter == "all"][:data.n_train]
+    if not keep:
+        raise DataError(f"{data.traces}: no traces pass data.trace_filter={data.trace_filter} "
+                        f"({table.num_rows} rows, none correct); try data.trace_filter=all")
+    same_vocab = manifest.get("tokenizer_sha256") == tokenizer_sha256(tok)
+    eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+    prompts: dict[str, list[int]] = {}
+    out = []
+    for i in keep:
+        p = prompts.setdefault(cols["prompt"][i], encode_prompt(tok, cols["prompt"][i]))
+        c = cols["completion_ids"][i] if same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
+        # A completion cut by the length limit never ended: do not teach the student to stop there.
+        c = list(c) + (eos if cols["finish_reason"][i] == "stop" else [])
+        enc = Encoded(p + c, [IGNORE] * len(p) + c)
+        if len(enc.input_ids) <= data.max_len:
+            out.append(enc)
+    if not out:
+        raise DataError(f"{data.traces}: every trace is longer than data.max_len={data.max_len}")
+    return out

@@ -37,6 +37,39 @@ def _seeded_init(model, seed: int):
 
 def load_model(cfg, *, seed: int = 0, max_len: int = 512):
     """Return (model, tokenizer) for a `ModelConfig`."""
+    model, tok = _load(cfg, seed=seed, max_len=max_len)
+    if getattr(cfg, "chat_template", "auto") == "off":
+        tok.chat_template = None
+    if getattr(cfg, "keep_layers", 0):
+        model = keep_layers(model, cfg.keep_layers)
+    return model, tok
+
+
+def keep_layers(model, n: int):
+    """Prune a decoder to `n` evenly spaced layers (first and last kept), weights taken from the
+    layers kept: the same-vocabulary student of "layer-pruned copy of the teacher" recipes."""
+    import torch.nn as nn
+
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ModelError(f"keep_layers: {type(model).__name__} has no model.layers list to prune")
+    total = len(layers)
+    if not 1 <= n <= total:
+        raise ModelError(f"keep_layers={n}: the model has {total} layers; expected 1 <= keep_layers <= {total}")
+    keep = sorted({round(i * (total - 1) / max(1, n - 1)) for i in range(n)}) if n > 1 else [0]
+    model.model.layers = nn.ModuleList(layers[i] for i in keep)
+    for new_idx, layer in enumerate(model.model.layers):
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = new_idx  # KV-cache slots are indexed by position in the stack
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    model.config.retort_kept_layers = keep
+    return model
+
+
+def _load(cfg, *, seed: int, max_len: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     name = cfg.name

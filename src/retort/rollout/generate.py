@@ -7,6 +7,7 @@ Greedy when temperature is 0, else sampling with temperature and top-p, seeded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -23,7 +24,7 @@ class Completion:
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
-             progress=None) -> list[list[Completion]]:
+             stop: Optional[list[str]] = None, progress=None) -> list[list[Completion]]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -49,6 +50,8 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, tempe
         ids, mask = ids.repeat_interleave(reps, 0).to(device), mask.repeat_interleave(reps, 0).to(device)
         kwargs = dict(do_sample=sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                       eos_token_id=list(eos_set), use_cache=True)
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=tok)
         if sampling:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
@@ -63,8 +66,16 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, tempe
         for row, seq in enumerate(out):
             cut = next((j for j, t in enumerate(seq) if t in eos_set), None)
             tokens = seq if cut is None else seq[:cut]
-            comp = Completion(tok.decode(tokens, skip_special_tokens=True), tokens,
-                              "length" if cut is None else "stop")
+            reason = "length" if cut is None else "stop"
+            text = tok.decode(tokens, skip_special_tokens=True)
+            if cut is None and stop:
+                # A stop string ends a row early; the rest of the batch row is padding.
+                while tokens and tokens[-1] == pad_id:
+                    tokens = tokens[:-1]
+                text = tok.decode(tokens, skip_special_tokens=True)
+                if any(text.endswith(s_) for s_ in stop):
+                    reason = "stop"
+            comp = Completion(text, tokens, reason)
             results[idx[row // reps]].append(comp)
         if progress is not None:
             progress(len(idx))

@@ -1,0 +1,59 @@
+"""Filters that turn one trace set into a smaller one: correct-only (rejection sampling), a length
+cap, and the first K correct samples per prompt. The result is a new trace directory in the same
+format, whose manifest names its source and the filters applied."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import __version__
+from ..data.traces import TraceWriter, read_manifest, read_traces
+from ..errors import DataError
+from .stats import trace_stats
+
+FILTERS = ("correct", "max_tokens", "first_k_correct")
+
+
+def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens: Optional[int] = None,
+                  first_k_correct: Optional[int] = None, shard_rows: int = 4096) -> dict:
+    if not (correct_only or max_tokens or first_k_correct):
+        raise DataError("curate: name at least one filter (--correct, --max-tokens, --first-k-correct)")
+    if Path(out).resolve() == Path(src).resolve():
+        raise DataError("curate: --out must differ from the input trace directory")
+    source = read_manifest(src)
+    table = read_traces(src)
+    if correct_only:
+        table = table.filter(pc.equal(table["correct"], True))
+    if max_tokens is not None:
+        table = table.filter(pc.less_equal(table["n_tokens"], max_tokens))
+    if first_k_correct is not None:
+        keep, seen = [], {}
+        for i, (pid, ok) in enumerate(zip(table["prompt_id"].to_pylist(), table["correct"].to_pylist())):
+            if ok and seen.get(pid, 0) < first_k_correct:
+                seen[pid] = seen.get(pid, 0) + 1
+                keep.append(i)
+        table = table.take(pa.array(keep, type=pa.int64()))
+    applied = {"correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct}
+    params = {"source": str(Path(src).resolve()), "source_params": source["params"], "filters": applied}
+    counts = {i: min(shard_rows, table.num_rows - i * shard_rows)
+              for i in range(max(1, -(-table.num_rows // shard_rows)))}
+    if Path(out).exists():
+        shutil.rmtree(out)  # a filter is cheap to redo; never mix two results in one directory
+    meta = {k: source.get(k) for k in ("task", "teacher", "tokenizer_sha256", "vocab_size")}
+    meta.update(retort_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    writer = TraceWriter(out, params, meta, counts)
+    for i, rows in counts.items():
+        writer.write_shard(i, table.slice(i * shard_rows, rows))
+    writer.finish(trace_stats(table))
+    return writer.manifest["stats"]
+
+
+def format_stats(stats: dict) -> str:
+    return json.dumps(stats, indent=2)

@@ -1,0 +1,175 @@
+"""The trace format: Parquet shards `part-NNNNN.parquet` + `manifest.json` (DESIGN.md).
+
+One row per (prompt id, sample index). A shard is written to `part-NNNNN.parquet.tmp`, flushed and
+renamed when whole, then recorded in the manifest (also replaced atomically). A run killed at any
+moment leaves only whole shards; a shard renamed but not yet recorded is adopted on the next run,
+after its row count is checked. The manifest's `params` fingerprint the run (task, teacher, sampling,
+prompts); a rerun with other params into the same directory is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import DataError
+
+FORMAT = "retort-traces/1"
+MANIFEST = "manifest.json"
+
+SCHEMA = pa.schema([
+    ("prompt_id", pa.string()),
+    ("sample_idx", pa.int32()),
+    ("prompt", pa.string()),
+    ("completion", pa.string()),
+    ("completion_ids", pa.list_(pa.int32())),
+    ("completion_logprobs", pa.list_(pa.float32())),
+    # top-k ids fit uint32; log-probs as float16 (the k values only matter to ~1e-3 relative)
+    ("topk_ids", pa.list_(pa.list_(pa.uint32()))),
+    ("topk_logprobs", pa.list_(pa.list_(pa.float16()))),
+    ("answer", pa.string()),
+    ("reference", pa.string()),
+    ("correct", pa.bool_()),
+    ("finish_reason", pa.string()),
+    ("n_tokens", pa.int32()),
+    ("difficulty", pa.int32()),
+])
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class TraceWriter:
+    """Write shards of a trace set resumably. `params` identify the run; `expected_rows(index)`
+    gives each shard's row count so a renamed-but-unrecorded shard can be checked and adopted."""
+
+    def __init__(self, out: str | os.PathLike, params: dict, meta: dict, shard_rows: dict[int, int]):
+        self.dir = Path(out)
+        self.params = json.loads(json.dumps(params))
+        self.shard_rows = shard_rows
+        path = self.dir / MANIFEST
+        if path.is_file():
+            manifest = json.loads(path.read_text())
+            if manifest.get("params") != self.params:
+                diff = sorted(_diff(manifest.get("params", {}), self.params))
+                raise DataError(f"{self.dir} holds traces made with other arguments (differ at {', '.join(diff)}); "
+                                "use another output directory or the same arguments to continue")
+            self.manifest = manifest
+        else:
+            if self.dir.exists() and any(self.dir.iterdir()):
+                raise DataError(f"{self.dir} exists and is not a trace directory (no {MANIFEST}); choose another")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.manifest = {"format": FORMAT, "params": self.params, **meta, "shards": {}, "complete": False}
+            self._save()
+        for leftover in self.dir.glob("*.tmp"):
+            leftover.unlink()
+        self._adopt_unrecorded()
+
+    def _save(self) -> None:
+        _atomic_write_text(self.dir / MANIFEST, json.dumps(self.manifest, indent=1))
+
+    def _adopt_unrecorded(self) -> None:
+        for path in sorted(self.dir.glob("part-*.parquet")):
+            index = int(path.stem.split("-")[1])
+            if str(index) in self.manifest["shards"]:
+                continue
+            rows = pq.ParquetFile(path).metadata.num_rows
+            if rows != self.shard_rows.get(index):
+                path.unlink()  # cannot happen with rename-when-whole, but never trust a stray file
+                continue
+            self._record(index, path, rows)
+        self._save()
+
+    def _record(self, index: int, path: Path, rows: int) -> None:
+        self.manifest["shards"][str(index)] = {"file": path.name, "rows": rows, "bytes": path.stat().st_size,
+                                              "sha256": sha256_file(path)}
+
+    def done(self) -> set[int]:
+        return {int(i) for i in self.manifest["shards"]}
+
+    def write_shard(self, index: int, rows: "list[dict] | pa.Table") -> None:
+        table = rows.cast(SCHEMA) if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
+        final = self.dir / shard_name(index)
+        tmp = final.with_name(final.name + ".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        self._record(index, final, table.num_rows)
+        self._save()
+
+    def finish(self, stats: dict) -> None:
+        tokens = stats.get("tokens", {}).get("total", 0)
+        disk = sum(info["bytes"] for info in self.manifest["shards"].values())
+        stats = {**stats, "bytes_on_disk": disk, "bytes_per_token": disk / max(1, tokens)}
+        self.manifest["complete"] = True
+        self.manifest["stats"] = stats
+        self._save()
+
+
+def _diff(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    p = Path(path) / MANIFEST
+    if not p.is_file():
+        raise DataError(f"{path}: not a trace directory (no {MANIFEST}); make one with `retort traces`")
+    try:
+        manifest = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: not valid JSON ({e.msg})") from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{p}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def read_traces(path: str | os.PathLike, *, verify: bool = True, allow_incomplete: bool = False,
+                columns: Optional[Iterable[str]] = None) -> pa.Table:
+    """All rows of a trace set, shards in order. Checks row counts (and checksums if `verify`)."""
+    manifest = read_manifest(path)
+    if not manifest.get("complete") and not allow_incomplete:
+        raise DataError(f"{path}: trace run is not finished; rerun the same `retort traces` command to complete it")
+    tables = []
+    for index in sorted(manifest["shards"], key=int):
+        info = manifest["shards"][index]
+        f = Path(path) / info["file"]
+        if not f.is_file():
+            raise DataError(f"{f}: shard listed in the manifest is missing")
+        if verify and sha256_file(f) != info["sha256"]:
+            raise DataError(f"{f}: checksum does not match the manifest (file changed or corrupt)")
+        t = pq.read_table(f, columns=list(columns) if columns else None)
+        if t.num_rows != info["rows"]:
+            raise DataError(f"{f}: {t.num_rows} rows, manifest says {info['rows']}")
+        tables.append(t)
+    if not tables:
+        return SCHEMA.empty_table() if not columns else SCHEMA.empty_table().select(list(columns))
+    return pa.concat_tables(tables)

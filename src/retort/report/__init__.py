@@ -1,0 +1,209 @@
+"""`write_report`: run directories in, one self-contained HTML file out.
+
+This module owns reading the inputs: training run dirs (config.yaml, metrics.jsonl, summary.json)
+and demo dirs (results.json plus training-run subdirs), turning them into `Row`s (one per model in
+the comparison table) and `Run`s (one per training curve). Rendering lives in `html.py`, figures in
+`plots.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import RetortError
+
+__all__ = ["write_report", "load_inputs", "Row", "Run"]
+
+RUN_FILES = ("summary.json", "metrics.jsonl")
+
+
+@dataclass
+class Run:
+    """One training run directory: what its loss curve and train time come from."""
+
+    name: str
+    path: Path
+    config: dict = field(default_factory=dict)
+    train: list[dict] = field(default_factory=list)  # metrics rows that have a loss
+    evals: list[dict] = field(default_factory=list)  # metrics rows that have eval/accuracy
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def steps(self):
+        if isinstance(self.summary.get("steps"), int):
+            return self.summary["steps"]
+        steps = [r["step"] for r in self.train + self.evals if isinstance(r.get("step"), int)]
+        return max(steps) if steps else None
+
+
+@dataclass
+class Row:
+    """One model in the comparison table."""
+
+    name: str
+    eval: dict = field(default_factory=dict)
+    params: int | None = None
+    run: Run | None = None
+    source: str = ""  # the input dir it came from, to tell apart rows with the same name
+
+    @property
+    def train_time(self):
+        return self.run.summary.get("train_time_s") if self.run else None
+
+    @property
+    def steps(self):
+        return self.run.steps if self.run else None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError) as e:
+        raise RetortError(f"{path}: not valid JSON ({e})") from None
+
+
+def _read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    train, evals = [], []
+    if not path.is_file():
+        return train, evals
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        # A crash mid-write leaves a truncated last line; the rows before it are still good.
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict):
+            continue
+        if "loss" in row:
+            train.append(row)
+        if "eval/accuracy" in row:
+            evals.append(row)
+    return train, evals
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+    except yaml.YAMLError as e:
+        raise RetortError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return config if isinstance(config, dict) else {}
+
+
+def _is_run(path: Path) -> bool:
+    return any((path / f).is_file() for f in RUN_FILES)
+
+
+def _load_run(path: Path, name: str) -> Run:
+    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    train, evals = _read_metrics(path / "metrics.jsonl")
+    return Run(name=name, path=path, config=_read_config(path / "config.yaml"), train=train,
+               evals=evals, summary=summary if isinstance(summary, dict) else {})
+
+
+def _run_row(run: Run, source: str) -> Row:
+    result = run.summary.get("eval")
+    result = dict(result) if isinstance(result, dict) else {}
+    if not result and run.evals:
+        # No final eval in summary.json (still training, or crashed): the last logged one stands in.
+        last = run.evals[-1]
+        result = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
+    return Row(name=run.name, eval=result, run=run, source=source)
+
+
+def _norm(label: str) -> str:
+    return label.lower().replace(" ", "_")
+
+
+def _match(label_names: list[str], subdir: str, taken: set[str]) -> str | None:
+    """The label that names `subdir` ("student: answers only" <-> answers_only), or None."""
+    sub = subdir.lower()
+    found = [l for l in label_names if l not in taken and _norm(l).endswith(sub)
+             and (len(_norm(l)) == len(sub) or not _norm(l)[-len(sub) - 1].isalnum())]
+    return min(found, key=len) if found else None
+
+
+def _load_demo(path: Path, source: str) -> tuple[list[Row], list[Run]]:
+    results = _read_json(path / "results.json")
+    if not isinstance(results, dict):
+        raise RetortError(f"{path / 'results.json'}: expected a JSON object of label -> results")
+    rows = []
+    for label, result in results.items():
+        result = result if isinstance(result, dict) else {}
+        params = result.get("params")
+        rows.append(Row(name=str(label), eval=result, source=source,
+                        params=params if isinstance(params, int) else None))
+    by_label = {r.name: r for r in rows}
+    runs, taken = [], set()
+    # Longest names first, so "traces" cannot take the label that "sft_on_teacher_traces" names.
+    subdirs = sorted((d for d in path.iterdir() if d.is_dir() and _is_run(d)),
+                     key=lambda d: (-len(d.name), d.name))
+    for sub in subdirs:
+        label = _match(list(by_label), sub.name, taken)
+        run = _load_run(sub, label or sub.name)
+        if label is not None:
+            taken.add(label)
+            by_label[label].run = run
+        runs.append(run)
+    runs.sort(key=lambda r: r.path.name)
+    return rows, runs
+
+
+def _dedupe(items, source_of) -> None:
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.name] = seen.get(item.name, 0) + 1
+    for item in items:
+        if seen[item.name] > 1:
+            item.name = f"{item.name} ({source_of(item)})"
+
+
+def load_inputs(run_dirs) -> tuple[list[Row], list[Run]]:
+    """Read every input dir; rows for the table, runs for the curves (names made unique)."""
+    rows: list[Row] = []
+    runs: list[Run] = []
+    for entry in run_dirs:
+        path = Path(entry)
+        if not path.is_dir():
+            raise RetortError(f"{entry}: no such directory (expected a retort run directory)")
+        if (path / "results.json").is_file():
+            new_rows, new_runs = _load_demo(path, str(entry))
+        elif _is_run(path):
+            run = _load_run(path, path.resolve().name)
+            new_rows, new_runs = [_run_row(run, str(entry))], [run]
+        else:
+            raise RetortError(f"{entry}: not a retort run (expected summary.json, metrics.jsonl "
+                              f"or results.json)")
+        rows += new_rows
+        runs += new_runs
+    _dedupe(rows, lambda r: r.source)
+    for row in rows:
+        if row.run is not None:
+            row.run.name = row.name
+    _dedupe(runs, lambda r: r.path)
+    return rows, runs
+
+
+def write_report(run_dirs, out, title: str = "retort report") -> Path:
+    """Write one self-contained HTML report comparing `run_dirs` to `out`; returns its path."""
+    from .html import render
+
+    if not run_dirs:
+        raise RetortError("report: no run directories given")
+    rows, runs = load_inputs(run_dirs)
+    page = render(rows, runs, title=title, inputs=[str(d) for d in run_dirs])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,132 @@
+"""The HTML report: built from hand-written fake run dirs, so it needs no model or training."""
+
+import base64
+import json
+import re
+
+import pytest
+
+from retort.errors import RetortError
+from retort.report import load_inputs, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _eval(acc, tokens, prompt="What is 2+3?", **extra):
+    return {"task": "arith", "split": "test", "n": 200, "accuracy": acc, "mean_tokens": tokens,
+            "truncated": 0.0, "by_difficulty": {"10": 0.5, "2": 1.0, "3": 0.9},
+            "samples": [{"prompt": prompt, "completion": "5", "reference": "5", "correct": True},
+                        {"prompt": "7*6?", "completion": "41", "reference": "42", "correct": False}],
+            **extra}
+
+
+def _run_dir(path, source="solutions", acc=0.565, corrupt=False, eval_rows=True):
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(
+        f"method: sft\nstudent:\n  name: preset:nano\ndata:\n  source: {source}\n"
+        "task:\n  name: arith\n")
+    lines = [json.dumps({"step": s, "loss": 2.0 / s, "lr": 1e-3, "grad_norm": 0.5,
+                         "tokens": 100 * s, "time": 0.1 * s}) for s in range(1, 21)]
+    if eval_rows:
+        lines += [json.dumps({"step": s, "eval/n": 200, "eval/accuracy": s / 40,
+                              "eval/mean_tokens": 26.0, "eval/truncated": 0.0}) for s in (10, 20)]
+    if corrupt:
+        lines.append('{"step": 21, "loss": 0.0')  # what a crash mid-write leaves behind
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (path / "summary.json").write_text(json.dumps(
+        {"steps": 20, "tokens": 2000, "train_time_s": 130.6, "stopped_early": False,
+         "eval": _eval(acc, 26.0), "main_process": True}))
+    return path
+
+
+def _images(page):
+    uris = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    return [base64.b64decode(u) for u in uris]
+
+
+def test_training_runs_report(tmp_path):
+    a = _run_dir(tmp_path / "runs" / "sft_solutions", corrupt=True)
+    b = _run_dir(tmp_path / "runs" / "sft_answers", source="answers", acc=0.31)
+    out = write_report([a, b], tmp_path / "out" / "report.html", title="my <title>")
+    assert out == tmp_path / "out" / "report.html" and out.is_file()
+    assert list(out.parent.iterdir()) == [out]  # written atomically: no .tmp left behind
+    page = out.read_text(encoding="utf-8")
+    assert "sft_solutions" in page and "sft_answers" in page
+    assert "my &lt;title&gt;" in page and "<title>my <title>" not in page
+    assert "56.5%" in page and "31.0%" in page and "130.6" in page
+    images = _images(page)
+    assert len(images) >= 3  # loss, eval accuracy, accuracy-vs-tokens
+    assert all(img.startswith(PNG) for img in images)
+    # difficulty columns sort numerically, not as strings
+    assert page.index("difficulty 2") < page.index("difficulty 3") < page.index("difficulty 10")
+    assert "<pre>" in page and "What is 2+3?" in page
+    assert str(a) in page  # footer lists the inputs
+    assert "http://" not in page and "https://" not in page  # nothing fetched to view it
+
+
+def test_corrupt_metrics_line_is_skipped(tmp_path):
+    run = _run_dir(tmp_path / "crashed", corrupt=True)
+    (rows, runs) = load_inputs([run])
+    assert [r["step"] for r in runs[0].train] == list(range(1, 21))
+    assert rows[0].steps == 20 and rows[0].train_time == 130.6
+
+
+def test_prompt_is_escaped(tmp_path):
+    run = _run_dir(tmp_path / "evil")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["eval"] = _eval(0.5, 10.0, prompt="<script>alert('x')</script> & 1<2")
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = write_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; 1&lt;2" in page
+
+
+def test_demo_dir_matches_subdirs_to_labels(tmp_path):
+    demo = tmp_path / "demo"
+    results = {
+        "teacher (built-in)": _eval(0.99, 40.0, params=1_200_000, **{"pass@8": 1.0, "maj@8": 0.99}),
+        "student: answers only": _eval(0.31, 4.0, params=350_000),
+        "student: sft on worked solutions": _eval(0.56, 26.0, params=350_000),
+    }
+    _run_dir(demo / "answers_only", source="answers", eval_rows=False)
+    _run_dir(demo / "sft_on_worked_solutions")
+    _run_dir(demo / "leftover", eval_rows=False)  # matches no label: curve only
+    (demo / "results.json").write_text(json.dumps(results))
+
+    rows, runs = load_inputs([demo])
+    assert [r.name for r in rows] == list(results)
+    by_name = {r.name: r for r in rows}
+    assert by_name["teacher (built-in)"].run is None
+    assert by_name["student: answers only"].run.path.name == "answers_only"
+    assert by_name["student: sft on worked solutions"].run.path.name == "sft_on_worked_solutions"
+    assert sorted(r.name for r in runs) == ["leftover", "student: answers only",
+                                            "student: sft on worked solutions"]
+
+    page = write_report([demo], tmp_path / "demo.html").read_text(encoding="utf-8")
+    for label in results:
+        assert label in page
+    assert "pass@8" in page and "maj@8" in page and "1.2M" in page and "350K" in page
+    assert "130.6" in page  # train time of a matched subdir
+    images = _images(page)
+    assert len(images) >= 2 and all(img.startswith(PNG) for img in images)
+
+
+def test_missing_data_does_not_crash(tmp_path):
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"steps": 0, "eval": {}}))
+    page = write_report([run], tmp_path / "bare.html").read_text(encoding="utf-8")
+    assert "bare" in page and "data:image/png" not in page and "<pre>" not in page
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "file"])
+def test_non_run_dir_raises(tmp_path, make):
+    path = tmp_path / "not_a_run"
+    if make == "empty":
+        path.mkdir()
+        (path / "notes.txt").write_text("hi")
+    elif make == "file":
+        path.write_text("hi")
+    with pytest.raises(RetortError, match=re.escape(str(path))):
+        write_report([path], tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
