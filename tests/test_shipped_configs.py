@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from retort.config import EvalRun, TrainRun, load_config
+from retort.config import EvalRun, TracesRun, TrainRun, load_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -17,5 +17,6 @@ def test_there_are_configs():
 def test_config_loads(path):
     header = path.read_text().splitlines()[0]
     assert header.startswith("# retort "), f"{path.name} must start with the command that runs it"
-    cls = EvalRun if " eval " in header else TrainRun
+    command = header.split()[2]
+    cls = {"eval": EvalRun, "traces": TracesRun}.get(command, TrainRun)
     load_config(cls, str(path))

