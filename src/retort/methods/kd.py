@@ -1,0 +1,90 @@
+"""`kd`: off-policy token-level knowledge distillation (Hinton et al. 2015, arXiv:1503.02531; the
+divergence family of GKD, Agarwal et al. 2024, arXiv:2306.13649, and DistiLLM, arXiv:2402.03898).
+
+Loss per completion token t, summed (the loop normalises by the global token count):
+    L_t = kd_weight * T^2 * D(P_S^T(. | x, y_<t) || P_T^T(. | x, y_<t)) + ce_weight * CE(y_t)
+with D one of forward_kl, reverse_kl, jsd (beta), skew_forward_kl / skew_reverse_kl (alpha), tvd,
+and both distributions at temperature T. Scale: both terms are per-token means in nats, so they
+are directly comparable (no hidden 1/V or 1/B factor: the failure of easydistill #34, where the
+KD term ended up 100-1000x smaller than CE); T^2 (Hinton) keeps the KD gradient's size independent
+of T. Both terms are logged (`kd`, `ce`, per token).
+
+The data are those of `sft` (worked solutions, answers, or teacher traces); the teacher is run
+online, and its logits never materialise: the fused chunked path takes its last hidden states and
+lm_head (`retort.losses.fused`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import param
+from ..losses.divergences import DIVERGENCES
+from ..losses.fused import fused_linear_divergence
+from ..models import check_vocab
+from .base import LossOut
+from .sft import SFT
+
+
+def last_hidden(model, batch):
+    """Final (normed) hidden states through the model's own forward (so DDP hooks run), with
+    logits computed for the last position only."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                logits_to_keep=1)
+    return out.hidden_states[-1]
+
+
+def unwrap(model):
+    return getattr(model, "module", model)
+
+
+class KD(SFT):
+    name = "kd"
+    paper = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network, arXiv:1503.02531"
+    equation = "L = sum_t kd_weight * T^2 * D(P_S^T || P_T^T)_t + ce_weight * CE_t"
+
+    @dataclass
+    class Config:
+        divergence: str = param("forward_kl", "per-token divergence", choices=list(DIVERGENCES))
+        beta: float = param(0.5, "generalized JSD weight of the teacher (0: forward KL, 1: reverse KL)", lo=0.0, hi=1.0)
+        alpha: float = param(0.1, "skew of skew_forward_kl / skew_reverse_kl", lo=0.0, hi=1.0, hi_open=True)
+        temperature: float = param(1.0, "softmax temperature of both models", lo=0.0, lo_open=True)
+        t_squared: bool = param(True, "multiply the KD term by T^2 (Hinton) so its gradient size does not depend on T")
+        kd_weight: float = param(1.0, "weight of the KD term (per-token nats)", lo=0.0)
+        ce_weight: float = param(0.0, "weight of cross-entropy on the data tokens (per-token nats)", lo=0.0)
+        chunk: int = param(0, "rows per chunk of the fused loss (0: auto from the vocabulary size)", lo=0)
+
+    def __init__(self, ctx, cfg):
+        super().__init__(ctx, cfg)
+        if cfg.kd_weight == 0 and cfg.ce_weight == 0:
+            from ..errors import ConfigError
+
+            raise ConfigError("method_args: kd_weight and ce_weight are both 0; nothing to train")
+        self._teacher = None
+
+    def teacher(self, model):
+        if self._teacher is None:
+            teacher, t_tok = self.ctx.load_teacher()
+            self.vocab = check_vocab(self.ctx.tokenizer, t_tok, unwrap(model), teacher).size
+            self._teacher = teacher.to(self.ctx.device).eval().requires_grad_(False)
+        return self._teacher
+
+    def loss(self, model, batch) -> LossOut:
+        c = self.cfg
+        teacher = self.teacher(model)
+        labels = batch["labels"][:, 1:].reshape(-1)
+        hidden = last_hidden(model, batch)[:, :-1]
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        with torch.no_grad():
+            t_hidden = last_hidden(teacher, batch)[:, :-1]
+            t_hidden = t_hidden.reshape(-1, t_hidden.shape[-1])
+        scale = c.temperature ** 2 if c.t_squared else 1.0
+        loss, kd, ce = fused_linear_divergence(
+            hidden, unwrap(model).get_output_embeddings().weight, labels, teacher_hidden=t_hidden,
+            teacher_weight=teacher.get_output_embeddings().weight, divergence=c.divergence, beta=c.beta,
+            alpha=c.alpha, temperature=c.temperature, kd_weight=c.kd_weight * scale, ce_weight=c.ce_weight,
+            vocab=self.vocab, chunk=c.chunk or None)
+        n = int((labels != -100).sum())
+        return LossOut(loss, n, {"kd": float(kd) / max(1, n), "ce": float(ce) / max(1, n)})
