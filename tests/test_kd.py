@@ -56,3 +56,62 @@ def test_kd_rejects_a_teacher_with_another_vocabulary_and_zero_weights(tmp_path)
         "method": "kd", "method_args.kd_weight": 0, "method_args.ce_weight": 0, "teacher.name": "preset:nano"}))
     with pytest.raises(ConfigError, match="both 0"):
         train(run)
+
+
+def test_collate_aligns_teacher_topk_with_label_positions():
+    from retort.data.collate import Encoded, collate
+
+    a = Encoded([1, 5, 6, 7, 2], [-100, -100, 6, 7, 2], topk_ids=[[6, 9], [7, 9], [2, 9]],
+                topk_logprobs=[[-0.1, -2.0], [-0.2, -3.0], [-0.3, -4.0]])
+    b = Encoded([1, 8, 2], [-100, 8, 2], topk_ids=[[8, 1], [2, 1]], topk_logprobs=[[-0.5, -1.0], [-0.6, -1.5]])
+    batch = collate([a, b], pad_id=0)
+    assert batch["has_teacher"].tolist() == [[False, False, True, True, True], [False, True, True, False, False]]
+    assert batch["topk_ids"][0, 2].tolist() == [6, 9] and batch["topk_ids"][0, 4].tolist() == [2, 9]
+    assert batch["topk_ids"][1, 1].tolist() == [8, 1]
+    assert batch["topk_logprobs"][1, 2].tolist() == pytest.approx([-0.6, -1.5])
+
+
+def test_offline_full_vocab_topk_equals_online_kd(tmp_path):
+    """With k = V stored (nothing dropped), KD from the traces' top-k is KD from the live teacher
+    (up to the float16 storage of the log-probs)."""
+    from retort.config import TracesRun
+    from retort.methods.base import BatchPlan, MethodContext
+    from retort.methods.kd import KD
+    from retort.tasks import get_task
+    from retort.traces import run_traces
+
+    teacher = _teacher(tmp_path / "t")
+    traces = tmp_path / "tr"
+    run_traces(load_config(TracesRun, None, [f"out={traces}", f"teacher.name={teacher}", "n_prompts=6",
+                                             "shard_prompts=3", "sampling.n=1", "sampling.max_new_tokens=8",
+                                             "sampling.topk=100"]))
+    student, tok = load_model(ModelConfig(name="preset:nano"), seed=9)
+    losses = {}
+    for mode in ("online", "offline"):
+        run = load_config(TrainRun, None, [f"out={tmp_path / mode}", "data.source=traces", f"data.traces={traces}",
+                                           "data.trace_filter=all", f"teacher.name={teacher}",
+                                           f"method_args.teacher={mode}", "method=kd"])
+        ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok,
+                            load_teacher=lambda: load_model(run.teacher))
+        kd = KD(ctx, KD.Config(teacher=mode))
+        batch = next(kd.batches(BatchPlan(0, 1, 1, 6, 0, 0)))
+        out = kd.loss(student, batch)
+        losses[mode] = (float(out.loss), out.count)
+    assert losses["online"][1] == losses["offline"][1]
+    assert losses["offline"][0] == pytest.approx(losses["online"][0], rel=2e-3)
+
+
+def test_offline_kd_trains_from_topk_traces(tmp_path):
+    from retort.config import TracesRun
+    from retort.traces import run_traces
+
+    traces = tmp_path / "tr"
+    run_traces(load_config(TracesRun, None, [f"out={traces}", f"teacher.name={_teacher(tmp_path / 't')}",
+                                             "n_prompts=16", "shard_prompts=8", "sampling.n=2",
+                                             "sampling.max_new_tokens=10", "sampling.topk=8"]))
+    rows = _kd_rows(tmp_path / "s", 30, **{"data.source": "traces", "data.traces": str(traces),
+                                           "data.trace_filter": "all", "method_args.teacher": "offline"})
+    assert rows[-1]["kd"] < 0.6 * rows[0]["kd"]
+    with pytest.raises(ConfigError, match="data.source=traces"):
+        train(load_config(TrainRun, None, tiny_overrides(tmp_path / "x", **{"method": "kd",
+                                                                             "method_args.teacher": "offline"})))

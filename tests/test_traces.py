@@ -57,7 +57,9 @@ def test_traces_rows_manifest_and_resume(tmp_path):
     rows = table.to_pylist()
     for r in rows:
         assert len(r["completion_ids"]) == len(r["completion_logprobs"]) == r["n_tokens"]
-        assert len(r["topk_ids"]) == r["n_tokens"] and all(len(k) == 3 for k in r["topk_ids"])
+        # one top-k row per token, plus the end-of-sequence step when the completion stopped
+        assert len(r["topk_ids"]) == r["n_tokens"] + (r["finish_reason"] == "stop")
+        assert all(len(k) == 3 for k in r["topk_ids"])
         # the sampled token's log-prob never exceeds the best of the top-k
         assert all(lp <= top[0] + 1e-2 for lp, top in zip(r["completion_logprobs"], r["topk_logprobs"]))
     # stored log-probs are the teacher's: rescore one row directly

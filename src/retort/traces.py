@@ -80,13 +80,17 @@ def run_traces(run, console=None) -> Path:
                 outs = [o[:1] * n for o in outs]
             flat = [(e, j, c) for e, o in zip(shard, outs) for j, c in enumerate(o)]
             prompt_ids = {e.id: encode_prompt(tok, e.prompt) for e in shard}
-            scored = score(model, [prompt_ids[e.id] for e, _, _ in flat], [c.token_ids for _, _, c in flat],
+            # With top-k, also score the end-of-sequence step of completions that stopped, so that
+            # offline KD has the teacher's distribution at every position the student is trained on.
+            eos = [tok.eos_token_id] if sp.topk and tok.eos_token_id is not None else []
+            scored = score(model, [prompt_ids[e.id] for e, _, _ in flat],
+                           [c.token_ids + (eos if c.finish_reason == "stop" else []) for _, _, c in flat],
                            topk=sp.topk, batch_size=run.batch_size, pad_id=tok.pad_token_id or 0)
             rows = []
             for (e, j, c), sc in zip(flat, scored):
                 rows.append({
                     "prompt_id": e.id, "sample_idx": j, "prompt": e.prompt, "completion": c.text,
-                    "completion_ids": c.token_ids, "completion_logprobs": sc.logprobs,
+                    "completion_ids": c.token_ids, "completion_logprobs": sc.logprobs[:len(c.token_ids)],
                     "topk_ids": sc.topk_ids, "topk_logprobs": sc.topk_logprobs,
                     "answer": task.extract_answer(c.text), "reference": e.answer,
                     "correct": task.verify(c.text, e.answer), "finish_reason": c.finish_reason,

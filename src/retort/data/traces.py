@@ -30,7 +30,8 @@ SCHEMA = pa.schema([
     ("completion", pa.string()),
     ("completion_ids", pa.list_(pa.int32())),
     ("completion_logprobs", pa.list_(pa.float32())),
-    # top-k ids fit uint32; log-probs as float16 (the k values only matter to ~1e-3 relative)
+    # top-k rows: one per completion token, plus one for the end-of-sequence step when the
+    # completion stopped (finish_reason "stop"); ids as uint32, log-probs as float16
     ("topk_ids", pa.list_(pa.list_(pa.uint32()))),
     ("topk_logprobs", pa.list_(pa.list_(pa.float16()))),
     ("answer", pa.string()),

@@ -55,6 +55,10 @@ class KD(SFT):
         kd_weight: float = param(1.0, "weight of the KD term (per-token nats)", lo=0.0)
         ce_weight: float = param(0.0, "weight of cross-entropy on the data tokens (per-token nats)", lo=0.0)
         chunk: int = param(0, "rows per chunk of the fused loss (0: auto from the vocabulary size)", lo=0)
+        teacher: str = param("online", "online: run the teacher model; offline: its top-k log-probs stored in "
+                             "the traces (data.source=traces, made with sampling.topk=K)", choices=["online", "offline"])
+        tail: str = param("drop", "offline top-k: renormalise both over the k ids (drop), or keep the rest of "
+                          "the mass as one extra bucket (bucket; needs temperature 1)", choices=["drop", "bucket"])
 
     def __init__(self, ctx, cfg):
         super().__init__(ctx, cfg)
@@ -63,6 +67,21 @@ class KD(SFT):
 
             raise ConfigError("method_args: kd_weight and ce_weight are both 0; nothing to train")
         self._teacher = None
+        if cfg.teacher == "offline":
+            from ..errors import ConfigError
+
+            if ctx.run.data.source != "traces":
+                raise ConfigError("method_args.teacher=offline reads the teacher's top-k from traces: "
+                                  "set data.source=traces data.traces=DIR")
+            if cfg.tail == "bucket" and cfg.temperature != 1.0:
+                raise ConfigError("method_args.tail=bucket needs method_args.temperature=1.0")
+
+    def examples(self):
+        if self.cfg.teacher == "offline":
+            from .sft import trace_examples
+
+            return trace_examples(self.ctx.run.data, self.ctx.tokenizer, with_topk=True)
+        return super().examples()
 
     def teacher(self, model):
         if self._teacher is None:
@@ -72,6 +91,8 @@ class KD(SFT):
         return self._teacher
 
     def loss(self, model, batch) -> LossOut:
+        if self.cfg.teacher == "offline":
+            return self.offline_loss(model, batch)
         c = self.cfg
         teacher = self.teacher(model)
         labels = batch["labels"][:, 1:].reshape(-1)
@@ -88,3 +109,45 @@ class KD(SFT):
             vocab=self.vocab, chunk=c.chunk or None)
         n = int((labels != -100).sum())
         return LossOut(loss, n, {"kd": float(kd) / max(1, n), "ce": float(ce) / max(1, n)})
+
+    def offline_loss(self, model, batch) -> LossOut:
+        """KD against the teacher's stored top-k. Student logits are formed chunk by chunk and
+        recomputed in backward (activation checkpointing), so memory stays at one chunk's logits."""
+        from torch.utils.checkpoint import checkpoint
+
+        from ..losses.divergences import DIVERGENCES, sparse_teacher_logprobs
+
+        c = self.cfg
+        labels = batch["labels"][:, 1:].reshape(-1)
+        hidden = last_hidden(model, batch)[:, :-1]
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        k = batch["topk_ids"].shape[-1]
+        ids = batch["topk_ids"][:, 1:].reshape(-1, k)
+        lps = batch["topk_logprobs"][:, 1:].reshape(-1, k)
+        has = batch["has_teacher"][:, 1:].reshape(-1)
+        weight = unwrap(model).get_output_embeddings().weight
+        vocab = len(self.ctx.tokenizer)
+        fn = DIVERGENCES[c.divergence]
+        extra = (c.beta,) if c.divergence == "jsd" else (c.alpha,) if c.divergence.startswith("skew") else ()
+        scale = c.kd_weight * (c.temperature ** 2 if c.t_squared else 1.0)
+
+        def chunk_loss(h, w, ids_c, lps_c, has_c, lab_c):
+            z = (h @ w[:vocab].T).float()
+            ls, lt = sparse_teacher_logprobs(z, ids_c, lps_c, tail=c.tail, temperature=c.temperature)
+            kd = torch.where(has_c, fn(ls, lt, *extra), torch.zeros_like(has_c, dtype=z.dtype)).sum()
+            ce = torch.nn.functional.cross_entropy(z, lab_c, reduction="sum") if c.ce_weight else z.new_zeros(())
+            return scale * kd + c.ce_weight * ce, kd.detach(), ce.detach()
+
+        rows = (labels != -100).nonzero().squeeze(-1)
+        step = c.chunk or max(8, (1 << 22) // max(1, vocab))
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        kd_sum = ce_sum = 0.0
+        for start in range(0, rows.numel(), step):
+            r = rows[start:start + step]
+            part, kd, ce = checkpoint(chunk_loss, hidden[r], weight, ids[r], lps[r], has[r], labels[r],
+                                      use_reentrant=False)
+            loss = loss + part
+            kd_sum += float(kd)
+            ce_sum += float(ce)
+        n = int(rows.numel())
+        return LossOut(loss, n, {"kd": kd_sum / max(1, n), "ce": ce_sum / max(1, n)})

@@ -47,14 +47,20 @@ class SFT(OffPolicy):
         return LossOut(loss, n)
 
 
-def trace_examples(data, tok) -> list[Encoded]:
+def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
     """Training pairs from a trace set: correct-only by default. When the student's tokenizer is
     the teacher's, the teacher's sampled token ids are used as they are (decode-then-encode can
     change BPE segmentation); otherwise the completion text is tokenised by the student."""
     from ..traces import tokenizer_sha256
 
     manifest = read_manifest(data.traces)
-    table = read_traces(data.traces, columns=["prompt", "completion", "completion_ids", "correct", "finish_reason"])
+    columns = ["prompt", "completion", "completion_ids", "correct", "finish_reason"]
+    if with_topk:
+        if not manifest["params"]["sampling"].get("topk"):
+            raise DataError(f"{data.traces}: traces have no teacher top-k (made without sampling.topk); "
+                            "rerun `retort traces` with sampling.topk=K, or use the online teacher")
+        columns += ["topk_ids", "topk_logprobs"]
+    table = read_traces(data.traces, columns=columns)
     cols = table.to_pydict()
     keep = [i for i, ok in enumerate(cols["correct"]) if ok or data.trace_filter == "all"][:data.n_train]
     if not keep:
@@ -70,6 +76,10 @@ def trace_examples(data, tok) -> list[Encoded]:
         # A completion cut by the length limit never ended: do not teach the student to stop there.
         c = list(c) + (eos if cols["finish_reason"][i] == "stop" else [])
         enc = Encoded(p + c, [IGNORE] * len(p) + c)
+        if with_topk:
+            if same_vocab is False:
+                raise DataError(f"{data.traces}: offline top-k needs the teacher's tokenizer (the student's differs)")
+            enc.topk_ids, enc.topk_logprobs = cols["topk_ids"][i], cols["topk_logprobs"][i]
         if len(enc.input_ids) <= data.max_len:
             out.append(enc)
     if not out:
