@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU smoke check (run on a lent GPU machine, see BENCHMARKS.md): the built-in teacher trained
-# under bf16 autocast (train.precision=auto), a 2-process-free student run, and eval with sampling.
+# under bf16 autocast (train.precision=auto), a student run, eval with sampling, traces with top-k,
+# and kd with the teacher online (fused loss under bf16) and offline.
 # Wheels for packages the GPU image lacks travel in .whl/ (omegaconf, antlr4-python3-runtime).
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -21,3 +22,11 @@ python3 -m retort.cli train out=/tmp/gpu_student student.name=preset:student dat
 cp /tmp/gpu_student/summary.json "$OUT"/gpu_student_summary.json
 python3 -m retort.cli eval -m teacher=builtin:teacher -m student=/tmp/gpu_student/model eval.n=500 eval.k=4 \
   eval.temperature=0.8 --json "$OUT"/gpu_eval.json 2>&1 | tail -8
+python3 -m retort.cli traces out=/tmp/gpu_traces n_prompts=2000 sampling.n=1 sampling.topk=8 shard_prompts=500 \
+  batch_size=500 2>&1 | tail -3
+for mode in online offline; do
+  python3 -m retort.cli train out=/tmp/gpu_kd_$mode method=kd method_args.teacher=$mode student.name=preset:student \
+    data.source=traces data.traces=/tmp/gpu_traces train.steps=300 train.save_every=0 train.log_every=100 \
+    eval.n=200 2>&1 | tail -3
+  cp /tmp/gpu_kd_$mode/metrics.jsonl "$OUT"/gpu_kd_${mode}_metrics.jsonl
+done

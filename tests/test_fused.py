@@ -112,3 +112,19 @@ def test_all_masked_gives_zero_and_zero_grads():
     assert loss.item() == 0.0
     gh, gw = torch.autograd.grad(loss, [hidden, weight])
     assert torch.all(gh == 0) and torch.all(gw == 0)
+
+
+def test_under_bf16_autocast_with_fp32_weights():
+    """Mixed precision as the loop runs it: bf16 activations from autocast, fp32 parameters."""
+    hidden, weight, th, tw, labels = _case()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h16 = hidden * 1.0  # a float op under autocast keeps fp32; cast like a bf16 layer output
+        h16 = h16.to(torch.bfloat16)
+        loss, _, _ = fused_linear_divergence(h16, weight, labels, teacher_hidden=th.bfloat16(), teacher_weight=tw,
+                                             divergence="jsd", ce_weight=0.5)
+        loss.backward()
+    assert weight.grad is not None and weight.grad.dtype == torch.float32 and torch.isfinite(weight.grad).all()
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
+    want = plain(hidden.detach().bfloat16().float(), weight.detach(), (th.bfloat16().float() @ tw.T), labels, "jsd",
+                 ce_weight=0.5)
+    assert loss.item() == pytest.approx(want.item(), rel=3e-2)

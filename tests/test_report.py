@@ -130,3 +130,18 @@ def test_non_run_dir_raises(tmp_path, make):
     with pytest.raises(RetortError, match=re.escape(str(path))):
         write_report([path], tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_demo_rows_name_their_run_dirs(tmp_path):
+    import json
+
+    from retort.report import write_report
+
+    demo = tmp_path / "demo"
+    (demo / "sft").mkdir(parents=True)
+    (demo / "sft" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n')
+    (demo / "sft" / "summary.json").write_text(json.dumps({"steps": 2, "train_time_s": 12.5, "eval": {}}))
+    (demo / "results.json").write_text(json.dumps({"student: sft on teacher traces": {
+        "accuracy": 0.8, "mean_tokens": 20.0, "n": 10, "run_dir": "sft"}}))
+    html = write_report([demo], tmp_path / "r.html").read_text()
+    assert "12.5" in html  # the row's train time came from the named run dir

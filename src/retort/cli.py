@@ -125,11 +125,14 @@ def teacher(config_file, force, overrides):
 
 @click.command(context_settings=CONTEXT)
 @click.option("--out", default="runs/demo", show_default=True, help="Demo run directory.")
-def demo(out):
-    """The embedded default end to end: built-in teacher, students, evaluation side by side."""
+@click.option("--methods", default="answers,sft", show_default=True,
+              help="Comma-separated students to train and compare: answers, sft, kd.")
+def demo(out, methods):
+    """The embedded default end to end: built-in teacher, teacher traces, students, evaluation
+    side by side, and an HTML report (OUT/report.html)."""
     from .demo import run_demo
 
-    run_demo(out, console=_console())
+    run_demo(out, console=_console(), methods=[m.strip() for m in methods.split(",") if m.strip()])
 
 
 @click.command(context_settings=CONTEXT)

@@ -18,21 +18,25 @@ STUDENT = {"student": {"name": "preset:student"},
            "train": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "save_every": 500,
                      "log_every": 100}}
 
-# Teacher traces the distilled students learn from: 4000 train prompts x 2 samples at temperature 1.
-TRACES = ["n_prompts=4000", "sampling.n=2", "sampling.temperature=1.0", "sampling.max_new_tokens=96",
-          "shard_prompts=500", "batch_size=500"]
+# Teacher traces the distilled students learn from: 4000 train prompts, one sample each at
+# temperature 1, with the teacher's top-8 log-probs (for offline KD).
+TRACES = ["n_prompts=4000", "sampling.n=1", "sampling.temperature=1.0", "sampling.max_new_tokens=96",
+          "sampling.topk=8", "shard_prompts=500", "batch_size=500"]
 
-# label -> overrides of STUDENT; "{traces}" is the demo's trace directory. Each is the small
-# student preset trained from scratch.
-DEMO_RUNS: dict[str, list[str]] = {
-    "student: answers only": ["method=sft", "data.source=answers"],
-    "student: sft on teacher traces": ["method=sft", "data.source=traces", "data.traces={traces}"],
+# name -> (label, overrides of STUDENT); "{traces}" is the demo's trace directory. Each is the small
+# student preset trained from scratch. Adding a method to the demo is one line here.
+DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
+    "answers": ("student: answers only", ["method=sft", "data.source=answers", "train.steps=600"]),
+    "sft": ("student: sft on teacher traces", ["method=sft", "data.source=traces", "data.traces={traces}"]),
+    "kd": ("student: kd, forward KL on teacher top-8", ["method=kd", "data.source=traces", "data.traces={traces}",
+                                                        "method_args.teacher=offline"]),
 }
+DEFAULT_METHODS = ("answers", "sft")
 
 EVAL = EvalConfig(n=500, seed=7, max_new_tokens=96, batch_size=250)
 
 
-def run_demo(out: str = "runs/demo", console=None) -> dict:
+def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS) -> dict:
     from .config import ModelConfig, TaskConfig
     from .data.traces import read_manifest
     from .errors import DataError
@@ -44,6 +48,9 @@ def run_demo(out: str = "runs/demo", console=None) -> dict:
     from .traces import run_traces
     from .train import train
 
+    unknown = [m for m in methods if m not in DEMO_RUNS]
+    if unknown:
+        raise DataError(f"demo --methods: unknown {', '.join(unknown)}; choose from {', '.join(DEMO_RUNS)}")
     root = Path(out)
     teacher_dir = ensure_teacher(console=console)
     traces = root / "traces"
@@ -58,10 +65,10 @@ def run_demo(out: str = "runs/demo", console=None) -> dict:
                    console=console)
     task = get_task(TaskConfig())
     rows = []
-    for label, overrides in [("teacher (built-in)", None), *DEMO_RUNS.items()]:
+    for name, (label, overrides) in [("teacher", ("teacher (built-in)", None)), *((m, DEMO_RUNS[m]) for m in methods)]:
         path = teacher_dir
         if overrides is not None:
-            slug = label.split(": ", 1)[-1].replace(" ", "_")
+            slug = name
             args = [o.replace("{traces}", str(traces)) for o in overrides]
             run = load_config(TrainRun, None, [*args, f"out={root / slug}"], base=STUDENT)
             if not (Path(run.out) / "summary.json").is_file():
@@ -72,6 +79,8 @@ def run_demo(out: str = "runs/demo", console=None) -> dict:
         model, tok = load_model(ModelConfig(name=str(path)))
         result = evaluate(model, tok, task, EVAL)
         result["params"] = sum(p.numel() for p in model.parameters())
+        if overrides is not None:
+            result["run_dir"] = name
         rows.append((label, result))
     if console is not None:
         console.print(results_table(rows))

@@ -69,12 +69,23 @@ class _FusedLinearDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels, name, beta, alpha, temperature,
                 kd_weight, ce_weight, vocab, chunk):
+        # Dtypes are handled explicitly below; an ambient autocast (bf16 training) would otherwise
+        # turn the float32 gradient matmuls into bf16 ones.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return _FusedLinearDivergence._forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels, name,
+                                                   beta, alpha, temperature, kd_weight, ce_weight, vocab, chunk)
+
+    @staticmethod
+    def _forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels, name, beta, alpha, temperature,
+                 kd_weight, ce_weight, vocab, chunk):
         valid = (labels != IGNORE).nonzero().squeeze(-1)
         n, h_dim = hidden.shape
         grad_h = torch.zeros((n, h_dim), dtype=torch.float32, device=hidden.device)
         grad_w = torch.zeros((vocab, h_dim), dtype=torch.float32, device=hidden.device)
-        w = weight[:vocab]
-        w32 = w.float()
+        w = weight[:vocab].to(hidden.dtype)  # logits in the activations' precision (bf16 under mixed precision)
+        w32 = weight[:vocab].float()
+        if t_hidden is not None:
+            t_w = t_weight[:vocab].to(t_hidden.dtype)
         kd_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         ce_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, valid.numel(), chunk):
@@ -86,7 +97,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
                 if t_logits is not None:
                     zt = t_logits[rows][:, :vocab].float()
                 else:
-                    zt = (t_hidden[rows] @ t_weight[:vocab].T).float()
+                    zt = (t_hidden[rows] @ t_w.T).float()
                 ls = torch.log_softmax(z / temperature, dim=-1)
                 lt = torch.log_softmax(zt / temperature, dim=-1)
                 ps, pt = ls.exp(), lt.exp()

@@ -144,8 +144,10 @@ def _load_demo(path: Path, source: str) -> tuple[list[Row], list[Run]]:
     # Longest names first, so "traces" cannot take the label that "sft_on_teacher_traces" names.
     subdirs = sorted((d for d in path.iterdir() if d.is_dir() and _is_run(d)),
                      key=lambda d: (-len(d.name), d.name))
+    # A result may name its training run's subdirectory ("run_dir", as `retort demo` writes).
+    named = {r.eval.get("run_dir"): r.name for r in rows if isinstance(r.eval.get("run_dir"), str)}
     for sub in subdirs:
-        label = _match(list(by_label), sub.name, taken)
+        label = named.get(sub.name) or _match(list(by_label), sub.name, taken)
         run = _load_run(sub, label or sub.name)
         if label is not None:
             taken.add(label)
