@@ -60,9 +60,31 @@ def _value(name: str, ls, lt, beta: float, alpha: float):
     return fn(ls, lt)
 
 
+def _value_and_grad_z(name: str, ls, lt, ps, pt, beta: float, alpha: float):
+    """(sum over rows of f, T * d f / d z) for one chunk. The common divergences share their
+    intermediates and use sum_v p = 1 to simplify g - p_s sum(g):
+      forward KL: T dz = p_s - p_t;  reverse KL: T dz = p_s (ls - lt - f_row);
+      JSD: T dz = (1 - beta) p_s (d - sum_v p_s d), d = ls - lm."""
+    if name == "forward_kl" or (name == "jsd" and beta == 0.0):
+        return (pt * (lt - ls)).sum(), ps - pt
+    if name == "reverse_kl" or (name == "jsd" and beta == 1.0):
+        d = ls - lt
+        row = (ps * d).sum(-1, keepdim=True)
+        return row.sum(), ps * (d - row)
+    if name == "jsd":
+        lm = _log_mix(lt, ls, beta)
+        d = ls - lm
+        psd = ps * d
+        value = beta * (pt * (lt - lm)).sum() + (1 - beta) * psd.sum()
+        return value, (1 - beta) * (psd - ps * psd.sum(-1, keepdim=True))
+    g = _grad_ls(name, ls, lt, ps, pt, beta, alpha)
+    return _value(name, ls, lt, beta, alpha).sum(), g - ps * g.sum(-1, keepdim=True)
+
+
 def default_chunk(vocab: int) -> int:
-    # ~8M float32 entries (32 MB) per (chunk x vocab) buffer; about six such buffers are live at once
-    return max(8, min(2048, (1 << 23) // max(1, vocab)))
+    # ~8M float32 entries (32 MB) per (chunk x vocab) buffer, about six live at once; but at least
+    # 128 rows, since each chunk also reads and writes the whole (V x H) weight gradient
+    return max(128, min(2048, (1 << 23) // max(1, vocab)))
 
 
 class _FusedLinearDivergence(torch.autograd.Function):
@@ -92,30 +114,38 @@ class _FusedLinearDivergence(torch.autograd.Function):
             rows = valid[start:start + chunk]
             h = hidden[rows]
             z = (h @ w.T).float()
-            g_z = torch.zeros_like(z)
+            g_z = torch.zeros_like(z) if not kd_weight else None
             if kd_weight:
                 if t_logits is not None:
                     zt = t_logits[rows][:, :vocab].float()
                 else:
                     zt = (t_hidden[rows] @ t_w.T).float()
-                ls = torch.log_softmax(z / temperature, dim=-1)
-                lt = torch.log_softmax(zt / temperature, dim=-1)
+                ls = torch.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1)
+                lt = torch.log_softmax(zt / temperature if temperature != 1.0 else zt, dim=-1)
                 ps, pt = ls.exp(), lt.exp()
-                kd_total += _value(name, ls, lt, beta, alpha).sum()
-                g = _grad_ls(name, ls, lt, ps, pt, beta, alpha)
-                g_z += (kd_weight / temperature) * (g - ps * g.sum(-1, keepdim=True))
-                del ls, lt, ps, pt, g, zt
-            if ce_weight:
+                value, gz = _value_and_grad_z(name, ls, lt, ps, pt, beta, alpha)
+                kd_total += value
+                g_z = gz.mul_(kd_weight / temperature)
+                del lt, pt, zt, gz
+                if ce_weight and temperature == 1.0:
+                    # CE from the same softmax: -ls[target]; d CE / d z = p_s - onehot(target)
+                    tgt = labels[rows]
+                    ce_total += -ls.gather(1, tgt[:, None]).sum()
+                    g_z.add_(ps, alpha=ce_weight)
+                    g_z[torch.arange(rows.numel(), device=z.device), tgt] -= ce_weight
+                del ls, ps
+            if ce_weight and not (kd_weight and temperature == 1.0):
                 lse = torch.logsumexp(z, dim=-1)
                 tgt = labels[rows]
                 ce_total += (lse - z.gather(1, tgt[:, None])[:, 0]).sum()
                 # d CE / d z = softmax(z) - onehot(target)
                 p1 = (z - lse[:, None]).exp_()
                 p1[torch.arange(rows.numel(), device=z.device), tgt] -= 1
-                g_z += ce_weight * p1
+                g_z.add_(p1, alpha=ce_weight)
                 del p1
             grad_h[rows] = g_z @ w32
-            grad_w += g_z.T @ h.float()
+            # in place: a (V x H) temporary per chunk would cost as much memory traffic as the matmul
+            grad_w.addmm_(g_z.T, h.float())
             del z, g_z
         ctx.save_for_backward(grad_h, grad_w)
         ctx.in_dtypes = (hidden.dtype, weight.dtype, weight.shape[0])
