@@ -1,9 +1,7 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 
 from conftest import tiny_overrides
 from retort.cli import COMMANDS, main

@@ -1,5 +1,4 @@
 import itertools
-from math import comb
 
 import pytest
 import torch

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError, require
-from .presets import PRESETS, char_tokenizer, preset_config
+from .presets import char_tokenizer, preset_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
