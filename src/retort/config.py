@@ -269,6 +269,15 @@ def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] 
     return build(cls, OmegaConf.to_container(merged, resolve=True))
 
 
+def diff_keys(a, b, prefix: str = ""):
+    """Dotted keys at which two nested dicts differ (what a refused resume or rerun names)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            yield from diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 

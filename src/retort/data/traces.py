@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..config import diff_keys
 from ..errors import DataError
 
 FORMAT = "retort-traces/1"
@@ -76,7 +77,7 @@ class TraceWriter:
         if path.is_file():
             manifest = json.loads(path.read_text())
             if manifest.get("params") != self.params:
-                diff = sorted(_diff(manifest.get("params", {}), self.params))
+                diff = sorted(diff_keys(manifest.get("params", {}), self.params))
                 raise DataError(f"{self.dir} holds traces made with other arguments (differ at {', '.join(diff)}); "
                                 "use another output directory or the same arguments to continue")
             self.manifest = manifest
@@ -130,14 +131,6 @@ class TraceWriter:
         self.manifest["complete"] = True
         self.manifest["stats"] = stats
         self._save()
-
-
-def _diff(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
-        yield prefix.rstrip(".")
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

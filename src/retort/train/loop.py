@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import build, save_config, to_dict
+from ..config import build, diff_keys, save_config, to_dict
 from ..errors import ConfigError, RetortError, require
 from ..methods import METHODS, BatchPlan, MethodContext
 from ..models import load_model, save_model
@@ -76,18 +76,10 @@ def _prepare_run_dir(run_dir: Path, run, resume: bool) -> Optional[Path]:
 
     old = yaml.safe_load(cfg_file.read_text())
     new = json.loads(json.dumps(to_dict(run)))
-    diff = sorted(_diff_keys(old, new))
+    diff = sorted(diff_keys(old, new))
     if diff:
         raise ConfigError(f"--resume: config differs from the run in {run_dir} at {', '.join(diff)}")
     return latest_checkpoint(run_dir)
-
-
-def _diff_keys(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in set(a) | set(b):
-            yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
-        yield prefix.rstrip(".")
 
 
 def _progress(total: int, start: int, enabled: bool):
