@@ -6,7 +6,8 @@ import pytest
 
 from retort.cli import main
 
-pytestmark = pytest.mark.slow
+# the first demo run trains the teacher: ~7 minutes alone on 2 cores, more on a shared machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_demo_end_to_end(tmp_path):
