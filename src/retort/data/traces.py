@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from ..config import diff_keys
 from ..errors import DataError
 
-FORMAT = "retort-traces/1"
+FORMAT = "retort-traces/2"
 MANIFEST = "manifest.json"
 
 SCHEMA = pa.schema([
@@ -31,10 +31,10 @@ SCHEMA = pa.schema([
     ("completion", pa.string()),
     ("completion_ids", pa.list_(pa.int32())),
     ("completion_logprobs", pa.list_(pa.float32())),
-    # top-k rows: one per completion token, plus one for the end-of-sequence step when the
-    # completion stopped (finish_reason "stop"); ids as uint32, log-probs as float16
-    ("topk_ids", pa.list_(pa.list_(pa.uint32()))),
-    ("topk_logprobs", pa.list_(pa.list_(pa.float16()))),
+    # the teacher's top-k at each completion token, plus the end-of-sequence step when the
+    # completion stopped (finish_reason "stop"), in retort.data.topk's compact encoding; null
+    # when the traces were made without sampling.topk
+    ("topk", pa.binary()),
     ("answer", pa.string()),
     ("reference", pa.string()),
     ("correct", pa.bool_()),

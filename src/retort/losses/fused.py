@@ -87,6 +87,74 @@ def default_chunk(vocab: int) -> int:
     return max(128, min(2048, (1 << 23) // max(1, vocab)))
 
 
+def _matmul_into(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> None:
+    if h.dtype == torch.float32 and w.dtype == torch.float32:
+        torch.mm(h, w.T, out=out)
+    else:
+        out.copy_(h @ w.T)
+
+
+def _log_softmax_(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    if temperature != 1.0:
+        x.div_(temperature)
+    return x.sub_(torch.logsumexp(x, dim=-1, keepdim=True))
+
+
+def _ce_into(z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Summed CE of the rows of z (overwritten with d CE / d z = softmax(z) - onehot(target))."""
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    ce = (lse[:, 0] - z.gather(1, tgt[:, None])[:, 0]).sum()
+    z.sub_(lse).exp_()
+    z[torch.arange(z.shape[0], device=z.device), tgt] -= 1
+    return ce
+
+
+def _n_buffers(name: str, beta: float, kd_weight: float, ce_weight: float, temperature: float) -> int:
+    if not kd_weight:
+        return 1
+    n = 5 if name == "jsd" and 0.0 < beta < 1.0 else 4
+    return n + 1 if ce_weight and temperature != 1.0 else n
+
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _chunk_divergence(name: str, b: list, beta: float, alpha: float, temperature: float, tgt):
+    """One chunk, in the buffers b (b[0] = student logits, b[1] = teacher logits, both overwritten).
+    Returns (sum of f over rows, g = T * d f / d z (a view of a buffer), summed CE or None); the
+    CE (temperature 1 only) reuses the student's log-softmax, and b[2] then holds p_s.
+    In-place formulas: with sum_v p = 1, g - p_s sum(g) simplifies to
+      forward KL: p_s - p_t;  reverse KL: p_s (d - sum_v p_s d), d = ls - lt;
+      JSD: (1 - beta) p_s (d - sum_v p_s d), d = ls - lm, m = beta p_t + (1 - beta) p_s."""
+    ls, lt, ps = _log_softmax_(b[0], temperature), _log_softmax_(b[1], temperature), b[2]
+    ce = -ls.gather(1, tgt[:, None]).sum() if tgt is not None and temperature == 1.0 else None
+    torch.exp(ls, out=ps)
+    if name == "jsd" and beta == 0.0:
+        name = "forward_kl"
+    if name == "jsd" and beta == 1.0:
+        name = "reverse_kl"
+    if name == "forward_kl":
+        pt = torch.exp(lt, out=b[3])
+        value = torch.dot(pt.view(-1), lt.sub_(ls).view(-1))
+        # g = p_s - p_t, in b[3]; p_s stays in b[2] for the CE term
+        return value, torch.sub(ps, pt, out=b[3]), ce
+    if name == "reverse_kl":
+        d = torch.sub(ls, lt, out=b[1]).mul_(ps)  # p_s d
+        row = d.sum(-1, keepdim=True)
+        return row.sum(), d.addcmul_(ps, row, value=-1), ce
+    if name == "jsd":
+        pt = torch.exp(lt, out=b[3])
+        lm = torch.lerp(pt, ps, 1 - beta, out=b[4]).clamp_min_(_TINY).log_()
+        value_t = torch.dot(pt.view(-1), lt.sub_(lm).view(-1))  # sum p_t (lt - lm)
+        psd = torch.sub(ls, lm, out=b[3]).mul_(ps)
+        row = psd.sum(-1, keepdim=True)
+        value = beta * value_t + (1 - beta) * row.sum()
+        return value, psd.addcmul_(ps, row, value=-1).mul_(1 - beta), ce
+    pt = torch.exp(lt, out=b[3])
+    value, g = _value_and_grad_z(name, ls, lt, ps, pt, beta, alpha)
+    return value, b[3].copy_(g), ce
+
+
 class _FusedLinearDivergence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels, name, beta, alpha, temperature,
@@ -102,51 +170,51 @@ class _FusedLinearDivergence(torch.autograd.Function):
                  kd_weight, ce_weight, vocab, chunk):
         valid = (labels != IGNORE).nonzero().squeeze(-1)
         n, h_dim = hidden.shape
-        grad_h = torch.zeros((n, h_dim), dtype=torch.float32, device=hidden.device)
-        grad_w = torch.zeros((vocab, h_dim), dtype=torch.float32, device=hidden.device)
+        dev = hidden.device
+        grad_h = torch.zeros((n, h_dim), dtype=torch.float32, device=dev)
+        grad_w = torch.zeros((vocab, h_dim), dtype=torch.float32, device=dev)
         w = weight[:vocab].to(hidden.dtype)  # logits in the activations' precision (bf16 under mixed precision)
         w32 = weight[:vocab].float()
-        if t_hidden is not None:
-            t_w = t_weight[:vocab].to(t_hidden.dtype)
-        kd_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        ce_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        t_w = t_weight[:vocab].to(t_hidden.dtype) if t_hidden is not None else None
+        kd_total = torch.zeros((), dtype=torch.float32, device=dev)
+        ce_total = torch.zeros((), dtype=torch.float32, device=dev)
+        # (chunk x vocab) work buffers, allocated once: a fresh allocation of this size per chunk is
+        # an mmap whose pages fault in one by one, which used to cost as much as the element-wise math
+        width = min(chunk, valid.numel())
+        bufs = [torch.empty((width, vocab), dtype=torch.float32, device=dev) for _ in range(_n_buffers(name, beta, kd_weight, ce_weight, temperature))]
         for start in range(0, valid.numel(), chunk):
             rows = valid[start:start + chunk]
+            r = rows.numel()
+            b = [x[:r] for x in bufs]
             h = hidden[rows]
-            z = (h @ w.T).float()
-            g_z = torch.zeros_like(z) if not kd_weight else None
+            _matmul_into(b[0], h, w)
+            tgt = labels[rows]
             if kd_weight:
+                if ce_weight and temperature != 1.0:
+                    b[-1].copy_(b[0])  # the untempered logits, for the CE term
                 if t_logits is not None:
-                    zt = t_logits[rows][:, :vocab].float()
+                    b[1].copy_(t_logits[rows][:, :vocab])
                 else:
-                    zt = (t_hidden[rows] @ t_w.T).float()
-                ls = torch.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1)
-                lt = torch.log_softmax(zt / temperature if temperature != 1.0 else zt, dim=-1)
-                ps, pt = ls.exp(), lt.exp()
-                value, gz = _value_and_grad_z(name, ls, lt, ps, pt, beta, alpha)
+                    _matmul_into(b[1], t_hidden[rows], t_w)
+                value, g, ce = _chunk_divergence(name, b, beta, alpha, temperature, tgt if ce_weight else None)
                 kd_total += value
-                g_z = gz.mul_(kd_weight / temperature)
-                del lt, pt, zt, gz
-                if ce_weight and temperature == 1.0:
-                    # CE from the same softmax: -ls[target]; d CE / d z = p_s - onehot(target)
-                    tgt = labels[rows]
-                    ce_total += -ls.gather(1, tgt[:, None]).sum()
-                    g_z.add_(ps, alpha=ce_weight)
-                    g_z[torch.arange(rows.numel(), device=z.device), tgt] -= ce_weight
-                del ls, ps
-            if ce_weight and not (kd_weight and temperature == 1.0):
-                lse = torch.logsumexp(z, dim=-1)
-                tgt = labels[rows]
-                ce_total += (lse - z.gather(1, tgt[:, None])[:, 0]).sum()
-                # d CE / d z = softmax(z) - onehot(target)
-                p1 = (z - lse[:, None]).exp_()
-                p1[torch.arange(rows.numel(), device=z.device), tgt] -= 1
-                g_z.add_(p1, alpha=ce_weight)
-                del p1
-            grad_h[rows] = g_z @ w32
+                scale = kd_weight / temperature
+                if ce is not None:
+                    # CE from the student's softmax already computed (T = 1): d CE / d z = p_s - onehot
+                    ce_total += ce
+                    g.add_(b[2], alpha=ce_weight / scale)
+                    g[torch.arange(r, device=dev), tgt] -= ce_weight / scale
+                elif ce_weight:
+                    ce_total += _ce_into(b[-1], tgt)
+                    g.add_(b[-1], alpha=ce_weight / scale)
+            else:
+                ce_total += _ce_into(b[0], tgt)
+                g, scale = b[0], ce_weight
+            # the scale goes into the (small) matmul outputs instead of a pass over g
+            grad_h[rows] = torch.mm(g, w32).mul_(scale)
             # in place: a (V x H) temporary per chunk would cost as much memory traffic as the matmul
-            grad_w.addmm_(g_z.T, h.float())
-            del z, g_z
+            grad_w.addmm_(g.T, h.float(), alpha=scale)
+        del bufs
         ctx.save_for_backward(grad_h, grad_w)
         ctx.in_dtypes = (hidden.dtype, weight.dtype, weight.shape[0])
         loss = kd_weight * kd_total + ce_weight * ce_total

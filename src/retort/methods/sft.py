@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data import topk as topk_codec
 from ..data.collate import IGNORE, Encoded, encode_examples, encode_prompt
 from ..data.traces import read_manifest, read_traces
 from ..errors import DataError
@@ -59,7 +60,7 @@ def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
         if not manifest["params"]["sampling"].get("topk"):
             raise DataError(f"{data.traces}: traces have no teacher top-k (made without sampling.topk); "
                             "rerun `retort traces` with sampling.topk=K, or use the online teacher")
-        columns += ["topk_ids", "topk_logprobs"]
+        columns.append("topk")
     table = read_traces(data.traces, columns=columns)
     cols = table.to_pydict()
     keep = [i for i, ok in enumerate(cols["correct"]) if ok or data.trace_filter == "all"][:data.n_train]
@@ -79,7 +80,7 @@ def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
         if with_topk:
             if same_vocab is False:
                 raise DataError(f"{data.traces}: offline top-k needs the teacher's tokenizer (the student's differs)")
-            enc.topk_ids, enc.topk_logprobs = cols["topk_ids"][i], cols["topk_logprobs"][i]
+            enc.topk_ids, enc.topk_logprobs = topk_codec.decode(cols["topk"][i])
         if len(enc.input_ids) <= data.max_len:
             out.append(enc)
     if not out:

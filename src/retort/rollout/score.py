@@ -19,6 +19,7 @@ class Scored:
     logprobs: list[float]                      # one per completion token
     topk_ids: Optional[list[list[int]]] = None  # [n_tokens][k]
     topk_logprobs: Optional[list[list[float]]] = None
+    topk_tail: Optional[list[float]] = None     # log of the mass outside the top-k, per token
 
 
 @torch.no_grad()
@@ -40,7 +41,7 @@ def score(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for i, (p, c) in enumerate(zip(ps, cs)):
             if not c:
-                out.append(Scored([], [] if topk else None, [] if topk else None))
+                out.append(Scored([], *([[], [], []] if topk else [None, None, None])))
                 continue
             # Position t predicts token t+1: completion tokens are predicted from len(p)-1 on.
             rows = torch.log_softmax(logits[i, len(p) - 1:len(p) - 1 + len(c)].float(), dim=-1)
@@ -50,6 +51,8 @@ def score(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *
             if topk:
                 vals, idx = rows.topk(min(topk, rows.shape[-1]), dim=-1)
                 scored.topk_ids, scored.topk_logprobs = idx.tolist(), vals.tolist()
+                # the tail's log-mass from the log-probs outside the top-k (exact, unlike 1 - sum)
+                scored.topk_tail = rows.scatter(-1, idx, float("-inf")).logsumexp(-1).tolist()
             out.append(scored)
     model.train(was_training)
     return out
