@@ -128,3 +128,26 @@ def test_under_bf16_autocast_with_fp32_weights():
     want = plain(hidden.detach().bfloat16().float(), weight.detach(), (th.bfloat16().float() @ tw.T), labels, "jsd",
                  ce_weight=0.5)
     assert loss.item() == pytest.approx(want.item(), rel=3e-2)
+
+
+@pytest.mark.parametrize("name,temperature", [("jsd", 1.0), ("reverse_kl", 1.3), ("tvd", 1.0)])
+def test_row_weights_scale_each_token_of_both_terms(name, temperature):
+    hidden, weight, th, tw, labels = _case()
+    t_logits = th @ tw.T
+    w = torch.rand(labels.shape[0], generator=torch.Generator().manual_seed(3)) * 2 - 0.5  # signed, like advantages
+    w[1] = 0.0  # a gated-out row
+    z = hidden @ weight.T
+    ls, lt = _logp(z, temperature), _logp(t_logits, temperature)
+    extra = (0.5,) if name == "jsd" else ()
+    per_kd = DIVERGENCES[name](ls, lt, *extra)
+    per_ce = torch.nn.functional.cross_entropy(z, labels, ignore_index=-100, reduction="none")
+    mask = labels != -100
+    want = ((0.8 * per_kd + 0.6 * per_ce) * w)[mask].sum()
+    gh, gw = torch.autograd.grad(want, [hidden, weight])
+    got, kd, ce = fused_linear_divergence(hidden, weight, labels, teacher_logits=t_logits, divergence=name,
+                                          temperature=temperature, kd_weight=0.8, ce_weight=0.6, chunk=8, row_weight=w)
+    fh, fw = torch.autograd.grad(got, [hidden, weight])
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(kd, (per_kd * w)[mask].sum(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(fh, gh, rtol=1e-4, atol=1e-5) and torch.allclose(fw, gw, rtol=1e-4, atol=1e-5)
+    assert torch.all(fh[1] == 0)

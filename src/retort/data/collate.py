@@ -24,6 +24,15 @@ class Encoded:
     # tokens, in order; positions without a row get none
     topk_ids: Optional[Sequence[Sequence[int]]] = None      # (positions, k): lists or an array
     topk_logprobs: Optional[Sequence[Sequence[float]]] = None
+    # what on-policy methods need besides the ids: the prompt text, the reference answer (to verify
+    # a rollout) and a worked solution (OPSD's privileged context), when the source has them
+    prompt: Optional[str] = None
+    answer: Optional[str] = None
+    solution: Optional[str] = None
+
+    @property
+    def prompt_len(self) -> int:
+        return next((i for i, lab in enumerate(self.labels) if lab != IGNORE), len(self.labels))
 
 
 def encode_prompt(tok, prompt: str) -> list[int]:

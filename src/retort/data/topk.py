@@ -67,7 +67,8 @@ def encode(ids, logprobs, tail_logprobs) -> bytes:
     lps = np.asarray(logprobs, dtype=np.float64)
     tails = np.asarray(tail_logprobs, dtype=np.float64)
     if ids.ndim != 2 or lps.shape != ids.shape or tails.shape != ids.shape[:1]:
-        raise ValueError(f"expected ids and logprobs (P, k) and tails (P,), got {ids.shape}, {lps.shape}, {tails.shape}")
+        raise ValueError(f"expected ids and logprobs (P, k) and tails (P,), "
+                         f"got {ids.shape}, {lps.shape}, {tails.shape}")
     p, k = ids.shape
     head = bytes([VERSION]) + _varint(np.array([k, p]))
     if p == 0:

@@ -61,24 +61,14 @@ def _value(name: str, ls, lt, beta: float, alpha: float):
 
 
 def _value_and_grad_z(name: str, ls, lt, ps, pt, beta: float, alpha: float):
-    """(sum over rows of f, T * d f / d z) for one chunk. The common divergences share their
-    intermediates and use sum_v p = 1 to simplify g - p_s sum(g):
-      forward KL: T dz = p_s - p_t;  reverse KL: T dz = p_s (ls - lt - f_row);
-      JSD: T dz = (1 - beta) p_s (d - sum_v p_s d), d = ls - lm."""
-    if name == "forward_kl" or (name == "jsd" and beta == 0.0):
-        return (pt * (lt - ls)).sum(), ps - pt
-    if name == "reverse_kl" or (name == "jsd" and beta == 1.0):
-        d = ls - lt
-        row = (ps * d).sum(-1, keepdim=True)
-        return row.sum(), ps * (d - row)
-    if name == "jsd":
-        lm = _log_mix(lt, ls, beta)
-        d = ls - lm
-        psd = ps * d
-        value = beta * (pt * (lt - lm)).sum() + (1 - beta) * psd.sum()
-        return value, (1 - beta) * (psd - ps * psd.sum(-1, keepdim=True))
+    """(f per row, T * d f / d z) for one chunk, by the general closed form g - p_s sum(g)."""
     g = _grad_ls(name, ls, lt, ps, pt, beta, alpha)
-    return _value(name, ls, lt, beta, alpha).sum(), g - ps * g.sum(-1, keepdim=True)
+    return _value(name, ls, lt, beta, alpha), g - ps * g.sum(-1, keepdim=True)
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a * b per row, without a (rows x V) temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
 def default_chunk(vocab: int) -> int:
@@ -101,9 +91,9 @@ def _log_softmax_(x: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def _ce_into(z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """Summed CE of the rows of z (overwritten with d CE / d z = softmax(z) - onehot(target))."""
+    """CE of each row of z (overwritten with d CE / d z = softmax(z) - onehot(target))."""
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    ce = (lse[:, 0] - z.gather(1, tgt[:, None])[:, 0]).sum()
+    ce = lse[:, 0] - z.gather(1, tgt[:, None])[:, 0]
     z.sub_(lse).exp_()
     z[torch.arange(z.shape[0], device=z.device), tgt] -= 1
     return ce
@@ -121,13 +111,13 @@ _TINY = torch.finfo(torch.float32).tiny
 
 def _chunk_divergence(name: str, b: list, beta: float, alpha: float, temperature: float, tgt):
     """One chunk, in the buffers b (b[0] = student logits, b[1] = teacher logits, both overwritten).
-    Returns (sum of f over rows, g = T * d f / d z (a view of a buffer), summed CE or None); the
-    CE (temperature 1 only) reuses the student's log-softmax, and b[2] then holds p_s.
+    Returns (f per row, g = T * d f / d z (a view of a buffer), CE per row or None); the CE
+    (temperature 1 only) reuses the student's log-softmax, and b[2] then holds p_s.
     In-place formulas: with sum_v p = 1, g - p_s sum(g) simplifies to
       forward KL: p_s - p_t;  reverse KL: p_s (d - sum_v p_s d), d = ls - lt;
       JSD: (1 - beta) p_s (d - sum_v p_s d), d = ls - lm, m = beta p_t + (1 - beta) p_s."""
     ls, lt, ps = _log_softmax_(b[0], temperature), _log_softmax_(b[1], temperature), b[2]
-    ce = -ls.gather(1, tgt[:, None]).sum() if tgt is not None and temperature == 1.0 else None
+    ce = -ls.gather(1, tgt[:, None])[:, 0] if tgt is not None and temperature == 1.0 else None
     torch.exp(ls, out=ps)
     if name == "jsd" and beta == 0.0:
         name = "forward_kl"
@@ -135,20 +125,20 @@ def _chunk_divergence(name: str, b: list, beta: float, alpha: float, temperature
         name = "reverse_kl"
     if name == "forward_kl":
         pt = torch.exp(lt, out=b[3])
-        value = torch.dot(pt.view(-1), lt.sub_(ls).view(-1))
+        value = _rowdot(pt, lt.sub_(ls))
         # g = p_s - p_t, in b[3]; p_s stays in b[2] for the CE term
         return value, torch.sub(ps, pt, out=b[3]), ce
     if name == "reverse_kl":
         d = torch.sub(ls, lt, out=b[1]).mul_(ps)  # p_s d
         row = d.sum(-1, keepdim=True)
-        return row.sum(), d.addcmul_(ps, row, value=-1), ce
+        return row[:, 0], d.addcmul_(ps, row, value=-1), ce
     if name == "jsd":
         pt = torch.exp(lt, out=b[3])
         lm = torch.lerp(pt, ps, 1 - beta, out=b[4]).clamp_min_(_TINY).log_()
-        value_t = torch.dot(pt.view(-1), lt.sub_(lm).view(-1))  # sum p_t (lt - lm)
+        value_t = _rowdot(pt, lt.sub_(lm))  # sum_v p_t (lt - lm)
         psd = torch.sub(ls, lm, out=b[3]).mul_(ps)
         row = psd.sum(-1, keepdim=True)
-        value = beta * value_t + (1 - beta) * row.sum()
+        value = beta * value_t + (1 - beta) * row[:, 0]
         return value, psd.addcmul_(ps, row, value=-1).mul_(1 - beta), ce
     pt = torch.exp(lt, out=b[3])
     value, g = _value_and_grad_z(name, ls, lt, ps, pt, beta, alpha)
@@ -157,18 +147,23 @@ def _chunk_divergence(name: str, b: list, beta: float, alpha: float, temperature
 
 class _FusedLinearDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels, name, beta, alpha, temperature,
-                kd_weight, ce_weight, vocab, chunk):
+    def forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels, row_weight, name, beta, alpha,
+                temperature, kd_weight, ce_weight, vocab, chunk):
         # Dtypes are handled explicitly below; an ambient autocast (bf16 training) would otherwise
         # turn the float32 gradient matmuls into bf16 ones.
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return _FusedLinearDivergence._forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels, name,
-                                                   beta, alpha, temperature, kd_weight, ce_weight, vocab, chunk)
+            return _FusedLinearDivergence._forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels,
+                                                   row_weight, name, beta, alpha, temperature, kd_weight, ce_weight,
+                                                   vocab, chunk)
 
     @staticmethod
-    def _forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels, name, beta, alpha, temperature,
-                 kd_weight, ce_weight, vocab, chunk):
-        valid = (labels != IGNORE).nonzero().squeeze(-1)
+    def _forward(ctx, hidden, weight, t_hidden, t_weight, t_logits, labels, row_weight, name, beta, alpha,
+                 temperature, kd_weight, ce_weight, vocab, chunk):
+        keep = labels != IGNORE
+        if row_weight is not None:
+            row_weight = row_weight.float()
+            keep &= row_weight != 0  # rows weighted 0 (gated out) cost nothing
+        valid = keep.nonzero().squeeze(-1)
         n, h_dim = hidden.shape
         dev = hidden.device
         grad_h = torch.zeros((n, h_dim), dtype=torch.float32, device=dev)
@@ -181,7 +176,8 @@ class _FusedLinearDivergence(torch.autograd.Function):
         # (chunk x vocab) work buffers, allocated once: a fresh allocation of this size per chunk is
         # an mmap whose pages fault in one by one, which used to cost as much as the element-wise math
         width = min(chunk, valid.numel())
-        bufs = [torch.empty((width, vocab), dtype=torch.float32, device=dev) for _ in range(_n_buffers(name, beta, kd_weight, ce_weight, temperature))]
+        n_bufs = _n_buffers(name, beta, kd_weight, ce_weight, temperature)
+        bufs = [torch.empty((width, vocab), dtype=torch.float32, device=dev) for _ in range(n_bufs)]
         for start in range(0, valid.numel(), chunk):
             rows = valid[start:start + chunk]
             r = rows.numel()
@@ -189,6 +185,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
             h = hidden[rows]
             _matmul_into(b[0], h, w)
             tgt = labels[rows]
+            wr = None if row_weight is None else row_weight[rows]
             if kd_weight:
                 if ce_weight and temperature != 1.0:
                     b[-1].copy_(b[0])  # the untempered logits, for the CE term
@@ -197,23 +194,31 @@ class _FusedLinearDivergence(torch.autograd.Function):
                 else:
                     _matmul_into(b[1], t_hidden[rows], t_w)
                 value, g, ce = _chunk_divergence(name, b, beta, alpha, temperature, tgt if ce_weight else None)
-                kd_total += value
+                kd_total += value.sum() if wr is None else value @ wr
                 scale = kd_weight / temperature
                 if ce is not None:
                     # CE from the student's softmax already computed (T = 1): d CE / d z = p_s - onehot
-                    ce_total += ce
+                    ce_total += ce.sum() if wr is None else ce @ wr
                     g.add_(b[2], alpha=ce_weight / scale)
                     g[torch.arange(r, device=dev), tgt] -= ce_weight / scale
                 elif ce_weight:
-                    ce_total += _ce_into(b[-1], tgt)
+                    ce = _ce_into(b[-1], tgt)
+                    ce_total += ce.sum() if wr is None else ce @ wr
                     g.add_(b[-1], alpha=ce_weight / scale)
             else:
-                ce_total += _ce_into(b[0], tgt)
+                ce = _ce_into(b[0], tgt)
+                ce_total += ce.sum() if wr is None else ce @ wr
                 g, scale = b[0], ce_weight
-            # the scale goes into the (small) matmul outputs instead of a pass over g
-            grad_h[rows] = torch.mm(g, w32).mul_(scale)
+            # the scale (and the row weights) go into the (small) matmul operands and outputs
+            # instead of a pass over g
+            gh = torch.mm(g, w32).mul_(scale)
+            h32 = h.float()
+            if wr is not None:
+                gh.mul_(wr[:, None])
+                h32 = h32 * wr[:, None]
+            grad_h[rows] = gh
             # in place: a (V x H) temporary per chunk would cost as much memory traffic as the matmul
-            grad_w.addmm_(g.T, h.float(), alpha=scale)
+            grad_w.addmm_(g.T, h32, alpha=scale)
         del bufs
         ctx.save_for_backward(grad_h, grad_w)
         ctx.in_dtypes = (hidden.dtype, weight.dtype, weight.shape[0])
@@ -229,7 +234,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
         gw = grad_w * grad_loss
         if gw.shape[0] < w_rows:  # padded vocabulary rows get no gradient
             gw = torch.cat([gw, gw.new_zeros(w_rows - gw.shape[0], gw.shape[1])])
-        return gh, gw.to(w_dtype), *([None] * 12)
+        return gh, gw.to(w_dtype), *([None] * 13)
 
 
 def fused_linear_divergence(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
@@ -238,14 +243,16 @@ def fused_linear_divergence(hidden: torch.Tensor, weight: torch.Tensor, labels: 
                             teacher_logits: Optional[torch.Tensor] = None, divergence: str = "forward_kl",
                             beta: float = 0.5, alpha: float = 0.1, temperature: float = 1.0,
                             kd_weight: float = 1.0, ce_weight: float = 0.0, vocab: Optional[int] = None,
-                            chunk: Optional[int] = None):
+                            chunk: Optional[int] = None, row_weight: Optional[torch.Tensor] = None):
     """Summed `kd_weight * sum_t D(student_t, teacher_t) + ce_weight * sum_t CE_t` over rows whose
     label is not -100, with the student's logits = hidden @ weight.T computed chunk by chunk.
 
     hidden: (N, H) student last hidden states (already shifted: row t predicts labels[t]);
     weight: (V_s, H) student lm_head (tied embeddings: pass the embedding matrix);
     the teacher as (teacher_hidden (N, H_t), teacher_weight (V_t, H_t)) or teacher_logits (N, V_t);
-    vocab: columns compared (the shared vocabulary; defaults to min of the two sizes).
+    vocab: columns compared (the shared vocabulary; defaults to min of the two sizes);
+    row_weight: (N,) optional per-row weights of both terms (token weights, advantages, gates; not
+    differentiated; rows weighted 0 are skipped).
     Returns (loss, kd_sum, ce_sum): `loss` carries gradients to hidden and weight; the two sums are
     detached, for logging. Normalise by the global token count outside (the loop does)."""
     if divergence not in DIVERGENCES:
@@ -262,8 +269,8 @@ def fused_linear_divergence(hidden: torch.Tensor, weight: torch.Tensor, labels: 
         teacher_logits = teacher_logits.detach()
     return _FusedLinearDivergence.apply(
         hidden, weight, teacher_hidden, None if teacher_weight is None else teacher_weight.detach(), teacher_logits,
-        labels, divergence, float(beta), float(alpha), float(temperature), float(kd_weight), float(ce_weight),
-        int(vocab), int(chunk))
+        labels, None if row_weight is None else row_weight.detach(), divergence, float(beta), float(alpha),
+        float(temperature), float(kd_weight), float(ce_weight), int(vocab), int(chunk))
 
 
 __all__ = ["default_chunk", "fused_linear_divergence"]

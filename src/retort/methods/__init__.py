@@ -1,9 +1,13 @@
 """Training methods by name. Adding one: a file here and one line in METHODS."""
 
 from .base import BatchPlan, LossOut, Method, MethodContext, OffPolicy
+from .gkd import GKD
 from .kd import KD
+from .opsd import OPSD
+from .rkl_pg import RKLPG
 from .sft import SFT
+from .tsd_kd import TSDKD
 
-METHODS: dict[str, type[Method]] = {SFT.name: SFT, KD.name: KD}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD)}
 
 __all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy"]

@@ -47,6 +47,8 @@ class MethodContext:
     tokenizer: Any
     load_teacher: Any = None  # () -> (model, tokenizer)
     device: Any = "cpu"
+    student: Any = None  # () -> the model being trained, unwrapped (on-policy methods sample from it)
+    load_initial_student: Any = None  # () -> (model, tokenizer): the student as the run started it
 
 
 class Method:
@@ -91,12 +93,17 @@ class OffPolicy(Method):
         raise NotImplementedError
 
     def batches(self, plan: BatchPlan) -> Iterator[dict]:
+        pad = self.ctx.tokenizer.pad_token_id
+        for _, items in self.example_batches(plan):
+            yield collate(items, pad)
+
+    def example_batches(self, plan: BatchPlan) -> Iterator[tuple[int, list[Encoded]]]:
+        """(chunk index, examples) of each micro-batch, in the order described above."""
         data = self.examples()
         if not data:
             raise ValueError("no training examples")
         lengths = [len(x.input_ids) for x in data]
         epochs: dict[int, list[list[int]]] = {}
-        pad = self.ctx.tokenizer.pad_token_id
         step = plan.start_step
         while True:
             for a in range(plan.accum):
@@ -105,5 +112,5 @@ class OffPolicy(Method):
                 epoch, pos = divmod(chunk, per_epoch)
                 if epoch not in epochs:
                     epochs = {epoch: bucketed_order(lengths, plan.batch_size, plan.seed + epoch)}
-                yield collate([data[i] for i in epochs[epoch][pos % len(epochs[epoch])]], pad)
+                yield chunk, [data[i] for i in epochs[epoch][pos % len(epochs[epoch])]]
             step += 1

@@ -17,6 +17,7 @@ lm_head (`retort.losses.fused`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -24,6 +25,7 @@ from ..config import param
 from ..losses.divergences import DIVERGENCES
 from ..losses.fused import fused_linear_divergence
 from ..models import check_vocab
+from ..data.collate import IGNORE
 from .base import LossOut
 from .sft import SFT
 
@@ -38,6 +40,40 @@ def last_hidden(model, batch):
 
 def unwrap(model):
     return getattr(model, "module", model)
+
+
+def load_teacher_once(method, model):
+    """The method's teacher, loaded on first use, frozen, with its vocabulary checked against the
+    student's (`method.vocab` is then the number of shared columns)."""
+    if getattr(method, "_teacher", None) is None:
+        teacher, t_tok = method.ctx.load_teacher()
+        method.vocab = check_vocab(method.ctx.tokenizer, t_tok, unwrap(model), teacher).size
+        method._teacher = teacher.to(method.ctx.device).eval().requires_grad_(False)
+    return method._teacher
+
+
+def distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_weight=None) -> LossOut:
+    """The fused divergence (+ CE) between the student on `batch` and the teacher on `teacher_batch`
+    (default: the same ids) at the label positions of each, in order — the two may differ in their
+    prompts (OPSD's privileged context) but must label the same completion tokens.
+    `c` has divergence, beta, alpha, temperature, t_squared, kd_weight, ce_weight, chunk."""
+    labels = batch["labels"][:, 1:]
+    sel = labels != IGNORE
+    hidden = last_hidden(model, batch)[:, :-1][sel]
+    tb = batch if teacher_batch is None else teacher_batch
+    t_sel = tb["labels"][:, 1:] != IGNORE
+    with torch.no_grad():
+        t_hidden = last_hidden(teacher, tb)[:, :-1][t_sel]
+    if t_hidden.shape[0] != hidden.shape[0]:
+        raise ValueError(f"teacher batch labels {t_hidden.shape[0]} tokens, the student's {hidden.shape[0]}")
+    scale = c.temperature ** 2 if c.t_squared else 1.0
+    loss, kd, ce = fused_linear_divergence(
+        hidden, unwrap(model).get_output_embeddings().weight, labels[sel], teacher_hidden=t_hidden,
+        teacher_weight=unwrap(teacher).get_output_embeddings().weight, divergence=c.divergence, beta=c.beta,
+        alpha=c.alpha, temperature=c.temperature, kd_weight=c.kd_weight * scale, ce_weight=c.ce_weight,
+        vocab=vocab, chunk=c.chunk or None, row_weight=None if row_weight is None else row_weight[sel])
+    n = int(sel.sum())
+    return LossOut(loss, n, {"kd": float(kd) / max(1, n), "ce": float(ce) / max(1, n)})
 
 
 class KD(SFT):
@@ -84,31 +120,12 @@ class KD(SFT):
         return super().examples()
 
     def teacher(self, model):
-        if self._teacher is None:
-            teacher, t_tok = self.ctx.load_teacher()
-            self.vocab = check_vocab(self.ctx.tokenizer, t_tok, unwrap(model), teacher).size
-            self._teacher = teacher.to(self.ctx.device).eval().requires_grad_(False)
-        return self._teacher
+        return load_teacher_once(self, model)
 
     def loss(self, model, batch) -> LossOut:
         if self.cfg.teacher == "offline":
             return self.offline_loss(model, batch)
-        c = self.cfg
-        teacher = self.teacher(model)
-        labels = batch["labels"][:, 1:].reshape(-1)
-        hidden = last_hidden(model, batch)[:, :-1]
-        hidden = hidden.reshape(-1, hidden.shape[-1])
-        with torch.no_grad():
-            t_hidden = last_hidden(teacher, batch)[:, :-1]
-            t_hidden = t_hidden.reshape(-1, t_hidden.shape[-1])
-        scale = c.temperature ** 2 if c.t_squared else 1.0
-        loss, kd, ce = fused_linear_divergence(
-            hidden, unwrap(model).get_output_embeddings().weight, labels, teacher_hidden=t_hidden,
-            teacher_weight=teacher.get_output_embeddings().weight, divergence=c.divergence, beta=c.beta,
-            alpha=c.alpha, temperature=c.temperature, kd_weight=c.kd_weight * scale, ce_weight=c.ce_weight,
-            vocab=self.vocab, chunk=c.chunk or None)
-        n = int((labels != -100).sum())
-        return LossOut(loss, n, {"kd": float(kd) / max(1, n), "ce": float(ce) / max(1, n)})
+        return distill_tokens(model, self.teacher(model), batch, self.cfg, self.vocab)
 
     def offline_loss(self, model, batch) -> LossOut:
         """KD against the teacher's stored top-k. Student logits are formed chunk by chunk and
@@ -151,3 +168,20 @@ class KD(SFT):
             ce_sum += float(ce)
         n = int(rows.numel())
         return LossOut(loss, n, {"kd": kd_sum / max(1, n), "ce": ce_sum / max(1, n)})
+
+
+@torch.no_grad()
+def token_logprobs(model, batch, *, temperature: float = 1.0, vocab: Optional[int] = None) -> torch.Tensor:
+    """log p(label_t) at every label position of `batch`, in order (N_valid,), float32, computed
+    from the last hidden states chunk by chunk (never all positions x vocabulary at once)."""
+    sel = batch["labels"][:, 1:] != IGNORE
+    hidden = last_hidden(model, batch)[:, :-1][sel]
+    labels = batch["labels"][:, 1:][sel]
+    weight = unwrap(model).get_output_embeddings().weight
+    weight = weight[:vocab] if vocab else weight
+    out = torch.empty(labels.shape[0], dtype=torch.float32, device=hidden.device)
+    step = max(16, (1 << 22) // weight.shape[0])
+    for s in range(0, labels.shape[0], step):
+        z = (hidden[s:s + step] @ weight.T.to(hidden.dtype)).float() / temperature
+        out[s:s + step] = z.gather(1, labels[s:s + step, None])[:, 0] - torch.logsumexp(z, -1)
+    return out

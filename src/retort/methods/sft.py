@@ -30,11 +30,12 @@ class SFT(OffPolicy):
         if run.data.source == "traces":
             return trace_examples(run.data, tok)
         rows = self.ctx.task.examples("train", run.data.n_train, run.seed)
-        if run.data.source == "answers":
-            pairs = [(ex.prompt, ex.answer_completion) for ex in rows]
-        else:
-            pairs = [(ex.prompt, ex.solution) for ex in rows if ex.solution is not None]
-        encoded = encode_examples(tok, [p for p, _ in pairs], [c for _, c in pairs])
+        if run.data.source != "answers":
+            rows = [ex for ex in rows if ex.solution is not None]
+        completions = [ex.answer_completion if run.data.source == "answers" else ex.solution for ex in rows]
+        encoded = encode_examples(tok, [ex.prompt for ex in rows], completions)
+        for enc, ex in zip(encoded, rows):
+            enc.prompt, enc.answer, enc.solution = ex.prompt, ex.answer, ex.solution
         out = [enc for enc in encoded if len(enc.input_ids) <= run.data.max_len]
         if not out:
             raise DataError(
@@ -55,7 +56,7 @@ def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
     from ..traces import tokenizer_sha256
 
     manifest = read_manifest(data.traces)
-    columns = ["prompt", "completion", "completion_ids", "correct", "finish_reason"]
+    columns = ["prompt", "completion", "completion_ids", "correct", "finish_reason", "reference"]
     if with_topk:
         if not manifest["params"]["sampling"].get("topk"):
             raise DataError(f"{data.traces}: traces have no teacher top-k (made without sampling.topk); "
@@ -76,7 +77,7 @@ def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
         c = cols["completion_ids"][i] if same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
         # A completion cut by the length limit never ended: do not teach the student to stop there.
         c = list(c) + (eos if cols["finish_reason"][i] == "stop" else [])
-        enc = Encoded(p + c, [IGNORE] * len(p) + c)
+        enc = Encoded(p + c, [IGNORE] * len(p) + c, prompt=cols["prompt"][i], answer=cols["reference"][i])
         if with_topk:
             if same_vocab is False:
                 raise DataError(f"{data.traces}: offline top-k needs the teacher's tokenizer (the student's differs)")

@@ -21,20 +21,28 @@ class Completion:
     finish_reason: str  # "stop" (EOS) or "length"
 
 
-@torch.no_grad()
 def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
              stop: Optional[list[str]] = None, progress=None) -> list[list[Completion]]:
+    return generate_ids(model, tok, [encode_prompt(tok, p) for p in prompts], max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, num_samples=num_samples, batch_size=batch_size,
+                        seed=seed, stop=stop, progress=progress)
+
+
+@torch.no_grad()
+def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
+                 stop: Optional[list[str]] = None, progress=None) -> list[list[Completion]]:
+    """`generate` from prompt token ids (already templated)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eos_ids = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tok.eos_token_id
     eos_set = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
-    encoded = [encode_prompt(tok, p) for p in prompts]
     # Sort by length so each batch pads little; results go back in input order.
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    results: list[list[Completion]] = [[] for _ in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[list[Completion]] = [[] for _ in encoded]
     sampling = temperature > 0
     gen = torch.Generator().manual_seed(seed)
     per_batch = max(1, batch_size // num_samples) if sampling else batch_size

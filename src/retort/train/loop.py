@@ -123,7 +123,11 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
     def load_teacher():
         return load_model(run.teacher, seed=run.seed)
 
-    ctx = MethodContext(run=run, task=task, tokenizer=tok, load_teacher=load_teacher, device=accelerator.device)
+    def load_initial_student():
+        return load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
+
+    ctx = MethodContext(run=run, task=task, tokenizer=tok, load_teacher=load_teacher, device=accelerator.device,
+                        load_initial_student=load_initial_student)
     method = METHODS[run.method](ctx, mcfg)
 
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
@@ -135,6 +139,7 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
         s, total=opt_cfg.steps, warmup=opt_cfg.warmup_steps, min_ratio=opt_cfg.min_lr_ratio))
     model, optimizer = accelerator.prepare(model, optimizer)
+    ctx.student = lambda: accelerator.unwrap_model(model)
 
     start_step, tokens_seen = 0, 0
     if ckpt is not None:
