@@ -73,3 +73,10 @@ def test_bad_model_path(tmp_path, capsys):
     _bad(tmp_path, capsys, ["train", *tiny_overrides(tmp_path / "run"), "student.name=/no/such/model"],
          "model path not found: /no/such/model")
     _bad(tmp_path, capsys, ["eval", "-m", str(tmp_path / "missing.gguf")], "model file not found")
+
+
+def test_bad_teacher_path_found_at_the_first_step_leaves_nothing(tmp_path, capsys):
+    # the teacher loads lazily (at the first loss): the run dir exists by then and must go again
+    args = ["train", *tiny_overrides(tmp_path / "run"), "method=kd", f"teacher.name={tmp_path}"]
+    _bad(tmp_path, capsys, args, "no config.json here")
+    _bad(tmp_path, capsys, args, "no config.json here")  # the same command again: not "already holds a run"

@@ -94,8 +94,26 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
     """Train `run.student` with `run.method`; returns a summary dict (also in summary.json).
 
     `evaluate(model, tokenizer, task) -> dict` is called on the main process every
-    `train.eval_every` steps and at the end; other processes wait.
+    `train.eval_every` steps and at the end; other processes wait. A new run that fails before it
+    has logged a step or saved a checkpoint (a bad teacher path, a data error found late) leaves no
+    run directory behind, so the same command can simply be run again once fixed.
     """
+    run_dir = Path(run.out)
+    fresh = not (run_dir / "config.yaml").is_file()
+    existed = run_dir.exists()
+    try:
+        return _train(run, resume=resume, evaluate=evaluate, console=console)
+    except Exception:
+        metrics = run_dir / "metrics.jsonl"
+        if fresh and latest_checkpoint(run_dir) is None and not (metrics.is_file() and metrics.stat().st_size):
+            for name in ("config.yaml", "metrics.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+            if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
+
+
+def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
