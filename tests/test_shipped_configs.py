@@ -19,4 +19,8 @@ def test_config_loads(path):
     assert header.startswith("# retort "), f"{path.name} must start with the command that runs it"
     command = header.split()[2]
     cls = {"eval": EvalRun, "traces": TracesRun}.get(command, TrainRun)
-    load_config(cls, str(path))
+    run = load_config(cls, str(path))
+    if cls is TrainRun:  # and the method's own options
+        from retort.train.loop import method_config
+
+        method_config(run)

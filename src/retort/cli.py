@@ -126,13 +126,15 @@ def teacher(config_file, force, overrides):
 @click.command(context_settings=CONTEXT)
 @click.option("--out", default="runs/demo", show_default=True, help="Demo run directory.")
 @click.option("--methods", default="answers,sft", show_default=True,
-              help="Comma-separated students to train and compare: answers, sft, kd.")
-def demo(out, methods):
+              help="Comma-separated students to train and compare: answers, sft, kd (from scratch); "
+                   "sft_more, gkd, rkl_pg, tsd_kd, opsd (300 steps on from a shared sft warm start).")
+@click.option("--seed", default=0, show_default=True, help="Seed of every student run (init, data order, rollouts).")
+def demo(out, methods, seed):
     """The embedded default end to end: built-in teacher, teacher traces, students, evaluation
     side by side, and an HTML report (OUT/report.html)."""
     from .demo import run_demo
 
-    run_demo(out, console=_console(), methods=[m.strip() for m in methods.split(",") if m.strip()])
+    run_demo(out, console=_console(), methods=[m.strip() for m in methods.split(",") if m.strip()], seed=seed)
 
 
 @click.command(context_settings=CONTEXT)

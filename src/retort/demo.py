@@ -23,20 +23,39 @@ STUDENT = {"student": {"name": "preset:student"},
 TRACES = ["n_prompts=4000", "sampling.n=1", "sampling.temperature=1.0", "sampling.max_new_tokens=96",
           "sampling.topk=8", "shard_prompts=500", "batch_size=500"]
 
-# name -> (label, overrides of STUDENT); "{traces}" is the demo's trace directory. Each is the small
-# student preset trained from scratch. Adding a method to the demo is one line here.
+# name -> (label, overrides of STUDENT); "{traces}" is the demo's trace directory, "{warm}" the model
+# of the shared warm start (below). Adding a method to the demo is one line here.
+# Off-policy rows: the small student preset trained from scratch for 2000 steps.
+# On-policy rows (and "sft_more", their off-policy control): the warm start trained 300 steps more
+# (9600 student sequences each, the same for every row), with 48-token rollouts.
+ON_POLICY = ["student.name={warm}", "train.steps=300", "train.warmup_steps=10", "train.lr=1e-3", "train.save_every=100",
+             "train.log_every=25", "data.n_train=9600"]
+ROLLOUT = ["method_args.max_new_tokens=48"]
 DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
     "answers": ("student: answers only", ["method=sft", "data.source=answers", "train.steps=600"]),
     "sft": ("student: sft on teacher traces", ["method=sft", "data.source=traces", "data.traces={traces}"]),
     "kd": ("student: kd, forward KL on teacher top-8", ["method=kd", "data.source=traces", "data.traces={traces}",
                                                         "method_args.teacher=offline"]),
+    "sft_more": ("warm start + 300 sft steps", ["method=sft", "data.source=traces", "data.traces={traces}", *ON_POLICY]),
+    "gkd": ("warm start + 300 gkd steps (on-policy JSD)", ["method=gkd", "data.source=traces",
+                                                           "data.traces={traces}", *ON_POLICY, *ROLLOUT]),
+    "rkl_pg": ("warm start + 300 rkl_pg steps", ["method=rkl_pg", "data.source=traces", "data.traces={traces}",
+                                                 *ON_POLICY, *ROLLOUT]),
+    "tsd_kd": ("warm start + 300 tsd_kd steps", ["method=tsd_kd", "data.source=traces", "data.traces={traces}",
+                                                 *ON_POLICY, *ROLLOUT]),
+    "opsd": ("warm start + 300 opsd steps (self-distillation)", ["method=opsd", "data.source=solutions",
+                                                                 *ON_POLICY, *ROLLOUT]),
 }
 DEFAULT_METHODS = ("answers", "sft")
+# The warm start of the on-policy rows: sft on the teacher traces, 300 steps (well short of the
+# 2000 of the sft row, so that the methods after it have room to differ). Shown as its own row.
+WARM = ("warm start: 300 sft steps on teacher traces",
+        ["method=sft", "data.source=traces", "data.traces={traces}", "train.steps=300", "train.save_every=100"])
 
 EVAL = EvalConfig(n=500, seed=7, max_new_tokens=96, batch_size=250)
 
 
-def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS) -> dict:
+def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed: int = 0) -> dict:
     from .config import ModelConfig, TaskConfig
     from .data.traces import read_manifest
     from .errors import DataError
@@ -65,12 +84,16 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS) -> d
                    console=console)
     task = get_task(TaskConfig())
     rows = []
-    for name, (label, overrides) in [("teacher", ("teacher (built-in)", None)), *((m, DEMO_RUNS[m]) for m in methods)]:
+    todo = [(m, DEMO_RUNS[m]) for m in methods]
+    if any("student.name={warm}" in o for _, (_, ov) in todo for o in ov):
+        todo.insert(0, ("warm", WARM))
+    for name, (label, overrides) in [("teacher", ("teacher (built-in)", None)), *todo]:
         path = teacher_dir
         if overrides is not None:
             slug = name
-            args = [o.replace("{traces}", str(traces)) for o in overrides]
-            run = load_config(TrainRun, None, [*args, f"out={root / slug}"], base=STUDENT)
+            args = [o.replace("{traces}", str(traces)).replace("{warm}", str(root / "warm" / "model"))
+                    for o in overrides]
+            run = load_config(TrainRun, None, [*args, f"out={root / slug}", f"seed={seed}"], base=STUDENT)
             if not (Path(run.out) / "summary.json").is_file():
                 if console is not None:
                     console.print(f"demo: training {label}")
@@ -81,6 +104,7 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS) -> d
         result["params"] = sum(p.numel() for p in model.parameters())
         if overrides is not None:
             result["run_dir"] = name
+            result["train_time_s"] = json.loads((Path(run.out) / "summary.json").read_text()).get("train_time_s")
         rows.append((label, result))
     if console is not None:
         console.print(results_table(rows))

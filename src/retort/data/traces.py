@@ -76,6 +76,9 @@ class TraceWriter:
         path = self.dir / MANIFEST
         if path.is_file():
             manifest = json.loads(path.read_text())
+            if manifest.get("format") != FORMAT:
+                raise DataError(f"{self.dir} holds traces in format {manifest.get('format')!r} (this retort writes "
+                                f"{FORMAT!r}); use another output directory, or delete it to sample again")
             if manifest.get("params") != self.params:
                 diff = sorted(diff_keys(manifest.get("params", {}), self.params))
                 raise DataError(f"{self.dir} holds traces made with other arguments (differ at {', '.join(diff)}); "

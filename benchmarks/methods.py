@@ -1,0 +1,68 @@
+"""The methods table: `retort demo` rows over several seeds, mean +- std of test accuracy and tokens
+per answer, on the built-in task (the demo's teacher, traces and evaluation: 500 test problems,
+greedy).
+
+Seed s trains every student with `seed=s` (initialisation, data order, rollouts); the teacher and its
+traces are shared (seed 0's directory). Each seed is a `retort demo --seed s`, so a finished piece is
+reused when the command is run again.
+
+    python benchmarks/methods.py --methods sft_more,gkd,rkl_pg,tsd_kd,opsd --seeds 0 1 2 \\
+        [--out runs/methods] [--json benchmarks/results/methods.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="sft_more,gkd,rkl_pg,tsd_kd,opsd")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default="runs/methods")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "methods.json"))
+    args = ap.parse_args()
+    from rich.console import Console
+
+    from retort.cli import _quiet_libraries
+    from retort.demo import run_demo
+
+    _quiet_libraries()
+    console = Console()
+    methods = [m for m in args.methods.split(",") if m]
+    root = Path(args.out)
+    per_seed: dict[str, dict[int, dict]] = {}
+    for s in args.seeds:
+        out = root / f"seed{s}"
+        first = root / f"seed{args.seeds[0]}" / "traces"
+        if s != args.seeds[0] and not (out / "traces").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "traces").symlink_to(first.resolve(), target_is_directory=True)
+        rows = run_demo(str(out), console=console, methods=methods, seed=s)
+        for label, result in rows.items():
+            per_seed.setdefault(label, {})[s] = result
+    table = {}
+    for label, by_seed in per_seed.items():
+        acc = [r["accuracy"] for r in by_seed.values()]
+        tok = [r["mean_tokens"] for r in by_seed.values()]
+        table[label] = {"accuracy": {str(s): r["accuracy"] for s, r in by_seed.items()},
+                        "mean": statistics.mean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                        "mean_tokens": statistics.mean(tok),
+                        "train_time_s": statistics.mean(r.get("train_time_s", 0.0) for r in by_seed.values())}
+    print(f"{'row':55s} {'accuracy mean +- std':>22s}  per seed  tokens")
+    for label, t in table.items():
+        seeds = " ".join(f"{v:.3f}" for v in t["accuracy"].values())
+        print(f"{label:55s} {t['mean']:.3f} +- {t['std']:.3f}   {seeds}  {t['mean_tokens']:.1f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"command": " ".join(["python", "benchmarks/methods.py", *sys.argv[1:]]),
+                                           "rows": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
