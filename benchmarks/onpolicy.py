@@ -28,14 +28,21 @@ constant lr with no warmup (retort: `train.min_lr_ratio=1.0 train.warmup_steps=0
 Prompt tokenisation is checked, not assumed: the TRL child compares
 `DistillationTrainer._tokenize_prompts` (what TRL generates from) with
 `retort.data.collate.encode_prompt` on every prompt of the pool and stops if any differ (the
-character tokenizer has no chat template, and both add BOS through its post-processor).
+character tokenizer has no chat template, and both add BOS through its post-processor). So is the
+loss: TRL's `_chunked_divergence_loss` and retort's `fused_linear_divergence` are run on the same
+random hidden states and heads at the run's beta (loss and gradient differences are recorded).
 
-Not matched (by design of each library): the order prompts are drawn in (retort: length-bucketed
-batches of its data; TRL: a seeded random permutation), so the rollouts differ; both count a stopped
-completion's EOS in the loss and leave it out for one cut at `max_new_tokens`.
+Not matched (each library's own design): the order prompts are drawn in. retort's batches come from
+length-bucketed windows of its data (prompt + worked solution), so a batch's prompts, and so its
+rollouts, are of similar length and its generation pads little; TRL takes a seeded random
+permutation. The rollouts therefore differ (both are deterministic for a seed). Both put a stopped
+completion's EOS in the loss and none on one cut at `max_new_tokens`; both generate with transformers'
+`generate` (KV cache, left padding), then run the student and the teacher once over prompt +
+completion and take the divergence chunk by chunk from the last hidden states and the lm_heads.
 
-Each training runs in a fresh subprocess (`--child`) that reports `ru_maxrss` when it is done; the
-three students (warm start, retort, TRL) are then evaluated in one more subprocess.
+Each training runs in a fresh subprocess (`--child`) that reports `ru_maxrss` when it is done (the
+whole process: the TRL child also imports trl, datasets and pandas; `rss_at_start_bytes` is recorded
+beside it); the three students (warm start, retort, TRL) are then evaluated in one more subprocess.
 `--retort-method kd` swaps in off-policy online KD on worked solutions (a stand-in for developing
 this script without `method=gkd`; its numbers are not on-policy).
 """
@@ -149,7 +156,7 @@ def _loss_parity(beta: float, temperature: float) -> dict:
                                    teacher_weight=t_w, divergence="jsd", beta=beta,
                                    temperature=temperature)[0] / mask.sum()
     our_grads = torch.autograd.grad(ours, (hs, w))
-    return {"beta": beta, "temperature": temperature, "trl": float(trl_loss), "retort": float(ours),
+    return {"beta": beta, "temperature": temperature, "trl": trl_loss.item(), "retort": ours.item(),
             "max_abs_grad_diff": max(float((x - y).abs().max()) for x, y in zip(trl_grads, our_grads))}
 
 
@@ -292,7 +299,8 @@ def warm_start(a, work: Path, log: Path) -> tuple[Path, list[str]]:
     if not (run / "model" / "model.safetensors").is_file():
         resume = ["--resume"] if (run / "config.yaml").is_file() else []
         print(f"warm start: retort {' '.join(args)}", flush=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), CUDA_VISIBLE_DEVICES="")
+        env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), CUDA_VISIBLE_DEVICES="",
+                   PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
         with log.open("w") as fh:
             rc = subprocess.run([sys.executable, "-m", "retort.cli", *args, *resume], check=False, stdout=fh, stderr=fh,
                                 env=env).returncode
@@ -308,7 +316,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="optimizer steps on each side")
     ap.add_argument("--batch", type=int, default=32, help="prompts per optimizer step (1 completion each)")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="completion length limit (training and eval)")
-    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (TRL: also the loss's)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (both sides: also the loss's)")
     ap.add_argument("--beta", type=float, default=0.5, help="generalized JSD beta (0 forward KL, 1 reverse KL)")
     ap.add_argument("--lr", type=float, default=5e-4, help="constant learning rate, no warmup")
     ap.add_argument("--seed", type=int, default=0)

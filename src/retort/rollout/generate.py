@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from ..data.collate import encode_prompt
+from . import fast
 
 
 @dataclass
@@ -23,17 +24,24 @@ class Completion:
 
 def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
-             stop: Optional[list[str]] = None, progress=None) -> list[list[Completion]]:
+             stop: Optional[list[str]] = None, progress=None, engine: str = "auto") -> list[list[Completion]]:
     return generate_ids(model, tok, [encode_prompt(tok, p) for p in prompts], max_new_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, num_samples=num_samples, batch_size=batch_size,
-                        seed=seed, stop=stop, progress=progress)
+                        seed=seed, stop=stop, progress=progress, engine=engine)
 
 
 @torch.no_grad()
 def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
-                 stop: Optional[list[str]] = None, progress=None) -> list[list[Completion]]:
-    """`generate` from prompt token ids (already templated)."""
+                 stop: Optional[list[str]] = None, progress=None, engine: str = "auto") -> list[list[Completion]]:
+    """`generate` from prompt token ids (already templated). engine: `hf` (transformers' `generate`),
+    `fast` (retort.rollout.fast, Llama-family decoders, no stop strings) or `auto` (fast when it
+    applies)."""
+    if engine not in ("auto", "hf", "fast"):
+        raise ValueError(f"engine must be auto, hf or fast, got {engine!r}")
+    use_fast = engine == "fast" or (engine == "auto" and not stop and fast.supports(model))
+    if use_fast and (stop or not fast.supports(model)):
+        raise ValueError("the fast engine needs a Llama-family model and no stop strings")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -55,6 +63,19 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
             ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[row, width - len(encoded[i]):] = 1
         reps = num_samples if sampling else 1
+        batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if sampling else 0
+        if use_fast:
+            rng = torch.Generator(device=device).manual_seed(batch_seed)
+            seqs = fast.sample(model, [encoded[i] for i in idx for _ in range(reps)], max_new_tokens=max_new_tokens,
+                               eos_ids=eos_set, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=rng)
+            for row, seq in enumerate(seqs):
+                stopped = bool(seq) and seq[-1] in eos_set
+                tokens = seq[:-1] if stopped else seq
+                results[idx[row // reps]].append(
+                    Completion(tok.decode(tokens, skip_special_tokens=True), tokens, "stop" if stopped else "length"))
+            if progress is not None:
+                progress(len(idx))
+            continue
         ids, mask = ids.repeat_interleave(reps, 0).to(device), mask.repeat_interleave(reps, 0).to(device)
         kwargs = dict(do_sample=sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                       eos_token_id=list(eos_set), use_cache=True)
@@ -69,7 +90,7 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if sampling:
-                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                torch.manual_seed(batch_seed)
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, width:].tolist()
         for row, seq in enumerate(out):
             cut = next((j for j, t in enumerate(seq) if t in eos_set), None)
