@@ -36,9 +36,11 @@ Not matched (each library's own design): the order prompts are drawn in. retort'
 length-bucketed windows of its data (prompt + worked solution), so a batch's prompts, and so its
 rollouts, are of similar length and its generation pads little; TRL takes a seeded random
 permutation. The rollouts therefore differ (both are deterministic for a seed). Both put a stopped
-completion's EOS in the loss and none on one cut at `max_new_tokens`; both generate with transformers'
-`generate` (KV cache, left padding), then run the student and the teacher once over prompt +
-completion and take the divergence chunk by chunk from the last hidden states and the lm_heads.
+completion's EOS in the loss and none on one cut at `max_new_tokens`. TRL samples with
+transformers' `generate`; retort with its own engine (`retort.rollout.fast`: KV cache, left
+padding; greedy decoding gives `generate`'s tokens, tested). Both then run the student and the
+teacher once over prompt + completion and take the divergence chunk by chunk from the last hidden
+states and the lm_heads.
 
 Each training runs in a fresh subprocess (`--child`) that reports `ru_maxrss` when it is done (the
 whole process: the TRL child also imports trl, datasets and pandas; `rss_at_start_bytes` is recorded

@@ -64,3 +64,50 @@ def test_stop_strings_and_other_architectures_use_generate():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     assert not fast.supports(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)))
+
+
+class _FakeEngineModel:
+    def __init__(self):
+        self.loaded = []
+
+    def load_weights(self, weights):
+        self.loaded.append({name: t.clone() for name, t in weights})
+
+
+class _FakeLLM:
+    """Only the attribute path a colocated vLLM exposes to its driver worker's model."""
+
+    def __init__(self, target):
+        from types import SimpleNamespace as NS
+
+        self.llm_engine = NS(model_executor=NS(driver_worker=NS(worker=NS(model_runner=NS(model=target)))))
+
+
+def test_vllm_weight_sync_pushes_current_weights_once_per_step():
+    from retort.rollout.vllm_engine import VLLMEngine, engine_model
+
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
+    target = _FakeEngineModel()
+    engine = VLLMEngine(model, tok, llm=_FakeLLM(target))
+    assert engine_model(engine.llm) is target
+    assert engine.sync(model, 0) and not engine.sync(model, 0)  # one push per weight version
+    first = target.loaded[0]
+    names = set(model.state_dict())
+    # tied embeddings: lm_head is not pushed (vLLM ties it itself); everything else is, by HF name
+    assert model.config.tie_word_embeddings and set(first) == names - {"lm_head.weight"}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert engine.sync(model, 1)
+    assert len(target.loaded) == 2
+    for name, t in target.loaded[1].items():
+        assert torch.equal(t, model.state_dict()[name])
+        assert not torch.equal(t, first[name])
+
+
+def test_vllm_engine_without_a_reachable_model_says_so():
+    from retort.errors import ModelError
+    from retort.rollout.vllm_engine import engine_model
+
+    with pytest.raises(ModelError, match="cannot reach the model"):
+        engine_model(object())

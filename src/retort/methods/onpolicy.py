@@ -46,6 +46,10 @@ class RolloutConfig:
     top_p: float = param(1.0, "nucleus sampling of the rollouts", lo=0.0, hi=1.0, lo_open=True)
     max_new_tokens: int = param(96, "longest rollout (a rollout cut here gets no EOS label)", lo=1)
     gate: bool = param(False, "KEPO quality gate: distil only on rollouts whose answer the task verifies")
+    engine: str = param("auto", "rollout engine: auto (fast for Llama-family models, else hf), fast, hf "
+                        "(transformers' generate), or vllm (GPU; pip install 'retort[vllm]'; weights pushed "
+                        "each optimizer step)", choices=["auto", "fast", "hf", "vllm"])
+    vllm_gpu_memory: float = param(0.3, "share of GPU memory vLLM may take (engine=vllm)", lo=0.05, hi=0.95)
 
 
 class OnPolicy(SFT):
@@ -71,6 +75,7 @@ class OnPolicy(SFT):
     def batches(self, plan: BatchPlan) -> Iterator[dict]:
         pad = self.ctx.tokenizer.pad_token_id
         for chunk, items in self.example_batches(plan):
+            self._version = chunk // (plan.accum * plan.world)  # the optimizer step: weights change per step
             rng = random.Random(f"{plan.seed}:rollout:{chunk}")
             on_policy = rng.random() < self.cfg.lmbda
             seed = rng.randrange(2 ** 31)
@@ -90,8 +95,14 @@ class OnPolicy(SFT):
         """The items with their completions replaced by samples of `model` for the same prompts."""
         tok, c = self.ctx.tokenizer, self.cfg
         prompts = [x.input_ids[:x.prompt_len] for x in items]
-        outs = generate_ids(unwrap(model), tok, prompts, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                            top_p=c.top_p, num_samples=1, batch_size=len(prompts), seed=seed)
+        student = model is self.ctx.student()
+        if c.engine == "vllm" and student:
+            outs = [[o] for o in self._vllm_rollout(unwrap(model), prompts, seed)]
+        else:
+            engine = "auto" if c.engine == "vllm" else c.engine  # the teacher (seq_kd) samples in-process
+            outs = generate_ids(unwrap(model), tok, prompts, max_new_tokens=c.max_new_tokens,
+                                temperature=c.temperature, top_p=c.top_p, num_samples=1, batch_size=len(prompts),
+                                seed=seed, engine=engine)
         eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
         new, correct, kept, lengths = [], 0, 0, 0
         for x, p, (comp,) in zip(items, prompts, outs):
@@ -105,6 +116,18 @@ class OnPolicy(SFT):
                                topk_ids=None, topk_logprobs=None))
         n = max(1, len(items))
         return new, {"rollout_tokens": lengths / n, "rollout_correct": correct / n, "kept": kept / n}
+
+    def _vllm_rollout(self, model, prompts, seed):
+        from ..rollout.vllm_engine import VLLMEngine
+
+        if getattr(self, "_vllm", None) is None:
+            self._vllm = VLLMEngine(model, self.ctx.tokenizer, gpu_memory_utilization=self.cfg.vllm_gpu_memory,
+                                    seed=self.ctx.run.seed)
+        self._vllm.sync(model, getattr(self, "_version", 0))
+        tok = self.ctx.tokenizer
+        eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+        return self._vllm.generate(prompts, max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                                   top_p=self.cfg.top_p, seed=seed, eos_ids=eos)
 
 
 __all__ = ["OnPolicy", "RolloutConfig"]
