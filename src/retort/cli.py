@@ -201,12 +201,15 @@ def traces(config_file, overrides):
 @click.option("--correct", is_flag=True, help="Keep only verified-correct traces (rejection sampling).")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Drop completions longer than this.")
 @click.option("--first-k-correct", type=click.IntRange(min=1), help="Keep the first K correct samples per prompt.")
-def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct):
+@click.option("--pairs", type=click.IntRange(min=0), help="Keep only traces in positive/negative pairs, at most "
+              "K per prompt (0: all): the i-th correct sample of a prompt with its i-th incorrect one.")
+def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pairs):
     """Statistics of a trace set, and filters into a new one.
 
     \b
     retort curate runs/traces --stats
     retort curate runs/traces --out runs/traces_ok --correct --max-tokens 256 --first-k-correct 1
+    retort curate runs/traces --out runs/pairs --pairs 1     # for redi / dpo / simpo
     """
     from .curate import filter_traces, trace_stats
     from .data.traces import read_traces
@@ -218,7 +221,7 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct):
         click.echo(json.dumps(trace_stats(read_traces(traces_dir)), indent=2))
     if out:
         stats = filter_traces(traces_dir, out, correct_only=correct, max_tokens=max_tokens,
-                              first_k_correct=first_k_correct)
+                              first_k_correct=first_k_correct, pairs=pairs)
         _console().print(f"curate: {stats['rows']} rows from {stats['prompts']} prompts written to {out}")
 
 

@@ -22,9 +22,13 @@ FILTERS = ("correct", "max_tokens", "first_k_correct")
 
 
 def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens: Optional[int] = None,
-                  first_k_correct: Optional[int] = None, shard_rows: int = 4096) -> dict:
-    if not (correct_only or max_tokens or first_k_correct):
-        raise DataError("curate: name at least one filter (--correct, --max-tokens, --first-k-correct)")
+                  first_k_correct: Optional[int] = None, pairs: Optional[int] = None, shard_rows: int = 4096) -> dict:
+    """`pairs=K`: keep only the traces in positive/negative pairs (`retort.curate.pairs`, at most K
+    per prompt; 0 = all), after the other filters — the trace set the pair methods learn from."""
+    if not (correct_only or max_tokens or first_k_correct or pairs is not None):
+        raise DataError("curate: name at least one filter (--correct, --max-tokens, --first-k-correct, --pairs)")
+    if correct_only and pairs is not None:
+        raise DataError("curate: --pairs needs the incorrect traces too; drop --correct")
     if Path(out).resolve() == Path(src).resolve():
         raise DataError("curate: --out must differ from the input trace directory")
     source = read_manifest(src)
@@ -40,12 +44,26 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
                 seen[pid] = seen.get(pid, 0) + 1
                 keep.append(i)
         table = table.take(pa.array(keep, type=pa.int64()))
-    applied = {"correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct}
+    if pairs is not None:
+        from .pairs import pair_rows
+
+        matched = pair_rows(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist(),
+                            table["correct"].to_pylist(), pairs)
+        if not matched:
+            raise DataError(f"curate --pairs: no prompt in {src} has both a correct and an incorrect trace "
+                            "(sample more per prompt: sampling.n >= 2)")
+        table = table.take(pa.array(sorted(i for pair in matched for i in pair), type=pa.int64()))
+    applied = {"correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct,
+               "pairs": pairs}
     params = {"source": str(Path(src).resolve()), "source_params": source["params"], "filters": applied}
     counts = {i: min(shard_rows, table.num_rows - i * shard_rows)
               for i in range(max(1, -(-table.num_rows // shard_rows)))}
     if Path(out).exists():
-        shutil.rmtree(out)  # a filter is cheap to redo; never mix two results in one directory
+        # a filter is cheap to redo; never mix two results in one directory — but only ever
+        # replace a trace directory, never an unrelated one
+        if not (Path(out) / "manifest.json").is_file() and any(Path(out).iterdir()):
+            raise DataError(f"curate: {out} exists and is not a trace directory; choose another --out")
+        shutil.rmtree(out)
     meta = {k: source.get(k) for k in ("task", "teacher", "tokenizer_sha256", "vocab_size")}
     meta.update(retort_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     writer = TraceWriter(out, params, meta, counts)

@@ -1,13 +1,15 @@
 """Training methods by name. Adding one: a file here and one line in METHODS."""
 
 from .base import BatchPlan, LossOut, Method, MethodContext, OffPolicy
+from .dpo import DPO, SimPO
 from .gkd import GKD
 from .kd import KD
 from .opsd import OPSD
+from .redi import REDI
 from .rkl_pg import RKLPG
 from .sft import SFT
 from .tsd_kd import TSDKD
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO)}
 
 __all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy"]

@@ -1,0 +1,102 @@
+"""Shared machinery of the methods that learn from positive/negative trace pairs (`redi`, `dpo`,
+`simpo`): the pairs of `retort.curate.pairs` (the i-th correct sample of a prompt with its i-th
+incorrect one, `pairs_per_prompt` at most) from a trace set (`data.source=traces`), batched as
+the chosen completions followed by the rejected ones, and each sequence's summed completion
+log-probability log pi(y|x) with its token count |y| (EOS included when the completion stopped,
+as REDI's code counts it). The loss is summed over pairs and normalised by the global number of
+pairs (the loop's contract), i.e. averaged over pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..config import param
+from ..data.collate import IGNORE, Encoded, collate, encode_prompt
+from ..data.traces import read_manifest, read_traces
+from ..errors import ConfigError, DataError
+from .base import BatchPlan, OffPolicy
+
+
+@dataclass
+class Pair(Encoded):
+    """The chosen (correct) completion as the Encoded itself; the rejected one beside it."""
+
+    rejected: Optional[Encoded] = None
+
+
+@dataclass
+class PairConfig:
+    pairs_per_prompt: int = param(1, "pairs per prompt (0: as many as it has correct/incorrect samples to "
+                                  "pair off)", lo=0)
+
+
+def pair_examples(data, tok, per_prompt: int) -> list[Pair]:
+    from ..curate.pairs import pair_rows
+    from ..traces import tokenizer_sha256
+
+    if data.source != "traces" or not data.traces:
+        raise ConfigError("pair methods learn from a trace set with correct and incorrect samples: "
+                          "set data.source=traces data.traces=DIR")
+    manifest = read_manifest(data.traces)
+    cols = read_traces(data.traces, columns=["prompt_id", "sample_idx", "prompt", "completion", "completion_ids",
+                                              "correct", "finish_reason", "reference"]).to_pydict()
+    matched = pair_rows(cols["prompt_id"], cols["sample_idx"], cols["correct"], per_prompt)
+    if not matched:
+        raise DataError(f"{data.traces}: no prompt has both a correct and an incorrect trace, so there are no "
+                        "pairs (sample more per prompt: sampling.n >= 2)")
+    same_vocab = manifest.get("tokenizer_sha256") == tokenizer_sha256(tok)
+    eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+    prompts: dict[str, list[int]] = {}
+
+    def encode(i):
+        p = prompts.setdefault(cols["prompt"][i], encode_prompt(tok, cols["prompt"][i]))
+        c = cols["completion_ids"][i] if same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
+        c = list(c) + (eos if cols["finish_reason"][i] == "stop" else [])
+        return p, c
+
+    out = []
+    for good, bad in matched[:data.n_train]:
+        (p, cw), (_, cl) = encode(good), encode(bad)
+        if len(p) + max(len(cw), len(cl)) > data.max_len:
+            continue
+        out.append(Pair(p + cw, [IGNORE] * len(p) + cw, prompt=cols["prompt"][good], answer=cols["reference"][good],
+                        rejected=Encoded(p + cl, [IGNORE] * len(p) + cl)))
+    if not out:
+        raise DataError(f"{data.traces}: every pair is longer than data.max_len={data.max_len}")
+    return out
+
+
+def sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of completion-token log-probs, completion token count) per sequence of the batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    lp = -F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                          reduction="none").view(labels.shape)
+    return (lp * mask).sum(-1), mask.sum(-1)
+
+
+class PairMethod(OffPolicy):
+    def examples(self):
+        return pair_examples(self.ctx.run.data, self.ctx.tokenizer, self.cfg.pairs_per_prompt)
+
+    def batches(self, plan: BatchPlan) -> Iterator[dict]:
+        pad = self.ctx.tokenizer.pad_token_id
+        for _, items in self.example_batches(plan):
+            batch = collate(list(items) + [x.rejected for x in items], pad)
+            batch["n_pairs"] = len(items)
+            yield batch
+
+    def count(self, batch) -> int:
+        return int(batch["n_pairs"])
+
+    def logps(self, model, batch):
+        """((logp_w, |y_w|), (logp_l, |y_l|)) for the pairs of the batch."""
+        lp, n = sequence_logps(model, batch)
+        k = batch["n_pairs"]
+        return (lp[:k], n[:k]), (lp[k:], n[k:])
