@@ -1,6 +1,7 @@
 """Training methods by name. Adding one: a file here and one line in METHODS."""
 
 from .base import BatchPlan, LossOut, Method, MethodContext, OffPolicy
+from .chunk_sft import ChunkSFT
 from .curio_sft import CurioSFT
 from .dpo import DPO, SimPO
 from .gkd import GKD
@@ -11,6 +12,6 @@ from .rkl_pg import RKLPG
 from .sft import SFT
 from .tsd_kd import TSDKD
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT, ChunkSFT)}
 
 __all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy"]
