@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import tiny_overrides
 from retort.config import ModelConfig, TracesRun, TrainRun, load_config

@@ -31,12 +31,7 @@ IGNORE = -100
 
 
 def _grad_ls(name: str, ls, lt, ps, pt, beta: float, alpha: float):
-    if name == "forward_kl" or (name == "jsd" and beta == 0.0):
-        return -pt
-    if name == "reverse_kl" or (name == "jsd" and beta == 1.0):
-        return ps * (ls - lt + 1)
-    if name == "jsd":
-        return (1 - beta) * ps * (ls - _log_mix(lt, ls, beta))
+    """g = d f / d ls for the divergences without an in-place path in `_chunk_divergence`."""
     if name == "skew_forward_kl":
         if alpha == 0.0:
             return -pt

@@ -81,6 +81,16 @@ def token_nll_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
     return loss, int((labels != IGNORE).sum())
 
 
+def sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of completion-token log-probs, completion token count) per sequence of the batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    lp = -F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                          reduction="none").view(labels.shape)
+    return (lp * mask).sum(-1), mask.sum(-1)
+
+
 class OffPolicy(Method):
     """Micro-batches from a fixed list of `Encoded` examples, sharded deterministically.
 

@@ -30,14 +30,11 @@ import random
 import re
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 from ..config import param
 from ..data.collate import IGNORE, Encoded, encode_prompt
 from ..data.traces import read_traces
 from ..errors import ConfigError, DataError
-from .base import LossOut
+from .base import LossOut, sequence_logps
 from .sft import SFT
 
 _SENT = re.compile(r"[^\n]*?(?:[.!?](?= )\s*|\n|$)")
@@ -135,13 +132,8 @@ class ChunkSFT(SFT):
         return int(((batch["labels"][:, 1:] != IGNORE).sum(-1) > 0).sum())
 
     def loss(self, model, batch) -> LossOut:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-        nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
-                              reduction="none").view(labels.shape)
-        n_tok = (labels != IGNORE).sum(-1)
-        per_chunk = nll.sum(-1) / n_tok.clamp_min(1)
+        logp, n_tok = sequence_logps(model, batch)
         has = n_tok > 0
-        loss = per_chunk[has].sum()
+        loss = -(logp[has] / n_tok[has]).sum()
         return LossOut(loss, int(has.sum()), {"chunk_tokens": float(n_tok[has].float().mean()) if has.any() else 0.0,
-                                              "token_nll": float(nll.detach().sum() / n_tok.sum().clamp_min(1))})
+                                              "token_nll": float(-logp.detach().sum() / n_tok.sum().clamp_min(1))})

@@ -12,14 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-import torch
-import torch.nn.functional as F
-
 from ..config import param
-from ..data.collate import IGNORE, Encoded, collate, encode_prompt
+from ..data.collate import IGNORE, Encoded, collate
 from ..data.traces import read_manifest, read_traces
 from ..errors import ConfigError, DataError
-from .base import BatchPlan, OffPolicy
+from .base import BatchPlan, OffPolicy, sequence_logps
+from .sft import TraceEncoder
 
 
 @dataclass
@@ -37,7 +35,6 @@ class PairConfig:
 
 def pair_examples(data, tok, per_prompt: int) -> list[Pair]:
     from ..curate.pairs import pair_rows
-    from ..traces import tokenizer_sha256
 
     if data.source != "traces" or not data.traces:
         raise ConfigError("pair methods learn from a trace set with correct and incorrect samples: "
@@ -49,16 +46,7 @@ def pair_examples(data, tok, per_prompt: int) -> list[Pair]:
     if not matched:
         raise DataError(f"{data.traces}: no prompt has both a correct and an incorrect trace, so there are no "
                         "pairs (sample more per prompt: sampling.n >= 2)")
-    same_vocab = manifest.get("tokenizer_sha256") == tokenizer_sha256(tok)
-    eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
-    prompts: dict[str, list[int]] = {}
-
-    def encode(i):
-        p = prompts.setdefault(cols["prompt"][i], encode_prompt(tok, cols["prompt"][i]))
-        c = cols["completion_ids"][i] if same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
-        c = list(c) + (eos if cols["finish_reason"][i] == "stop" else [])
-        return p, c
-
+    encode = TraceEncoder(manifest, cols, tok)
     out = []
     for good, bad in matched[:data.n_train]:
         (p, cw), (_, cl) = encode(good), encode(bad)
@@ -69,16 +57,6 @@ def pair_examples(data, tok, per_prompt: int) -> list[Pair]:
     if not out:
         raise DataError(f"{data.traces}: every pair is longer than data.max_len={data.max_len}")
     return out
-
-
-def sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of completion-token log-probs, completion token count) per sequence of the batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE
-    lp = -F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
-                          reduction="none").view(labels.shape)
-    return (lp * mask).sum(-1), mask.sum(-1)
 
 
 class PairMethod(OffPolicy):

@@ -49,12 +49,30 @@ class SFT(OffPolicy):
         return LossOut(loss, n)
 
 
-def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
-    """Training pairs from a trace set: correct-only by default. When the student's tokenizer is
-    the teacher's, the teacher's sampled token ids are used as they are (decode-then-encode can
-    change BPE segmentation); otherwise the completion text is tokenised by the student."""
-    from ..traces import tokenizer_sha256
+class TraceEncoder:
+    """(prompt ids, completion ids) of trace rows for the student's tokenizer. When it is the
+    teacher's, the teacher's sampled token ids are used as they are (decode-then-encode can change
+    BPE segmentation); otherwise the completion text is tokenised by the student. A completion that
+    stopped gets EOS; one cut by the length limit never ended, so the student is not taught to
+    stop there."""
 
+    def __init__(self, manifest: dict, cols: dict, tok):
+        from ..traces import tokenizer_sha256
+
+        self.cols, self.tok = cols, tok
+        self.same_vocab = manifest.get("tokenizer_sha256") == tokenizer_sha256(tok)
+        self.eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+        self._prompts: dict[str, list[int]] = {}
+
+    def __call__(self, i: int) -> tuple[list[int], list[int]]:
+        cols, tok = self.cols, self.tok
+        p = self._prompts.setdefault(cols["prompt"][i], encode_prompt(tok, cols["prompt"][i]))
+        c = cols["completion_ids"][i] if self.same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
+        return p, list(c) + (self.eos if cols["finish_reason"][i] == "stop" else [])
+
+
+def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
+    """Training pairs from a trace set (`TraceEncoder`): correct-only by default."""
     manifest = read_manifest(data.traces)
     columns = ["prompt", "completion", "completion_ids", "correct", "finish_reason", "reference"]
     if with_topk:
@@ -68,18 +86,13 @@ def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
     if not keep:
         raise DataError(f"{data.traces}: no traces pass data.trace_filter={data.trace_filter} "
                         f"({table.num_rows} rows, none correct); try data.trace_filter=all")
-    same_vocab = manifest.get("tokenizer_sha256") == tokenizer_sha256(tok)
-    eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
-    prompts: dict[str, list[int]] = {}
+    encode = TraceEncoder(manifest, cols, tok)
     out = []
     for i in keep:
-        p = prompts.setdefault(cols["prompt"][i], encode_prompt(tok, cols["prompt"][i]))
-        c = cols["completion_ids"][i] if same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
-        # A completion cut by the length limit never ended: do not teach the student to stop there.
-        c = list(c) + (eos if cols["finish_reason"][i] == "stop" else [])
+        p, c = encode(i)
         enc = Encoded(p + c, [IGNORE] * len(p) + c, prompt=cols["prompt"][i], answer=cols["reference"][i])
         if with_topk:
-            if same_vocab is False:
+            if not encode.same_vocab:
                 raise DataError(f"{data.traces}: offline top-k needs the teacher's tokenizer (the student's differs)")
             enc.topk_ids, enc.topk_logprobs = topk_codec.decode(cols["topk"][i])
         if len(enc.input_ids) <= data.max_len:

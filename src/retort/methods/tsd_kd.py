@@ -105,7 +105,8 @@ class TSDKD(OnPolicy):
         else:
             w = torch.ones_like(h_s)
         T = c.temperature
-        jsd = generalized_jsd_logp(torch.log_softmax(zs / T, -1), torch.log_softmax(zt / T, -1), c.beta)
+        ls, lt = (ls1, lt1) if T == 1.0 else (torch.log_softmax(zs / T, -1), torch.log_softmax(zt / T, -1))
+        jsd = generalized_jsd_logp(ls, lt, c.beta)
         direct = (w * jsd).sum()
 
         hd = h_s.detach()

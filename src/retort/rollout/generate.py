@@ -56,12 +56,6 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
     per_batch = max(1, batch_size // num_samples) if sampling else batch_size
     for start in range(0, len(order), per_batch):
         idx = order[start:start + per_batch]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
         reps = num_samples if sampling else 1
         batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) if sampling else 0
         if use_fast:
@@ -76,6 +70,12 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
             if progress is not None:
                 progress(len(idx))
             continue
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]):] = 1
         ids, mask = ids.repeat_interleave(reps, 0).to(device), mask.repeat_interleave(reps, 0).to(device)
         kwargs = dict(do_sample=sampling, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
                       eos_token_id=list(eos_set), use_cache=True)
