@@ -28,23 +28,24 @@ TRACES = ["n_prompts=4000", "sampling.n=1", "sampling.temperature=1.0", "samplin
 # Off-policy rows: the small student preset trained from scratch for 2000 steps.
 # On-policy rows (and "sft_more", their off-policy control): the warm start trained 300 steps more
 # (9600 student sequences each, the same for every row), with 48-token rollouts.
-ON_POLICY = ["student.name={warm}", "train.steps=300", "train.warmup_steps=10", "train.lr=1e-3", "train.save_every=100",
-             "train.log_every=25", "data.n_train=9600"]
-ROLLOUT = ["method_args.max_new_tokens=48"]
+ON_POLICY = ["student.name={warm}", "train.steps=300", "train.warmup_steps=10", "train.lr=1e-3",
+             "train.save_every=100", "train.log_every=25", "data.n_train=9600"]
+TRACE_DATA = ["data.source=traces", "data.traces={traces}"]
+
+
+def _on_policy(method: str, data=TRACE_DATA) -> list[str]:
+    return [f"method={method}", *data, *ON_POLICY, "method_args.max_new_tokens=48"]
+
+
 DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
     "answers": ("student: answers only", ["method=sft", "data.source=answers", "train.steps=600"]),
-    "sft": ("student: sft on teacher traces", ["method=sft", "data.source=traces", "data.traces={traces}"]),
-    "kd": ("student: kd, forward KL on teacher top-8", ["method=kd", "data.source=traces", "data.traces={traces}",
-                                                        "method_args.teacher=offline"]),
-    "sft_more": ("warm start + 300 sft steps", ["method=sft", "data.source=traces", "data.traces={traces}", *ON_POLICY]),
-    "gkd": ("warm start + 300 gkd steps (on-policy JSD)", ["method=gkd", "data.source=traces",
-                                                           "data.traces={traces}", *ON_POLICY, *ROLLOUT]),
-    "rkl_pg": ("warm start + 300 rkl_pg steps", ["method=rkl_pg", "data.source=traces", "data.traces={traces}",
-                                                 *ON_POLICY, *ROLLOUT]),
-    "tsd_kd": ("warm start + 300 tsd_kd steps", ["method=tsd_kd", "data.source=traces", "data.traces={traces}",
-                                                 *ON_POLICY, *ROLLOUT]),
-    "opsd": ("warm start + 300 opsd steps (self-distillation)", ["method=opsd", "data.source=solutions",
-                                                                 *ON_POLICY, *ROLLOUT]),
+    "sft": ("student: sft on teacher traces", ["method=sft", *TRACE_DATA]),
+    "kd": ("student: kd, forward KL on teacher top-8", ["method=kd", *TRACE_DATA, "method_args.teacher=offline"]),
+    "sft_more": ("warm start + 300 sft steps", ["method=sft", *TRACE_DATA, *ON_POLICY]),
+    "gkd": ("warm start + 300 gkd steps (on-policy JSD)", _on_policy("gkd")),
+    "rkl_pg": ("warm start + 300 rkl_pg steps", _on_policy("rkl_pg")),
+    "tsd_kd": ("warm start + 300 tsd_kd steps", _on_policy("tsd_kd")),
+    "opsd": ("warm start + 300 opsd steps (self-distillation)", _on_policy("opsd", ["data.source=solutions"])),
 }
 DEFAULT_METHODS = ("answers", "sft")
 # The warm start of the on-policy rows: sft on the teacher traces (the sft row's 2000-step
@@ -53,7 +54,7 @@ DEFAULT_METHODS = ("answers", "sft")
 # (after 300 or even 1000 steps it still scores ~0.11-0.14, about what one fixed digit scores, and
 # 300 more steps of any method leave it there), with room left to differ. Shown as its own row.
 WARM = ("warm start: sft on teacher traces to 50% train accuracy",
-        ["method=sft", "data.source=traces", "data.traces={traces}", "train.stop_at_accuracy=0.5",
+        ["method=sft", *TRACE_DATA, "train.stop_at_accuracy=0.5",
          "train.eval_every=50", "eval.split=train", "eval.n=200", "eval.max_new_tokens=96"])
 
 EVAL = EvalConfig(n=500, seed=7, max_new_tokens=96, batch_size=250)
