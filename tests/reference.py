@@ -47,3 +47,30 @@ def divergence(name, student_logits, teacher_logits, temperature=1.0, beta=0.5, 
             raise ValueError(name)
         out.append(v)
     return torch.tensor(out, dtype=torch.float64).reshape(shape)
+
+
+def sequence_logp(model, ids, n_prompt):
+    """Summed log-prob of ids[n_prompt:] given the rest, one unpadded sequence, and its length."""
+    lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    return sum(lp[t - 1, ids[t]] for t in range(n_prompt, len(ids))), len(ids) - n_prompt
+
+
+def pair_loss(name, model, pairs, ref_model=None, alpha=0.8, beta=0.1, gamma=1.0):
+    """Mean over (prompt, chosen, rejected) id-list triples of the REDI / DPO / SimPO loss, each
+    sequence scored on its own (no padding), by the papers' formulas."""
+    total = 0.0
+    for p, w, l_ in pairs:
+        lw, nw = sequence_logp(model, p + w, len(p))
+        ll, nl = sequence_logp(model, p + l_, len(p))
+        if name == "redi":
+            total = total - lw / nw + alpha * ll / nl
+        elif name == "simpo":
+            total = total - torch.nn.functional.logsigmoid(beta * (lw / nw - ll / nl) - gamma)
+        elif name == "dpo":
+            with torch.no_grad():
+                rw, _ = sequence_logp(ref_model, p + w, len(p))
+                rl, _ = sequence_logp(ref_model, p + l_, len(p))
+            total = total - torch.nn.functional.logsigmoid(beta * ((lw - rw) - (ll - rl)))
+        else:
+            raise ValueError(name)
+    return total / len(pairs)

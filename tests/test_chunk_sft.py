@@ -74,6 +74,28 @@ def test_loss_is_the_mean_over_chunks_of_each_chunks_mean_nll(tmp_path):
     assert out.count == m.count(batch) == 3
 
 
+def test_loss_and_gradient_match_a_float64_per_example_reference(tmp_path):
+    """Padded batch of chunk examples of different lengths vs each example scored alone, float64."""
+    from reference import sequence_logp
+
+    m, model, tok = _method(tmp_path)
+    model = model.double()
+    items = m.examples()[:5]
+    assert len({len(x.input_ids) for x in items}) > 1  # padding is exercised
+    out = m.loss(model, collate(items, tok.pad_token_id))
+    (out.loss / out.count).backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want = 0.0
+    for x in items:
+        lp, n = sequence_logp(model, x.input_ids, x.prompt_len)
+        want = want - lp / n
+    (want / len(items)).backward()
+    assert out.loss.item() == pytest.approx(want.item(), rel=1e-10)
+    for a, p in zip(got, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-7, atol=1e-10)
+
+
 def test_skip_examples_jump_over_a_skippable_middle_chunk(tmp_path):
     m, model, tok = _method(tmp_path, sentences_per_chunk=1, skip_share=1.0)
     m.rationales = lambda: [("Q:1+1\n", "1+1=2\nnow we go on.\nA:2", True)]

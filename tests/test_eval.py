@@ -56,6 +56,25 @@ def test_evaluate_reports_all_metrics():
     assert res["pass@3"] >= res["pass@1_sampled"]
 
 
+def test_mean_entropy_is_the_entropy_of_the_next_token_distribution_over_greedy_answers():
+    from retort.data.collate import encode_prompt
+
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=4)
+    task = TASKS["modchain"]()
+    cfg = EvalConfig(n=3, max_new_tokens=5, batch_size=3)
+    res = evaluate(model, tok, task, cfg, entropy=True)
+    want = []
+    for ex in task.examples(cfg.split, cfg.n, cfg.seed):
+        p = encode_prompt(tok, ex.prompt)
+        c = generate(model, tok, [ex.prompt], max_new_tokens=5)[0][0]
+        ids = c.token_ids + ([tok.eos_token_id] if c.finish_reason == "stop" else [])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([p + ids])).logits[0, len(p) - 1:-1].double(), -1)
+        want += (-(lp.exp() * lp).sum(-1)).tolist()
+    assert res["mean_entropy"] == pytest.approx(sum(want) / len(want), abs=1e-5)
+    assert "mean_entropy" not in evaluate(model, tok, task, cfg)
+
+
 def test_sampling_leaves_the_global_rng_alone():
     model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
     before = torch.random.get_rng_state()

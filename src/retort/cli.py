@@ -203,13 +203,39 @@ def traces(config_file, overrides):
 @click.option("--first-k-correct", type=click.IntRange(min=1), help="Keep the first K correct samples per prompt.")
 @click.option("--pairs", type=click.IntRange(min=0), help="Keep only traces in positive/negative pairs, at most "
               "K per prompt (0: all): the i-th correct sample of a prompt with its i-th incorrect one.")
-def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pairs):
+@click.option("--das", "das_student", metavar="MODEL", help="DASD divergence-aware selection: keep the traces "
+              "whose sentences the teacher finds far likelier than this student does (a model name or directory).")
+@click.option("--das-keep", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --das: traces kept per prompt (the best-scoring ones).")
+@click.option("--das-delta", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="With --das: nats of mean log-prob difference that make a Teacher / Student Sentence.")
+@click.option("--mixed-policy", "mixed_student", metavar="MODEL", help="DASD mixed-policy data: this student's "
+              "answers, cut at a random point, continued by the traces' teacher (verified), for unmasked sft.")
+@click.option("--mixed-from", type=click.Choice(["truncated", "failed", "all"]), default="failed",
+              show_default=True, help="With --mixed-policy: which student answers are cut and continued.")
+@click.option("--cut-lo", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+              help="With --mixed-policy: the cut is drawn from (cut-lo x length, length).")
+@click.option("--length-factor", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
+              help="With --mixed-policy: student answers are capped at this x the teacher trace's length.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=None,
+              help="With --mixed-policy: sampling temperature of student and teacher (default: the traces').")
+@click.option("--max-prompts", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --mixed-policy: use at most this many prompts (0: all).")
+@click.option("--with-source", is_flag=True, help="With --mixed-policy: also keep the source's correct traces.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy: sampling seed.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy).")
+def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
+           das_delta, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
+           seed, batch_size):
     """Statistics of a trace set, and filters into a new one.
 
     \b
     retort curate runs/traces --stats
     retort curate runs/traces --out runs/traces_ok --correct --max-tokens 256 --first-k-correct 1
     retort curate runs/traces --out runs/pairs --pairs 1     # for redi / dpo / simpo
+    retort curate runs/traces --out runs/das --correct --das runs/warm/model --das-keep 1
+    retort curate runs/traces --out runs/mixed --mixed-policy runs/warm/model --with-source
     """
     from .curate import filter_traces, trace_stats
     from .data.traces import read_traces
@@ -219,9 +245,21 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pa
         raise RetortError("curate: pass --stats, or --out DIR with filters")
     if show_stats:
         click.echo(json.dumps(trace_stats(read_traces(traces_dir)), indent=2))
-    if out:
+    if out and mixed_student:
+        from .curate.mixed import mixed_policy
+
+        if correct or max_tokens or first_k_correct or pairs is not None or das_student:
+            raise RetortError("curate: --mixed-policy makes new traces; run the filters in a separate curate step")
+        stats = mixed_policy(traces_dir, out, mixed_student, source=mixed_from, length_factor=length_factor,
+                             cut_lo=cut_lo, temperature=temperature, max_prompts=max_prompts,
+                             with_source=with_source, batch_size=batch_size, seed=seed, console=_console())
+        m = stats["mixed_policy"]
+        _console().print(f"curate: {m['kept']} mixed-policy rows ({m['eligible']} of {m['student_rollouts']} student "
+                         f"answers cut, {m['kept']} continuations verified); {stats['rows']} rows written to {out}")
+    elif out:
         stats = filter_traces(traces_dir, out, correct_only=correct, max_tokens=max_tokens,
-                              first_k_correct=first_k_correct, pairs=pairs)
+                              first_k_correct=first_k_correct, pairs=pairs, das_student=das_student,
+                              das_keep=das_keep, das_delta=das_delta, batch_size=batch_size, console=_console())
         _console().print(f"curate: {stats['rows']} rows from {stats['prompts']} prompts written to {out}")
 
 

@@ -9,8 +9,10 @@ from ..rollout.generate import generate
 from .metrics import majority, pass_at_k
 
 
-def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5) -> dict:
-    """Evaluate on `cfg.n` prompts of `cfg.split`. Returns a JSON-ready dict."""
+def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, entropy: bool = False) -> dict:
+    """Evaluate on `cfg.n` prompts of `cfg.split`. Returns a JSON-ready dict. `entropy`: also the
+    model's mean next-token entropy (nats, temperature 1) over the tokens of its greedy answers
+    (EOS step included for answers that stopped) — how much a method narrowed the distribution."""
     examples = task.examples(cfg.split, cfg.n, cfg.seed)
     prompts = [e.prompt for e in examples]
     greedy = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
@@ -30,6 +32,16 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5) -
         "samples": [{"prompt": e.prompt, "completion": g[0].text, "reference": e.answer, "correct": ok}
                     for e, g, ok in list(zip(examples, greedy, correct))[:n_samples_kept]],
     }
+    if entropy:
+        from ..data.collate import encode_prompt
+        from ..rollout.score import score
+
+        eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+        scored = score(model, [encode_prompt(tok, p) for p in prompts],
+                       [g[0].token_ids + (eos if g[0].finish_reason == "stop" else []) for g in greedy],
+                       batch_size=cfg.batch_size, pad_id=tok.pad_token_id or 0, entropy=True)
+        ents = [h for sc in scored for h in sc.entropy]
+        result["mean_entropy"] = float(mean(ents)) if ents else 0.0
     if cfg.k > 1:
         sampled = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                            top_p=cfg.top_p, num_samples=cfg.k, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -86,7 +86,9 @@ def sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
-    lp = -F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+    # at least float32 (bf16/fp16 models), float64 kept as it is
+    lp = -F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1),
+                          labels.flatten(), ignore_index=IGNORE,
                           reduction="none").view(labels.shape)
     return (lp * mask).sum(-1), mask.sum(-1)
 

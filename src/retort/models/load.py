@@ -72,12 +72,35 @@ def keep_layers(model, n: int):
 def _load(cfg, *, seed: int, max_len: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    name = cfg.name
-    if name.startswith("preset:"):
+    if cfg.name.startswith("preset:"):
         tok = char_tokenizer()
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(preset_config(name.split(":", 1)[1], len(tok), max_len))
+        model = LlamaForCausalLM(preset_config(cfg.name.split(":", 1)[1], len(tok), max_len))
         return model.to(DTYPES[cfg.dtype] if cfg.dtype != "auto" else torch.float32), tok
+    name, kwargs, local = _resolve(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[cfg.dtype], **kwargs)
+    except (OSError, ValueError) as e:
+        where = "local directory" if local else "hub id (needs network access, or a local copy)"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"could not load model {name!r} as a {where}: {first}") from None
+    if kwargs.get("gguf_file") and getattr(model, "hf_quantizer", None) is not None:
+        # transformers dequantizes GGUF tensors to `dtype` while loading; the model left is a plain
+        # one, but still marked quantized, which would forbid save_pretrained of a trained student.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+        if getattr(model, "is_quantized", False):
+            model.is_quantized = False
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def _resolve(cfg) -> tuple[str, dict, bool]:
+    """(name or directory for from_pretrained, its kwargs, whether it is local) of a non-preset model."""
+    name = cfg.name
     if name.startswith("builtin:"):
         which = name.split(":", 1)[1]
         if which != "teacher" and not which.startswith("teacher-"):
@@ -110,24 +133,27 @@ def _load(cfg, *, seed: int, max_len: int):
         kwargs["gguf_file"] = gguf_file
     if not local and not _in_hub_cache(name, kwargs):
         _require_hub(name)
+    return name, kwargs, local
+
+
+def load_tokenizer(cfg):
+    """The tokenizer of a `ModelConfig`, without loading the weights (e.g. a big teacher's, to read
+    its traces)."""
+    if cfg.name.startswith("preset:"):
+        return char_tokenizer()
+    from transformers import AutoTokenizer
+
+    name, kwargs, _ = _resolve(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[cfg.dtype], **kwargs)
     except (OSError, ValueError) as e:
-        where = "local directory" if local else "hub id (needs network access, or a local copy)"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"could not load model {name!r} as a {where}: {first}") from None
-    if gguf_file and getattr(model, "hf_quantizer", None) is not None:
-        # transformers dequantizes GGUF tensors to `dtype` while loading; the model left is a plain
-        # one, but still marked quantized, which would forbid save_pretrained of a trained student.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            delattr(model.config, "quantization_config")
-        if getattr(model, "is_quantized", False):
-            model.is_quantized = False
+        raise ModelError(f"could not load the tokenizer of {name!r}: {first}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return model, tok
+    if getattr(cfg, "chat_template", "auto") == "off":
+        tok.chat_template = None
+    return tok
 
 
 def _package_file(name: str) -> Path:

@@ -20,11 +20,12 @@ class Scored:
     topk_ids: Optional[list[list[int]]] = None  # [n_tokens][k]
     topk_logprobs: Optional[list[list[float]]] = None
     topk_tail: Optional[list[float]] = None     # log of the mass outside the top-k, per token
+    entropy: Optional[list[float]] = None       # entropy (nats) of the next-token distribution, per token
 
 
 @torch.no_grad()
 def score(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *, topk: int = 0,
-          batch_size: int = 16, pad_id: int = 0) -> list[Scored]:
+          batch_size: int = 16, pad_id: int = 0, entropy: bool = False) -> list[Scored]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -41,13 +42,15 @@ def score(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for i, (p, c) in enumerate(zip(ps, cs)):
             if not c:
-                out.append(Scored([], *([[], [], []] if topk else [None, None, None])))
+                out.append(Scored([], *([[], [], []] if topk else [None, None, None]), [] if entropy else None))
                 continue
             # Position t predicts token t+1: completion tokens are predicted from len(p)-1 on.
             rows = torch.log_softmax(logits[i, len(p) - 1:len(p) - 1 + len(c)].float(), dim=-1)
             target = torch.tensor(c, device=rows.device)
             lp = rows.gather(1, target[:, None])[:, 0]
             scored = Scored(lp.tolist())
+            if entropy:
+                scored.entropy = (-(rows.exp() * rows).nansum(-1)).tolist()
             if topk:
                 vals, idx = rows.topk(min(topk, rows.shape[-1]), dim=-1)
                 scored.topk_ids, scored.topk_logprobs = idx.tolist(), vals.tolist()
