@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from conftest import tiny_overrides
 from test_kd import _teacher
 from retort.config import ModelConfig, TrainRun, load_config
-from retort.data.collate import IGNORE
+from retort.data.collate import IGNORE, Encoded, collate
 from retort.methods import METHODS
 from retort.methods.base import BatchPlan, MethodContext
 from retort.methods.rkl_pg import discounted_returns
@@ -132,6 +132,39 @@ def test_listmle_standard_is_the_plackett_luce_nll_of_the_order():
     p1 = torch.softmax(c[0], 0)[0]
     p2 = torch.softmax(c[0, 1:], 0)[0]
     assert listmle(s).item() == pytest.approx(-(torch.log(p1) + torch.log(p2)).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.7])
+def test_rkl_pg_loss_and_gradient_match_the_policy_gradient_written_out(tmp_path, gamma):
+    """-sum_t sg(A_t) log p_S(y_t), A_t the discounted sum of log p_T - log p_S, each sequence scored
+    alone in float64, on a padded batch of completions of different lengths."""
+    method, student = _method(tmp_path, "rkl_pg", gamma=gamma)
+    teacher = method.teacher(student)
+    tok = method.ctx.tokenizer
+    g = torch.Generator().manual_seed(1)
+    seqs = [([1, *torch.randint(4, 100, (n_p,), generator=g).tolist()],
+             torch.randint(4, 100, (n_c,), generator=g).tolist()) for n_p, n_c in [(3, 5), (6, 2), (2, 7)]]
+    items = [Encoded(p + c, [IGNORE] * len(p) + c) for p, c in seqs]
+    batch = collate(items, tok.pad_token_id)
+    out = method.loss(student, batch)
+    out.loss.backward()
+    got = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    want = 0.0
+    for p, c in seqs:
+        ids = torch.tensor([p + c])
+        lps = torch.log_softmax(student(ids).logits[0].double(), -1)
+        with torch.no_grad():
+            lpt = torch.log_softmax(teacher(ids).logits[0].double(), -1)
+        s_tok = torch.stack([lps[len(p) + t - 1, c[t]] for t in range(len(c))])
+        t_tok = torch.stack([lpt[len(p) + t - 1, c[t]] for t in range(len(c))])
+        r = (t_tok - s_tok).detach()
+        adv = torch.stack([sum(gamma ** (u - t) * r[u] for u in range(t, len(c))) for t in range(len(c))])
+        want = want - (adv * s_tok).sum()
+    want.backward()
+    assert out.loss.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-5)
+    for a, p in zip(got, student.parameters()):
+        torch.testing.assert_close(a, p.grad.float(), rtol=1e-3, atol=1e-5)
 
 
 def test_entropy_prefix_and_discounted_returns():

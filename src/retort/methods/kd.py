@@ -176,12 +176,17 @@ def token_logprobs(model, batch, *, temperature: float = 1.0, vocab: Optional[in
     from the last hidden states chunk by chunk (never all positions x vocabulary at once)."""
     sel = batch["labels"][:, 1:] != IGNORE
     hidden = last_hidden(model, batch)[:, :-1][sel]
-    labels = batch["labels"][:, 1:][sel]
-    weight = unwrap(model).get_output_embeddings().weight
+    return logprobs_from_hidden(hidden, unwrap(model).get_output_embeddings().weight, batch["labels"][:, 1:][sel],
+                                temperature=temperature, vocab=vocab)
+
+
+def logprobs_from_hidden(hidden, weight, labels, *, temperature: float = 1.0, vocab: Optional[int] = None):
+    """log softmax(hidden @ weight.T / T)[label] per row, float32, chunk by chunk; no gradient."""
     weight = weight[:vocab] if vocab else weight
     out = torch.empty(labels.shape[0], dtype=torch.float32, device=hidden.device)
     step = max(16, (1 << 22) // weight.shape[0])
-    for s in range(0, labels.shape[0], step):
-        z = (hidden[s:s + step] @ weight.T.to(hidden.dtype)).float() / temperature
-        out[s:s + step] = z.gather(1, labels[s:s + step, None])[:, 0] - torch.logsumexp(z, -1)
+    with torch.no_grad():
+        for s in range(0, labels.shape[0], step):
+            z = (hidden[s:s + step] @ weight.T.to(hidden.dtype)).float() / temperature
+            out[s:s + step] = z.gather(1, labels[s:s + step, None])[:, 0] - torch.logsumexp(z, -1)
     return out

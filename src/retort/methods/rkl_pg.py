@@ -25,7 +25,7 @@ from ..config import param
 from ..data.collate import IGNORE
 from ..losses.fused import fused_linear_divergence
 from .base import LossOut
-from .kd import last_hidden, token_logprobs, unwrap
+from .kd import last_hidden, logprobs_from_hidden, token_logprobs, unwrap
 from .onpolicy import OnPolicy, RolloutConfig
 
 
@@ -60,14 +60,16 @@ class RKLPG(OnPolicy):
         labels = batch["labels"][:, 1:]
         sel = labels != IGNORE
         lp_t = token_logprobs(teacher, batch, vocab=self.vocab)
-        lp_s = token_logprobs(model, batch, vocab=self.vocab)
+        # one student forward: its hidden states carry the gradient, and (detached) give log p_S
+        hidden = last_hidden(model, batch)[:, :-1][sel]
+        head = unwrap(model).get_output_embeddings().weight
+        lp_s = logprobs_from_hidden(hidden.detach(), head, labels[sel], vocab=self.vocab)
         rewards = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
         rewards[sel] = lp_t - lp_s
         adv = discounted_returns(rewards, sel, c.gamma)[sel]
-        hidden = last_hidden(model, batch)[:, :-1][sel]
         # -sum_t A_t log p_S(y_t) = sum_t A_t CE_t: the fused path's CE term with row weights A_t
         loss, _, _ = fused_linear_divergence(
-            hidden, unwrap(model).get_output_embeddings().weight, labels[sel], kd_weight=0.0, ce_weight=1.0,
+            hidden, head, labels[sel], kd_weight=0.0, ce_weight=1.0,
             vocab=self.vocab, chunk=c.chunk or None, row_weight=adv)
         n = int(sel.sum())
         metrics = {"rkl": float((lp_s - lp_t).sum()) / max(1, n), "advantage": float(adv.sum()) / max(1, n)}
