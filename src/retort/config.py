@@ -63,6 +63,35 @@ class ModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on the student (optional extra `peft`); r=0 trains the whole model."""
+
+    r: int = param(0, "LoRA rank; 0 = off (train every weight). >0 trains only the adapters (pip install peft); "
+                   "checkpoints then hold the adapter, RUN_DIR/model the merged model", lo=0)
+    alpha: float = param(16.0, "LoRA alpha: the adapter's update is scaled by alpha / r", lo=0.0, lo_open=True)
+    dropout: float = param(0.0, "dropout on the adapters' input", lo=0.0, hi=1.0, hi_open=True)
+    target_modules: List[str] = param(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "names of the linear layers that get adapters (default: attention and MLP projections of "
+        "Llama/Qwen-like models); not lm_head or embed_tokens")
+
+    def __post_init__(self):
+        if self.r and not self.target_modules:
+            raise ConfigError("target_modules is empty; name at least one linear layer (e.g. q_proj)")
+        bad = sorted({"lm_head", "embed_tokens"} & set(self.target_modules))
+        if bad:
+            raise ConfigError(f"target_modules may not include {', '.join(bad)}: the fused losses read the "
+                              "output layer's weight directly, so an adapter there would be ignored")
+
+
+@dataclass
+class StudentConfig(ModelConfig):
+    """The model being trained: a `ModelConfig` plus optional LoRA adapters."""
+
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters (student.lora.r > 0 turns them on)")
+
+
+@dataclass
 class DataConfig:
     source: str = param("solutions", "what the student learns from: the task's worked solutions, "
                         "bare answers, or teacher traces", choices=["solutions", "answers", "traces"])
@@ -118,7 +147,7 @@ class TrainRun:
     method: str = param("sft", "training method (see `retort methods`)")
     method_args: Dict[str, Any] = param({}, "the method's own options (see `retort methods`)")
     task: TaskConfig = section(TaskConfig, "the task")
-    student: ModelConfig = section(ModelConfig, "the model being trained")
+    student: StudentConfig = section(StudentConfig, "the model being trained")
     teacher: ModelConfig = section(ModelConfig, "the teacher, for methods that need one", name="builtin:teacher")
     data: DataConfig = section(DataConfig, "training data")
     train: OptimConfig = section(OptimConfig, "optimisation and logging")

@@ -59,6 +59,9 @@ class OnPolicy(SFT):
 
     def __init__(self, ctx, cfg):
         super().__init__(ctx, cfg)
+        if cfg.engine == "vllm" and getattr(getattr(ctx.run.student, "lora", None), "r", 0):
+            raise ConfigError("method_args.engine=vllm pushes whole weights to vLLM, not LoRA adapters; "
+                              "use engine=auto with student.lora.r > 0")
         self._teacher = None
         self.vocab = None
 

@@ -16,8 +16,13 @@ loss is 0 (tested).
 tokenizer, and `{prompt}{solution}\\n{prompt}` (question, worked solution, question again) for
 retort's character-level presets, whose alphabet has no room for English instructions. Needs
 worked solutions: `data.source=solutions` (or a file task with a solution field).
-Not yet here: LoRA students with adapters disabled as the teacher (the PEFT path), the EMA teacher,
-the top-k restricted loss.
+The fixed teacher, as in the released code: with a LoRA student (`student.lora.r > 0`, the
+authors' r 64 / alpha 128 on q/k/v/o/gate/up/down) it is the student itself with its adapters
+disabled (`retort.models.lora.AdaptersDisabled`: the same weights, eval mode, no gradient; the base
+weights never train and B starts at zero, so this is exactly the initial student, at no extra
+memory). With full fine-tuning it is a second, frozen copy of the initial student
+(`load_initial_student`).
+Not yet here: the EMA teacher, the top-k restricted loss, `reason_first`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..config import param
 from ..data.collate import IGNORE, collate, encode_prompt
 from ..errors import ConfigError
 from ..losses.divergences import DIVERGENCES
+from ..models.lora import AdaptersDisabled, is_lora
 from .base import LossOut
 from .kd import distill_tokens
 from .onpolicy import OnPolicy, RolloutConfig
@@ -52,8 +58,9 @@ class OPSD(OnPolicy):
         beta: float = param(0.5, "generalized JSD weight of the teacher (0: forward KL, 1: reverse KL)",
                             lo=0.0, hi=1.0)
         alpha: float = param(0.1, "skew of skew_forward_kl / skew_reverse_kl", lo=0.0, hi=1.0, hi_open=True)
-        teacher_mode: str = param("fixed", "fixed: the initial student is the teacher; current: the current weights "
-                                  "(no gradient through the teacher)", choices=["fixed", "current"])
+        teacher_mode: str = param("fixed", "fixed: the initial student is the teacher (a LoRA student with its "
+                                  "adapters disabled, else a frozen copy); current: the current weights (no "
+                                  "gradient through the teacher)", choices=["fixed", "current"])
         privileged_template: str = param("auto", "the teacher's prompt, with {prompt} and {solution}; auto: the "
                                          "paper's wording, or {prompt}{solution}\\n{prompt} for character-level presets")
         t_squared: bool = param(False, "multiply the loss by T^2")
@@ -88,9 +95,19 @@ class OPSD(OnPolicy):
         if self.cfg.teacher_mode == "current":
             return model
         if self._self_teacher is None:
-            initial, _ = self.ctx.load_initial_student()
-            self._self_teacher = initial.to(self.ctx.device).eval().requires_grad_(False)
+            student = self.ctx.student()  # unwrapped: accelerate may have wrapped `model`
+            if is_lora(student):
+                self._self_teacher = AdaptersDisabled(student)
+            else:
+                initial, _ = self.ctx.load_initial_student()
+                self._self_teacher = initial.to(self.ctx.device).eval().requires_grad_(False)
         return self._self_teacher
+
+    def rollout(self, items, model, *, seed, gate):
+        if isinstance(model, AdaptersDisabled):  # seq_kd: the fixed teacher samples, adapters off
+            with model.disabled() as base:
+                return super().rollout(items, base, seed=seed, gate=gate)
+        return super().rollout(items, model, seed=seed, gate=gate)
 
     def teacher_batch(self, items) -> dict:
         tok, out = self.ctx.tokenizer, []

@@ -13,6 +13,9 @@ It applies to `LlamaForCausalLM` and architectures with the same block (Mistral,
 SmolLM are all `llama`-shaped when their config has no sliding window and, for Qwen3, no q/k
 norms — those are refused and go to `generate`). Greedy decoding gives the tokens of `generate`
 (tested); sampling draws from the same distribution (temperature, top-p) with its own seeded RNG.
+A PEFT LoRA model (a `student.lora` run) is run through its base model's modules, with the fused
+q/k/v and gate/up weights taken as base + B A * scaling (nothing added while its adapters are
+disabled); the other layers are called, so PEFT applies their adapters.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ import torch.nn.functional as F
 SUPPORTED = {"llama", "mistral", "qwen2"}
 
 
+def _base(model):
+    """The transformers model under a PEFT wrapper (its LoRA layers in place), else `model`."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def supports(model) -> bool:
+    model = _base(model)
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
         return False
@@ -61,12 +70,14 @@ class _Cache:
 def _fused_weights(model):
     """Per layer: q/k/v as one matrix (and bias), gate/up as one — fewer, larger matmuls. Built per
     `sample` call, since training changes the weights between calls."""
+    from ..models.lora import effective_weight as w
+
     out = []
     for layer in model.model.layers:
         a, mlp = layer.self_attn, layer.mlp
-        qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        qkv_w = torch.cat([w(a.q_proj), w(a.k_proj), w(a.v_proj)])
         qkv_b = (torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]) if a.q_proj.bias is not None else None)
-        gate_up = (torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        gate_up = (torch.cat([w(mlp.gate_proj), w(mlp.up_proj)])
                    if hasattr(mlp, "gate_proj") and mlp.gate_proj.bias is None and mlp.up_proj.bias is None else None)
         out.append((qkv_w, qkv_b, gate_up))
     return out
@@ -124,6 +135,7 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
            temperature: float = 0.0, top_p: float = 1.0, generator: Optional[torch.Generator] = None
            ) -> list[list[int]]:
     """New tokens for each prompt (left-padded batch), up to and including the first EOS."""
+    model = _base(model)
     device = next(model.parameters()).device
     # A small model's decode step is a hundred tiny ops; on a CPU, waking a second OpenMP thread for
     # each costs more than it saves (measured: 0.18 s vs 0.22 s per 32 x 40-token batch).

@@ -1,6 +1,7 @@
 """Checkpoints: everything needed to continue a run exactly.
 
-`ckpt/step-NNNNNNN/` holds `model/` (save_pretrained, safetensors, plus tokenizer), `optimizer.pt`
+`ckpt/step-NNNNNNN/` holds `model/` (save_pretrained, safetensors, plus tokenizer; for a LoRA student
+only the adapter, see `retort.models.lora`), `optimizer.pt`
 and `scheduler.pt` (state dicts, read back with weights_only=True), `rng-RANK.json` (Python, NumPy
 and torch generator states of each process) and `state.json` (step, tokens seen). A checkpoint is
 written under `step-N.tmp` and renamed when whole, so a crash never leaves a partial one.
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..models.lora import is_lora
 
 PREFIX = "step-"
 
@@ -71,7 +74,11 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, 
     # Each process keeps its own RNG streams; the rest is identical across processes.
     (tmp / f"rng-{accelerator.process_index}.json").write_text(json.dumps(rng_state()))
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(tmp / "model", safe_serialization=True)
+        unwrapped = accelerator.unwrap_model(model)
+        # LoRA never targets the embeddings (config check), so PEFT need not look the base model up
+        # (on the hub, for a name that is not a local directory) to decide whether to save them.
+        extra = {"save_embedding_layers": False} if is_lora(unwrapped) else {}
+        unwrapped.save_pretrained(tmp / "model", safe_serialization=True, **extra)
         tokenizer.save_pretrained(tmp / "model")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

@@ -17,7 +17,7 @@ import torch
 from ..config import build, diff_keys, save_config, to_dict
 from ..errors import ConfigError, RetortError, require
 from ..methods import METHODS, BatchPlan, MethodContext
-from ..models import load_model, save_model
+from ..models import load_model, lora, save_model
 from ..tasks import get_task
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .schedule import warmup_cosine
@@ -75,6 +75,11 @@ def _prepare_run_dir(run_dir: Path, run, resume: bool) -> Optional[Path]:
     import yaml
 
     old = yaml.safe_load(cfg_file.read_text())
+    try:  # a run from before a field existed (student.lora) has that field at its default
+        old = to_dict(build(type(run), old))
+    except ConfigError:
+        pass
+    old = json.loads(json.dumps(old))
     new = json.loads(json.dumps(to_dict(run)))
     diff = sorted(diff_keys(old, new))
     if diff:
@@ -131,12 +136,24 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
     accelerator.wait_for_everyone()  # every process has checked the run dir before anyone writes to it
     set_seed(run.seed)
     task = get_task(run.task)
-    if ckpt is not None:
+    lora_cfg = run.student.lora
+    lora.check_available(lora_cfg)
+    if ckpt is not None and lora_cfg.r:
+        # a LoRA checkpoint holds the adapter only: the base is loaded as the run first loaded it
+        model, tok = load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
+        model = lora.resume(model, ckpt / "model")
+    elif ckpt is not None:
         from ..config import ModelConfig
 
         model, tok = load_model(ModelConfig(name=str(ckpt / "model"), dtype=run.student.dtype))
     else:
         model, tok = load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
+        if lora_cfg.r:
+            model = lora.wrap(model, lora_cfg)
+    trainable, n_params = lora.param_counts(model)
+    if lora_cfg.r and main and console is not None:
+        console.print(f"lora r={lora_cfg.r}: training {trainable:,} of {n_params:,} parameters "
+                      f"({100 * trainable / n_params:.2f}%)")
 
     def load_teacher():
         return load_model(run.teacher, seed=run.seed)
@@ -258,9 +275,12 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
     if evaluate is not None and not stopped_early:  # an early stop has just evaluated this step
         run_eval(step)
     summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(time.time() - t0, 2),
-               "stopped_early": stopped_early, "eval": last_eval, "main_process": main}
+               "stopped_early": stopped_early, "eval": last_eval, "main_process": main,
+               "trainable_params": trainable, "params": n_params}
     if main:
-        save_model(accelerator.unwrap_model(model), tok, run_dir / "model")
+        # LoRA: the exported model has the adapters merged in (a plain model for `retort eval`); the
+        # merge is in place, with no second copy of the weights, since the run is over.
+        save_model(lora.merge(accelerator.unwrap_model(model)), tok, run_dir / "model")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if accelerator.log_with:
         accelerator.end_training()
