@@ -3,10 +3,11 @@ per answer, on the built-in task (the demo's teacher, traces and evaluation: 500
 greedy).
 
 Seed s trains every student with `seed=s` (initialisation, data order, rollouts); the teacher and its
-traces are shared (seed 0's directory). Each seed is a `retort demo --seed s`, so a finished piece is
+trace sets are shared (the first seed's directories); curated sets that depend on the warm start
+(DAS, mixed-policy) are made per seed. Each seed is a `retort demo --seed s`, so a finished piece is
 reused when the command is run again.
 
-    python benchmarks/methods.py --methods sft_more,gkd,rkl_pg,tsd_kd,opsd --seeds 0 1 2 \\
+    python benchmarks/methods.py --seeds 0 1 2 [--methods sft_more,gkd,...] \\
         [--out runs/methods] [--json benchmarks/results/methods.json]
 """
 
@@ -23,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--methods", default="sft_more,gkd,rkl_pg,tsd_kd,opsd")
+    ap.add_argument("--methods", default="sft_more,gkd,rkl_pg,tsd_kd,opsd,redi,dpo,simpo,curio_sft,chunk_sft,"
+                    "dasd_low,dasd_high,dasd_sched,dasd_das,dasd_mixed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/methods")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "methods.json"))
@@ -31,7 +33,7 @@ def main() -> None:
     from rich.console import Console
 
     from retort.cli import _quiet_libraries
-    from retort.demo import run_demo
+    from retort.demo import TRACE_SETS, run_demo
 
     _quiet_libraries()
     console = Console()
@@ -40,10 +42,11 @@ def main() -> None:
     per_seed: dict[str, dict[int, dict]] = {}
     for s in args.seeds:
         out = root / f"seed{s}"
-        first = root / f"seed{args.seeds[0]}" / "traces"
-        if s != args.seeds[0] and not (out / "traces").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "traces").symlink_to(first.resolve(), target_is_directory=True)
+        for name in TRACE_SETS:  # the teacher's samples: one copy, in the first seed's directory
+            first = root / f"seed{args.seeds[0]}" / name
+            if s != args.seeds[0] and not (out / name).exists():
+                out.mkdir(parents=True, exist_ok=True)
+                (out / name).symlink_to(first.resolve(), target_is_directory=True)
         rows = run_demo(str(out), console=console, methods=methods, seed=s)
         for label, result in rows.items():
             per_seed.setdefault(label, {})[s] = result
@@ -51,14 +54,17 @@ def main() -> None:
     for label, by_seed in per_seed.items():
         acc = [r["accuracy"] for r in by_seed.values()]
         tok = [r["mean_tokens"] for r in by_seed.values()]
+        extra = {key: statistics.mean(r[key] for r in by_seed.values())
+                 for key in ("pass@4", "mean_entropy") if all(key in r for r in by_seed.values())}
         table[label] = {"accuracy": {str(s): r["accuracy"] for s, r in by_seed.items()},
                         "mean": statistics.mean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                        "mean_tokens": statistics.mean(tok),
+                        "mean_tokens": statistics.mean(tok), **extra,
                         "train_time_s": statistics.mean(r.get("train_time_s", 0.0) for r in by_seed.values())}
-    print(f"{'row':55s} {'accuracy mean +- std':>22s}  per seed  tokens")
+    print(f"{'row':60s} {'accuracy mean +- std':>22s}  per seed  tokens  pass@4  entropy")
     for label, t in table.items():
         seeds = " ".join(f"{v:.3f}" for v in t["accuracy"].values())
-        print(f"{label:55s} {t['mean']:.3f} +- {t['std']:.3f}   {seeds}  {t['mean_tokens']:.1f}")
+        print(f"{label:60s} {t['mean']:.3f} +- {t['std']:.3f}   {seeds}  {t['mean_tokens']:.1f}"
+              f"  {t.get('pass@4', float('nan')):.3f}  {t.get('mean_entropy', float('nan')):.3f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"command": " ".join(["python", "benchmarks/methods.py", *sys.argv[1:]]),
                                            "rows": table}, indent=2))

@@ -18,16 +18,32 @@ STUDENT = {"student": {"name": "preset:student"},
            "train": {"steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "save_every": 500,
                      "log_every": 100}}
 
-# Teacher traces the distilled students learn from: 4000 train prompts, one sample each at
-# temperature 1, with the teacher's top-8 log-probs (for offline KD).
-TRACES = ["n_prompts=4000", "sampling.n=1", "sampling.temperature=1.0", "sampling.max_new_tokens=96",
-          "sampling.topk=8", "shard_prompts=500", "batch_size=500"]
+# Teacher trace sets (4000 train prompts each), sampled when a row needs them. "traces": one sample
+# per prompt at temperature 1 with the teacher's top-8 log-probs (for offline KD); "traces_low":
+# one at temperature 0.6 (DASD's low-temperature set); "traces_x4": four at temperature 1 (the
+# candidates of DASD's selection and its random control, and the positive/negative pairs).
+_TRACES_COMMON = ["n_prompts=4000", "sampling.max_new_tokens=96", "shard_prompts=500", "batch_size=500"]
+TRACE_SETS: dict[str, list[str]] = {
+    "traces": [*_TRACES_COMMON, "sampling.n=1", "sampling.temperature=1.0", "sampling.topk=8"],
+    "traces_low": [*_TRACES_COMMON, "sampling.n=1", "sampling.temperature=0.6"],
+    "traces_x4": [*_TRACES_COMMON, "sampling.n=4", "sampling.temperature=1.0"],
+}
+TRACES = TRACE_SETS["traces"]
+# Curated sets: name -> (trace set, `retort curate` arguments); "{warm}" is the warm start's model.
+CURATED: dict[str, tuple[str, dict]] = {
+    "pairs": ("traces_x4", {"pairs": 1}),                                         # redi / dpo / simpo
+    "random1": ("traces_x4", {"correct_only": True, "first_k_correct": 1}),       # 1 of 4, at random
+    "das": ("traces_x4", {"correct_only": True, "das_student": "{warm}", "das_keep": 1}),  # 1 of 4, DAS
+    "mixed": ("traces", {"mixed_student": "{warm}", "mixed_from": "failed", "with_source": True}),
+}
 
-# name -> (label, overrides of STUDENT); "{traces}" is the demo's trace directory, "{warm}" the model
-# of the shared warm start (below). Adding a method to the demo is one line here.
+# name -> (label, overrides of STUDENT). In overrides, "{NAME}" is the demo's trace or curated set
+# NAME, "{warm}" the model of the shared warm start (below) and "{model:RUN}" the model of demo
+# run RUN (trained first). Adding a method to the demo is one line here.
 # Off-policy rows: the small student preset trained from scratch for 2000 steps.
-# On-policy rows (and "sft_more", their off-policy control): the warm start trained 300 steps more
-# (9600 student sequences each, the same for every row), with 48-token rollouts.
+# Warm-start rows (on-policy methods, "sft_more" their off-policy control, and the trace-learning
+# methods): the warm start trained 300 steps more (9600 student sequences each, the same for every
+# row), with 48-token rollouts for the on-policy ones.
 ON_POLICY = ["student.name={warm}", "train.steps=300", "train.warmup_steps=10", "train.lr=1e-3",
              "train.save_every=100", "train.log_every=25", "data.n_train=9600"]
 TRACE_DATA = ["data.source=traces", "data.traces={traces}"]
@@ -36,6 +52,18 @@ TRACE_DATA = ["data.source=traces", "data.traces={traces}"]
 def _on_policy(method: str, data=TRACE_DATA) -> list[str]:
     return [f"method={method}", *data, *ON_POLICY, "method_args.max_new_tokens=48"]
 
+
+def _more(method: str, traces: str = "traces", *extra: str) -> list[str]:
+    """300 more steps of an off-policy method from the warm start, on a trace or curated set."""
+    return [f"method={method}", "data.source=traces", f"data.traces={{{traces}}}", *ON_POLICY, *extra]
+
+
+# Pair methods: 16 pairs per step, i.e. 32 student sequences, the budget of every other row.
+PAIRS = ["train.batch_size=16", "data.n_train=4800"]
+
+
+# DASD's temperature schedule: 150 steps on the low-temperature traces, then 150 on high (random 1 of 4).
+HALF = ["train.steps=150", "data.n_train=4800"]
 
 DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
     "answers": ("student: answers only", ["method=sft", "data.source=answers", "train.steps=600"]),
@@ -46,6 +74,18 @@ DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
     "rkl_pg": ("warm start + 300 rkl_pg steps", _on_policy("rkl_pg")),
     "tsd_kd": ("warm start + 300 tsd_kd steps", _on_policy("tsd_kd")),
     "opsd": ("warm start + 300 opsd steps (self-distillation)", _on_policy("opsd", ["data.source=solutions"])),
+    "redi": ("warm start + 300 redi steps (16 pairs/step)", _more("redi", "pairs", *PAIRS)),
+    "dpo": ("warm start + 300 dpo steps (16 pairs/step)", _more("dpo", "pairs", *PAIRS)),
+    "simpo": ("warm start + 300 simpo steps (16 pairs/step)", _more("simpo", "pairs", *PAIRS)),
+    "curio_sft": ("warm start + 300 curio_sft steps", _more("curio_sft")),
+    "chunk_sft": ("warm start + 300 chunk_sft steps", _more("chunk_sft")),
+    "dasd_low": ("warm start + 300 sft steps, T=0.6 traces", _more("sft", "traces_low")),
+    "dasd_high": ("warm start + 300 sft steps, T=1 traces (random 1 of 4)", _more("sft", "random1")),
+    "dasd_low_half": ("warm start + 150 sft steps, T=0.6 traces", [*_more("sft", "traces_low"), *HALF]),
+    "dasd_sched": ("... + 150 sft steps, T=1 traces (DASD schedule)",
+                   [*_more("sft", "random1"), *HALF, "student.name={model:dasd_low_half}"]),
+    "dasd_das": ("warm start + 300 sft steps, T=1 traces (DAS 1 of 4)", _more("sft", "das")),
+    "dasd_mixed": ("warm start + 300 sft steps, T=1 traces + mixed-policy", _more("sft", "mixed")),
 }
 DEFAULT_METHODS = ("answers", "sft")
 # The warm start of the on-policy rows: sft on the teacher traces (the sft row's 2000-step
@@ -57,7 +97,35 @@ WARM = ("warm start: sft on teacher traces to 50% train accuracy",
         ["method=sft", *TRACE_DATA, "train.stop_at_accuracy=0.5",
          "train.eval_every=50", "eval.split=train", "eval.n=200", "eval.max_new_tokens=96"])
 
-EVAL = EvalConfig(n=500, seed=7, max_new_tokens=96, batch_size=250)
+# Greedy accuracy and tokens on 500 test problems, plus pass@4 / maj@4 at temperature 1, and the
+# student's mean next-token entropy over its own greedy answers.
+EVAL = EvalConfig(n=500, seed=7, max_new_tokens=96, batch_size=250, k=4)
+
+
+def _placeholders(overrides: list[str]) -> set[str]:
+    import re
+
+    return {m for o in overrides for m in re.findall(r"\{([a-z_0-9:]+)\}", o)}
+
+
+def _plan(methods) -> list[str]:
+    """Runs to train, dependencies first: the warm start and any {model:RUN} a row builds on."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        overrides = WARM[1] if name == "warm" else DEMO_RUNS[name][1]
+        for ph in sorted(_placeholders(overrides)):
+            if ph == "warm" or ph in CURATED and "{warm}" in str(CURATED[ph][1]):
+                visit("warm")
+            elif ph.startswith("model:"):
+                visit(ph.split(":", 1)[1])
+        order.append(name)
+
+    for m in methods:
+        visit(m)
+    return order
 
 
 def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed: int = 0) -> dict:
@@ -77,28 +145,57 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed
         raise DataError(f"demo --methods: unknown {', '.join(unknown)}; choose from {', '.join(DEMO_RUNS)}")
     root = Path(out)
     teacher_dir = ensure_teacher(console=console)
-    traces = root / "traces"
-    try:
-        done = read_manifest(traces).get("complete", False)
-    except DataError:
-        done = False
-    if not done:
+
+    def trace_set(name: str) -> Path:
+        path = root / name
+        try:
+            done = read_manifest(path).get("complete", False)
+        except DataError:
+            done = False
+        if not done:
+            if console is not None:
+                console.print(f"demo: sampling teacher traces ({name})")
+            run_traces(load_config(TracesRun, None, [*TRACE_SETS[name], f"out={path}", f"teacher.name={teacher_dir}"]),
+                       console=console)
+        return path
+
+    def curated(name: str) -> Path:
+        from .curate import filter_traces
+        from .curate.mixed import mixed_policy
+
+        path, (source, kwargs) = root / name, CURATED[name]
+        if (path / "manifest.json").is_file() and read_manifest(path).get("complete"):
+            return path
+        src = trace_set(source)
+        kwargs = {k: str(root / "warm" / "model") if v == "{warm}" else v for k, v in kwargs.items()}
         if console is not None:
-            console.print("demo: sampling teacher traces")
-        run_traces(load_config(TracesRun, None, [*TRACES, f"out={traces}", f"teacher.name={teacher_dir}"]),
-                   console=console)
+            console.print(f"demo: curating {name} from {source}")
+        if "mixed_student" in kwargs:
+            student = kwargs.pop("mixed_student")
+            mixed_policy(str(src), str(path), student, source=kwargs.pop("mixed_from"), seed=seed,
+                         batch_size=500, console=console, **kwargs)
+        else:
+            filter_traces(str(src), str(path), batch_size=500, console=console, **kwargs)
+        return path
+
+    def resolve(o: str) -> str:
+        for ph in _placeholders([o]):
+            if ph == "warm" or ph.startswith("model:"):
+                where = root / ("warm" if ph == "warm" else ph.split(":", 1)[1]) / "model"
+            else:
+                where = trace_set(ph) if ph in TRACE_SETS else curated(ph)
+            o = o.replace("{" + ph + "}", str(where))
+        return o
+
+    trace_set("traces")
     task = get_task(TaskConfig())
     rows = []
-    todo = [(m, DEMO_RUNS[m]) for m in methods]
-    if any("student.name={warm}" in o for _, (_, ov) in todo for o in ov):
-        todo.insert(0, ("warm", WARM))
+    todo = [(name, WARM if name == "warm" else DEMO_RUNS[name]) for name in _plan(methods)]
     for name, (label, overrides) in [("teacher", ("teacher (built-in)", None)), *todo]:
         path = teacher_dir
         if overrides is not None:
-            slug = name
-            args = [o.replace("{traces}", str(traces)).replace("{warm}", str(root / "warm" / "model"))
-                    for o in overrides]
-            run = load_config(TrainRun, None, [*args, f"out={root / slug}", f"seed={seed}"], base=STUDENT)
+            args = [resolve(o) for o in overrides]
+            run = load_config(TrainRun, None, [*args, f"out={root / name}", f"seed={seed}"], base=STUDENT)
             if not (Path(run.out) / "summary.json").is_file():
                 if console is not None:
                     console.print(f"demo: training {label}")
@@ -107,7 +204,7 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed
                       evaluate=(lambda m, t, task_, cfg=run.eval: evaluate(m, t, task_, cfg)) if stops else None)
             path = Path(run.out) / "model"
         model, tok = load_model(ModelConfig(name=str(path)))
-        result = evaluate(model, tok, task, EVAL)
+        result = evaluate(model, tok, task, EVAL, entropy=True)
         result["params"] = sum(p.numel() for p in model.parameters())
         if overrides is not None:
             result["run_dir"] = name

@@ -1,0 +1,24 @@
+"""The demo's plan: which runs, in which order, each a valid training configuration."""
+
+import pytest
+
+from retort.config import TrainRun, load_config
+from retort.demo import CURATED, DEMO_RUNS, STUDENT, TRACE_SETS, WARM, _placeholders, _plan
+
+
+def test_plan_trains_dependencies_first():
+    assert _plan(["answers", "sft"]) == ["answers", "sft"]
+    assert _plan(["gkd", "sft_more"]) == ["warm", "gkd", "sft_more"]
+    assert _plan(["dasd_sched"]) == ["warm", "dasd_low_half", "dasd_sched"]
+    assert _plan(["dasd_das"]) == ["warm", "dasd_das"]  # DAS scores with the warm start
+    assert _plan(["redi"]) == ["warm", "redi"]
+
+
+@pytest.mark.parametrize("name", [*DEMO_RUNS, "warm"])
+def test_every_demo_row_is_a_valid_training_run(name, tmp_path):
+    overrides = WARM[1] if name == "warm" else DEMO_RUNS[name][1]
+    for ph in _placeholders(overrides):
+        assert ph in TRACE_SETS or ph in CURATED or ph == "warm" or ph.split(":", 1)[1] in DEMO_RUNS, ph
+    args = [o.replace("{", "").replace("}", "") for o in overrides]  # any path will do here
+    run = load_config(TrainRun, None, [*args, f"out={tmp_path / name}"], base=STUDENT)
+    assert run.method == next(o.split("=", 1)[1] for o in overrides if o.startswith("method="))
