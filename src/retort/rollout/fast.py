@@ -67,74 +67,101 @@ class _Cache:
         self.v = torch.empty_like(self.k)
 
 
-def _fused_weights(model):
-    """Per layer: q/k/v as one matrix (and bias), gate/up as one — fewer, larger matmuls. Built per
-    `sample` call, since training changes the weights between calls."""
-    from ..models.lora import effective_weight as w
+def _linear(layer):
+    """(weight, bias) a linear layer applies now (LoRA adapters folded in, `effective_weight`)."""
+    from ..models.lora import effective_weight
 
-    out = []
-    for layer in model.model.layers:
-        a, mlp = layer.self_attn, layer.mlp
-        qkv_w = torch.cat([w(a.q_proj), w(a.k_proj), w(a.v_proj)])
-        qkv_b = (torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]) if a.q_proj.bias is not None else None)
-        gate_up = (torch.cat([w(mlp.gate_proj), w(mlp.up_proj)])
-                   if hasattr(mlp, "gate_proj") and mlp.gate_proj.bias is None and mlp.up_proj.bias is None else None)
-        out.append((qkv_w, qkv_b, gate_up))
-    return out
+    return effective_weight(layer), getattr(getattr(layer, "base_layer", layer), "bias", None)
 
 
-def _forward(model, fused, ids, positions, key_mask, cache: _Cache, start: int):
+def _rot_rows(w, n_heads, hd):
+    """The rows that give rotate_half of a projection's per-head output: (x1, x2) -> (-x2, x1)."""
+    w = w.reshape(n_heads, 2, hd // 2, *w.shape[1:])
+    return torch.cat([-w[:, 1], w[:, 0]], dim=1).reshape(n_heads * hd, *w.shape[3:])
+
+
+class _Weights:
+    """Per `sample` call (training changes the weights between calls): per layer, q/k/v as one
+    matrix — with `fold_rotary`, also the rows of rotate_half(q) and rotate_half(k), so that the
+    rotary embedding costs no extra ops — gate/up as one, and o/down/lm_head as plain (weight,
+    bias): the decode step then calls F.linear directly instead of modules (a small model's decode
+    step is bound by per-op overhead, not arithmetic)."""
+
+    def __init__(self, model, heads, kv_heads, hd, fold_rotary: bool):
+        self.layers = []
+        for layer in model.model.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            (qw, qb), (kw, kb), (vw, vb) = _linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj)
+            ws, bs = [qw, kw, vw], [qb, kb, vb]
+            if fold_rotary:
+                ws += [_rot_rows(qw, heads, hd), _rot_rows(kw, kv_heads, hd)]
+                bs += [None if qb is None else _rot_rows(qb, heads, hd), None if kb is None else _rot_rows(kb, kv_heads, hd)]
+            qkv_w = torch.cat(ws)
+            qkv_b = torch.cat(bs) if qb is not None else None
+            gate_up = None
+            if hasattr(mlp, "gate_proj"):
+                (gw, gb), (uw, ub) = _linear(mlp.gate_proj), _linear(mlp.up_proj)
+                if gb is None and ub is None:
+                    gate_up = torch.cat([gw, uw])
+            self.layers.append((qkv_w, qkv_b, _linear(a.o_proj), gate_up,
+                                _linear(mlp.down_proj) if gate_up is not None else None))
+        self.head = _linear(model.lm_head)
+
+
+def _forward(model, wts: _Weights, ids, rope, key_bias, cache: _Cache, start: int, fold_rotary: bool):
     """Logits of the last position for `ids` (B, T) written at cache slots start..start+T-1.
-    key_mask (B, start+T) marks real (non-pad) keys."""
+    `rope` = (cos, sin) at these positions, (B, 1, T, hd); `key_bias` (B, 1, T, start+T): 0 where a
+    query may attend, -inf elsewhere."""
     inner, cfg = model.model, model.config
     x = inner.embed_tokens(ids)
-    cos, sin = inner.rotary_emb(x, positions)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    cos, sin = rope
     b, t, _ = x.shape
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     end = start + t
-    causal = torch.ones((t, end), dtype=torch.bool, device=x.device).tril(diagonal=start)
-    mask = causal[None, None] & key_mask[:, None, None, :end]
-    # a row with no visible key (left padding in the prompt) would give NaN; let it see itself
-    mask = mask | ~mask.any(-1, keepdim=True)
-    bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
     nq, nkv = heads * hd, kv_heads * hd
-    for i, (layer, (qkv_w, qkv_b, gate_up)) in enumerate(zip(inner.layers, fused)):
+    silu = getattr(cfg, "hidden_act", "silu") == "silu"
+    for i, (layer, (qkv_w, qkv_b, (o_w, o_b), gate_up, down)) in enumerate(zip(inner.layers, wts.layers)):
         attn = layer.self_attn
         h = _rms(x, layer.input_layernorm)
         qkv = F.linear(h, qkv_w, qkv_b)
         # rotary on q and k at once: (b, heads + kv_heads, t, hd)
         qk = qkv[..., :nq + nkv].view(b, t, heads + kv_heads, hd).transpose(1, 2)
-        qk = qk * cos + _rotate_half(qk) * sin
+        # rotate_half(q), rotate_half(k): folded into the projection (rows after v), or computed
+        rot = (qkv[..., nq + 2 * nkv:].view(b, t, heads + kv_heads, hd).transpose(1, 2) if fold_rotary
+               else _rotate_half(qk))
+        qk = qk * cos + rot * sin
         q, k = qk[:, :heads], qk[:, heads:]
-        v = qkv[..., nq + nkv:].view(b, t, kv_heads, hd).transpose(1, 2)
-        cache.k[i, :, :, start:end] = k
-        cache.v[i, :, :, start:end] = v
-        keys, vals = cache.k[i, :, :, :end], cache.v[i, :, :, :end]
+        v = qkv[..., nq + nkv:nq + 2 * nkv].view(b, t, kv_heads, hd).transpose(1, 2)
+        ck, cv = cache.k[i], cache.v[i]
+        ck[:, :, start:end] = k
+        cv[:, :, start:end] = v
+        keys, vals = ck[:, :, :end], cv[:, :, :end]
         if kv_heads != heads:
             keys = keys.repeat_interleave(heads // kv_heads, dim=1)
             vals = vals.repeat_interleave(heads // kv_heads, dim=1)
         scale = getattr(attn, "scaling", None) or hd ** -0.5
-        o = torch.softmax(torch.matmul(q, keys.transpose(-1, -2)).mul_(scale).add_(bias), dim=-1) @ vals
-        x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, nq))
+        o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=key_bias, scale=scale)
+        x = x + F.linear(o.transpose(1, 2).reshape(b, t, nq), o_w, o_b)
         h = _rms(x, layer.post_attention_layernorm)
         mlp = layer.mlp
         if gate_up is not None:
             g, u = F.linear(h, gate_up).chunk(2, dim=-1)
-            x = x + mlp.down_proj(mlp.act_fn(g) * u)
+            x = x + F.linear((F.silu(g) if silu else mlp.act_fn(g)) * u, *down)
         else:
             x = x + mlp(h)
     x = _rms(x[:, -1:], inner.norm)
-    return model.lm_head(x)[:, 0].float()
+    return F.linear(x, *wts.head)[:, 0].float()
 
 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set, pad_id: int,
-           temperature: float = 0.0, top_p: float = 1.0, generator: Optional[torch.Generator] = None
-           ) -> list[list[int]]:
-    """New tokens for each prompt (left-padded batch), up to and including the first EOS."""
+           temperature: float = 0.0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
+           fold_rotary: Optional[bool] = None) -> list[list[int]]:
+    """New tokens for each prompt (left-padded batch), up to and including the first EOS.
+    `fold_rotary`: compute rotate_half(q), rotate_half(k) inside the q/k/v matmul (default: for
+    small models, whose decode step is bound by the number of ops, not by arithmetic)."""
     model = _base(model)
     device = next(model.parameters()).device
     # A small model's decode step is a hundred tiny ops; on a CPU, waking a second OpenMP thread for
@@ -145,33 +172,57 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
         torch.set_num_threads(1)
     try:
         return _sample(model, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                       temperature=temperature, top_p=top_p, generator=generator, device=device)
+                       temperature=temperature, top_p=top_p, generator=generator, device=device,
+                       fold=small if fold_rotary is None else fold_rotary)
     finally:
         if small:
             torch.set_num_threads(threads)
 
 
-def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, generator, device):
+def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, generator, device, fold):
     dtype = next(model.parameters()).dtype
     b = len(prompts)
     width = max(len(p) for p in prompts)
+    total = width + max_new_tokens
     ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
-    key_mask = torch.zeros((b, width + max_new_tokens), dtype=torch.bool, device=device)
+    key_mask = torch.zeros((b, total), dtype=torch.bool, device=device)
     for r, p in enumerate(prompts):
         ids[r, width - len(p):] = torch.tensor(p, device=device)
-        key_mask[r, width - len(p):width] = True
+        key_mask[r, width - len(p):] = True  # prompt tokens and every generated slot
     cfg = model.config
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    cache = _Cache(cfg.num_hidden_layers, b, kv_heads, width + max_new_tokens, hd, dtype, device)
+    cache = _Cache(cfg.num_hidden_layers, b, kv_heads, total, hd, dtype, device)
     positions = (key_mask[:, :width].long().cumsum(-1) - 1).clamp_min(0)
     next_pos = key_mask[:, :width].sum(-1, keepdim=True)
     eos = torch.tensor(sorted(eos_ids), device=device)
-    fused = _fused_weights(model)
-    logits = _forward(model, fused, ids, positions, key_mask, cache, 0)
+    wts = _Weights(model, heads, kv_heads, hd, fold)
+    inner = model.model
+    probe = torch.zeros((1, 1, cfg.hidden_size), dtype=dtype, device=device)
+    static_rope = getattr(inner.rotary_emb, "rope_type", "default") in ("default", "linear", "llama3")
+    if static_rope:  # cos/sin of every position once; the decode steps gather rows of the table
+        cos_t, sin_t = inner.rotary_emb(probe, torch.arange(total, device=device)[None])
+        cos_t, sin_t = cos_t[0], sin_t[0]
+
+    def rope(pos):  # pos (B, T) -> cos, sin (B, 1, T, hd)
+        if static_rope:
+            return cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
+        c, s = inner.rotary_emb(probe, pos)
+        return c.unsqueeze(1), s.unsqueeze(1)
+
+    # prefill: causal and key padding; a row with no visible key (left padding) sees itself
+    causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+    mask = causal[None, None] & key_mask[:, None, None, :width]
+    mask = mask | ~mask.any(-1, keepdim=True)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    neg = torch.tensor(float("-inf"), dtype=dtype, device=device)
+    logits = _forward(model, wts, ids, rope(positions), torch.where(mask, zero, neg), cache, 0, fold)
+    # decode: one query per row sees its real keys (the prompt without padding, every new slot)
+    decode_bias = torch.where(key_mask, zero, neg)[:, None, None, :]
     out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
+    pad = torch.full((b,), pad_id, dtype=torch.long, device=device)
     n = 0
     for step in range(max_new_tokens):
         if temperature > 0:
@@ -184,14 +235,14 @@ def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
             tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
         else:
             tok = logits.argmax(-1)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tok = torch.where(done, pad, tok)
         out[:, step] = tok
         n = step + 1
         done |= torch.isin(tok, eos)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 or bool(done.all()):
             break
-        key_mask[:, width + step] = True
-        logits = _forward(model, fused, tok[:, None], next_pos, key_mask, cache, width + step)
+        end = width + step + 1
+        logits = _forward(model, wts, tok[:, None], rope(next_pos), decode_bias[..., :end], cache, width + step, fold)
         next_pos = next_pos + 1
     rows = out[:, :n].tolist()
     result = []
