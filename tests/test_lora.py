@@ -232,3 +232,39 @@ def test_a_run_from_before_student_lora_still_resumes(tmp_path):
     assert train(load_config(TrainRun, None, args), resume=True)["steps"] == 2
     with pytest.raises(ConfigError, match="config differs .* at student.lora.r"):
         train(load_config(TrainRun, None, args + ["student.lora.r=4"]), resume=True)
+
+
+def test_dpo_lora_reference_is_the_student_with_adapters_disabled(tmp_path):
+    """DPO's frozen reference for a LoRA student: the same weights with adapters off (no second
+    copy loaded); log 2 at the start, and after an update it is still the original model."""
+    pytest.importorskip("peft")
+    import math
+
+    from retort.data.collate import IGNORE, Encoded, collate
+    from retort.methods.base import sequence_logps
+    from retort.methods.pairs import Pair
+
+    student, tok = _lora_nano(r=4)
+    run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", method="dpo"))
+
+    def no_second_copy():
+        raise AssertionError("a LoRA student's DPO reference must not load the initial student again")
+
+    ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok, student=lambda: student,
+                        load_initial_student=no_second_copy)
+    dpo = METHODS["dpo"](ctx, METHODS["dpo"].Config(beta=0.5))
+    p, w, l_ = [1, 40, 41], [50, 51, 2], [60, 2]
+    pair = Pair(p + w, [IGNORE] * 3 + w, rejected=Encoded(p + l_, [IGNORE] * 3 + l_))
+    batch = collate([pair, pair.rejected], tok.pad_token_id)
+    batch["n_pairs"] = 1
+    student.train()
+    assert dpo.loss(student, batch).loss.item() == pytest.approx(math.log(2), rel=1e-6)
+    base, _ = load_model(ModelConfig(name="preset:nano"), seed=5)
+    before = sequence_logps(base, batch)[0]
+    opt = torch.optim.SGD([q for q in student.parameters() if q.requires_grad], lr=1.0)
+    for _ in range(3):
+        opt.zero_grad()
+        dpo.loss(student, batch).loss.backward()
+        opt.step()
+    assert torch.allclose(sequence_logps(dpo.reference(), batch)[0], before, atol=1e-6)
+    assert dpo.loss(student, batch).loss.item() < math.log(2)

@@ -127,7 +127,10 @@ def teacher(config_file, force, overrides):
 @click.option("--out", default="runs/demo", show_default=True, help="Demo run directory.")
 @click.option("--methods", default="answers,sft", show_default=True,
               help="Comma-separated students to train and compare: answers, sft, kd (from scratch); "
-                   "sft_more, gkd, rkl_pg, tsd_kd, opsd (300 steps on from a shared sft warm start).")
+                   "300 steps on from a shared sft warm start: sft_more, gkd, rkl_pg, tsd_kd, opsd (on-policy), "
+                   "redi, dpo, simpo (trace pairs), curio_sft, chunk_sft, and DASD's recipes dasd_low (T=0.6 "
+                   "traces), dasd_high (T=1, 1 of 4 at random), dasd_sched (low then high), dasd_das (1 of 4 "
+                   "by divergence-aware selection), dasd_mixed (+ mixed-policy rows).")
 @click.option("--seed", default=0, show_default=True, help="Seed of every student run (init, data order, rollouts).")
 def demo(out, methods, seed):
     """The embedded default end to end: built-in teacher, teacher traces, students, evaluation

@@ -4,7 +4,8 @@ on the positive/negative trace pairs of `redi` — the baselines REDI is compare
 
 dpo:   L = -log sigmoid( beta * [ (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)) ] )
        with ref the frozen student as the run started (start from the sft checkpoint, as REDI's
-       baselines do; at step 0 pi = ref and L = log 2).
+       baselines do; at step 0 pi = ref and L = log 2); for a LoRA student, the student itself
+       with its adapters disabled.
 simpo: L = -log sigmoid( beta * (log pi(y_w)/|y_w| - log pi(y_l)/|y_l|) - gamma ), reference-free.
 Log-probs are summed over completion tokens (|y| counts them, EOS included). Logged: the
 per-token log-probs of both sides, the reward margin and the pair accuracy (margin > 0).
@@ -36,9 +37,17 @@ class DPO(PairMethod):
         self._ref = None
 
     def reference(self):
+        """The starting checkpoint, frozen: a LoRA student with its adapters disabled (no second
+        copy), else a second copy loaded as the run started."""
         if self._ref is None:
-            ref, _ = self.ctx.load_initial_student()
-            self._ref = ref.to(self.ctx.device).eval().requires_grad_(False)
+            from ..models.lora import AdaptersDisabled, is_lora
+
+            student = self.ctx.student() if self.ctx.student is not None else None
+            if student is not None and is_lora(student):
+                self._ref = AdaptersDisabled(student)
+            else:
+                ref, _ = self.ctx.load_initial_student()
+                self._ref = ref.to(self.ctx.device).eval().requires_grad_(False)
         return self._ref
 
     def loss(self, model, batch) -> LossOut:
