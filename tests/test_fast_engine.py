@@ -115,3 +115,31 @@ def test_vllm_engine_without_a_reachable_model_says_so():
 
     with pytest.raises(ModelError, match="cannot reach the model"):
         engine_model(object())
+
+
+@pytest.mark.parametrize("topk", [0, 5])
+def test_scores_kept_while_sampling_equal_the_teacher_forced_pass(topk):
+    """`retort traces` takes the teacher's log-probs (and top-k) from the sampling pass; they must be
+    what `score` computes in one teacher-forced forward, EOS step included for stopped samples."""
+    from retort.rollout.score import score
+
+    model, tok = load_model(ModelConfig(name="preset:student"), seed=3)
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] += 0.3 * model.model.norm.weight.sign()  # some samples stop
+    prompts = _prompts(vocab=len(tok))
+    outs = generate_ids(model, tok, prompts, max_new_tokens=16, temperature=1.0, seed=2, engine="fast", scores=topk)
+    assert any(o[0].finish_reason == "stop" for o in outs)
+    eos = [tok.eos_token_id] if topk else []
+    want = score(model, prompts, [o[0].token_ids + (eos if o[0].finish_reason == "stop" else []) for o in outs],
+                 topk=topk)
+    for o, w in zip(outs, want):
+        got = o[0].scores
+        n = len(o[0].token_ids)
+        assert got.logprobs[:n] == pytest.approx(w.logprobs[:n], abs=1e-4)
+        if topk:
+            assert len(got.topk_ids) == len(w.topk_ids)
+            assert got.topk_ids == w.topk_ids
+            assert torch.allclose(torch.tensor(got.topk_logprobs), torch.tensor(w.topk_logprobs), atol=1e-4)
+            assert torch.allclose(torch.tensor(got.topk_tail), torch.tensor(w.topk_tail), atol=1e-4)
+    hf = generate_ids(model, tok, prompts, max_new_tokens=4, engine="hf", scores=topk)
+    assert all(o[0].scores is None for o in hf)  # only the fast engine keeps them; traces then score

@@ -82,7 +82,8 @@ def run_traces(run, console=None) -> Path:
             shard = examples[index * s:(index + 1) * s]
             outs = generate(model, tok, [e.prompt for e in shard], max_new_tokens=sp.max_new_tokens,
                             temperature=sp.temperature, top_p=sp.top_p, num_samples=n,
-                            batch_size=run.batch_size, seed=_shard_seed(sp.seed, index), stop=sp.stop or None)
+                            batch_size=run.batch_size, seed=_shard_seed(sp.seed, index), stop=sp.stop or None,
+                            scores=sp.topk)
             if sp.temperature == 0:
                 outs = [o[:1] * n for o in outs]
             flat = [(e, j, c) for e, o in zip(shard, outs) for j, c in enumerate(o)]
@@ -90,9 +91,14 @@ def run_traces(run, console=None) -> Path:
             # With top-k, also score the end-of-sequence step of completions that stopped, so that
             # offline KD has the teacher's distribution at every position the student is trained on.
             eos = [tok.eos_token_id] if sp.topk and tok.eos_token_id is not None else []
-            scored = score(model, [prompt_ids[e.id] for e, _, _ in flat],
-                           [c.token_ids + (eos if c.finish_reason == "stop" else []) for _, _, c in flat],
-                           topk=sp.topk, batch_size=run.batch_size, pad_id=tok.pad_token_id or 0)
+            if all(c.scores is not None for _, _, c in flat):
+                # the fast engine kept the teacher's log-probs (and top-k) while sampling: the same
+                # numbers as the teacher-forced pass below (tested), without a second forward
+                scored = [c.scores for _, _, c in flat]
+            else:
+                scored = score(model, [prompt_ids[e.id] for e, _, _ in flat],
+                               [c.token_ids + (eos if c.finish_reason == "stop" else []) for _, _, c in flat],
+                               topk=sp.topk, batch_size=run.batch_size, pad_id=tok.pad_token_id or 0)
             rows = []
             for (e, j, c), sc in zip(flat, scored):
                 rows.append({

@@ -20,6 +20,7 @@ disabled); the other layers are called, so PEFT applies their adapters.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -158,10 +159,14 @@ def _forward(model, wts: _Weights, ids, rope, key_bias, cache: _Cache, start: in
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set, pad_id: int,
            temperature: float = 0.0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
-           fold_rotary: Optional[bool] = None) -> list[list[int]]:
+           fold_rotary: Optional[bool] = None, scores: Optional[int] = None) -> list:
     """New tokens for each prompt (left-padded batch), up to and including the first EOS.
     `fold_rotary`: compute rotate_half(q), rotate_half(k) inside the q/k/v matmul (default: for
-    small models, whose decode step is bound by the number of ops, not by arithmetic)."""
+    small models, whose decode step is bound by the number of ops, not by arithmetic).
+    `scores=K` (K >= 0): also return, per prompt, what `retort.rollout.score` would compute from the
+    logits the sampler had anyway — `Scores` with the model's own (temperature-1) log-prob of each
+    new token and, for K > 0, its top-K ids, log-probs and the tail's log-mass at each step — as
+    (tokens, Scores) pairs; this saves the teacher-forced scoring pass of `retort traces`."""
     model = _base(model)
     device = next(model.parameters()).device
     # A small model's decode step is a hundred tiny ops; on a CPU, waking a second OpenMP thread for
@@ -173,13 +178,22 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
     try:
         return _sample(model, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
                        temperature=temperature, top_p=top_p, generator=generator, device=device,
-                       fold=small if fold_rotary is None else fold_rotary)
+                       fold=small if fold_rotary is None else fold_rotary, scores=scores)
     finally:
         if small:
             torch.set_num_threads(threads)
 
 
-def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, generator, device, fold):
+@dataclass
+class Scores:
+    logprobs: list          # per new token (EOS included when sampled)
+    topk_ids: Optional[list] = None
+    topk_logprobs: Optional[list] = None
+    topk_tail: Optional[list] = None
+
+
+def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, generator, device, fold,
+            scores=None):
     dtype = next(model.parameters()).dtype
     b = len(prompts)
     width = max(len(p) for p in prompts)
@@ -224,6 +238,7 @@ def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
     done = torch.zeros(b, dtype=torch.bool, device=device)
     pad = torch.full((b,), pad_id, dtype=torch.long, device=device)
     n = 0
+    kept_lp, kept_ids, kept_vals, kept_tail = [], [], [], []
     for step in range(max_new_tokens):
         if temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)
@@ -238,6 +253,14 @@ def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
         tok = torch.where(done, pad, tok)
         out[:, step] = tok
         n = step + 1
+        if scores is not None:  # the model's own distribution (temperature 1), as `score` gives it
+            lsm = torch.log_softmax(logits.float(), dim=-1)
+            kept_lp.append(lsm.gather(1, tok[:, None])[:, 0])
+            if scores:
+                vals, idx = lsm.topk(min(scores, lsm.shape[-1]), dim=-1)
+                kept_ids.append(idx)
+                kept_vals.append(vals)
+                kept_tail.append(lsm.scatter(-1, idx, float("-inf")).logsumexp(-1))
         done |= torch.isin(tok, eos)
         if step == max_new_tokens - 1 or bool(done.all()):
             break
@@ -249,4 +272,11 @@ def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
     for r, seq in enumerate(rows):
         cut = next((j for j, t in enumerate(seq) if t in eos_ids), None)
         result.append(seq if cut is None else seq[:cut + 1])
-    return result
+    if scores is None:
+        return result
+    lp = torch.stack(kept_lp, 1).tolist()
+    if scores:
+        ids, vals, tail = (torch.stack(x, 1).tolist() for x in (kept_ids, kept_vals, kept_tail))
+    return [(seq, Scores(lp[r][:len(seq)], *((ids[r][:len(seq)], vals[r][:len(seq)], tail[r][:len(seq)])
+                                            if scores else ())))
+            for r, seq in enumerate(result)]

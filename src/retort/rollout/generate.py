@@ -20,23 +20,29 @@ class Completion:
     text: str
     token_ids: list[int]
     finish_reason: str  # "stop" (EOS) or "length"
+    # with generate_ids(scores=K) on the fast engine: the sampler's `fast.Scores` of token_ids plus,
+    # when the completion stopped, the EOS step
+    scores: Optional[object] = None
 
 
 def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
              top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
-             stop: Optional[list[str]] = None, progress=None, engine: str = "auto") -> list[list[Completion]]:
+             stop: Optional[list[str]] = None, progress=None, engine: str = "auto",
+             scores: Optional[int] = None) -> list[list[Completion]]:
     return generate_ids(model, tok, [encode_prompt(tok, p) for p in prompts], max_new_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, num_samples=num_samples, batch_size=batch_size,
-                        seed=seed, stop=stop, progress=progress, engine=engine)
+                        seed=seed, stop=stop, progress=progress, engine=engine, scores=scores)
 
 
 @torch.no_grad()
 def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
-                 stop: Optional[list[str]] = None, progress=None, engine: str = "auto") -> list[list[Completion]]:
+                 stop: Optional[list[str]] = None, progress=None, engine: str = "auto",
+                 scores: Optional[int] = None) -> list[list[Completion]]:
     """`generate` from prompt token ids (already templated). engine: `hf` (transformers' `generate`),
     `fast` (retort.rollout.fast, Llama-family decoders, no stop strings) or `auto` (fast when it
-    applies)."""
+    applies). `scores=K`: when the fast engine samples, each Completion also carries the model's
+    log-probs (and top-K) at its tokens, from the sampling pass (`fast.sample`); None otherwise."""
     if engine not in ("auto", "hf", "fast"):
         raise ValueError(f"engine must be auto, hf or fast, got {engine!r}")
     use_fast = engine == "fast" or (engine == "auto" and not stop and fast.supports(model))
@@ -61,12 +67,15 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
         if use_fast:
             rng = torch.Generator(device=device).manual_seed(batch_seed)
             seqs = fast.sample(model, [encoded[i] for i in idx for _ in range(reps)], max_new_tokens=max_new_tokens,
-                               eos_ids=eos_set, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=rng)
+                               eos_ids=eos_set, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=rng,
+                               scores=scores)
             for row, seq in enumerate(seqs):
+                seq, sc = seq if scores is not None else (seq, None)
                 stopped = bool(seq) and seq[-1] in eos_set
                 tokens = seq[:-1] if stopped else seq
                 results[idx[row // reps]].append(
-                    Completion(tok.decode(tokens, skip_special_tokens=True), tokens, "stop" if stopped else "length"))
+                    Completion(tok.decode(tokens, skip_special_tokens=True), tokens, "stop" if stopped else "length",
+                               sc))
             if progress is not None:
                 progress(len(idx))
             continue
