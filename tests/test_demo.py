@@ -22,3 +22,22 @@ def test_every_demo_row_is_a_valid_training_run(name, tmp_path):
     args = [o.replace("{", "").replace("}", "") for o in overrides]  # any path will do here
     run = load_config(TrainRun, None, [*args, f"out={tmp_path / name}"], base=STUDENT)
     assert run.method == next(o.split("=", 1)[1] for o in overrides if o.startswith("method="))
+
+
+def test_demo_evaluation_is_reused_until_the_weights_change(tmp_path, monkeypatch):
+    import retort.eval as ev
+    from retort.config import ModelConfig, TaskConfig
+    from retort.demo import _evaluated
+    from retort.models import load_model, save_model
+    from retort.tasks import get_task
+
+    model, tok = load_model(ModelConfig(name="preset:nano"))
+    save_model(model, tok, tmp_path / "m")
+    calls = []
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: calls.append(1) or {"accuracy": 0.5})
+    task = get_task(TaskConfig())
+    first = _evaluated(tmp_path / "m", tmp_path / "eval.json", task)
+    assert _evaluated(tmp_path / "m", tmp_path / "eval.json", task) == first and len(calls) == 1
+    save_model(model, tok, tmp_path / "m")  # rewritten weights: evaluated again
+    _evaluated(tmp_path / "m", tmp_path / "eval.json", task)
+    assert len(calls) == 2
