@@ -41,3 +41,18 @@ def test_demo_evaluation_is_reused_until_the_weights_change(tmp_path, monkeypatc
     save_model(model, tok, tmp_path / "m")  # rewritten weights: evaluated again
     _evaluated(tmp_path / "m", tmp_path / "eval.json", task)
     assert len(calls) == 2
+
+
+def test_a_finished_row_trained_with_other_settings_is_refused(tmp_path):
+    from retort.config import save_config
+    from retort.demo import _check_same_run
+    from retort.errors import ConfigError
+
+    run = load_config(TrainRun, None, ["method=sft", f"out={tmp_path / 'row'}"], base=STUDENT)
+    _check_same_run(run)  # nothing there yet
+    (tmp_path / "row").mkdir()
+    save_config(run, tmp_path / "row" / "config.yaml")
+    _check_same_run(run)  # the same settings: reused
+    other = load_config(TrainRun, None, ["method=sft", "train.lr=1e-4", f"out={tmp_path / 'row'}"], base=STUDENT)
+    with pytest.raises(ConfigError, match="train.lr"):
+        _check_same_run(other)
