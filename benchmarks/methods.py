@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--methods", default="sft_more,gkd,rkl_pg,tsd_kd,opsd,redi,dpo,simpo,curio_sft,chunk_sft,"
+    ap.add_argument("--methods", default="sft_more,gkd,rkl_pg,tsd_kd,opsd,redi,redi_a0,dpo,simpo,curio_sft,chunk_sft,"
                     "dasd_low,dasd_high,dasd_sched,dasd_das,dasd_das_d025,dasd_mixed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/methods")

@@ -78,6 +78,8 @@ DEMO_RUNS: dict[str, tuple[str, list[str]]] = {
     "tsd_kd": ("warm start + 300 tsd_kd steps", _on_policy("tsd_kd")),
     "opsd": ("warm start + 300 opsd steps (self-distillation)", _on_policy("opsd", ["data.source=solutions"])),
     "redi": ("warm start + 300 redi steps (16 pairs/step)", _more("redi", "pairs", *PAIRS)),
+    "redi_a0": ("warm start + 300 redi alpha=0 steps (= sft on the positives)",
+                _more("redi", "pairs", *PAIRS, "method_args.alpha=0.0")),
     "dpo": ("warm start + 300 dpo steps (16 pairs/step)", _more("dpo", "pairs", *PAIRS)),
     "simpo": ("warm start + 300 simpo steps (16 pairs/step)", _more("simpo", "pairs", *PAIRS)),
     "curio_sft": ("warm start + 300 curio_sft steps", _more("curio_sft")),
