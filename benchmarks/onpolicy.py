@@ -20,7 +20,7 @@ those strings in its `prompt` column); each side draws `batch` of them per step 
 Matched on both sides: 1 completion per prompt, `batch` prompts per optimizer step, no gradient
 accumulation; sampling at `temperature`, top_p=1, no top-k, at most `max_new_tokens` tokens;
 loss = generalized JSD(beta) per completion token, summed and divided by the batch's completion-token
-count; AdamW (lr, betas 0.9/0.99, eps 1e-8, weight decay 0.01 on matrices only), grad-norm clip 1.0,
+count; fused AdamW on both sides (lr, betas 0.9/0.99, eps 1e-8, weight decay 0.01 on matrices only), grad-norm clip 1.0,
 constant lr with no warmup (retort: `train.min_lr_ratio=1.0 train.warmup_steps=0`); fp32 on CPU with
 `--threads` torch threads; seed. Both use one temperature for the rollouts and for the loss (TRL's
 `temperature`, retort's `method_args.temperature`), so the loss is at temperature 1 only with
@@ -95,7 +95,7 @@ def trl_config_kwargs(a, out: str) -> dict:
     """`DistillationConfig` fields of the TRL side."""
     return dict(
         output_dir=out, max_steps=a.steps, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
-        learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
+        learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch_fused",
         weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.99, adam_epsilon=1e-8, max_grad_norm=1.0,
         beta=a.beta, temperature=a.temperature, top_p=1.0, top_k=0, min_p=None, repetition_penalty=1.0,
         max_completion_length=a.max_new_tokens, use_vllm=False, shuffle_dataset=True,
