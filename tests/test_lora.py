@@ -155,7 +155,7 @@ def _rows(run_dir):
             if '"loss"' in line]
 
 
-def test_lora_sft_from_the_cli_resumes_exactly_and_exports_a_merged_model(tmp_path):
+def test_lora_sft_from_the_cli_resumes_exactly_and_exports_a_merged_model(tmp_path, capsys):
     pytest.importorskip("peft")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -199,6 +199,10 @@ def test_lora_sft_from_the_cli_resumes_exactly_and_exports_a_merged_model(tmp_pa
     assert main(["eval", "-m", f"student={run / 'model'}", "--json", str(res), "eval.n=4",
                  "eval.max_new_tokens=6"]) == 0
     assert json.loads(res.read_text())["student"]["n"] == 4
+    # a checkpoint's adapter is not a whole model: the error says so and where the model is
+    adapter = next((run / "ckpt").glob("step-*/model"))
+    assert main(["eval", "-m", f"student={adapter}", "eval.n=1"]) == 2
+    assert "LoRA adapter" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["kd", "opsd"])

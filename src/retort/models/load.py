@@ -125,6 +125,9 @@ def _resolve(cfg) -> tuple[str, dict, bool]:
     if local and not Path(name).is_dir():
         raise ModelError(f"{name}: expected a model directory (config.json + weights) or a .gguf file")
     if local and not gguf_file and not (Path(name) / "config.json").is_file():
+        if (Path(name) / "adapter_config.json").is_file():
+            raise ModelError(f"{name}: a LoRA adapter (a checkpoint of a student.lora run), not a whole model; "
+                             "use the run's model/ directory (adapters merged), or --resume the run")
         raise ModelError(f"{name}: no config.json here; not a Hugging Face model directory")
     if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ModelError(f"model path not found: {name}")
