@@ -91,8 +91,8 @@ def test_das_keeps_the_trace_the_teacher_finds_likelier_than_the_student(tmp_pat
     assert all(-m > 1.0 for m in means)
     assert stats["das"]["score_mean_kept"] == 1.0
     assert stats["das"]["score_mean_all"] == pytest.approx((1 - 1 - 1 + 1) / 4)
-    assert read_manifest(tmp_path / "das")["params"]["filters"]["das"] == {"student": str(student_dir), "keep": 1,
-                                                                           "delta": 1.0}
+    assert read_manifest(tmp_path / "das")["params"]["filters"]["das"] == {
+        "student": str(student_dir), "student_weights_sha256": weights_sha256(model), "keep": 1, "delta": 1.0}
     with pytest.raises(DataError, match="does not combine"):
         filter_traces(str(tmp_path / "src"), str(tmp_path / "x"), das_student=str(student_dir), first_k_correct=1)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from retort.config import TrainRun, load_config
+from retort.config import ModelConfig, TrainRun, load_config
 from retort.demo import CURATED, DEMO_RUNS, STUDENT, TRACE_SETS, WARM, _placeholders, _plan
 
 
@@ -56,3 +56,18 @@ def test_a_finished_row_trained_with_other_settings_is_refused(tmp_path):
     other = load_config(TrainRun, None, ["method=sft", "train.lr=1e-4", f"out={tmp_path / 'row'}"], base=STUDENT)
     with pytest.raises(ConfigError, match="train.lr"):
         _check_same_run(other)
+
+
+def test_a_curated_set_remembers_the_student_that_made_it(tmp_path):
+    from retort.demo import _made_with
+    from retort.models import load_model, save_model
+    from retort.traces import weights_sha256
+
+    a, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
+    save_model(a, tok, tmp_path / "warm")
+    das = {"params": {"filters": {"das": {"student_weights_sha256": weights_sha256(a)}}}}
+    mixed = {"params": {"mixed_policy": {"student_weights_sha256": weights_sha256(a)}}}
+    assert _made_with(das, tmp_path / "warm") and _made_with(mixed, tmp_path / "warm")
+    b, _ = load_model(ModelConfig(name="preset:nano"), seed=2)
+    save_model(b, tok, tmp_path / "warm")  # the warm start was trained again
+    assert not _made_with(das, tmp_path / "warm") and not _made_with({"params": {}}, tmp_path / "warm")

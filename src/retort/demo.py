@@ -108,6 +108,17 @@ WARM = ("warm start: sft on teacher traces to 50% train accuracy",
 EVAL = EvalConfig(n=500, seed=7, max_new_tokens=96, batch_size=250, k=4)
 
 
+def _made_with(manifest: dict, student_dir: Path) -> bool:
+    """Whether a curated set (DAS or mixed-policy) was scored / sampled by this student's weights."""
+    from .config import ModelConfig
+    from .models import load_model
+    from .traces import weights_sha256
+
+    params = manifest.get("params", {})
+    recorded = (params.get("filters", {}).get("das") or params.get("mixed_policy") or {}).get("student_weights_sha256")
+    return recorded == weights_sha256(load_model(ModelConfig(name=str(student_dir)))[0])
+
+
 def _check_same_run(run) -> None:
     """A finished row is reused only if it was trained with this row's configuration."""
     import yaml
@@ -215,7 +226,11 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed
 
         path, (source, kwargs) = root / name, CURATED[name]
         if (path / "manifest.json").is_file() and read_manifest(path).get("complete"):
-            return path
+            if "{warm}" not in kwargs.values() or _made_with(read_manifest(path), root / "warm" / "model"):
+                return path
+            import shutil  # made with an earlier warm start: make it again
+
+            shutil.rmtree(path)
         src = trace_set(source)
         kwargs = {k: str(root / "warm" / "model") if v == "{warm}" else v for k, v in kwargs.items()}
         if console is not None:

@@ -70,7 +70,8 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
     applied = {"correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct,
                "pairs": pairs}
     if das_student:
-        applied["das"] = {"student": das_student, "keep": das_keep, "delta": das_delta}
+        applied["das"] = {"student": das_student, "student_weights_sha256": das_stats.pop("student_weights_sha256"),
+                          "keep": das_keep, "delta": das_delta}
     params = {"source": str(Path(src).resolve()), "source_params": source["params"], "filters": applied}
     counts = {i: min(shard_rows, table.num_rows - i * shard_rows)
               for i in range(max(1, -(-table.num_rows // shard_rows)))}
@@ -95,6 +96,7 @@ def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: f
     from ..config import ModelConfig
     from ..methods.sft import TraceEncoder
     from ..models import load_model, load_tokenizer
+    from ..traces import weights_sha256
     from .das import score_traces, select_top
 
     if "teacher" not in source["params"]:
@@ -115,7 +117,7 @@ def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: f
              "score_mean_kept": float(s_kept.mean()) if kept else 0.0,
              "teacher_sentence_share": sum(scores[i].teacher_sentences for i in rows) / max(1, sent),
              "student_sentence_share": sum(scores[i].student_sentences for i in rows) / max(1, sent),
-             "sentences": sent}
+             "sentences": sent, "student_weights_sha256": weights_sha256(model)}
     return table.take(pa.array(kept, type=pa.int64())), stats
 
 
