@@ -4,18 +4,19 @@
 utilities, logits processors and several wrapper layers around every module call. For the models
 on-policy distillation samples from at every step on a CPU (retort's presets, layer-pruned
 SmolLM2-size students) that overhead is most of the rollout time. This engine runs the same
-arithmetic directly on the model's own weights and modules: embedding, per layer RMSNorm ->
-q/k/v -> the model's own rotary embedding -> scaled-dot-product attention over a preallocated KV
-cache -> o_proj -> RMSNorm -> the model's own MLP, final norm, lm_head; left padding is handled with
-per-row positions and a key mask, as `generate` does.
+arithmetic directly on the model's own weights: embedding, per layer RMSNorm -> one q/k/v matmul
+-> rotary (cos/sin from the model's own rotary embedding, tabulated once per call) ->
+scaled-dot-product attention over a preallocated KV cache -> o_proj -> RMSNorm -> gate/up, act,
+down, final norm, lm_head; left padding is handled with per-row positions and one additive key
+bias, as `generate` does. Optionally (`scores`) it keeps the log-probs of what it samples.
 
 It applies to `LlamaForCausalLM` and architectures with the same block (Mistral, Qwen2/Qwen3 and
 SmolLM are all `llama`-shaped when their config has no sliding window and, for Qwen3, no q/k
 norms — those are refused and go to `generate`). Greedy decoding gives the tokens of `generate`
 (tested); sampling draws from the same distribution (temperature, top-p) with its own seeded RNG.
-A PEFT LoRA model (a `student.lora` run) is run through its base model's modules, with the fused
-q/k/v and gate/up weights taken as base + B A * scaling (nothing added while its adapters are
-disabled); the other layers are called, so PEFT applies their adapters.
+A PEFT LoRA model (a `student.lora` run) is run through its base model, every projection's weight
+taken as base + B A * scaling (nothing added while its adapters are disabled); greedy tokens equal
+`generate` on it too (tested).
 """
 
 from __future__ import annotations
