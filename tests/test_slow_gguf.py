@@ -27,5 +27,11 @@ def test_gguf_teacher_loads_and_generates():
     pytest.importorskip("gguf")
     model, tok = load_model(ModelConfig(name=str(smollm2_gguf())))
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    # through the chat template (the default for a tokenizer that has one): a question
+    out = generate(model, tok, ["What is the capital of France?"], max_new_tokens=16)
+    assert "Paris" in out[0][0].text
+    # raw text continuation (chat_template=off); "The capital of France is" as a chat turn is not
+    # a question, and this 135M model answers it with nonsense, so that prompt is raw only
+    tok.chat_template = None
     out = generate(model, tok, ["The capital of France is"], max_new_tokens=8)
     assert "Paris" in out[0][0].text
