@@ -9,6 +9,7 @@ turns its exceptions into one-line messages and writes the resolved config into 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -309,6 +310,17 @@ def diff_keys(a, b, prefix: str = ""):
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def saved_config_diff(path: str | os.PathLike, cfg) -> list[str]:
+    """Dotted keys at which the config saved at `path` (by `save_config`) differs from `cfg`. A
+    config saved before a field existed (e.g. student.lora) counts as having it at its default."""
+    old = yaml.safe_load(Path(path).read_text())
+    try:
+        old = to_dict(build(type(cfg), old))
+    except ConfigError:
+        pass
+    return sorted(diff_keys(json.loads(json.dumps(old)), json.loads(json.dumps(to_dict(cfg)))))
 
 
 def save_config(cfg, path: str | os.PathLike) -> None:

@@ -121,21 +121,11 @@ def _made_with(manifest: dict, student_dir: Path) -> bool:
 
 def _check_same_run(run) -> None:
     """A finished row is reused only if it was trained with this row's configuration."""
-    import yaml
-
-    from .config import build, diff_keys, to_dict
+    from .config import saved_config_diff
     from .errors import ConfigError
 
     saved = Path(run.out) / "config.yaml"
-    if not saved.is_file():
-        return
-    old = yaml.safe_load(saved.read_text())
-    try:  # written before a field existed: that field at its default
-        old = to_dict(build(type(run), old))
-    except ConfigError:
-        pass
-    old = json.loads(json.dumps(old))
-    diff = sorted(diff_keys(old, json.loads(json.dumps(to_dict(run)))))
+    diff = saved_config_diff(saved, run) if saved.is_file() else []
     if diff:
         raise ConfigError(f"demo: {run.out} holds a run trained with other settings (differ at {', '.join(diff)}); "
                           "delete it or use another --out")

@@ -50,6 +50,18 @@ class MethodContext:
     student: Any = None  # () -> the model being trained, unwrapped (on-policy methods sample from it)
     load_initial_student: Any = None  # () -> (model, tokenizer): the student as the run started it
 
+    def frozen_initial_student(self):
+        """The student as the run started it, frozen (OPSD's fixed teacher, DPO's reference): for a
+        LoRA student the student itself with its adapters disabled (no second copy of the weights),
+        else a second copy loaded as the run first loaded it."""
+        from ..models.lora import AdaptersDisabled, is_lora
+
+        student = self.student() if self.student is not None else None  # unwrapped
+        if student is not None and is_lora(student):
+            return AdaptersDisabled(student)
+        initial, _ = self.load_initial_student()
+        return initial.to(self.device).eval().requires_grad_(False)
+
 
 class Method:
     name = "method"

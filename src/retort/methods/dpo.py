@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import param
 from .base import LossOut
-from .pairs import PairConfig, PairMethod, sequence_logps
+from .pairs import PairConfig, PairMethod, pair_metrics, per_token, sequence_logps
 
 
 class DPO(PairMethod):
@@ -40,14 +40,7 @@ class DPO(PairMethod):
         """The starting checkpoint, frozen: a LoRA student with its adapters disabled (no second
         copy), else a second copy loaded as the run started."""
         if self._ref is None:
-            from ..models.lora import AdaptersDisabled, is_lora
-
-            student = self.ctx.student() if self.ctx.student is not None else None
-            if student is not None and is_lora(student):
-                self._ref = AdaptersDisabled(student)
-            else:
-                ref, _ = self.ctx.load_initial_student()
-                self._ref = ref.to(self.ctx.device).eval().requires_grad_(False)
+            self._ref = self.ctx.frozen_initial_student()
         return self._ref
 
     def loss(self, model, batch) -> LossOut:
@@ -57,9 +50,7 @@ class DPO(PairMethod):
         k = batch["n_pairs"]
         margin = self.cfg.beta * ((lw - rlp[:k]) - (ll - rlp[k:]))
         loss = -F.logsigmoid(margin).sum()
-        return LossOut(loss, int(k), {"logp_chosen": float((lw.detach() / nw.clamp_min(1)).mean()),
-                                      "logp_rejected": float((ll.detach() / nl.clamp_min(1)).mean()),
-                                      "margin": float(margin.detach().mean()), "pair_accuracy": float((margin > 0).float().mean())})
+        return LossOut(loss, int(k), pair_metrics(per_token(lw, nw), per_token(ll, nl), margin))
 
 
 class SimPO(PairMethod):
@@ -74,9 +65,7 @@ class SimPO(PairMethod):
 
     def loss(self, model, batch) -> LossOut:
         (lw, nw), (ll, nl) = self.logps(model, batch)
-        w, l_ = lw / nw.clamp_min(1), ll / nl.clamp_min(1)
+        w, l_ = per_token(lw, nw), per_token(ll, nl)
         margin = self.cfg.beta * (w - l_) - self.cfg.gamma
         loss = -F.logsigmoid(margin).sum()
-        return LossOut(loss, int(batch["n_pairs"]), {"logp_chosen": float(w.detach().mean()), "logp_rejected": float(l_.detach().mean()),
-                                                     "margin": float(margin.detach().mean()),
-                                                     "pair_accuracy": float((margin > 0).float().mean())})
+        return LossOut(loss, int(batch["n_pairs"]), pair_metrics(w, l_, margin))

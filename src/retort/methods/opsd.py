@@ -33,7 +33,7 @@ from ..config import param
 from ..data.collate import IGNORE, collate, encode_prompt
 from ..errors import ConfigError
 from ..losses.divergences import DIVERGENCES
-from ..models.lora import AdaptersDisabled, is_lora
+from ..models.lora import AdaptersDisabled
 from .base import LossOut
 from .kd import distill_tokens
 from .onpolicy import OnPolicy, RolloutConfig
@@ -95,12 +95,7 @@ class OPSD(OnPolicy):
         if self.cfg.teacher_mode == "current":
             return model
         if self._self_teacher is None:
-            student = self.ctx.student()  # unwrapped: accelerate may have wrapped `model`
-            if is_lora(student):
-                self._self_teacher = AdaptersDisabled(student)
-            else:
-                initial, _ = self.ctx.load_initial_student()
-                self._self_teacher = initial.to(self.ctx.device).eval().requires_grad_(False)
+            self._self_teacher = self.ctx.frozen_initial_student()
         return self._self_teacher
 
     def rollout(self, items, model, *, seed, gate):

@@ -59,6 +59,20 @@ def pair_examples(data, tok, per_prompt: int) -> list[Pair]:
     return out
 
 
+def per_token(logp, n):
+    """log pi(y) / |y|: a sequence's mean completion-token log-prob (0 tokens counts as 1)."""
+    return logp / n.clamp_min(1)
+
+
+def pair_metrics(chosen, rejected, margin=None) -> dict:
+    """What every pair method logs: per-token log-probs of both sides (and the reward margin and
+    pair accuracy, for the methods that have a margin)."""
+    out = {"logp_chosen": float(chosen.detach().mean()), "logp_rejected": float(rejected.detach().mean())}
+    if margin is not None:
+        out.update(margin=float(margin.detach().mean()), pair_accuracy=float((margin > 0).float().mean()))
+    return out
+
+
 class PairMethod(OffPolicy):
     def examples(self):
         return pair_examples(self.ctx.run.data, self.ctx.tokenizer, self.cfg.pairs_per_prompt)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..config import param
 from .base import LossOut
-from .pairs import PairConfig, PairMethod
+from .pairs import PairConfig, PairMethod, pair_metrics, per_token
 
 
 class REDI(PairMethod):
@@ -33,6 +33,6 @@ class REDI(PairMethod):
 
     def loss(self, model, batch) -> LossOut:
         (lw, nw), (ll, nl) = self.logps(model, batch)
-        w, l_ = lw / nw.clamp_min(1), ll / nl.clamp_min(1)
+        w, l_ = per_token(lw, nw), per_token(ll, nl)
         loss = (-w + self.cfg.alpha * l_).sum()
-        return LossOut(loss, int(batch["n_pairs"]), {"logp_chosen": float(w.detach().mean()), "logp_rejected": float(l_.detach().mean())})
+        return LossOut(loss, int(batch["n_pairs"]), pair_metrics(w, l_))

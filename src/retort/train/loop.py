@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import build, diff_keys, save_config, to_dict
+from ..config import build, save_config, saved_config_diff
 from ..errors import ConfigError, RetortError, require
 from ..methods import METHODS, BatchPlan, MethodContext
 from ..models import load_model, lora, save_model
@@ -72,16 +72,7 @@ def _prepare_run_dir(run_dir: Path, run, resume: bool) -> Optional[Path]:
         return None
     if not resume:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another out=")
-    import yaml
-
-    old = yaml.safe_load(cfg_file.read_text())
-    try:  # a run from before a field existed (student.lora) has that field at its default
-        old = to_dict(build(type(run), old))
-    except ConfigError:
-        pass
-    old = json.loads(json.dumps(old))
-    new = json.loads(json.dumps(to_dict(run)))
-    diff = sorted(diff_keys(old, new))
+    diff = saved_config_diff(cfg_file, run)
     if diff:
         raise ConfigError(f"--resume: config differs from the run in {run_dir} at {', '.join(diff)}")
     return latest_checkpoint(run_dir)
