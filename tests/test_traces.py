@@ -51,9 +51,13 @@ def test_score_matches_a_direct_forward_pass():
         assert torch.allclose(torch.tensor(g.topk_tail, dtype=torch.float64), want_tail, atol=1e-5)
 
 
-def test_traces_rows_manifest_and_resume(tmp_path):
+@pytest.mark.parametrize("engine", ["fast", "hf"])
+def test_traces_rows_manifest_and_resume(tmp_path, engine):
+    """fast: scores kept while sampling; hf (a stop string sends sampling to `generate`): scored by
+    a teacher-forced pass afterwards. The rows must look the same either way."""
     out = tmp_path / "tr"
-    run_traces(load_config(TracesRun, None, traces_args(out)))
+    extra = {"sampling.stop": '["@@"]'} if engine == "hf" else {}
+    run_traces(load_config(TracesRun, None, traces_args(out, **extra)))
     table = read_traces(out)
     assert table.num_rows == 24
     keys = set(zip(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist()))
@@ -76,10 +80,10 @@ def test_traces_rows_manifest_and_resume(tmp_path):
     assert manifest["params"]["teacher_weights_sha256"] and manifest["stats"]["rows"] == 24
     assert manifest["stats"]["bytes_per_token"] > 0
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
-    run_traces(load_config(TracesRun, None, traces_args(out)))  # finished: nothing is redone
+    run_traces(load_config(TracesRun, None, traces_args(out, **extra)))  # finished: nothing is redone
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     with pytest.raises(DataError, match=r"other arguments \(differ at sampling.temperature\)"):
-        run_traces(load_config(TracesRun, None, traces_args(out, **{"sampling.temperature": 0.5})))
+        run_traces(load_config(TracesRun, None, traces_args(out, **extra, **{"sampling.temperature": 0.5})))
 
 
 def test_unrecorded_whole_shard_is_adopted_and_corruption_detected(tmp_path):

@@ -87,15 +87,15 @@ def run_traces(run, console=None) -> Path:
             if sp.temperature == 0:
                 outs = [o[:1] * n for o in outs]
             flat = [(e, j, c) for e, o in zip(shard, outs) for j, c in enumerate(o)]
-            prompt_ids = {e.id: encode_prompt(tok, e.prompt) for e in shard}
             # With top-k, also score the end-of-sequence step of completions that stopped, so that
             # offline KD has the teacher's distribution at every position the student is trained on.
-            eos = [tok.eos_token_id] if sp.topk and tok.eos_token_id is not None else []
             if all(c.scores is not None for _, _, c in flat):
-                # the fast engine kept the teacher's log-probs (and top-k) while sampling: the same
-                # numbers as the teacher-forced pass below (tested), without a second forward
+                # the fast engine kept the teacher's log-probs (and top-k, EOS step included) while
+                # sampling: the same numbers as the teacher-forced pass below (tested), no second forward
                 scored = [c.scores for _, _, c in flat]
             else:
+                prompt_ids = {e.id: encode_prompt(tok, e.prompt) for e in shard}
+                eos = [tok.eos_token_id] if sp.topk and tok.eos_token_id is not None else []
                 scored = score(model, [prompt_ids[e.id] for e, _, _ in flat],
                                [c.token_ids + (eos if c.finish_reason == "stop" else []) for _, _, c in flat],
                                topk=sp.topk, batch_size=run.batch_size, pad_id=tok.pad_token_id or 0)
