@@ -80,3 +80,42 @@ def test_sampling_leaves_the_global_rng_alone():
     before = torch.random.get_rng_state()
     generate(model, tok, ["Q:1\n"], max_new_tokens=4, temperature=1.0, num_samples=2, seed=3)
     assert torch.equal(before, torch.random.get_rng_state())
+
+
+def test_evaluate_reports_param_count():
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=0)
+    res = evaluate(model, tok, TASKS["modchain"](), EvalConfig(n=2, max_new_tokens=4, batch_size=2))
+    assert res["params"] == sum(p.numel() for p in model.parameters()) > 0
+
+
+def _render(renderable, width=80):
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_results_table_fits_80_columns_and_shows_n_and_split():
+    from retort.eval import results_table
+
+    base = {"task": "modchain", "split": "test", "n": 200, "accuracy": 0.5, "mean_tokens": 12.25,
+            "truncated": 0.0, "pass@8": 0.9, "maj@8": 0.6, "pass@1_sampled": 0.45,
+            "temperature": 0.8, "k": 8}
+    rows = [("builtin:teacher", {**base, "by_difficulty": {"None": 0.5}}),
+            ("runs/sft_on_teacher_traces/model", {**base, "n": 37, "by_difficulty": {"None": 0.25}})]
+    text = _render(results_table(rows))
+    for header in ("model", "split", "n", "accuracy", "pass@8", "maj@8", "pass@1_sampled", "tokens"):
+        assert header in text, (header, text)
+    assert "None" not in text and "d=" not in text
+    assert "200" in text and "37" in text and "test" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+    # A task with difficulties gets them in a second table, numerically sorted.
+    rows = [(name, {**r, "by_difficulty": {"10": 0.1, "2": 0.9, "3": 0.5}}) for name, r in rows]
+    text = _render(results_table(rows))
+    assert "pass@1_sampled" in text and "None" not in text
+    assert text.index("d=2") < text.index("d=3") < text.index("d=10")
+    assert text.index("pass@1_sampled") < text.index("d=2")

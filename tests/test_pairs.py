@@ -172,7 +172,7 @@ def test_curate_pairs_keeps_only_paired_traces(mixed_traces, tmp_path):
         filter_traces(str(mixed_traces), str(tmp_path / "q"), pairs=1, correct_only=True)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(DataError, match="not a trace directory"):
+    with pytest.raises(DataError, match="not a retort trace set"):
         filter_traces(str(mixed_traces), str(tmp_path / "mine"), pairs=1)
     assert (tmp_path / "mine" / "notes.txt").is_file()
 

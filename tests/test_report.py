@@ -145,3 +145,93 @@ def test_demo_rows_name_their_run_dirs(tmp_path):
         "accuracy": 0.8, "mean_tokens": 20.0, "n": 10, "run_dir": "sft"}}))
     html = write_report([demo], tmp_path / "r.html").read_text()
     assert "12.5" in html  # the row's train time came from the named run dir
+
+
+def test_eval_json_file_loads_one_row_per_label(tmp_path):
+    # What `retort eval --json out.json -m teacher -m student` writes: label -> evaluate() result.
+    results = {"builtin:teacher": _eval(0.98, 41.0, params=1_200_000, **{"pass@8": 1.0}),
+               "runs/sft/model": _eval(0.47, 12.5, params=350_000)}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(results))
+    rows, runs = load_inputs([path])
+    assert [r.name for r in rows] == list(results) and runs == []
+    assert [r.params for r in rows] == [1_200_000, 350_000]
+    assert rows[1].eval["accuracy"] == 0.47
+    page = write_report([path], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "98.0%" in page and "47.0%" in page and "1.2M" in page and "350K" in page
+    # `retort report eval.json` with no --out writes report.html beside it
+    from retort.cli import main
+
+    assert main(["report", str(path)]) == 0 and (tmp_path / "report.html").is_file()
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{}", '{"a": 0.5}', '{"a": {"loss": 1.0}}',
+                                     "not json"])
+def test_eval_json_of_wrong_shape_raises(tmp_path, content):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    with pytest.raises(RetortError, match=re.escape(str(path))) as info:
+        load_inputs([path])
+    if content != "not json":
+        assert "retort eval --json" in str(info.value)
+
+
+def test_run_row_takes_params_from_summary(tmp_path):
+    run = _run_dir(tmp_path / "sft")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "params": 2_500_000}))
+    rows, _ = load_inputs([run])
+    assert rows[0].params == 2_500_000
+    assert "2.5M" in write_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_wide_tables_sit_in_a_scroll_container(tmp_path):
+    run = _run_dir(tmp_path / ("a_very_long_run_directory_name_" * 6))
+    page = write_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+    tables = page.count("<table>")
+    assert tables >= 3  # comparison, difficulty, runs
+    assert page.count('<div class="scroll">\n<table>') == tables
+    css = re.search(r"<style>(.*)</style>", page, re.S).group(1)
+    assert re.search(r"\.scroll\s*{[^}]*overflow-x:\s*auto", css)
+    assert re.search(r"td\.path\s*{[^}]*word-break:\s*break-all", css)
+    assert f'<td class="path">{run}</td>' in page
+
+
+def test_difficulty_table_skips_none_key(tmp_path):
+    run = _run_dir(tmp_path / "nodiff")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["eval"]["by_difficulty"] = {"None": 0.5}  # a task whose examples have no difficulty
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = write_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "difficulty None" not in page and "Accuracy by difficulty" not in page
+    summary["eval"]["by_difficulty"] = {"None": 0.5, "2": 1.0}
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = write_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "difficulty 2" in page and "difficulty None" not in page
+
+
+def test_scatter_labels_never_overlap():
+    from retort.report import plots
+
+    # Coincident and near-coincident points, plus a far one and a long name.
+    points = [("student: sft on worked solutions", 26.0, 0.56),
+              ("student: sft on teacher traces", 26.0, 0.56),
+              ("student: answers only", 26.2, 0.561), ("student: kd", 25.9, 0.559),
+              ("student: _hidden $x$", 26.1, 0.56), ("teacher (built-in)", 40.0, 0.99)]
+    fig, labels = plots.scatter_figure(points)
+    fig.canvas.draw()  # where they are when saved
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert len(boxes) == len(points)
+    boxes.append(fig.axes[0].get_legend().get_window_extent(renderer))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    legend = fig.axes[0].get_legend()
+    assert legend is not None
+    texts = [t.get_text() for t in legend.get_texts()]
+    # each on-plot label is a number that the legend maps to the full name
+    for i, ((name, _, _), label) in enumerate(zip(points, labels), 1):
+        assert label.get_text() == str(i)
+        assert texts[i - 1].startswith(f"{i}") and plots._label(name).strip() in texts[i - 1]
+    assert plots.accuracy_vs_tokens(points).startswith("data:image/png;base64,")

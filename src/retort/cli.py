@@ -57,7 +57,7 @@ def _print_summary(console, out, summary):
     if not summary.get("main_process", True):
         return
     ev = summary.get("eval") or {}
-    acc = f", accuracy {ev['accuracy']:.3f} on {ev['n']} {ev.get('split', 'test')} prompts" if "accuracy" in ev else ""
+    acc = f", accuracy {ev['accuracy']:.3f} on {ev.get('n', '?')} {ev.get('split', 'test')} prompts" if "accuracy" in ev else ""
     console.print(f"done: {summary['steps']} steps in {summary['train_time_s']:.0f}s{acc}; model in {out}/model")
 
 
@@ -80,31 +80,39 @@ def eval_cmd(config_file, models, json_out, overrides):
     from .models import load_model
     from .tasks import get_task
 
+    from .paths import output_file
+    from .tasks import require_examples
+
+    from . import threads
+
     run = load_config(EvalRun, config_file, _overrides(overrides))
+    threads.pin(run.threads)
+    out = json_out or run.out
+    if out:
+        output_file(out, "--json" if json_out else "out=")
     task = get_task(run.task)
+    n = require_examples(task, run.eval.split, run.eval.n, "eval")
     targets = [(m.split("=", 1) if "=" in m and not Path(m).exists() else (m, m)) for m in models] or \
               [(run.model.name, run.model.name)]
     console = _console()
+    if task.size(run.eval.split) is not None:
+        more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""
+        console.print(f"eval: {n} prompts from {task.describe_split(run.eval.split)}{more}")
     rows = []
     for label, name in targets:
         model, tok = load_model(replace(run.model, name=name))
         with console.status(f"evaluating {label}"):
-            rows.append((label, evaluate(model, tok, task, run.eval)))
+            rows.append((label, evaluate(model, tok, task, replace(run.eval, n=n))))
     console.print(results_table(rows))
-    out = json_out or run.out
     if out:
         _write_json(out, {label: r for label, r in rows})
         console.print(f"results: {out}")
 
 
 def _write_json(path, data):
-    import os
+    from .paths import atomic_write_text
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, p)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 @click.command(context_settings=CONTEXT)
@@ -228,9 +236,11 @@ def traces(config_file, overrides):
 @click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy: sampling seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy).")
+@click.option("--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
+              "holding a retort trace set and nothing else; never the input).")
 def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
            das_delta, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
-           seed, batch_size):
+           seed, batch_size, overwrite):
     """Statistics of a trace set, and filters into a new one.
 
     \b
@@ -255,26 +265,32 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pa
             raise RetortError("curate: --mixed-policy makes new traces; run the filters in a separate curate step")
         stats = mixed_policy(traces_dir, out, mixed_student, source=mixed_from, length_factor=length_factor,
                              cut_lo=cut_lo, temperature=temperature, max_prompts=max_prompts,
-                             with_source=with_source, batch_size=batch_size, seed=seed, console=_console())
+                             with_source=with_source, batch_size=batch_size, seed=seed, overwrite=overwrite,
+                             console=_console())
         m = stats["mixed_policy"]
         _console().print(f"curate: {m['kept']} mixed-policy rows ({m['eligible']} of {m['student_rollouts']} student "
                          f"answers cut, {m['kept']} continuations verified); {stats['rows']} rows written to {out}")
     elif out:
         stats = filter_traces(traces_dir, out, correct_only=correct, max_tokens=max_tokens,
                               first_k_correct=first_k_correct, pairs=pairs, das_student=das_student,
-                              das_keep=das_keep, das_delta=das_delta, batch_size=batch_size, console=_console())
+                              das_keep=das_keep, das_delta=das_delta, batch_size=batch_size, overwrite=overwrite,
+                              console=_console())
         _console().print(f"curate: {stats['rows']} rows from {stats['prompts']} prompts written to {out}")
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "-o", default=None, help="HTML file (default: report.html in the first run dir).")
+@click.option("--out", "-o", default=None, help="HTML file (default: report.html in the first run dir, or beside "
+              "the first input when that is a `retort eval --json` file).")
 @click.option("--title", default="retort report", show_default=True)
 def report(run_dirs, out, title):
-    """One self-contained HTML page comparing runs: table, loss curves, accuracy vs tokens, samples."""
+    """One self-contained HTML page comparing runs (training run dirs, demo dirs, `retort eval --json`
+    files): table, loss curves, accuracy vs tokens, samples."""
     from .report import write_report
 
-    path = write_report(list(run_dirs), out or str(Path(run_dirs[0]) / "report.html"), title=title)
+    first = Path(run_dirs[0])
+    default = first.with_name("report.html") if first.is_file() else first / "report.html"
+    path = write_report(list(run_dirs), out or str(default), title=title)
     _console().print(f"report: {path}")
 
 

@@ -44,7 +44,10 @@ class TaskConfig:
     name: str = param("modchain", "built-in task name (see `retort tasks`) or a .jsonl/.parquet file")
     verifier: str = param("numeric", "answer check for file tasks", choices=["exact", "numeric", "math"])
     difficulty: Dict[str, Any] = param({}, "difficulty knobs of a built-in task, e.g. {steps_max: 6}")
-    test_fraction: float = param(0.1, "share of a file task's rows held out as the test split", lo=0.0, hi=1.0, hi_open=True)
+    test_fraction: float = param(0.1, "share of a file task's rows held out as the test split (chosen by a hash "
+                                 "of the prompt); 0: no split, train and test are the whole file. `retort eval` "
+                                 "defaults to 0 (a file given for evaluation is evaluated whole)",
+                                 lo=0.0, hi=1.0, hi_open=True)
 
 
 @dataclass
@@ -153,6 +156,8 @@ class TrainRun:
     data: DataConfig = section(DataConfig, "training data")
     train: OptimConfig = section(OptimConfig, "optimisation and logging")
     eval: EvalConfig = section(EvalConfig, "periodic and final evaluation")
+    threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
+                            "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
 
     def __post_init__(self):
         if self.data.source == "traces" and not self.data.traces:
@@ -183,6 +188,8 @@ class TracesRun:
     task: TaskConfig = section(TaskConfig, "the task")
     teacher: ModelConfig = section(ModelConfig, "the model sampled", name="builtin:teacher")
     sampling: SamplingConfig = section(SamplingConfig, "how completions are sampled")
+    threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
+                            "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
 
 
 @dataclass
@@ -190,9 +197,12 @@ class EvalRun:
     """`retort eval`: one or more models on one task."""
 
     out: Optional[str] = param(None, "write results JSON here (default: print only)")
-    task: TaskConfig = section(TaskConfig, "the task")
+    task: TaskConfig = section(TaskConfig, "the task (a file is evaluated whole unless task.test_fraction > 0)",
+                               test_fraction=0.0)
     model: ModelConfig = section(ModelConfig, "the model evaluated", name="builtin:teacher")
     eval: EvalConfig = section(EvalConfig, "what and how to evaluate")
+    threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
+                            "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
 
 
 # --------------------------------------------------------------------------- loading
@@ -256,7 +266,9 @@ def _read_yaml(path: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
@@ -312,15 +324,25 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# keys that say where or how fast a run goes, not what it computes: a run directory may be moved,
+# and resumed with other threads
+NOT_IDENTITY = ("out", "threads")
+
+
 def saved_config_diff(path: str | os.PathLike, cfg) -> list[str]:
-    """Dotted keys at which the config saved at `path` (by `save_config`) differs from `cfg`. A
-    config saved before a field existed (e.g. student.lora) counts as having it at its default."""
+    """Dotted keys at which the config saved at `path` (by `save_config`) differs from `cfg`,
+    `NOT_IDENTITY` keys aside. A config saved before a field existed (e.g. student.lora) counts as
+    having it at its default."""
     old = yaml.safe_load(Path(path).read_text())
     try:
         old = to_dict(build(type(cfg), old))
     except ConfigError:
         pass
-    return sorted(diff_keys(json.loads(json.dumps(old)), json.loads(json.dumps(to_dict(cfg)))))
+    new = to_dict(cfg)
+    if isinstance(old, dict):
+        old = {k: v for k, v in old.items() if k not in NOT_IDENTITY}
+    new = {k: v for k, v in new.items() if k not in NOT_IDENTITY}
+    return sorted(diff_keys(json.loads(json.dumps(old)), json.loads(json.dumps(new))))
 
 
 def save_config(cfg, path: str | os.PathLike) -> None:

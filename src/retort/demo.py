@@ -154,6 +154,39 @@ def _evaluated(model_dir: Path, cache: Path, task) -> dict:
     return result
 
 
+MARKER = "demo.json"
+
+
+def _older_demo(cache: Path) -> bool:
+    """A demo directory from before `demo.json`: it holds the demo's teacher evaluation cache."""
+    try:
+        saved = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and set(saved) == {"key", "result"}
+
+
+def _demo_dir(out: str) -> Path:
+    """The demo's directory: new, empty, or one a demo made (`demo.json`, or an older demo's
+    results/traces). The demo writes files and sub-directories of fixed names into it, so it never
+    starts in a directory that holds anything else."""
+    import time
+
+    from . import __version__
+    from .errors import ConfigError
+    from .paths import atomic_write_text, output_dir
+
+    root = output_dir(out, "demo --out")
+    ours = (root / MARKER).is_file() or _older_demo(root / "teacher_eval.json")
+    if root.is_dir() and any(root.iterdir()) and not ours:
+        raise ConfigError(f"demo --out {out}: the directory is not empty and no demo made it (no {MARKER}); "
+                          "choose a new or empty directory")
+    if not (root / MARKER).is_file():
+        atomic_write_text(root / MARKER, json.dumps({"made_by": "retort demo", "retort_version": __version__,
+                                                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    return root
+
+
 def _placeholders(overrides: list[str]) -> set[str]:
     import re
 
@@ -194,7 +227,7 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed
     unknown = [m for m in methods if m not in DEMO_RUNS]
     if unknown:
         raise DataError(f"demo --methods: unknown {', '.join(unknown)}; choose from {', '.join(DEMO_RUNS)}")
-    root = Path(out)
+    root = _demo_dir(out)
     teacher_dir = ensure_teacher(console=console)
 
     def trace_set(name: str) -> Path:
@@ -218,9 +251,9 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed
         if (path / "manifest.json").is_file() and read_manifest(path).get("complete"):
             if "{warm}" not in kwargs.values() or _made_with(read_manifest(path), root / "warm" / "model"):
                 return path
-            import shutil  # made with an earlier warm start: make it again
+            from .data.traces import remove_trace_set
 
-            shutil.rmtree(path)
+            remove_trace_set(path)  # made with an earlier warm start: make it again
         src = trace_set(source)
         kwargs = {k: str(root / "warm" / "model") if v == "{warm}" else v for k, v in kwargs.items()}
         if console is not None:
@@ -228,9 +261,9 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed
         if "mixed_student" in kwargs:
             student = kwargs.pop("mixed_student")
             mixed_policy(str(src), str(path), student, source=kwargs.pop("mixed_from"), seed=seed,
-                         batch_size=500, console=console, **kwargs)
+                         batch_size=500, overwrite=True, console=console, **kwargs)
         else:
-            filter_traces(str(src), str(path), batch_size=500, console=console, **kwargs)
+            filter_traces(str(src), str(path), batch_size=500, overwrite=True, console=console, **kwargs)
         return path
 
     def resolve(o: str) -> str:

@@ -38,6 +38,24 @@ def teacher_config(config_file=None, overrides=None) -> TrainRun:
     return run
 
 
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "teacher.json", "model", "ckpt")
+
+
+def remove_run(out: Path) -> None:
+    """What `--force` deletes: the entries a teacher run writes, and the directory if that empties
+    it. Anything else in `out` (a user's file) stays, and so does the directory."""
+    if not (out / "config.yaml").is_file() and any(out.iterdir()):
+        raise RetortError(f"teacher --force: {out} holds no retort run (no config.yaml); not deleting it")
+    for name in RUN_ENTRIES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if not any(out.iterdir()):
+        out.rmdir()
+
+
 def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, console=None) -> Path:
     """Return the directory of a trained built-in teacher, training it first if needed."""
     from .eval import evaluate
@@ -48,15 +66,21 @@ def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, con
     out = Path(run.out)
     report = out / "teacher.json"
     if report.is_file() and not force:
+        from .config import saved_config_diff
+
+        diff = saved_config_diff(out / "config.yaml", run) if (out / "config.yaml").is_file() else []
+        if diff:
+            raise RetortError(f"teacher: the teacher cached in {out} was trained with other settings (differ at "
+                              f"{', '.join(diff)}); pass --force to train it again with these")
         info = json.loads(report.read_text())
         if console is not None:
             console.print(f"teacher: cached in {out} (test accuracy {info['accuracy']:.3f}, "
                           f"trained in {info['train_time_s']:.0f}s)")
         return out / "model"
     if force and out.exists():
-        shutil.rmtree(out)
+        remove_run(out)
     if console is not None:
-        console.print(f"teacher: training preset:teacher on {run.task.name} into {out} "
+        console.print(f"teacher: training {run.student.name} on {run.task.name} into {out} "
                       f"(stops at {run.train.stop_at_accuracy:.0%} accuracy; resumable)")
     t0 = time.time()
     summary = train(run, resume=True, evaluate=lambda m, t, task: evaluate(m, t, task, run.eval), console=console)

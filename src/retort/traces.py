@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, threads
 from .data import topk as topk_codec
 from .data.collate import encode_prompt
-from .data.traces import SCHEMA, TraceWriter, read_traces
+from .data.traces import SCHEMA, TraceWriter, check_target, read_traces
 from .models import load_model
 from .rollout import generate
 from .rollout.score import score
-from .tasks import get_task
+from .tasks import get_task, require_examples
 
 
 def weights_sha256(model) -> str:
@@ -52,8 +52,14 @@ def _topk_blob(sc, k: int) -> bytes:
 def run_traces(run, console=None) -> Path:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    threads.pin(run.threads)
+    check_target(run.out)  # before any work: a file, or a directory of other things, is refused
     task = get_task(run.task)
-    examples = task.examples(run.split, run.n_prompts, run.seed)
+    n_prompts = require_examples(task, run.split, run.n_prompts, "traces")
+    if n_prompts < run.n_prompts and console is not None:
+        console.print(f"traces: {task.describe_split(run.split)} has {n_prompts} distinct prompts; sampling "
+                      f"each of them once (n_prompts={run.n_prompts} asks for more)")
+    examples = task.examples(run.split, n_prompts, run.seed)
     model, tok = load_model(run.teacher, seed=run.seed)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     s, n = run.shard_prompts, run.sampling.n

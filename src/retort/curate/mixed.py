@@ -21,6 +21,7 @@ rerun the same command after a crash and it continues.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 from math import ceil
@@ -31,9 +32,10 @@ import pyarrow.compute as pc
 
 from .. import __version__
 from ..data.collate import encode_prompt
-from ..data.traces import SCHEMA, TraceWriter, read_manifest, read_traces
+from ..data.traces import SCHEMA, TraceWriter, is_trace_set, read_manifest, read_traces, remove_trace_set
 from ..errors import DataError
 from .progress import CurateProgress
+from .select import check_output
 from .stats import trace_stats
 
 SOURCES = ("truncated", "failed", "all")
@@ -46,7 +48,7 @@ def _seed(seed: int, *keys) -> int:
 def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", length_factor: float = 1.5,
                  cut_lo: float = 0.5, temperature: float | None = None, max_prompts: int = 0,
                  with_source: bool = False, shard_prompts: int = 256, batch_size: int = 64, seed: int = 0,
-                 console=None) -> dict:
+                 overwrite: bool = False, console=None) -> dict:
     import torch
 
     from ..config import ModelConfig, TaskConfig
@@ -62,8 +64,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
         raise DataError(f"curate --cut-lo: expected 0 <= value < 1, got {cut_lo}")
     if length_factor <= 0:
         raise DataError(f"curate --length-factor: expected > 0, got {length_factor}")
-    if Path(out).resolve() == Path(src).resolve():
-        raise DataError("curate: --out must differ from the input trace directory")
+    check_output(src, out, overwrite=True)  # the paths; a trace set already in `out` is judged below
     manifest = read_manifest(src)
     sp = manifest["params"].get("sampling", {})
     if "teacher" not in manifest["params"] or "task" not in manifest["params"]:
@@ -103,6 +104,8 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
     meta = {k: manifest.get(k) for k in ("task", "teacher", "tokenizer_sha256", "vocab_size")}
     meta.update(retort_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     n_shards = ceil(len(rows) / shard_prompts)
+    if overwrite and is_trace_set(out) and read_manifest(out).get("params") != json.loads(json.dumps(params)):
+        remove_trace_set(out)  # made with other arguments, and the user asked to replace it
     writer = TraceWriter(out, params, meta, {})
     counts = {"student_rollouts": 0, "eligible": 0, "continued": 0, "kept": 0}
     if "mixed_counts" in writer.manifest:

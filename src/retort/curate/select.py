@@ -5,7 +5,6 @@ format, whose manifest names its source and the filters applied."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import __version__
-from ..data.traces import TraceWriter, read_manifest, read_traces
+from ..data.traces import (TraceWriter, is_trace_set, read_manifest, read_traces, remove_trace_set,
+                           trace_set_intruders)
 from ..errors import DataError
 from .progress import CurateProgress
 from .stats import trace_stats
@@ -25,11 +25,12 @@ FILTERS = ("correct", "max_tokens", "first_k_correct")
 def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens: Optional[int] = None,
                   first_k_correct: Optional[int] = None, pairs: Optional[int] = None,
                   das_student: Optional[str] = None, das_keep: int = 1, das_delta: float = 1.0,
-                  batch_size: int = 64, shard_rows: int = 4096, console=None) -> dict:
+                  batch_size: int = 64, shard_rows: int = 4096, overwrite: bool = False, console=None) -> dict:
     """`pairs=K`: keep only the traces in positive/negative pairs (`retort.curate.pairs`, at most K
     per prompt; 0 = all), after the other filters — the trace set the pair methods learn from.
     `das_student=MODEL`: DASD's divergence-aware selection (`retort.curate.das`), the `das_keep`
-    best-scoring traces per prompt under that student, after the other filters."""
+    best-scoring traces per prompt under that student, after the other filters.
+    `out` must be new or empty; a trace set there is replaced only with `overwrite` (`prepare_output`)."""
     if not (correct_only or max_tokens or first_k_correct or pairs is not None or das_student):
         raise DataError("curate: name at least one filter (--correct, --max-tokens, --first-k-correct, --pairs, "
                         "--das)")
@@ -40,8 +41,7 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
                         "--first-k-correct")
     if das_keep < 1 or das_delta < 0:
         raise DataError(f"curate: --das-keep must be >= 1 and --das-delta >= 0 (got {das_keep}, {das_delta})")
-    if Path(out).resolve() == Path(src).resolve():
-        raise DataError("curate: --out must differ from the input trace directory")
+    check_output(src, out, overwrite=overwrite)
     source = read_manifest(src)
     table = read_traces(src)
     if correct_only:
@@ -75,12 +75,7 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
     params = {"source": str(Path(src).resolve()), "source_params": source["params"], "filters": applied}
     counts = {i: min(shard_rows, table.num_rows - i * shard_rows)
               for i in range(max(1, -(-table.num_rows // shard_rows)))}
-    if Path(out).exists():
-        # a filter is cheap to redo; never mix two results in one directory — but only ever
-        # replace a trace directory, never an unrelated one
-        if not (Path(out) / "manifest.json").is_file() and any(Path(out).iterdir()):
-            raise DataError(f"curate: {out} exists and is not a trace directory; choose another --out")
-        shutil.rmtree(out)
+    prepare_output(out, params, overwrite=overwrite)
     meta = {k: source.get(k) for k in ("task", "teacher", "tokenizer_sha256", "vocab_size")}
     meta.update(retort_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     writer = TraceWriter(out, params, meta, counts)
@@ -88,6 +83,51 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
         writer.write_shard(i, table.slice(i * shard_rows, rows))
     writer.finish({**trace_stats(table), **({"das": das_stats} if das_stats else {})})
     return writer.manifest["stats"]
+
+
+def check_output(src: str, out: str, *, overwrite: bool = False) -> None:
+    """Refuse, before any work is done, an --out that is the input, lies inside it, is a file, or
+    holds anything `prepare_output` would refuse to replace."""
+    from ..paths import output_dir
+
+    output_dir(out, "curate --out")
+    s, o = Path(src).resolve(), Path(out).resolve()
+    if o == s:
+        raise DataError("curate: --out must differ from the input trace directory")
+    if s in o.parents:
+        raise DataError(f"curate: --out {out} lies inside the input trace directory {src}; choose a path outside it")
+    _replaceable(out, None, overwrite)
+
+
+def prepare_output(out: str, params: dict, *, overwrite: bool) -> None:
+    """Make `out` ready for a new trace set. It may be absent or empty. A trace set already there
+    (verified: a retort manifest and nothing but shards) is replaced only with `overwrite`, except
+    an unfinished one this same command was writing; anything else is never touched."""
+    if _replaceable(out, params, overwrite):
+        remove_trace_set(out)
+
+
+def _replaceable(out: str, params: dict | None, overwrite: bool) -> bool:
+    """Whether `out` holds a trace set to remove first; raises if it may not be replaced. With
+    `params` None (before the filters ran) an unfinished set is given the benefit of the doubt."""
+    path = Path(out)
+    if not path.exists() or not any(path.iterdir()):
+        return False
+    if not is_trace_set(path):
+        others = trace_set_intruders(path)
+        what = f"holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}" if others else \
+            "has no readable retort manifest"
+        raise DataError(f"curate: --out {out} is not empty and is not a retort trace set (it {what}); "
+                        "choose a new or empty directory")
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    unfinished = not manifest.get("complete")
+    own_crash = unfinished and (params is None or json.loads(json.dumps(params)) == manifest.get("params"))
+    if not (overwrite or own_crash):
+        made = "a curated trace set" if "source" in manifest.get("params", {}) else \
+            "a trace set sampled by `retort traces`"
+        raise DataError(f"curate: --out {out} already holds {made}; pass --overwrite to replace it, "
+                        "or choose another directory")
+    return True
 
 
 def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: float, batch_size: int, console):

@@ -66,6 +66,33 @@ def encode_examples(tok, prompts: list[str], completions: list[str]) -> list[Enc
     return [Encoded(p + c + eos, [IGNORE] * len(p) + c + eos) for p, c in zip(ps, cs)]
 
 
+def chars_per_token_bound(tok) -> int:
+    """The most characters one token of `tok` can stand for: its longest vocabulary string (a
+    byte-level token's string has one character per byte it covers, so this bounds it too)."""
+    cached = getattr(tok, "_retort_char_bound", None)
+    if cached is None:
+        cached = max([len(t) for t in tok.get_vocab()] or [1])
+        try:
+            tok._retort_char_bound = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def encode_within(tok, prompts: list[str], completions: list[str], max_len: int) -> list[Optional[Encoded]]:
+    """`encode_examples` for the pairs that fit in `max_len` tokens, None for the others. A pair
+    with more characters than `max_len` tokens could ever cover (4x slack for normalisers that
+    shorten text) is never tokenised, so one huge row costs no more than its string."""
+    limit = 4 * max_len * chars_per_token_bound(tok)
+    fits = [i for i, (p, c) in enumerate(zip(prompts, completions)) if len(p) + len(c) <= limit]
+    out: list[Optional[Encoded]] = [None] * len(prompts)
+    encoded = encode_examples(tok, [prompts[i] for i in fits], [completions[i] for i in fits])
+    for i, enc in zip(fits, encoded):
+        if len(enc.input_ids) <= max_len:
+            out[i] = enc
+    return out
+
+
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(x.input_ids) for x in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)

@@ -9,9 +9,9 @@ prompts); a rerun with other params into the same directory is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -20,9 +20,12 @@ import pyarrow.parquet as pq
 
 from ..config import diff_keys
 from ..errors import DataError
+from ..paths import sha256_file
 
 FORMAT = "retort-traces/2"
 MANIFEST = "manifest.json"
+# every file a trace directory holds: its shards, its manifest, and their temporary names while written
+OWN_FILE = re.compile(r"^(part-(\d{5,})\.parquet|manifest\.json)(\.tmp)?$")
 
 SCHEMA = pa.schema([
     ("prompt_id", pa.string()),
@@ -48,12 +51,32 @@ def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def trace_set_intruders(path: str | os.PathLike) -> list[str]:
+    """Entries of directory `path` that a trace set does not hold (sub-directories, other files)."""
+    return sorted(e.name + ("/" if e.is_dir() else "") for e in Path(path).iterdir()
+                  if not (e.is_file() and OWN_FILE.match(e.name)))
+
+
+def is_trace_set(path: str | os.PathLike) -> bool:
+    """Verifiably a retort trace set: its manifest parses as one, and it holds nothing else but shards."""
+    p = Path(path)
+    try:
+        manifest = json.loads((p / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("retort-traces/")
+            and isinstance(manifest.get("shards"), dict) and not trace_set_intruders(p))
+
+
+def remove_trace_set(path: str | os.PathLike) -> None:
+    """Delete a trace set that `is_trace_set` vouches for: its own files one by one, then the
+    (then empty) directory. Anything else in it is refused before a single file is removed."""
+    p = Path(path)
+    if not is_trace_set(p):
+        raise DataError(f"{p}: not a retort trace set (or it holds other files); refusing to delete it")
+    for entry in p.iterdir():
+        entry.unlink()
+    p.rmdir()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -65,17 +88,39 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check_target(out: str | os.PathLike) -> Path:
+    """`out` as the directory of a trace set to write or continue: new, empty, or holding a retort
+    trace manifest; never a file or a directory of other things. Called before any work is done."""
+    from ..paths import output_dir
+
+    path = output_dir(out, "out")
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        try:
+            ok = str(json.loads(manifest.read_text(encoding="utf-8")).get("format", "")).startswith("retort-traces/")
+        except (UnicodeDecodeError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise DataError(f"{manifest}: not a retort trace manifest; choose another output directory")
+    elif path.is_dir() and any(path.iterdir()):
+        raise DataError(f"{path} exists and is not a trace directory (no {MANIFEST}); choose a new or empty one")
+    return path
+
+
 class TraceWriter:
     """Write shards of a trace set resumably. `params` identify the run; `expected_rows(index)`
     gives each shard's row count so a renamed-but-unrecorded shard can be checked and adopted."""
 
     def __init__(self, out: str | os.PathLike, params: dict, meta: dict, shard_rows: dict[int, int]):
-        self.dir = Path(out)
+        self.dir = check_target(out)
         self.params = json.loads(json.dumps(params))
         self.shard_rows = shard_rows
         path = self.dir / MANIFEST
         if path.is_file():
-            manifest = json.loads(path.read_text())
+            try:
+                manifest = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"{path}: not a readable trace manifest ({e}); choose another output directory") from None
             if manifest.get("format") != FORMAT:
                 raise DataError(f"{self.dir} holds traces in format {manifest.get('format')!r} (this retort writes "
                                 f"{FORMAT!r}); use another output directory, or delete it to sample again")
@@ -85,13 +130,14 @@ class TraceWriter:
                                 "use another output directory or the same arguments to continue")
             self.manifest = manifest
         else:
-            if self.dir.exists() and any(self.dir.iterdir()):
-                raise DataError(f"{self.dir} exists and is not a trace directory (no {MANIFEST}); choose another")
             self.dir.mkdir(parents=True, exist_ok=True)
             self.manifest = {"format": FORMAT, "params": self.params, **meta, "shards": {}, "complete": False}
             self._save()
-        for leftover in self.dir.glob("*.tmp"):
-            leftover.unlink()
+        for leftover in self.dir.iterdir():
+            # only the temporary names this writer uses; a user's own *.tmp file is left alone
+            m = OWN_FILE.match(leftover.name)
+            if m and m.group(3) and leftover.is_file():
+                leftover.unlink()
         self._adopt_unrecorded()
 
     def _save(self) -> None:
@@ -99,13 +145,20 @@ class TraceWriter:
 
     def _adopt_unrecorded(self) -> None:
         for path in sorted(self.dir.glob("part-*.parquet")):
-            index = int(path.stem.split("-")[1])
+            m = OWN_FILE.match(path.name)
+            if not m or m.group(3) or not path.is_file():
+                continue
+            index = int(m.group(2))
             if str(index) in self.manifest["shards"]:
                 continue
-            rows = pq.ParquetFile(path).metadata.num_rows
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except Exception:  # pyarrow raises several types for a file that is not Parquet
+                rows = None
             if rows != self.shard_rows.get(index):
-                path.unlink()  # cannot happen with rename-when-whole, but never trust a stray file
-                continue
+                # rename-when-whole never leaves such a file: it is not this run's, so it is not ours to delete
+                raise DataError(f"{path}: a shard file the manifest does not list, and not one this run would "
+                                f"write ({rows} rows, expected {self.shard_rows.get(index)}); move it away and rerun")
             self._record(index, path, rows)
         self._save()
 
@@ -141,9 +194,13 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise DataError(f"{path}: not a trace directory (no {MANIFEST}); make one with `retort traces`")
     try:
-        manifest = json.loads(p.read_text())
+        manifest = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{p}: not valid JSON ({e.msg})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{p}: expected a JSON object (a retort trace manifest)")
     if manifest.get("format") != FORMAT:
         raise DataError(f"{p}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from statistics import mean
 
 from ..rollout.generate import generate
 from .metrics import majority, pass_at_k
+
+KEYED = re.compile(r"^(?:pass|maj)@(\d+)$")  # pass@K, maj@K; not pass@1_sampled
 
 
 def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, entropy: bool = False) -> dict:
@@ -25,6 +28,8 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
         "task": task.name,
         "split": cfg.split,
         "n": len(examples),
+        # The report's params column reads this; counted here so an eval JSON carries it too.
+        "params": sum(p.numel() for p in model.parameters()),
         "accuracy": float(mean(correct)),
         "mean_tokens": float(mean(len(g[0].token_ids) for g in greedy)),
         "truncated": float(mean(g[0].finish_reason == "length" for g in greedy)),
@@ -59,20 +64,55 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
     return result
 
 
-def results_table(rows: list[tuple[str, dict]]):
-    """A rich Table comparing several evaluated models."""
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+
+def _difficulties(rows) -> list[str]:
+    # "None" is the key of examples without a difficulty: a task that has none gets no columns.
+    keys = {str(d) for _, r in rows for d in (r.get("by_difficulty") or {})} - {"None"}
+
+    def order(key):
+        try:
+            return (0, float(key), key)
+        except ValueError:
+            return (1, 0.0, key)
+
+    return sorted(keys, key=order)
+
+
+def _table(title: str, headers: list[str]):
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="retort eval")
-    keys = ["accuracy"] + sorted({k for _, r in rows for k in r if k.startswith(("pass@", "maj@"))}) + ["mean_tokens"]
-    table.add_column("model")
-    for k in keys:
-        table.add_column(k, justify="right")
-    diffs = sorted({d for _, r in rows for d in r.get("by_difficulty", {})}, key=lambda d: (len(d), d))
-    for d in diffs:
-        table.add_column(f"d={d}", justify="right")
-    for name, r in rows:
-        cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k in keys]
-        cells += [f"{r['by_difficulty'][d]:.2f}" if d in r.get("by_difficulty", {}) else "-" for d in diffs]
-        table.add_row(name, *cells)
+    # No vertical rules, no edges: room for the model column in an 80-column terminal.
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    # The model column wraps; the rest are short numbers whose headers must stay whole, so they
+    # never wrap and never get narrower than their header (an 80-column terminal cut them before).
+    table.add_column(headers[0], overflow="fold")
+    for h in headers[1:]:
+        table.add_column(h, justify="right", no_wrap=True, min_width=len(h))
     return table
+
+
+def results_table(rows: list[tuple[str, dict]]):
+    """Rich tables comparing several evaluated models: the metrics, then (for tasks with
+    difficulties) accuracy by difficulty. One renderable, for `console.print`."""
+    from rich.console import Group
+
+    keyed = {k for _, r in rows for k in r if KEYED.match(k)}
+    keyed = sorted(keyed, key=lambda k: (k.startswith("maj"), int(KEYED.match(k).group(1))))
+    keys = ["accuracy", *keyed] + (["pass@1_sampled"] if any("pass@1_sampled" in r for _, r in rows) else [])
+    table = _table("retort eval", ["model", "split", "n", *keys, "tokens"])
+    table.caption = "tokens: mean completion tokens per answer (greedy)"
+    for name, r in rows:
+        table.add_row(name, _fmt(r.get("split")), _fmt(r.get("n")),
+                      *[_fmt(r.get(k)) for k in keys], _fmt(r.get("mean_tokens")))
+    diffs = _difficulties(rows)
+    if not diffs:
+        return Group(table)
+    by_diff = _table("accuracy by difficulty", ["model", *[f"d={d}" for d in diffs]])
+    for name, r in rows:
+        d = {str(k): v for k, v in (r.get("by_difficulty") or {}).items()}
+        by_diff.add_row(name, *[f"{d[k]:.2f}" if isinstance(d.get(k), float) else "-" for k in diffs])
+    return Group(table, by_diff)

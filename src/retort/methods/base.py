@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from ..data.collate import IGNORE, Encoded, bucketed_order, collate
 
 
+MOST = 0.5  # share of the data whose loss to data.max_len stops a run instead of a warning
+
+
 @dataclass
 class BatchPlan:
     rank: int
@@ -49,6 +52,40 @@ class MethodContext:
     device: Any = "cpu"
     student: Any = None  # () -> the model being trained, unwrapped (on-policy methods sample from it)
     load_initial_student: Any = None  # () -> (model, tokenizer): the student as the run started it
+    log: Any = None  # (message) -> None: a line for the user (the main process's console)
+
+    def say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+    def train_rows(self) -> list:
+        """The task's training examples, each distinct one once: `data.n_train` of a procedural
+        task, or all of a file's train split (at most n_train); `cycle` repeats them afterwards,
+        so a long file row is encoded once, not once per repetition."""
+        from ..tasks import require_examples
+
+        run = self.run
+        n = require_examples(self.task, "train", run.data.n_train, "train")
+        return self.task.examples("train", n, run.seed)
+
+    def cycle(self, items: list) -> list:
+        """`items` repeated up to `data.n_train` for a finite task (as its own `examples` would)."""
+        if self.task.size("train") is None or not items:
+            return items
+        n = self.run.data.n_train
+        return [items[i % len(items)] for i in range(n)]
+
+    def dropped(self, dropped: int, total: int, what: str) -> None:
+        """Report rows dropped for `data.max_len`; refuse to train when most of the data would be."""
+        if not dropped:
+            return
+        from ..errors import DataError
+
+        max_len = self.run.data.max_len
+        msg = f"{dropped} of {total} {what} ({100 * dropped / total:.0f}%) are longer than data.max_len={max_len} tokens"
+        if dropped > MOST * total:
+            raise DataError(f"{msg} and would be dropped; raise data.max_len (rows are dropped, never truncated)")
+        self.say(f"{msg}; dropped")
 
     def frozen_initial_student(self):
         """The student as the run started it, frozen (OPSD's fixed teacher, DPO's reference): for a

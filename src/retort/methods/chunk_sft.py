@@ -100,15 +100,17 @@ class ChunkSFT(SFT):
             keep = [i for i, ok in enumerate(cols["correct"]) if ok or run.data.trace_filter == "all"]
             return [(cols["prompt"][i], cols["completion"][i], cols["finish_reason"][i] == "stop")
                     for i in keep[:run.data.n_train]]
-        rows = self.ctx.task.examples("train", run.data.n_train, run.seed)
+        rows = self.ctx.train_rows()  # each distinct row once; examples() repeats a file task's rows
         return [(ex.prompt, ex.solution, True) for ex in rows if ex.solution]
 
     def examples(self) -> list[Encoded]:
         tok, c = self.ctx.tokenizer, self.cfg
         rng = random.Random(self.ctx.run.seed)
         eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
-        out = []
+        per_row: list[list[Encoded]] = []
         for prompt, text, stopped in self.rationales():
+            out: list[Encoded] = []
+            per_row.append(out)
             p = encode_prompt(tok, prompt)
             sents = sentences(text)
             parts = chunk(sents, math.ceil(len(sents) / c.sentences_per_chunk), c.chunking, c.balance)
@@ -123,7 +125,10 @@ class ChunkSFT(SFT):
                 context = p + [t for prev in ids[:j] for t in prev]
                 target = [t for nxt in ids[j + 1:] for t in nxt] + (eos if stopped else [])
                 out.append(Encoded(context + target, [IGNORE] * len(context) + target, prompt=prompt))
-        out = [x for x in out if len(x.input_ids) <= self.ctx.run.data.max_len and any(lab != IGNORE for lab in x.labels)]
+        if self.ctx.run.data.source != "traces":
+            per_row = self.ctx.cycle(per_row)  # a file task's rows repeated, sharing their examples
+        out = [x for row in per_row for x in row
+               if len(x.input_ids) <= self.ctx.run.data.max_len and any(lab != IGNORE for lab in x.labels)]
         if not out:
             raise DataError("chunk_sft: no chunk examples (no rationales, or all longer than data.max_len)")
         return out

@@ -116,7 +116,7 @@ class KD(SFT):
         if self.cfg.teacher == "offline":
             from .sft import trace_examples
 
-            return trace_examples(self.ctx.run.data, self.ctx.tokenizer, with_topk=True)
+            return trace_examples(self.ctx.run.data, self.ctx.tokenizer, with_topk=True, ctx=self.ctx)
         return super().examples()
 
     def teacher(self, model):

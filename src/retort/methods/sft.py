@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data import topk as topk_codec
-from ..data.collate import IGNORE, Encoded, encode_examples, encode_prompt
+from ..data.collate import IGNORE, Encoded, encode_prompt, encode_within
 from ..data.traces import read_manifest, read_traces
 from ..errors import DataError
 from .base import LossOut, OffPolicy, token_nll_sum
@@ -28,21 +28,24 @@ class SFT(OffPolicy):
     def examples(self):
         run, tok = self.ctx.run, self.ctx.tokenizer
         if run.data.source == "traces":
-            return trace_examples(run.data, tok)
-        rows = self.ctx.task.examples("train", run.data.n_train, run.seed)
+            return trace_examples(run.data, tok, ctx=self.ctx)
+        rows = self.ctx.train_rows()
         if run.data.source != "answers":
             rows = [ex for ex in rows if ex.solution is not None]
         completions = [ex.answer_completion if run.data.source == "answers" else ex.solution for ex in rows]
-        encoded = encode_examples(tok, [ex.prompt for ex in rows], completions)
+        encoded = encode_within(tok, [ex.prompt for ex in rows], completions, run.data.max_len)
+        out = []
         for enc, ex in zip(encoded, rows):
-            enc.prompt, enc.answer, enc.solution = ex.prompt, ex.answer, ex.solution
-        out = [enc for enc in encoded if len(enc.input_ids) <= run.data.max_len]
+            if enc is not None:
+                enc.prompt, enc.answer, enc.solution = ex.prompt, ex.answer, ex.solution
+                out.append(enc)
+        self.ctx.dropped(len(rows) - len(out), len(rows), "training rows")
         if not out:
             raise DataError(
                 f"no training examples for data.source={run.data.source} "
                 f"(rows without a solution, or longer than data.max_len={run.data.max_len})"
             )
-        return out
+        return self.ctx.cycle(out)
 
     def loss(self, model, batch) -> LossOut:
         loss, n = token_nll_sum(model, batch)
@@ -71,8 +74,9 @@ class TraceEncoder:
         return p, list(c) + (self.eos if cols["finish_reason"][i] == "stop" else [])
 
 
-def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
-    """Training pairs from a trace set (`TraceEncoder`): correct-only by default."""
+def trace_examples(data, tok, *, with_topk: bool = False, ctx=None) -> list[Encoded]:
+    """Training pairs from a trace set (`TraceEncoder`): correct-only by default. Rows longer than
+    `data.max_len` are dropped, counted through `ctx.dropped` when a method context is given."""
     manifest = read_manifest(data.traces)
     columns = ["prompt", "completion", "completion_ids", "correct", "finish_reason", "reference"]
     if with_topk:
@@ -97,6 +101,8 @@ def trace_examples(data, tok, *, with_topk: bool = False) -> list[Encoded]:
             enc.topk_ids, enc.topk_logprobs = topk_codec.decode(cols["topk"][i])
         if len(enc.input_ids) <= data.max_len:
             out.append(enc)
+    if ctx is not None and out:
+        ctx.dropped(len(keep) - len(out), len(keep), "traces")
     if not out:
         raise DataError(f"{data.traces}: every trace is longer than data.max_len={data.max_len}")
     return out

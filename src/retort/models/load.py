@@ -24,7 +24,20 @@ def cache_dir() -> Path:
 
 
 def builtin_teacher_dir(task: str = "modchain") -> Path:
-    return cache_dir() / f"teacher-{task}"
+    """The cache directory of the teacher trained on `task`: `teacher-NAME` for a built-in task,
+    `teacher-STEM-HASH` for a task file (a readable slug of its name and 12 hex digits of its
+    content's SHA-256, so an edited file gets a new teacher and a path never nests folders)."""
+    if Path(task).suffix not in (".jsonl", ".parquet"):
+        return cache_dir() / f"teacher-{task}"
+    import re
+
+    from ..paths import sha256_file
+
+    path = Path(task)
+    if not path.is_file():
+        raise ModelError(f"task file not found: {task}")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.")[:40] or "task"
+    return cache_dir() / f"teacher-{slug}-{sha256_file(path)[:12]}"
 
 
 def _seeded_init(model, seed: int):
@@ -83,8 +96,14 @@ def _load(cfg, *, seed: int, max_len: int):
         model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[cfg.dtype], **kwargs)
     except (OSError, ValueError) as e:
         where = "local directory" if local else "hub id (needs network access, or a local copy)"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"could not load model {name!r} as a {where}: {first}") from None
+        raise ModelError(f"could not load model {name!r} as a {where}: {_first_line(e)}") from None
+    except Exception as e:
+        if not local:
+            raise
+        # a damaged file in a local model (a cut safetensors file raises SafetensorError, a cut
+        # tokenizer.json a tokenizers Exception): name the directory, not a traceback
+        raise ModelError(f"could not load model {name!r}: a file in it is damaged or incomplete "
+                         f"({type(e).__name__}: {_first_line(e)}); copy the model again") from None
     if kwargs.get("gguf_file") and getattr(model, "hf_quantizer", None) is not None:
         # transformers dequantizes GGUF tensors to `dtype` while loading; the model left is a plain
         # one, but still marked quantized, which would forbid save_pretrained of a trained student.
@@ -93,9 +112,25 @@ def _load(cfg, *, seed: int, max_len: int):
             delattr(model.config, "quantization_config")
         if getattr(model, "is_quantized", False):
             model.is_quantized = False
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    _ensure_pad(tok, name)
     return model, tok
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _ensure_pad(tok, name: str) -> None:
+    """Batches are padded with the pad token, or EOS where there is none; a tokenizer with neither
+    cannot batch, and cannot end a completion either."""
+    if tok.pad_token_id is not None:
+        return
+    if tok.eos_token_id is None:
+        raise ModelError(
+            f"the tokenizer of {name!r} has neither a pad nor an eos token: retort pads batches with the pad "
+            "token (or EOS) and ends completions with EOS. Set \"eos_token\" (and \"pad_token\") in its "
+            "tokenizer_config.json to tokens of its vocabulary, e.g. tok.eos_token = '</s>'; tok.save_pretrained(DIR)")
+    tok.pad_token = tok.eos_token
 
 
 def _resolve(cfg) -> tuple[str, dict, bool]:
@@ -149,11 +184,9 @@ def load_tokenizer(cfg):
     name, kwargs, _ = _resolve(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"could not load the tokenizer of {name!r}: {first}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    except Exception as e:  # see _load: a damaged local file raises other types than OSError
+        raise ModelError(f"could not load the tokenizer of {name!r}: {_first_line(e)}") from None
+    _ensure_pad(tok, name)
     if getattr(cfg, "chat_template", "auto") == "off":
         tok.chat_template = None
     return tok

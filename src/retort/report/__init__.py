@@ -1,23 +1,24 @@
-"""`write_report`: run directories in, one self-contained HTML file out.
+"""`write_report`: run directories (or eval result files) in, one self-contained HTML file out.
 
-This module owns reading the inputs: training run dirs (config.yaml, metrics.jsonl, summary.json)
-and demo dirs (results.json plus training-run subdirs), turning them into `Row`s (one per model in
-the comparison table) and `Run`s (one per training curve). Rendering lives in `html.py`, figures in
-`plots.py`.
+This module owns reading the inputs: training run dirs (config.yaml, metrics.jsonl, summary.json),
+demo dirs (results.json plus training-run subdirs) and `retort eval --json` files (label -> eval
+result), turning them into `Row`s (one per model in the comparison table) and `Run`s (one per
+training curve). Rendering lives in `html.py`, figures in `plots.py`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RetortError
+from ..paths import atomic_write_text, output_file
 
 __all__ = ["write_report", "load_inputs", "Row", "Run"]
 
 RUN_FILES = ("summary.json", "metrics.jsonl")
+EVAL_JSON_SHAPE = "an object of label -> eval results, as `retort eval --json` writes"
 
 
 @dataclass
@@ -114,7 +115,32 @@ def _run_row(run: Run, source: str) -> Row:
         # No final eval in summary.json (still training, or crashed): the last logged one stands in.
         last = run.evals[-1]
         result = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
-    return Row(name=run.name, eval=result, run=run, source=source)
+    return Row(name=run.name, eval=result, run=run, source=source,
+               params=_int_or_none(run.summary.get("params")))
+
+
+def _int_or_none(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _result_rows(results: dict, source: str) -> list[Row]:
+    """One row per label of a label -> eval result object (results.json, `retort eval --json`)."""
+    rows = []
+    for label, result in results.items():
+        result = result if isinstance(result, dict) else {}
+        rows.append(Row(name=str(label), eval=result, source=source,
+                        params=_int_or_none(result.get("params"))))
+    return rows
+
+
+def _load_eval_json(path: Path, source: str) -> list[Row]:
+    results = _read_json(path)
+    # Every `evaluate` result has an accuracy; anything else is some other JSON file, and a
+    # table of "-" rows would hide that.
+    if not (isinstance(results, dict) and results and
+            all(isinstance(r, dict) and "accuracy" in r for r in results.values())):
+        raise RetortError(f"{path}: not eval results (expected {EVAL_JSON_SHAPE})")
+    return _result_rows(results, source)
 
 
 def _norm(label: str) -> str:
@@ -133,12 +159,7 @@ def _load_demo(path: Path, source: str) -> tuple[list[Row], list[Run]]:
     results = _read_json(path / "results.json")
     if not isinstance(results, dict):
         raise RetortError(f"{path / 'results.json'}: expected a JSON object of label -> results")
-    rows = []
-    for label, result in results.items():
-        result = result if isinstance(result, dict) else {}
-        params = result.get("params")
-        rows.append(Row(name=str(label), eval=result, source=source,
-                        params=params if isinstance(params, int) else None))
+    rows = _result_rows(results, source)
     by_label = {r.name: r for r in rows}
     runs, taken = [], set()
     # Longest names first, so "traces" cannot take the label that "sft_on_teacher_traces" names.
@@ -167,14 +188,20 @@ def _dedupe(items, source_of) -> None:
 
 
 def load_inputs(run_dirs) -> tuple[list[Row], list[Run]]:
-    """Read every input dir; rows for the table, runs for the curves (names made unique)."""
+    """Read every input (run dir, demo dir or `retort eval --json` file); rows for the table, runs
+    for the curves (names made unique)."""
     rows: list[Row] = []
     runs: list[Run] = []
     for entry in run_dirs:
         path = Path(entry)
-        if not path.is_dir():
-            raise RetortError(f"{entry}: no such directory (expected a retort run directory)")
-        if (path / "results.json").is_file():
+        if path.suffix.lower() == ".json" and not path.is_dir():
+            if not path.is_file():
+                raise RetortError(f"{entry}: no such file (expected {EVAL_JSON_SHAPE})")
+            new_rows, new_runs = _load_eval_json(path, str(entry)), []
+        elif not path.is_dir():
+            raise RetortError(f"{entry}: no such directory (expected a retort run directory, or a "
+                              f"JSON file that `retort eval --json` wrote)")
+        elif (path / "results.json").is_file():
             new_rows, new_runs = _load_demo(path, str(entry))
         elif _is_run(path):
             run = _load_run(path, path.resolve().name)
@@ -198,14 +225,8 @@ def write_report(run_dirs, out, title: str = "retort report") -> Path:
 
     if not run_dirs:
         raise RetortError("report: no run directories given")
+    out = output_file(out, "report -o")  # before reading anything
     rows, runs = load_inputs(run_dirs)
     page = render(rows, runs, title=title, inputs=[str(d) for d in run_dirs])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(out, page)
     return out

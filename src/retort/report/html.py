@@ -25,6 +25,8 @@ table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.92rem; }
 th, td { border: 1px solid #ddd; padding: 0.3rem 0.65rem; }
 th { background: #f4f4f4; text-align: left; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.scroll { max-width: 100%; overflow-x: auto; margin: 0.8rem 0; } .scroll table { margin: 0; }
+td.path { word-break: break-all; min-width: 12rem; }
 img { max-width: 100%; display: block; margin: 0.8rem 0; }
 pre { background: #f7f7f7; border: 1px solid #e3e3e3; padding: 0.6rem; white-space: pre-wrap;
       word-break: break-word; font-size: 0.85rem; margin: 0.2rem 0 1rem; }
@@ -62,15 +64,18 @@ def _params(v) -> str:
     return str(int(v))
 
 
-def _table(headers: list[str], body: list[list[tuple[str, bool]]]) -> str:
-    """`body` cells are (already-escaped html, is_numeric)."""
+def _table(headers: list[str], body: list[list[tuple[str, bool | str]]]) -> str:
+    """`body` cells are (already-escaped html, kind): kind True for a number, "path" for a path or
+    model id (may break anywhere), False for other text."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    lines = ["<table>", f"<tr>{head}</tr>"]
+    # Inside a scrolling div: a table wider than the page scrolls instead of widening the page.
+    lines = ['<div class="scroll">', "<table>", f"<tr>{head}</tr>"]
     for cells in body:
-        tds = "".join(f'<td class="n">{c}</td>' if numeric else f"<td>{c}</td>"
-                      for c, numeric in cells)
+        tds = "".join(f'<td class="n">{c}</td>' if kind is True else
+                      f'<td class="path">{c}</td>' if kind == "path" else f"<td>{c}</td>"
+                      for c, kind in cells)
         lines.append(f"<tr>{tds}</tr>")
-    lines.append("</table>")
+    lines += ["</table>", "</div>"]
     return "\n".join(lines)
 
 
@@ -116,7 +121,10 @@ def difficulty_table(rows) -> str | None:
     by = {name: d for name, d in by.items() if isinstance(d, dict) and d}
     if not by:
         return None
-    keys = sorted({str(k) for d in by.values() for k in d}, key=_difficulty_order)
+    # "None" is where examples without a difficulty go: no column for it.
+    keys = sorted({str(k) for d in by.values() for k in d} - {"None"}, key=_difficulty_order)
+    if not keys:
+        return None
     body = []
     for name, d in by.items():
         d = {str(k): v for k, v in d.items()}
@@ -139,12 +147,12 @@ def runs_table(runs) -> str | None:
         c, s = run.config, run.summary
         stopped = s.get("stopped_early")
         body.append([(esc(run.name), False), (esc(get(c, "method")), False),
-                     (esc(get(c, "student", "name")), False),
+                     (esc(get(c, "student", "name")), "path"),  # hub ids can be long
                      (esc(get(c, "data", "source")), False),
                      (esc(get(c, "task", "name")), False), (esc(_int(run.steps)), True),
                      (esc(_int(s.get("tokens"))), True), (esc(_float(s.get("train_time_s"))), True),
                      (esc("-" if stopped is None else ("yes" if stopped else "no")), False),
-                     (esc(run.path), False)])
+                     (esc(run.path), "path")])
     headers = ["run", "method", "student", "data source", "task", "steps", "tokens",
                "train time (s)", "stopped early", "directory"]
     return _table(headers, body)

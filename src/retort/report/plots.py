@@ -10,7 +10,14 @@ from __future__ import annotations
 import base64
 import io
 import math
+import textwrap
 
+MARKER_SIZE = 40  # scatter markers, points^2
+LEGEND_ROWS = 20
+LEGEND_WIDTH = 40  # characters a legend line
+IN_FIGURE_RINGS = 40  # how far a point label is sought inside the figure before outside it
+# Where a label goes around its point, in order of preference: (dx, dy) of the direction.
+DIRECTIONS = [(1, 1), (1, 0), (1, -1), (0, 1), (0, -1), (-1, 1), (-1, 0), (-1, -1)]
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -36,8 +43,9 @@ def _figure(width=7.5, height=4.0):
     return fig, ax
 
 
-def _data_uri(fig) -> str:
-    fig.tight_layout()
+def _data_uri(fig, layout: bool = True) -> str:
+    if layout:
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -80,21 +88,100 @@ def eval_curves(curves: list[tuple[str, list[dict]]]) -> str | None:
 
 
 def accuracy_vs_tokens(points: list[tuple[str, float, float]]) -> str | None:
-    """Scatter of (name, mean completion tokens, accuracy), each point labelled with its name."""
+    """Scatter of (name, mean completion tokens, accuracy): each point numbered, the legend names
+    it; None when no point has both numbers."""
     points = [p for p in points if _num(p[1]) and _num(p[2])]
     if not points:
         return None
-    fig, ax = _figure(7.5, 4.5)
-    for i, (name, tokens, acc) in enumerate(points):
-        ax.scatter([tokens], [acc], color=COLORS[i % len(COLORS)], s=40, zorder=3)
-        ax.annotate(_label(name), (tokens, acc), textcoords="offset points", xytext=(6, 4),
-                    fontsize="small")
-    # Room on the right and top so labels of the extreme points are not clipped.
+    fig, _ = scatter_figure(points)
+    return _data_uri(fig, layout=False)  # laid out already: moving the axes would undo the placing
+
+
+def scatter_figure(points: list[tuple[str, float, float]]):
+    """The accuracy-vs-tokens figure for points with finite numbers, and its point labels.
+
+    Names would collide when two models land close together (same student, similar methods), so
+    the plot carries short numbers and the legend the names; the numbers are then placed so that
+    none overlaps another or any marker (`_place_labels`).
+    """
+    # Tall enough for the legend (one name a line, up to LEGEND_ROWS lines a column).
+    columns = math.ceil(len(points) / LEGEND_ROWS)
+    fig, ax = _figure(9.0, max(4.5, 1.0 + 0.22 * min(len(points), LEGEND_ROWS)))
+    for i, (name, tokens, acc) in enumerate(points, 1):
+        ax.scatter([tokens], [acc], color=COLORS[(i - 1) % len(COLORS)], s=MARKER_SIZE, zorder=3,
+                   label=_legend_name(i, name))
     xs, ys = [p[1] for p in points], [p[2] for p in points]
     span = max(xs) - min(xs) or max(abs(max(xs)), 1.0)
-    ax.set_xlim(min(xs) - 0.1 * span, max(xs) + 0.45 * span)
+    ax.set_xlim(min(xs) - 0.1 * span, max(xs) + 0.15 * span)
     ax.set_ylim(min(0.0, min(ys)), max(1.05, max(ys) * 1.1))
     ax.set_xlabel("mean completion tokens per answer")
     ax.set_ylabel("accuracy (greedy pass@1)")
     ax.set_title("Accuracy vs answer length")
-    return _data_uri(fig)
+    # Outside the axes, so it can cover no point.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="small",
+              ncols=columns)
+    fig.tight_layout()  # before placing: placement works in pixels, which a layout change moves
+    labels = [ax.annotate(str(i), (tokens, acc), textcoords="offset pixels", xytext=(0, 0),
+                          ha="left", va="bottom", fontsize="small")
+              for i, (_, tokens, acc) in enumerate(points, 1)]
+    _place_labels(fig, ax, labels)
+    return fig, labels
+
+
+def _legend_name(i: int, name: str) -> str:
+    # Long names (run directories) wrap, or the legend would squeeze the axes to nothing.
+    return textwrap.fill(f"{i}: {_label(name).strip()}", LEGEND_WIDTH, subsequent_indent="   ")
+
+
+def _place_labels(fig, ax, labels) -> None:
+    """Move each label to the first spot, on rings ever farther out around its point, where it
+    overlaps no marker, no label already placed and not the legend. Deterministic: same points,
+    same picture. A label that had to move off the first ring gets a leader line to its point."""
+    from itertools import count
+
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    radius = (MARKER_SIZE ** 0.5) / 2 * fig.dpi / 72  # marker radius in pixels
+    centers = [ax.transData.transform(label.xy) for label in labels]
+    taken = [Bbox.from_extents(x - radius, y - radius, x + radius, y + radius) for x, y in centers]
+    legend = ax.get_legend()
+    if legend is not None:
+        taken.append(legend.get_window_extent(renderer))
+    inside = fig.bbox
+    gap = 2.0  # pixels kept free between boxes
+
+    def free(box):
+        grown = box.padded(gap)
+        return not any(grown.overlaps(t) for t in taken)
+
+    for label, (px, py) in zip(labels, centers):
+        label.set_in_layout(False)
+        extent = label.get_window_extent(renderer)
+        w, h = extent.width, extent.height
+        for ring in count():
+            d = radius + 2 * gap + ring * h  # ring 0 just clears the point's own marker
+            # Off-figure spots only once the figure is full: a clipped label still overlaps none.
+            spots = [_spot(px, py, w, h, d, dx, dy) for dx, dy in DIRECTIONS]
+            spots = [b for b in spots if free(b) and (ring > IN_FIGURE_RINGS or (
+                inside.contains(b.x0, b.y0) and inside.contains(b.x1, b.y1)))]
+            if spots:
+                break
+        box = spots[0]
+        label.xyann = (box.x0 - px, box.y0 - py)
+        taken.append(box)
+        if ring > 0:
+            # Leader from the point to the nearest point of the label's box.
+            end = (min(max(px, box.x0), box.x1), min(max(py, box.y0), box.y1))
+            (x0, y0), (x1, y1) = ax.transData.inverted().transform([(px, py), end])
+            ax.add_line(Line2D([x0, x1], [y0, y1], color="#999999", linewidth=0.6, zorder=2))
+
+
+def _spot(px, py, w, h, d, dx, dy):
+    """The box of a w x h label at distance d from (px, py) in direction (dx, dy)."""
+    from matplotlib.transforms import Bbox
+
+    x0 = px + d if dx > 0 else px - d - w if dx < 0 else px - w / 2
+    y0 = py + d if dy > 0 else py - d - h if dy < 0 else py - h / 2
+    return Bbox.from_bounds(x0, y0, w, h)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from .. import threads as threads_setting
 import torch.nn.functional as F
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
@@ -173,11 +175,11 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
     # A small model's decode step is a hundred tiny ops; on a CPU, waking a second OpenMP thread for
     # each costs more than it saves (measured: 0.18 s vs 0.22 s per 32 x 40-token batch of the
     # 167k student) — unless the batch makes the ops big (the 1.8M teacher at 500 rows: 2 threads
-    # 1.3x faster, benchmarks/traces.py).
+    # 1.3x faster, benchmarks/traces.py). The threshold lives in retort.threads.
     threads = torch.get_num_threads()
     n_params = sum(p.numel() for p in model.parameters())
     small = device.type == "cpu" and n_params < 20_000_000
-    one_thread = small and n_params * len(prompts) < 50_000_000
+    one_thread = small and threads_setting.auto(n_params, len(prompts)) == 1  # never when `threads` is pinned
     if one_thread:
         torch.set_num_threads(1)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import ANSWER_MARK, Example, Task
+from .base import ANSWER_MARK, Example, Task, require_examples
 from .builtin import BUILTIN as TASKS
 from .files import FileTask
 from .verify import VERIFIERS
@@ -25,4 +25,4 @@ def get_task(cfg) -> Task:
     raise ConfigError(f"task.name={cfg.name!r}: not a built-in task ({', '.join(TASKS)}) nor a .jsonl/.parquet file")
 
 
-__all__ = ["ANSWER_MARK", "Example", "FileTask", "Task", "TASKS", "VERIFIERS", "get_task"]
+__all__ = ["ANSWER_MARK", "Example", "FileTask", "Task", "TASKS", "VERIFIERS", "get_task", "require_examples"]

@@ -46,6 +46,14 @@ class Task:
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         raise NotImplementedError
 
+    def size(self, split: str) -> Optional[int]:
+        """How many distinct examples `split` holds; None for a procedural task (unlimited)."""
+        return None
+
+    def describe_split(self, split: str) -> str:
+        """Where the examples of `split` come from, for messages about it."""
+        return f"the {split} split of task {self.name}"
+
     def extract_answer(self, text: str) -> Optional[str]:
         """The answer after the last answer marker, up to the end of its line."""
         i = text.rfind(ANSWER_MARK)
@@ -60,6 +68,18 @@ class Task:
 
     def reward(self, text: str, reference: str) -> float:
         return 1.0 if self.verify(text, reference) else 0.0
+
+
+def require_examples(task: Task, split: str, n: int, what: str) -> int:
+    """How many examples of `split` a command asking for `n` gets (all of them, for a finite split
+    smaller than n). An empty split is refused, naming where its examples would have come from."""
+    from ..errors import DataError
+
+    size = task.size(split)
+    if size == 0:
+        hint = " (set task.test_fraction=0 to use the whole file)" if split == "test" else ""
+        raise DataError(f"{what}: no examples in {task.describe_split(split)}{hint}")
+    return n if size is None else min(n, size)
 
 
 def _norm(s: str) -> str:

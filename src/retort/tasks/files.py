@@ -47,8 +47,13 @@ def read_rows(path: str) -> list[Example]:
         raise DataError(f"task file not found: {path}")
     rows: list[Example] = []
     if p.suffix == ".jsonl":
-        with p.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with p.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                    f"{e.start + 1}); save the file as UTF-8") from None
                 if not line.strip():
                     continue
                 try:
@@ -91,23 +96,33 @@ class FileTask(Task):
         self.path = path
         self._extract, self._verify = VERIFIERS[verifier]
         rows = read_rows(path)
+        self.n_rows, self.test_fraction = len(rows), test_fraction
         share = max(1, round(1 / test_fraction)) if test_fraction > 0 else None
         if share is None:
             self._splits = {"train": rows, "test": rows}
         else:
             test = [r for r in rows if in_test_split(r.prompt, share)]
             train = [r for r in rows if not in_test_split(r.prompt, share)]
-            self._splits = {"train": train, "test": test or train[:1]}
+            self._splits = {"train": train, "test": test}
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         import random
 
         rows = list(self._splits[split])
-        if split == "train":
+        if split == "train" and rows:
             random.Random(seed).shuffle(rows)
             # Unlimited like the procedural tasks: cycle through the rows for as many as asked.
             return [rows[i % len(rows)] for i in range(n)] if rows else []
         return rows[:n]
+
+    def size(self, split: str) -> Optional[int]:
+        return len(self._splits[split])
+
+    def describe_split(self, split: str) -> str:
+        if not self.test_fraction:
+            return f"{self.path} (all {self.n_rows} rows: task.test_fraction=0)"
+        return (f"the {split} split of {self.path} ({len(self._splits[split])} of its {self.n_rows} rows; "
+                f"task.test_fraction={self.test_fraction} holds out {len(self._splits['test'])} as the test split)")
 
     def extract_answer(self, text: str) -> Optional[str]:
         return self._extract(text)

@@ -3,8 +3,11 @@
 `ckpt/step-NNNNNNN/` holds `model/` (save_pretrained, safetensors, plus tokenizer; for a LoRA student
 only the adapter, see `retort.models.lora`), `optimizer.pt`
 and `scheduler.pt` (state dicts, read back with weights_only=True), `rng-RANK.json` (Python, NumPy
-and torch generator states of each process) and `state.json` (step, tokens seen). A checkpoint is
-written under `step-N.tmp` and renamed when whole, so a crash never leaves a partial one.
+and torch generator states of each process) and `state.json` (step, tokens seen, train time so far,
+and the size and SHA-256 of every other file). A checkpoint is written under `step-N.tmp`, its files
+synced, and renamed when whole, so a crash never leaves a partial one; a checkpoint damaged later
+(a disk error, a copy cut short) fails `check_checkpoint` and `resumable_checkpoint` moves it aside
+as `damaged-step-N` and falls back to the previous one.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from ..models.lora import is_lora
+from ..paths import sha256_file
 
 PREFIX = "step-"
 
@@ -60,6 +65,75 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _files(ckpt: Path) -> dict[str, list]:
+    """[size, sha256] of every file of a checkpoint but state.json, by path relative to it."""
+    return {str(f.relative_to(ckpt)): [f.stat().st_size, sha256_file(f)]
+            for f in sorted(ckpt.rglob("*")) if f.is_file() and f.name != "state.json"}
+
+
+def _fsync_tree(root: Path) -> None:
+    for f in root.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def check_checkpoint(ckpt: Path) -> Optional[str]:
+    """None if the checkpoint is whole, else what is wrong with it. Checkpoints that record their
+    files' hashes are checked against them; older ones by reading every file as resume would."""
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"state.json unreadable ({e})"
+    recorded = state.get("files")
+    if recorded is not None:
+        for rel, (size, digest) in recorded.items():
+            f = ckpt / rel
+            if not f.is_file():
+                return f"{rel} is missing"
+            if f.stat().st_size != size:
+                return f"{rel} has {f.stat().st_size} bytes, {size} when saved"
+            if sha256_file(f) != digest:
+                return f"{rel} does not match its checksum"
+        return None
+    try:  # written before checkpoints recorded their hashes: read everything back
+        from safetensors import safe_open
+
+        for f in sorted(ckpt.rglob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    st.get_tensor(key)
+        for name in ("optimizer.pt", "scheduler.pt"):
+            torch.load(ckpt / name, weights_only=True, map_location="cpu")
+    except Exception as e:  # safetensors, torch and pickle each raise their own types for a cut file
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def resumable_checkpoint(run_dir: Path, log: Callable[[str], None] = lambda msg: None,
+                         main: bool = True) -> Optional[Path]:
+    """The newest whole checkpoint of a run. Each damaged one newer than it is reported through
+    `log` and (on the main process) renamed `damaged-step-N`, out of the way of the steps that will
+    write it again; None when there is no checkpoint at all. Raises when every one is damaged."""
+    found = list_checkpoints(run_dir)
+    for ckpt in reversed(found):
+        problem = check_checkpoint(ckpt)
+        if problem is None:
+            return ckpt
+        aside = ckpt.with_name("damaged-" + ckpt.name)
+        if main:
+            os.replace(ckpt, aside)
+        older = [c for c in found if c != ckpt and int(c.name[len(PREFIX):]) < int(ckpt.name[len(PREFIX):])]
+        log(f"checkpoint {ckpt} is damaged ({problem}); moved to {aside.name}"
+            + (f"; resuming from the previous one, {older[-1].name}" if older else ""))
+    if found:
+        from ..errors import RetortError
+
+        raise RetortError(f"{run_dir}: every checkpoint is damaged (moved aside as damaged-step-N); "
+                          "start the run again in another out= directory")
+    return None
+
+
 def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, optimizer, scheduler,
                     state: dict, keep: int) -> Path:
     root = Path(run_dir) / "ckpt"
@@ -84,7 +158,9 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, 
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+        _fsync_tree(tmp)
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state, "files": _files(tmp)}))
+        _fsync_tree(tmp)
         os.replace(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

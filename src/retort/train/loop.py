@@ -15,11 +15,13 @@ from typing import Callable, Optional
 import torch
 
 from ..config import build, save_config, saved_config_diff
+from .. import threads
 from ..errors import ConfigError, RetortError, require
 from ..methods import METHODS, BatchPlan, MethodContext
 from ..models import load_model, lora, save_model
-from ..tasks import get_task
-from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from ..paths import atomic_write_text
+from ..tasks import get_task, require_examples
+from .checkpoint import latest_checkpoint, load_training_state, resumable_checkpoint, save_checkpoint
 from .schedule import warmup_cosine
 
 
@@ -42,20 +44,24 @@ def _precision(choice: str) -> str:
 
 
 class MetricsLog:
-    """metrics.jsonl, one JSON object per line; on resume lines past the checkpoint are dropped."""
+    """metrics.jsonl, one JSON object per line. On resume from step S, lines past S are dropped, and
+    so are the eval rows at S when S is the run's last step (the final evaluation, done again)."""
 
-    def __init__(self, path: Path, resume_step: Optional[int], enabled: bool):
+    def __init__(self, path: Path, resume_step: Optional[int], enabled: bool, final: bool = False):
         self.path, self.enabled = path, enabled
         if not enabled:
             return
         kept = []
         if resume_step is not None and path.is_file():
-            for line in path.read_text().splitlines():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
-                if row.get("step", 0) <= resume_step:
+                if not isinstance(row, dict):
+                    continue
+                step = row.get("step", 0)
+                if step < resume_step or step == resume_step and not (final and "loss" not in row):
                     kept.append(line)
         path.write_text("".join(k + "\n" for k in kept))
 
@@ -65,17 +71,42 @@ class MetricsLog:
                 fh.write(json.dumps(row) + "\n")
 
 
-def _prepare_run_dir(run_dir: Path, run, resume: bool) -> Optional[Path]:
-    """Refuse to mix runs; return the checkpoint to resume from (or None)."""
+def _prepare_run_dir(run_dir: Path, run, resume: bool, log) -> bool:
+    """Check `out` before anything is written: a new run needs a new or empty directory (retort
+    never writes into one it did not make); an existing run needs --resume and the same config
+    (`out` itself excepted: a run directory may be moved). Returns whether a run is there."""
+    from ..paths import output_dir
+
+    output_dir(run_dir, "out")
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():
-        return None
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ConfigError(f"out={run_dir}: the directory is not empty and holds no retort run (no config.yaml); "
+                              "choose a new or empty directory")
+        if resume:
+            log(f"--resume: no run in {run_dir} yet; starting a new one")
+        return False
     if not resume:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another out=")
-    diff = saved_config_diff(cfg_file, run)
+    try:
+        diff = saved_config_diff(cfg_file, run)
+    except Exception as e:  # a config.yaml damaged or edited by hand
+        raise ConfigError(f"--resume: {cfg_file} is not a readable retort config ({e})") from None
     if diff:
         raise ConfigError(f"--resume: config differs from the run in {run_dir} at {', '.join(diff)}")
-    return latest_checkpoint(run_dir)
+    return True
+
+
+def _finished(run_dir: Path) -> Optional[dict]:
+    """The summary of a run that finished (summary.json and model/ written), else None."""
+    path = run_dir / "summary.json"
+    if not (path.is_file() and (run_dir / "model").is_dir()):
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def _progress(total: int, start: int, enabled: bool):
@@ -95,21 +126,26 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
     run directory behind, so the same command can simply be run again once fixed.
     """
     run_dir = Path(run.out)
-    fresh = not (run_dir / "config.yaml").is_file()
-    existed = run_dir.exists()
+    wrote: list[Path] = []  # what this call created, the only files its cleanup may remove
+    threads_before = torch.get_num_threads()
     try:
-        return _train(run, resume=resume, evaluate=evaluate, console=console)
+        return _train(run, resume=resume, evaluate=evaluate, console=console, wrote=wrote)
     except Exception:
         metrics = run_dir / "metrics.jsonl"
-        if fresh and latest_checkpoint(run_dir) is None and not (metrics.is_file() and metrics.stat().st_size):
-            for name in ("config.yaml", "metrics.jsonl"):
-                (run_dir / name).unlink(missing_ok=True)
-            if not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
-                run_dir.rmdir()
+        if wrote and latest_checkpoint(run_dir) is None and not (metrics.is_file() and metrics.stat().st_size):
+            for path in reversed(wrote):
+                if path.is_dir():
+                    if not any(path.iterdir()):
+                        path.rmdir()
+                else:
+                    path.unlink(missing_ok=True)
         raise
+    finally:
+        torch.set_num_threads(threads_before)
+        threads.pin(0)
 
 
-def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
+def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: list) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -118,15 +154,29 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
     run_dir = Path(run.out)
     if opt_cfg.log_with != "none":
         require(opt_cfg.log_with, opt_cfg.log_with, f"train.log_with={opt_cfg.log_with}")
-    ckpt = _prepare_run_dir(run_dir, run, resume)
     accelerator = Accelerator(
         mixed_precision=_precision(opt_cfg.precision), cpu=not torch.cuda.is_available(),
         log_with=None if opt_cfg.log_with == "none" else opt_cfg.log_with, project_dir=str(run_dir),
     )
     main = accelerator.is_main_process
+
+    def say(msg: str) -> None:
+        if main and console is not None:
+            console.print(msg)
+
+    existing = _prepare_run_dir(run_dir, run, resume, say)
+    if existing and _finished(run_dir) is not None:
+        summary = _finished(run_dir)
+        say(f"{run_dir}: this run finished ({summary.get('steps')} steps); nothing to resume")
+        return {**summary, "main_process": main, "already_finished": True}
+    if existing and main:
+        resumable_checkpoint(run_dir, say)  # damaged checkpoints reported and moved aside
     accelerator.wait_for_everyone()  # every process has checked the run dir before anyone writes to it
+    ckpt = latest_checkpoint(run_dir) if existing else None
     set_seed(run.seed)
     task = get_task(run.task)
+    if evaluate is not None:
+        require_examples(task, run.eval.split, run.eval.n, "the run's evaluation")
     lora_cfg = run.student.lora
     lora.check_available(lora_cfg)
     if ckpt is not None and lora_cfg.r:
@@ -142,6 +192,10 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
         if lora_cfg.r:
             model = lora.wrap(model, lora_cfg)
     trainable, n_params = lora.param_counts(model)
+    threads.pin(run.threads)
+    chosen = threads.auto(n_params, opt_cfg.batch_size * run.data.max_len, accelerator.device.type)
+    if chosen is not None:
+        torch.set_num_threads(chosen)
     if lora_cfg.r and main and console is not None:
         console.print(f"lora r={lora_cfg.r}: training {trainable:,} of {n_params:,} parameters "
                       f"({100 * trainable / n_params:.2f}%)")
@@ -153,7 +207,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
         return load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
 
     ctx = MethodContext(run=run, task=task, tokenizer=tok, load_teacher=load_teacher, device=accelerator.device,
-                        load_initial_student=load_initial_student)
+                        load_initial_student=load_initial_student, log=say)
     method = METHODS[run.method](ctx, mcfg)
 
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
@@ -170,15 +224,22 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     ctx.student = lambda: accelerator.unwrap_model(model)
 
-    start_step, tokens_seen = 0, 0
+    start_step, tokens_seen, time_before, ended_early = 0, 0, 0.0, False
     if ckpt is not None:
         state = load_training_state(ckpt, rank=accelerator.process_index, optimizer=optimizer, scheduler=scheduler)
         start_step, tokens_seen = state["step"], state.get("tokens", 0)
+        time_before, ended_early = state.get("train_time_s", 0.0), state.get("stopped_early", False)
+        say(f"resuming {run_dir} from step {start_step} ({ckpt.name})")
     if main:
+        if not run_dir.exists():
+            wrote.append(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not existing:
+            wrote += [run_dir / "config.yaml", run_dir / "metrics.jsonl"]
         save_config(run, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
-    log = MetricsLog(run_dir / "metrics.jsonl", start_step if ckpt is not None else None, main)
+    final_ckpt = ckpt is not None and (start_step >= opt_cfg.steps or ended_early)
+    log = MetricsLog(run_dir / "metrics.jsonl", start_step if ckpt is not None else None, main, final=final_ckpt)
     if accelerator.log_with:
         accelerator.init_trackers("retort", config=_flat(asdict(run)))
 
@@ -192,11 +253,16 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
     last_eval: dict = {}
     t0 = time.time()
     step = start_step
-    stopped_early = False
+    stopped_early = ended_early  # a run resumed from the checkpoint of its early stop trains no more
+
+    def elapsed() -> float:
+        """Train time over every segment of the run (a resumed run adds to its checkpoint's)."""
+        return round(time_before + time.time() - t0, 3)
 
     def checkpoint(step_now):
         save_checkpoint(run_dir, step_now, accelerator=accelerator, model=model, tokenizer=tok, optimizer=optimizer,
-                        scheduler=scheduler, state={"tokens": tokens_seen}, keep=opt_cfg.keep_checkpoints)
+                        scheduler=scheduler, keep=opt_cfg.keep_checkpoints,
+                        state={"tokens": tokens_seen, "train_time_s": elapsed(), "stopped_early": stopped_early})
 
     def run_eval(step_now):
         nonlocal last_eval
@@ -211,7 +277,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
 
     model.train()
     with progress:
-        while step < opt_cfg.steps:
+        while step < opt_cfg.steps and not stopped_early:
             micro = [next(batches) for _ in range(opt_cfg.grad_accum)]
             micro = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
             local_count = sum(method.count(b) for b in micro)
@@ -246,7 +312,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
             tokens_seen += int(counts.item())
             if step % opt_cfg.log_every == 0 or step == opt_cfg.steps:
                 row = {"step": step, "loss": global_loss, "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "tokens": tokens_seen, "time": round(time.time() - t0, 3),
+                       "grad_norm": float(grad_norm), "tokens": tokens_seen, "time": elapsed(),
                        **{k: v / len(micro) for k, v in metric_sums.items()}}
                 log.write(row)
                 if accelerator.log_with:
@@ -266,16 +332,16 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console) -> dict:
                 checkpoint(step)
     if not stopped_early:
         checkpoint(step)
-    if evaluate is not None and not stopped_early:  # an early stop has just evaluated this step
-        run_eval(step)
-    summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(time.time() - t0, 2),
+    if evaluate is not None and (not stopped_early or ended_early):
+        run_eval(step)  # an early stop has just evaluated this step, unless this is its resume
+    summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(elapsed(), 2),
                "stopped_early": stopped_early, "eval": last_eval, "main_process": main,
-               "trainable_params": trainable, "params": n_params}
+               "trainable_params": trainable, "params": n_params, "threads": torch.get_num_threads()}
     if main:
         # LoRA: the exported model has the adapters merged in (a plain model for `retort eval`); the
         # merge is in place, with no second copy of the weights, since the run is over.
         save_model(lora.merge(accelerator.unwrap_model(model)), tok, run_dir / "model")
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if accelerator.log_with:
         accelerator.end_training()
     accelerator.wait_for_everyone()

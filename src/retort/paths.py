@@ -1,0 +1,72 @@
+"""Output paths: where a command may write, checked before it writes anything.
+
+retort never deletes or overwrites what it did not create itself. Each command names its output
+(a run directory, a trace directory, a JSON or HTML file); these checks refuse, with one line naming
+the option and the path, an output that is an existing file where a directory is meant (or the
+reverse), or that lies under a file. What a command may replace inside its own output is decided by
+the command (a run's `config.yaml`, a trace set's manifest), never by a file name alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+def _parent_file(path: Path) -> Path | None:
+    """The first ancestor of `path` that exists and is not a directory (a file in the way)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def output_dir(path, option: str) -> Path:
+    """`path` as an output directory: absent, or an existing directory; never a file or under one."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{option}={path}: is an existing file; expected a directory (a new or empty one)")
+    blocker = _parent_file(p)
+    if blocker is not None:
+        raise ConfigError(f"{option}={path}: {blocker} is a file, so no directory can be made under it")
+    return p
+
+
+def output_file(path, option: str) -> Path:
+    """`path` as an output file: absent or an existing file (replaced); never a directory or under a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory; expected a file name")
+    blocker = _parent_file(p)
+    if blocker is not None:
+        raise ConfigError(f"{option} {path}: {blocker} is a file, so no file can be made under it")
+    return p
+
+
+def sha256_file(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling and a rename: a crash leaves the old file
+    or the new one, never half of one. The temporary name is unique, so no other file is touched."""
+    import tempfile
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
