@@ -451,6 +451,38 @@ def test_20_threads_setting_is_applied_and_recorded(tmp_path, capsys):
         load_config(EvalRun, None, ["threads=-1"])
 
 
+# ---------------------------------------------------------------- neighbours of the twenty
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_it_is_tokenised(tmp_path, capsys):
+    path = _jsonl(tmp_path / "t.jsonl", _rows(3) + [{"id": "huge", "prompt": "1 + " * 2_000_000, "answer": "1"}])
+    rc, err = _cli(capsys, "eval", f"task.name={path}", "model.name=preset:nano", "eval.max_new_tokens=4")
+    assert rc == 2 and "1 of 4 prompts are longer than the model's context of 512 tokens could hold" in err
+    path = _jsonl(tmp_path / "t.jsonl", _rows(3) + [{"id": "long", "prompt": "1 + " * 150, "answer": "1"}])
+    rc, err = _cli(capsys, "traces", f"out={tmp_path / 'o'}", f"task.name={path}", "task.test_fraction=0",
+                   "teacher.name=preset:nano", "sampling.max_new_tokens=8")
+    assert rc == 2 and "1 of 4 prompts do not fit the model's context of 512 tokens with max_new_tokens=8" in err
+
+
+def test_a_task_file_with_a_byte_order_mark_reads(tmp_path):
+    from retort.tasks.files import read_rows
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in _rows(2)).encode())
+    assert [r.id for r in read_rows(str(path))] == ["r0", "r1"]
+
+
+def test_traces_never_delete_a_users_file_in_their_directory(tmp_path):
+    out = _traces(tmp_path / "t")
+    (out / "notes.tmp").write_text("mine")
+    (out / "part-00009.parquet").write_text("not a shard of this run")
+    with pytest.raises(DataError, match="part-00009.parquet: a file the manifest does not list, and not a shard"):
+        _traces(out)
+    (out / "part-00009.parquet").unlink()
+    _traces(out)
+    assert (out / "notes.tmp").read_text() == "mine"
+
+
 # ---------------------------------------------------------------- every command beside a user's files
 
 

@@ -152,14 +152,19 @@ class TraceWriter:
             if str(index) in self.manifest["shards"]:
                 continue
             try:
-                rows = pq.ParquetFile(path).metadata.num_rows
+                meta = pq.ParquetFile(path)
+                ours = meta.schema_arrow.equals(SCHEMA)
             except Exception:  # pyarrow raises several types for a file that is not Parquet
-                rows = None
-            if rows != self.shard_rows.get(index):
-                # rename-when-whole never leaves such a file: it is not this run's, so it is not ours to delete
-                raise DataError(f"{path}: a shard file the manifest does not list, and not one this run would "
-                                f"write ({rows} rows, expected {self.shard_rows.get(index)}); move it away and rerun")
-            self._record(index, path, rows)
+                ours = False
+            if not ours:
+                raise DataError(f"{path}: a file the manifest does not list, and not a shard a retort trace writer "
+                                "wrote; move it away and rerun")
+            if meta.metadata.num_rows != self.shard_rows.get(index):
+                # written by a writer that does not know its shards' sizes ahead (mixed-policy), or
+                # by other arguments: a trace writer's own file, so it is redone
+                path.unlink()
+                continue
+            self._record(index, path, meta.metadata.num_rows)
         self._save()
 
     def _record(self, index: int, path: Path, rows: int) -> None:

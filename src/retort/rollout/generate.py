@@ -11,8 +11,15 @@ from typing import Optional
 
 import torch
 
-from ..data.collate import encode_prompt
+from ..data.collate import chars_per_token_bound, encode_prompt
+from ..errors import DataError
 from . import fast
+
+
+def _context(model) -> Optional[int]:
+    """The model's context length in tokens, when its config states one."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
 
 
 @dataclass
@@ -29,6 +36,16 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, tempe
              top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
              stop: Optional[list[str]] = None, progress=None, engine: str = "auto",
              scores: Optional[int] = None) -> list[list[Completion]]:
+    limit = _context(model)
+    if limit is not None:
+        # a prompt with more characters than the whole context could cover is refused before it
+        # is tokenised (a 20 MB row would otherwise cost gigabytes to encode)
+        bound = 4 * limit * chars_per_token_bound(tok)
+        huge = [i for i, p in enumerate(prompts) if len(p) > bound]
+        if huge:
+            raise DataError(f"{len(huge)} of {len(prompts)} prompts are longer than the model's context of {limit} "
+                            f"tokens could hold (the first is prompt #{huge[0] + 1}, {len(prompts[huge[0]]):,} "
+                            "characters); shorten or drop them")
     return generate_ids(model, tok, [encode_prompt(tok, p) for p in prompts], max_new_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, num_samples=num_samples, batch_size=batch_size,
                         seed=seed, stop=stop, progress=progress, engine=engine, scores=scores)
@@ -45,6 +62,13 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
     log-probs (and top-K) at its tokens, from the sampling pass (`fast.sample`); None otherwise."""
     if engine not in ("auto", "hf", "fast"):
         raise ValueError(f"engine must be auto, hf or fast, got {engine!r}")
+    limit = _context(model)
+    over = [i for i, ids in enumerate(encoded) if limit is not None and len(ids) + max_new_tokens > limit]
+    if over:
+        longest = max(len(encoded[i]) for i in over)
+        raise DataError(f"{len(over)} of {len(encoded)} prompts do not fit the model's context of {limit} tokens with "
+                        f"max_new_tokens={max_new_tokens} (the longest has {longest} tokens); shorten or drop them, "
+                        "or lower max_new_tokens")
     use_fast = engine == "fast" or (engine == "auto" and not stop and fast.supports(model))
     if use_fast and (stop or not fast.supports(model)):
         raise ValueError("the fast engine needs a Llama-family model and no stop strings")

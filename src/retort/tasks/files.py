@@ -50,7 +50,7 @@ def read_rows(path: str) -> list[Example]:
         with p.open("rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM some editors write
                 except UnicodeDecodeError as e:
                     raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
                                     f"{e.start + 1}); save the file as UTF-8") from None
