@@ -80,3 +80,24 @@ def test_bad_teacher_path_found_at_the_first_step_leaves_nothing(tmp_path, capsy
     args = ["train", *tiny_overrides(tmp_path / "run"), "method=kd", f"teacher.name={tmp_path}"]
     _bad(tmp_path, capsys, args, "no config.json here")
     _bad(tmp_path, capsys, args, "no config.json here")  # the same command again: not "already holds a run"
+
+
+def test_every_config_file_the_help_and_readme_cite_exists():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    texts = [(root / "README.md").read_text()]
+    for name, cmd in COMMANDS.items():
+        texts.append(cmd.get_help(cmd.make_context(name, [], resilient_parsing=True)))
+    cited = {m for t in texts for m in re.findall(r"configs/[\w./-]+\.(?:yaml|jsonl)", t)}
+    assert cited and all((root / c).is_file() for c in cited), sorted(c for c in cited if not (root / c).is_file())
+
+
+def test_config_teacher_prints_the_teachers_defaults(capsys):
+    assert main(["config", "teacher"]) == 0
+    out = capsys.readouterr().out
+    assert "train.steps = 1500" in out and "data.max_len = 160" in out and "student.name = 'preset:teacher'" in out
+    assert main(["config", "eval"]) == 0
+    out = capsys.readouterr().out
+    assert "task.test_fraction = 0.0" in out and "model.name = 'builtin:teacher'" in out

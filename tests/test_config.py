@@ -61,3 +61,18 @@ def test_every_field_is_documented():
     for cls in (TrainRun, EvalRun):
         for key, _default, doc in describe(cls):
             assert doc.strip(), key
+
+
+@pytest.mark.parametrize("arg, named", [
+    ("method_args.gate=maybe", "method_args.gate='maybe': Value 'maybe' is not a valid bool"),
+    ("method_args.beta=abc", "method_args.beta='abc'"),
+    ("method_args.max_new_tokens=10.5", "method_args.max_new_tokens=10.5"),
+    ("method_args.top_k=3", "unknown key 'method_args.top_k'"),
+])
+def test_method_args_are_typed_from_the_methods_config(tmp_path, capsys, arg, named):
+    from retort.cli import main
+
+    rc = main(["train", "method=gkd", arg, "student.name=preset:nano", f"out={tmp_path / 'r'}"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and named in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -119,3 +119,27 @@ def test_results_table_fits_80_columns_and_shows_n_and_split():
     assert "pass@1_sampled" in text and "None" not in text
     assert text.index("d=2") < text.index("d=3") < text.index("d=10")
     assert text.index("pass@1_sampled") < text.index("d=2")
+
+
+@pytest.mark.parametrize("answer, said", [("1/2", "the answer is \\boxed{1/2}"), ("\\sqrt{2}", "so \\boxed{\\sqrt{2}}")])
+def test_majority_vote_is_verified_as_the_tasks_verifier_reads_it(tmp_path, monkeypatch, answer, said):
+    """maj@k checks the voted answer through the task: under the `math` verifier a vote such as
+    1/2 or \\sqrt{2} is right (it was re-checked as "A:1/2", which math-verify cannot parse)."""
+    import json
+
+    import retort.eval.run as run_mod
+    from retort.config import EvalConfig
+    from retort.rollout.generate import Completion
+    from retort.tasks.files import FileTask
+
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "answer": answer}) + "\n")
+    task = FileTask(str(path), "math", 0.0)
+
+    def fake_generate(model, tok, prompts, *, num_samples=1, **kw):
+        return [[Completion(said, [1], "stop") for _ in range(num_samples)] for _ in prompts]
+
+    monkeypatch.setattr(run_mod, "generate", fake_generate)
+    model = torch.nn.Linear(1, 1)
+    result = run_mod.evaluate(model, None, task, EvalConfig(n=1, k=3))
+    assert result["accuracy"] == 1.0 and result["pass@3"] == 1.0 and result["maj@3"] == 1.0

@@ -41,7 +41,7 @@ def train(config_file, resume, overrides):
 
     \b
     retort train method=sft student.name=preset:student data.source=answers train.steps=200
-    retort train -c configs/sft_modchain.yaml out=runs/sft --resume
+    retort train -c configs/student_solutions.yaml out=runs/sft --resume
     """
     from .config import TrainRun, load_config
     from .eval import evaluate
@@ -182,9 +182,11 @@ def methods():
 def config(command):
     """Show every config key of a command with its default, meaning and allowed values."""
     from .config import EvalRun, TracesRun, TrainRun, describe
+    from .teacher import teacher_config
 
-    cls = {"train": TrainRun, "eval": EvalRun, "teacher": TrainRun, "traces": TracesRun}[command]
-    for key, default, doc in describe(cls):
+    cfg = teacher_config(None, []) if command == "teacher" else \
+        {"train": TrainRun, "eval": EvalRun, "traces": TracesRun}[command]
+    for key, default, doc in describe(cfg):
         click.echo(f"{key} = {default}\n    {doc}")
 
 

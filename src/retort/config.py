@@ -354,17 +354,21 @@ def save_config(cfg, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, doc with range) for every field: what `retort config` prints."""
+def describe(cfg, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc with range) for every field of a config (a class: its defaults; an
+    instance: its values, e.g. the teacher's defaults): what `retort config` prints. A section's
+    own defaults (the teacher's `builtin:teacher`) are shown, not its class's."""
+    if isinstance(cfg, type):
+        cfg = cfg()
     rows = []
-    hints = _field_types(cls)
-    for f in dataclasses.fields(cls):
+    hints = _field_types(type(cfg))
+    for f in dataclasses.fields(cfg):
         hint = hints[f.name]
         key = prefix + f.name
+        default = getattr(cfg, f.name)
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            rows.extend(describe(hint, key + "."))
+            rows.extend(describe(default, key + "."))
             continue
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         doc = f.metadata.get("doc", "")
         m = f.metadata
         if m.get("choices"):

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-IGNORE = -100
+from ..losses.reduce import IGNORE  # re-exported: collators write it, losses skip it
 
 
 @dataclass

@@ -57,7 +57,7 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
             passk.append(pass_at_k(len(oks), sum(oks), cfg.k))
             p1.append(pass_at_k(len(oks), sum(oks), 1))
             vote = majority([task.extract_answer(o.text) for o in outs])
-            maj.append(vote is not None and task.verify(f"A:{vote}", e.answer))
+            maj.append(vote is not None and task.verify(task.completion_of(vote), e.answer))
         result.update({f"pass@{cfg.k}": float(mean(passk)), f"maj@{cfg.k}": float(mean(maj)),
                        "pass@1_sampled": float(mean(p1)),
                        "temperature": cfg.temperature, "k": cfg.k})

@@ -26,8 +26,7 @@ from typing import Optional
 import torch
 
 from .divergences import DIVERGENCES, _log_mix
-
-IGNORE = -100
+from .reduce import IGNORE
 
 
 def _grad_ls(name: str, ls, lt, ps, pt, beta: float, alpha: float):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = -100
+IGNORE = -100  # the label of positions no loss is taken at (prompt, padding): the one definition
 
 
 def masked_sum(per_token: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> tuple[torch.Tensor, int]:

@@ -155,7 +155,7 @@ class KD(SFT):
             ce = torch.nn.functional.cross_entropy(z, lab_c, reduction="sum") if c.ce_weight else z.new_zeros(())
             return scale * kd + c.ce_weight * ce, kd.detach(), ce.detach()
 
-        rows = (labels != -100).nonzero().squeeze(-1)
+        rows = (labels != IGNORE).nonzero().squeeze(-1)
         step = c.chunk or max(8, (1 << 22) // max(1, vocab))
         loss = hidden.new_zeros((), dtype=torch.float32)
         kd_sum = ce_sum = 0.0

@@ -66,6 +66,10 @@ class Task:
         got = self.extract_answer(text)
         return got is not None and _norm(got) == _norm(reference)
 
+    def completion_of(self, answer: str) -> str:
+        """A completion whose extracted answer is `answer` (how a majority vote is verified)."""
+        return f"{ANSWER_MARK}{answer}"
+
     def reward(self, text: str, reference: str) -> float:
         return 1.0 if self.verify(text, reference) else 0.0
 

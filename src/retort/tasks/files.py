@@ -95,6 +95,7 @@ class FileTask(Task):
         self.name = Path(path).stem
         self.path = path
         self._extract, self._verify = VERIFIERS[verifier]
+        self.verifier = verifier
         rows = read_rows(path)
         self.n_rows, self.test_fraction = len(rows), test_fraction
         share = max(1, round(1 / test_fraction)) if test_fraction > 0 else None
@@ -126,6 +127,10 @@ class FileTask(Task):
 
     def extract_answer(self, text: str) -> Optional[str]:
         return self._extract(text)
+
+    def completion_of(self, answer: str) -> str:
+        # math-verify reads LaTeX: "A:1/2" or "A:\sqrt{2}" does not parse as the answer, \boxed{} does
+        return f"\\boxed{{{answer}}}" if self.verifier == "math" else super().completion_of(answer)
 
     def verify(self, text: str, reference: str) -> bool:
         return self._verify(text, reference)

@@ -30,9 +30,25 @@ class NonFiniteLoss(RetortError):
 
 
 def method_config(run):
+    """The method's typed options: `method_args` merged into its Config dataclass by OmegaConf,
+    which checks each value's type (`gate=maybe`, `beta=abc` and `top_k=10.5` are refused), then
+    `build` checks the declared ranges and choices. One line names the key either way."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
     if run.method not in METHODS:
         raise ConfigError(f"method={run.method!r}: unknown; methods: {', '.join(METHODS)}")
-    return build(METHODS[run.method].Config, dict(run.method_args), "method_args.")
+    cls = METHODS[run.method].Config
+    args = dict(run.method_args)
+    try:
+        typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(cls), args))
+    except ConfigKeyError:
+        typed = args  # `build` names the unknown key and the valid ones
+    except OmegaConfBaseException as e:
+        key = e.full_key or "?"
+        msg = str(getattr(e, "msg", e)).splitlines()[0]
+        raise ConfigError(f"method_args.{key}={args.get(key)!r}: {msg} (method {run.method})") from None
+    return build(cls, {k: typed[k] for k in args}, "method_args.")
 
 
 def _precision(choice: str) -> str:
