@@ -71,50 +71,79 @@ def test_stop_strings_and_other_architectures_use_generate():
 
 
 class _FakeEngineModel:
+    """Stands for the torch module inside a vLLM worker: `load_weights` takes (name, tensor) pairs."""
+
     def __init__(self):
         self.loaded = []
 
     def load_weights(self, weights):
         self.loaded.append({name: t.clone() for name, t in weights})
+        return set(self.loaded[-1])
 
 
 class _FakeLLM:
-    """Only the attribute path a colocated vLLM exposes to its driver worker's model."""
+    """Only vLLM's public `LLM.apply_model(func)`: run `func` on the model in each worker, one result per
+    worker. `__slots__` keeps any private engine attribute (llm_engine, ...) from being reached."""
 
-    def __init__(self, target):
-        from types import SimpleNamespace as NS
+    __slots__ = ("_models", "calls")
 
-        self.llm_engine = NS(model_executor=NS(driver_worker=NS(worker=NS(model_runner=NS(model=target)))))
+    def __init__(self, *models):
+        self._models = models
+        self.calls = 0
+
+    def apply_model(self, func):
+        self.calls += 1
+        return [func(m) for m in self._models]
 
 
 def test_vllm_weight_sync_pushes_current_weights_once_per_step():
-    from retort.rollout.vllm_engine import VLLMEngine, engine_model
+    from retort.rollout.vllm_engine import VLLMEngine
 
     model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
-    target = _FakeEngineModel()
-    engine = VLLMEngine(model, tok, llm=_FakeLLM(target))
-    assert engine_model(engine.llm) is target
+    workers = (_FakeEngineModel(), _FakeEngineModel())  # tensor parallel: every worker gets every pair
+    llm = _FakeLLM(*workers)
+    engine = VLLMEngine(model, tok, llm=llm)
+    assert llm.calls == 1 and not any(w.loaded for w in workers)  # the API probe at build time pushes nothing
     assert engine.sync(model, 0) and not engine.sync(model, 0)  # one push per weight version
-    first = target.loaded[0]
-    names = set(model.state_dict())
-    # tied embeddings: lm_head is not pushed (vLLM ties it itself); everything else is, by HF name
-    assert model.config.tie_word_embeddings and set(first) == names - {"lm_head.weight"}
+    assert llm.calls == 2 and engine.sync.pushes == 1
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    # tied embeddings: lm_head is not pushed (vLLM ties it itself); everything else is, by HF name, as is
+    assert model.config.tie_word_embeddings
+    for w in workers:
+        (first,) = w.loaded
+        assert set(first) == set(state) - {"lm_head.weight"}
+        assert all(torch.equal(first[k], state[k]) for k in first)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    assert engine.sync(model, 1)
-    assert len(target.loaded) == 2
-    for name, t in target.loaded[1].items():
-        assert torch.equal(t, model.state_dict()[name])
-        assert not torch.equal(t, first[name])
+    assert engine.sync(model, 1) and not engine.sync(model, 1)
+    assert engine.sync.pushes == 2
+    for w in workers:
+        assert len(w.loaded) == 2
+        for name, t in w.loaded[1].items():
+            assert torch.equal(t, model.state_dict()[name])  # the weights after the step, not the first ones
+            assert not torch.equal(t, state[name])
 
 
-def test_vllm_engine_without_a_reachable_model_says_so():
+def test_vllm_engine_without_the_public_weight_api_says_so():
     from retort.errors import ModelError
-    from retort.rollout.vllm_engine import engine_model
+    from retort.rollout.vllm_engine import MIN_VLLM, VLLMEngine
 
-    with pytest.raises(ModelError, match="cannot reach the model"):
-        engine_model(object())
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
+
+    class OldLLM:  # vLLM 0.7-0.9.0: LLM.apply_model exists but cannot reach the V1 engine's model
+        def apply_model(self, func):
+            raise AttributeError("'LLMEngine' object has no attribute 'model_executor'")
+
+    class NoLoader:
+        pass
+
+    for llm, match in [(object(), f"no LLM.apply_model.*vllm>={MIN_VLLM}"),
+                       (OldLLM(), f"does not work.*vllm>={MIN_VLLM}"),
+                       (_FakeLLM(NoLoader()), "no load_weights"),
+                       (_FakeLLM(), "no load_weights")]:
+        with pytest.raises(ModelError, match=match):
+            VLLMEngine(model, tok, llm=llm)
 
 
 @pytest.mark.parametrize("topk", [0, 5])

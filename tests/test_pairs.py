@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_overrides
 from retort.config import ModelConfig, TracesRun, TrainRun, load_config
 from retort.curate import filter_traces
-from retort.curate.pairs import pair_rows
+from retort.data.pairs import pair_rows
 from retort.data.collate import IGNORE, Encoded
 from retort.data.traces import read_traces
 from retort.errors import DataError

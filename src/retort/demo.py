@@ -112,7 +112,7 @@ def _made_with(manifest: dict, student_dir: Path) -> bool:
     """Whether a curated set (DAS or mixed-policy) was scored / sampled by this student's weights."""
     from .config import ModelConfig
     from .models import load_model
-    from .traces import weights_sha256
+    from .data.hashes import weights_sha256
 
     params = manifest.get("params", {})
     recorded = (params.get("filters", {}).get("das") or params.get("mixed_policy") or {}).get("student_weights_sha256")

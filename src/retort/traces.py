@@ -7,18 +7,17 @@ the same arguments, the run continues and ends with exactly prompts x N rows.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict
 from math import ceil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import __version__, threads
 from .data import topk as topk_codec
 from .data.collate import encode_prompt
+from .data.hashes import tokenizer_sha256, weights_sha256
 from .data.traces import SCHEMA, TraceWriter, check_target, read_traces
 from .models import load_model
 from .rollout import generate
@@ -26,27 +25,8 @@ from .rollout.score import score
 from .tasks import get_task, require_examples
 
 
-def weights_sha256(model) -> str:
-    """Hash of every parameter and buffer (names, dtypes, bytes): identifies the teacher exactly."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def tokenizer_sha256(tok) -> str:
-    return hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
-
-
 def _shard_seed(seed: int, index: int) -> int:
     return int(hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:8], 16)
-
-
-def _topk_blob(sc, k: int) -> bytes:
-    return topk_codec.encode(np.asarray(sc.topk_ids, dtype=np.int64).reshape(-1, k),
-                             np.asarray(sc.topk_logprobs, dtype=np.float64).reshape(-1, k), sc.topk_tail)
 
 
 def run_traces(run, console=None) -> Path:
@@ -110,7 +90,7 @@ def run_traces(run, console=None) -> Path:
                 rows.append({
                     "prompt_id": e.id, "sample_idx": j, "prompt": e.prompt, "completion": c.text,
                     "completion_ids": c.token_ids, "completion_logprobs": sc.logprobs[:len(c.token_ids)],
-                    "topk": _topk_blob(sc, min(sp.topk, len(tok))) if sp.topk else None,
+                    "topk": topk_codec.encode_scores(sc, min(sp.topk, len(tok))) if sp.topk else None,
                     "answer": task.extract_answer(c.text), "reference": e.answer,
                     "correct": task.verify(c.text, e.answer), "finish_reason": c.finish_reason,
                     "n_tokens": len(c.token_ids), "difficulty": e.difficulty,
@@ -132,4 +112,4 @@ def run_traces(run, console=None) -> Path:
     return Path(run.out)
 
 
-__all__ = ["SCHEMA", "run_traces", "weights_sha256"]
+__all__ = ["SCHEMA", "run_traces", "tokenizer_sha256", "weights_sha256"]

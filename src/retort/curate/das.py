@@ -84,7 +84,7 @@ def score_traces(cols: dict, rows: list[int], teacher_tok, student, student_tok,
     """DAS scores of the given trace rows. `cols`: the trace columns (prompt, completion,
     completion_ids, completion_logprobs, finish_reason); `encode(i)`: the student's (prompt ids,
     completion ids) of row i (`methods.sft.TraceEncoder`), whose EOS, if any, is not scored."""
-    from ..methods.chunk_sft import sentences
+    from ..data.text import sentences
     from ..rollout.score import score
 
     out: dict[int, DasScore] = {}

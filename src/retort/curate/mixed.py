@@ -56,7 +56,8 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
     from ..rollout.generate import generate_ids
     from ..rollout.score import score
     from ..tasks import get_task
-    from ..traces import _topk_blob, tokenizer_sha256, weights_sha256
+    from ..data.hashes import tokenizer_sha256, weights_sha256
+    from ..data.topk import encode_scores
 
     if source not in SOURCES:
         raise DataError(f"curate --mixed-from: expected one of {', '.join(SOURCES)}, got {source!r}")
@@ -172,7 +173,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
                     "prompt_id": cols["prompt_id"][i], "sample_idx": last_idx[cols["prompt_id"][i]] + 1,
                     "prompt": cols["prompt"][i], "completion": text, "completion_ids": ids,
                     "completion_logprobs": sc.logprobs[:len(ids)],
-                    "topk": _topk_blob(sc, min(topk, len(t_tok))) if topk else None,
+                    "topk": encode_scores(sc, min(topk, len(t_tok))) if topk else None,
                     "answer": task.extract_answer(text), "reference": cols["reference"][i], "correct": True,
                     "finish_reason": "stop", "n_tokens": len(ids), "difficulty": cols["difficulty"][i],
                 })

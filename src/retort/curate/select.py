@@ -56,7 +56,7 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
                 keep.append(i)
         table = table.take(pa.array(keep, type=pa.int64()))
     if pairs is not None:
-        from .pairs import pair_rows
+        from ..data.pairs import pair_rows
 
         matched = pair_rows(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist(),
                             table["correct"].to_pylist(), pairs)
@@ -134,9 +134,9 @@ def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: f
     import numpy as np
 
     from ..config import ModelConfig
-    from ..methods.sft import TraceEncoder
+    from ..data.collate import TraceEncoder
     from ..models import load_model, load_tokenizer
-    from ..traces import weights_sha256
+    from ..data.hashes import weights_sha256
     from .das import score_traces, select_top
 
     if "teacher" not in source["params"]:

@@ -66,6 +66,28 @@ def encode_examples(tok, prompts: list[str], completions: list[str]) -> list[Enc
     return [Encoded(p + c + eos, [IGNORE] * len(p) + c + eos) for p, c in zip(ps, cs)]
 
 
+class TraceEncoder:
+    """(prompt ids, completion ids) of trace rows for the student's tokenizer. When it is the
+    teacher's, the teacher's sampled token ids are used as they are (decode-then-encode can change
+    BPE segmentation); otherwise the completion text is tokenised by the student. A completion that
+    stopped gets EOS; one cut by the length limit never ended, so the student is not taught to
+    stop there."""
+
+    def __init__(self, manifest: dict, cols: dict, tok):
+        from .hashes import tokenizer_sha256
+
+        self.cols, self.tok = cols, tok
+        self.same_vocab = manifest.get("tokenizer_sha256") == tokenizer_sha256(tok)
+        self.eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+        self._prompts: dict[str, list[int]] = {}
+
+    def __call__(self, i: int) -> tuple[list[int], list[int]]:
+        cols, tok = self.cols, self.tok
+        p = self._prompts.setdefault(cols["prompt"][i], encode_prompt(tok, cols["prompt"][i]))
+        c = cols["completion_ids"][i] if self.same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
+        return p, list(c) + (self.eos if cols["finish_reason"][i] == "stop" else [])
+
+
 def chars_per_token_bound(tok) -> int:
     """The most characters one token of `tok` can stand for: its longest vocabulary string (a
     byte-level token's string has one character per byte it covers, so this bounds it too)."""

@@ -109,3 +109,9 @@ def decode(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = ["decode", "encode"]
+
+
+def encode_scores(scores, k: int) -> bytes:
+    """`encode` of a rollout's `Scores` (flat top-k ids and log-probs, k per position, and tails)."""
+    return encode(np.asarray(scores.topk_ids, dtype=np.int64).reshape(-1, k),
+                  np.asarray(scores.topk_logprobs, dtype=np.float64).reshape(-1, k), scores.topk_tail)

@@ -32,21 +32,11 @@ from dataclasses import dataclass
 
 from ..config import param
 from ..data.collate import IGNORE, Encoded, encode_prompt
+from ..data.text import sentences
 from ..data.traces import read_traces
 from ..errors import ConfigError, DataError
 from .base import LossOut, sequence_logps
 from .sft import SFT
-
-_SENT = re.compile(r"[^\n]*?(?:[.!?](?= )\s*|\n|$)")
-
-
-def sentences(text: str) -> list[str]:
-    """Lines, and sentences within lines; concatenating them gives `text` back."""
-    out = [m.group(0) for m in _SENT.finditer(text) if m.group(0)]
-    if "".join(out) != text:  # an invariant the chunk examples rely on
-        raise ValueError(f"sentence split lost text: {text!r}")
-    return out
-
 
 def _trigrams(s: str) -> set:
     s = " ".join(s.split())

@@ -47,7 +47,7 @@ class RolloutConfig:
     max_new_tokens: int = param(96, "longest rollout (a rollout cut here gets no EOS label)", lo=1)
     gate: bool = param(False, "KEPO quality gate: distil only on rollouts whose answer the task verifies")
     engine: str = param("auto", "rollout engine: auto (fast for Llama-family models, else hf), fast, hf "
-                        "(transformers' generate), or vllm (GPU; pip install 'retort[vllm]'; weights pushed "
+                        "(transformers' generate), or vllm (GPU; pip install 'retort[vllm]', vLLM >= 0.9.1; weights pushed "
                         "each optimizer step)", choices=["auto", "fast", "hf", "vllm"])
     vllm_gpu_memory: float = param(0.3, "share of GPU memory vLLM may take (engine=vllm)", lo=0.05, hi=0.95)
 

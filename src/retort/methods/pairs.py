@@ -17,7 +17,7 @@ from ..data.collate import IGNORE, Encoded, collate
 from ..data.traces import read_manifest, read_traces
 from ..errors import ConfigError, DataError
 from .base import BatchPlan, OffPolicy, sequence_logps
-from .sft import TraceEncoder
+from ..data.collate import TraceEncoder
 
 
 @dataclass
@@ -34,7 +34,7 @@ class PairConfig:
 
 
 def pair_examples(data, tok, per_prompt: int) -> list[Pair]:
-    from ..curate.pairs import pair_rows
+    from ..data.pairs import pair_rows
 
     if data.source != "traces" or not data.traces:
         raise ConfigError("pair methods learn from a trace set with correct and incorrect samples: "

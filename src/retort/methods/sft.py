@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data import topk as topk_codec
-from ..data.collate import IGNORE, Encoded, encode_prompt, encode_within
+from ..data.collate import IGNORE, Encoded, TraceEncoder, encode_within
 from ..data.traces import read_manifest, read_traces
 from ..errors import DataError
 from .base import LossOut, OffPolicy, token_nll_sum
@@ -50,28 +50,6 @@ class SFT(OffPolicy):
     def loss(self, model, batch) -> LossOut:
         loss, n = token_nll_sum(model, batch)
         return LossOut(loss, n)
-
-
-class TraceEncoder:
-    """(prompt ids, completion ids) of trace rows for the student's tokenizer. When it is the
-    teacher's, the teacher's sampled token ids are used as they are (decode-then-encode can change
-    BPE segmentation); otherwise the completion text is tokenised by the student. A completion that
-    stopped gets EOS; one cut by the length limit never ended, so the student is not taught to
-    stop there."""
-
-    def __init__(self, manifest: dict, cols: dict, tok):
-        from ..traces import tokenizer_sha256
-
-        self.cols, self.tok = cols, tok
-        self.same_vocab = manifest.get("tokenizer_sha256") == tokenizer_sha256(tok)
-        self.eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
-        self._prompts: dict[str, list[int]] = {}
-
-    def __call__(self, i: int) -> tuple[list[int], list[int]]:
-        cols, tok = self.cols, self.tok
-        p = self._prompts.setdefault(cols["prompt"][i], encode_prompt(tok, cols["prompt"][i]))
-        c = cols["completion_ids"][i] if self.same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
-        return p, list(c) + (self.eos if cols["finish_reason"][i] == "stop" else [])
 
 
 def trace_examples(data, tok, *, with_topk: bool = False, ctx=None) -> list[Encoded]:

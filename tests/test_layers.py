@@ -1,0 +1,39 @@
+"""The layer contract (pyproject.toml [tool.importlinter]) holds, and it would catch an upward import."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+LINT = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(root / "src"), "PATH": str(Path(sys.executable).parent)}
+    return subprocess.run([LINT, "--config", str(root / "pyproject.toml")], cwd=root, env=env,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def lint_available():
+    if not Path(LINT).exists():
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+
+
+def test_the_layer_contract_is_kept(lint_available):
+    proc = _lint(ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 kept, 0 broken" in proc.stdout
+
+
+def test_an_upward_import_breaks_the_contract(lint_available, tmp_path):
+    shutil.copytree(ROOT / "src" / "retort", tmp_path / "src" / "retort",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    collate = tmp_path / "src" / "retort" / "data" / "collate.py"
+    collate.write_text(collate.read_text() + "\n\ndef _upward():\n    from ..methods import METHODS\n    return METHODS\n")
+    proc = _lint(tmp_path)
+    assert proc.returncode != 0 and "retort.data.collate -> retort.methods" in proc.stdout, proc.stdout
