@@ -74,3 +74,113 @@ def pair_loss(name, model, pairs, ref_model=None, alpha=0.8, beta=0.1, gamma=1.0
         else:
             raise ValueError(name)
     return total / len(pairs)
+
+
+def _completion_logits(model, prompt, completion):
+    """(len(completion), V) float64 next-token logits at the completion positions of one unpadded
+    sequence: row t predicts completion[t]."""
+    logits = model(torch.tensor([prompt + completion])).logits[0].double()
+    return [logits[len(prompt) + t - 1] for t in range(len(completion))]
+
+
+def _entropy_of(z):
+    """H(softmax(z)) = -sum_v p_v log p_v, explicitly."""
+    log_z = torch.log(torch.exp(z - z.max()).sum()) + z.max()
+    logp = z - log_z
+    return -(torch.exp(logp) * logp).sum()
+
+
+def _gjsd(zs, zt, beta, temperature):
+    """Generalized JSD of TRL/GKD: beta KL(P_T || M) + (1 - beta) KL(P_S || M), M = beta P_T + (1 - beta) P_S;
+    beta = 0 is KL(P_T || P_S) and beta = 1 is KL(P_S || P_T). Both logits divided by `temperature`."""
+    ps = torch.softmax(zs / temperature, 0)
+    pt = torch.softmax(zt / temperature, 0)
+    lps, lpt = torch.log(ps), torch.log(pt)
+    if beta == 0:
+        return (pt * (lpt - lps)).sum()
+    if beta == 1:
+        return (ps * (lps - lpt)).sum()
+    mix = beta * pt + (1 - beta) * ps
+    return beta * (pt * (lpt - torch.log(mix))).sum() + (1 - beta) * (ps * (lps - torch.log(mix))).sum()
+
+
+def _quantile(values, q):
+    """Linear-interpolation quantile of a list of floats (numpy's/torch's default)."""
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (pos - lo) * (v[hi] - v[lo])
+
+
+def _share_prefix(h, threshold):
+    """1 + the first index at which the cumulative share of sum(h) reaches `threshold` (len(h) if never)."""
+    total, run = sum(h), 0.0
+    for i, x in enumerate(h):
+        run += x
+        if run / total >= threshold:
+            return i + 1
+    return len(h)
+
+
+def tsd_kd_loss(student, teacher, seqs, *, beta=0.9, alpha=0.1, entropy_weight=1.0, threshold=0.1, top_k=10,
+                weighting="soft", listmle_direction="standard", prefix="batch", temperature=1.0):
+    """Summed TSD-KD loss (methods/llm.md §1.2) over (prompt ids, completion ids) pairs, each sequence
+    scored alone (no padding), per position, in float64, with N the number of completion tokens:
+
+        L = sum_t w_t GJSD_beta(P_T,t || P_S,t) + N * (entropy_weight * L_ent + alpha * L_ind)
+
+    w_t = sigmoid(H_S - H_T) (soft), 1[H_S > H_T] (hard) or 1 (none), no gradient;
+    L_ent = mean of H_S,t over the completion tokens with H_S,t >= the `threshold` quantile of them;
+    L_ind = mean over the early tokens (completion index < d, d from the cumulative entropy share of
+    the whole batch in order, or of each sequence) of the ListMLE loss of the student's top-K logits
+    ordered by the teacher's logits, centred. Entropies at tau = 1."""
+    toks = []  # (sequence, completion index, student logits, teacher logits)
+    for b, (p, c) in enumerate(seqs):
+        zs = _completion_logits(student, p, c)
+        with torch.no_grad():
+            zt = _completion_logits(teacher, p, c)
+        for t in range(len(c)):
+            toks.append((b, t, zs[t], zt[t]))
+    n = len(toks)
+    h_s = [_entropy_of(zs) for _, _, zs, _ in toks]
+    h_t = [float(_entropy_of(zt)) for _, _, _, zt in toks]
+
+    direct = 0.0
+    for i, (_, _, zs, zt) in enumerate(toks):
+        diff = h_s[i].item() - h_t[i]
+        if weighting == "soft":
+            w = 1.0 / (1.0 + math.exp(-diff))
+        elif weighting == "hard":
+            w = 1.0 if diff > 0 else 0.0
+        else:
+            w = 1.0
+        direct = direct + w * _gjsd(zs, zt, beta, temperature)
+
+    q = _quantile([h.item() for h in h_s], threshold)
+    kept = [h for h in h_s if h.item() >= q]
+    ent = sum(kept) / len(kept)
+
+    if prefix == "batch":
+        d_all = _share_prefix([h.item() for h in h_s], threshold)
+        d = {b: d_all for b in range(len(seqs))}
+    else:
+        d = {b: _share_prefix([h.item() for (bb, _, _, _), h in zip(toks, h_s) if bb == b], threshold)
+             for b in range(len(seqs)) if any(bb == b for bb, _, _, _ in toks)}
+    ranks = []
+    for b, t, zs, zt in toks:
+        if t >= d[b]:
+            continue
+        k = min(top_k, zs.shape[0])
+        cand = sorted(range(zs.shape[0]), key=lambda v: -zs[v].item())[:k]  # the student's top-K ids
+        cand = sorted(cand, key=lambda v: -zt[v].item())                    # in the teacher's order
+        s = [zs[v] for v in cand]
+        mean = sum(s) / k
+        s = [x - mean for x in s]
+        l_t = 0.0
+        for j in range(k):
+            rest = s[j:] if listmle_direction == "standard" else s[:j + 1]
+            l_t = l_t - (s[j] - torch.log(sum(torch.exp(x) for x in rest)))
+        ranks.append(l_t)
+    ind = sum(ranks) / len(ranks) if ranks else 0.0
+    return direct + n * (entropy_weight * ent + alpha * ind)

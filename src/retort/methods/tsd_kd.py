@@ -88,10 +88,12 @@ class TSDKD(OnPolicy):
         labels = batch["labels"][:, 1:]
         sel = labels != IGNORE
         w_s = unwrap(model).get_output_embeddings().weight[:v]
-        zs = (last_hidden(model, batch)[:, :-1][sel] @ w_s.T.to(w_s.dtype)).float()
+        zs = last_hidden(model, batch)[:, :-1][sel] @ w_s.T.to(w_s.dtype)
+        zs = zs.to(torch.promote_types(zs.dtype, torch.float32))  # at least float32; float64 kept
         with torch.no_grad():
             w_t = unwrap(teacher).get_output_embeddings().weight[:v]
-            zt = (last_hidden(teacher, batch)[:, :-1][sel] @ w_t.T).float()
+            zt = last_hidden(teacher, batch)[:, :-1][sel] @ w_t.T
+            zt = zt.to(torch.promote_types(zt.dtype, torch.float32))
         n = int(sel.sum())
         if n == 0:
             return LossOut(zs.sum() * 0.0, 0, dict(batch.get("stats", {})))
