@@ -23,3 +23,24 @@ def tiny_overrides(out, steps=6, **extra):
     }
     args.update(extra)
     return [f"{k}={v}" for k, v in args.items()]
+
+
+def kill_while_training(cmd, env, run_dir, targets=("step-0000006", "step-0000015")) -> int:
+    """Run `cmd` (a `retort train --resume` command line) and SIGKILL it as soon as each checkpoint
+    in `targets` appears in `run_dir`; returns how many times it was killed."""
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    kills = 0
+    for target in targets:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (Path(run_dir) / "ckpt" / target).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    return kills

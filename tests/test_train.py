@@ -1,10 +1,8 @@
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
+from conftest import kill_while_training, tiny_overrides
 from retort.config import TrainRun, load_config
 from retort.errors import ConfigError
 from retort.methods import METHODS, BatchPlan, LossOut, MethodContext
@@ -131,17 +129,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_uninterrupted(tmp_path):
     ref = [a if not a.startswith("out=") else f"out={tmp_path / 'ref'}" for a in common]
     cut = [a if not a.startswith("out=") else f"out={tmp_path / 'cut'}" for a in common]
     subprocess.run(CLI + ["train", *ref], check=True, env=_env(), capture_output=True)
-    kills = 0
-    for target in ("step-0000006", "step-0000015"):  # kill twice, at different moments
-        proc = subprocess.Popen(CLI + ["train", "--resume", *cut], env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while not (tmp_path / "cut" / "ckpt" / target).exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    kills = kill_while_training(CLI + ["train", "--resume", *cut], _env(), tmp_path / "cut")  # twice, at two moments
     assert kills >= 1
     subprocess.run(CLI + ["train", "--resume", *cut], check=True, env=_env(), capture_output=True)
     a = load_file(tmp_path / "ref" / "model" / "model.safetensors")

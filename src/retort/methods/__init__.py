@@ -1,6 +1,6 @@
 """Training methods by name. Adding one: a file here and one line in METHODS."""
 
-from .base import BatchPlan, LossOut, Method, MethodContext, OffPolicy
+from .base import BatchPlan, LossOut, Method, MethodContext, OffPolicy, Owned
 from .chunk_sft import ChunkSFT
 from .curio_sft import CurioSFT
 from .dpo import DPO, SimPO
@@ -14,4 +14,4 @@ from .tsd_kd import TSDKD
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT, ChunkSFT)}
 
-__all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy"]
+__all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy", "Owned"]

@@ -100,6 +100,19 @@ class MethodContext:
         return initial.to(self.device).eval().requires_grad_(False)
 
 
+@dataclass
+class Owned:
+    """A trainable module a method owns beside the student (a critic, a projection, a fake-score
+    network). The loop moves it to the device, gives it its own optimizer and schedule, steps it
+    after every backward pass with the student's, and checkpoints weights, optimizer and schedule;
+    the method reads it back from `Method.owned_modules` (prepared for the processes)."""
+
+    module: torch.nn.Module
+    lr: float | None = None               # default: train.lr
+    optimizer: str | None = None          # default: train.optimizer (retort.train.optim.OPTIMIZERS)
+    schedule: str = "warmup_cosine"       # or "constant"
+
+
 class Method:
     name = "method"
     paper = ""
@@ -111,6 +124,19 @@ class Method:
 
     def __init__(self, ctx: MethodContext, cfg):
         self.ctx, self.cfg = ctx, cfg
+        self.owned_modules: dict[str, torch.nn.Module] = {}  # filled by the loop from `owned()`
+
+    def owned(self) -> dict[str, Owned]:
+        """Trainable modules this method owns besides the student (none by default)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """What the method must carry across a resume besides owned modules (an EMA reference,
+        counters): tensors (saved as safetensors) and JSON values, keyed by name."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned, before the first batch of a resumed run."""
 
     def batches(self, plan: BatchPlan) -> Iterator[dict]:
         raise NotImplementedError

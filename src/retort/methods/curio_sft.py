@@ -99,13 +99,32 @@ class CurioSFT(SFT):
             raise ConfigError(f"method_args.tau_max={cfg.tau_max} is below tau_min={cfg.tau_min}")
         self._ref = None
         self._forwards = 0
+        self._saved_ref = None  # the reference's weights from a checkpoint, until it is rebuilt
+
+    def state_dict(self) -> dict:
+        """The EMA reference and the forward count that times its syncs: without them a resumed
+        run would restart the reference from the current policy."""
+        if self._ref is None:
+            return {"forwards": self._forwards}
+        return {"forwards": self._forwards, **{f"ref.{k}": v for k, v in self._ref.state_dict().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._forwards = int(state.get("forwards", 0))
+        ref = {k[4:]: v for k, v in state.items() if k.startswith("ref.")}
+        self._ref, self._saved_ref = None, ref or None
 
     @torch.no_grad()
     def reference(self, model):
         policy = unwrap(model)
         if self._ref is None:
             self._ref = copy.deepcopy(policy).eval().requires_grad_(False)
-        elif self._forwards % self.cfg.sync_every == 0:
+            if self._saved_ref is not None:  # resumed: the reference as the checkpoint left it
+                self._ref.load_state_dict(self._saved_ref)
+                self._saved_ref = None
+            elif self._forwards == 0:
+                self._forwards += 1
+                return self._ref
+        if self._forwards % self.cfg.sync_every == 0:
             for r, p in zip(self._ref.parameters(), policy.parameters()):
                 r.lerp_(p.detach().to(r.dtype), self.cfg.mixup)
         self._forwards += 1

@@ -1,7 +1,8 @@
 """Checkpoints: everything needed to continue a run exactly.
 
 `ckpt/step-NNNNNNN/` holds `model/` (save_pretrained, safetensors, plus tokenizer; for a LoRA student
-only the adapter, see `retort.models.lora`), `optimizer.pt`
+only the adapter, see `retort.models.lora`), `method/` (the method's own state and the modules it
+owns, with their optimizers and schedules: `save_method_state`), `optimizer.pt`
 and `scheduler.pt` (state dicts, read back with weights_only=True), `rng-RANK.json` (Python, NumPy
 and torch generator states of each process) and `state.json` (step, tokens seen, train time so far,
 and the size and SHA-256 of every other file). A checkpoint is written under `step-N.tmp`, its files
@@ -135,7 +136,7 @@ def resumable_checkpoint(run_dir: Path, log: Callable[[str], None] = lambda msg:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, optimizer, scheduler,
-                    state: dict, keep: int) -> Path:
+                    state: dict, keep: int, method=None, owned: dict | None = None) -> Path:
     root = Path(run_dir) / "ckpt"
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f"{PREFIX}{step:07d}.tmp"
@@ -156,6 +157,8 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, 
         tokenizer.save_pretrained(tmp / "model")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if method is not None:
+            save_method_state(tmp, method, owned or {}, accelerator.unwrap_model)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _fsync_tree(tmp)
@@ -166,6 +169,49 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, 
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+METHOD_DIR = "method"
+
+
+def save_method_state(ckpt: Path, method, owned: dict, unwrap) -> None:
+    """A method's own state into `ckpt/method/`: `state.safetensors` + `state.json` (what
+    `method.state_dict()` returns, tensors and JSON values apart), and for each owned module NAME
+    `NAME.safetensors`, `NAME.optimizer.pt`, `NAME.scheduler.pt`."""
+    from safetensors.torch import save_file
+
+    state = method.state_dict()
+    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    if not state and not owned:
+        return
+    root = ckpt / METHOD_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    # clones: safetensors refuses tensors that share memory (tied embeddings of a reference copy)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, root / "state.safetensors")
+    (root / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k not in tensors}))
+    for name, (module, optimizer, scheduler) in owned.items():
+        weights = unwrap(module).state_dict()
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, root / f"{name}.safetensors")
+        torch.save(optimizer.state_dict(), root / f"{name}.optimizer.pt")
+        torch.save(scheduler.state_dict(), root / f"{name}.scheduler.pt")
+
+
+def load_method_state(ckpt: Path, method, owned: dict, unwrap) -> None:
+    """Read back what `save_method_state` wrote (weights_only for every torch file)."""
+    from safetensors.torch import load_file
+
+    root = ckpt / METHOD_DIR
+    if not root.is_dir():
+        if owned:
+            raise RuntimeError(f"{ckpt}: no {METHOD_DIR}/ state for the method's modules {', '.join(owned)}")
+        return
+    state = json.loads((root / "state.json").read_text())
+    state.update(load_file(root / "state.safetensors"))
+    method.load_state_dict(state)
+    for name, (module, optimizer, scheduler) in owned.items():
+        unwrap(module).load_state_dict(load_file(root / f"{name}.safetensors"))
+        optimizer.load_state_dict(torch.load(root / f"{name}.optimizer.pt", weights_only=True, map_location="cpu"))
+        scheduler.load_state_dict(torch.load(root / f"{name}.scheduler.pt", weights_only=True))
 
 
 def load_training_state(ckpt: Path, *, rank: int, optimizer, scheduler) -> dict:

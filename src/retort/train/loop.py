@@ -21,8 +21,9 @@ from ..methods import METHODS, BatchPlan, MethodContext
 from ..models import load_model, lora, save_model
 from ..paths import atomic_write_text
 from ..tasks import get_task, require_examples
-from .checkpoint import latest_checkpoint, load_training_state, resumable_checkpoint, save_checkpoint
-from .schedule import warmup_cosine
+from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
+                         save_checkpoint)
+from .optim import make_optimizer, make_scheduler
 
 
 class NonFiniteLoss(RetortError):
@@ -226,25 +227,26 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                         load_initial_student=load_initial_student, log=say)
     method = METHODS[run.method](ctx, mcfg)
 
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    # torch's fused AdamW: one kernel for every parameter instead of a Python loop over them (on a
-    # CPU, 1.7 ms instead of ~10-30 ms per step for the 167k-parameter student preset)
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in decay + no_decay)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opt_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=opt_cfg.lr, betas=(opt_cfg.beta1, opt_cfg.beta2), **({"fused": True} if fused else {}),
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
-        s, total=opt_cfg.steps, warmup=opt_cfg.warmup_steps, min_ratio=opt_cfg.min_lr_ratio))
+    optimizer = make_optimizer(model.named_parameters(), opt_cfg)
+    scheduler = make_scheduler(optimizer, opt_cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     ctx.student = lambda: accelerator.unwrap_model(model)
+    # modules the method owns (a critic, a projection): each with its own optimizer and schedule
+    owned = {}
+    for name, spec in method.owned().items():
+        module = spec.module.to(accelerator.device)
+        opt = make_optimizer(module.named_parameters(), opt_cfg, lr=spec.lr, name=spec.optimizer)
+        sched = make_scheduler(opt, opt_cfg, spec.schedule)
+        module, opt = accelerator.prepare(module, opt)
+        owned[name] = (module, opt, sched)
+        method.owned_modules[name] = module
 
     start_step, tokens_seen, time_before, ended_early = 0, 0, 0.0, False
     if ckpt is not None:
         state = load_training_state(ckpt, rank=accelerator.process_index, optimizer=optimizer, scheduler=scheduler)
         start_step, tokens_seen = state["step"], state.get("tokens", 0)
         time_before, ended_early = state.get("train_time_s", 0.0), state.get("stopped_early", False)
+        load_method_state(ckpt, method, owned, accelerator.unwrap_model)
         say(f"resuming {run_dir} from step {start_step} ({ckpt.name})")
     if main:
         if not run_dir.exists():
@@ -277,7 +279,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
 
     def checkpoint(step_now):
         save_checkpoint(run_dir, step_now, accelerator=accelerator, model=model, tokenizer=tok, optimizer=optimizer,
-                        scheduler=scheduler, keep=opt_cfg.keep_checkpoints,
+                        scheduler=scheduler, keep=opt_cfg.keep_checkpoints, method=method, owned=owned,
                         state={"tokens": tokens_seen, "train_time_s": elapsed(), "stopped_early": stopped_early})
 
     def run_eval(step_now):
@@ -321,9 +323,12 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                 )
             grad_norm = (accelerator.clip_grad_norm_(model.parameters(), opt_cfg.clip_grad)
                          if opt_cfg.clip_grad > 0 else torch.tensor(float("nan")))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            for module, opt, sched in [(model, optimizer, scheduler), *owned.values()]:
+                if module is not model and opt_cfg.clip_grad > 0:
+                    accelerator.clip_grad_norm_(module.parameters(), opt_cfg.clip_grad)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
             step += 1
             tokens_seen += int(counts.item())
             if step % opt_cfg.log_every == 0 or step == opt_cfg.steps:
