@@ -23,6 +23,7 @@ from .models import load_model
 from .rollout import generate
 from .rollout.score import score
 from .tasks import get_task, require_examples
+from .teachers import check_capabilities
 
 
 def _shard_seed(seed: int, index: int) -> int:
@@ -34,6 +35,7 @@ def run_traces(run, console=None) -> Path:
 
     threads.pin(run.threads)
     check_target(run.out)  # before any work: a file, or a directory of other things, is refused
+    check_capabilities("traces", ({"generate", "score"},), run.teacher.name)
     task = get_task(run.task)
     n_prompts = require_examples(task, run.split, run.n_prompts, "traces")
     if n_prompts < run.n_prompts and console is not None:

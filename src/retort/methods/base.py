@@ -48,7 +48,7 @@ class MethodContext:
     run: Any
     task: Any
     tokenizer: Any
-    load_teacher: Any = None  # () -> (model, tokenizer)
+    load_teacher: Any = None  # () -> the run's Teacher (retort.teachers), opened and frozen
     device: Any = "cpu"
     student: Any = None  # () -> the model being trained, unwrapped (on-policy methods sample from it)
     load_initial_student: Any = None  # () -> (model, tokenizer): the student as the run started it
@@ -125,6 +125,11 @@ class Method:
     def __init__(self, ctx: MethodContext, cfg):
         self.ctx, self.cfg = ctx, cfg
         self.owned_modules: dict[str, torch.nn.Module] = {}  # filled by the loop from `owned()`
+
+    def teacher_needs(self) -> tuple:
+        """What the method needs of `teacher.name` (retort.teachers): alternative sets of
+        capabilities, any one of which will do; () when it uses no teacher. Checked before step 0."""
+        return ()
 
     def owned(self) -> dict[str, Owned]:
         """Trainable modules this method owns besides the student (none by default)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..config import param
 from ..losses.divergences import DIVERGENCES
 from .base import LossOut
-from .kd import distill_tokens
+from .kd import distill_tokens, sparse_topk_loss, teacher_topk_batch
 from .onpolicy import OnPolicy, RolloutConfig
 
 
@@ -34,8 +34,18 @@ class GKD(OnPolicy):
         kd_weight: float = param(1.0, "weight of the KD term (per-token nats)", lo=0.0)
         ce_weight: float = param(0.0, "weight of cross-entropy on the completion tokens (per-token nats)", lo=0.0)
         chunk: int = param(0, "rows per chunk of the fused loss (0: auto from the vocabulary size)", lo=0)
+        topk: int = param(20, "with a teacher that scores but has no hidden states: the top-k per position the "
+                          "sparse path learns from", lo=1)
+
+    def teacher_needs(self) -> tuple:
+        return self.with_seq_kd({"hidden"}, {"score"})
 
     def loss(self, model, batch) -> LossOut:
-        out = distill_tokens(model, self.teacher(model), batch, self.cfg, self.vocab)
+        teacher = self.teacher(model)
+        if "hidden" in teacher.capabilities:
+            out = distill_tokens(model, teacher, batch, self.cfg, self.vocab)
+        else:  # a teacher that only scores: the sparse top-k path on the rollouts' scores
+            out = sparse_topk_loss(model, teacher_topk_batch(teacher, batch, self.cfg.topk), self.cfg,
+                                   len(self.ctx.tokenizer))
         out.metrics.update(batch.get("stats", {}))
         return out

@@ -26,6 +26,7 @@ from ..losses.divergences import DIVERGENCES
 from ..losses.fused import fused_linear_divergence
 from ..models import check_vocab
 from ..data.collate import IGNORE
+from ..teachers import LocalTeacher
 from .base import LossOut
 from .sft import SFT
 
@@ -43,16 +44,52 @@ def unwrap(model):
 
 
 def load_teacher_once(method, model):
-    """The method's teacher, loaded on first use, frozen, with its vocabulary checked against the
-    student's (`method.vocab` is then the number of shared columns)."""
+    """The method's `Teacher` (retort.teachers), opened on first use, with its vocabulary checked
+    against the student's (`method.vocab` is then the number of shared columns)."""
     if getattr(method, "_teacher", None) is None:
-        teacher, t_tok = method.ctx.load_teacher()
-        method.vocab = check_vocab(method.ctx.tokenizer, t_tok, unwrap(model), teacher).size
-        method._teacher = teacher.to(method.ctx.device).eval().requires_grad_(False)
+        teacher = method.ctx.load_teacher()
+        if isinstance(teacher, tuple):  # a (model, tokenizer) pair: a local model
+            t_model, t_tok = teacher
+            teacher = LocalTeacher("teacher", t_model.to(method.ctx.device).eval().requires_grad_(False), t_tok)
+        if teacher.tokenizer is not None:
+            t_model = getattr(teacher, "model", None)
+            method.vocab = check_vocab(method.ctx.tokenizer, teacher.tokenizer, unwrap(model), t_model).size
+        method._teacher = teacher
     return method._teacher
 
 
+def teacher_topk_batch(teacher, batch, k: int) -> dict:
+    """`topk_ids`, `topk_logprobs`, `has_teacher` for `batch` from `teacher.score` (a teacher with no
+    hidden states: a trace store, a server): the sparse top-k path's inputs, as offline traces give."""
+    labels = batch["labels"]
+    prompts, completions, where = [], [], []
+    for i in range(labels.shape[0]):
+        pos = (labels[i] != IGNORE).nonzero().squeeze(-1)
+        if pos.numel() == 0:
+            continue
+        prompts.append(batch["input_ids"][i, :int(pos[0])].tolist())
+        completions.append(labels[i, pos].tolist())
+        where.append((i, pos))
+    b, t = labels.shape
+    ids = torch.zeros((b, t, k), dtype=torch.long)
+    lps = torch.full((b, t, k), -1e4, dtype=torch.float32)
+    has = torch.zeros((b, t), dtype=torch.bool)
+    for (i, pos), sc in zip(where, teacher.score(prompts, completions, topk=k)):
+        ids[i, pos] = torch.as_tensor(sc.topk_ids, dtype=torch.long)
+        lps[i, pos] = torch.as_tensor(sc.topk_logprobs, dtype=torch.float32)
+        has[i, pos] = True
+    device = labels.device
+    return {**batch, "topk_ids": ids.to(device), "topk_logprobs": lps.to(device), "has_teacher": has.to(device)}
+
+
 def distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_weight=None) -> LossOut:
+    """The fused divergence (+ CE) against a `Teacher` with hidden states, or a frozen model."""
+    if hasattr(teacher, "hidden") and not isinstance(teacher, torch.nn.Module):
+        teacher = teacher.model
+    return _distill_tokens(model, teacher, batch, c, vocab, teacher_batch=teacher_batch, row_weight=row_weight)
+
+
+def _distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_weight=None) -> LossOut:
     """The fused divergence (+ CE) between the student on `batch` and the teacher on `teacher_batch`
     (default: the same ids) at the label positions of each, in order — the two may differ in their
     prompts (OPSD's privileged context) but must label the same completion tokens.
@@ -76,6 +113,48 @@ def distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_w
     return LossOut(loss, n, {"kd": float(kd) / max(1, n), "ce": float(ce) / max(1, n)})
 
 
+def sparse_topk_loss(model, batch, c, vocab: int) -> LossOut:
+    """KD against a teacher's top-k (`topk_ids`, `topk_logprobs`, `has_teacher` in the batch: stored
+    in traces, or from `teacher_topk_batch`). Student logits are formed chunk by chunk and
+    recomputed in backward (activation checkpointing), so memory stays at one chunk's logits."""
+    from torch.utils.checkpoint import checkpoint
+
+    from ..losses.divergences import DIVERGENCES, sparse_teacher_logprobs
+
+    labels = batch["labels"][:, 1:].reshape(-1)
+    hidden = last_hidden(model, batch)[:, :-1]
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    k = batch["topk_ids"].shape[-1]
+    ids = batch["topk_ids"][:, 1:].reshape(-1, k)
+    lps = batch["topk_logprobs"][:, 1:].reshape(-1, k)
+    has = batch["has_teacher"][:, 1:].reshape(-1)
+    weight = unwrap(model).get_output_embeddings().weight
+    fn = DIVERGENCES[c.divergence]
+    extra = (c.beta,) if c.divergence == "jsd" else (c.alpha,) if c.divergence.startswith("skew") else ()
+    scale = c.kd_weight * (c.temperature ** 2 if c.t_squared else 1.0)
+
+    def chunk_loss(h, w, ids_c, lps_c, has_c, lab_c):
+        z = (h @ w[:vocab].T).float()
+        ls, lt = sparse_teacher_logprobs(z, ids_c, lps_c, tail=getattr(c, "tail", "drop"), temperature=c.temperature)
+        kd = torch.where(has_c, fn(ls, lt, *extra), torch.zeros_like(has_c, dtype=z.dtype)).sum()
+        ce = torch.nn.functional.cross_entropy(z, lab_c, reduction="sum") if c.ce_weight else z.new_zeros(())
+        return scale * kd + c.ce_weight * ce, kd.detach(), ce.detach()
+
+    rows = (labels != IGNORE).nonzero().squeeze(-1)
+    step = c.chunk or max(8, (1 << 22) // max(1, vocab))
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    kd_sum = ce_sum = 0.0
+    for start in range(0, rows.numel(), step):
+        r = rows[start:start + step]
+        part, kd, ce = checkpoint(chunk_loss, hidden[r], weight, ids[r], lps[r], has[r], labels[r],
+                                  use_reentrant=False)
+        loss = loss + part
+        kd_sum += float(kd)
+        ce_sum += float(ce)
+    n = int(rows.numel())
+    return LossOut(loss, n, {"kd": kd_sum / max(1, n), "ce": ce_sum / max(1, n)})
+
+
 class KD(SFT):
     name = "kd"
     paper = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network, arXiv:1503.02531"
@@ -93,6 +172,8 @@ class KD(SFT):
         chunk: int = param(0, "rows per chunk of the fused loss (0: auto from the vocabulary size)", lo=0)
         teacher: str = param("online", "online: run the teacher model; offline: its top-k log-probs stored in "
                              "the traces (data.source=traces, made with sampling.topk=K)", choices=["online", "offline"])
+        topk: int = param(20, "with a teacher that scores but has no hidden states (teacher.name=traces:DIR, a "
+                          "server): the top-k per position the sparse path learns from", lo=1)
         tail: str = param("drop", "offline top-k: renormalise both over the k ids (drop), or keep the rest of "
                           "the mass as one extra bucket (bucket; needs temperature 1)", choices=["drop", "bucket"])
 
@@ -122,52 +203,26 @@ class KD(SFT):
     def teacher(self, model):
         return load_teacher_once(self, model)
 
+    def teacher_needs(self) -> tuple:
+        # offline reads the top-k from the data; online: the fused path, or the sparse one from scores
+        return () if self.cfg.teacher == "offline" else ({"hidden"}, {"score"}, {"score_stored"})
+
     def loss(self, model, batch) -> LossOut:
         if self.cfg.teacher == "offline":
             return self.offline_loss(model, batch)
-        return distill_tokens(model, self.teacher(model), batch, self.cfg, self.vocab)
+        return self.distill(model, batch)
+
+    def distill(self, model, batch) -> LossOut:
+        """The fused path when the teacher has hidden states; otherwise the sparse top-k path on
+        the teacher's scores of the batch's completions."""
+        teacher = self.teacher(model)
+        if "hidden" in teacher.capabilities:
+            return distill_tokens(model, teacher, batch, self.cfg, self.vocab)
+        return sparse_topk_loss(model, teacher_topk_batch(teacher, batch, self.cfg.topk), self.cfg,
+                                len(self.ctx.tokenizer))
 
     def offline_loss(self, model, batch) -> LossOut:
-        """KD against the teacher's stored top-k. Student logits are formed chunk by chunk and
-        recomputed in backward (activation checkpointing), so memory stays at one chunk's logits."""
-        from torch.utils.checkpoint import checkpoint
-
-        from ..losses.divergences import DIVERGENCES, sparse_teacher_logprobs
-
-        c = self.cfg
-        labels = batch["labels"][:, 1:].reshape(-1)
-        hidden = last_hidden(model, batch)[:, :-1]
-        hidden = hidden.reshape(-1, hidden.shape[-1])
-        k = batch["topk_ids"].shape[-1]
-        ids = batch["topk_ids"][:, 1:].reshape(-1, k)
-        lps = batch["topk_logprobs"][:, 1:].reshape(-1, k)
-        has = batch["has_teacher"][:, 1:].reshape(-1)
-        weight = unwrap(model).get_output_embeddings().weight
-        vocab = len(self.ctx.tokenizer)
-        fn = DIVERGENCES[c.divergence]
-        extra = (c.beta,) if c.divergence == "jsd" else (c.alpha,) if c.divergence.startswith("skew") else ()
-        scale = c.kd_weight * (c.temperature ** 2 if c.t_squared else 1.0)
-
-        def chunk_loss(h, w, ids_c, lps_c, has_c, lab_c):
-            z = (h @ w[:vocab].T).float()
-            ls, lt = sparse_teacher_logprobs(z, ids_c, lps_c, tail=c.tail, temperature=c.temperature)
-            kd = torch.where(has_c, fn(ls, lt, *extra), torch.zeros_like(has_c, dtype=z.dtype)).sum()
-            ce = torch.nn.functional.cross_entropy(z, lab_c, reduction="sum") if c.ce_weight else z.new_zeros(())
-            return scale * kd + c.ce_weight * ce, kd.detach(), ce.detach()
-
-        rows = (labels != IGNORE).nonzero().squeeze(-1)
-        step = c.chunk or max(8, (1 << 22) // max(1, vocab))
-        loss = hidden.new_zeros((), dtype=torch.float32)
-        kd_sum = ce_sum = 0.0
-        for start in range(0, rows.numel(), step):
-            r = rows[start:start + step]
-            part, kd, ce = checkpoint(chunk_loss, hidden[r], weight, ids[r], lps[r], has[r], labels[r],
-                                      use_reentrant=False)
-            loss = loss + part
-            kd_sum += float(kd)
-            ce_sum += float(ce)
-        n = int(rows.numel())
-        return LossOut(loss, n, {"kd": kd_sum / max(1, n), "ce": ce_sum / max(1, n)})
+        return sparse_topk_loss(model, batch, self.cfg, len(self.ctx.tokenizer))
 
 
 @torch.no_grad()

@@ -28,6 +28,7 @@ from ..config import param
 from ..data.collate import IGNORE, Encoded, collate
 from ..errors import ConfigError
 from ..rollout.generate import generate_ids
+from ..teachers import Teacher
 from .base import BatchPlan
 from .kd import load_teacher_once, unwrap
 from .sft import SFT
@@ -75,6 +76,10 @@ class OnPolicy(SFT):
     def teacher(self, model):
         return load_teacher_once(self, model)
 
+    def with_seq_kd(self, *ways: set) -> tuple:
+        """The capability sets `ways`, each with `generate` when the teacher samples (seq_kd)."""
+        return tuple(set(w) | ({"generate"} if self.cfg.seq_kd else set()) for w in ways)
+
     def batches(self, plan: BatchPlan) -> Iterator[dict]:
         pad = self.ctx.tokenizer.pad_token_id
         for chunk, items in self.example_batches(plan):
@@ -88,7 +93,9 @@ class OnPolicy(SFT):
                 stats.update(more)
             elif self.cfg.seq_kd:
                 student = self.ctx.student()
-                items, _ = self.rollout(items, self.teacher(student), seed=seed, gate=False)
+                teacher = self.teacher(student)
+                items, _ = self.rollout(items, getattr(teacher, "model", teacher) if isinstance(teacher, Teacher)
+                                        else teacher, seed=seed, gate=False)
             batch = collate(items, pad)
             batch["items"] = items
             batch["stats"] = stats

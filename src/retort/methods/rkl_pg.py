@@ -42,6 +42,18 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) 
     return out
 
 
+def scored_logprobs(teacher, batch) -> torch.Tensor:
+    """log p_T of every label token of `batch`, in order, from `teacher.score`."""
+    prompts, completions = [], []
+    for ids, lab in zip(batch["input_ids"], batch["labels"]):
+        pos = (lab != IGNORE).nonzero().squeeze(-1)
+        if pos.numel():
+            prompts.append(ids[:int(pos[0])].tolist())
+            completions.append(lab[pos].tolist())
+    scored = teacher.score(prompts, completions)
+    return torch.tensor([lp for sc in scored for lp in sc.logprobs], dtype=torch.float32)
+
+
 class RKLPG(OnPolicy):
     name = "rkl_pg"
     paper = ("MiniLLM (Gu et al. 2024, arXiv:2306.08543); Thinking Machines on-policy distillation; "
@@ -54,12 +66,18 @@ class RKLPG(OnPolicy):
                              lo=0.0, hi=1.0)
         chunk: int = param(0, "rows per chunk of the fused loss (0: auto from the vocabulary size)", lo=0)
 
+    def teacher_needs(self) -> tuple:
+        return self.with_seq_kd({"hidden"}, {"score"})
+
     def loss(self, model, batch) -> LossOut:
         c = self.cfg
         teacher = self.teacher(model)
         labels = batch["labels"][:, 1:]
         sel = labels != IGNORE
-        lp_t = token_logprobs(teacher, batch, vocab=self.vocab)
+        if "hidden" in teacher.capabilities:
+            lp_t = token_logprobs(teacher.model, batch, vocab=self.vocab)
+        else:  # a teacher that scores given continuations (a trace store, a server)
+            lp_t = scored_logprobs(teacher, batch).to(labels.device)
         # one student forward: its hidden states carry the gradient, and (detached) give log p_S
         hidden = last_hidden(model, batch)[:, :-1][sel]
         head = unwrap(model).get_output_embeddings().weight

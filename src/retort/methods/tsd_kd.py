@@ -81,9 +81,12 @@ class TSDKD(OnPolicy):
         prefix: str = param("batch", "early positions for the ranking term: from the batch's flattened entropies "
                             "(as released) or per sequence", choices=["batch", "sequence"])
 
+    def teacher_needs(self) -> tuple:
+        return self.with_seq_kd({"hidden"})
+
     def loss(self, model, batch) -> LossOut:
         c = self.cfg
-        teacher = self.teacher(model)
+        teacher = self.teacher(model).model  # the teacher's full logits: a local model (teacher_needs)
         v = self.vocab
         labels = batch["labels"][:, 1:]
         sel = labels != IGNORE

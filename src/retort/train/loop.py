@@ -21,6 +21,7 @@ from ..methods import METHODS, BatchPlan, MethodContext
 from ..models import load_model, lora, save_model
 from ..paths import atomic_write_text
 from ..tasks import get_task, require_examples
+from ..teachers import check_capabilities, open_teacher
 from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
                          save_checkpoint)
 from .optim import make_optimizer, make_scheduler
@@ -218,7 +219,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                       f"({100 * trainable / n_params:.2f}%)")
 
     def load_teacher():
-        return load_model(run.teacher, seed=run.seed)
+        return open_teacher(run.teacher, seed=run.seed, device=accelerator.device)
 
     def load_initial_student():
         return load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
@@ -226,6 +227,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     ctx = MethodContext(run=run, task=task, tokenizer=tok, load_teacher=load_teacher, device=accelerator.device,
                         load_initial_student=load_initial_student, log=say)
     method = METHODS[run.method](ctx, mcfg)
+    check_capabilities(run.method, method.teacher_needs(), run.teacher.name)
 
     optimizer = make_optimizer(model.named_parameters(), opt_cfg)
     scheduler = make_scheduler(optimizer, opt_cfg)
