@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..losses.reduce import IGNORE  # re-exported: collators write it, losses skip it
 
 
@@ -33,6 +34,11 @@ class Encoded:
     @property
     def prompt_len(self) -> int:
         return next((i for i, lab in enumerate(self.labels) if lab != IGNORE), len(self.labels))
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether masked tokens follow trained ones (a conversation, `encode_messages`)."""
+        return any(lab == IGNORE for lab in self.labels[self.prompt_len:])
 
 
 def encode_prompt(tok, prompt: str) -> list[int]:
@@ -81,11 +87,82 @@ class TraceEncoder:
         self.eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
         self._prompts: dict[str, list[int]] = {}
 
+    def encoded(self, i: int) -> Encoded:
+        """Row `i` as a training example: a multi-turn row (`messages`) by `encode_messages`, a
+        single-turn one as prompt ids (masked) + completion ids."""
+        msgs = (self.cols.get("messages") or [None] * (i + 1))[i]
+        if msgs is not None:
+            return encode_messages(self.tok, parse_messages(msgs, f"trace row {i}"))
+        p, c = self(i)
+        return Encoded(p + c, [IGNORE] * len(p) + c)
+
     def __call__(self, i: int) -> tuple[list[int], list[int]]:
         cols, tok = self.cols, self.tok
         p = self._prompts.setdefault(cols["prompt"][i], encode_prompt(tok, cols["prompt"][i]))
         c = cols["completion_ids"][i] if self.same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
         return p, list(c) + (self.eos if cols["finish_reason"][i] == "stop" else [])
+
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def parse_messages(text: str, where: str) -> list[dict]:
+    """A multi-turn row's conversation: a JSON list of {"role", "content"}, roles from `ROLES`, at
+    least one assistant turn; the first bad entry is named."""
+    import json
+
+    try:
+        msgs = json.loads(text)
+    except ValueError as e:
+        raise DataError(f"{where}: messages is not valid JSON ({e})") from None
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f"{where}: messages must be a non-empty list of {{role, content}}")
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: messages[{j}] must be {{\"role\": one of {', '.join(ROLES)}, "
+                            f"\"content\": a string}}, got {str(m)[:80]}")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise DataError(f"{where}: messages has no assistant turn to learn from")
+    return msgs
+
+
+def encode_messages(tok, msgs: list[dict]) -> Encoded:
+    """A conversation as one sequence whose labels follow the roles: the tokens of assistant turns
+    are trained, everything else (system, user, tool outputs, the template's role headers) is
+    masked. With a chat template, each turn is what rendering one more message adds (the template
+    must render a conversation's prefix as a prefix, which is checked); without one, the turns
+    before the first assistant one are the prompt (as `encode_prompt` makes it), each assistant turn
+    its text plus EOS, and each later turn its text and a newline. [user, assistant] gives exactly
+    `encode_example(user, assistant)` without a template."""
+    ids: list[int] = []
+    labels: list[int] = []
+    eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+    if getattr(tok, "chat_template", None):
+        def render(upto, gen=False):
+            out = tok.apply_chat_template(msgs[:upto], add_generation_prompt=gen, tokenize=True)
+            return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+        for i, m in enumerate(msgs):
+            head = render(i, gen=True) if m["role"] == "assistant" else ids
+            full = render(i + 1)
+            if full[:len(ids)] != ids or full[:len(head)] != head:
+                raise DataError("the tokenizer's chat template does not render a conversation's prefix as its "
+                                "prefix; multi-turn rows need one that does (or chat_template=off)")
+            labels += [IGNORE] * (len(head) - len(ids))
+            labels += full[len(head):] if m["role"] == "assistant" else [IGNORE] * (len(full) - len(head))
+            ids = full
+        return Encoded(ids, labels)
+    first = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    ids = encode_prompt(tok, "\n".join(m["content"] for m in msgs[:first])) if first else []
+    labels = [IGNORE] * len(ids)
+    for m in msgs[first:]:
+        if m["role"] == "assistant":
+            new = tok(m["content"], add_special_tokens=False)["input_ids"] + eos
+            ids, labels = ids + new, labels + new
+        else:
+            new = tok(m["content"] + "\n", add_special_tokens=False)["input_ids"]
+            ids, labels = ids + new, labels + [IGNORE] * len(new)
+    return Encoded(ids, labels)
 
 
 def chars_per_token_bound(tok) -> int:

@@ -44,6 +44,10 @@ SCHEMA = pa.schema([
     ("finish_reason", pa.string()),
     ("n_tokens", pa.int32()),
     ("difficulty", pa.int32()),
+    # a multi-turn row: the whole conversation as a JSON list of {"role", "content"} (system / user /
+    # assistant / tool); its loss mask follows the roles (`retort.data.collate.encode_messages`).
+    # Null for single-turn rows (prompt + completion), and absent from shards written before it
+    ("messages", pa.string()),
 ])
 
 
@@ -225,7 +229,12 @@ def read_traces(path: str | os.PathLike, *, verify: bool = True, allow_incomplet
             raise DataError(f"{f}: shard listed in the manifest is missing")
         if verify and sha256_file(f) != info["sha256"]:
             raise DataError(f"{f}: checksum does not match the manifest (file changed or corrupt)")
-        t = pq.read_table(f, columns=list(columns) if columns else None)
+        present = set(pq.ParquetFile(f).schema_arrow.names)
+        t = pq.read_table(f, columns=[c for c in columns if c in present] if columns else None)
+        for name in ([c for c in columns] if columns else SCHEMA.names):
+            if name not in t.column_names:  # a column added to the format later (messages): null
+                t = t.append_column(SCHEMA.field(name), pa.nulls(t.num_rows, SCHEMA.field(name).type))
+        t = t.select(list(columns) if columns else SCHEMA.names)
         if t.num_rows != info["rows"]:
             raise DataError(f"{f}: {t.num_rows} rows, manifest says {info['rows']}")
         tables.append(t)

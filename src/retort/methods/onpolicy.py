@@ -68,6 +68,9 @@ class OnPolicy(SFT):
 
     def examples(self) -> list[Encoded]:
         data = super().examples()
+        if any(x.multi_turn for x in data):
+            raise ConfigError("on-policy methods sample one completion per prompt; the data has multi-turn rows "
+                              "(messages), which off-policy methods (sft, kd) train on")
         if self.cfg.gate and any(x.answer is None for x in data):
             raise ConfigError("method_args.gate=true needs a reference answer for every prompt "
                               f"(data.source={self.ctx.run.data.source} has prompts without one)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data import topk as topk_codec
-from ..data.collate import IGNORE, Encoded, TraceEncoder, encode_within
+from ..data.collate import Encoded, TraceEncoder, encode_within
 from ..data.traces import read_manifest, read_traces
 from ..errors import DataError
 from .base import LossOut, OffPolicy, token_nll_sum
@@ -56,7 +56,7 @@ def trace_examples(data, tok, *, with_topk: bool = False, ctx=None) -> list[Enco
     """Training pairs from a trace set (`TraceEncoder`): correct-only by default. Rows longer than
     `data.max_len` are dropped, counted through `ctx.dropped` when a method context is given."""
     manifest = read_manifest(data.traces)
-    columns = ["prompt", "completion", "completion_ids", "correct", "finish_reason", "reference"]
+    columns = ["prompt", "completion", "completion_ids", "correct", "finish_reason", "reference", "messages"]
     if with_topk:
         if not manifest["params"]["sampling"].get("topk"):
             raise DataError(f"{data.traces}: traces have no teacher top-k (made without sampling.topk); "
@@ -71,9 +71,11 @@ def trace_examples(data, tok, *, with_topk: bool = False, ctx=None) -> list[Enco
     encode = TraceEncoder(manifest, cols, tok)
     out = []
     for i in keep:
-        p, c = encode(i)
-        enc = Encoded(p + c, [IGNORE] * len(p) + c, prompt=cols["prompt"][i], answer=cols["reference"][i])
+        enc = encode.encoded(i)
+        enc.prompt, enc.answer = cols["prompt"][i], cols["reference"][i]
         if with_topk:
+            if cols["messages"][i] is not None:
+                raise DataError(f"{data.traces}: offline top-k is stored for single-turn rows only")
             if not encode.same_vocab:
                 raise DataError(f"{data.traces}: offline top-k needs the teacher's tokenizer (the student's differs)")
             enc.topk_ids, enc.topk_logprobs = topk_codec.decode(cols["topk"][i])
