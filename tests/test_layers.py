@@ -1,4 +1,5 @@
-"""The layer contract (pyproject.toml [tool.importlinter]) holds, and it would catch an upward import."""
+"""The import contracts (pyproject.toml [tool.importlinter]) hold: layers, and a core that never imports a
+track; and they would catch an upward import or a core module importing a track."""
 
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ def lint_available():
 def test_the_layer_contract_is_kept(lint_available):
     proc = _lint(ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 kept, 0 broken" in proc.stdout
+    assert "2 kept, 0 broken" in proc.stdout
 
 
 def test_an_upward_import_breaks_the_contract(lint_available, tmp_path):
@@ -37,3 +38,13 @@ def test_an_upward_import_breaks_the_contract(lint_available, tmp_path):
     collate.write_text(collate.read_text() + "\n\ndef _upward():\n    from ..methods import METHODS\n    return METHODS\n")
     proc = _lint(tmp_path)
     assert proc.returncode != 0 and "retort.data.collate -> retort.methods" in proc.stdout, proc.stdout
+
+
+def test_the_core_importing_a_track_breaks_the_contract(lint_available, tmp_path):
+    shutil.copytree(ROOT / "src" / "retort", tmp_path / "src" / "retort",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    ckpt = tmp_path / "src" / "retort" / "train" / "checkpoint.py"
+    ckpt.write_text(ckpt.read_text() + "\n\ndef _track():\n    from ..models import lora\n    return lora\n")
+    proc = _lint(tmp_path)
+    assert proc.returncode != 0 and "the core never imports a track BROKEN" in proc.stdout, proc.stdout

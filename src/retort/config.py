@@ -159,6 +159,7 @@ class TrainRun:
     data: DataConfig = section(DataConfig, "training data")
     train: OptimConfig = section(OptimConfig, "optimisation and logging")
     eval: EvalConfig = section(EvalConfig, "periodic and final evaluation")
+    track: str = param("lm", "the family of students (retort.track): lm = language models", choices=["lm"])
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
 

@@ -1,4 +1,6 @@
-"""The method contract the training loop drives (DESIGN.md, "The method contract").
+"""What language-model methods share: their context (`MethodContext`), the off-policy batching
+(`OffPolicy`) and token log-prob helpers. The contract itself (`Method`, `BatchPlan`, `LossOut`,
+`Owned`) is track-independent and lives in `retort.contract`.
 
 A method is built from a `MethodContext` and its own config dataclass, and provides
 - `batches(plan)`: this process's micro-batches from optimizer step `plan.start_step` on;
@@ -12,33 +14,20 @@ processes (at the same global batch) both see exactly the same examples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from ..contract import BatchPlan, LossOut, Method, Owned
 from ..data.collate import IGNORE, Encoded, bucketed_order, collate
+
+__all__ = ["BatchPlan", "LossOut", "Method", "MethodContext", "OffPolicy", "Owned", "sequence_logps",
+           "token_nll_sum"]
 
 
 MOST = 0.5  # share of the data whose loss to data.max_len stops a run instead of a warning
-
-
-@dataclass
-class BatchPlan:
-    rank: int
-    world: int
-    accum: int
-    batch_size: int
-    start_step: int
-    seed: int
-
-
-@dataclass
-class LossOut:
-    loss: torch.Tensor  # summed over `count` tokens/items
-    count: int
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,59 +87,6 @@ class MethodContext:
             return AdaptersDisabled(student)
         initial, _ = self.load_initial_student()
         return initial.to(self.device).eval().requires_grad_(False)
-
-
-@dataclass
-class Owned:
-    """A trainable module a method owns beside the student (a critic, a projection, a fake-score
-    network). The loop moves it to the device, gives it its own optimizer and schedule, steps it
-    after every backward pass with the student's, and checkpoints weights, optimizer and schedule;
-    the method reads it back from `Method.owned_modules` (prepared for the processes)."""
-
-    module: torch.nn.Module
-    lr: float | None = None               # default: train.lr
-    optimizer: str | None = None          # default: train.optimizer (retort.train.optim.OPTIMIZERS)
-    schedule: str = "warmup_cosine"       # or "constant"
-
-
-class Method:
-    name = "method"
-    paper = ""
-    equation = ""
-
-    @dataclass
-    class Config:
-        pass
-
-    def __init__(self, ctx: MethodContext, cfg):
-        self.ctx, self.cfg = ctx, cfg
-        self.owned_modules: dict[str, torch.nn.Module] = {}  # filled by the loop from `owned()`
-
-    def teacher_needs(self) -> tuple:
-        """What the method needs of `teacher.name` (retort.teachers): alternative sets of
-        capabilities, any one of which will do; () when it uses no teacher. Checked before step 0."""
-        return ()
-
-    def owned(self) -> dict[str, Owned]:
-        """Trainable modules this method owns besides the student (none by default)."""
-        return {}
-
-    def state_dict(self) -> dict:
-        """What the method must carry across a resume besides owned modules (an EMA reference,
-        counters): tensors (saved as safetensors) and JSON values, keyed by name."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what `state_dict` returned, before the first batch of a resumed run."""
-
-    def batches(self, plan: BatchPlan) -> Iterator[dict]:
-        raise NotImplementedError
-
-    def count(self, batch: dict) -> int:
-        return int((batch["labels"][:, 1:] != IGNORE).sum())
-
-    def loss(self, model, batch: dict) -> LossOut:
-        raise NotImplementedError
 
 
 def token_nll_sum(model, batch: dict) -> tuple[torch.Tensor, int]:

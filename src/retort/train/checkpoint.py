@@ -23,7 +23,6 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..models.lora import is_lora
 from ..paths import sha256_file
 
 PREFIX = "step-"
@@ -135,8 +134,9 @@ def resumable_checkpoint(run_dir: Path, log: Callable[[str], None] = lambda msg:
     return None
 
 
-def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, optimizer, scheduler,
+def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, save_model, optimizer, scheduler,
                     state: dict, keep: int, method=None, owned: dict | None = None) -> Path:
+    """`save_model(unwrapped model, directory)` writes the model part (the track's format)."""
     root = Path(run_dir) / "ckpt"
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f"{PREFIX}{step:07d}.tmp"
@@ -149,12 +149,7 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, tokenizer, 
     # Each process keeps its own RNG streams; the rest is identical across processes.
     (tmp / f"rng-{accelerator.process_index}.json").write_text(json.dumps(rng_state()))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        # LoRA never targets the embeddings (config check), so PEFT need not look the base model up
-        # (on the hub, for a name that is not a local directory) to decide whether to save them.
-        extra = {"save_embedding_layers": False} if is_lora(unwrapped) else {}
-        unwrapped.save_pretrained(tmp / "model", safe_serialization=True, **extra)
-        tokenizer.save_pretrained(tmp / "model")
+        save_model(accelerator.unwrap_model(model), tmp / "model")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if method is not None:

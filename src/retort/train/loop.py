@@ -17,11 +17,9 @@ import torch
 from ..config import build, save_config, saved_config_diff
 from .. import threads
 from ..errors import ConfigError, RetortError, require
-from ..methods import METHODS, BatchPlan, MethodContext
-from ..models import load_model, lora, save_model
+from ..contract import BatchPlan
 from ..paths import atomic_write_text
-from ..tasks import get_task, require_examples
-from ..teachers import check_capabilities, open_teacher
+from ..track import get_track
 from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
                          save_checkpoint)
 from .optim import make_optimizer, make_scheduler
@@ -31,16 +29,17 @@ class NonFiniteLoss(RetortError):
     pass
 
 
-def method_config(run):
+def method_config(run, track=None):
     """The method's typed options: `method_args` merged into its Config dataclass by OmegaConf,
     which checks each value's type (`gate=maybe`, `beta=abc` and `top_k=10.5` are refused), then
     `build` checks the declared ranges and choices. One line names the key either way."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-    if run.method not in METHODS:
-        raise ConfigError(f"method={run.method!r}: unknown; methods: {', '.join(METHODS)}")
-    cls = METHODS[run.method].Config
+    track = track or get_track(run.track)
+    if run.method not in track.methods:
+        raise ConfigError(f"method={run.method!r}: unknown; methods: {', '.join(track.methods)}")
+    cls = track.methods[run.method].Config
     args = dict(run.method_args)
     try:
         typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(cls), args))
@@ -168,7 +167,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     from accelerate.utils import set_seed
 
     opt_cfg = run.train
-    mcfg = method_config(run)
+    track = get_track(run.track)
+    mcfg = method_config(run, track)
     run_dir = Path(run.out)
     if opt_cfg.log_with != "none":
         require(opt_cfg.log_with, opt_cfg.log_with, f"train.log_with={opt_cfg.log_with}")
@@ -192,42 +192,21 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     accelerator.wait_for_everyone()  # every process has checked the run dir before anyone writes to it
     ckpt = latest_checkpoint(run_dir) if existing else None
     set_seed(run.seed)
-    task = get_task(run.task)
+    task = track.get_task(run.task)
     if evaluate is not None:
-        require_examples(task, run.eval.split, run.eval.n, "the run's evaluation")
-    lora_cfg = run.student.lora
-    lora.check_available(lora_cfg)
-    if ckpt is not None and lora_cfg.r:
-        # a LoRA checkpoint holds the adapter only: the base is loaded as the run first loaded it
-        model, tok = load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
-        model = lora.resume(model, ckpt / "model")
-    elif ckpt is not None:
-        from ..config import ModelConfig
-
-        model, tok = load_model(ModelConfig(name=str(ckpt / "model"), dtype=run.student.dtype))
-    else:
-        model, tok = load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
-        if lora_cfg.r:
-            model = lora.wrap(model, lora_cfg)
-    trainable, n_params = lora.param_counts(model)
+        track.check_eval(task, run)
+    model, tok = track.load_student(run, ckpt, run.seed)
+    trainable, n_params = track.param_counts(model)
     threads.pin(run.threads)
-    chosen = threads.auto(n_params, opt_cfg.batch_size * run.data.max_len, accelerator.device.type)
+    chosen = threads.auto(n_params, track.rows_per_batch(run), accelerator.device.type)
     if chosen is not None:
         torch.set_num_threads(chosen)
-    if lora_cfg.r and main and console is not None:
-        console.print(f"lora r={lora_cfg.r}: training {trainable:,} of {n_params:,} parameters "
-                      f"({100 * trainable / n_params:.2f}%)")
-
-    def load_teacher():
-        return open_teacher(run.teacher, seed=run.seed, device=accelerator.device)
-
-    def load_initial_student():
-        return load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
-
-    ctx = MethodContext(run=run, task=task, tokenizer=tok, load_teacher=load_teacher, device=accelerator.device,
-                        load_initial_student=load_initial_student, log=say)
-    method = METHODS[run.method](ctx, mcfg)
-    check_capabilities(run.method, method.teacher_needs(), run.teacher.name)
+    described = track.describe_student(run, trainable, n_params)
+    if described:
+        say(described)
+    ctx = track.context(run, task, tok, accelerator.device, say)
+    method = track.methods[run.method](ctx, mcfg)
+    track.check_method(run, method)
 
     optimizer = make_optimizer(model.named_parameters(), opt_cfg)
     scheduler = make_scheduler(optimizer, opt_cfg)
@@ -280,7 +259,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
         return round(time_before + time.time() - t0, 3)
 
     def checkpoint(step_now):
-        save_checkpoint(run_dir, step_now, accelerator=accelerator, model=model, tokenizer=tok, optimizer=optimizer,
+        save_checkpoint(run_dir, step_now, accelerator=accelerator, model=model, optimizer=optimizer,
+                        save_model=lambda m, path: track.save_checkpoint_model(m, tok, path),
                         scheduler=scheduler, keep=opt_cfg.keep_checkpoints, method=method, owned=owned,
                         state={"tokens": tokens_seen, "train_time_s": elapsed(), "stopped_early": stopped_early})
 
@@ -361,9 +341,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                "stopped_early": stopped_early, "eval": last_eval, "main_process": main,
                "trainable_params": trainable, "params": n_params, "threads": torch.get_num_threads()}
     if main:
-        # LoRA: the exported model has the adapters merged in (a plain model for `retort eval`); the
-        # merge is in place, with no second copy of the weights, since the run is over.
-        save_model(lora.merge(accelerator.unwrap_model(model)), tok, run_dir / "model")
+        track.export(accelerator.unwrap_model(model), tok, run_dir / "model")
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if accelerator.log_with:
         accelerator.end_training()

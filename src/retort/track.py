@@ -1,0 +1,70 @@
+"""Tracks: a family of students (language models; later classifiers, diffusion models) as a package
+that the shared core (config, the training loop, checkpoints, losses, CLI, report) drives through
+one small interface. The core never imports a track (an import-linter contract checks it); it looks
+one up by name here (`run.track`), the one place that knows where tracks live.
+
+What a track provides (`Track`):
+
+| piece | what the loop does with it |
+|---|---|
+| `methods` | name -> method class (`retort.contract.Method`); `method=` picks one |
+| `get_task(cfg)`, `check_eval(task, run)` | the run's task; refuse an evaluation with nothing to evaluate, before step 0 |
+| `load_student(run, ckpt, seed)` | the model being trained (from a checkpoint's `model/` when resuming) and its processor (a tokenizer) |
+| `param_counts(model)`, `rows_per_batch(run)` | trainable / all parameters; the work per micro-batch (the `threads` choice) |
+| `context(run, task, processor, device, say)` | what the track's methods are built from (a `MethodContext`) |
+| `check_method(run, method)` | refuse, before step 0, what the method cannot do with this run (a teacher without a capability) |
+| `save_checkpoint_model(model, processor, path)`, `export(model, processor, path)` | the model part of a checkpoint; the final model a user loads |
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# track name -> the module that defines `TRACK` (imported on first use, so the core stays track-free)
+TRACKS: dict[str, str] = {"lm": "retort.tracks.lm"}
+
+
+class Track:
+    """The interface; see the module docstring for what each piece is for."""
+
+    name = "track"
+    methods: dict = {}
+
+    def get_task(self, cfg):
+        raise NotImplementedError
+
+    def check_eval(self, task, run) -> None:
+        pass
+
+    def load_student(self, run, ckpt, seed: int):
+        raise NotImplementedError
+
+    def param_counts(self, model) -> tuple[int, int]:
+        params = list(model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def rows_per_batch(self, run) -> int:
+        return run.train.batch_size
+
+    def describe_student(self, run, trainable: int, total: int):
+        return None
+
+    def context(self, run, task, processor, device, say):
+        raise NotImplementedError
+
+    def check_method(self, run, method) -> None:
+        pass
+
+    def save_checkpoint_model(self, model, processor, path) -> None:
+        raise NotImplementedError
+
+    def export(self, model, processor, path) -> None:
+        raise NotImplementedError
+
+
+def get_track(name: str) -> Track:
+    from .errors import ConfigError
+
+    if name not in TRACKS:
+        raise ConfigError(f"track={name!r}: unknown; tracks: {', '.join(TRACKS)}")
+    return importlib.import_module(TRACKS[name]).TRACK
