@@ -34,7 +34,8 @@ overrides_arg = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 
 @click.command(context_settings=CONTEXT)
 @config_option
-@click.option("--resume", is_flag=True, help="Continue the run in `out` from its last checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in `out` from its newest intact checkpoint (a "
+              "damaged one is moved aside); a finished run is left as it is; with no run there yet, one is started.")
 @overrides_arg
 def train(config_file, resume, overrides):
     """Train a student with a method (see `retort methods`).
@@ -49,7 +50,8 @@ def train(config_file, resume, overrides):
 
     run = load_config(TrainRun, config_file, _overrides(overrides))
     console = _console()
-    summary = run_train(run, resume=resume, evaluate=lambda m, t, task: evaluate(m, t, task, run.eval), console=console)
+    summary = run_train(run, resume=resume, evaluate=lambda m, t, task: evaluate(m, t, task, run.eval), console=console,
+                        announce_new=resume)
     _print_summary(console, run.out, summary)
 
 

@@ -134,19 +134,22 @@ def _progress(total: int, start: int, enabled: bool):
     return prog, prog.add_task("train", total=total, completed=start, info="")
 
 
-def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, console=None) -> dict:
+def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, console=None,
+          announce_new: bool = False) -> dict:
     """Train `run.student` with `run.method`; returns a summary dict (also in summary.json).
 
     `evaluate(model, tokenizer, task) -> dict` is called on the main process every
     `train.eval_every` steps and at the end; other processes wait. A new run that fails before it
     has logged a step or saved a checkpoint (a bad teacher path, a data error found late) leaves no
-    run directory behind, so the same command can simply be run again once fixed.
+    run directory behind, so the same command can simply be run again once fixed. `announce_new`:
+    say so when `resume` finds no run (the user asked for --resume; the demo and teacher resume by
+    default and need not).
     """
     run_dir = Path(run.out)
     wrote: list[Path] = []  # what this call created, the only files its cleanup may remove
     threads_before = torch.get_num_threads()
     try:
-        return _train(run, resume=resume, evaluate=evaluate, console=console, wrote=wrote)
+        return _train(run, resume=resume, evaluate=evaluate, console=console, wrote=wrote, announce_new=announce_new)
     except Exception:
         metrics = run_dir / "metrics.jsonl"
         if wrote and latest_checkpoint(run_dir) is None and not (metrics.is_file() and metrics.stat().st_size):
@@ -162,7 +165,7 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
         threads.pin(0)
 
 
-def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: list) -> dict:
+def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: list, announce_new: bool) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -182,7 +185,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
         if main and console is not None:
             console.print(msg)
 
-    existing = _prepare_run_dir(run_dir, run, resume, say)
+    existing = _prepare_run_dir(run_dir, run, resume, say if announce_new else (lambda msg: None))
     if existing and _finished(run_dir) is not None:
         summary = _finished(run_dir)
         say(f"{run_dir}: this run finished ({summary.get('steps')} steps); nothing to resume")
