@@ -30,21 +30,21 @@ def test_the_layer_contract_is_kept(lint_available):
     assert "2 kept, 0 broken" in proc.stdout
 
 
-def test_an_upward_import_breaks_the_contract(lint_available, tmp_path):
+def _lint_with(tmp_path, module: str, code: str) -> subprocess.CompletedProcess:
+    """import-linter on a copy of the package with `code` appended to `module` (a path under retort/)."""
     shutil.copytree(ROOT / "src" / "retort", tmp_path / "src" / "retort",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    collate = tmp_path / "src" / "retort" / "data" / "collate.py"
-    collate.write_text(collate.read_text() + "\n\ndef _upward():\n    from ..methods import METHODS\n    return METHODS\n")
-    proc = _lint(tmp_path)
+    path = tmp_path / "src" / "retort" / module
+    path.write_text(path.read_text() + code)
+    return _lint(tmp_path)
+
+
+def test_an_upward_import_breaks_the_contract(lint_available, tmp_path):
+    proc = _lint_with(tmp_path, "data/collate.py", "\n\ndef _upward():\n    from ..methods import METHODS\n    return METHODS\n")
     assert proc.returncode != 0 and "retort.data.collate -> retort.methods" in proc.stdout, proc.stdout
 
 
 def test_the_core_importing_a_track_breaks_the_contract(lint_available, tmp_path):
-    shutil.copytree(ROOT / "src" / "retort", tmp_path / "src" / "retort",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    ckpt = tmp_path / "src" / "retort" / "train" / "checkpoint.py"
-    ckpt.write_text(ckpt.read_text() + "\n\ndef _track():\n    from ..models import lora\n    return lora\n")
-    proc = _lint(tmp_path)
+    proc = _lint_with(tmp_path, "train/checkpoint.py", "\n\ndef _track():\n    from ..models import lora\n    return lora\n")
     assert proc.returncode != 0 and "the core never imports a track BROKEN" in proc.stdout, proc.stdout
