@@ -168,7 +168,7 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[:len(data) // 2])
 
 
-@pytest.mark.parametrize("damaged", ["model/model.safetensors", "optimizer.pt"])
+@pytest.mark.parametrize("damaged", ["model/model.safetensors", "accelerate/optimizer.bin"])
 def test_5_6_damaged_latest_checkpoint_falls_back_to_the_previous_one_bitwise(tmp_path, monkeypatch, capsys, damaged):
     ref = tiny_overrides(tmp_path / "ref", steps=8, **{"train.save_every": 2, "data.n_train": 64})
     train(load_config(TrainRun, None, ref))
@@ -192,7 +192,7 @@ def test_5_a_checkpoint_without_recorded_hashes_is_still_checked(tmp_path, monke
     for step in ("step-0000004", "step-0000006"):  # as checkpoints of older retort versions were written
         state = tmp_path / "cut" / "ckpt" / step / "state.json"
         state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "files"}))
-    _truncate(tmp_path / "cut" / "ckpt" / "step-0000006" / "optimizer.pt")
+    _truncate(tmp_path / "cut" / "ckpt" / "step-0000006" / "accelerate" / "optimizer.bin")
     rc, err = _cli(capsys, "train", "--resume", *args)
     assert rc == 0 and "step-0000006 is damaged" in err and "step-0000004" in err
 

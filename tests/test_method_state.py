@@ -106,7 +106,8 @@ def test_owned_module_trains_with_its_own_optimizer_and_schedule(tmp_path, monke
     saved = load_file(tmp_path / "r" / "ckpt" / "step-0000004" / "method" / "critic.safetensors")
     assert not torch.equal(saved["weight"], first["weight"])  # it trained
     sched = torch.load(tmp_path / "r" / "ckpt" / "step-0000004" / "method" / "critic.scheduler.pt", weights_only=True)
-    opt = torch.load(tmp_path / "r" / "ckpt" / "step-0000004" / "method" / "critic.optimizer.pt", weights_only=True)
+    # accelerate's state: the student's optimizer first, then the critic's
+    opt = torch.load(tmp_path / "r" / "ckpt" / "step-0000004" / "accelerate" / "optimizer_1.bin", weights_only=True)
     assert set(sched["_last_lr"]) == {0.05}  # constant, while the student's warms up and decays
     assert "momentum_buffer" in next(iter(opt["state"].values()))  # SGD, not the student's AdamW
 
@@ -115,5 +116,46 @@ def test_sgd_is_chosen_by_config(tmp_path):
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", steps=2, **{
         "train.optimizer": "sgd", "train.momentum": 0.8, "train.nesterov": True, "train.save_every": 2}))
     train(run)
-    opt = torch.load(tmp_path / "r" / "ckpt" / "step-0000002" / "optimizer.pt", weights_only=True)
+    opt = torch.load(tmp_path / "r" / "ckpt" / "step-0000002" / "accelerate" / "optimizer.bin", weights_only=True)
     assert opt["param_groups"][0]["momentum"] == 0.8 and opt["param_groups"][0]["nesterov"] is True
+
+
+def test_a_checkpoint_of_the_earlier_format_still_resumes_bitwise(tmp_path, monkeypatch):
+    """Checkpoints written before accelerate's state saving (optimizer.pt, rng-RANK.json) resume."""
+    import json
+
+    from accelerate.utils import load as accelerate_load
+
+    import retort.train.loop as loop
+
+    ref = tiny_overrides(tmp_path / "ref", steps=6, **{"train.save_every": 3})
+    train(load_config(TrainRun, None, ref))
+    cut = tiny_overrides(tmp_path / "cut", steps=6, **{"train.save_every": 3})
+    real = loop.save_checkpoint
+
+    class Killed(BaseException):
+        pass
+
+    def save_then_die(run_dir, step, **kw):
+        real(run_dir, step, **kw)
+        raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(load_config(TrainRun, None, cut))
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    ckpt = tmp_path / "cut" / "ckpt" / "step-0000003"
+    states = accelerate_load(ckpt / "accelerate" / "random_states_0.pkl")
+    py, npy = states["random_state"], states["numpy_random_seed"]
+    (ckpt / "rng-0.json").write_text(json.dumps({
+        "python": [py[0], list(py[1]), py[2]], "numpy": [npy[0], npy[1].tolist(), *npy[2:]],
+        "torch": states["torch_manual_seed"].tolist()}))
+    torch.save(accelerate_load(ckpt / "accelerate" / "optimizer.bin"), ckpt / "optimizer.pt")
+    for f in (ckpt / "accelerate").iterdir():
+        f.unlink()
+    (ckpt / "accelerate").rmdir()
+    state = json.loads((ckpt / "state.json").read_text())
+    (ckpt / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "files"}))
+    train(load_config(TrainRun, None, cut), resume=True)
+    a, b = load_file(tmp_path / "ref" / "model" / "model.safetensors"), load_file(tmp_path / "cut" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

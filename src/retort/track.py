@@ -55,7 +55,8 @@ class Track:
     def check_method(self, run, method) -> None:
         pass
 
-    def save_checkpoint_model(self, model, processor, path) -> None:
+    def save_checkpoint_model(self, model, processor, path, state_dict=None) -> None:
+        """`state_dict`: the full weights gathered from shards (FSDP), else None (use the model's)."""
         raise NotImplementedError
 
     def export(self, model, processor, path) -> None:

@@ -54,10 +54,12 @@ class LMTrack(Track):
     def check_method(self, run, method) -> None:
         check_capabilities(run.method, method.teacher_needs(), run.teacher.name)
 
-    def save_checkpoint_model(self, model, processor, path) -> None:
+    def save_checkpoint_model(self, model, processor, path, state_dict=None) -> None:
         # a LoRA student's checkpoint holds the adapter only; LoRA never targets the embeddings (a
         # config check), so PEFT need not look the base model up to decide whether to save them
         extra = {"save_embedding_layers": False} if lora.is_lora(model) else {}
+        if state_dict is not None:
+            extra["state_dict"] = state_dict
         model.save_pretrained(path, safe_serialization=True, **extra)
         processor.save_pretrained(path)
 

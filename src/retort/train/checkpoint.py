@@ -1,11 +1,12 @@
 """Checkpoints: everything needed to continue a run exactly.
 
-`ckpt/step-NNNNNNN/` holds `model/` (save_pretrained, safetensors, plus tokenizer; for a LoRA student
-only the adapter, see `retort.models.lora`), `method/` (the method's own state and the modules it
-owns, with their optimizers and schedules: `save_method_state`), `optimizer.pt`
-and `scheduler.pt` (state dicts, read back with weights_only=True), `rng-RANK.json` (Python, NumPy
-and torch generator states of each process) and `state.json` (step, tokens seen, train time so far,
-and the size and SHA-256 of every other file). A checkpoint is written under `step-N.tmp`, its files
+`ckpt/step-NNNNNNN/` holds `model/` (the track's format: for language models save_pretrained,
+safetensors, plus tokenizer; for a LoRA student only the adapter), `accelerate/` (accelerate's
+`save_state`: the optimizers of the student and of the method's modules, sharded per process under
+FSDP, and every process's RNG streams; read back with weights_only), `scheduler.pt`, `method/` (the
+method's own state and the modules it owns with their schedules: `save_method_state`) and
+`state.json` (step, tokens seen, train time so far, and the size and SHA-256 of every other file).
+Checkpoints of earlier versions (`optimizer.pt`, `rng-RANK.json`) still resume. A checkpoint is written under `step-N.tmp`, its files
 synced, and renamed when whole, so a crash never leaves a partial one; a checkpoint damaged later
 (a disk error, a copy cut short) fails `check_checkpoint` and `resumable_checkpoint` moves it aside
 as `damaged-step-N` and falls back to the previous one.
@@ -28,20 +29,8 @@ from ..paths import sha256_file
 PREFIX = "step-"
 
 
-def rng_state() -> dict:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "torch": torch.random.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
 def set_rng_state(state: dict) -> None:
+    """Restore the RNG streams a checkpoint of an earlier version wrote (`rng-RANK.json`)."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
@@ -97,14 +86,15 @@ def check_checkpoint(ckpt: Path) -> Optional[str]:
                 return f"{rel} does not match its checksum"
         return None
     try:  # written before checkpoints recorded their hashes: read everything back
+        from accelerate.utils import load as accelerate_load
         from safetensors import safe_open
 
         for f in sorted(ckpt.rglob("*.safetensors")):
             with safe_open(str(f), framework="pt") as st:
                 for key in st.keys():
                     st.get_tensor(key)
-        for name in ("optimizer.pt", "scheduler.pt"):
-            torch.load(ckpt / name, weights_only=True, map_location="cpu")
+        for f in sorted([*ckpt.rglob("*.pt"), *ckpt.rglob("*.bin"), *ckpt.rglob("*.pkl")]):
+            accelerate_load(f, map_location="cpu")  # weights_only, NumPy's RNG state admitted
     except Exception as e:  # safetensors, torch and pickle each raise their own types for a cut file
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
@@ -134,9 +124,26 @@ def resumable_checkpoint(run_dir: Path, log: Callable[[str], None] = lambda msg:
     return None
 
 
+ACCELERATE = "accelerate"
+
+
+def _sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def use_accelerate_state(accelerator) -> None:
+    """Let `save_state` / `load_state` handle optimizers and RNG but not the models: the track saves
+    and loads them (a Hugging Face directory, a LoRA adapter), so they are not written twice."""
+    accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+
+
 def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, save_model, optimizer, scheduler,
                     state: dict, keep: int, method=None, owned: dict | None = None) -> Path:
-    """`save_model(unwrapped model, directory)` writes the model part (the track's format)."""
+    """`save_model(unwrapped model, directory, full state dict or None)` writes the model part (the
+    track's format; the state dict is gathered from the shards under FSDP). Called on every process."""
     root = Path(run_dir) / "ckpt"
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f"{PREFIX}{step:07d}.tmp"
@@ -146,14 +153,16 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, save_model,
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    # Each process keeps its own RNG streams; the rest is identical across processes.
-    (tmp / f"rng-{accelerator.process_index}.json").write_text(json.dumps(rng_state()))
+    # accelerate's state saving: the optimizers of the student and of the method's modules (under
+    # FSDP each process writes its shard) and every process's RNG streams; the models are left to
+    # the track (`use_accelerate_state`), which writes them in their own format
+    accelerator.save_state(str(tmp / ACCELERATE))
+    full = accelerator.get_state_dict(model) if _sharded(accelerator) else None  # every process joins the gather
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_model(accelerator.unwrap_model(model), tmp / "model", full)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if method is not None:
-            save_method_state(tmp, method, owned or {}, accelerator.unwrap_model)
+            save_method_state(tmp, method, owned or {}, accelerator.unwrap_model, optimizers=False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _fsync_tree(tmp)
@@ -169,10 +178,11 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, save_model,
 METHOD_DIR = "method"
 
 
-def save_method_state(ckpt: Path, method, owned: dict, unwrap) -> None:
+def save_method_state(ckpt: Path, method, owned: dict, unwrap, *, optimizers: bool = True) -> None:
     """A method's own state into `ckpt/method/`: `state.safetensors` + `state.json` (what
     `method.state_dict()` returns, tensors and JSON values apart), and for each owned module NAME
-    `NAME.safetensors`, `NAME.optimizer.pt`, `NAME.scheduler.pt`."""
+    `NAME.safetensors`, `NAME.scheduler.pt` (and `NAME.optimizer.pt` in checkpoints that predate
+    accelerate's state saving; `optimizers=False` leaves them to it)."""
     from safetensors.torch import save_file
 
     state = method.state_dict()
@@ -187,7 +197,8 @@ def save_method_state(ckpt: Path, method, owned: dict, unwrap) -> None:
     for name, (module, optimizer, scheduler) in owned.items():
         weights = unwrap(module).state_dict()
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, root / f"{name}.safetensors")
-        torch.save(optimizer.state_dict(), root / f"{name}.optimizer.pt")
+        if optimizers:
+            torch.save(optimizer.state_dict(), root / f"{name}.optimizer.pt")
         torch.save(scheduler.state_dict(), root / f"{name}.scheduler.pt")
 
 
@@ -205,11 +216,22 @@ def load_method_state(ckpt: Path, method, owned: dict, unwrap) -> None:
     method.load_state_dict(state)
     for name, (module, optimizer, scheduler) in owned.items():
         unwrap(module).load_state_dict(load_file(root / f"{name}.safetensors"))
-        optimizer.load_state_dict(torch.load(root / f"{name}.optimizer.pt", weights_only=True, map_location="cpu"))
+        if (root / f"{name}.optimizer.pt").is_file():  # else accelerate's state holds it
+            optimizer.load_state_dict(torch.load(root / f"{name}.optimizer.pt", weights_only=True, map_location="cpu"))
         scheduler.load_state_dict(torch.load(root / f"{name}.scheduler.pt", weights_only=True))
 
 
-def load_training_state(ckpt: Path, *, rank: int, optimizer, scheduler) -> dict:
+def load_training_state(ckpt: Path, *, accelerator, optimizer, scheduler) -> dict:
+    """Optimizers, schedules and RNG streams of a checkpoint: through accelerate's `load_state`
+    (weights_only) for checkpoints it wrote, else from the files of earlier versions."""
+    if (ckpt / ACCELERATE).is_dir():
+        accelerator.load_state(str(ckpt / ACCELERATE))
+        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        return json.loads((ckpt / "state.json").read_text())
+    return _load_training_state_v1(ckpt, rank=accelerator.process_index, optimizer=optimizer, scheduler=scheduler)
+
+
+def _load_training_state_v1(ckpt: Path, *, rank: int, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng_file = ckpt / f"rng-{rank}.json"

@@ -21,7 +21,7 @@ from ..contract import BatchPlan
 from ..paths import atomic_write_text
 from ..track import get_track
 from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
-                         save_checkpoint)
+                         save_checkpoint, use_accelerate_state)
 from .optim import make_optimizer, make_scheduler
 
 
@@ -180,6 +180,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
         log_with=None if opt_cfg.log_with == "none" else opt_cfg.log_with, project_dir=str(run_dir),
     )
     main = accelerator.is_main_process
+    use_accelerate_state(accelerator)
 
     def say(msg: str) -> None:
         if main and console is not None:
@@ -227,7 +228,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
 
     start_step, tokens_seen, time_before, ended_early = 0, 0, 0.0, False
     if ckpt is not None:
-        state = load_training_state(ckpt, rank=accelerator.process_index, optimizer=optimizer, scheduler=scheduler)
+        state = load_training_state(ckpt, accelerator=accelerator, optimizer=optimizer, scheduler=scheduler)
         start_step, tokens_seen = state["step"], state.get("tokens", 0)
         time_before, ended_early = state.get("train_time_s", 0.0), state.get("stopped_early", False)
         load_method_state(ckpt, method, owned, accelerator.unwrap_model)
@@ -263,7 +264,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
 
     def checkpoint(step_now):
         save_checkpoint(run_dir, step_now, accelerator=accelerator, model=model, optimizer=optimizer,
-                        save_model=lambda m, path: track.save_checkpoint_model(m, tok, path),
+                        save_model=lambda m, path, full: track.save_checkpoint_model(m, tok, path, full),
                         scheduler=scheduler, keep=opt_cfg.keep_checkpoints, method=method, owned=owned,
                         state={"tokens": tokens_seen, "train_time_s": elapsed(), "stopped_early": stopped_early})
 
