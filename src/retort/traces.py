@@ -19,11 +19,8 @@ from .data import topk as topk_codec
 from .data.collate import encode_prompt
 from .data.hashes import tokenizer_sha256, weights_sha256
 from .data.traces import SCHEMA, TraceWriter, check_target, read_traces
-from .models import load_model
-from .rollout import generate
-from .rollout.score import score
 from .tasks import get_task, require_examples
-from .teachers import check_capabilities
+from .teachers import check_capabilities, open_teacher
 
 
 def _shard_seed(seed: int, index: int) -> int:
@@ -42,12 +39,12 @@ def run_traces(run, console=None) -> Path:
         console.print(f"traces: {task.describe_split(run.split)} has {n_prompts} distinct prompts; sampling "
                       f"each of them once (n_prompts={run.n_prompts} asks for more)")
     examples = task.examples(run.split, n_prompts, run.seed)
-    model, tok = load_model(run.teacher, seed=run.seed)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = open_teacher(run.teacher, seed=run.seed, device="cuda" if torch.cuda.is_available() else "cpu")
+    tok = teacher.tokenizer
     s, n = run.shard_prompts, run.sampling.n
     n_shards = ceil(len(examples) / s)
     shard_rows = {i: len(examples[i * s:(i + 1) * s]) * n for i in range(n_shards)}
-    params = {"task": asdict(run.task), "teacher": asdict(run.teacher), "teacher_weights_sha256": weights_sha256(model),
+    params = {"task": asdict(run.task), "teacher": asdict(run.teacher), "teacher_weights_sha256": teacher.identity(),
               "sampling": asdict(run.sampling), "split": run.split, "n_prompts": len(examples), "seed": run.seed,
               "shard_prompts": s}
     meta = {"retort_version": __version__, "task": task.name, "teacher": run.teacher.name,
@@ -68,7 +65,7 @@ def run_traces(run, console=None) -> Path:
                                 sum(len(examples[i * s:(i + 1) * s]) for i in writer.done()), rate="")
         for index in todo:
             shard = examples[index * s:(index + 1) * s]
-            outs = generate(model, tok, [e.prompt for e in shard], max_new_tokens=sp.max_new_tokens,
+            outs = teacher.generate([e.prompt for e in shard], max_new_tokens=sp.max_new_tokens,
                             temperature=sp.temperature, top_p=sp.top_p, num_samples=n,
                             batch_size=run.batch_size, seed=_shard_seed(sp.seed, index), stop=sp.stop or None,
                             scores=sp.topk)
@@ -84,9 +81,9 @@ def run_traces(run, console=None) -> Path:
             else:
                 prompt_ids = {e.id: encode_prompt(tok, e.prompt) for e in shard}
                 eos = [tok.eos_token_id] if sp.topk and tok.eos_token_id is not None else []
-                scored = score(model, [prompt_ids[e.id] for e, _, _ in flat],
-                               [c.token_ids + (eos if c.finish_reason == "stop" else []) for _, _, c in flat],
-                               topk=sp.topk, batch_size=run.batch_size, pad_id=tok.pad_token_id or 0)
+                scored = teacher.score([prompt_ids[e.id] for e, _, _ in flat],
+                                       [c.token_ids + (eos if c.finish_reason == "stop" else []) for _, _, c in flat],
+                                       topk=sp.topk, batch_size=run.batch_size)
             rows = []
             for (e, j, c), sc in zip(flat, scored):
                 rows.append({

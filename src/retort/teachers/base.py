@@ -20,7 +20,13 @@ class Teacher:
     def __init__(self, name: str, tokenizer=None):
         self.name, self.tokenizer = name, tokenizer
 
-    def generate(self, prompt_ids: list[list[int]], **kw) -> list:
+    def identity(self) -> str:
+        """What identifies this teacher exactly (recorded in trace manifests, checked on reuse)."""
+        return self.name
+
+    def generate(self, prompts: list[str], **kw) -> list:
+        """`num_samples` completions (text, token ids, finish reason; with `scores=K` the teacher's
+        log-probs and top-K at each sampled token) of each prompt; see `retort.rollout.generate`."""
         raise NotImplementedError(self._lacks("generate"))
 
     def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], *, topk: int = 0) -> list:
@@ -47,10 +53,15 @@ class LocalTeacher(Teacher):
         """The model's forward: where code wants the model itself, the teacher runs as one."""
         return self.model(*args, **kw)
 
-    def generate(self, prompt_ids, **kw):
-        from ..rollout.generate import generate_ids
+    def identity(self) -> str:
+        from ..data.hashes import weights_sha256
 
-        return generate_ids(self.model, self.tokenizer, prompt_ids, **kw)
+        return weights_sha256(self.model)
+
+    def generate(self, prompts, **kw):
+        from ..rollout.generate import generate
+
+        return generate(self.model, self.tokenizer, prompts, **kw)
 
     def score(self, prompt_ids, completion_ids, *, topk: int = 0, batch_size: int = 16):
         from ..rollout.score import score
