@@ -33,7 +33,7 @@ def main() -> None:
     from rich.console import Console
 
     from retort.cli import _quiet_libraries
-    from retort.demo import TRACE_SETS, run_demo
+    from retort.lm.demo import TRACE_SETS, run_demo
 
     _quiet_libraries()
     console = Console()

@@ -27,7 +27,7 @@ constant lr with no warmup (retort: `train.min_lr_ratio=1.0 train.warmup_steps=0
 `--temperature 1`, the default (elsewhere retort is given `t_squared=false`, as TRL has no T^2).
 Prompt tokenisation is checked, not assumed: the TRL child compares
 `DistillationTrainer._tokenize_prompts` (what TRL generates from) with
-`retort.data.collate.encode_prompt` on every prompt of the pool and stops if any differ (the
+`retort.lm.data.collate.encode_prompt` on every prompt of the pool and stops if any differ (the
 character tokenizer has no chat template, and both add BOS through its post-processor). So is the
 loss: TRL's `_chunked_divergence_loss` and retort's `fused_linear_divergence` are run on the same
 random hidden states and heads at the run's beta (loss and gradient differences are recorded).
@@ -37,7 +37,7 @@ length-bucketed windows of its data (prompt + worked solution), so a batch's pro
 rollouts, are of similar length and its generation pads little; TRL takes a seeded random
 permutation. The rollouts therefore differ (both are deterministic for a seed). Both put a stopped
 completion's EOS in the loss and none on one cut at `max_new_tokens`. TRL samples with
-transformers' `generate`; retort with its own engine (`retort.rollout.fast`: KV cache, left
+transformers' `generate`; retort with its own engine (`retort.lm.rollout.fast`: KV cache, left
 padding; greedy decoding gives `generate`'s tokens, tested). Both then run the student and the
 teacher once over prompt + completion and take the divergence chunk by chunk from the last hidden
 states and the lm_heads.
@@ -196,8 +196,8 @@ def child_trl(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from retort.config import TaskConfig
-    from retort.data.collate import encode_prompt
-    from retort.tasks import get_task
+    from retort.lm.data.collate import encode_prompt
+    from retort.lm.tasks import get_task
 
     rss_start = _rss_now()
     a = argparse.Namespace(**spec["args"])
@@ -255,9 +255,9 @@ def child_trl(spec: dict) -> dict:
 def child_eval(spec: dict) -> dict:
     _setup_child(spec["threads"])
     from retort.config import EvalConfig, ModelConfig, TaskConfig
-    from retort.eval import evaluate
-    from retort.models import load_model
-    from retort.tasks import get_task
+    from retort.lm.eval import evaluate
+    from retort.lm.models import load_model
+    from retort.lm.tasks import get_task
 
     task = get_task(TaskConfig(name="modchain"))
     cfg = EvalConfig(split="test", n=spec["n"], seed=0, max_new_tokens=spec["max_new_tokens"], batch_size=100)
@@ -353,7 +353,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from retort.cli import _quiet_libraries
-    from retort.methods import METHODS
+    from retort.lm.methods import METHODS
 
     _quiet_libraries()
     if "retort" in a.sides and a.retort_method not in METHODS:
@@ -370,7 +370,7 @@ def main() -> None:
     else:
         from rich.console import Console
 
-        from retort.teacher import ensure_teacher
+        from retort.lm.teacher import ensure_teacher
 
         teacher = ensure_teacher(overrides=["task.name=modchain"], console=Console(stderr=True))
     student, warm_args = warm_start(a, work, work / "warm.log")

@@ -33,10 +33,10 @@ def main() -> None:
 
     from retort.cli import _quiet_libraries
     from retort.config import EvalConfig, ModelConfig, TrainRun, load_config
-    from retort.eval import evaluate, results_table
-    from retort.models import load_model
-    from retort.tasks import get_task
-    from retort.teacher import ensure_teacher
+    from retort.lm.eval import evaluate, results_table
+    from retort.lm.models import load_model
+    from retort.lm.tasks import get_task
+    from retort.lm.teacher import ensure_teacher
     from retort.train import train
 
     _quiet_libraries()

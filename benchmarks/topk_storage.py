@@ -34,11 +34,11 @@ def main() -> None:
 
     from retort.cli import _quiet_libraries
     from retort.config import TracesRun, load_config
-    from retort.data.collate import encode_prompt
-    from retort.data.topk import decode
-    from retort.data.traces import read_manifest, read_traces
-    from retort.models import load_model
-    from retort.traces import run_traces
+    from retort.lm.data.collate import encode_prompt
+    from retort.lm.data.topk import decode
+    from retort.lm.data.traces import read_manifest, read_traces
+    from retort.lm.models import load_model
+    from retort.lm.traces import run_traces
 
     _quiet_libraries()
     out = Path(tempfile.mkdtemp(prefix="retort-topk-")) / "traces"

@@ -3,7 +3,7 @@ then the teacher's log-prob of every sampled token and its top-k), three ways, i
 the same prompts:
 
 - `hf+score`: transformers' `generate` (what a hand-written script uses), then one teacher-forced
-  forward for the log-probs and top-k (`retort.rollout.score`);
+  forward for the log-probs and top-k (`retort.lm.rollout.score`);
 - `fast+score`: retort's fast engine, then the same scoring forward (retort before the log-probs
   were kept while sampling);
 - `fast`: retort's fast engine keeping the log-probs and top-k of the logits it samples from (what
@@ -48,12 +48,12 @@ def main() -> None:
 
     from retort.cli import _quiet_libraries
     from retort.config import ModelConfig, TaskConfig
-    from retort.data.collate import encode_prompt
-    from retort.models import load_model
-    from retort.rollout.generate import generate_ids
-    from retort.rollout.score import score
-    from retort.tasks import get_task
-    from retort.teacher import ensure_teacher
+    from retort.lm.data.collate import encode_prompt
+    from retort.lm.models import load_model
+    from retort.lm.rollout.generate import generate_ids
+    from retort.lm.rollout.score import score
+    from retort.lm.tasks import get_task
+    from retort.lm.teacher import ensure_teacher
 
     _quiet_libraries()
     torch.set_num_threads(a.threads)

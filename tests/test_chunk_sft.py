@@ -11,12 +11,12 @@ import torch.nn.functional as F
 
 from conftest import tiny_overrides
 from retort.config import ModelConfig, TrainRun, load_config
-from retort.data.collate import IGNORE, collate, encode_prompt
-from retort.methods import METHODS
-from retort.methods.base import MethodContext
-from retort.methods.chunk_sft import chunk, sentences, skippable
-from retort.models import load_model
-from retort.tasks import get_task
+from retort.lm.data.collate import IGNORE, collate, encode_prompt
+from retort.lm.methods import METHODS
+from retort.lm.methods.base import MethodContext
+from retort.lm.methods.chunk_sft import chunk, sentences, skippable
+from retort.lm.models import load_model
+from retort.lm.tasks import get_task
 from retort.train import train
 
 

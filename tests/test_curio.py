@@ -9,7 +9,7 @@ import torch
 
 from conftest import tiny_overrides
 from retort.config import TrainRun, load_config
-from retort.methods.curio_sft import _entropy, curio_token_loss, entropy_guided_tau
+from retort.lm.methods.curio_sft import _entropy, curio_token_loss, entropy_guided_tau
 from retort.train import train
 
 
@@ -71,10 +71,10 @@ def test_short_run_falls_logs_entropy_and_syncs_the_reference(tmp_path):
 
 def test_reference_ema_sync_moves_toward_the_policy(tmp_path):
     from retort.config import ModelConfig
-    from retort.methods import METHODS
-    from retort.methods.base import MethodContext
-    from retort.models import load_model
-    from retort.tasks import get_task
+    from retort.lm.methods import METHODS
+    from retort.lm.methods.base import MethodContext
+    from retort.lm.models import load_model
+    from retort.lm.tasks import get_task
 
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", **{"method": "curio_sft"}))
     model, tok = load_model(ModelConfig(name="preset:nano"), seed=3)

@@ -1,4 +1,4 @@
-"""DASD's data pieces: divergence-aware selection and mixed-policy rows (retort.curate.das / mixed)."""
+"""DASD's data pieces: divergence-aware selection and mixed-policy rows (retort.lm.curate.das / mixed)."""
 
 from dataclasses import asdict
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from retort.config import ModelConfig, TaskConfig
-from retort.curate import filter_traces, trace_stats
-from retort.curate.das import das_score, select_top, sentence_token_bounds
-from retort.data.collate import encode_prompt
-from retort.data.traces import SCHEMA, TraceWriter, read_manifest, read_traces
+from retort.lm.curate import filter_traces, trace_stats
+from retort.lm.curate.das import das_score, select_top, sentence_token_bounds
+from retort.lm.data.collate import encode_prompt
+from retort.lm.data.traces import SCHEMA, TraceWriter, read_manifest, read_traces
 from retort.errors import DataError
-from retort.models import load_model, save_model
-from retort.rollout.score import score
-from retort.traces import tokenizer_sha256, weights_sha256
+from retort.lm.models import load_model, save_model
+from retort.lm.rollout.score import score
+from retort.lm.traces import tokenizer_sha256, weights_sha256
 
 
 class WordTok:
@@ -50,7 +50,7 @@ def test_das_score_counts_teacher_and_student_sentences():
 
 
 def test_select_top_keeps_the_best_per_prompt_ties_to_the_earlier_sample():
-    from retort.curate.das import DasScore
+    from retort.lm.curate.das import DasScore
 
     pids, idx = ["a", "a", "a", "b", "b"], [0, 1, 2, 0, 1]
     scores = {i: DasScore(s, 0, 0, 1) for i, s in enumerate([0.2, 0.5, 0.5, -1.0, -0.5])}
@@ -110,7 +110,7 @@ def _eos_happy_teacher(path, tok):
 
 
 def test_mixed_policy_rows_are_student_prefix_plus_verified_teacher_continuation(tmp_path, monkeypatch):
-    from retort.curate import mixed
+    from retort.lm.curate import mixed
 
     _, tok = load_model(ModelConfig(name="preset:nano"))
     teacher = _eos_happy_teacher(tmp_path / "teacher", tok)
@@ -134,7 +134,7 @@ def test_mixed_policy_rows_are_student_prefix_plus_verified_teacher_continuation
         def extract_answer(self, text):
             return None
 
-    monkeypatch.setattr("retort.tasks.get_task", lambda cfg: AcceptAll())
+    monkeypatch.setattr("retort.lm.tasks.get_task", lambda cfg: AcceptAll())
     stats = mixed.mixed_policy(str(tmp_path / "src"), str(tmp_path / "mix"), str(tmp_path / "student"),
                                source="all", shard_prompts=4, with_source=True, seed=1)
     got = read_traces(tmp_path / "mix").to_pylist()
@@ -143,7 +143,7 @@ def test_mixed_policy_rows_are_student_prefix_plus_verified_teacher_continuation
     assert len(got) == 6 + counts["kept"]
     new = [r for r in got if r["sample_idx"] == 1]
     assert len(new) == counts["kept"]
-    from retort.rollout.generate import generate_ids
+    from retort.lm.rollout.generate import generate_ids
 
     for index, shard in enumerate([rows[:4], rows[4:]]):  # the student's samples, as mixed_policy drew them
         caps = [int(np.ceil(1.5 * x["n_tokens"])) for x in shard]

@@ -3,7 +3,7 @@
 import pytest
 
 from retort.config import ModelConfig, TrainRun, load_config
-from retort.demo import CURATED, DEMO_RUNS, STUDENT, TRACE_SETS, WARM, _placeholders, _plan
+from retort.lm.demo import CURATED, DEMO_RUNS, STUDENT, TRACE_SETS, WARM, _placeholders, _plan
 
 
 def test_plan_trains_dependencies_first():
@@ -25,11 +25,11 @@ def test_every_demo_row_is_a_valid_training_run(name, tmp_path):
 
 
 def test_demo_evaluation_is_reused_until_the_weights_change(tmp_path, monkeypatch):
-    import retort.eval as ev
+    import retort.lm.eval as ev
     from retort.config import ModelConfig, TaskConfig
-    from retort.demo import _evaluated
-    from retort.models import load_model, save_model
-    from retort.tasks import get_task
+    from retort.lm.demo import _evaluated
+    from retort.lm.models import load_model, save_model
+    from retort.lm.tasks import get_task
 
     model, tok = load_model(ModelConfig(name="preset:nano"))
     save_model(model, tok, tmp_path / "m")
@@ -45,7 +45,7 @@ def test_demo_evaluation_is_reused_until_the_weights_change(tmp_path, monkeypatc
 
 def test_a_finished_row_trained_with_other_settings_is_refused(tmp_path):
     from retort.config import save_config
-    from retort.demo import _check_same_run
+    from retort.lm.demo import _check_same_run
     from retort.errors import ConfigError
 
     run = load_config(TrainRun, None, ["method=sft", f"out={tmp_path / 'row'}"], base=STUDENT)
@@ -59,9 +59,9 @@ def test_a_finished_row_trained_with_other_settings_is_refused(tmp_path):
 
 
 def test_a_curated_set_remembers_the_student_that_made_it(tmp_path):
-    from retort.demo import _made_with
-    from retort.models import load_model, save_model
-    from retort.traces import weights_sha256
+    from retort.lm.demo import _made_with
+    from retort.lm.models import load_model, save_model
+    from retort.lm.traces import weights_sha256
 
     a, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
     save_model(a, tok, tmp_path / "warm")

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from retort.config import EvalConfig, ModelConfig
-from retort.eval import evaluate, majority, pass_at_k
-from retort.models import load_model
-from retort.rollout import generate
-from retort.tasks import TASKS
+from retort.lm.eval import evaluate, majority, pass_at_k
+from retort.lm.models import load_model
+from retort.lm.rollout import generate
+from retort.lm.tasks import TASKS
 
 def brute_pass_at_k(n, c, k):
     outcomes = [1] * c + [0] * (n - c)
@@ -57,7 +57,7 @@ def test_evaluate_reports_all_metrics():
 
 
 def test_mean_entropy_is_the_entropy_of_the_next_token_distribution_over_greedy_answers():
-    from retort.data.collate import encode_prompt
+    from retort.lm.data.collate import encode_prompt
 
     model, tok = load_model(ModelConfig(name="preset:nano"), seed=4)
     task = TASKS["modchain"]()
@@ -99,7 +99,7 @@ def _render(renderable, width=80):
 
 
 def test_results_table_fits_80_columns_and_shows_n_and_split():
-    from retort.eval import results_table
+    from retort.lm.eval import results_table
 
     base = {"task": "modchain", "split": "test", "n": 200, "accuracy": 0.5, "mean_tokens": 12.25,
             "truncated": 0.0, "pass@8": 0.9, "maj@8": 0.6, "pass@1_sampled": 0.45,
@@ -127,10 +127,10 @@ def test_majority_vote_is_verified_as_the_tasks_verifier_reads_it(tmp_path, monk
     1/2 or \\sqrt{2} is right (it was re-checked as "A:1/2", which math-verify cannot parse)."""
     import json
 
-    import retort.eval.run as run_mod
+    import retort.lm.eval.run as run_mod
     from retort.config import EvalConfig
-    from retort.rollout.generate import Completion
-    from retort.tasks.files import FileTask
+    from retort.lm.rollout.generate import Completion
+    from retort.lm.tasks.files import FileTask
 
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"prompt": "q", "answer": answer}) + "\n")

@@ -6,9 +6,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from retort.config import ModelConfig
-from retort.models import load_model
-from retort.rollout import fast
-from retort.rollout.generate import generate_ids
+from retort.lm.models import load_model
+from retort.lm.rollout import fast
+from retort.lm.rollout.generate import generate_ids
 
 
 def _prompts(n=9, seed=0, vocab=100):
@@ -97,7 +97,7 @@ class _FakeLLM:
 
 
 def test_vllm_weight_sync_pushes_current_weights_once_per_step():
-    from retort.rollout.vllm_engine import VLLMEngine
+    from retort.lm.rollout.vllm_engine import VLLMEngine
 
     model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
     workers = (_FakeEngineModel(), _FakeEngineModel())  # tensor parallel: every worker gets every pair
@@ -127,7 +127,7 @@ def test_vllm_weight_sync_pushes_current_weights_once_per_step():
 
 def test_vllm_engine_without_the_public_weight_api_says_so():
     from retort.errors import ModelError
-    from retort.rollout.vllm_engine import MIN_VLLM, VLLMEngine
+    from retort.lm.rollout.vllm_engine import MIN_VLLM, VLLMEngine
 
     model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
 
@@ -150,7 +150,7 @@ def test_vllm_engine_without_the_public_weight_api_says_so():
 def test_scores_kept_while_sampling_equal_the_teacher_forced_pass(topk):
     """`retort traces` takes the teacher's log-probs (and top-k) from the sampling pass; they must be
     what `score` computes in one teacher-forced forward, EOS step included for stopped samples."""
-    from retort.rollout.score import score
+    from retort.lm.rollout.score import score
 
     model, tok = load_model(ModelConfig(name="preset:student"), seed=3)
     with torch.no_grad():

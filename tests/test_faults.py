@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from conftest import tiny_overrides
 from retort.cli import main
 from retort.config import EvalRun, TracesRun, TrainRun, load_config
-from retort.curate import filter_traces
-from retort.data.traces import read_manifest, read_traces
+from retort.lm.curate import filter_traces
+from retort.lm.data.traces import read_manifest, read_traces
 from retort.errors import ConfigError, DataError, RetortError
-from retort.traces import run_traces
+from retort.lm.traces import run_traces
 from retort.train import train
 
 
@@ -214,7 +214,7 @@ def test_5_truncated_model_directory_is_a_clear_error(tmp_path, capsys):
 
 def test_7_tokenizer_without_pad_or_eos_says_what_it_lacks(tmp_path, capsys):
     from retort.config import ModelConfig
-    from retort.models import load_model
+    from retort.lm.models import load_model
 
     model, tok = load_model(ModelConfig(name="preset:nano"))
     tok.pad_token, tok.eos_token = None, None
@@ -247,7 +247,7 @@ def test_8_an_output_path_that_is_a_file_is_a_clear_error(tmp_path, capsys):
 
 def test_9_traces_on_an_empty_train_split_writes_nothing(tmp_path, capsys):
     # every row of this file hashes into the test split at test_fraction=0.5
-    from retort.tasks.base import in_test_split
+    from retort.lm.tasks.base import in_test_split
 
     rows = [r for r in _rows(40) if in_test_split(r["prompt"], 2)][:3]
     path = _jsonl(tmp_path / "t.jsonl", rows)
@@ -269,7 +269,7 @@ def test_9_traces_sample_each_prompt_of_a_small_file_once(tmp_path, capsys):
 
 
 def test_10_eval_on_an_empty_test_split_refuses(tmp_path, capsys):
-    from retort.tasks.base import in_test_split
+    from retort.lm.tasks.base import in_test_split
 
     rows = [r for r in _rows(60) if not in_test_split(r["prompt"], 10)][:5]
     path = _jsonl(tmp_path / "t.jsonl", rows)
@@ -377,7 +377,7 @@ def test_15_a_file_given_for_evaluation_is_evaluated_whole_and_n_is_shown(tmp_pa
 
 
 def test_16_training_refuses_when_most_rows_are_too_long(tmp_path, capsys):
-    from retort.teacher import ensure_teacher
+    from retort.lm.teacher import ensure_teacher
 
     long = [{**r, "solution": r["solution"] + " and so on" * 30} for r in _rows(15, start=100)]
     path = _jsonl(tmp_path / "t.jsonl", _rows(5) + long)
@@ -390,7 +390,7 @@ def test_16_training_refuses_when_most_rows_are_too_long(tmp_path, capsys):
 
 
 def test_17_teacher_cache_of_a_task_file_is_a_slug_and_a_content_hash(tmp_path):
-    from retort.models.load import builtin_teacher_dir, cache_dir
+    from retort.lm.models.load import builtin_teacher_dir, cache_dir
 
     path = _jsonl(tmp_path / "My Task (v2).jsonl", _rows(3))
     d = builtin_teacher_dir(str(path))
@@ -402,7 +402,7 @@ def test_17_teacher_cache_of_a_task_file_is_a_slug_and_a_content_hash(tmp_path):
 
 def test_17_a_cached_teacher_trained_with_other_settings_is_not_reused(tmp_path):
     from retort.config import save_config
-    from retort.teacher import ensure_teacher, teacher_config
+    from retort.lm.teacher import ensure_teacher, teacher_config
 
     run = teacher_config(None, [])
     save_config(run, Path(run.out) / "config.yaml")
@@ -413,7 +413,7 @@ def test_17_a_cached_teacher_trained_with_other_settings_is_not_reused(tmp_path)
 
 
 def test_17_teacher_force_deletes_only_the_run(tmp_path):
-    from retort.teacher import remove_run
+    from retort.lm.teacher import remove_run
 
     run = tmp_path / "t"
     (run / "ckpt" / "step-0000001").mkdir(parents=True)
@@ -428,7 +428,7 @@ def test_17_teacher_force_deletes_only_the_run(tmp_path):
 def test_18_warm_started_teacher_names_its_student(tmp_path, capsys):
     from rich.console import Console
 
-    from retort.teacher import ensure_teacher
+    from retort.lm.teacher import ensure_teacher
 
     console = Console(stderr=True)
     with pytest.raises(DataError):  # max_len=8 drops every row: the run stops right after its first line
@@ -465,7 +465,7 @@ def test_a_prompt_longer_than_the_context_is_refused_before_it_is_tokenised(tmp_
 
 
 def test_a_task_file_with_a_byte_order_mark_reads(tmp_path):
-    from retort.tasks.files import read_rows
+    from retort.lm.tasks.files import read_rows
 
     path = tmp_path / "t.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in _rows(2)).encode())

@@ -7,8 +7,8 @@ import torch
 from conftest import tiny_overrides
 from retort.config import ModelConfig, TrainRun, load_config
 from retort.errors import ConfigError
-from retort.methods.kd import last_hidden
-from retort.models import load_model, save_model
+from retort.lm.methods.kd import last_hidden
+from retort.lm.models import load_model, save_model
 from retort.train import train
 
 
@@ -59,7 +59,7 @@ def test_kd_rejects_a_teacher_with_another_vocabulary_and_zero_weights(tmp_path)
 
 
 def test_collate_aligns_teacher_topk_with_label_positions():
-    from retort.data.collate import Encoded, collate
+    from retort.lm.data.collate import Encoded, collate
 
     a = Encoded([1, 5, 6, 7, 2], [-100, -100, 6, 7, 2], topk_ids=[[6, 9], [7, 9], [2, 9]],
                 topk_logprobs=[[-0.1, -2.0], [-0.2, -3.0], [-0.3, -4.0]])
@@ -75,10 +75,10 @@ def test_offline_full_vocab_topk_equals_online_kd(tmp_path):
     """With k = V stored (nothing dropped), KD from the traces' top-k is KD from the live teacher
     (up to the float16 storage of the log-probs)."""
     from retort.config import TracesRun
-    from retort.methods.base import BatchPlan, MethodContext
-    from retort.methods.kd import KD
-    from retort.tasks import get_task
-    from retort.traces import run_traces
+    from retort.lm.methods.base import BatchPlan, MethodContext
+    from retort.lm.methods.kd import KD
+    from retort.lm.tasks import get_task
+    from retort.lm.traces import run_traces
 
     teacher = _teacher(tmp_path / "t")
     traces = tmp_path / "tr"
@@ -103,7 +103,7 @@ def test_offline_full_vocab_topk_equals_online_kd(tmp_path):
 
 def test_offline_kd_trains_from_topk_traces(tmp_path):
     from retort.config import TracesRun
-    from retort.traces import run_traces
+    from retort.lm.traces import run_traces
 
     traces = tmp_path / "tr"
     run_traces(load_config(TracesRun, None, [f"out={traces}", f"teacher.name={_teacher(tmp_path / 't')}",

@@ -27,7 +27,7 @@ def lint_available():
 def test_the_layer_contract_is_kept(lint_available):
     proc = _lint(ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 kept, 0 broken" in proc.stdout
+    assert "3 kept, 0 broken" in proc.stdout
 
 
 def _lint_with(tmp_path, module: str, code: str) -> subprocess.CompletedProcess:
@@ -41,10 +41,10 @@ def _lint_with(tmp_path, module: str, code: str) -> subprocess.CompletedProcess:
 
 
 def test_an_upward_import_breaks_the_contract(lint_available, tmp_path):
-    proc = _lint_with(tmp_path, "data/collate.py", "\n\ndef _upward():\n    from ..methods import METHODS\n    return METHODS\n")
-    assert proc.returncode != 0 and "retort.data.collate -> retort.methods" in proc.stdout, proc.stdout
+    proc = _lint_with(tmp_path, "lm/data/collate.py", "\n\ndef _upward():\n    from ..methods import METHODS\n    return METHODS\n")
+    assert proc.returncode != 0 and "retort.lm.data.collate -> retort.lm.methods" in proc.stdout, proc.stdout
 
 
 def test_the_core_importing_a_track_breaks_the_contract(lint_available, tmp_path):
-    proc = _lint_with(tmp_path, "train/checkpoint.py", "\n\ndef _track():\n    from ..models import lora\n    return lora\n")
+    proc = _lint_with(tmp_path, "train/checkpoint.py", "\n\ndef _track():\n    from ..lm.models import lora\n    return lora\n")
     assert proc.returncode != 0 and "the core never imports a track BROKEN" in proc.stdout, proc.stdout

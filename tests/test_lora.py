@@ -16,15 +16,15 @@ from test_kd import _teacher
 from retort.cli import main
 from retort.config import LoraConfig, ModelConfig, TrainRun, load_config
 from retort.errors import ConfigError
-from retort.methods import METHODS
-from retort.methods.base import BatchPlan, MethodContext
-from retort.models import load_model
-from retort.tasks import get_task
+from retort.lm.methods import METHODS
+from retort.lm.methods.base import BatchPlan, MethodContext
+from retort.lm.models import load_model
+from retort.lm.tasks import get_task
 from retort.train import train
 
 
 def _lora_nano(seed=5, r=4, **kw):
-    from retort.models import lora
+    from retort.lm.models import lora
 
     base, tok = load_model(ModelConfig(name="preset:nano"), seed=seed)
     return lora.wrap(base, LoraConfig(r=r, **kw)), tok
@@ -79,13 +79,13 @@ def test_vllm_engine_is_refused_for_lora_students(tmp_path):
 
 def test_fast_engine_samples_the_lora_model_and_its_base_with_adapters_disabled():
     pytest.importorskip("peft")
-    from retort.models.lora import AdaptersDisabled
-    from retort.rollout import fast
-    from retort.rollout.generate import generate_ids
+    from retort.lm.models.lora import AdaptersDisabled
+    from retort.lm.rollout import fast
+    from retort.lm.rollout.generate import generate_ids
 
     base, tok = load_model(ModelConfig(name="preset:student"), seed=3)
     model, _ = load_model(ModelConfig(name="preset:student"), seed=3)
-    from retort.models import lora
+    from retort.lm.models import lora
 
     model = lora.wrap(model, LoraConfig(r=4, alpha=8))
     with torch.no_grad():
@@ -244,9 +244,9 @@ def test_dpo_lora_reference_is_the_student_with_adapters_disabled(tmp_path):
     pytest.importorskip("peft")
     import math
 
-    from retort.data.collate import IGNORE, Encoded, collate
-    from retort.methods.base import sequence_logps
-    from retort.methods.pairs import Pair
+    from retort.lm.data.collate import IGNORE, Encoded, collate
+    from retort.lm.methods.base import sequence_logps
+    from retort.lm.methods.pairs import Pair
 
     student, tok = _lora_nano(r=4)
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", method="dpo"))

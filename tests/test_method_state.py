@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from conftest import kill_while_training, tiny_overrides
 from retort.config import TrainRun, load_config
-from retort.methods import METHODS, LossOut, Owned
-from retort.methods.base import token_nll_sum
-from retort.methods.sft import SFT
+from retort.lm.methods import METHODS, LossOut, Owned
+from retort.lm.methods.base import token_nll_sum
+from retort.lm.methods.sft import SFT
 from retort.train import train
 
 HERE = Path(__file__)

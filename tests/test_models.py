@@ -4,8 +4,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from retort.config import ModelConfig
 from retort.errors import ModelError
-from retort.models import PRESETS, char_tokenizer, check_vocab, load_model, preset_config, save_model
-from retort.rollout import generate
+from retort.lm.models import PRESETS, char_tokenizer, check_vocab, load_model, preset_config, save_model
+from retort.lm.rollout import generate
 
 
 def test_char_tokenizer_round_trips_and_adds_bos():

@@ -8,10 +8,10 @@ import pytest
 from conftest import tiny_overrides
 from retort.cli import main
 from retort.config import ModelConfig
-from retort.data.collate import IGNORE, encode_example, encode_messages
-from retort.data.traces import SCHEMA, TraceWriter, read_manifest, read_traces
+from retort.lm.data.collate import IGNORE, encode_example, encode_messages
+from retort.lm.data.traces import SCHEMA, TraceWriter, read_manifest, read_traces
 from retort.errors import DataError
-from retort.models import load_model
+from retort.lm.models import load_model
 
 CHATML = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
           "{% if add_generation_prompt %}<|assistant|>{% endif %}")

@@ -11,13 +11,13 @@ from safetensors.torch import load_file
 from conftest import tiny_overrides
 from test_kd import _teacher
 from retort.config import ModelConfig, TrainRun, load_config
-from retort.data.collate import IGNORE, Encoded, collate
-from retort.methods import METHODS
-from retort.methods.base import BatchPlan, MethodContext
-from retort.methods.rkl_pg import discounted_returns
-from retort.methods.tsd_kd import entropy_prefix, listmle
-from retort.models import load_model
-from retort.tasks import get_task
+from retort.lm.data.collate import IGNORE, Encoded, collate
+from retort.lm.methods import METHODS
+from retort.lm.methods.base import BatchPlan, MethodContext
+from retort.lm.methods.rkl_pg import discounted_returns
+from retort.lm.methods.tsd_kd import entropy_prefix, listmle
+from retort.lm.models import load_model
+from retort.lm.tasks import get_task
 from retort.train import train
 
 

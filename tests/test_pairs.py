@@ -10,17 +10,17 @@ import torch
 
 from conftest import tiny_overrides
 from retort.config import ModelConfig, TracesRun, TrainRun, load_config
-from retort.curate import filter_traces
-from retort.data.pairs import pair_rows
-from retort.data.collate import IGNORE, Encoded
-from retort.data.traces import read_traces
+from retort.lm.curate import filter_traces
+from retort.lm.data.pairs import pair_rows
+from retort.lm.data.collate import IGNORE, Encoded
+from retort.lm.data.traces import read_traces
 from retort.errors import DataError
-from retort.methods import METHODS
-from retort.methods.base import MethodContext
-from retort.methods.pairs import Pair
-from retort.models import load_model
-from retort.tasks import get_task
-from retort.traces import run_traces
+from retort.lm.methods import METHODS
+from retort.lm.methods.base import MethodContext
+from retort.lm.methods.pairs import Pair
+from retort.lm.models import load_model
+from retort.lm.tasks import get_task
+from retort.lm.traces import run_traces
 from retort.train import train
 
 
@@ -58,7 +58,7 @@ def _seq_logp(model, ids, n_prompt):
 @pytest.mark.parametrize("name,cfg", [("redi", {"alpha": 0.8}), ("redi", {"alpha": 0.0}), ("simpo", {}),
                                       ("dpo", {"beta": 0.5})])
 def test_losses_equal_hand_computed_values(tmp_path, name, cfg):
-    from retort.data.collate import collate
+    from retort.lm.data.collate import collate
 
     method, model, tok = _method(name, tmp_path, **cfg)
     pair = _manual_pair(tok)
@@ -86,7 +86,7 @@ def test_loss_and_gradient_match_the_float64_reference_on_padded_odd_length_batc
     policy first, so its term matters."""
     from reference import pair_loss
 
-    from retort.data.collate import collate
+    from retort.lm.data.collate import collate
 
     method, model, tok = _method(name, tmp_path, **cfg)
     model = model.double()
@@ -120,7 +120,7 @@ def test_loss_and_gradient_match_the_float64_reference_on_padded_odd_length_batc
 
 
 def test_dpo_moves_with_the_policy_and_rewards_the_chosen(tmp_path):
-    from retort.data.collate import collate
+    from retort.lm.data.collate import collate
 
     method, model, tok = _method("dpo", tmp_path, beta=0.5)
     pair = _manual_pair(tok)
@@ -155,7 +155,7 @@ def mixed_traces(tmp_path_factory):
         t = t.set_column(t.schema.get_field_index("correct"), "correct", pa.array(flags))
         pq.write_table(t, part)
     manifest = json.loads((out / "manifest.json").read_text())
-    from retort.data.traces import sha256_file
+    from retort.lm.data.traces import sha256_file
 
     for info in manifest["shards"].values():
         info["sha256"] = sha256_file(out / info["file"])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from retort.config import ModelConfig
-from retort.models import load_model
-from retort.rollout import generate
+from retort.lm.models import load_model
+from retort.lm.rollout import generate
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 from retort.cli import main
 from retort.config import TrainRun, load_config
-from retort.methods.base import BatchPlan, MethodContext
-from retort.methods.opsd import OPSD, PAPER_TEMPLATE
-from retort.models import load_model, save_model
-from retort.tasks import get_task
+from retort.lm.methods.base import BatchPlan, MethodContext
+from retort.lm.methods.opsd import OPSD, PAPER_TEMPLATE
+from retort.lm.models import load_model, save_model
+from retort.lm.tasks import get_task
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent
@@ -80,7 +80,7 @@ def test_smollm2_opsd_loss_is_zero_for_identical_contexts_and_positive_with_the_
 
 def test_smollm2_lora_student_teacher_is_the_base_with_zero_loss_at_step_0(smollm2, rollouts):
     pytest.importorskip("peft")
-    from retort.models import lora
+    from retort.lm.models import lora
 
     run, model = smollm2[0], smollm2[2]
     student = lora.wrap(copy.deepcopy(model), run.student.lora)  # B = 0: the student is the base model

@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import load_file
 
 from retort.cli import main
-from retort.data.topk import decode
-from retort.data.traces import read_traces
+from retort.lm.data.topk import decode
+from retort.lm.data.traces import read_traces
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent

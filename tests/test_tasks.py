@@ -6,8 +6,8 @@ import pytest
 
 from retort.config import TaskConfig
 from retort.errors import ConfigError, DataError
-from retort.tasks import TASKS, FileTask, get_task
-from retort.tasks.builtin import OPS
+from retort.lm.tasks import TASKS, FileTask, get_task
+from retort.lm.tasks.builtin import OPS
 
 
 @pytest.mark.parametrize("name", list(TASKS))

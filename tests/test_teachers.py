@@ -1,4 +1,4 @@
-"""Teachers behind one interface (retort.teachers): capabilities checked before step 0, the trace
+"""Teachers behind one interface (retort.lm.teachers): capabilities checked before step 0, the trace
 store scores what it sampled, and kd takes the sparse top-k path from a teacher without hidden states."""
 
 import json
@@ -10,12 +10,12 @@ import torch
 from conftest import tiny_overrides
 from retort.cli import main
 from retort.config import ModelConfig, TracesRun, TrainRun, load_config
-from retort.data.collate import encode_prompt
-from retort.data.traces import read_traces
+from retort.lm.data.collate import encode_prompt
+from retort.lm.data.traces import read_traces
 from retort.errors import ConfigError, DataError
-from retort.models import load_model, save_model
-from retort.teachers import LocalTeacher, TraceStoreTeacher, capabilities_of, check_capabilities, open_teacher
-from retort.traces import run_traces
+from retort.lm.models import load_model, save_model
+from retort.lm.teachers import LocalTeacher, TraceStoreTeacher, capabilities_of, check_capabilities, open_teacher
+from retort.lm.traces import run_traces
 from retort.train import train
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from retort.data.topk import CODE_STEP, decode, encode
+from retort.lm.data.topk import CODE_STEP, decode, encode
 
 
 def _teacher_topk(p_rows: int, vocab: int, k: int, seed: int = 0, scale: float = 3.0):

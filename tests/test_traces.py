@@ -12,15 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from retort.data.topk import decode
+from retort.lm.data.topk import decode
 from retort.config import ModelConfig, TracesRun, TrainRun, load_config
-from retort.curate import filter_traces, trace_stats
-from retort.data.collate import encode_prompt
-from retort.data.traces import MANIFEST, read_manifest, read_traces
+from retort.lm.curate import filter_traces, trace_stats
+from retort.lm.data.collate import encode_prompt
+from retort.lm.data.traces import MANIFEST, read_manifest, read_traces
 from retort.errors import DataError
-from retort.models import load_model
-from retort.rollout.score import score
-from retort.traces import run_traces
+from retort.lm.models import load_model
+from retort.lm.rollout.score import score
+from retort.lm.traces import run_traces
 from retort.train import train
 
 CLI = [sys.executable, "-m", "retort.cli"]
@@ -135,7 +135,7 @@ def _table(rows):
     base = {"prompt": "p", "completion": "c", "completion_ids": [1], "completion_logprobs": [-0.1],
             "topk": None, "answer": "1", "reference": "1", "finish_reason": "stop",
             "difficulty": 1}
-    from retort.data.traces import SCHEMA
+    from retort.lm.data.traces import SCHEMA
 
     return pa.Table.from_pylist([{**base, **r} for r in rows], schema=SCHEMA)
 
@@ -171,7 +171,7 @@ def test_filters_make_a_new_trace_set(tmp_path):
 
 
 def test_first_k_correct_and_correct_only_on_known_rows(tmp_path):
-    from retort.data.traces import TraceWriter
+    from retort.lm.data.traces import TraceWriter
 
     rows = [{"prompt_id": p, "sample_idx": i, "correct": ok, "n_tokens": 1}
             for p, oks in {"a": [True, True, False], "b": [False, True, True], "c": [False, False, False]}.items()
@@ -186,10 +186,10 @@ def test_first_k_correct_and_correct_only_on_known_rows(tmp_path):
 
 
 def test_sft_trains_on_traces_correct_only_by_default(tmp_path):
-    from retort.data.traces import TraceWriter
+    from retort.lm.data.traces import TraceWriter
 
     model, tok = load_model(ModelConfig(name="preset:nano"))
-    from retort.traces import tokenizer_sha256
+    from retort.lm.traces import tokenizer_sha256
 
     rows = []
     for i in range(20):
@@ -204,9 +204,9 @@ def test_sft_trains_on_traces_correct_only_by_default(tmp_path):
     run = load_config(TrainRun, None, [f"out={tmp_path / 'run'}", "student.name=preset:nano", "train.steps=3",
                                        "train.batch_size=4", "data.source=traces", f"data.traces={tmp_path / 'tr'}",
                                        "train.save_every=0"])
-    from retort.methods.base import MethodContext
-    from retort.methods.sft import SFT
-    from retort.tasks import get_task
+    from retort.lm.methods.base import MethodContext
+    from retort.lm.methods.sft import SFT
+    from retort.lm.tasks import get_task
 
     sft = SFT(MethodContext(run=run, task=get_task(run.task), tokenizer=tok), SFT.Config())
     examples = sft.examples()

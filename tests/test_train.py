@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 from conftest import kill_while_training, tiny_overrides
 from retort.config import TrainRun, load_config
 from retort.errors import ConfigError
-from retort.methods import METHODS, BatchPlan, LossOut, MethodContext
-from retort.methods.base import token_nll_sum
-from retort.methods.sft import SFT
-from retort.models import load_model
-from retort.tasks import get_task
+from retort.lm.methods import METHODS, BatchPlan, LossOut, MethodContext
+from retort.lm.methods.base import token_nll_sum
+from retort.lm.methods.sft import SFT
+from retort.lm.models import load_model
+from retort.lm.tasks import get_task
 from retort.train import NonFiniteLoss, train
 from retort.train.schedule import warmup_cosine
 

@@ -8,11 +8,11 @@ import torch
 from conftest import tiny_overrides
 from reference import tsd_kd_loss
 from retort.config import ModelConfig, TrainRun, load_config
-from retort.data.collate import IGNORE, Encoded, collate
-from retort.methods import METHODS
-from retort.methods.base import MethodContext
-from retort.models import load_model
-from retort.tasks import get_task
+from retort.lm.data.collate import IGNORE, Encoded, collate
+from retort.lm.methods import METHODS
+from retort.lm.methods.base import MethodContext
+from retort.lm.models import load_model
+from retort.lm.tasks import get_task
 
 # (prompt length, completion length); the third row is prompt only (a rollout the gate dropped)
 SHAPES = [(3, 6), (7, 3), (2, 0), (4, 9), (5, 1)]

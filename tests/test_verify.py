@@ -1,6 +1,6 @@
 import pytest
 
-from retort.tasks.verify import (extract_exact, extract_numeric, last_boxed, verify_exact, verify_math,
+from retort.lm.tasks.verify import (extract_exact, extract_numeric, last_boxed, verify_exact, verify_math,
                                  verify_numeric)
 
 

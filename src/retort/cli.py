@@ -45,7 +45,7 @@ def train(config_file, resume, overrides):
     retort train -c configs/student_solutions.yaml out=runs/sft --resume
     """
     from .config import TrainRun, load_config
-    from .eval import evaluate
+    from .lm.eval import evaluate
     from .train import train as run_train
 
     run = load_config(TrainRun, config_file, _overrides(overrides))
@@ -78,12 +78,12 @@ def eval_cmd(config_file, models, json_out, overrides):
     from dataclasses import replace
 
     from .config import EvalRun, load_config
-    from .eval import evaluate, results_table
-    from .models import load_model
-    from .tasks import get_task
+    from .lm.eval import evaluate, results_table
+    from .lm.models import load_model
+    from .lm.tasks import get_task
 
     from .paths import output_file
-    from .tasks import require_examples
+    from .lm.tasks import require_examples
 
     from . import threads
 
@@ -128,7 +128,7 @@ def teacher(config_file, force, overrides):
     retort teacher                      # modchain, cached in $RETORT_CACHE or ~/.cache/retort
     retort teacher task.name=vars
     """
-    from .teacher import ensure_teacher
+    from .lm.teacher import ensure_teacher
 
     ensure_teacher(config_file, list(overrides), force=force, console=_console())
 
@@ -145,7 +145,7 @@ def teacher(config_file, force, overrides):
 def demo(out, methods, seed):
     """The embedded default end to end: built-in teacher, teacher traces, students, evaluation
     side by side, and an HTML report (OUT/report.html)."""
-    from .demo import run_demo
+    from .lm.demo import run_demo
 
     run_demo(out, console=_console(), methods=[m.strip() for m in methods.split(",") if m.strip()], seed=seed)
 
@@ -154,7 +154,7 @@ def demo(out, methods, seed):
 @click.option("--n", default=2, show_default=True, help="Examples shown per task.")
 def tasks(n):
     """List built-in tasks, their difficulty knobs, and example problems."""
-    from .tasks import TASKS
+    from .lm.tasks import TASKS
 
     for name, cls in TASKS.items():
         t = cls()
@@ -171,7 +171,7 @@ def methods():
     """List training methods, their papers and options."""
     import dataclasses
 
-    from .methods import METHODS
+    from .lm.methods import METHODS
 
     for name, cls in METHODS.items():
         click.echo(f"{name}: {cls.paper}\n  {cls.equation}")
@@ -184,7 +184,7 @@ def methods():
 def config(command):
     """Show every config key of a command with its default, meaning and allowed values."""
     from .config import EvalRun, TracesRun, TrainRun, describe
-    from .teacher import teacher_config
+    from .lm.teacher import teacher_config
 
     cfg = teacher_config(None, []) if command == "teacher" else \
         {"train": TrainRun, "eval": EvalRun, "traces": TracesRun}[command]
@@ -204,7 +204,7 @@ def traces(config_file, overrides):
     Rerun the same command after a crash: it continues where it stopped.
     """
     from .config import TracesRun, load_config
-    from .traces import run_traces
+    from .lm.traces import run_traces
 
     run_traces(load_config(TracesRun, config_file, _overrides(overrides)), console=_console())
 
@@ -254,8 +254,8 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pa
     retort curate runs/traces --out runs/das --correct --das runs/warm/model --das-keep 1
     retort curate runs/traces --out runs/mixed --mixed-policy runs/warm/model --with-source
     """
-    from .curate import filter_traces, trace_stats
-    from .data.traces import read_traces
+    from .lm.curate import filter_traces, trace_stats
+    from .lm.data.traces import read_traces
     from .errors import RetortError
 
     if not show_stats and not out:
@@ -263,7 +263,7 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pa
     if show_stats:
         click.echo(json.dumps(trace_stats(read_traces(traces_dir)), indent=2))
     if out and mixed_student:
-        from .curate.mixed import mixed_policy
+        from .lm.curate.mixed import mixed_policy
 
         if correct or max_tokens or first_k_correct or pairs is not None or das_student:
             raise RetortError("curate: --mixed-policy makes new traces; run the filters in a separate curate step")

@@ -9,7 +9,7 @@ and that config, which provides
 and may provide `owned()` (trainable modules besides the student), `state_dict()` /
 `load_state_dict()` (state carried across --resume) and `teacher_needs()` (what it asks of a teacher).
 Nothing here knows what a student is; the language-model methods' shared parts are in
-`retort.methods.base`.
+`retort.lm.methods.base`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Method:
         self.owned_modules: dict[str, torch.nn.Module] = {}  # filled by the loop from `owned()`
 
     def teacher_needs(self) -> tuple:
-        """What the method needs of `teacher.name` (retort.teachers): alternative sets of
+        """What the method needs of `teacher.name` (retort.lm.teachers): alternative sets of
         capabilities, any one of which will do; () when it uses no teacher. Checked before step 0."""
         return ()
 

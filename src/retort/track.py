@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 
 # track name -> the module that defines `TRACK` (imported on first use, so the core stays track-free)
-TRACKS: dict[str, str] = {"lm": "retort.tracks.lm"}
+TRACKS: dict[str, str] = {"lm": "retort.lm.track"}
 
 
 class Track:

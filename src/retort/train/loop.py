@@ -1,6 +1,6 @@
 """The one training loop: accelerate, global token normalisation, warmup+cosine, clipping,
 checkpoints and exact resume, NaN stop, metrics, progress. Methods plug in through
-`retort.methods.base.Method`; nothing here knows what a method computes.
+`retort.lm.methods.base.Method`; nothing here knows what a method computes.
 """
 
 from __future__ import annotations

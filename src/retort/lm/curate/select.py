@@ -1,0 +1,165 @@
+"""Filters that turn one trace set into a smaller one: correct-only (rejection sampling), a length
+cap, and the first K correct samples per prompt. The result is a new trace directory in the same
+format, whose manifest names its source and the filters applied."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ... import __version__
+from ..data.traces import (TraceWriter, is_trace_set, read_manifest, read_traces, remove_trace_set,
+                           trace_set_intruders)
+from ...errors import DataError
+from .progress import CurateProgress
+from .stats import trace_stats
+
+FILTERS = ("correct", "max_tokens", "first_k_correct")
+
+
+def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens: Optional[int] = None,
+                  first_k_correct: Optional[int] = None, pairs: Optional[int] = None,
+                  das_student: Optional[str] = None, das_keep: int = 1, das_delta: float = 1.0,
+                  batch_size: int = 64, shard_rows: int = 4096, overwrite: bool = False, console=None) -> dict:
+    """`pairs=K`: keep only the traces in positive/negative pairs (`retort.lm.curate.pairs`, at most K
+    per prompt; 0 = all), after the other filters — the trace set the pair methods learn from.
+    `das_student=MODEL`: DASD's divergence-aware selection (`retort.lm.curate.das`), the `das_keep`
+    best-scoring traces per prompt under that student, after the other filters.
+    `out` must be new or empty; a trace set there is replaced only with `overwrite` (`prepare_output`)."""
+    if not (correct_only or max_tokens or first_k_correct or pairs is not None or das_student):
+        raise DataError("curate: name at least one filter (--correct, --max-tokens, --first-k-correct, --pairs, "
+                        "--das)")
+    if correct_only and pairs is not None:
+        raise DataError("curate: --pairs needs the incorrect traces too; drop --correct")
+    if das_student and (pairs is not None or first_k_correct):
+        raise DataError("curate: --das selects its own traces per prompt; it does not combine with --pairs or "
+                        "--first-k-correct")
+    if das_keep < 1 or das_delta < 0:
+        raise DataError(f"curate: --das-keep must be >= 1 and --das-delta >= 0 (got {das_keep}, {das_delta})")
+    check_output(src, out, overwrite=overwrite)
+    source = read_manifest(src)
+    table = read_traces(src)
+    if correct_only:
+        table = table.filter(pc.equal(table["correct"], True))
+    if max_tokens is not None:
+        table = table.filter(pc.less_equal(table["n_tokens"], max_tokens))
+    if first_k_correct is not None:
+        keep, seen = [], {}
+        for i, (pid, ok) in enumerate(zip(table["prompt_id"].to_pylist(), table["correct"].to_pylist())):
+            if ok and seen.get(pid, 0) < first_k_correct:
+                seen[pid] = seen.get(pid, 0) + 1
+                keep.append(i)
+        table = table.take(pa.array(keep, type=pa.int64()))
+    if pairs is not None:
+        from ..data.pairs import pair_rows
+
+        matched = pair_rows(table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist(),
+                            table["correct"].to_pylist(), pairs)
+        if not matched:
+            raise DataError(f"curate --pairs: no prompt in {src} has both a correct and an incorrect trace "
+                            "(sample more per prompt: sampling.n >= 2)")
+        table = table.take(pa.array(sorted(i for pair in matched for i in pair), type=pa.int64()))
+    das_stats = None
+    if das_student:
+        table, das_stats = _das_select(source, table, das_student, das_keep, das_delta, batch_size, console)
+    applied = {"correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct,
+               "pairs": pairs}
+    if das_student:
+        applied["das"] = {"student": das_student, "student_weights_sha256": das_stats.pop("student_weights_sha256"),
+                          "keep": das_keep, "delta": das_delta}
+    params = {"source": str(Path(src).resolve()), "source_params": source["params"], "filters": applied}
+    counts = {i: min(shard_rows, table.num_rows - i * shard_rows)
+              for i in range(max(1, -(-table.num_rows // shard_rows)))}
+    prepare_output(out, params, overwrite=overwrite)
+    meta = {k: source.get(k) for k in ("task", "teacher", "tokenizer_sha256", "vocab_size")}
+    meta.update(retort_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    writer = TraceWriter(out, params, meta, counts)
+    for i, rows in counts.items():
+        writer.write_shard(i, table.slice(i * shard_rows, rows))
+    writer.finish({**trace_stats(table), **({"das": das_stats} if das_stats else {})})
+    return writer.manifest["stats"]
+
+
+def check_output(src: str, out: str, *, overwrite: bool = False) -> None:
+    """Refuse, before any work is done, an --out that is the input, lies inside it, is a file, or
+    holds anything `prepare_output` would refuse to replace."""
+    from ...paths import output_dir
+
+    output_dir(out, "curate --out")
+    s, o = Path(src).resolve(), Path(out).resolve()
+    if o == s:
+        raise DataError("curate: --out must differ from the input trace directory")
+    if s in o.parents:
+        raise DataError(f"curate: --out {out} lies inside the input trace directory {src}; choose a path outside it")
+    _replaceable(out, None, overwrite)
+
+
+def prepare_output(out: str, params: dict, *, overwrite: bool) -> None:
+    """Make `out` ready for a new trace set. It may be absent or empty. A trace set already there
+    (verified: a retort manifest and nothing but shards) is replaced only with `overwrite`, except
+    an unfinished one this same command was writing; anything else is never touched."""
+    if _replaceable(out, params, overwrite):
+        remove_trace_set(out)
+
+
+def _replaceable(out: str, params: dict | None, overwrite: bool) -> bool:
+    """Whether `out` holds a trace set to remove first; raises if it may not be replaced. With
+    `params` None (before the filters ran) an unfinished set is given the benefit of the doubt."""
+    path = Path(out)
+    if not path.exists() or not any(path.iterdir()):
+        return False
+    if not is_trace_set(path):
+        others = trace_set_intruders(path)
+        what = f"holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}" if others else \
+            "has no readable retort manifest"
+        raise DataError(f"curate: --out {out} is not empty and is not a retort trace set (it {what}); "
+                        "choose a new or empty directory")
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    unfinished = not manifest.get("complete")
+    own_crash = unfinished and (params is None or json.loads(json.dumps(params)) == manifest.get("params"))
+    if not (overwrite or own_crash):
+        made = "a curated trace set" if "source" in manifest.get("params", {}) else \
+            "a trace set sampled by `retort traces`"
+        raise DataError(f"curate: --out {out} already holds {made}; pass --overwrite to replace it, "
+                        "or choose another directory")
+    return True
+
+
+def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: float, batch_size: int, console):
+    import numpy as np
+
+    from ...config import ModelConfig
+    from ..data.collate import TraceEncoder
+    from ..models import load_model, load_tokenizer
+    from ..data.hashes import weights_sha256
+    from .das import score_traces, select_top
+
+    if "teacher" not in source["params"]:
+        raise DataError("curate --das: the trace set's manifest does not name its teacher (whose tokenizer "
+                        "splits the stored log-probs into sentences); use the set `retort traces` wrote")
+    teacher_tok = load_tokenizer(ModelConfig(**source["params"]["teacher"]))
+    model, tok = load_model(ModelConfig(name=student))
+    cols = table.to_pydict()
+    rows = list(range(table.num_rows))
+    with CurateProgress(console, "DAS scoring", len(rows), "traces") as progress:
+        scores = score_traces(cols, rows, teacher_tok, model, tok, TraceEncoder(source, cols, tok), delta=delta,
+                              batch_size=batch_size, progress=progress)
+    kept = select_top(cols["prompt_id"], cols["sample_idx"], rows, scores, keep)
+    s_all = np.array([scores[i].score for i in rows])
+    s_kept = np.array([scores[i].score for i in kept])
+    sent = sum(scores[i].sentences for i in rows)
+    stats = {"score_mean_all": float(s_all.mean()) if rows else 0.0,
+             "score_mean_kept": float(s_kept.mean()) if kept else 0.0,
+             "teacher_sentence_share": sum(scores[i].teacher_sentences for i in rows) / max(1, sent),
+             "student_sentence_share": sum(scores[i].student_sentences for i in rows) / max(1, sent),
+             "sentences": sent, "student_weights_sha256": weights_sha256(model)}
+    return table.take(pa.array(kept, type=pa.int64())), stats
+
+
+def format_stats(stats: dict) -> str:
+    return json.dumps(stats, indent=2)

@@ -1,0 +1,243 @@
+"""The trace format: Parquet shards `part-NNNNN.parquet` + `manifest.json` (DESIGN.md).
+
+One row per (prompt id, sample index). A shard is written to `part-NNNNN.parquet.tmp`, flushed and
+renamed when whole, then recorded in the manifest (also replaced atomically). A run killed at any
+moment leaves only whole shards; a shard renamed but not yet recorded is adopted on the next run,
+after its row count is checked. The manifest's `params` fingerprint the run (task, teacher, sampling,
+prompts); a rerun with other params into the same directory is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ...config import diff_keys
+from ...errors import DataError
+from ...paths import sha256_file
+
+FORMAT = "retort-traces/2"
+MANIFEST = "manifest.json"
+# every file a trace directory holds: its shards, its manifest, and their temporary names while written
+OWN_FILE = re.compile(r"^(part-(\d{5,})\.parquet|manifest\.json)(\.tmp)?$")
+
+SCHEMA = pa.schema([
+    ("prompt_id", pa.string()),
+    ("sample_idx", pa.int32()),
+    ("prompt", pa.string()),
+    ("completion", pa.string()),
+    ("completion_ids", pa.list_(pa.int32())),
+    ("completion_logprobs", pa.list_(pa.float32())),
+    # the teacher's top-k at each completion token, plus the end-of-sequence step when the
+    # completion stopped (finish_reason "stop"), in retort.lm.data.topk's compact encoding; null
+    # when the traces were made without sampling.topk
+    ("topk", pa.binary()),
+    ("answer", pa.string()),
+    ("reference", pa.string()),
+    ("correct", pa.bool_()),
+    ("finish_reason", pa.string()),
+    ("n_tokens", pa.int32()),
+    ("difficulty", pa.int32()),
+    # a multi-turn row: the whole conversation as a JSON list of {"role", "content"} (system / user /
+    # assistant / tool); its loss mask follows the roles (`retort.lm.data.collate.encode_messages`).
+    # Null for single-turn rows (prompt + completion), and absent from shards written before it
+    ("messages", pa.string()),
+])
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def trace_set_intruders(path: str | os.PathLike) -> list[str]:
+    """Entries of directory `path` that a trace set does not hold (sub-directories, other files)."""
+    return sorted(e.name + ("/" if e.is_dir() else "") for e in Path(path).iterdir()
+                  if not (e.is_file() and OWN_FILE.match(e.name)))
+
+
+def is_trace_set(path: str | os.PathLike) -> bool:
+    """Verifiably a retort trace set: its manifest parses as one, and it holds nothing else but shards."""
+    p = Path(path)
+    try:
+        manifest = json.loads((p / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("retort-traces/")
+            and isinstance(manifest.get("shards"), dict) and not trace_set_intruders(p))
+
+
+def remove_trace_set(path: str | os.PathLike) -> None:
+    """Delete a trace set that `is_trace_set` vouches for: its own files one by one, then the
+    (then empty) directory. Anything else in it is refused before a single file is removed."""
+    p = Path(path)
+    if not is_trace_set(p):
+        raise DataError(f"{p}: not a retort trace set (or it holds other files); refusing to delete it")
+    for entry in p.iterdir():
+        entry.unlink()
+    p.rmdir()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def check_target(out: str | os.PathLike) -> Path:
+    """`out` as the directory of a trace set to write or continue: new, empty, or holding a retort
+    trace manifest; never a file or a directory of other things. Called before any work is done."""
+    from ...paths import output_dir
+
+    path = output_dir(out, "out")
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        try:
+            ok = str(json.loads(manifest.read_text(encoding="utf-8")).get("format", "")).startswith("retort-traces/")
+        except (UnicodeDecodeError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise DataError(f"{manifest}: not a retort trace manifest; choose another output directory")
+    elif path.is_dir() and any(path.iterdir()):
+        raise DataError(f"{path} exists and is not a trace directory (no {MANIFEST}); choose a new or empty one")
+    return path
+
+
+class TraceWriter:
+    """Write shards of a trace set resumably. `params` identify the run; `expected_rows(index)`
+    gives each shard's row count so a renamed-but-unrecorded shard can be checked and adopted."""
+
+    def __init__(self, out: str | os.PathLike, params: dict, meta: dict, shard_rows: dict[int, int]):
+        self.dir = check_target(out)
+        self.params = json.loads(json.dumps(params))
+        self.shard_rows = shard_rows
+        path = self.dir / MANIFEST
+        if path.is_file():
+            try:
+                manifest = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"{path}: not a readable trace manifest ({e}); choose another output directory") from None
+            if manifest.get("format") != FORMAT:
+                raise DataError(f"{self.dir} holds traces in format {manifest.get('format')!r} (this retort writes "
+                                f"{FORMAT!r}); use another output directory, or delete it to sample again")
+            if manifest.get("params") != self.params:
+                diff = sorted(diff_keys(manifest.get("params", {}), self.params))
+                raise DataError(f"{self.dir} holds traces made with other arguments (differ at {', '.join(diff)}); "
+                                "use another output directory or the same arguments to continue")
+            self.manifest = manifest
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.manifest = {"format": FORMAT, "params": self.params, **meta, "shards": {}, "complete": False}
+            self._save()
+        for leftover in self.dir.iterdir():
+            # only the temporary names this writer uses; a user's own *.tmp file is left alone
+            m = OWN_FILE.match(leftover.name)
+            if m and m.group(3) and leftover.is_file():
+                leftover.unlink()
+        self._adopt_unrecorded()
+
+    def _save(self) -> None:
+        _atomic_write_text(self.dir / MANIFEST, json.dumps(self.manifest, indent=1))
+
+    def _adopt_unrecorded(self) -> None:
+        for path in sorted(self.dir.glob("part-*.parquet")):
+            m = OWN_FILE.match(path.name)
+            if not m or m.group(3) or not path.is_file():
+                continue
+            index = int(m.group(2))
+            if str(index) in self.manifest["shards"]:
+                continue
+            try:
+                meta = pq.ParquetFile(path)
+                ours = meta.schema_arrow.equals(SCHEMA)
+            except Exception:  # pyarrow raises several types for a file that is not Parquet
+                ours = False
+            if not ours:
+                raise DataError(f"{path}: a file the manifest does not list, and not a shard a retort trace writer "
+                                "wrote; move it away and rerun")
+            if meta.metadata.num_rows != self.shard_rows.get(index):
+                # written by a writer that does not know its shards' sizes ahead (mixed-policy), or
+                # by other arguments: a trace writer's own file, so it is redone
+                path.unlink()
+                continue
+            self._record(index, path, meta.metadata.num_rows)
+        self._save()
+
+    def _record(self, index: int, path: Path, rows: int) -> None:
+        self.manifest["shards"][str(index)] = {"file": path.name, "rows": rows, "bytes": path.stat().st_size,
+                                              "sha256": sha256_file(path)}
+
+    def done(self) -> set[int]:
+        return {int(i) for i in self.manifest["shards"]}
+
+    def write_shard(self, index: int, rows: "list[dict] | pa.Table") -> None:
+        table = rows.cast(SCHEMA) if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
+        final = self.dir / shard_name(index)
+        tmp = final.with_name(final.name + ".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        self._record(index, final, table.num_rows)
+        self._save()
+
+    def finish(self, stats: dict) -> None:
+        tokens = stats.get("tokens", {}).get("total", 0)
+        disk = sum(info["bytes"] for info in self.manifest["shards"].values())
+        stats = {**stats, "bytes_on_disk": disk, "bytes_per_token": disk / max(1, tokens)}
+        self.manifest["complete"] = True
+        self.manifest["stats"] = stats
+        self._save()
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    p = Path(path) / MANIFEST
+    if not p.is_file():
+        raise DataError(f"{path}: not a trace directory (no {MANIFEST}); make one with `retort traces`")
+    try:
+        manifest = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}: not valid JSON ({e.msg})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{p}: expected a JSON object (a retort trace manifest)")
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{p}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def read_traces(path: str | os.PathLike, *, verify: bool = True, allow_incomplete: bool = False,
+                columns: Optional[Iterable[str]] = None) -> pa.Table:
+    """All rows of a trace set, shards in order. Checks row counts (and checksums if `verify`)."""
+    manifest = read_manifest(path)
+    if not manifest.get("complete") and not allow_incomplete:
+        raise DataError(f"{path}: trace run is not finished; rerun the same `retort traces` command to complete it")
+    tables = []
+    for index in sorted(manifest["shards"], key=int):
+        info = manifest["shards"][index]
+        f = Path(path) / info["file"]
+        if not f.is_file():
+            raise DataError(f"{f}: shard listed in the manifest is missing")
+        if verify and sha256_file(f) != info["sha256"]:
+            raise DataError(f"{f}: checksum does not match the manifest (file changed or corrupt)")
+        present = set(pq.ParquetFile(f).schema_arrow.names)
+        t = pq.read_table(f, columns=[c for c in columns if c in present] if columns else None)
+        for name in ([c for c in columns] if columns else SCHEMA.names):
+            if name not in t.column_names:  # a column added to the format later (messages): null
+                t = t.append_column(SCHEMA.field(name), pa.nulls(t.num_rows, SCHEMA.field(name).type))
+        t = t.select(list(columns) if columns else SCHEMA.names)
+        if t.num_rows != info["rows"]:
+            raise DataError(f"{f}: {t.num_rows} rows, manifest says {info['rows']}")
+        tables.append(t)
+    if not tables:
+        return SCHEMA.empty_table() if not columns else SCHEMA.empty_table().select(list(columns))
+    return pa.concat_tables(tables)

@@ -1,0 +1,146 @@
+"""The shared machinery of on-policy distillation: the student samples, the teacher grades every
+token it produced (../shared/methods/llm.md §0 "On-policy loop", §20).
+
+Micro-batches start from the same deterministic, length-bucketed order of prompts as `sft`/`kd`
+(`OffPolicy.example_batches`). For each one, with probability `lmbda` (drawn from a seed of the
+run seed and the micro-batch index, so resuming and changing the process count repeat the same
+choices), its completions are replaced by fresh samples of the *current* student for the same
+prompts (GKD, Agarwal et al. 2024, arXiv:2306.13649); otherwise, with `seq_kd`, by samples of the
+teacher; otherwise the data's completions are kept. Samples come from the rollout engine shared
+with `retort traces` and `retort eval` (`retort.lm.rollout.generate_ids`: batched, KV cache, left
+padding, temperature / top-p, stop at EOS), seeded per micro-batch under a forked RNG, so the
+training run's own random streams are untouched. Prompt and padding are masked (-100); a rollout
+that stopped gets its EOS as a label; one cut by `max_new_tokens` does not.
+
+`gate` (KEPO's quality gate, §16): a rollout whose answer the task does not verify is masked out
+entirely — no token of it is distilled. Logged per step: `on_policy` (share of micro-batches
+sampled now), `rollout_tokens` (mean completion length), `rollout_correct` (share verified),
+`kept` (share of rollouts trained on).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+from ...config import param
+from ..data.collate import IGNORE, Encoded, collate
+from ...errors import ConfigError
+from ..rollout.generate import generate_ids
+from ..teachers import Teacher
+from .base import BatchPlan
+from .kd import load_teacher_once, unwrap
+from .sft import SFT
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling fields every on-policy method has (inherited by each method's Config)."""
+
+    lmbda: float = param(1.0, "share of micro-batches whose completions the student samples now (GKD's lambda); "
+                         "the others keep the data's completions", lo=0.0, hi=1.0)
+    seq_kd: bool = param(False, "the micro-batches not sampled by the student get completions the teacher samples "
+                         "now (GKD's seq_kd) instead of the data's")
+    temperature: float = param(1.0, "temperature of the rollouts and of both distributions in the loss",
+                               lo=0.0, lo_open=True)
+    top_p: float = param(1.0, "nucleus sampling of the rollouts", lo=0.0, hi=1.0, lo_open=True)
+    max_new_tokens: int = param(96, "longest rollout (a rollout cut here gets no EOS label)", lo=1)
+    gate: bool = param(False, "KEPO quality gate: distil only on rollouts whose answer the task verifies")
+    engine: str = param("auto", "rollout engine: auto (fast for Llama-family models, else hf), fast, hf "
+                        "(transformers' generate), or vllm (GPU; pip install 'retort[vllm]', vLLM >= 0.9.1; weights pushed "
+                        "each optimizer step)", choices=["auto", "fast", "hf", "vllm"])
+    vllm_gpu_memory: float = param(0.3, "share of GPU memory vLLM may take (engine=vllm)", lo=0.05, hi=0.95)
+
+
+class OnPolicy(SFT):
+    """Base of on-policy methods: `batches` as described in the module docstring; subclasses
+    implement `loss`. The data (`data.source`) supply the prompts, their reference answers (for the
+    gate) and the completions of the micro-batches that are not sampled."""
+
+    def __init__(self, ctx, cfg):
+        super().__init__(ctx, cfg)
+        if cfg.engine == "vllm" and getattr(getattr(ctx.run.student, "lora", None), "r", 0):
+            raise ConfigError("method_args.engine=vllm pushes whole weights to vLLM, not LoRA adapters; "
+                              "use engine=auto with student.lora.r > 0")
+        self._teacher = None
+        self.vocab = None
+
+    def examples(self) -> list[Encoded]:
+        data = super().examples()
+        if any(x.multi_turn for x in data):
+            raise ConfigError("on-policy methods sample one completion per prompt; the data has multi-turn rows "
+                              "(messages), which off-policy methods (sft, kd) train on")
+        if self.cfg.gate and any(x.answer is None for x in data):
+            raise ConfigError("method_args.gate=true needs a reference answer for every prompt "
+                              f"(data.source={self.ctx.run.data.source} has prompts without one)")
+        return data
+
+    def teacher(self, model):
+        return load_teacher_once(self, model)
+
+    def with_seq_kd(self, *ways: set) -> tuple:
+        """The capability sets `ways`, each with `generate` when the teacher samples (seq_kd)."""
+        return tuple(set(w) | ({"generate"} if self.cfg.seq_kd else set()) for w in ways)
+
+    def batches(self, plan: BatchPlan) -> Iterator[dict]:
+        pad = self.ctx.tokenizer.pad_token_id
+        for chunk, items in self.example_batches(plan):
+            self._version = chunk // (plan.accum * plan.world)  # the optimizer step: weights change per step
+            rng = random.Random(f"{plan.seed}:rollout:{chunk}")
+            on_policy = rng.random() < self.cfg.lmbda
+            seed = rng.randrange(2 ** 31)
+            stats = {"on_policy": float(on_policy)}
+            if on_policy:
+                items, more = self.rollout(items, self.ctx.student(), seed=seed, gate=self.cfg.gate)
+                stats.update(more)
+            elif self.cfg.seq_kd:
+                student = self.ctx.student()
+                teacher = self.teacher(student)
+                items, _ = self.rollout(items, getattr(teacher, "model", teacher) if isinstance(teacher, Teacher)
+                                        else teacher, seed=seed, gate=False)
+            batch = collate(items, pad)
+            batch["items"] = items
+            batch["stats"] = stats
+            yield batch
+
+    def rollout(self, items: list[Encoded], model, *, seed: int, gate: bool) -> tuple[list[Encoded], dict]:
+        """The items with their completions replaced by samples of `model` for the same prompts."""
+        tok, c = self.ctx.tokenizer, self.cfg
+        prompts = [x.input_ids[:x.prompt_len] for x in items]
+        student = model is self.ctx.student()
+        if c.engine == "vllm" and student:
+            outs = [[o] for o in self._vllm_rollout(unwrap(model), prompts, seed)]
+        else:
+            engine = "auto" if c.engine == "vllm" else c.engine  # the teacher (seq_kd) samples in-process
+            outs = generate_ids(unwrap(model), tok, prompts, max_new_tokens=c.max_new_tokens,
+                                temperature=c.temperature, top_p=c.top_p, num_samples=1, batch_size=len(prompts),
+                                seed=seed, engine=engine)
+        eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+        new, correct, kept, lengths = [], 0, 0, 0
+        for x, p, (comp,) in zip(items, prompts, outs):
+            ids = comp.token_ids + (eos if comp.finish_reason == "stop" else [])
+            ok = x.answer is not None and self.ctx.task.verify(comp.text, x.answer)
+            keep = ok or not gate
+            correct += ok
+            kept += keep
+            lengths += len(comp.token_ids)
+            new.append(replace(x, input_ids=p + ids, labels=[IGNORE] * len(p) + (ids if keep else [IGNORE] * len(ids)),
+                               topk_ids=None, topk_logprobs=None))
+        n = max(1, len(items))
+        return new, {"rollout_tokens": lengths / n, "rollout_correct": correct / n, "kept": kept / n}
+
+    def _vllm_rollout(self, model, prompts, seed):
+        from ..rollout.vllm_engine import VLLMEngine
+
+        if getattr(self, "_vllm", None) is None:
+            self._vllm = VLLMEngine(model, self.ctx.tokenizer, gpu_memory_utilization=self.cfg.vllm_gpu_memory,
+                                    seed=self.ctx.run.seed)
+        self._vllm.sync(model, getattr(self, "_version", 0))
+        tok = self.ctx.tokenizer
+        eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+        return self._vllm.generate(prompts, max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                                   top_p=self.cfg.top_p, seed=seed, eos_ids=eos)
+
+
+__all__ = ["OnPolicy", "RolloutConfig"]

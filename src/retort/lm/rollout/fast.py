@@ -1,0 +1,289 @@
+"""A lean sampling loop for Llama-family decoders (the `fast` rollout engine).
+
+`transformers`' `generate` spends most of a small model's decode step in Python: generation
+utilities, logits processors and several wrapper layers around every module call. For the models
+on-policy distillation samples from at every step on a CPU (retort's presets, layer-pruned
+SmolLM2-size students) that overhead is most of the rollout time. This engine runs the same
+arithmetic directly on the model's own weights: embedding, per layer RMSNorm -> one q/k/v matmul
+-> rotary (cos/sin from the model's own rotary embedding, tabulated once per call) ->
+scaled-dot-product attention over a preallocated KV cache -> o_proj -> RMSNorm -> gate/up, act,
+down, final norm, lm_head; left padding is handled with per-row positions and one additive key
+bias, as `generate` does. Optionally (`scores`) it keeps the log-probs of what it samples.
+
+It applies to `LlamaForCausalLM` and architectures with the same block (Mistral, Qwen2/Qwen3 and
+SmolLM are all `llama`-shaped when their config has no sliding window and, for Qwen3, no q/k
+norms — those are refused and go to `generate`). Greedy decoding gives the tokens of `generate`
+(tested); sampling draws from the same distribution (temperature, top-p) with its own seeded RNG.
+A PEFT LoRA model (a `student.lora` run) is run through its base model, every projection's weight
+taken as base + B A * scaling (nothing added while its adapters are disabled); greedy tokens equal
+`generate` on it too (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ... import threads as threads_setting
+import torch.nn.functional as F
+
+SUPPORTED = {"llama", "mistral", "qwen2"}
+
+
+def _base(model):
+    """The transformers model under a PEFT wrapper (its LoRA layers in place), else `model`."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports(model) -> bool:
+    model = _base(model)
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
+        return False
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) \
+            and cfg.model_type != "llama":
+        return False
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return False
+    attn = inner.layers[0].self_attn
+    return not hasattr(attn, "q_norm") and getattr(cfg, "hidden_act", "silu") in ("silu", "gelu", "gelu_pytorch_tanh")
+
+
+def _rms(x, norm):
+    if x.dtype == torch.float32:  # one fused op
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
+
+
+def _rotate_half(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class _Cache:
+    def __init__(self, n_layers, batch, kv_heads, max_len, head_dim, dtype, device):
+        self.k = torch.empty((n_layers, batch, kv_heads, max_len, head_dim), dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+
+
+def _linear(layer):
+    """(weight, bias) a linear layer applies now (LoRA adapters folded in, `effective_weight`)."""
+    from ..models.lora import effective_weight
+
+    return effective_weight(layer), getattr(getattr(layer, "base_layer", layer), "bias", None)
+
+
+def _rot_rows(w, n_heads, hd):
+    """The rows that give rotate_half of a projection's per-head output: (x1, x2) -> (-x2, x1)."""
+    w = w.reshape(n_heads, 2, hd // 2, *w.shape[1:])
+    return torch.cat([-w[:, 1], w[:, 0]], dim=1).reshape(n_heads * hd, *w.shape[3:])
+
+
+class _Weights:
+    """Per `sample` call (training changes the weights between calls): per layer, q/k/v as one
+    matrix — with `fold_rotary`, also the rows of rotate_half(q) and rotate_half(k), so that the
+    rotary embedding costs no extra ops — gate/up as one, and o/down/lm_head as plain (weight,
+    bias): the decode step then calls F.linear directly instead of modules (a small model's decode
+    step is bound by per-op overhead, not arithmetic)."""
+
+    def __init__(self, model, heads, kv_heads, hd, fold_rotary: bool):
+        self.layers = []
+        for layer in model.model.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            (qw, qb), (kw, kb), (vw, vb) = _linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj)
+            ws, bs = [qw, kw, vw], [qb, kb, vb]
+            if fold_rotary:
+                ws += [_rot_rows(qw, heads, hd), _rot_rows(kw, kv_heads, hd)]
+                bs += [None if qb is None else _rot_rows(qb, heads, hd), None if kb is None else _rot_rows(kb, kv_heads, hd)]
+            qkv_w = torch.cat(ws)
+            qkv_b = torch.cat(bs) if qb is not None else None
+            gate_up = None
+            if hasattr(mlp, "gate_proj"):
+                (gw, gb), (uw, ub) = _linear(mlp.gate_proj), _linear(mlp.up_proj)
+                if gb is None and ub is None:
+                    gate_up = torch.cat([gw, uw])
+            self.layers.append((qkv_w, qkv_b, _linear(a.o_proj), gate_up,
+                                _linear(mlp.down_proj) if gate_up is not None else None))
+        self.head = _linear(model.lm_head)
+
+
+def _forward(model, wts: _Weights, ids, rope, key_bias, cache: _Cache, start: int, fold_rotary: bool):
+    """Logits of the last position for `ids` (B, T) written at cache slots start..start+T-1.
+    `rope` = (cos, sin) at these positions, (B, 1, T, hd); `key_bias` (B, 1, T, start+T): 0 where a
+    query may attend, -inf elsewhere."""
+    inner, cfg = model.model, model.config
+    x = inner.embed_tokens(ids)
+    cos, sin = rope
+    b, t, _ = x.shape
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    end = start + t
+    nq, nkv = heads * hd, kv_heads * hd
+    silu = getattr(cfg, "hidden_act", "silu") == "silu"
+    for i, (layer, (qkv_w, qkv_b, (o_w, o_b), gate_up, down)) in enumerate(zip(inner.layers, wts.layers)):
+        attn = layer.self_attn
+        h = _rms(x, layer.input_layernorm)
+        qkv = F.linear(h, qkv_w, qkv_b)
+        # rotary on q and k at once: (b, heads + kv_heads, t, hd)
+        qk = qkv[..., :nq + nkv].view(b, t, heads + kv_heads, hd).transpose(1, 2)
+        # rotate_half(q), rotate_half(k): folded into the projection (rows after v), or computed
+        rot = (qkv[..., nq + 2 * nkv:].view(b, t, heads + kv_heads, hd).transpose(1, 2) if fold_rotary
+               else _rotate_half(qk))
+        qk = qk * cos + rot * sin
+        q, k = qk[:, :heads], qk[:, heads:]
+        v = qkv[..., nq + nkv:nq + 2 * nkv].view(b, t, kv_heads, hd).transpose(1, 2)
+        ck, cv = cache.k[i], cache.v[i]
+        ck[:, :, start:end] = k
+        cv[:, :, start:end] = v
+        keys, vals = ck[:, :, :end], cv[:, :, :end]
+        if kv_heads != heads:
+            keys = keys.repeat_interleave(heads // kv_heads, dim=1)
+            vals = vals.repeat_interleave(heads // kv_heads, dim=1)
+        scale = getattr(attn, "scaling", None) or hd ** -0.5
+        o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=key_bias, scale=scale)
+        x = x + F.linear(o.transpose(1, 2).reshape(b, t, nq), o_w, o_b)
+        h = _rms(x, layer.post_attention_layernorm)
+        mlp = layer.mlp
+        if gate_up is not None:
+            g, u = F.linear(h, gate_up).chunk(2, dim=-1)
+            x = x + F.linear((F.silu(g) if silu else mlp.act_fn(g)) * u, *down)
+        else:
+            x = x + mlp(h)
+    x = _rms(x[:, -1:], inner.norm)
+    return F.linear(x, *wts.head)[:, 0].float()
+
+
+@torch.no_grad()
+def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set, pad_id: int,
+           temperature: float = 0.0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
+           fold_rotary: Optional[bool] = None, scores: Optional[int] = None) -> list:
+    """New tokens for each prompt (left-padded batch), up to and including the first EOS.
+    `fold_rotary`: compute rotate_half(q), rotate_half(k) inside the q/k/v matmul (default: for
+    small models, whose decode step is bound by the number of ops, not by arithmetic).
+    `scores=K` (K >= 0): also return, per prompt, what `retort.lm.rollout.score` would compute from the
+    logits the sampler had anyway — `Scores` with the model's own (temperature-1) log-prob of each
+    new token and, for K > 0, its top-K ids, log-probs and the tail's log-mass at each step — as
+    (tokens, Scores) pairs; this saves the teacher-forced scoring pass of `retort traces`."""
+    model = _base(model)
+    device = next(model.parameters()).device
+    # A small model's decode step is a hundred tiny ops; on a CPU, waking a second OpenMP thread for
+    # each costs more than it saves (measured: 0.18 s vs 0.22 s per 32 x 40-token batch of the
+    # 167k student) — unless the batch makes the ops big (the 1.8M teacher at 500 rows: 2 threads
+    # 1.3x faster, benchmarks/traces.py). The threshold lives in retort.threads.
+    threads = torch.get_num_threads()
+    n_params = sum(p.numel() for p in model.parameters())
+    small = device.type == "cpu" and n_params < 20_000_000
+    one_thread = small and threads_setting.auto(n_params, len(prompts)) == 1  # never when `threads` is pinned
+    if one_thread:
+        torch.set_num_threads(1)
+    try:
+        return _sample(model, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                       temperature=temperature, top_p=top_p, generator=generator, device=device,
+                       fold=small if fold_rotary is None else fold_rotary, scores=scores)
+    finally:
+        if one_thread:
+            torch.set_num_threads(threads)
+
+
+@dataclass
+class Scores:
+    logprobs: list          # per new token (EOS included when sampled)
+    topk_ids: Optional[list] = None
+    topk_logprobs: Optional[list] = None
+    topk_tail: Optional[list] = None
+
+
+def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, generator, device, fold,
+            scores=None):
+    dtype = next(model.parameters()).dtype
+    b = len(prompts)
+    width = max(len(p) for p in prompts)
+    total = width + max_new_tokens
+    ids = torch.full((b, width), pad_id, dtype=torch.long, device=device)
+    key_mask = torch.zeros((b, total), dtype=torch.bool, device=device)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p, device=device)
+        key_mask[r, width - len(p):] = True  # prompt tokens and every generated slot
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    cache = _Cache(cfg.num_hidden_layers, b, kv_heads, total, hd, dtype, device)
+    positions = (key_mask[:, :width].long().cumsum(-1) - 1).clamp_min(0)
+    next_pos = key_mask[:, :width].sum(-1, keepdim=True)
+    eos = torch.tensor(sorted(eos_ids), device=device)
+    wts = _Weights(model, heads, kv_heads, hd, fold)
+    inner = model.model
+    probe = torch.zeros((1, 1, cfg.hidden_size), dtype=dtype, device=device)
+    static_rope = getattr(inner.rotary_emb, "rope_type", "default") in ("default", "linear", "llama3")
+    if static_rope:  # cos/sin of every position once; the decode steps gather rows of the table
+        cos_t, sin_t = inner.rotary_emb(probe, torch.arange(total, device=device)[None])
+        cos_t, sin_t = cos_t[0], sin_t[0]
+
+    def rope(pos):  # pos (B, T) -> cos, sin (B, 1, T, hd)
+        if static_rope:
+            return cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
+        c, s = inner.rotary_emb(probe, pos)
+        return c.unsqueeze(1), s.unsqueeze(1)
+
+    # prefill: causal and key padding; a row with no visible key (left padding) sees itself
+    causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+    mask = causal[None, None] & key_mask[:, None, None, :width]
+    mask = mask | ~mask.any(-1, keepdim=True)
+    zero = torch.zeros((), dtype=dtype, device=device)
+    neg = torch.tensor(float("-inf"), dtype=dtype, device=device)
+    logits = _forward(model, wts, ids, rope(positions), torch.where(mask, zero, neg), cache, 0, fold)
+    # decode: one query per row sees its real keys (the prompt without padding, every new slot)
+    decode_bias = torch.where(key_mask, zero, neg)[:, None, None, :]
+    out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    pad = torch.full((b,), pad_id, dtype=torch.long, device=device)
+    n = 0
+    kept_lp, kept_ids, kept_vals, kept_tail = [], [], [], []
+    for step in range(max_new_tokens):
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            if top_p < 1.0:
+                sp, si = probs.sort(dim=-1, descending=True)
+                drop = sp.cumsum(-1) - sp > top_p  # keep the smallest prefix reaching top_p
+                sp = sp.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter_(-1, si, sp)
+            tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        else:
+            tok = logits.argmax(-1)
+        tok = torch.where(done, pad, tok)
+        out[:, step] = tok
+        n = step + 1
+        if scores is not None:  # the model's own distribution (temperature 1), as `score` gives it
+            lsm = torch.log_softmax(logits.float(), dim=-1)
+            kept_lp.append(lsm.gather(1, tok[:, None])[:, 0])
+            if scores:
+                vals, idx = lsm.topk(min(scores, lsm.shape[-1]), dim=-1)
+                kept_ids.append(idx)
+                kept_vals.append(vals)
+                kept_tail.append(lsm.scatter(-1, idx, float("-inf")).logsumexp(-1))
+        done |= torch.isin(tok, eos)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        end = width + step + 1
+        logits = _forward(model, wts, tok[:, None], rope(next_pos), decode_bias[..., :end], cache, width + step, fold)
+        next_pos = next_pos + 1
+    rows = out[:, :n].tolist()
+    result = []
+    for r, seq in enumerate(rows):
+        cut = next((j for j, t in enumerate(seq) if t in eos_ids), None)
+        result.append(seq if cut is None else seq[:cut + 1])
+    if scores is None:
+        return result
+    lp = torch.stack(kept_lp, 1).tolist()
+    if scores:
+        ids, vals, tail = (torch.stack(x, 1).tolist() for x in (kept_ids, kept_vals, kept_tail))
+    return [(seq, Scores(lp[r][:len(seq)], *((ids[r][:len(seq)], vals[r][:len(seq)], tail[r][:len(seq)])
+                                            if scores else ())))
+            for r, seq in enumerate(result)]

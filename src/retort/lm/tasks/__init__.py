@@ -1,0 +1,28 @@
+"""Tasks: prompts with reference answers and worked solutions, and a way to check answers.
+
+`TASKS` names the built-in procedural tasks; `get_task` also accepts a .jsonl/.parquet file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...errors import ConfigError
+from .base import ANSWER_MARK, Example, Task, require_examples
+from .builtin import BUILTIN as TASKS
+from .files import FileTask
+from .verify import VERIFIERS
+
+
+def get_task(cfg) -> Task:
+    """Build the task a `TaskConfig` names."""
+    if cfg.name in TASKS:
+        return TASKS[cfg.name](**(cfg.difficulty or {}))
+    if Path(cfg.name).suffix in (".jsonl", ".parquet"):
+        if cfg.difficulty:
+            raise ConfigError("task.difficulty applies to built-in tasks only")
+        return FileTask(cfg.name, cfg.verifier, cfg.test_fraction)
+    raise ConfigError(f"task.name={cfg.name!r}: not a built-in task ({', '.join(TASKS)}) nor a .jsonl/.parquet file")
+
+
+__all__ = ["ANSWER_MARK", "Example", "FileTask", "Task", "TASKS", "VERIFIERS", "get_task", "require_examples"]

@@ -1,0 +1,116 @@
+"""Built-in procedural reasoning tasks: seeded, unlimited, verifiable, with worked solutions.
+
+Both families compose several single-digit modular operations. Each operation is a lookup a
+tiny model learns quickly, but answering in one shot means composing all of them inside one
+forward pass, which a small model cannot do; writing the intermediate results out (the worked
+solution) turns the problem into a chain of easy steps. That gap is what distillation transfers.
+
+- `modchain`: apply operations left to right, modulo m: "Q:7+5*3-4" -> "7+5=2 / 2*3=6 / 6-4=2 / A:2".
+- `vars`: a chain of variable definitions given in shuffled order; the model must first find the
+  dependency order, then evaluate: "Q:c=b+3,a=4,b=a*2;c?" -> "a=4 / b=4*2=8 / c=8+3=1 / A:1".
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+from ...errors import ConfigError
+from .base import Example, Task, in_test_split
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+class _Procedural(Task):
+    knobs: dict[str, tuple[int, int]] = {}  # name -> (lo, hi) allowed
+
+    def __init__(self, **difficulty):
+        for key, value in difficulty.items():
+            if key not in self.knobs:
+                raise ConfigError(
+                    f"task.difficulty.{key}: unknown knob for task '{self.name}'; valid: {', '.join(self.knobs)}"
+                )
+            lo, hi = self.knobs[key]
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigError(f"task.difficulty.{key}={value!r}: expected an integer in [{lo}, {hi}]")
+            setattr(self, key, value)
+        if self.steps_min > self.steps_max:
+            raise ConfigError(f"task.difficulty: steps_min={self.steps_min} > steps_max={self.steps_max}")
+
+    def _problem(self, rng: random.Random, steps: int) -> Example:
+        raise NotImplementedError
+
+    def _chain(self, rng: random.Random, steps: int) -> tuple[int, list[tuple[int, str, int, int]]]:
+        """A start value and `steps` operations (value before, op, operand, value after), modulo m."""
+        m = self.modulus
+        start = value = rng.randrange(m)
+        chain = []
+        for _ in range(steps):
+            op, operand = rng.choice("+-*"), rng.randrange(1, m)
+            new = OPS[op](value, operand) % m
+            chain.append((value, op, operand, new))
+            value = new
+        return start, chain
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        if split not in ("train", "test"):
+            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+        want_test = split == "test"
+        # Each split has its own stream so that changing n never changes the first examples.
+        rng = random.Random(f"{self.name}:{split}:{seed}")
+        out, seen = [], set()
+        attempts = 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 200 * n + 10_000:
+                raise ConfigError(
+                    f"task '{self.name}' has too few distinct {split} problems for n={n} at this difficulty"
+                )
+            steps = rng.randint(self.steps_min, self.steps_max)
+            ex = self._problem(rng, steps)
+            if in_test_split(ex.prompt) != want_test:
+                continue
+            if want_test:  # test prompts are unique so that accuracy is not weighted by repeats
+                if ex.prompt in seen:
+                    continue
+                seen.add(ex.prompt)
+            out.append(Example(f"{self.name}-{split}-{seed}-{len(out)}", ex.prompt, ex.answer, ex.solution, steps))
+        return out
+
+
+class ModChain(_Procedural):
+    name = "modchain"
+    description = "left-to-right chain of + - * on digits, modulo m; one worked line per operation"
+    knobs = {"steps_min": (1, 12), "steps_max": (1, 12), "modulus": (2, 10)}
+    steps_min, steps_max, modulus = 2, 6, 10
+
+    def _problem(self, rng: random.Random, steps: int) -> Example:
+        start, chain = self._chain(rng, steps)
+        prompt = f"Q:{start}" + "".join(f"{op}{x}" for _, op, x, _ in chain) + "\n"
+        lines = [f"{a}{op}{x}={b}" for a, op, x, b in chain]
+        answer = str(chain[-1][3])
+        return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
+
+
+class VarChain(_Procedural):
+    name = "vars"
+    description = "variable definitions in shuffled order, each one operation on another, modulo m"
+    knobs = {"steps_min": (1, 10), "steps_max": (1, 10), "modulus": (2, 10)}
+    steps_min, steps_max, modulus = 2, 5, 10
+
+    def _problem(self, rng: random.Random, steps: int) -> Example:
+        names = rng.sample("abcdefghijklmnopqrstuvwxyz", steps + 1)
+        start, chain = self._chain(rng, steps)
+        defs = [f"{names[0]}={start}"] + [f"{n}={p}{op}{x}" for p, n, (_, op, x, _) in zip(names, names[1:], chain)]
+        lines = [f"{names[0]}={start}"] + [f"{n}={a}{op}{x}={b}" for n, (a, op, x, b) in zip(names[1:], chain)]
+        rng.shuffle(defs)
+        answer = str(chain[-1][3])
+        prompt = f"Q:{','.join(defs)};{names[-1]}?\n"
+        return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
+
+
+BUILTIN = {ModChain.name: ModChain, VarChain.name: VarChain}
+
+
+def builtin_task(name: str, difficulty: Optional[dict] = None) -> Task:
+    return BUILTIN[name](**(difficulty or {}))

@@ -1,0 +1,101 @@
+"""The built-in teacher: the `teacher` preset trained with `sft` on a built-in task's worked
+solutions until it answers >= 95% of test problems, then cached for every later run.
+
+The cache is an ordinary run directory ($RETORT_CACHE or ~/.cache/retort/teacher-TASK): a crash
+mid-training resumes from its last checkpoint, and `model/` loads with plain transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import EvalConfig, TrainRun, load_config
+from ..errors import RetortError
+from .models import builtin_teacher_dir, load_model
+
+TARGET_ACCURACY = 0.95
+
+TEACHER_DEFAULTS = {
+    "out": "",  # filled with the cache directory of the task
+    "student": {"name": "preset:teacher"},
+    "data": {"source": "solutions", "n_train": 64000, "max_len": 160},
+    "train": {"steps": 1500, "batch_size": 32, "lr": 1e-3, "warmup_steps": 50, "eval_every": 100,
+              "save_every": 100, "stop_at_accuracy": 0.98, "log_every": 20, "keep_checkpoints": 1},
+    "eval": {"n": 200, "max_new_tokens": 96},
+}
+# The final check uses other test problems than the early-stopping checks.
+FINAL_EVAL = EvalConfig(n=1000, seed=0, max_new_tokens=96, batch_size=200)
+
+
+def teacher_config(config_file=None, overrides=None) -> TrainRun:
+    run = load_config(TrainRun, config_file, overrides, base=TEACHER_DEFAULTS)
+    if not run.out:
+        run = replace(run, out=str(builtin_teacher_dir(run.task.name)))
+    return run
+
+
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "teacher.json", "model", "ckpt")
+
+
+def remove_run(out: Path) -> None:
+    """What `--force` deletes: the entries a teacher run writes, and the directory if that empties
+    it. Anything else in `out` (a user's file) stays, and so does the directory."""
+    if not (out / "config.yaml").is_file() and any(out.iterdir()):
+        raise RetortError(f"teacher --force: {out} holds no retort run (no config.yaml); not deleting it")
+    for name in RUN_ENTRIES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if not any(out.iterdir()):
+        out.rmdir()
+
+
+def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, console=None) -> Path:
+    """Return the directory of a trained built-in teacher, training it first if needed."""
+    from .eval import evaluate
+    from .tasks import get_task
+    from ..train import train
+
+    run = teacher_config(config_file, overrides)
+    out = Path(run.out)
+    report = out / "teacher.json"
+    if report.is_file() and not force:
+        from ..config import saved_config_diff
+
+        diff = saved_config_diff(out / "config.yaml", run) if (out / "config.yaml").is_file() else []
+        if diff:
+            raise RetortError(f"teacher: the teacher cached in {out} was trained with other settings (differ at "
+                              f"{', '.join(diff)}); pass --force to train it again with these")
+        info = json.loads(report.read_text())
+        if console is not None:
+            console.print(f"teacher: cached in {out} (test accuracy {info['accuracy']:.3f}, "
+                          f"trained in {info['train_time_s']:.0f}s)")
+        return out / "model"
+    if force and out.exists():
+        remove_run(out)
+    if console is not None:
+        console.print(f"teacher: training {run.student.name} on {run.task.name} into {out} "
+                      f"(stops at {run.train.stop_at_accuracy:.0%} accuracy; resumable)")
+    t0 = time.time()
+    summary = train(run, resume=True, evaluate=lambda m, t, task: evaluate(m, t, task, run.eval), console=console)
+    model, tok = load_model(replace(run.student, name=str(out / "model")))
+    result = evaluate(model, tok, get_task(run.task), FINAL_EVAL)
+    info = {"accuracy": result["accuracy"], "n": result["n"], "by_difficulty": result["by_difficulty"],
+            "steps": summary["steps"], "train_time_s": round(time.time() - t0, 1),
+            "params": sum(p.numel() for p in model.parameters())}
+    if result["accuracy"] < TARGET_ACCURACY:
+        raise RetortError(
+            f"teacher reached {result['accuracy']:.3f} test accuracy (< {TARGET_ACCURACY}) after {summary['steps']} "
+            f"steps; raise train.steps or rerun with --force. Its run is in {out}"
+        )
+    report.write_text(json.dumps(info, indent=2))
+    if console is not None:
+        console.print(f"teacher: {result['accuracy']:.3f} accuracy on {result['n']} test problems, "
+                      f"{info['train_time_s']:.0f}s; cached in {out}")
+    return out / "model"

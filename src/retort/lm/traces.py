@@ -1,0 +1,114 @@
+"""`retort traces`: the teacher samples N completions per prompt; each is verified by the task,
+scored (the teacher's log-prob of every sampled token, optionally its top-k), and stored as
+Parquet shards (`retort.lm.data.traces`). Progress is per shard: killed at any moment and rerun with
+the same arguments, the run continues and ends with exactly prompts x N rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict
+from math import ceil
+from pathlib import Path
+
+import torch
+
+from .. import __version__, threads
+from .data import topk as topk_codec
+from .data.collate import encode_prompt
+from .data.hashes import tokenizer_sha256, weights_sha256
+from .data.traces import SCHEMA, TraceWriter, check_target, read_traces
+from .tasks import get_task, require_examples
+from .teachers import check_capabilities, open_teacher
+
+
+def _shard_seed(seed: int, index: int) -> int:
+    return int(hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:8], 16)
+
+
+def run_traces(run, console=None) -> Path:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    threads.pin(run.threads)
+    check_target(run.out)  # before any work: a file, or a directory of other things, is refused
+    check_capabilities("traces", ({"generate", "score"},), run.teacher.name)
+    task = get_task(run.task)
+    n_prompts = require_examples(task, run.split, run.n_prompts, "traces")
+    if n_prompts < run.n_prompts and console is not None:
+        console.print(f"traces: {task.describe_split(run.split)} has {n_prompts} distinct prompts; sampling "
+                      f"each of them once (n_prompts={run.n_prompts} asks for more)")
+    examples = task.examples(run.split, n_prompts, run.seed)
+    teacher = open_teacher(run.teacher, seed=run.seed, device="cuda" if torch.cuda.is_available() else "cpu")
+    tok = teacher.tokenizer
+    s, n = run.shard_prompts, run.sampling.n
+    n_shards = ceil(len(examples) / s)
+    shard_rows = {i: len(examples[i * s:(i + 1) * s]) * n for i in range(n_shards)}
+    params = {"task": asdict(run.task), "teacher": asdict(run.teacher), "teacher_weights_sha256": teacher.identity(),
+              "sampling": asdict(run.sampling), "split": run.split, "n_prompts": len(examples), "seed": run.seed,
+              "shard_prompts": s}
+    meta = {"retort_version": __version__, "task": task.name, "teacher": run.teacher.name,
+            "tokenizer_sha256": tokenizer_sha256(tok), "vocab_size": len(tok),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    writer = TraceWriter(run.out, params, meta, shard_rows)
+    todo = [i for i in range(n_shards) if i not in writer.done()]
+    if console is not None and len(todo) < n_shards:
+        console.print(f"traces: {n_shards - len(todo)} of {n_shards} shards already in {run.out}; continuing")
+    interactive = console is not None and console.is_terminal
+    progress = Progress(TextColumn("[bold]traces"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+                        TimeRemainingColumn(), disable=not interactive)
+    t0, tokens = time.time(), 0
+    sp = run.sampling
+    with progress:
+        bar = progress.add_task("traces", total=len(examples), completed=(n_shards - len(todo)) and
+                                sum(len(examples[i * s:(i + 1) * s]) for i in writer.done()), rate="")
+        for index in todo:
+            shard = examples[index * s:(index + 1) * s]
+            outs = teacher.generate([e.prompt for e in shard], max_new_tokens=sp.max_new_tokens,
+                            temperature=sp.temperature, top_p=sp.top_p, num_samples=n,
+                            batch_size=run.batch_size, seed=_shard_seed(sp.seed, index), stop=sp.stop or None,
+                            scores=sp.topk)
+            if sp.temperature == 0:
+                outs = [o[:1] * n for o in outs]
+            flat = [(e, j, c) for e, o in zip(shard, outs) for j, c in enumerate(o)]
+            # With top-k, also score the end-of-sequence step of completions that stopped, so that
+            # offline KD has the teacher's distribution at every position the student is trained on.
+            if all(c.scores is not None for _, _, c in flat):
+                # the fast engine kept the teacher's log-probs (and top-k, EOS step included) while
+                # sampling: the same numbers as the teacher-forced pass below (tested), no second forward
+                scored = [c.scores for _, _, c in flat]
+            else:
+                prompt_ids = {e.id: encode_prompt(tok, e.prompt) for e in shard}
+                eos = [tok.eos_token_id] if sp.topk and tok.eos_token_id is not None else []
+                scored = teacher.score([prompt_ids[e.id] for e, _, _ in flat],
+                                       [c.token_ids + (eos if c.finish_reason == "stop" else []) for _, _, c in flat],
+                                       topk=sp.topk, batch_size=run.batch_size)
+            rows = []
+            for (e, j, c), sc in zip(flat, scored):
+                rows.append({
+                    "prompt_id": e.id, "sample_idx": j, "prompt": e.prompt, "completion": c.text,
+                    "completion_ids": c.token_ids, "completion_logprobs": sc.logprobs[:len(c.token_ids)],
+                    "topk": topk_codec.encode_scores(sc, min(sp.topk, len(tok))) if sp.topk else None,
+                    "answer": task.extract_answer(c.text), "reference": e.answer,
+                    "correct": task.verify(c.text, e.answer), "finish_reason": c.finish_reason,
+                    "n_tokens": len(c.token_ids), "difficulty": e.difficulty,
+                })
+                tokens += len(c.token_ids)
+            writer.write_shard(index, rows)
+            rate = f"{tokens / max(1e-9, time.time() - t0):.0f} tok/s"
+            progress.update(bar, advance=len(shard), rate=rate)
+            if console is not None and not interactive:
+                console.print(f"traces: shard {index + 1}/{n_shards} written ({rate})")
+    from .curate import trace_stats
+
+    writer.finish(trace_stats(read_traces(run.out, allow_incomplete=True)))
+    stats = writer.manifest["stats"]
+    if console is not None:
+        console.print(f"traces: {stats['rows']} rows ({stats['prompts']} prompts x {n}), accuracy "
+                      f"{stats['accuracy']:.3f}, pass@{n} {stats[f'pass@{n}']:.3f}, "
+                      f"{stats['bytes_per_token']:.1f} bytes/token on disk; in {run.out}")
+    return Path(run.out)
+
+
+__all__ = ["SCHEMA", "run_traces", "tokenizer_sha256", "weights_sha256"]

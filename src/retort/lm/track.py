@@ -1,0 +1,71 @@
+"""The language-model track: causal-LM students from presets, directories, GGUF files or the hub
+(optionally with LoRA), reasoning tasks, the LM methods, and teachers behind `retort.lm.teachers`."""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+from .methods import METHODS, MethodContext
+from .models import load_model, lora, save_model
+from .tasks import get_task, require_examples
+from .teachers import check_capabilities, open_teacher
+from ..track import Track
+
+
+class LMTrack(Track):
+    name = "lm"
+    methods = METHODS
+
+    def get_task(self, cfg):
+        return get_task(cfg)
+
+    def check_eval(self, task, run) -> None:
+        require_examples(task, run.eval.split, run.eval.n, "the run's evaluation")
+
+    def load_student(self, run, ckpt, seed: int):
+        lora.check_available(run.student.lora)
+        max_len = max(512, run.data.max_len)
+        if ckpt is not None and run.student.lora.r:
+            # a LoRA checkpoint holds the adapter only: the base is loaded as the run first loaded it
+            model, tok = load_model(run.student, seed=seed, max_len=max_len)
+            return lora.resume(model, ckpt / "model"), tok
+        if ckpt is not None:
+            return load_model(ModelConfig(name=str(ckpt / "model"), dtype=run.student.dtype))
+        model, tok = load_model(run.student, seed=seed, max_len=max_len)
+        return (lora.wrap(model, run.student.lora) if run.student.lora.r else model), tok
+
+    def param_counts(self, model) -> tuple[int, int]:
+        return lora.param_counts(model)
+
+    def rows_per_batch(self, run) -> int:
+        return run.train.batch_size * run.data.max_len  # tokens
+
+    def describe_student(self, run, trainable: int, total: int):
+        if run.student.lora.r:
+            return (f"lora r={run.student.lora.r}: training {trainable:,} of {total:,} parameters "
+                    f"({100 * trainable / total:.2f}%)")
+        return None
+
+    def context(self, run, task, processor, device, say):
+        return MethodContext(
+            run=run, task=task, tokenizer=processor, device=device, log=say,
+            load_teacher=lambda: open_teacher(run.teacher, seed=run.seed, device=device),
+            load_initial_student=lambda: load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len)))
+
+    def check_method(self, run, method) -> None:
+        check_capabilities(run.method, method.teacher_needs(), run.teacher.name)
+
+    def save_checkpoint_model(self, model, processor, path, state_dict=None) -> None:
+        # a LoRA student's checkpoint holds the adapter only; LoRA never targets the embeddings (a
+        # config check), so PEFT need not look the base model up to decide whether to save them
+        extra = {"save_embedding_layers": False} if lora.is_lora(model) else {}
+        if state_dict is not None:
+            extra["state_dict"] = state_dict
+        model.save_pretrained(path, safe_serialization=True, **extra)
+        processor.save_pretrained(path)
+
+    def export(self, model, processor, path) -> None:
+        # LoRA: the adapters merged in, in place (the run is over): a plain model for `retort eval`
+        save_model(lora.merge(model), processor, path)
+
+
+TRACK = LMTrack()
