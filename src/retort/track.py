@@ -59,7 +59,8 @@ class Track:
         """`state_dict`: the full weights gathered from shards (FSDP), else None (use the model's)."""
         raise NotImplementedError
 
-    def export(self, model, processor, path) -> None:
+    def export(self, model, processor, path, state_dict=None) -> None:
+        """The final model; `state_dict` as in `save_checkpoint_model`."""
         raise NotImplementedError
 
 

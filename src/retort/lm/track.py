@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
+from ..errors import ModelError
 from .methods import METHODS, MethodContext
 from .models import load_model, lora, save_model
 from .tasks import get_task, require_examples
@@ -63,9 +64,16 @@ class LMTrack(Track):
         model.save_pretrained(path, safe_serialization=True, **extra)
         processor.save_pretrained(path)
 
-    def export(self, model, processor, path) -> None:
+    def export(self, model, processor, path, state_dict=None) -> None:
         # LoRA: the adapters merged in, in place (the run is over): a plain model for `retort eval`
-        save_model(lora.merge(model), processor, path)
+        if state_dict is None:
+            save_model(lora.merge(model), processor, path)
+            return
+        if lora.is_lora(model):  # merging needs the whole weights in one process
+            raise ModelError("a LoRA student trained with sharded (FSDP) weights: export its adapter from the last "
+                             "checkpoint (ckpt/step-N/model) and merge it on one process")
+        model.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+        processor.save_pretrained(path)
 
 
 TRACK = LMTrack()

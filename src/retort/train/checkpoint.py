@@ -127,7 +127,8 @@ def resumable_checkpoint(run_dir: Path, log: Callable[[str], None] = lambda msg:
 ACCELERATE = "accelerate"
 
 
-def _sharded(accelerator) -> bool:
+def sharded(accelerator) -> bool:
+    """Whether the model's weights are sharded over processes (FSDP): saving them needs a gather."""
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type == DistributedType.FSDP
@@ -157,7 +158,7 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, save_model,
     # FSDP each process writes its shard) and every process's RNG streams; the models are left to
     # the track (`use_accelerate_state`), which writes them in their own format
     accelerator.save_state(str(tmp / ACCELERATE))
-    full = accelerator.get_state_dict(model) if _sharded(accelerator) else None  # every process joins the gather
+    full = accelerator.get_state_dict(model) if sharded(accelerator) else None  # every process joins the gather
     if accelerator.is_main_process:
         save_model(accelerator.unwrap_model(model), tmp / "model", full)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

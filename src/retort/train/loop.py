@@ -21,7 +21,7 @@ from ..contract import BatchPlan
 from ..paths import atomic_write_text
 from ..track import get_track
 from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
-                         save_checkpoint, use_accelerate_state)
+                         save_checkpoint, sharded, use_accelerate_state)
 from .optim import make_optimizer, make_scheduler
 
 
@@ -344,8 +344,9 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(elapsed(), 2),
                "stopped_early": stopped_early, "eval": last_eval, "main_process": main,
                "trainable_params": trainable, "params": n_params, "threads": torch.get_num_threads()}
+    full = accelerator.get_state_dict(model) if sharded(accelerator) else None  # every process joins the gather
     if main:
-        track.export(accelerator.unwrap_model(model), tok, run_dir / "model")
+        track.export(accelerator.unwrap_model(model), tok, run_dir / "model", full)
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if accelerator.log_with:
         accelerator.end_training()
