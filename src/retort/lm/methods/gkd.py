@@ -35,7 +35,7 @@ class GKD(OnPolicy):
         ce_weight: float = param(0.0, "weight of cross-entropy on the completion tokens (per-token nats)", lo=0.0)
         chunk: int = param(0, "rows per chunk of the fused loss (0: auto from the vocabulary size)", lo=0)
         topk: int = param(20, "with a teacher that scores but has no hidden states: the top-k per position the "
-                          "sparse path learns from", lo=1)
+                          "sparse path learns from (at most what the teacher has)", lo=1)
 
     def teacher_needs(self) -> tuple:
         return self.with_seq_kd({"hidden"}, {"score"})
@@ -45,7 +45,7 @@ class GKD(OnPolicy):
         if "hidden" in teacher.capabilities:
             out = distill_tokens(model, teacher, batch, self.cfg, self.vocab)
         else:  # a teacher that only scores: the sparse top-k path on the rollouts' scores
-            out = sparse_topk_loss(model, teacher_topk_batch(teacher, batch, self.cfg.topk), self.cfg,
-                                   len(self.ctx.tokenizer))
+            k = min(self.cfg.topk, teacher.max_topk or self.cfg.topk)
+            out = sparse_topk_loss(model, teacher_topk_batch(teacher, batch, k), self.cfg, len(self.ctx.tokenizer))
         out.metrics.update(batch.get("stats", {}))
         return out

@@ -173,7 +173,7 @@ class KD(SFT):
         teacher: str = param("online", "online: run the teacher model; offline: its top-k log-probs stored in "
                              "the traces (data.source=traces, made with sampling.topk=K)", choices=["online", "offline"])
         topk: int = param(20, "with a teacher that scores but has no hidden states (teacher.name=traces:DIR, a "
-                          "server): the top-k per position the sparse path learns from", lo=1)
+                          "server): the top-k per position the sparse path learns from (at most what the teacher has)", lo=1)
         tail: str = param("drop", "offline top-k: renormalise both over the k ids (drop), or keep the rest of "
                           "the mass as one extra bucket (bucket; needs temperature 1)", choices=["drop", "bucket"])
 
@@ -218,8 +218,8 @@ class KD(SFT):
         teacher = self.teacher(model)
         if "hidden" in teacher.capabilities:
             return distill_tokens(model, teacher, batch, self.cfg, self.vocab)
-        return sparse_topk_loss(model, teacher_topk_batch(teacher, batch, self.cfg.topk), self.cfg,
-                                len(self.ctx.tokenizer))
+        k = min(self.cfg.topk, teacher.max_topk or self.cfg.topk)  # a trace store has what it stored
+        return sparse_topk_loss(model, teacher_topk_batch(teacher, batch, k), self.cfg, len(self.ctx.tokenizer))
 
     def offline_loss(self, model, batch) -> LossOut:
         return sparse_topk_loss(model, batch, self.cfg, len(self.ctx.tokenizer))

@@ -12,10 +12,11 @@ CAPABILITIES = ("generate", "score", "hidden", "score_stored")
 
 
 class Teacher:
-    """What methods use of a teacher. `capabilities` says which of the three calls work."""
+    """What methods use of a teacher. `capabilities` says which calls work (`CAPABILITIES`)."""
 
     kind = "teacher"
     capabilities: frozenset = frozenset()
+    max_topk: Optional[int] = None  # the most top-k entries `score` can give per position (None: any)
 
     def __init__(self, name: str, tokenizer=None):
         self.name, self.tokenizer = name, tokenizer
@@ -97,7 +98,7 @@ class TraceStoreTeacher(Teacher):
                             "`retort traces` wrote")
         tok = load_tokenizer(ModelConfig(**params["teacher"]))
         super().__init__(f"traces:{path}", tok)
-        self.k = int(params.get("sampling", {}).get("topk") or 0)
+        self.k = self.max_topk = int(params.get("sampling", {}).get("topk") or 0)
         cols = read_traces(path, columns=["prompt", "completion_ids", "completion_logprobs", "topk",
                                           "finish_reason"]).to_pydict()
         self._rows: dict[tuple, int] = {}
