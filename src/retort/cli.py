@@ -77,15 +77,12 @@ def eval_cmd(config_file, models, json_out, overrides):
     """
     from dataclasses import replace
 
+    from . import threads
     from .config import EvalRun, load_config
     from .lm.eval import evaluate, results_table
     from .lm.models import load_model
-    from .lm.tasks import get_task
-
+    from .lm.tasks import get_task, require_examples
     from .paths import output_file
-    from .lm.tasks import require_examples
-
-    from . import threads
 
     run = load_config(EvalRun, config_file, _overrides(overrides))
     threads.pin(run.threads)
