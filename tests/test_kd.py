@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
+from retort.lm.teachers import LocalTeacher
 from retort.config import ModelConfig, TrainRun, load_config
 from retort.errors import ConfigError
 from retort.lm.methods.kd import last_hidden
@@ -92,7 +93,7 @@ def test_offline_full_vocab_topk_equals_online_kd(tmp_path):
                                            "data.trace_filter=all", f"teacher.name={teacher}",
                                            f"method_args.teacher={mode}", "method=kd"])
         ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok,
-                            load_teacher=lambda: load_model(run.teacher))
+                            load_teacher=lambda: LocalTeacher("t", *load_model(run.teacher)))
         kd = KD(ctx, KD.Config(teacher=mode))
         batch = next(kd.batches(BatchPlan(0, 1, 1, 6, 0, 0)))
         out = kd.loss(student, batch)

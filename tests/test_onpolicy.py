@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_overrides
 from test_kd import _teacher
+from retort.lm.teachers import LocalTeacher
 from retort.config import ModelConfig, TrainRun, load_config
 from retort.lm.data.collate import IGNORE, Encoded, collate
 from retort.lm.methods import METHODS
@@ -34,7 +35,7 @@ def _method(tmp_path, name, overrides=(), **cfg):
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", **{"method": name, "teacher.name":
                                                                          _teacher(tmp_path / "teacher")}))
     student, tok = load_model(ModelConfig(name="preset:nano"), seed=5)
-    ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok, load_teacher=lambda: load_model(run.teacher),
+    ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok, load_teacher=lambda: LocalTeacher("t", *load_model(run.teacher)),
                         student=lambda: student,
                         load_initial_student=lambda: load_model(ModelConfig(name="preset:nano"), seed=5))
     cls = METHODS[name]

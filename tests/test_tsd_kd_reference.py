@@ -7,6 +7,7 @@ import torch
 
 from conftest import tiny_overrides
 from reference import tsd_kd_loss
+from retort.lm.teachers import LocalTeacher
 from retort.config import ModelConfig, TrainRun, load_config
 from retort.lm.data.collate import IGNORE, Encoded, collate
 from retort.lm.methods import METHODS
@@ -32,7 +33,7 @@ def _models():
 def _method(tmp_path, student, teacher, tok, t_tok, **cfg):
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", **{"method": "tsd_kd",
                                                                          "teacher.name": "preset:nano"}))
-    ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok, load_teacher=lambda: (teacher, t_tok),
+    ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok, load_teacher=lambda: LocalTeacher("t", teacher, t_tok),
                         student=lambda: student)
     cls = METHODS["tsd_kd"]
     return cls(ctx, cls.Config(**cfg))

@@ -66,8 +66,9 @@ class Method:
         self.owned_modules: dict[str, torch.nn.Module] = {}  # filled by the loop from `owned()`
 
     def teacher_needs(self) -> tuple:
-        """What the method needs of `teacher.name` (retort.lm.teachers): alternative sets of
-        capabilities, any one of which will do; () when it uses no teacher. Checked before step 0."""
+        """What the method needs of its teacher: alternative sets of capabilities (the track's names,
+        e.g. `hidden`, `score`), any one of which will do; () when it uses no teacher. The track
+        checks it before step 0."""
         return ()
 
     def owned(self) -> dict[str, Owned]:

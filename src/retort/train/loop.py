@@ -187,8 +187,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
             console.print(msg)
 
     existing = _prepare_run_dir(run_dir, run, resume, say if announce_new else (lambda msg: None))
-    if existing and _finished(run_dir) is not None:
-        summary = _finished(run_dir)
+    summary = _finished(run_dir) if existing else None
+    if summary is not None:
         say(f"{run_dir}: this run finished ({summary.get('steps')} steps); nothing to resume")
         return {**summary, "main_process": main, "already_finished": True}
     if existing and main:

@@ -12,7 +12,7 @@ uses the spec's reading:
     score(y) = (#Teacher - #Student) / #sentences
     keep the `keep` highest-scoring responses per prompt (ties: the earlier sample)
 
-Sentences are those of `chunk_sft.sentences` (lines, and ". "/"! "/"? " pieces within a line).
+Sentences are those of `retort.lm.data.text.sentences` (lines, and ". "/"! "/"? " pieces within a line).
 A token belongs to the sentence in which its text ends, found by decoding token prefixes, so the
 two models may tokenize differently (everything is compared per sentence). A sentence with no
 token of its own on either side (a token spanning it) is left out of the count.
@@ -83,7 +83,7 @@ def score_traces(cols: dict, rows: list[int], teacher_tok, student, student_tok,
                  batch_size: int = 64, progress=None) -> dict[int, DasScore]:
     """DAS scores of the given trace rows. `cols`: the trace columns (prompt, completion,
     completion_ids, completion_logprobs, finish_reason); `encode(i)`: the student's (prompt ids,
-    completion ids) of row i (`methods.sft.TraceEncoder`), whose EOS, if any, is not scored."""
+    completion ids) of row i (`retort.lm.data.collate.TraceEncoder`), whose EOS, if any, is not scored."""
     from ..data.text import sentences
     from ..rollout.score import score
 

@@ -26,7 +26,7 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
                   first_k_correct: Optional[int] = None, pairs: Optional[int] = None,
                   das_student: Optional[str] = None, das_keep: int = 1, das_delta: float = 1.0,
                   batch_size: int = 64, shard_rows: int = 4096, overwrite: bool = False, console=None) -> dict:
-    """`pairs=K`: keep only the traces in positive/negative pairs (`retort.lm.curate.pairs`, at most K
+    """`pairs=K`: keep only the traces in positive/negative pairs (`retort.lm.data.pairs`, at most K
     per prompt; 0 = all), after the other filters — the trace set the pair methods learn from.
     `das_student=MODEL`: DASD's divergence-aware selection (`retort.lm.curate.das`), the `das_keep`
     best-scoring traces per prompt under that student, after the other filters.

@@ -26,7 +26,6 @@ from ...losses.divergences import DIVERGENCES
 from ...losses.fused import fused_linear_divergence
 from ..models import check_vocab
 from ..data.collate import IGNORE
-from ..teachers import LocalTeacher
 from .base import LossOut
 from .sft import SFT
 
@@ -48,9 +47,6 @@ def load_teacher_once(method, model):
     against the student's (`method.vocab` is then the number of shared columns)."""
     if getattr(method, "_teacher", None) is None:
         teacher = method.ctx.load_teacher()
-        if isinstance(teacher, tuple):  # a (model, tokenizer) pair: a local model
-            t_model, t_tok = teacher
-            teacher = LocalTeacher("teacher", t_model.to(method.ctx.device).eval().requires_grad_(False), t_tok)
         if teacher.tokenizer is not None:
             t_model = getattr(teacher, "model", None)
             method.vocab = check_vocab(method.ctx.tokenizer, teacher.tokenizer, unwrap(model), t_model).size
@@ -83,16 +79,10 @@ def teacher_topk_batch(teacher, batch, k: int) -> dict:
 
 
 def distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_weight=None) -> LossOut:
-    """The fused divergence (+ CE) against a `Teacher` with hidden states, or a frozen model."""
-    if hasattr(teacher, "hidden") and not isinstance(teacher, torch.nn.Module):
-        teacher = teacher.model
-    return _distill_tokens(model, teacher, batch, c, vocab, teacher_batch=teacher_batch, row_weight=row_weight)
-
-
-def _distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_weight=None) -> LossOut:
-    """The fused divergence (+ CE) between the student on `batch` and the teacher on `teacher_batch`
-    (default: the same ids) at the label positions of each, in order — the two may differ in their
-    prompts (OPSD's privileged context) but must label the same completion tokens.
+    """The fused divergence (+ CE) between the student on `batch` and the teacher (a `Teacher` with
+    hidden states) on `teacher_batch` (default: the same ids) at the label positions of each, in
+    order — the two may differ in their prompts (OPSD's privileged context) but must label the same
+    completion tokens.
     `c` has divergence, beta, alpha, temperature, t_squared, kd_weight, ce_weight, chunk."""
     labels = batch["labels"][:, 1:]
     sel = labels != IGNORE
@@ -100,13 +90,14 @@ def _distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_
     tb = batch if teacher_batch is None else teacher_batch
     t_sel = tb["labels"][:, 1:] != IGNORE
     with torch.no_grad():
-        t_hidden = last_hidden(teacher, tb)[:, :-1][t_sel]
+        t_hidden, t_weight = teacher.hidden(tb)
+        t_hidden = t_hidden[:, :-1][t_sel]
     if t_hidden.shape[0] != hidden.shape[0]:
         raise ValueError(f"teacher batch labels {t_hidden.shape[0]} tokens, the student's {hidden.shape[0]}")
     scale = c.temperature ** 2 if c.t_squared else 1.0
     loss, kd, ce = fused_linear_divergence(
         hidden, unwrap(model).get_output_embeddings().weight, labels[sel], teacher_hidden=t_hidden,
-        teacher_weight=unwrap(teacher).get_output_embeddings().weight, divergence=c.divergence, beta=c.beta,
+        teacher_weight=t_weight, divergence=c.divergence, beta=c.beta,
         alpha=c.alpha, temperature=c.temperature, kd_weight=c.kd_weight * scale, ce_weight=c.ce_weight,
         vocab=vocab, chunk=c.chunk or None, row_weight=None if row_weight is None else row_weight[sel])
     n = int(sel.sum())
@@ -223,16 +214,6 @@ class KD(SFT):
 
     def offline_loss(self, model, batch) -> LossOut:
         return sparse_topk_loss(model, batch, self.cfg, len(self.ctx.tokenizer))
-
-
-@torch.no_grad()
-def token_logprobs(model, batch, *, temperature: float = 1.0, vocab: Optional[int] = None) -> torch.Tensor:
-    """log p(label_t) at every label position of `batch`, in order (N_valid,), float32, computed
-    from the last hidden states chunk by chunk (never all positions x vocabulary at once)."""
-    sel = batch["labels"][:, 1:] != IGNORE
-    hidden = last_hidden(model, batch)[:, :-1][sel]
-    return logprobs_from_hidden(hidden, unwrap(model).get_output_embeddings().weight, batch["labels"][:, 1:][sel],
-                                temperature=temperature, vocab=vocab)
 
 
 def logprobs_from_hidden(hidden, weight, labels, *, temperature: float = 1.0, vocab: Optional[int] = None):

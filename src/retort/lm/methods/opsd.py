@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..teachers import LocalTeacher
 from ...config import param
 from ..data.collate import IGNORE, collate, encode_prompt
 from ...errors import ConfigError
@@ -114,7 +115,7 @@ class OPSD(OnPolicy):
 
     def loss(self, model, batch) -> LossOut:
         tb = {k: v.to(batch["input_ids"].device) for k, v in self.teacher_batch(batch["items"]).items()}
-        teacher = self.teacher(model)
+        teacher = LocalTeacher("the self-teacher", self.teacher(model), self.ctx.tokenizer)
         out = distill_tokens(model, teacher, batch, self.cfg, len(self.ctx.tokenizer), teacher_batch=tb)
         out.metrics.update(batch.get("stats", {}))
         return out

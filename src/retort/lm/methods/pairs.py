@@ -1,5 +1,5 @@
 """Shared machinery of the methods that learn from positive/negative trace pairs (`redi`, `dpo`,
-`simpo`): the pairs of `retort.lm.curate.pairs` (the i-th correct sample of a prompt with its i-th
+`simpo`): the pairs of `retort.lm.data.pairs` (the i-th correct sample of a prompt with its i-th
 incorrect one, `pairs_per_prompt` at most) from a trace set (`data.source=traces`), batched as
 the chosen completions followed by the rejected ones, and each sequence's summed completion
 log-probability log pi(y|x) with its token count |y| (EOS included when the completion stopped,

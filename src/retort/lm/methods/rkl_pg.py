@@ -25,7 +25,7 @@ from ...config import param
 from ..data.collate import IGNORE
 from ...losses.fused import fused_linear_divergence
 from .base import LossOut
-from .kd import last_hidden, logprobs_from_hidden, token_logprobs, unwrap
+from .kd import last_hidden, logprobs_from_hidden, unwrap
 from .onpolicy import OnPolicy, RolloutConfig
 
 
@@ -75,7 +75,9 @@ class RKLPG(OnPolicy):
         labels = batch["labels"][:, 1:]
         sel = labels != IGNORE
         if "hidden" in teacher.capabilities:
-            lp_t = token_logprobs(teacher.model, batch, vocab=self.vocab)
+            with torch.no_grad():
+                t_hidden, t_weight = teacher.hidden(batch)
+            lp_t = logprobs_from_hidden(t_hidden[:, :-1][sel], t_weight, labels[sel], vocab=self.vocab)
         else:  # a teacher that scores given continuations (a trace store, a server)
             lp_t = scored_logprobs(teacher, batch).to(labels.device)
         # one student forward: its hidden states carry the gradient, and (detached) give log p_S

@@ -86,7 +86,7 @@ class TSDKD(OnPolicy):
 
     def loss(self, model, batch) -> LossOut:
         c = self.cfg
-        teacher = self.teacher(model).model  # the teacher's full logits: a local model (teacher_needs)
+        teacher = self.teacher(model)  # its full logits, from its hidden states (teacher_needs)
         v = self.vocab
         labels = batch["labels"][:, 1:]
         sel = labels != IGNORE
@@ -94,8 +94,8 @@ class TSDKD(OnPolicy):
         zs = last_hidden(model, batch)[:, :-1][sel] @ w_s.T.to(w_s.dtype)
         zs = zs.to(torch.promote_types(zs.dtype, torch.float32))  # at least float32; float64 kept
         with torch.no_grad():
-            w_t = unwrap(teacher).get_output_embeddings().weight[:v]
-            zt = last_hidden(teacher, batch)[:, :-1][sel] @ w_t.T
+            t_hidden, w_t = teacher.hidden(batch)
+            zt = t_hidden[:, :-1][sel] @ w_t[:v].T
             zt = zt.to(torch.promote_types(zt.dtype, torch.float32))
         n = int(sel.sum())
         if n == 0:

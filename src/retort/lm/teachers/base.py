@@ -172,10 +172,10 @@ def check_capabilities(method: str, needs: tuple, teacher_name: str) -> None:
     if any(set(way) <= have for way in needs):
         return
     ways = " or ".join("+".join(sorted(w)) for w in needs)
-    who = {c: [k for k, cls in [("local model", LocalTeacher), *[(f"{p}:", c2) for p, c2 in KINDS.items() if c2]]
-                if c in cls.capabilities] for c in CAPABILITIES}
+    kinds = {"local model": LocalTeacher, **{f"{prefix}:": cls for prefix, cls in KINDS.items() if cls}}
     missing = sorted({c for w in needs for c in w} - have)
-    where = "; ".join(f"{c}: {', '.join(who[c]) or 'none yet'}" for c in missing)
+    where = "; ".join(f"{c}: {', '.join(k for k, cls in kinds.items() if c in cls.capabilities) or 'none yet'}"
+                      for c in missing)
     raise ConfigError(f"method {method} needs a teacher that can {ways}; teacher.name={teacher_name} can "
                       f"{', '.join(sorted(have)) or 'nothing'} (teachers that can {where})")
 
