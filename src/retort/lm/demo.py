@@ -148,7 +148,6 @@ def _evaluated(model_dir: Path, cache: Path, task) -> dict:
             return saved["result"]
     model, tok = load_model(ModelConfig(name=str(model_dir)))
     result = evaluate(model, tok, task, EVAL, entropy=True)
-    result["params"] = sum(p.numel() for p in model.parameters())
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "result": result}))
     return result
