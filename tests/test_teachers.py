@@ -36,8 +36,10 @@ def traces(tmp_path_factory):
 def test_capabilities_are_known_without_loading(traces):
     assert capabilities_of("preset:nano") >= {"generate", "score", "hidden"}
     assert capabilities_of(f"traces:{traces / 'tr'}") == {"score_stored"}
-    with pytest.raises(ConfigError, match="openai: teachers .* are not available in this version"):
-        capabilities_of("openai:gpt-x")
+    assert capabilities_of("openai:gpt-x") == {"generate", "score"}
+    with pytest.raises(ConfigError, match=r"method tsd_kd needs a teacher that can hidden; teacher.name=openai:m can "
+                                          r"generate, score \(teachers that can hidden: local model\)"):
+        check_capabilities("tsd_kd", ({"hidden"},), "openai:m")
     with pytest.raises(ConfigError, match=r"method tsd_kd needs a teacher that can hidden; teacher.name=traces:x can "
                                           r"score_stored \(teachers that can hidden: local model\)"):
         check_capabilities("tsd_kd", ({"hidden"},), "traces:x")

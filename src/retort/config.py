@@ -67,6 +67,47 @@ class ModelConfig:
 
 
 @dataclass
+class ApiConfig:
+    """An OpenAI-compatible server as the teacher (`teacher.name=openai:MODEL`)."""
+
+    base_url: str = param("http://127.0.0.1:8000/v1", "the server's /v1 URL; several, separated by commas, "
+                          "share the requests (see balance)")
+    key_env: str = param("OPENAI_API_KEY", "name of the environment variable that holds the API key (read at "
+                         "run time, never written anywhere); unset or empty: no key is sent")
+    endpoint: str = param("chat", "chat: /chat/completions, the server applies the chat template; completions: "
+                          "/completions with the prompt as given", choices=["chat", "completions"])
+    system: Optional[str] = param(None, "a system message before each prompt (chat endpoint)")
+    balance: str = param("least_loaded", "how requests are spread over several base URLs",
+                         choices=["least_loaded", "round_robin"])
+    max_in_flight: int = param(64, "requests open at once (over all URLs)", lo=1)
+    rpm: float = param(0.0, "requests per minute at most (0: no limit)", lo=0.0)
+    tpm: float = param(0.0, "tokens per minute at most (prompt + max_tokens, settled with the server's usage; "
+                       "0: no limit)", lo=0.0)
+    timeout_s: float = param(600.0, "seconds one request may take", lo=0.0, lo_open=True)
+    max_retries: int = param(6, "retries of a request after 429, 5xx, a timeout, a lost connection or a "
+                             "malformed body (exponential backoff, Retry-After honoured)", lo=0)
+    backoff_s: float = param(1.0, "first retry delay; doubles each retry (with jitter), at most 60 s", lo=0.0)
+    on_length: str = param("keep", "a completion cut by max_new_tokens (finish_reason=length): keep it (marked "
+                           "truncated), retry it with another seed (up to max_retries, then drop), or drop it",
+                           choices=["keep", "retry", "drop"])
+    logprobs: bool = param(True, "ask for the log-prob of each generated token (and sampling.topk alternatives)")
+    tokenizer: Optional[str] = param(None, "the served model's tokenizer (a local directory, .gguf, preset: or hub "
+                                     "id): maps the server's tokens to ids, checked against the server's /tokenize "
+                                     "when it has one. Without it rows keep text and token strings only, and "
+                                     "token-level KD from them is refused")
+    extra_body: Dict[str, Any] = param({}, "extra request fields passed as they are (e.g. {top_k: 20} or "
+                                       "{chat_template_kwargs: {enable_thinking: true}})")
+    price_prompt: float = param(0.0, "price per million prompt tokens, for the cost in the manifest's ledger",
+                                lo=0.0)
+    price_completion: float = param(0.0, "price per million completion tokens", lo=0.0)
+
+
+# what identifies an API teacher's samples (a trace set's params); the rest (URLs, limits, prices) may
+# change between a run and its resume
+API_IDENTITY = ("endpoint", "system", "on_length", "logprobs", "tokenizer", "extra_body")
+
+
+@dataclass
 class LoraConfig:
     """LoRA adapters on the student (optional extra `peft`); r=0 trains the whole model."""
 
@@ -93,6 +134,23 @@ class StudentConfig(ModelConfig):
     """The model being trained: a `ModelConfig` plus optional LoRA adapters."""
 
     lora: LoraConfig = section(LoraConfig, "LoRA adapters (student.lora.r > 0 turns them on)")
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    """A teacher: a model (`ModelConfig`), or `openai:MODEL` served behind an OpenAI-compatible API."""
+
+    api: ApiConfig = section(ApiConfig, "the server, when teacher.name=openai:MODEL")
+
+
+def teacher_params(cfg) -> dict:
+    """A teacher's config as it identifies samples (a trace manifest's params): the api section only
+    for `openai:` teachers, and then only the keys that change what is sampled (`API_IDENTITY`)."""
+    d = dataclasses.asdict(cfg)
+    api = d.pop("api", None)
+    if str(cfg.name).startswith("openai:") and api is not None:
+        d["api"] = {k: api[k] for k in API_IDENTITY}
+    return d
 
 
 @dataclass
@@ -155,7 +213,7 @@ class TrainRun:
     method_args: Dict[str, Any] = param({}, "the method's own options (see `retort methods`)")
     task: TaskConfig = section(TaskConfig, "the task")
     student: StudentConfig = section(StudentConfig, "the model being trained")
-    teacher: ModelConfig = section(ModelConfig, "the teacher, for methods that need one", name="builtin:teacher")
+    teacher: TeacherConfig = section(TeacherConfig, "the teacher, for methods that need one", name="builtin:teacher")
     data: DataConfig = section(DataConfig, "training data")
     train: OptimConfig = section(OptimConfig, "optimisation and logging")
     eval: EvalConfig = section(EvalConfig, "periodic and final evaluation")
@@ -190,7 +248,8 @@ class TracesRun:
     shard_prompts: int = param(64, "prompts per shard (the unit of crash-safe progress)", lo=1)
     batch_size: int = param(64, "sequences per generation batch", lo=1)
     task: TaskConfig = section(TaskConfig, "the task")
-    teacher: ModelConfig = section(ModelConfig, "the model sampled", name="builtin:teacher")
+    teacher: TeacherConfig = section(TeacherConfig, "the model sampled (or openai:MODEL, a server)",
+                                     name="builtin:teacher")
     sampling: SamplingConfig = section(SamplingConfig, "how completions are sampled")
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)

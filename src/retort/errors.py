@@ -35,3 +35,7 @@ def require(module: str, extra: str, purpose: str):
         raise MissingExtraError(
             f"{purpose} needs the '{module}' package: pip install 'retort[{extra}]' ({e})"
         ) from None
+
+
+class ApiError(RetortError):
+    """A server behind an OpenAI-compatible API refused or failed a request for good."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__, threads
+from ..config import teacher_params
 from .data import topk as topk_codec
 from .data.collate import encode_prompt
 from .data.hashes import tokenizer_sha256, weights_sha256
@@ -39,12 +40,16 @@ def run_traces(run, console=None) -> Path:
         console.print(f"traces: {task.describe_split(run.split)} has {n_prompts} distinct prompts; sampling "
                       f"each of them once (n_prompts={run.n_prompts} asks for more)")
     examples = task.examples(run.split, n_prompts, run.seed)
+    if run.teacher.name.startswith("openai:"):
+        from .traces_api import run_api_traces
+
+        return run_api_traces(run, task, examples, console)
     teacher = open_teacher(run.teacher, seed=run.seed, device="cuda" if torch.cuda.is_available() else "cpu")
     tok = teacher.tokenizer
     s, n = run.shard_prompts, run.sampling.n
     n_shards = ceil(len(examples) / s)
     shard_rows = {i: len(examples[i * s:(i + 1) * s]) * n for i in range(n_shards)}
-    params = {"task": asdict(run.task), "teacher": asdict(run.teacher), "teacher_weights_sha256": teacher.identity(),
+    params = {"task": asdict(run.task), "teacher": teacher_params(run.teacher), "teacher_weights_sha256": teacher.identity(),
               "sampling": asdict(run.sampling), "split": run.split, "n_prompts": len(examples), "seed": run.seed,
               "shard_prompts": s}
     meta = {"retort_version": __version__, "task": task.name, "teacher": run.teacher.name,

@@ -25,7 +25,7 @@ from ...paths import sha256_file
 FORMAT = "retort-traces/2"
 MANIFEST = "manifest.json"
 # every file a trace directory holds: its shards, its manifest, and their temporary names while written
-OWN_FILE = re.compile(r"^(part-(\d{5,})\.parquet|manifest\.json)(\.tmp)?$")
+OWN_FILE = re.compile(r"^(part-(\d{5,})\.parquet|manifest\.json|journal-\d{5,}\.jsonl)(\.tmp)?$")
 
 SCHEMA = pa.schema([
     ("prompt_id", pa.string()),
@@ -48,7 +48,19 @@ SCHEMA = pa.schema([
     # assistant / tool); its loss mask follows the roles (`retort.lm.data.collate.encode_messages`).
     # Null for single-turn rows (prompt + completion), and absent from shards written before it
     ("messages", pa.string()),
+    # a reasoning server's `reasoning_content`, kept apart from the answer (`completion`); null otherwise
+    ("reasoning", pa.string()),
+    # an API teacher's answer as the server's token strings, log-probs and top alternatives (JSON
+    # {"t": [...], "lp": [...], "top": [[[token, logprob], ...], ...]}), whatever the tokenizer; null
+    # for local teachers
+    ("api_tokens", pa.string()),
 ])
+
+
+def _compatible(schema: pa.Schema) -> bool:
+    """A shard schema this version reads: SCHEMA, or SCHEMA before columns were appended to it."""
+    names = schema.names
+    return names == SCHEMA.names[:len(names)] and all(schema.field(n).type == SCHEMA.field(n).type for n in names)
 
 
 def shard_name(index: int) -> str:
@@ -157,7 +169,7 @@ class TraceWriter:
                 continue
             try:
                 meta = pq.ParquetFile(path)
-                ours = meta.schema_arrow.equals(SCHEMA)
+                ours = _compatible(meta.schema_arrow)
             except Exception:  # pyarrow raises several types for a file that is not Parquet
                 ours = False
             if not ours:
@@ -178,7 +190,7 @@ class TraceWriter:
     def done(self) -> set[int]:
         return {int(i) for i in self.manifest["shards"]}
 
-    def write_shard(self, index: int, rows: "list[dict] | pa.Table") -> None:
+    def write_shard(self, index: int, rows: "list[dict] | pa.Table", extra: Optional[dict] = None) -> None:
         table = rows.cast(SCHEMA) if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
         final = self.dir / shard_name(index)
         tmp = final.with_name(final.name + ".tmp")
@@ -187,6 +199,12 @@ class TraceWriter:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         self._record(index, final, table.num_rows)
+        self.manifest["shards"][str(index)].update(extra or {})
+        self._save()
+
+    def update(self, **fields) -> None:
+        """Set top-level manifest fields (e.g. an API run's ledger) and save."""
+        self.manifest.update(json.loads(json.dumps(fields)))
         self._save()
 
     def finish(self, stats: dict) -> None:
@@ -196,6 +214,56 @@ class TraceWriter:
         self.manifest["complete"] = True
         self.manifest["stats"] = stats
         self._save()
+
+
+class Journal:
+    """Append-only JSON lines: what a run received, kept the moment it arrives (an API teacher's
+    answers, before their shard is whole). Each line is written with one `write` and flushed to the
+    operating system at once (so a killed process loses nothing it had received), and fsynced at
+    most `sync_s` later (so a machine that loses power loses at most that much). A torn last line
+    (killed mid-write) is cut off when the journal is read."""
+
+    def __init__(self, path: str | os.PathLike, sync_s: float = 0.2):
+        import time
+
+        self.path, self.sync_s, self._time = Path(path), sync_s, time.monotonic
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._synced = self._time()
+
+    @staticmethod
+    def read(path: str | os.PathLike) -> list[dict]:
+        p = Path(path)
+        if not p.is_file():
+            return []
+        data = p.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a torn last line: cut, so the next append starts on a line of its own
+            with open(p, "r+b") as fh:
+                fh.truncate(end)
+                os.fsync(fh.fileno())
+        out = []
+        for n, line in enumerate(data[:end].splitlines(), 1):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                raise DataError(f"{p}:{n}: not a JSON line (the journal of an unfinished shard was changed); "
+                                "delete the file to request that shard's answers again") from None
+        return out
+
+    def append(self, record: dict) -> None:
+        os.write(self._fd, (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+        if self._time() - self._synced >= self.sync_s:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+        self._synced = self._time()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self.sync()
+            os.close(self._fd)
+            self._fd = None
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

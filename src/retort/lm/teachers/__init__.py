@@ -11,15 +11,16 @@ Capabilities (`Teacher.capabilities`):
 Kinds, chosen by `teacher.name`: a model (`LocalTeacher`: preset, builtin:teacher, a directory, a
 .gguf file, pkg:, a hub id; all three capabilities), `traces:DIR` (`TraceStoreTeacher`: the
 log-probs and top-k `retort traces` stored: `score_stored`), and
-`openai:MODEL` (an OpenAI-compatible server: the seam where the HTTP teacher plugs in, `KINDS`).
+`openai:MODEL` (`ApiTeacher`, an OpenAI-compatible server, `teacher.api.*`: `generate`, and `score`
+where the server offers vLLM's `prompt_logprobs`).
 A method declares what it needs (`Method.teacher_needs`); `check_capabilities` stops a run before
 step 0, naming the capability and the teachers that have it, without loading the teacher.
 """
 
 from __future__ import annotations
 
-from .base import (CAPABILITIES, KINDS, LocalTeacher, Teacher, TraceStoreTeacher, capabilities_of,
-                   check_capabilities, open_teacher)
+from .base import (CAPABILITIES, KINDS, ApiTeacher, LocalTeacher, Teacher, TraceStoreTeacher, capabilities_of,
+                   check_capabilities, open_teacher, trace_tokenizer)
 
-__all__ = ["CAPABILITIES", "KINDS", "LocalTeacher", "Teacher", "TraceStoreTeacher", "capabilities_of",
-           "check_capabilities", "open_teacher"]
+__all__ = ["CAPABILITIES", "KINDS", "ApiTeacher", "LocalTeacher", "Teacher", "TraceStoreTeacher", "capabilities_of",
+           "check_capabilities", "open_teacher", "trace_tokenizer"]

@@ -86,17 +86,15 @@ class TraceStoreTeacher(Teacher):
     capabilities = frozenset({"score_stored"})  # scores of its own traces only, not of any continuation
 
     def __init__(self, path: str):
-        from ...config import ModelConfig
         from ..data.collate import encode_prompt
         from ..data.traces import read_manifest, read_traces
-        from ..models import load_tokenizer
 
         manifest = read_manifest(path)
         params = manifest["params"]
         if "teacher" not in params:
             raise DataError(f"{path}: the manifest does not name its teacher (a curated set?); use the set "
                             "`retort traces` wrote")
-        tok = load_tokenizer(ModelConfig(**params["teacher"]))
+        tok = trace_tokenizer(manifest, path, purpose="its log-probs as token ids")
         super().__init__(f"traces:{path}", tok)
         self.k = self.max_topk = int(params.get("sampling", {}).get("topk") or 0)
         cols = read_traces(path, columns=["prompt", "completion_ids", "completion_logprobs", "topk",
@@ -126,6 +124,9 @@ class TraceStoreTeacher(Teacher):
                 raise DataError(f"{self.name}: a continuation this trace store did not sample ({len(c)} tokens); "
                                 "it can only score its own traces (train on data.traces= of the same set)")
             lps = list(self._cols["completion_logprobs"][row])
+            if len(lps) != len(c) - stop:
+                raise DataError(f"{self.name}: no teacher log-probs stored for a trace (an API server that gave none, "
+                                "or tokens that did not map to ids); it can be learnt from as text (sft), not scored")
             ids, lp = codec.decode(self._cols["topk"][row]) if self._cols["topk"][row] else (None, None)
             if stop:  # the EOS step's log-prob is kept only inside the stored top-k
                 hit = [] if ids is None else [j for j, t in enumerate(ids[len(c) - 1]) if t == eos]
@@ -140,6 +141,26 @@ class TraceStoreTeacher(Teacher):
                 scored.topk_logprobs = [list(map(float, r[:topk])) for r in lp[:len(c)]]
             out.append(scored)
         return out
+
+
+def trace_tokenizer(manifest: dict, path, *, purpose: str):
+    """The tokenizer whose ids a trace set's `completion_ids` and top-k are in: its teacher's, or for
+    an API teacher the checked `teacher.api.tokenizer`. Refused (naming `purpose`) when the set's
+    token ids are not ids of any known tokenizer (an API teacher without a checked token map)."""
+    from ...config import ModelConfig
+    from ..models import load_tokenizer
+
+    t = dict(manifest["params"]["teacher"])
+    api = t.pop("api", None)
+    if api is not None:
+        tmap = manifest.get("token_map") or {}
+        if not api.get("tokenizer") or not tmap.get("ids"):
+            why = tmap.get("check") or "no teacher.api.tokenizer"
+            raise DataError(f"{path}: sampled from {t['name']} with no checked token map ({why}): its rows hold text and the server's token strings, not token "
+                            f"ids, so {purpose} cannot be used. Sample again with teacher.api.tokenizer set to the "
+                            "served model's tokenizer (checked against the server), or train on the text (sft)")
+        return load_tokenizer(ModelConfig(name=api["tokenizer"]))
+    return load_tokenizer(ModelConfig(**t))
 
 
 # `teacher.name` prefix -> the Teacher class of that kind (None: not available in this version)
@@ -184,6 +205,8 @@ def open_teacher(cfg, *, seed: int = 0, device="cpu") -> Teacher:
     """The Teacher a `ModelConfig` names, loaded and frozen."""
     kind = _kind(cfg.name)
     capabilities_of(cfg.name)  # refuses kinds not available
+    if kind == "openai":
+        return KINDS[kind](cfg)
     if kind is not None:
         return KINDS[kind](cfg.name.split(":", 1)[1])
     from ..models import load_model
@@ -192,5 +215,9 @@ def open_teacher(cfg, *, seed: int = 0, device="cpu") -> Teacher:
     return LocalTeacher(cfg.name, model.to(device).eval().requires_grad_(False), tok)
 
 
-__all__ = ["CAPABILITIES", "KINDS", "LocalTeacher", "Teacher", "TraceStoreTeacher", "capabilities_of",
-           "check_capabilities", "open_teacher"]
+from .api import ApiTeacher  # noqa: E402  (api.py builds on Teacher above)
+
+KINDS["openai"] = ApiTeacher
+
+__all__ = ["ApiTeacher", "CAPABILITIES", "KINDS", "LocalTeacher", "Teacher", "TraceStoreTeacher", "capabilities_of",
+           "check_capabilities", "open_teacher", "trace_tokenizer"]

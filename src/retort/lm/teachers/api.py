@@ -1,0 +1,503 @@
+"""A teacher behind an OpenAI-compatible API (`teacher.name=openai:MODEL`, `teacher.api.*`).
+
+What it can do (`Teacher` capabilities):
+- `generate`: sample completions through `/chat/completions` (the server applies its chat template)
+  or `/completions` (the prompt as given), keeping a reasoning server's `reasoning_content` apart
+  from the answer, and the log-prob of every generated token with its `top_logprobs` when asked;
+- `score`: the log-probs (and top-k) of given continuations, from the `prompt_logprobs` vLLM offers
+  on `/completions`; a server without it is refused with a message naming what works instead.
+
+Token ids. A server answers with token *strings* (and usually their bytes). They become ids of a
+local tokenizer only when `teacher.api.tokenizer` names the served model's tokenizer and it is
+checked, not assumed: the server's `/tokenize` must split a probe text into the same ids, and every
+token of every answer must map to exactly one id whose bytes are the token's, the ids together
+spelling the answer's text. Rows whose tokens do not map keep the text and the token strings only
+(`Reply.tokens`); token-level KD from them is refused downstream.
+
+The requests themselves (concurrency, rate limits, retries, balancing) are `retort.lm.teachers.http`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from ...errors import ApiError, ConfigError
+from .base import Teacher
+from .http import Failed, Malformed, Pool
+
+PROBE = "The quick brown fox: 12 + 7 = 19.\nWait, let me check: 19 - 7 = 12. So the answer is 19!"
+
+
+@dataclass
+class Tok:
+    """One token of a server's answer: its text, bytes (when the server gives them), id (when the
+    server gives it), log-prob, and the alternatives the server listed (`top_logprobs`), as Toks."""
+
+    text: str
+    logprob: float
+    bytes: Optional[bytes] = None
+    id: Optional[int] = None
+    top: list = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    text: str
+    finish_reason: str
+    reasoning: Optional[str] = None
+    tokens: Optional[list] = None            # [Tok] when log-probs were asked and given
+    prompt_tokens: int = 0                   # the server's usage
+    completion_tokens: int = 0
+    url: str = ""
+
+    def tokens_json(self) -> Optional[str]:
+        """The token strings, log-probs and alternatives as compact JSON (kept whatever the tokenizer)."""
+        if self.tokens is None:
+            return None
+        return json.dumps({"t": [t.text for t in self.tokens], "lp": [t.logprob for t in self.tokens],
+                           "top": [[[a.text, a.logprob] for a in t.top] for t in self.tokens]},
+                          ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class Job:
+    """One request: `key` names it in the journal, `attempt` counts finish=length retries."""
+
+    key: str
+    prompt: str
+    seed: int
+    attempt: int = 0
+
+
+# ----------------------------------------------------------------------------- token ids
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (printable stand-ins for the 256 bytes), inverted."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+class TokenMap:
+    """Token strings/bytes of a server's answers -> ids of the served model's tokenizer `tok`."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        spec = json.loads(tok.backend_tokenizer.to_str()) if hasattr(tok, "backend_tokenizer") else {}
+        byte_level = "ByteLevel" in json.dumps(spec.get("decoder") or {})
+        dec = _byte_decoder()
+        special = set(tok.all_special_ids)
+        self.bytes_of: list[Optional[bytes]] = []
+        self.by_bytes: dict[bytes, int] = {}
+        ambiguous = set()
+        for i, s in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
+            if s is None:
+                b = None
+            elif i in special:
+                b = s.encode()
+            elif byte_level and all(c in dec for c in s):
+                b = bytes(dec[c] for c in s)
+            elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", s):
+                b = bytes([int(s[3:5], 16)])
+            else:
+                b = s.replace("\u2581", " ").encode()
+            self.bytes_of.append(b)
+            if b is not None:
+                if b in self.by_bytes and i not in special:
+                    ambiguous.add(b)
+                self.by_bytes.setdefault(b, i)
+        for b in ambiguous:
+            self.by_bytes.pop(b, None)
+
+    def id(self, t: Tok) -> Optional[int]:
+        """The id of `t`, or None if it maps to none (or to more than one)."""
+        if t.text.startswith("token_id:"):  # vLLM's return_tokens_as_token_ids
+            try:
+                i = int(t.text[9:])
+            except ValueError:
+                return None
+            return i if 0 <= i < len(self.bytes_of) else None
+        b = t.bytes if t.bytes is not None else t.text.encode()
+        if t.id is not None:
+            return t.id if 0 <= t.id < len(self.bytes_of) and self.bytes_of[t.id] == b else None
+        return self.by_bytes.get(b)
+
+    def ids(self, reply: Reply) -> Optional[list[int]]:
+        """The ids of a reply's tokens when every one maps and together they spell its text."""
+        if not reply.tokens:
+            return [] if reply.tokens is not None and not reply.text else None
+        ids = [self.id(t) for t in reply.tokens]
+        if any(i is None for i in ids):
+            return None
+        spelled = b"".join(self.bytes_of[i] for i in ids)
+        eos = self.tok.eos_token_id
+        if ids and ids[-1] == eos and spelled.endswith(self.bytes_of[eos] or b"\0") and \
+                spelled[:-len(self.bytes_of[eos])] == reply.text.encode():
+            return ids  # the server listed the end-of-sequence step too
+        return ids if spelled == reply.text.encode() else None
+
+
+# ----------------------------------------------------------------------------- requests and answers
+
+
+def _tok(d: dict) -> Tok:
+    b = d.get("bytes")
+    return Tok(text=d.get("token") or "", logprob=float(d["logprob"]), bytes=bytes(b) if b is not None else None,
+               id=d.get("id") if isinstance(d.get("id"), int) else None)
+
+
+def parse_chat(d: dict, want_logprobs: bool) -> Reply:
+    ch = d["choices"][0]
+    msg = ch["message"]
+    if ch.get("finish_reason") is None:
+        raise Malformed("no finish_reason")
+    reply = Reply(text=msg.get("content") or "", finish_reason=ch["finish_reason"],
+                  reasoning=msg.get("reasoning_content") or msg.get("reasoning") or None)
+    lp = ch.get("logprobs")
+    if want_logprobs and lp and lp.get("content") is not None:
+        reply.tokens = []
+        for t in lp["content"]:
+            tok = _tok(t)
+            tok.top = [_tok(a) for a in t.get("top_logprobs") or []]
+            reply.tokens.append(tok)
+    _usage(reply, d)
+    return reply
+
+
+def parse_completion(d: dict, want_logprobs: bool) -> Reply:
+    ch = d["choices"][0]
+    if ch.get("finish_reason") is None:
+        raise Malformed("no finish_reason")
+    reply = Reply(text=ch["text"] or "", finish_reason=ch["finish_reason"])
+    lp = ch.get("logprobs")
+    if want_logprobs and lp and lp.get("tokens") is not None:
+        tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
+        reply.tokens = [Tok(text=t, logprob=float(v), top=[Tok(text=a, logprob=float(x)) for a, x in (top or {}).items()])
+                        for t, v, top in zip(lp["tokens"], lp["token_logprobs"], tops)]
+    _usage(reply, d)
+    return reply
+
+
+def _usage(reply: Reply, d: dict) -> None:
+    u = d.get("usage") or {}
+    reply.prompt_tokens = int(u.get("prompt_tokens") or 0)
+    reply.completion_tokens = int(u.get("completion_tokens") or 0)
+
+
+def request_seed(*parts) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+class ApiTeacher(Teacher):
+    """The teacher `openai:MODEL` on the server(s) of `cfg.api` (a `retort.config.ApiConfig`)."""
+
+    kind = "OpenAI-compatible server"
+    capabilities = frozenset({"generate", "score"})
+
+    def __init__(self, cfg):
+        from ...config import ModelConfig
+        from ..models import load_tokenizer
+
+        self.cfg, self.api = cfg, cfg.api
+        self.model = cfg.name.split(":", 1)[1]
+        if not self.model:
+            raise ConfigError("teacher.name=openai:MODEL needs the model's name as the server knows it")
+        self.urls = [u.strip() for u in self.api.base_url.split(",") if u.strip()]
+        Pool(self.urls)  # checks the URLs now, before any work
+        tok = load_tokenizer(ModelConfig(name=self.api.tokenizer)) if self.api.tokenizer else None
+        super().__init__(cfg.name, tok)
+        self.tokens = TokenMap(tok) if tok is not None else None
+        self.token_check = "no tokenizer given (teacher.api.tokenizer)" if tok is None else "not yet checked"
+
+    def identity(self) -> str:
+        return f"{self.name} at {self.api.base_url}"
+
+    def pool(self, *, seed: int = 0, max_retries: Optional[int] = None) -> Pool:
+        key = os.environ.get(self.api.key_env) if self.api.key_env else None
+        a = self.api
+        return Pool(self.urls, key=key or None, max_in_flight=a.max_in_flight, rpm=a.rpm, tpm=a.tpm,
+                    timeout_s=a.timeout_s, max_retries=a.max_retries if max_retries is None else max_retries,
+                    backoff_s=a.backoff_s, balance=a.balance, seed=seed)
+
+    # -- requests
+
+    def body(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float, seed: int,
+             stop: Optional[list] = None, topk: int = 0) -> tuple[str, dict]:
+        a = self.api
+        body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature, "seed": seed, "n": 1}
+        if top_p < 1:
+            body["top_p"] = top_p
+        if stop:
+            body["stop"] = list(stop)
+        if a.endpoint == "chat":
+            messages = ([{"role": "system", "content": a.system}] if a.system else []) + \
+                [{"role": "user", "content": prompt}]
+            body["messages"] = messages
+            if a.logprobs or topk:
+                body["logprobs"] = True
+                if topk:
+                    body["top_logprobs"] = topk
+            path = "/chat/completions"
+        else:
+            body["prompt"] = prompt
+            if a.logprobs or topk:
+                body["logprobs"] = topk or 0
+            path = "/completions"
+        body.update(a.extra_body or {})
+        return path, body
+
+    def parser(self, topk: int = 0) -> Callable[[dict], Reply]:
+        want = bool(self.api.logprobs or topk)
+        fn = parse_chat if self.api.endpoint == "chat" else parse_completion
+        return lambda d: fn(d, want)
+
+    def estimate_tokens(self, prompt: str, max_tokens: int) -> float:
+        return len(prompt) / 3 + max_tokens  # before the server's count: ~3 characters a token, the cap
+
+    async def check_tokenizer(self, pool: Pool) -> str:
+        """Compare the server's /tokenize of a probe text with the local tokenizer's ids. Returns
+        how the token map was checked; on a mismatch the map is dropped (rows keep strings only)."""
+        if self.tokens is None or self.token_check != "not yet checked":
+            return self.token_check
+        import httpx
+
+        want = self.tok_ids(PROBE)
+        root = re.sub(r"/v1/?$", "", pool.urls[0])
+        got = None
+        for path, body in (("/tokenize", {"model": self.model, "prompt": PROBE, "add_special_tokens": False}),
+                           ("/tokenize", {"content": PROBE, "add_special": False}),
+                           ("/extras/tokenize", {"input": PROBE})):
+            try:
+                r = await pool._client.post(root + path, json=body)
+            except httpx.HTTPError:
+                break
+            if r.status_code == 200:
+                try:
+                    toks = r.json().get("tokens")
+                except ValueError:
+                    toks = None
+                if isinstance(toks, list) and all(isinstance(t, int) for t in toks):
+                    got = toks
+                    break
+        if got is None:
+            self.token_check = "by bytes (the server has no /tokenize): each answer's tokens must spell its text"
+        elif got != want:
+            self.token_check = (f"MISMATCH: the server's /tokenize splits a probe into {len(got)} ids, "
+                                f"{self.api.tokenizer} into {len(want)} (first differing at "
+                                f"{next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))})")
+            self.tokens = None
+        else:
+            self.token_check = "by the server's /tokenize and by bytes"
+        return self.token_check
+
+    def tok_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    async def run(self, jobs: Iterable[Job], on_reply: Callable, *, pool: Pool, max_tokens: int,
+                  temperature: float, top_p: float, stop=None, topk: int = 0, breaker: int = 0) -> None:
+        """Send every job (the first one alone: a server that refuses it stops the run before the
+        others go), call `on_reply(job, Reply | Failed)` as each answers; it may return a follow-up
+        Job (a retry). Stops issuing after `breaker` requests in a row failed for good (a dead
+        server) or at the first 401/403/404, raising ApiError with what happened."""
+        parse = self.parser(topk)
+        breaker = breaker or pool.max_in_flight + 8
+
+        async def one(job: Job):
+            path, body = self.body(job.prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                   seed=job.seed, stop=stop, topk=topk)
+            try:
+                reply, url = await pool.post(path, body, parse, tokens=self.estimate_tokens(job.prompt, max_tokens),
+                                             request_id=f"retort-{job.key}-{job.attempt}",
+                                             usage=lambda r: r.prompt_tokens + r.completion_tokens)
+                reply.url = url
+                return job, reply
+            except Failed as f:
+                return job, f
+
+        it = iter(jobs)
+        limit = 2 * pool.max_in_flight  # tasks waiting out a backoff hold no request slot
+        pending: set = set()
+        fails = 0
+        first = next(it, None)
+        if first is None:
+            return
+        queue = [first]
+        started = False
+        try:
+            while True:
+                while queue or (started and len(pending) < limit):
+                    job = queue.pop() if queue else next(it, None)
+                    if job is None:
+                        break
+                    pending.add(asyncio.create_task(one(job)))
+                    if not started:
+                        break
+                if not pending:
+                    return
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                started = True
+                for task in done:
+                    job, res = task.result()
+                    if isinstance(res, Failed):
+                        fails += 1
+                        if res.final and res.kind in ("http 401", "http 403", "http 404"):
+                            raise ApiError(f"{self.name}: the server refused a request ({res}); check "
+                                           f"teacher.name, teacher.api.base_url and the key in ${self.api.key_env}")
+                        if fails >= breaker:
+                            raise ApiError(f"{self.name}: {fails} requests in a row failed for good, the last: {res}")
+                    else:
+                        fails = 0
+                    follow = on_reply(job, res)
+                    if follow is not None:
+                        queue.append(follow)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- the Teacher interface
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0, num_samples: int = 1, seed: int = 0, stop=None, scores=None, **_) -> list:
+        """`num_samples` completions of each prompt (`retort.lm.rollout.generate.Completion`s);
+        token ids only when the token map holds (else []), with `scores=K` the server's top-K."""
+        from ..rollout.generate import Completion
+
+        topk = int(scores or 0)
+        out: list[list] = [[None] * num_samples for _ in prompts]
+        errors: list = []
+
+        def on_reply(job, res):
+            i, j = map(int, job.key.split("/"))
+            if isinstance(res, Failed):
+                errors.append(res)
+                return None
+            ids = self.tokens.ids(res) if self.tokens is not None else None
+            c = Completion(text=res.text, token_ids=ids or [], finish_reason=res.finish_reason)
+            if topk and ids is not None:
+                c.scores = self.scored(res, ids, topk)
+            out[i][j] = c
+            return None
+
+        async def main():
+            async with self.pool(seed=seed) as pool:
+                await self.check_tokenizer(pool)
+                jobs = (Job(f"{i}/{j}", p, request_seed(seed, i, j)) for i, p in enumerate(prompts)
+                        for j in range(num_samples))
+                await self.run(jobs, on_reply, pool=pool, max_tokens=max_new_tokens, temperature=temperature,
+                               top_p=top_p, stop=stop, topk=topk)
+
+        asyncio.run(main())
+        if errors:
+            raise ApiError(f"{self.name}: {len(errors)} of {len(prompts) * num_samples} requests failed, "
+                           f"e.g. {errors[0]}")
+        return out
+
+    def scored(self, reply: Reply, ids: list[int], topk: int):
+        """A reply's log-probs and top-k as `Scored` (the alternatives that map to ids; each position
+        cut to the same k, the rest of the mass in the tail)."""
+        import math
+
+        from ..rollout.score import Scored
+
+        rows = []
+        for t in reply.tokens[:len(ids)]:
+            alts = {}
+            for a in t.top:
+                i = self.tokens.id(a)
+                if i is not None and i not in alts:
+                    alts[i] = a.logprob
+            rows.append(sorted(alts.items(), key=lambda kv: -kv[1])[:topk])
+        k = min([len(r) for r in rows] or [0])
+        sc = Scored([t.logprob for t in reply.tokens[:len(ids)]])
+        sc.topk_ids = [[i for i, _ in r[:k]] for r in rows]
+        sc.topk_logprobs = [[v for _, v in r[:k]] for r in rows]
+        sc.topk_tail = []
+        for r in sc.topk_logprobs:
+            rest = 1.0 - sum(math.exp(v) for v in r)
+            sc.topk_tail.append(math.log(rest) if rest > 1e-12 else float("-inf"))
+        return sc
+
+    def score(self, prompt_ids, completion_ids, *, topk: int = 0, **_):
+        """Log-probs of given continuations from vLLM's `prompt_logprobs` (token ids sent as the
+        prompt, one token generated and ignored). Needs the checked token map."""
+        from ..rollout.score import Scored
+
+        if self.tokens is None:
+            raise ApiError(f"{self.name}: scoring given tokens needs teacher.api.tokenizer, the served model's "
+                           f"tokenizer, checked against the server ({self.token_check})")
+        out: list = [None] * len(prompt_ids)
+        errors: list = []
+
+        def parse(d):
+            plp = d["choices"][0].get("prompt_logprobs")
+            if plp is None:
+                raise ApiError(f"{self.name}: the server gave no prompt_logprobs (vLLM offers them); this teacher "
+                               "cannot score given continuations: make traces with sampling.topk and train from "
+                               "teacher.name=traces:DIR")
+            return plp
+
+        async def main():
+            async with self.pool() as pool:
+                check = await self.check_tokenizer(pool)
+                if self.tokens is None:
+                    raise ApiError(f"{self.name}: the served tokenizer differs from {self.api.tokenizer}: {check}")
+
+                async def one(i):
+                    p, c = list(prompt_ids[i]), list(completion_ids[i])
+                    body = {"model": self.model, "prompt": p + c, "max_tokens": 1, "temperature": 0.0,
+                            "prompt_logprobs": max(topk, 0)}
+                    try:
+                        plp, _ = await pool.post("/completions", body, parse, tokens=len(p) + len(c) + 1)
+                    except Failed as f:
+                        errors.append(f)
+                        return
+                    lps, ids, vals = [], [], []
+                    for pos, tok in enumerate(c):
+                        entry = {int(k): v for k, v in (plp[len(p) + pos] or {}).items()}
+                        if tok not in entry:
+                            raise Malformed(f"prompt_logprobs lack the given token at position {len(p) + pos}")
+                        lps.append(float(entry[tok]["logprob"]))
+                        if topk:
+                            ranked = sorted(entry.items(), key=lambda kv: -float(kv[1]["logprob"]))[:topk]
+                            ids.append([k for k, _ in ranked])
+                            vals.append([float(v["logprob"]) for _, v in ranked])
+                    sc = Scored(lps)
+                    if topk:
+                        k = min([len(r) for r in ids] or [0])
+                        sc.topk_ids = [r[:k] for r in ids]
+                        sc.topk_logprobs = [r[:k] for r in vals]
+                    out[i] = sc
+
+                await asyncio.gather(*(one(i) for i in range(len(prompt_ids))))
+
+        asyncio.run(main())
+        if errors:
+            raise ApiError(f"{self.name}: {len(errors)} scoring requests failed, e.g. {errors[0]}")
+        return out
+
+
+def check_key_env(cfg) -> None:
+    """A key variable named but unset is said once (local servers need none)."""
+    name = cfg.api.key_env
+    if name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        # the value is not repeated: it may be the key itself, put here by mistake
+        raise ConfigError("teacher.api.key_env: expected the *name* of an environment variable (letters, digits, "
+                          "_), e.g. OPENAI_API_KEY; the key itself is never put in a config")
+
+
+__all__ = ["ApiTeacher", "Job", "Reply", "Tok", "TokenMap", "check_key_env", "parse_chat", "parse_completion",
+           "request_seed"]

@@ -1,0 +1,148 @@
+"""The API teacher against a real OpenAI-compatible server: `transformers serve` (pip install
+'transformers[serving]') serving a model saved by retort, checked against the same model loaded here.
+
+`transformers serve` returns text and usage but no log-probs, so this file checks the text path
+(completions and chat endpoints, traces, training on them); the log-prob path against a real server
+is tests/test_slow_api_llamacpp.py (llama.cpp's server, slow tier)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from retort.config import ModelConfig, TracesRun, load_config
+from retort.lm.data.collate import encode_prompt
+from retort.lm.data.traces import read_manifest, read_traces
+from retort.lm.models import load_model, load_tokenizer
+from retort.lm.rollout.generate import generate
+from retort.lm.tasks import get_task
+from retort.lm.traces import run_traces
+
+CHAT = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}")
+
+pytestmark = pytest.mark.skipif(shutil.which("transformers") is None or
+                                __import__("importlib").util.find_spec("fastapi") is None,
+                                reason="transformers serve needs transformers[serving] (fastapi, uvicorn)")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A model saved by retort (the nano preset with weights drawn wide, so greedy text depends on
+    the prompt), with a chat template, served by `transformers serve` on a free port."""
+    d = tmp_path_factory.mktemp("served") / "model"
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5, generator=g)
+    tok.chat_template = CHAT
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    port = _port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log = open(d.parent / "server.log", "w")
+    proc = subprocess.Popen(["transformers", "serve", str(d), "--host", "127.0.0.1", "--port", str(port),
+                             "--device", "cpu", "--dtype", "float32"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    import httpx
+
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"transformers serve did not start: {(d.parent / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.3)
+    yield {"dir": d, "url": f"http://127.0.0.1:{port}/v1", "model": model.eval(), "tok": tok}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _args(out, served, **extra):
+    args = {"out": str(out), "teacher.name": f"openai:{served['dir']}", "teacher.api.base_url": served["url"],
+            "teacher.api.tokenizer": str(served["dir"]), "n_prompts": 10, "shard_prompts": 4, "sampling.n": 1,
+            "sampling.temperature": 0, "sampling.max_new_tokens": 12, "teacher.api.max_in_flight": 4}
+    args.update(extra)
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_traces_from_the_server_equal_the_model_run_here(tmp_path, served, endpoint):
+    out = tmp_path / "traces"
+    run_traces(load_config(TracesRun, None, _args(out, served, **{"teacher.api.endpoint": endpoint})))
+    rows = read_traces(out).to_pylist()
+    task = get_task(load_config(TracesRun, None, []).task)
+    prompts = [e.prompt for e in task.examples("train", 10, 0)]
+    assert [r["prompt"] for r in rows] == prompts
+    tok = load_tokenizer(ModelConfig(name=str(served["dir"])))
+    if endpoint == "completions":
+        tok.chat_template = None  # the raw prompt, as sent
+    # the same greedy continuation here, from the same weights and the same prompt tokens
+    local = generate(served["model"], tok, prompts, max_new_tokens=12, temperature=0)
+    assert [r["completion"] for r in rows] == [o[0].text for o in local]
+    assert any(r["completion"] != rows[0]["completion"] for r in rows)  # prompt-dependent: not a constant
+    assert [r["completion_ids"] for r in rows] == [tok(o[0].text, add_special_tokens=False)["input_ids"]
+                                                    for o in local]
+    m = read_manifest(out)
+    # the ledger is the server's own count: the prompt tokens are what the template made of each prompt
+    assert m["ledger"]["prompt_tokens"] == sum(len(encode_prompt(tok, p)) for p in prompts)
+    assert m["ledger"]["completion_tokens"] == sum(len(o[0].token_ids) for o in local)
+    assert m["ledger"]["responses"] == 10 and m["last_run"]["requests"] == 10
+    assert m["token_map"]["ids"] and m["params"]["teacher"]["api"]["endpoint"] == endpoint
+    assert "base_url" not in m["params"]["teacher"]["api"]  # a moved server still resumes the set
+
+
+def test_a_student_trains_on_the_servers_traces_and_a_rerun_sends_nothing(tmp_path, served):
+    from conftest import tiny_overrides
+
+    from retort.config import TrainRun
+    from retort.train import train
+
+    out = tmp_path / "traces"
+    cmd = _args(out, served, **{"teacher.api.endpoint": "completions", "sampling.temperature": 1.0,
+                                "sampling.n": 2})
+    run_traces(load_config(TracesRun, None, cmd))
+    before = read_manifest(out)
+    run_traces(load_config(TracesRun, None, cmd))  # finished: nothing is requested again
+    after = read_manifest(out)
+    assert after["last_run"]["requests"] == 0 and after["ledger"] == before["ledger"]
+    assert len(read_traces(out)) == 20
+    run = tmp_path / "run"
+    train(load_config(TrainRun, None, tiny_overrides(run, steps=3, **{
+        "data.source": "traces", "data.traces": str(out), "data.trace_filter": "all"})))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in x for x in lines) and (run / "model").is_dir()
+
+
+def test_the_key_is_sent_from_the_environment_and_written_nowhere(tmp_path, served, monkeypatch, capsys):
+    secret = "sk-retort-test-0c7f3e9a"
+    monkeypatch.setenv("RETORT_TEST_KEY", secret)
+    out = tmp_path / "traces"
+    run_traces(load_config(TracesRun, None, _args(out, served, **{"teacher.api.key_env": "RETORT_TEST_KEY",
+                                                                  "teacher.api.endpoint": "completions"})))
+    for f in Path(out).rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    assert secret not in capsys.readouterr().out
