@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
 ALTERNATIVES = "0123456789abcdefghijklmnopqrstuvwxyz"
-FAULTS = ("ok", "429", "500", "timeout", "truncated", "garbage")
+FAULTS = ("ok", "401", "429", "500", "timeout", "truncated", "garbage")
 
 
 def answer_text(prompt: str, seed) -> str:
@@ -155,6 +155,7 @@ def _prompt(body: dict) -> str:
 def _handler(server: ApiServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
 
         def log_message(self, *args):  # quiet
             pass
@@ -230,6 +231,8 @@ def _handler(server: ApiServer):
                 return self._send(429, {"error": {"message": "rate limited"}}, headers={"Retry-After": "0"})
             if fault == "500":
                 return self._send(500, {"error": {"message": "internal error"}})
+            if fault == "401":
+                return self._send(401, {"error": {"message": "invalid key"}})
             if fault == "400":
                 return self._send(400, {"error": {"message": "this prompt is refused"}})
             if fault == "timeout":

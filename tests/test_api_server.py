@@ -146,3 +146,45 @@ def test_the_key_is_sent_from_the_environment_and_written_nowhere(tmp_path, serv
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f
     assert secret not in capsys.readouterr().out
+
+
+def _run_batch(served, src: Path, dst: Path, skip: int = 0) -> None:
+    """What `vllm run-batch` or a provider's batch API does with a batch file, against the real
+    server: each line's body POSTed to its url, answers written in the OpenAI batch output format."""
+    import httpx
+
+    root = served["url"].rsplit("/v1", 1)[0]
+    out = []
+    for i, line in enumerate(src.read_text().splitlines()):
+        if i < skip:
+            continue
+        req = json.loads(line)
+        r = httpx.post(root + req["url"], json=req["body"], timeout=60)
+        out.append(json.dumps({"id": f"batch_req_{i}", "custom_id": req["custom_id"],
+                               "response": {"status_code": r.status_code, "request_id": f"r{i}", "body": r.json()},
+                               "error": None}))
+    dst.write_text("\n".join(out) + "\n")
+
+
+def test_a_batch_file_round_trip_gives_the_same_traces_as_live_requests(tmp_path, served):
+    live, batch = tmp_path / "live", tmp_path / "batch"
+    over = {"teacher.api.endpoint": "completions"}
+    run_traces(load_config(TracesRun, None, _args(live, served, **over)))
+    cfg = load_config(TracesRun, None, _args(batch, served, **over))
+    run_traces(cfg, batch_out=tmp_path / "requests.jsonl")
+    reqs = [json.loads(x) for x in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert len(reqs) == 10 and {r["url"] for r in reqs} == {"/v1/completions"}
+    assert len({r["custom_id"] for r in reqs}) == 10
+    assert not read_manifest(batch)["complete"]
+    # half the results come back first; the second batch file asks only for the rest
+    _run_batch(served, tmp_path / "requests.jsonl", tmp_path / "results1.jsonl", skip=5)
+    run_traces(cfg, batch_in=tmp_path / "results1.jsonl")
+    run_traces(cfg, batch_out=tmp_path / "requests2.jsonl")
+    assert len((tmp_path / "requests2.jsonl").read_text().splitlines()) == 5
+    _run_batch(served, tmp_path / "requests2.jsonl", tmp_path / "results2.jsonl")
+    run_traces(cfg, batch_in=tmp_path / "results2.jsonl")
+    run_traces(cfg, batch_in=tmp_path / "results1.jsonl")  # read twice: nothing is added twice
+    a, b = read_traces(live).to_pylist(), read_traces(batch).to_pylist()
+    assert [r["completion"] for r in a] == [r["completion"] for r in b]
+    assert [r["completion_ids"] for r in a] == [r["completion_ids"] for r in b]
+    assert read_manifest(batch)["ledger"] == read_manifest(live)["ledger"]

@@ -16,6 +16,7 @@ import torch
 
 from .. import __version__, threads
 from ..config import teacher_params
+from ..errors import ConfigError
 from .data import topk as topk_codec
 from .data.collate import encode_prompt
 from .data.hashes import tokenizer_sha256, weights_sha256
@@ -28,22 +29,26 @@ def _shard_seed(seed: int, index: int) -> int:
     return int(hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:8], 16)
 
 
-def run_traces(run, console=None) -> Path:
+def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     threads.pin(run.threads)
     check_target(run.out)  # before any work: a file, or a directory of other things, is refused
-    check_capabilities("traces", ({"generate", "score"},), run.teacher.name)
+    check_capabilities("traces", ({"generate"},), run.teacher.name)
+    api = run.teacher.name.startswith("openai:")
+    if (batch_out or batch_in) and not api:
+        raise ConfigError("--batch-out/--batch-in: batch files are for a teacher behind an API "
+                          "(teacher.name=openai:MODEL); a local teacher samples here")
     task = get_task(run.task)
     n_prompts = require_examples(task, run.split, run.n_prompts, "traces")
     if n_prompts < run.n_prompts and console is not None:
         console.print(f"traces: {task.describe_split(run.split)} has {n_prompts} distinct prompts; sampling "
                       f"each of them once (n_prompts={run.n_prompts} asks for more)")
     examples = task.examples(run.split, n_prompts, run.seed)
-    if run.teacher.name.startswith("openai:"):
+    if api:
         from .traces_api import run_api_traces
 
-        return run_api_traces(run, task, examples, console)
+        return run_api_traces(run, task, examples, console, batch_out=batch_out, batch_in=batch_in)
     teacher = open_teacher(run.teacher, seed=run.seed, device="cuda" if torch.cuda.is_available() else "cpu")
     tok = teacher.tokenizer
     s, n = run.shard_prompts, run.sampling.n

@@ -18,6 +18,8 @@ errors by kind.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from dataclasses import asdict
 from math import ceil
@@ -60,7 +62,7 @@ def _cost(ledger: dict, api) -> dict:
     return out
 
 
-def run_api_traces(run, task, examples, console=None) -> Path:
+def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_in=None) -> Path:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     check_key_env(run.teacher)
@@ -223,11 +225,8 @@ def run_api_traces(run, task, examples, console=None) -> Path:
             for index in todo:
                 if index not in journals and len(resolved[index]) == len(list(keys(index))):
                     _finish_shard(index)  # all answers were in; killed before the shard was written
-            jobs = (Job(k, examples[int(k.split("/")[0])].prompt, request_seed(sp.seed, k, have[i].get(k, {}).get("a", -1) + 1),
-                        have[i].get(k, {}).get("a", -1) + 1)
-                    for i in todo for k in jobs_left[i])
             try:
-                await teacher.run(jobs, on_reply, pool=pool, max_tokens=sp.max_new_tokens,
+                await teacher.run(jobs_todo(), on_reply, pool=pool, max_tokens=sp.max_new_tokens,
                                   temperature=sp.temperature, top_p=sp.top_p, stop=sp.stop or None, topk=sp.topk)
             finally:
                 for j in journals.values():
@@ -254,10 +253,38 @@ def run_api_traces(run, task, examples, console=None) -> Path:
                     tot.add(rec["u"])
         return tot.dict()
 
-    if console is not None and left < total:
-        console.print(f"traces: {total - left} of {total} answers already in {out}; requesting the other {left}")
+    def jobs_todo():
+        return (Job(k, examples[int(k.split("/")[0])].prompt, request_seed(sp.seed, k, have[i].get(k, {}).get("a", -1) + 1),
+                    have[i].get(k, {}).get("a", -1) + 1)
+                for i in todo for k in jobs_left[i])
+
+    if batch_out is not None:
+        return _write_batch(batch_out, jobs_todo(), teacher, sp, console, total, left)
+    if batch_in is not None:
+        progress_cb["advance"] = lambda k: None
+        writer.update(token_map={"tokenizer": api.tokenizer, "ids": teacher.tokens is not None,
+                                 "check": "by bytes (batch results: no server to ask)" if tok is not None else
+                                 teacher.token_check},
+                      tokenizer_sha256=tokenizer_sha256(tok) if teacher.tokens is not None else None)
+        stats = _read_batch(batch_in, {j.key: j for j in jobs_todo()}, teacher, sp, on_reply)
+        for j in journals.values():
+            j.close()
+        journals.clear()
+        writer.update(ledger=_cost(_ledger(), api), last_run={"batch_in": str(batch_in), **stats})
+        missing = sum(len(list(keys(i))) - len(resolved[i]) for i in todo if str(i) not in writer.manifest["shards"])
+        if missing:
+            if console is not None:
+                console.print(f"traces: {stats['answers']} answers read from {batch_in} ({stats['skipped']} already "
+                              f"held, {stats['failed']} failed); {missing} still missing: write them with --batch-out "
+                              "or rerun against a server")
+            return out
+        state["received"] = stats["answers"]
+    else:
+        if console is not None and left < total:
+            console.print(f"traces: {total - left} of {total} answers already in {out}; requesting the other {left}")
     try:
-        asyncio.run(main())
+        if batch_in is None:
+            asyncio.run(main())
     except ApiError as e:
         raise ApiError(f"{e}; the answers received are kept in {out}: rerun the same command to continue") from None
     except KeyboardInterrupt:
@@ -285,6 +312,77 @@ def run_api_traces(run, task, examples, console=None) -> Path:
                       f"{state['received']} answers, failed attempts: {errs}; ledger {led['prompt_tokens']} prompt + "
                       f"{led['completion_tokens']} completion tokens{cost}; in {out}")
     return out
+
+
+def _custom_id(job: Job) -> str:
+    return f"retort:{job.key}:{job.attempt}"
+
+
+def _write_batch(path, jobs, teacher, sp, console, total, left) -> Path:
+    """The requests not yet answered as an OpenAI batch file (one JSON line per request: custom_id,
+    method, url, body), for `vllm run-batch` or a provider's batch API; nothing is sent."""
+    from ..paths import atomic_write_text, output_file
+
+    target = output_file(path, "--batch-out")
+    lines = []
+    for job in jobs:
+        route, body = teacher.body(job.prompt, max_tokens=sp.max_new_tokens, temperature=sp.temperature,
+                                   top_p=sp.top_p, seed=job.seed, stop=sp.stop or None, topk=sp.topk)
+        lines.append(json.dumps({"custom_id": _custom_id(job), "method": "POST", "url": "/v1" + route, "body": body},
+                                ensure_ascii=False))
+    atomic_write_text(target, "".join(line + "\n" for line in lines))
+    if console is not None:
+        console.print(f"traces: {len(lines)} requests written to {target} ({total - left} of {total} answers already "
+                      "held); run them (e.g. `vllm run-batch -i FILE -o RESULTS --model M`), then read the results "
+                      "back with the same command and --batch-in RESULTS")
+    return target
+
+
+def _read_batch(path, jobs: dict, teacher, sp, on_reply) -> dict:
+    """Feed an OpenAI batch output file (one line per request: custom_id, response {status_code,
+    body} or error) to `on_reply`, as if each answer had just arrived. Lines for requests already
+    answered, or not asked by this set, are skipped; a malformed line is one clear error."""
+    from pathlib import Path as _P
+
+    p = _P(path)
+    if not p.is_file():
+        raise DataError(f"--batch-in {path}: no such file")
+    parse = teacher.parser(sp.topk)
+    stats = {"answers": 0, "skipped": 0, "failed": 0, "retries_needed": 0}
+    with open(p, encoding="utf-8", errors="strict") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                cid = rec["custom_id"]
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{path}:{n}: not a batch result line (expected JSON with custom_id and "
+                                "response)") from None
+            m = re.fullmatch(r"retort:(\d+/\d+):(\d+)", str(cid))
+            job = jobs.get(m.group(1)) if m else None
+            if job is None or int(m.group(2)) != job.attempt:
+                stats["skipped"] += 1
+                continue
+            resp, err = rec.get("response") or {}, rec.get("error")
+            status = resp.get("status_code")
+            if err or status != 200:
+                kind = f"http {status}" if status else "batch error"
+                detail = json.dumps(err or resp.get("body"))[:300]
+                res = Failed(kind, f"{path}:{n}: {detail}", final=bool(status) and 400 <= status < 500 and status != 429)
+                stats["failed"] += 1
+            else:
+                try:
+                    res = parse(resp["body"])
+                except (ValueError, KeyError, IndexError, TypeError) as e:
+                    raise DataError(f"{path}:{n}: the response body is not a {teacher.api.endpoint} answer "
+                                    f"({type(e).__name__}: {e})") from None
+                res.url = f"batch:{p.name}"
+                stats["answers"] += 1
+            jobs.pop(m.group(1))
+            if on_reply(job, res) is not None:
+                stats["retries_needed"] += 1
+    return stats
 
 
 __all__ = ["run_api_traces"]
