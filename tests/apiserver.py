@@ -29,8 +29,8 @@ import argparse
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Optional
 
 ALTERNATIVES = "0123456789abcdefghijklmnopqrstuvwxyz"
 FAULTS = ("ok", "401", "429", "500", "timeout", "truncated", "garbage")
@@ -60,12 +60,18 @@ def token_entries(text: str, top: int) -> list[dict]:
     return out
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # socketserver's 5 drops the SYNs of a burst: a 1 s retransmit, a "timeout"
+    daemon_threads = True
+    block_on_close = False
+
+
 class ApiServer:
-    def __init__(self, *, faults: Optional[dict] = None, every: Optional[dict] = None,
-                 fail_400_containing: Optional[str] = None, die_after: Optional[int] = None,
-                 length_if: Optional[Callable[[int], bool]] = None, reasoning: bool = False,
+    def __init__(self, *, faults: dict | None = None, every: dict | None = None,
+                 fail_400_containing: str | None = None, die_after: int | None = None,
+                 length_if: Callable[[int], bool] | None = None, reasoning: bool = False,
                  tokenizer=None, tokenize_offset: int = 0, delay: float = 0.0, timeout_sleep: float = 2.0,
-                 port: int = 0, log_path: Optional[str] = None):
+                 port: int = 0, log_path: str | None = None):
         for k in list(faults or {}) + list(every or {}):
             if k not in FAULTS:
                 raise ValueError(f"unknown fault {k!r}; faults: {', '.join(FAULTS)}")
@@ -81,11 +87,9 @@ class ApiServer:
         self._count = 0          # completion requests so far
         self._requests = 0       # all requests so far
         self._dead = False
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
+        self.httpd = _Server(("127.0.0.1", port), _handler(self))
         self.port = self.httpd.server_address[1]
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -100,7 +104,7 @@ class ApiServer:
 
     # -- life
 
-    def start(self) -> "ApiServer":
+    def start(self) -> ApiServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()
@@ -120,7 +124,7 @@ class ApiServer:
 
     # -- bookkeeping
 
-    def _fault(self) -> tuple[int, Optional[str]]:
+    def _fault(self) -> tuple[int, str | None]:
         with self._lock:
             i = self._count
             self._count += 1
@@ -138,12 +142,15 @@ class ApiServer:
                     fh.write(json.dumps(entry) + "\n")
                     fh.flush()
 
-    def _counted(self) -> None:
+    def _counted(self) -> bool:
+        """Count a request; False once the server is to be dead (`die_after` requests were answered)."""
         with self._lock:
             self._requests += 1
-            die = self.die_after is not None and self._requests >= self.die_after
-        if die:  # stop from another thread: shutdown() waits for serve_forever to return
+            n = self._requests
+        if self.die_after is not None and n >= self.die_after and not self._dead:
+            # stop from another thread: shutdown() waits for serve_forever to return
             threading.Thread(target=self.stop, daemon=True).start()
+        return self.die_after is None or n <= self.die_after
 
 
 def _prompt(body: dict) -> str:
@@ -160,7 +167,7 @@ def _handler(server: ApiServer):
         def log_message(self, *args):  # quiet
             pass
 
-        def _send(self, status: int, payload, *, headers: Optional[dict] = None, length: Optional[int] = None):
+        def _send(self, status: int, payload, *, headers: dict | None = None, length: int | None = None):
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -223,8 +230,12 @@ def _handler(server: ApiServer):
             entry["fault"] = fault
             if server.fail_400_containing and server.fail_400_containing in entry["prompt"]:
                 entry["fault"] = fault = "400"
+            if not server._counted():  # dead: requests already received are not answered either
+                entry["fault"] = "dead"
+                server._record(entry)
+                self.close_connection = True
+                return
             server._record(entry)
-            server._counted()
             if server.delay:
                 time.sleep(server.delay)
             if fault == "429":

@@ -88,8 +88,12 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
 
     # what each unfinished shard's journal already holds: key -> its last record
     have: dict[int, dict[str, dict]] = {}
+    spent: dict[int, _Ledger] = {}  # every answer received, retried ones included (what was paid for)
     for index in todo:
-        have[index] = {r["k"]: r for r in Journal.read(out / journal_name(index))}
+        have[index], spent[index] = {}, _Ledger()
+        for r in Journal.read(out / journal_name(index)):
+            have[index][r["k"]] = r
+            spent[index].add(r["u"])
     resolved = {i: {k for k, r in have[i].items() if r["s"] in ("ok", "drop", "fail")} for i in todo}
 
     def keys(index):
@@ -173,6 +177,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
                 rec["row"] = row_of(job.key, res, job.attempt)
         j = journals.get(index) or journals.setdefault(index, Journal(out / journal_name(index)))
         j.append(rec)
+        spent[index].add(rec["u"])
         have[index][job.key] = rec
         if rec["s"] == "retry":
             return Job(job.key, job.prompt, request_seed(sp.seed, job.key, job.attempt + 1), job.attempt + 1)
@@ -193,10 +198,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
                 if row.get("topk"):
                     row["topk"] = bytes.fromhex(row["topk"])
                 rows.append(row)
-        usage = _Ledger()
-        for rec in have[index].values():
-            usage.add(rec["u"])
-        writer.write_shard(index, rows, extra={"usage": usage.dict(),
+        writer.write_shard(index, rows, extra={"usage": spent[index].dict(),
                                                "dropped": sum(1 for r in have[index].values() if r["s"] in ("drop", "fail"))})
         if index in journals:
             journals.pop(index).close()
@@ -249,8 +251,9 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
             tot.completion_tokens += u.get("completion_tokens", 0)
         for i in todo:
             if str(i) not in writer.manifest["shards"]:
-                for rec in have[i].values():
-                    tot.add(rec["u"])
+                tot.responses += spent[i].responses
+                tot.prompt_tokens += spent[i].prompt_tokens
+                tot.completion_tokens += spent[i].completion_tokens
         return tot.dict()
 
     def jobs_todo():

@@ -71,9 +71,14 @@ def teacher_topk_batch(teacher, batch, k: int) -> dict:
     lps = torch.full((b, t, k), -1e4, dtype=torch.float32)
     has = torch.zeros((b, t), dtype=torch.bool)
     for (i, pos), sc in zip(where, teacher.score(prompts, completions, topk=k)):
-        ids[i, pos] = torch.as_tensor(sc.topk_ids, dtype=torch.long)
-        lps[i, pos] = torch.as_tensor(sc.topk_logprobs, dtype=torch.float32)
-        has[i, pos] = True
+        # a teacher may cover fewer positions than asked (an API trace with no row for the EOS
+        # step, or a row cut to fewer than k entries): those get no teacher term
+        n = len(sc.topk_ids)
+        kk = min([len(r) for r in sc.topk_ids] or [k])
+        if n and kk:
+            ids[i, pos[:n], :kk] = torch.as_tensor(sc.topk_ids, dtype=torch.long)[:, :kk]
+            lps[i, pos[:n], :kk] = torch.as_tensor(sc.topk_logprobs, dtype=torch.float32)[:, :kk]
+            has[i, pos[:n]] = True
     device = labels.device
     return {**batch, "topk_ids": ids.to(device), "topk_logprobs": lps.to(device), "has_teacher": has.to(device)}
 

@@ -196,6 +196,35 @@ def _usage(reply: Reply, d: dict) -> None:
     reply.completion_tokens = int(u.get("completion_tokens") or 0)
 
 
+def server_tokenizer(name: str):
+    """`teacher.api.tokenizer`: a directory holding just a tokenizer (tokenizer.json or
+    tokenizer_config.json, no model), or anything a model name can be (`load_tokenizer`)."""
+    from pathlib import Path
+
+    from ...config import ModelConfig
+    from ...errors import ModelError
+    from ..models import load_tokenizer
+
+    p = Path(name)
+    if p.is_dir() and not (p / "config.json").is_file() and \
+            ((p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file()):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(p))
+        except Exception as e:  # a damaged file raises several types
+            raise ModelError(f"teacher.api.tokenizer={name}: could not load the tokenizer ({e})") from None
+    return load_tokenizer(ModelConfig(name=name))
+
+
+def request_id(job: "Job") -> str:
+    """The X-Request-ID header of a job: a UUID (some servers refuse any other form) derived from
+    the job's key and attempt, so a server's log shows which request came back."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"retort:{job.key}:{job.attempt}"))
+
+
 def request_seed(*parts) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
@@ -207,16 +236,13 @@ class ApiTeacher(Teacher):
     capabilities = frozenset({"generate", "score"})
 
     def __init__(self, cfg):
-        from ...config import ModelConfig
-        from ..models import load_tokenizer
-
         self.cfg, self.api = cfg, cfg.api
         self.model = cfg.name.split(":", 1)[1]
         if not self.model:
             raise ConfigError("teacher.name=openai:MODEL needs the model's name as the server knows it")
         self.urls = [u.strip() for u in self.api.base_url.split(",") if u.strip()]
         Pool(self.urls)  # checks the URLs now, before any work
-        tok = load_tokenizer(ModelConfig(name=self.api.tokenizer)) if self.api.tokenizer else None
+        tok = server_tokenizer(self.api.tokenizer) if self.api.tokenizer else None
         super().__init__(cfg.name, tok)
         self.tokens = TokenMap(tok) if tok is not None else None
         self.token_check = "no tokenizer given (teacher.api.tokenizer)" if tok is None else "not yet checked"
@@ -319,7 +345,7 @@ class ApiTeacher(Teacher):
                                    seed=job.seed, stop=stop, topk=topk)
             try:
                 reply, url = await pool.post(path, body, parse, tokens=self.estimate_tokens(job.prompt, max_tokens),
-                                             request_id=f"retort-{job.key}-{job.attempt}",
+                                             request_id=request_id(job),
                                              usage=lambda r: r.prompt_tokens + r.completion_tokens)
                 reply.url = url
                 return job, reply
@@ -329,7 +355,7 @@ class ApiTeacher(Teacher):
         it = iter(jobs)
         limit = 2 * pool.max_in_flight  # tasks waiting out a backoff hold no request slot
         pending: set = set()
-        fails = 0
+        fails = answered = 0
         first = next(it, None)
         if first is None:
             return
@@ -355,10 +381,17 @@ class ApiTeacher(Teacher):
                         if res.final and res.kind in ("http 401", "http 403", "http 404"):
                             raise ApiError(f"{self.name}: the server refused a request ({res}); check "
                                            f"teacher.name, teacher.api.base_url and the key in ${self.api.key_env}")
+                        if res.final and not answered:
+                            # nothing has worked yet: a request the server refuses as it is (400, 422)
+                            # is the config's fault, not this prompt's; stop before sending the rest
+                            raise ApiError(f"{self.name}: the server refused the first request ({res}); check "
+                                           "teacher.api.endpoint, teacher.api.extra_body and the sampling options "
+                                           "it supports")
                         if fails >= breaker:
                             raise ApiError(f"{self.name}: {fails} requests in a row failed for good, the last: {res}")
                     else:
                         fails = 0
+                        answered += 1
                     follow = on_reply(job, res)
                     if follow is not None:
                         queue.append(follow)
@@ -456,12 +489,13 @@ class ApiTeacher(Teacher):
                 if self.tokens is None:
                     raise ApiError(f"{self.name}: the served tokenizer differs from {self.api.tokenizer}: {check}")
 
-                async def one(i):
+                async def one(i, retries=None):
                     p, c = list(prompt_ids[i]), list(completion_ids[i])
                     body = {"model": self.model, "prompt": p + c, "max_tokens": 1, "temperature": 0.0,
                             "prompt_logprobs": max(topk, 0)}
                     try:
-                        plp, _ = await pool.post("/completions", body, parse, tokens=len(p) + len(c) + 1)
+                        plp, _ = await pool.post("/completions", body, parse, tokens=len(p) + len(c) + 1,
+                                                 max_retries=retries)
                     except Failed as f:
                         errors.append(f)
                         return
@@ -482,11 +516,18 @@ class ApiTeacher(Teacher):
                         sc.topk_logprobs = [r[:k] for r in vals]
                     out[i] = sc
 
-                await asyncio.gather(*(one(i) for i in range(len(prompt_ids))))
+                if prompt_ids:
+                    await one(0, min(1, self.api.max_retries))  # alone first: a server that cannot says so once
+                    if errors:
+                        return
+                await asyncio.gather(*(one(i) for i in range(1, len(prompt_ids))))
 
         asyncio.run(main())
         if errors:
-            raise ApiError(f"{self.name}: {len(errors)} scoring requests failed, e.g. {errors[0]}")
+            raise ApiError(f"{self.name}: scoring given tokens failed ({len(errors)} of {len(prompt_ids)} requests, e.g. "
+                           f"{errors[0]}); it needs a server that takes token ids as the prompt and returns "
+                           "prompt_logprobs (vLLM does). Otherwise make traces with sampling.topk and train from "
+                           "teacher.name=traces:DIR")
         return out
 
 
@@ -499,5 +540,5 @@ def check_key_env(cfg) -> None:
                           "_), e.g. OPENAI_API_KEY; the key itself is never put in a config")
 
 
-__all__ = ["ApiTeacher", "Job", "Reply", "Tok", "TokenMap", "check_key_env", "parse_chat", "parse_completion",
+__all__ = ["ApiTeacher", "Job", "request_id", "server_tokenizer", "Reply", "Tok", "TokenMap", "check_key_env", "parse_chat", "parse_completion",
            "request_seed"]

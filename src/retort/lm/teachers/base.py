@@ -129,7 +129,9 @@ class TraceStoreTeacher(Teacher):
                                 "or tokens that did not map to ids); it can be learnt from as text (sft), not scored")
             ids, lp = codec.decode(self._cols["topk"][row]) if self._cols["topk"][row] else (None, None)
             if stop:  # the EOS step's log-prob is kept only inside the stored top-k
-                hit = [] if ids is None else [j for j, t in enumerate(ids[len(c) - 1]) if t == eos]
+                # an API server's traces may hold no row for the EOS step (it lists only the text's
+                # tokens): the scores then cover the sampled tokens, and the EOS step has no teacher
+                hit = [] if ids is None or len(ids) < len(c) else [j for j, t in enumerate(ids[len(c) - 1]) if t == eos]
                 if not hit and not topk:
                     raise DataError(f"{self.name}: no log-prob stored for the end-of-sequence step of a trace "
                                     "(it is kept only when EOS is among the stored top-k)")
@@ -159,7 +161,9 @@ def trace_tokenizer(manifest: dict, path, *, purpose: str):
             raise DataError(f"{path}: sampled from {t['name']} with no checked token map ({why}): its rows hold text and the server's token strings, not token "
                             f"ids, so {purpose} cannot be used. Sample again with teacher.api.tokenizer set to the "
                             "served model's tokenizer (checked against the server), or train on the text (sft)")
-        return load_tokenizer(ModelConfig(name=api["tokenizer"]))
+        from .api import server_tokenizer
+
+        return server_tokenizer(api["tokenizer"])
     return load_tokenizer(ModelConfig(**t))
 
 

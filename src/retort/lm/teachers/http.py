@@ -137,14 +137,16 @@ class Pool:
             return None
 
     async def post(self, path: str, body: dict, parse: Callable[[dict], object], *, tokens: float = 0.0,
-                   request_id: str = "", usage: Callable[[object], float] = lambda _: 0.0):
+                   request_id: str = "", usage: Callable[[object], float] = lambda _: 0.0,
+                   max_retries: Optional[int] = None):
         """POST `body` to `path` until `parse(json)` accepts the answer; returns (parsed, url).
         `tokens` is the estimate charged to the tokens-per-minute budget before sending, settled
         with `usage(parsed)` (the server's count) after."""
         import httpx
 
         headers = {"X-Request-ID": request_id} if request_id else None
-        for attempt in range(self.max_retries + 1):
+        retries = self.max_retries if max_retries is None else max_retries
+        for attempt in range(retries + 1):
             retry_after = None
             async with self._slots:
                 if self.rpm:
@@ -176,13 +178,13 @@ class Pool:
                         self.tpm.give(tokens - usage(parsed))
                     return parsed, url
             elif status is not None:
-                kind, detail = f"http {status}", f"{url}{path}: {text[:300].strip()}"
+                kind, detail = f"http {status}", f"{url}{path}: {text[:300].strip() or '(empty body)'}"
                 if not (status in RETRIED_STATUS or status >= 500):
                     self.errors[kind] += 1
                     raise Failed(kind, detail, final=True)
             self.errors[kind] += 1
-            if attempt == self.max_retries:
-                raise Failed(kind, detail + f" (after {self.max_retries} retries)")
+            if attempt == retries:
+                raise Failed(kind, detail + f" (after {retries} retries)")
             await asyncio.sleep(self._delay(attempt, retry_after))
         raise AssertionError("unreachable")
 
