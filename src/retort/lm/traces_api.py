@@ -286,8 +286,13 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
         if console is not None and left < total:
             console.print(f"traces: {total - left} of {total} answers already in {out}; requesting the other {left}")
     try:
-        if batch_in is None:
+        if batch_in is None and left:
             asyncio.run(main())
+        elif batch_in is None:  # every answer is in: not one request, not even the tokenizer probe
+            for index in todo:  # answers all journaled, killed before their shard was written
+                _finish_shard(index)
+            writer.update(ledger=_cost(_ledger(), api),
+                          last_run={"requests": 0, "answers": 0, "seconds": 0.0, "errors": {}, "by_url": {}})
     except ApiError as e:
         raise ApiError(f"{e}; the answers received are kept in {out}: rerun the same command to continue") from None
     except KeyboardInterrupt:
