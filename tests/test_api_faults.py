@@ -536,8 +536,15 @@ def test_j_reasoning_content_is_kept_apart_from_the_answer(tmp_path, capsys):
     for k, r in zip(_row_keys(out), _rows(out)):
         e = sent[_rid(k)]
         assert r["reasoning"] == reasoning_text(r["prompt"], e["seed"])
-        assert r["completion"] == answer_text(r["prompt"], e["seed"])
-        assert "thinking" not in r["completion"]
+        # the student learns the reasoning, then the answer (teacher.api.reasoning_template); the
+        # answer alone is what is extracted and verified
+        assert r["completion"] == (f"<think>\n{reasoning_text(r['prompt'], e['seed'])}\n</think>\n\n"
+                                   f"{answer_text(r['prompt'], e['seed'])}")
+        assert r["answer"] == get_task(load_config(TracesRun, None, []).task).extract_answer(answer_text(r["prompt"], e["seed"]))
+    out2 = tmp_path / "t2"
+    with ApiServer(reasoning=True) as s:
+        assert _traces(capsys, out2, s.url, **{"teacher.api.reasoning_template": '"{answer}"'})[0] == 0
+    assert [r["completion"] for r in _rows(out2)] == [r["completion"].split("</think>\n\n")[1] for r in _rows(out)]
 
 
 # ---------------------------------------------------------------- k: the token map

@@ -90,6 +90,9 @@ class ApiConfig:
     on_length: str = param("keep", "a completion cut by max_new_tokens (finish_reason=length): keep it (marked "
                            "truncated), retry it with another seed (up to max_retries, then drop), or drop it",
                            choices=["keep", "retry", "drop"])
+    reasoning_template: str = param("<think>\n{reasoning}\n</think>\n\n{answer}", "how a reasoning server's "
+                                    "separate reasoning_content and answer become the completion the student learns "
+                                    "(the answer alone is verified; the reasoning is also kept in its own column)")
     logprobs: bool = param(True, "ask for the log-prob of each generated token (and sampling.topk alternatives)")
     tokenizer: Optional[str] = param(None, "the served model's tokenizer (a local directory, .gguf, preset: or hub "
                                      "id): maps the server's tokens to ids, checked against the server's /tokenize "
@@ -104,7 +107,7 @@ class ApiConfig:
 
 # what identifies an API teacher's samples (a trace set's params); the rest (URLs, limits, prices) may
 # change between a run and its resume
-API_IDENTITY = ("endpoint", "system", "on_length", "logprobs", "tokenizer", "extra_body")
+API_IDENTITY = ("endpoint", "system", "on_length", "logprobs", "tokenizer", "extra_body", "reasoning_template")
 
 
 @dataclass
@@ -368,7 +371,11 @@ def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] 
                 f"{source}: unknown key '{full}'; valid keys{where}: {', '.join(valid)}"
             ) from None
         except ValidationError as e:
-            raise ConfigError(f"{source}: bad value for '{e.full_key}': {e.msg}") from None
+            msg = str(e.msg).splitlines()[0]
+            if source.startswith("override") and "Cannot convert" in msg:
+                msg += ("; on the command line a value in { } or [ ] is read as a mapping or list: quote it "
+                        "to keep it text, e.g. 'key=\"{answer}\"'")
+            raise ConfigError(f"{source}: bad value for '{e.full_key}': {msg}") from None
         except OmegaConfBaseException as e:
             raise ConfigError(f"{source}: {getattr(e, 'msg', e)}") from None
     return build(cls, OmegaConf.to_container(merged, resolve=True))

@@ -125,10 +125,13 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
 
     def row_of(job_key, reply, attempt):
         e = examples[int(job_key.split("/")[0])]
+        answer_text = reply.text
+        if reply.reasoning is not None:  # what the student learns: the reasoning, then the answer
+            reply.text = api.reasoning_template.format(reasoning=reply.reasoning, answer=answer_text)
         ids = teacher.tokens.ids(reply) if teacher.tokens is not None and reply.tokens is not None else None
         row = {"prompt_id": e.id, "prompt": e.prompt, "completion": reply.text, "reasoning": reply.reasoning,
-               "answer": task.extract_answer(reply.text), "reference": e.answer,
-               "correct": task.verify(reply.text, e.answer), "finish_reason": reply.finish_reason,
+               "answer": task.extract_answer(answer_text), "reference": e.answer,
+               "correct": task.verify(answer_text, e.answer), "finish_reason": reply.finish_reason,
                "difficulty": e.difficulty, "api_tokens": reply.tokens_json(), "topk": None}
         if ids is not None:
             eos = tok.eos_token_id
