@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from retort.config import ModelConfig, TracesRun, load_config
+from retort.errors import DataError
 from retort.lm.data.collate import encode_prompt
 from retort.lm.data.traces import read_manifest, read_traces
 from retort.lm.models import load_model, load_tokenizer
@@ -188,3 +189,35 @@ def test_a_batch_file_round_trip_gives_the_same_traces_as_live_requests(tmp_path
     assert [r["completion"] for r in a] == [r["completion"] for r in b]
     assert [r["completion_ids"] for r in a] == [r["completion_ids"] for r in b]
     assert read_manifest(batch)["ledger"] == read_manifest(live)["ledger"]
+
+
+def test_mixed_policy_continues_student_prefixes_through_the_server(tmp_path, served):
+    """`curate --mixed-policy` on an API trace set: the server continues the rendered prompt plus
+    the student's prefix as text (completions endpoint), as the model here continues the same ids."""
+    from retort.lm.curate.mixed import _render
+    from retort.lm.teachers import ApiTeacher
+
+    out = tmp_path / "api"
+    run_traces(load_config(TracesRun, None, _args(out, served, **{"teacher.api.endpoint": "chat"})))
+    cfg = load_config(TracesRun, None, _args(out, served)).teacher
+    teacher = ApiTeacher(cfg)
+    tok = teacher.tokenizer
+    prompts = [r["prompt"] for r in read_traces(out).to_pylist()][:4]
+    texts = [_render(tok, p) + "1+2" for p in prompts]
+    got = teacher.generate(texts, max_new_tokens=10, temperature=0, endpoint="completions")
+    ids = [encode_prompt(tok, p) + tok("1+2", add_special_tokens=False)["input_ids"] for p in prompts]
+    from retort.lm.rollout.generate import generate_ids
+
+    here = generate_ids(served["model"], tok, ids, max_new_tokens=10, temperature=0)
+    assert [g[0].text for g in got] == [h[0].text for h in here]
+    # the command builds this teacher from the trace set's manifest: where the server was, the
+    # identity keys of teacher.api; a set sampled without the tokenizer is refused
+    from retort.lm.curate.mixed import _api_teacher
+
+    rebuilt = _api_teacher(out, read_manifest(out), None)
+    assert rebuilt.urls == [served["url"]] and rebuilt.model == teacher.model
+    assert _api_teacher(out, read_manifest(out), "http://elsewhere:1/v1").urls == ["http://elsewhere:1/v1"]
+    bare = read_manifest(out)
+    bare["params"]["teacher"]["api"]["tokenizer"] = None
+    with pytest.raises(DataError, match="needs that tokenizer"):
+        _api_teacher(out, bare, None)

@@ -243,6 +243,8 @@ def traces(config_file, batch_out, batch_in, overrides):
 @click.option("--max-prompts", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --mixed-policy: use at most this many prompts (0: all).")
 @click.option("--with-source", is_flag=True, help="With --mixed-policy: also keep the source's correct traces.")
+@click.option("--teacher-url", metavar="URL", help="With --mixed-policy on traces of an API teacher (openai:MODEL): "
+              "the server's /v1 URL, when it is no longer where the traces were made.")
 @click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy: sampling seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy).")
@@ -250,7 +252,7 @@ def traces(config_file, batch_out, batch_in, overrides):
               "holding a retort trace set and nothing else; never the input).")
 def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
            das_delta, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
-           seed, batch_size, overwrite):
+           teacher_url, seed, batch_size, overwrite):
     """Statistics of a trace set, and filters into a new one.
 
     \b
@@ -276,7 +278,7 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pa
         stats = mixed_policy(traces_dir, out, mixed_student, source=mixed_from, length_factor=length_factor,
                              cut_lo=cut_lo, temperature=temperature, max_prompts=max_prompts,
                              with_source=with_source, batch_size=batch_size, seed=seed, overwrite=overwrite,
-                             console=_console())
+                             teacher_url=teacher_url, console=_console())
         m = stats["mixed_policy"]
         _console().print(f"curate: {m['kept']} mixed-policy rows ({m['eligible']} of {m['student_rollouts']} student "
                          f"answers cut, {m['kept']} continuations verified); {stats['rows']} rows written to {out}")

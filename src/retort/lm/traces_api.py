@@ -114,7 +114,10 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
                 raise DataError(f"{out}: its answers so far were stored {'with' if recorded['ids'] else 'without'} "
                                 f"token ids, but now the token map is {check!r}; the server's model changed? Use "
                                 "another output directory")
-            writer.update(token_map=tmap, tokenizer_sha256=tokenizer_sha256(tok) if tmap["ids"] else None)
+            # where the server was (not part of the set's identity: it may move): what `curate
+            # --mixed-policy` asks when it continues student prefixes with this teacher
+            writer.update(token_map=tmap, tokenizer_sha256=tokenizer_sha256(tok) if tmap["ids"] else None,
+                          api_server={"base_url": api.base_url, "key_env": api.key_env})
             if console is not None and (tok is None or not tmap["ids"]):
                 console.print(f"traces: token ids not mapped ({check}); rows keep text and the server's token "
                               "strings; token-level KD from this set will be refused")

@@ -48,7 +48,7 @@ def _seed(seed: int, *keys) -> int:
 def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", length_factor: float = 1.5,
                  cut_lo: float = 0.5, temperature: float | None = None, max_prompts: int = 0,
                  with_source: bool = False, shard_prompts: int = 256, batch_size: int = 64, seed: int = 0,
-                 overwrite: bool = False, console=None) -> dict:
+                 overwrite: bool = False, teacher_url: str | None = None, console=None) -> dict:
     import torch
 
     from ...config import ModelConfig, TaskConfig
@@ -84,13 +84,17 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
     topk = int(sp.get("topk") or 0)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    t_model, t_tok = load_model(ModelConfig(**manifest["params"]["teacher"]))
-    want = manifest["params"].get("teacher_weights_sha256")
-    if want and weights_sha256(t_model) != want:
-        raise DataError(f"{src}: its teacher ({manifest['params']['teacher']['name']}) has changed since the traces "
-                        "were made (weights hash differs); mixed-policy rows need the same teacher")
+    api = _api_teacher(src, manifest, teacher_url)
+    if api is not None:  # a server: it continues text (completions endpoint) and scores nothing here
+        t_model, t_tok = None, api.tokenizer
+    else:
+        t_model, t_tok = load_model(ModelConfig(**manifest["params"]["teacher"]))
+        want = manifest["params"].get("teacher_weights_sha256")
+        if want and weights_sha256(t_model) != want:
+            raise DataError(f"{src}: its teacher ({manifest['params']['teacher']['name']}) has changed since the "
+                            "traces were made (weights hash differs); mixed-policy rows need the same teacher")
+        t_model.to(device).eval()
     s_model, s_tok = load_model(ModelConfig(name=student))
-    t_model.to(device).eval()
     s_model.to(device).eval()
     same_tok = tokenizer_sha256(s_tok) == tokenizer_sha256(t_tok)
     task = get_task(TaskConfig(**manifest["params"]["task"]))
@@ -148,9 +152,15 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
             t_prefix = [p if same_tok else t_tok(text, add_special_tokens=False)["input_ids"]
                         for (_, p), text in zip(picks, prefixes)]
             t_prompts = [encode_prompt(t_tok, cols["prompt"][i]) for i, _ in picks]
-            conts = generate_ids(t_model, t_tok, [a + b for a, b in zip(t_prompts, t_prefix)],
-                                 max_new_tokens=int(sp.get("max_new_tokens", 256)), temperature=temperature,
-                                 batch_size=batch_size, seed=_seed(seed, "teacher", index)) if picks else []
+            if api is not None:  # the rendered prompt + the prefix, continued as text by the server
+                texts = [_render(t_tok, cols["prompt"][i]) + text for (i, _), text in zip(picks, prefixes)]
+                conts = api.generate(texts, max_new_tokens=int(sp.get("max_new_tokens", 256)),
+                                     temperature=temperature, top_p=float(sp.get("top_p", 1.0)),
+                                     seed=_seed(seed, "teacher", index), endpoint="completions") if picks else []
+            else:
+                conts = generate_ids(t_model, t_tok, [a + b for a, b in zip(t_prompts, t_prefix)],
+                                     max_new_tokens=int(sp.get("max_new_tokens", 256)), temperature=temperature,
+                                     batch_size=batch_size, seed=_seed(seed, "teacher", index)) if picks else []
             counts["continued"] += len(picks)
             kept = []
             for (i, _), prefix, tp, prompt_ids, o in zip(picks, prefixes, t_prefix, t_prompts, conts):
@@ -158,11 +168,16 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
                 text = prefix + c.text
                 if c.finish_reason != "stop" or not task.verify(text, cols["reference"][i]):
                     continue
-                kept.append((i, text, list(tp) + c.token_ids, prompt_ids))
-            # 3. teacher-score the whole completion: an ordinary trace row
-            scored = score(t_model, [k[3] for k in kept],
-                           [k[2] + ([eos] if topk and eos is not None else []) for k in kept],
-                           topk=topk, batch_size=batch_size, pad_id=t_tok.pad_token_id or 0) if kept else []
+                ids = list(tp) + (c.token_ids or t_tok(c.text, add_special_tokens=False)["input_ids"])
+                kept.append((i, text, ids, prompt_ids))
+            # 3. teacher-score the whole completion: an ordinary trace row (a server scores no given
+            # text unless it offers prompt_logprobs: its rows carry text and ids, for unmasked sft)
+            if api is not None:
+                scored = [None] * len(kept)
+            else:
+                scored = score(t_model, [k[3] for k in kept],
+                               [k[2] + ([eos] if topk and eos is not None else []) for k in kept],
+                               topk=topk, batch_size=batch_size, pad_id=t_tok.pad_token_id or 0) if kept else []
             out_rows = []
             if with_source:
                 mine = set(cols["prompt_id"][i] for i in shard)
@@ -172,8 +187,8 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
                 out_rows.append({
                     "prompt_id": cols["prompt_id"][i], "sample_idx": last_idx[cols["prompt_id"][i]] + 1,
                     "prompt": cols["prompt"][i], "completion": text, "completion_ids": ids,
-                    "completion_logprobs": sc.logprobs[:len(ids)],
-                    "topk": encode_scores(sc, min(topk, len(t_tok))) if topk else None,
+                    "completion_logprobs": sc.logprobs[:len(ids)] if sc is not None else [],
+                    "topk": encode_scores(sc, min(topk, len(t_tok))) if topk and sc is not None else None,
                     "answer": task.extract_answer(text), "reference": cols["reference"][i], "correct": True,
                     "finish_reason": "stop", "n_tokens": len(ids), "difficulty": cols["difficulty"][i],
                 })
@@ -183,6 +198,48 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
             bar(len(shard))
     writer.finish({**trace_stats(read_traces(out, allow_incomplete=True)), "mixed_policy": counts})
     return writer.manifest["stats"]
+
+
+def _api_teacher(src, manifest: dict, teacher_url):
+    """The server of an API trace set (`openai:MODEL`), as its manifest names it (the identity keys
+    of teacher.api, and where the server was, which `teacher_url` overrides); None for a local
+    teacher. Continuing a student prefix needs the served model's tokenizer (its chat template
+    renders the prompt the prefix follows)."""
+    from ...config import ApiConfig, TeacherConfig
+    from ..teachers import ApiTeacher
+
+    t = dict(manifest["params"]["teacher"])
+    ident = t.pop("api", None)
+    if not str(t.get("name", "")).startswith("openai:"):
+        if teacher_url:
+            raise DataError(f"curate --teacher-url: {src} was sampled from a local teacher ({t.get('name')})")
+        return None
+    server = manifest.get("api_server") or {}
+    url = teacher_url or server.get("base_url")
+    if not url:
+        raise DataError(f"{src}: sampled from {t['name']}, but the manifest does not say where the server was; "
+                        "give it with --teacher-url http://HOST:PORT/v1")
+    if not (ident or {}).get("tokenizer"):
+        raise DataError(f"{src}: sampled from {t['name']} without teacher.api.tokenizer; mixed-policy continues "
+                        "student prefixes as text after the prompt rendered by the served model's chat template, "
+                        "so it needs that tokenizer (sample the set with teacher.api.tokenizer=...)")
+    cfg = TeacherConfig(**{k: v for k, v in t.items() if k in TeacherConfig.__dataclass_fields__},
+                        api=ApiConfig(**ident, base_url=url, key_env=server.get("key_env", "OPENAI_API_KEY")))
+    return ApiTeacher(cfg)
+
+
+def _render(tok, prompt: str) -> str:
+    """The prompt as the server's chat template renders it before the answer (with the generation
+    prompt), or as it is when the tokenizer has no template."""
+    if not getattr(tok, "chat_template", None):
+        return prompt
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                   tokenize=False)
+    bos = tok.bos_token
+    # a completions endpoint adds BOS itself when the tokenizer does: the template's own would double it
+    if bos and text.startswith(bos) and tok("", add_special_tokens=True)["input_ids"][:1] == [tok.bos_token_id]:
+        text = text[len(bos):]
+    return text
 
 
 __all__ = ["SOURCES", "mixed_policy"]

@@ -260,14 +260,15 @@ class ApiTeacher(Teacher):
     # -- requests
 
     def body(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float, seed: int,
-             stop: Optional[list] = None, topk: int = 0) -> tuple[str, dict]:
+             stop: Optional[list] = None, topk: int = 0, endpoint: Optional[str] = None) -> tuple[str, dict]:
         a = self.api
+        endpoint = endpoint or a.endpoint
         body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature, "seed": seed, "n": 1}
         if top_p < 1:
             body["top_p"] = top_p
         if stop:
             body["stop"] = list(stop)
-        if a.endpoint == "chat":
+        if endpoint == "chat":
             messages = ([{"role": "system", "content": a.system}] if a.system else []) + \
                 [{"role": "user", "content": prompt}]
             body["messages"] = messages
@@ -284,9 +285,9 @@ class ApiTeacher(Teacher):
         body.update(a.extra_body or {})
         return path, body
 
-    def parser(self, topk: int = 0) -> Callable[[dict], Reply]:
+    def parser(self, topk: int = 0, endpoint: Optional[str] = None) -> Callable[[dict], Reply]:
         want = bool(self.api.logprobs or topk)
-        fn = parse_chat if self.api.endpoint == "chat" else parse_completion
+        fn = parse_chat if (endpoint or self.api.endpoint) == "chat" else parse_completion
         return lambda d: fn(d, want)
 
     def estimate_tokens(self, prompt: str, max_tokens: int) -> float:
@@ -332,17 +333,18 @@ class ApiTeacher(Teacher):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     async def run(self, jobs: Iterable[Job], on_reply: Callable, *, pool: Pool, max_tokens: int,
-                  temperature: float, top_p: float, stop=None, topk: int = 0, breaker: int = 0) -> None:
+                  temperature: float, top_p: float, stop=None, topk: int = 0, breaker: int = 0,
+                  endpoint: Optional[str] = None) -> None:
         """Send every job (the first one alone: a server that refuses it stops the run before the
         others go), call `on_reply(job, Reply | Failed)` as each answers; it may return a follow-up
         Job (a retry). Stops issuing after `breaker` requests in a row failed for good (a dead
         server) or at the first 401/403/404, raising ApiError with what happened."""
-        parse = self.parser(topk)
+        parse = self.parser(topk, endpoint)
         breaker = breaker or pool.max_in_flight + 8
 
         async def one(job: Job):
             path, body = self.body(job.prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                   seed=job.seed, stop=stop, topk=topk)
+                                   seed=job.seed, stop=stop, topk=topk, endpoint=endpoint)
             try:
                 reply, url = await pool.post(path, body, parse, tokens=self.estimate_tokens(job.prompt, max_tokens),
                                              request_id=request_id(job),
@@ -404,9 +406,11 @@ class ApiTeacher(Teacher):
     # -- the Teacher interface
 
     def generate(self, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0,
-                 top_p: float = 1.0, num_samples: int = 1, seed: int = 0, stop=None, scores=None, **_) -> list:
+                 top_p: float = 1.0, num_samples: int = 1, seed: int = 0, stop=None, scores=None,
+                 endpoint: Optional[str] = None, **_) -> list:
         """`num_samples` completions of each prompt (`retort.lm.rollout.generate.Completion`s);
-        token ids only when the token map holds (else []), with `scores=K` the server's top-K."""
+        token ids only when the token map holds (else []), with `scores=K` the server's top-K.
+        `endpoint` overrides teacher.api.endpoint (e.g. "completions" to continue a given text)."""
         from ..rollout.generate import Completion
 
         topk = int(scores or 0)
@@ -431,7 +435,7 @@ class ApiTeacher(Teacher):
                 jobs = (Job(f"{i}/{j}", p, request_seed(seed, i, j)) for i, p in enumerate(prompts)
                         for j in range(num_samples))
                 await self.run(jobs, on_reply, pool=pool, max_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, stop=stop, topk=topk)
+                               top_p=top_p, stop=stop, topk=topk, endpoint=endpoint)
 
         asyncio.run(main())
         if errors:
