@@ -71,7 +71,8 @@ class ApiServer:
                  fail_400_containing: str | None = None, die_after: int | None = None,
                  length_if: Callable[[int], bool] | None = None, reasoning: bool = False,
                  tokenizer=None, tokenize_offset: int = 0, delay: float = 0.0, timeout_sleep: float = 2.0,
-                 port: int = 0, log_path: str | None = None):
+                 port: int = 0, log_path: str | None = None,
+                 prompt_logprobs: Callable[[list, int], list] | None = None):
         for k in list(faults or {}) + list(every or {}):
             if k not in FAULTS:
                 raise ValueError(f"unknown fault {k!r}; faults: {', '.join(FAULTS)}")
@@ -83,6 +84,10 @@ class ApiServer:
         self.delay, self.timeout_sleep = delay, timeout_sleep
         self.log: list[dict] = []
         self.log_path = log_path
+        # vLLM's `prompt_logprobs` on /v1/completions with a token-id prompt: (ids, k) -> the list vLLM
+        # returns (None, then per position {str(id): {"logprob", "rank", "decoded_token"}}); a test
+        # gives a function of a model it holds (no server here offers it: vLLM needs a GPU build)
+        self.prompt_logprobs = prompt_logprobs
         self._lock = threading.Lock()
         self._count = 0          # completion requests so far
         self._requests = 0       # all requests so far
@@ -252,6 +257,14 @@ def _handler(server: ApiServer):
                 return self._send(500, {"error": {"message": "too late"}})
             if fault == "garbage":
                 return self._send(200, b"<html>this is not JSON")
+            if path == "/v1/completions" and server.prompt_logprobs is not None and "prompt_logprobs" in body \
+                    and isinstance(body.get("prompt"), list):
+                ids = [int(t) for t in body["prompt"]]
+                plp = server.prompt_logprobs(ids, int(body["prompt_logprobs"] or 0))
+                usage = {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}
+                return self._send(200, {"id": "cmpl-p", "object": "text_completion", "model": body.get("model"),
+                                        "choices": [{"index": 0, "text": "x", "finish_reason": "length",
+                                                     "logprobs": None, "prompt_logprobs": plp}], "usage": usage})
             text = answer_text(entry["prompt"], body.get("seed"))
             finish = "length" if server.length_if is not None and server.length_if(int(body.get("seed") or 0)) \
                 else "stop"

@@ -215,7 +215,7 @@ def test_mixed_policy_continues_student_prefixes_through_the_server(tmp_path, se
     from retort.lm.curate.mixed import _api_teacher
 
     rebuilt = _api_teacher(out, read_manifest(out), None)
-    assert rebuilt.urls == [served["url"]] and rebuilt.model == teacher.model
+    assert rebuilt.urls == [served["url"]] and rebuilt.model_id == teacher.model_id
     assert _api_teacher(out, read_manifest(out), "http://elsewhere:1/v1").urls == ["http://elsewhere:1/v1"]
     bare = read_manifest(out)
     bare["params"]["teacher"]["api"]["tokenizer"] = None

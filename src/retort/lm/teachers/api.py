@@ -237,8 +237,8 @@ class ApiTeacher(Teacher):
 
     def __init__(self, cfg):
         self.cfg, self.api = cfg, cfg.api
-        self.model = cfg.name.split(":", 1)[1]
-        if not self.model:
+        self.model_id = cfg.name.split(":", 1)[1]
+        if not self.model_id:
             raise ConfigError("teacher.name=openai:MODEL needs the model's name as the server knows it")
         self.urls = [u.strip() for u in self.api.base_url.split(",") if u.strip()]
         Pool(self.urls)  # checks the URLs now, before any work
@@ -263,7 +263,7 @@ class ApiTeacher(Teacher):
              stop: Optional[list] = None, topk: int = 0, endpoint: Optional[str] = None) -> tuple[str, dict]:
         a = self.api
         endpoint = endpoint or a.endpoint
-        body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature, "seed": seed, "n": 1}
+        body = {"model": self.model_id, "max_tokens": max_tokens, "temperature": temperature, "seed": seed, "n": 1}
         if top_p < 1:
             body["top_p"] = top_p
         if stop:
@@ -298,26 +298,16 @@ class ApiTeacher(Teacher):
         how the token map was checked; on a mismatch the map is dropped (rows keep strings only)."""
         if self.tokens is None or self.token_check != "not yet checked":
             return self.token_check
-        import httpx
-
         want = self.tok_ids(PROBE)
         root = re.sub(r"/v1/?$", "", pool.urls[0])
         got = None
-        for path, body in (("/tokenize", {"model": self.model, "prompt": PROBE, "add_special_tokens": False}),
+        for path, body in (("/tokenize", {"model": self.model_id, "prompt": PROBE, "add_special_tokens": False}),
                            ("/tokenize", {"content": PROBE, "add_special": False}),
                            ("/extras/tokenize", {"input": PROBE})):
-            try:
-                r = await pool._client.post(root + path, json=body)
-            except httpx.HTTPError:
+            toks = (await pool.probe(root + path, body) or {}).get("tokens")
+            if isinstance(toks, list) and all(isinstance(t, int) for t in toks):
+                got = toks
                 break
-            if r.status_code == 200:
-                try:
-                    toks = r.json().get("tokens")
-                except ValueError:
-                    toks = None
-                if isinstance(toks, list) and all(isinstance(t, int) for t in toks):
-                    got = toks
-                    break
         if got is None:
             self.token_check = "by bytes (the server has no /tokenize): each answer's tokens must spell its text"
         elif got != want:
@@ -495,7 +485,7 @@ class ApiTeacher(Teacher):
 
                 async def one(i, retries=None):
                     p, c = list(prompt_ids[i]), list(completion_ids[i])
-                    body = {"model": self.model, "prompt": p + c, "max_tokens": 1, "temperature": 0.0,
+                    body = {"model": self.model_id, "prompt": p + c, "max_tokens": 1, "temperature": 0.0,
                             "prompt_logprobs": max(topk, 0)}
                     try:
                         plp, _ = await pool.post("/completions", body, parse, tokens=len(p) + len(c) + 1,
