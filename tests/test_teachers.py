@@ -93,4 +93,5 @@ def test_a_teacher_without_the_capability_stops_before_step_0(traces, capsys):
     assert rc == 2 and "needs a teacher that can hidden or score" in err and not out.exists()
     rc = main(["traces", f"out={out}", f"teacher.name=traces:{traces / 'tr'}"])
     err = " ".join(capsys.readouterr().err.split())
-    assert rc == 2 and "method traces needs a teacher that can generate+score" in err and not out.exists()
+    assert rc == 2 and "method traces needs a teacher that can generate;" in err and not out.exists()
+    assert "(teachers that can generate: local model, openai:)" in err
