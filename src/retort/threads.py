@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 # parameters x rows (tokens per training micro-batch, sequences per decode step) below which one
 # thread is faster on a CPU (the fast engine's measured threshold; benchmarks/threads.py for training)
 ONE_THREAD_BELOW = 50_000_000
@@ -25,6 +23,8 @@ def pin(threads: int) -> None:
     """Apply a command's `threads` setting: N > 0 pins N threads; 0 leaves the choice to `auto`."""
     global _pinned
     if threads > 0:
+        import torch  # here, not at import: commands that need no torch (an API teacher's traces) skip it
+
         torch.set_num_threads(threads)
         _pinned = threads
     else:

@@ -12,13 +12,10 @@ from dataclasses import asdict
 from math import ceil
 from pathlib import Path
 
-import torch
-
 from .. import __version__, threads
 from ..config import teacher_params
 from ..errors import ConfigError
 from .data import topk as topk_codec
-from .data.collate import encode_prompt
 from .data.hashes import tokenizer_sha256, weights_sha256
 from .data.traces import SCHEMA, TraceWriter, check_target, read_traces
 from .tasks import get_task, require_examples
@@ -49,6 +46,10 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
         from .traces_api import run_api_traces
 
         return run_api_traces(run, task, examples, console, batch_out=batch_out, batch_in=batch_in)
+    import torch  # a local teacher only: an API run never loads torch (a finished set reruns in a second)
+
+    from .data.collate import encode_prompt
+
     teacher = open_teacher(run.teacher, seed=run.seed, device="cuda" if torch.cuda.is_available() else "cpu")
     tok = teacher.tokenizer
     s, n = run.shard_prompts, run.sampling.n

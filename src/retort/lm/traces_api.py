@@ -102,6 +102,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
                 yield f"{e_i}/{j}"
 
     jobs_left = {i: [k for k in keys(i) if k not in resolved[i]] for i in todo}
+    size = {i: len(list(keys(i))) for i in todo}  # answers each unfinished shard waits for
     total = sum(len(list(keys(i))) for i in range(n_shards))
     left = sum(len(v) for v in jobs_left.values())
 
@@ -189,7 +190,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
             return Job(job.key, job.prompt, request_seed(sp.seed, job.key, job.attempt + 1), job.attempt + 1)
         resolved[index].add(job.key)
         progress_cb["advance"](1)
-        if len(resolved[index]) == len(list(keys(index))):
+        if len(resolved[index]) == size[index]:
             _finish_shard(index)
         return None
 
@@ -231,7 +232,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
             progress_cb["advance"] = advance
             # shards already begun first, so their journals close early
             for index in todo:
-                if index not in journals and len(resolved[index]) == len(list(keys(index))):
+                if index not in journals and len(resolved[index]) == size[index]:
                     _finish_shard(index)  # all answers were in; killed before the shard was written
             try:
                 await teacher.run(jobs_todo(), on_reply, pool=pool, max_tokens=sp.max_new_tokens,
@@ -280,7 +281,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
             j.close()
         journals.clear()
         writer.update(ledger=_cost(_ledger(), api), last_run={"batch_in": str(batch_in), **stats})
-        missing = sum(len(list(keys(i))) - len(resolved[i]) for i in todo if str(i) not in writer.manifest["shards"])
+        missing = sum(size[i] - len(resolved[i]) for i in todo if str(i) not in writer.manifest["shards"])
         if missing:
             if console is not None:
                 console.print(f"traces: {stats['answers']} answers read from {batch_in} ({stats['skipped']} already "

@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-import torch
-
 
 def weights_sha256(model) -> str:
     """Hash of every parameter and buffer (names, dtypes, bytes): identifies the teacher exactly."""
+    import torch
+
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()

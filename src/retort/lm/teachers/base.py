@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from ...errors import ConfigError, DataError
 
 CAPABILITIES = ("generate", "score", "hidden", "score_stored")
@@ -33,7 +31,7 @@ class Teacher:
     def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], *, topk: int = 0) -> list:
         raise NotImplementedError(self._lacks("score"))
 
-    def hidden(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden(self, batch) -> "tuple[torch.Tensor, torch.Tensor]":  # noqa: F821 (torch: lazily, a server needs none)
         raise NotImplementedError(self._lacks("hidden"))
 
     def _lacks(self, what: str) -> str:
