@@ -158,6 +158,24 @@ class ApiServer:
         return self.die_after is None or n <= self.die_after
 
 
+
+def wait_until_up(url: str, proc, seconds: float = 120) -> bool:
+    """Poll `url` (a server's health route) until it answers 200: True; False once `proc` (the
+    server's process) has exited or `seconds` have passed."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    return False
+
 def _prompt(body: dict) -> str:
     if "messages" in body:
         return "\n".join(str(m.get("content", "")) for m in body["messages"] if m.get("role") == "user")

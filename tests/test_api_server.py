@@ -10,11 +10,11 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from apiserver import wait_until_up
 
 from retort.config import ModelConfig, TracesRun, load_config
 from retort.errors import DataError
@@ -59,19 +59,9 @@ def served(tmp_path_factory):
     proc = subprocess.Popen(["transformers", "serve", str(d), "--host", "127.0.0.1", "--port", str(port),
                              "--device", "cpu", "--dtype", "float32"], stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
-    import httpx
-
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"transformers serve did not start: {(d.parent / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.3)
+    if not wait_until_up(f"http://127.0.0.1:{port}/health", proc):
+        proc.kill()
+        pytest.fail(f"transformers serve did not start: {(d.parent / 'server.log').read_text()[-2000:]}")
     yield {"dir": d, "url": f"http://127.0.0.1:{port}/v1", "model": model.eval(), "tok": tok}
     proc.terminate()
     try:

@@ -12,11 +12,11 @@ import importlib.util
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
+from apiserver import wait_until_up
 
 from retort.config import ModelConfig, TracesRun, TrainRun, load_config
 from retort.errors import ApiError
@@ -49,19 +49,9 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    import httpx
-
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("llama_cpp.server did not start")
-        time.sleep(0.5)
+    if not wait_until_up(f"http://127.0.0.1:{port}/v1/models", proc):
+        proc.kill()
+        pytest.fail("llama_cpp.server did not start")
     yield {"url": f"http://127.0.0.1:{port}/v1", "gguf": gguf}
     proc.terminate()
     proc.wait(timeout=30)
