@@ -298,6 +298,11 @@ def test_e_a_final_400_is_recorded_as_failed_and_not_asked_again(tmp_path, capsy
         assert m["last_run"]["errors"] == {"http 400": 2}
         assert [m["shards"][i]["dropped"] for i in ("0", "1", "2")] == [0, 2, 0]
         assert m["shards"]["1"]["rows"] == 6
+        # named in the manifest with the server's words, and not counted as answers in the ledger
+        assert [(r["prompt_id"], r["sample_idx"]) for r in m["shards"]["1"]["refused"]] == \
+            [(refused.id, 0), (refused.id, 1)]
+        assert all("this prompt is refused" in r["why"] for r in m["shards"]["1"]["refused"])
+        assert m["ledger"]["responses"] == N_KEYS - 2
         assert len([e for e in s.completions() if e["fault"] == "400"]) == 2  # never retried
         n = len(s.log)
         assert _traces(capsys, out, s.url)[0] == 0

@@ -43,8 +43,8 @@ class _Ledger:
     def __init__(self):
         self.responses = self.prompt_tokens = self.completion_tokens = 0
 
-    def add(self, u) -> None:
-        self.responses += 1
+    def add(self, u, answered: bool = True) -> None:
+        self.responses += answered
         self.prompt_tokens += int(u[0])
         self.completion_tokens += int(u[1])
 
@@ -93,7 +93,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
         have[index], spent[index] = {}, _Ledger()
         for r in Journal.read(out / journal_name(index)):
             have[index][r["k"]] = r
-            spent[index].add(r["u"])
+            spent[index].add(r["u"], r["s"] != "fail")
     resolved = {i: {k for k, r in have[i].items() if r["s"] in ("ok", "drop", "fail")} for i in todo}
 
     def keys(index):
@@ -184,7 +184,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
                 rec["row"] = row_of(job.key, res, job.attempt)
         j = journals.get(index) or journals.setdefault(index, Journal(out / journal_name(index)))
         j.append(rec)
-        spent[index].add(rec["u"])
+        spent[index].add(rec["u"], rec["s"] != "fail")
         have[index][job.key] = rec
         if rec["s"] == "retry":
             return Job(job.key, job.prompt, request_seed(sp.seed, job.key, job.attempt + 1), job.attempt + 1)
@@ -205,7 +205,10 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
                 if row.get("topk"):
                     row["topk"] = bytes.fromhex(row["topk"])
                 rows.append(row)
-        writer.write_shard(index, rows, extra={"usage": spent[index].dict(),
+        # requests the server refused for good (e.g. a prompt too long): named, with its words
+        refused = [{"prompt_id": examples[int(k.split("/")[0])].id, "sample_idx": int(k.split("/")[1]),
+                    "why": have[index][k].get("why", "")} for k in keys(index) if have[index][k]["s"] == "fail"]
+        writer.write_shard(index, rows, extra={"usage": spent[index].dict(), "refused": refused,
                                                "dropped": sum(1 for r in have[index].values() if r["s"] in ("drop", "fail"))})
         if index in journals:
             journals.pop(index).close()
