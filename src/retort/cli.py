@@ -161,6 +161,12 @@ def tasks(n):
             click.echo("  " + (ex.prompt + ex.solution).replace("\n", "\n    | ").rstrip())
     click.echo("file tasks: task.name=PATH.jsonl|.parquet (prompt, answer, optional solution, id); "
                "task.verifier=exact|numeric|math")
+    from .lm.tasks.rg import SOLVERS, generators
+
+    names = generators()
+    click.echo(f"reasoning-gym: task.name=rg:GENERATOR, task.difficulty = the generator's options, its own "
+               f"answer checker; worked solutions for {', '.join(SOLVERS)}; "
+               + (f"{len(names)} generators: {', '.join(names)}" if names else "not installed (pip install 'retort[rg]')"))
 
 
 @click.command(context_settings=CONTEXT)

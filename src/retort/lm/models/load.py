@@ -28,7 +28,7 @@ def builtin_teacher_dir(task: str = "modchain") -> Path:
     `teacher-STEM-HASH` for a task file (a readable slug of its name and 12 hex digits of its
     content's SHA-256, so an edited file gets a new teacher and a path never nests folders)."""
     if Path(task).suffix not in (".jsonl", ".parquet"):
-        return cache_dir() / f"teacher-{task}"
+        return cache_dir() / f"teacher-{task.replace(':', '-')}"  # rg:NAME -> teacher-rg-NAME
     import re
 
     from ...paths import sha256_file

@@ -18,11 +18,16 @@ def get_task(cfg) -> Task:
     """Build the task a `TaskConfig` names."""
     if cfg.name in TASKS:
         return TASKS[cfg.name](**(cfg.difficulty or {}))
+    if cfg.name.startswith("rg:"):
+        from .rg import ReasoningGymTask
+
+        return ReasoningGymTask(cfg.name[3:], **(cfg.difficulty or {}))
     if Path(cfg.name).suffix in (".jsonl", ".parquet"):
         if cfg.difficulty:
             raise ConfigError("task.difficulty applies to built-in tasks only")
         return FileTask(cfg.name, cfg.verifier, cfg.test_fraction)
-    raise ConfigError(f"task.name={cfg.name!r}: not a built-in task ({', '.join(TASKS)}) nor a .jsonl/.parquet file")
+    raise ConfigError(f"task.name={cfg.name!r}: not a built-in task ({', '.join(TASKS)}), rg:GENERATOR "
+                      "(reasoning-gym) nor a .jsonl/.parquet file")
 
 
 __all__ = ["ANSWER_MARK", "Example", "FileTask", "Task", "TASKS", "VERIFIERS", "get_task", "require_examples"]

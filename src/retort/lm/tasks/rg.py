@@ -1,0 +1,151 @@
+"""Tasks written by others: reasoning-gym's procedural generators (`task.name=rg:NAME`).
+
+reasoning-gym (pip install 'retort[rg]'; Apache-2.0) ships 100+ seeded generators, each with its
+own answer checker (`score_answer`); nothing is downloaded. `task.difficulty` holds the generator's
+own options (its config dataclass's fields, e.g. `{max_terms: 4, max_digits: 2}` for `chain_sum`);
+an unknown option is refused naming the valid ones.
+
+- Splits: one stream of generated problems per (split, seed); a problem belongs to the test split
+  when a hash of its question says so (as for the built-in tasks), so train and test never share a
+  question whatever the seed or n.
+- The answer: the model writes it after retort's answer marker (`A:`), as for every task; the
+  text after the marker is handed to the generator's own `score_answer` with the problem's entry
+  (its reference answer and metadata). `verify` is a full score; `reward` is the score itself
+  (some generators give partial credit).
+- Worked solutions, for teachers trained on them: generators whose solution retort can write step
+  by step (`SOLVERS`: `chain_sum`, left to right, one line per operation); the others have answers
+  only (train the teacher on another source, or distil from an API teacher).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Optional
+
+from ...errors import ConfigError
+from .base import ANSWER_MARK, Example, Task, in_test_split
+
+PREFIX = "rg:"
+
+
+def _chain_sum(entry) -> Optional[str]:
+    """`a + b - c ...` left to right, one line per operation: "57+87=144\\n144+70=214\\nA:214"."""
+    parts = entry["metadata"].get("expression", "").split()
+    if len(parts) < 3 or len(parts) % 2 == 0:
+        return None
+    try:
+        value = int(parts[0])
+        lines = []
+        for op, term in zip(parts[1::2], parts[2::2]):
+            new = value + int(term) if op == "+" else value - int(term) if op == "-" else None
+            if new is None:
+                return None
+            lines.append(f"{value}{op}{int(term)}={new}")
+            value = new
+    except ValueError:
+        return None
+    if str(value) != str(entry["answer"]).strip():
+        return None
+    return "\n".join(lines + [f"{ANSWER_MARK}{value}"])
+
+
+# generator -> a function writing the worked solution of an entry (None: it cannot for this one)
+SOLVERS = {"chain_sum": _chain_sum}
+# generator -> the metadata field that says how hard a problem is (an integer)
+DIFFICULTY = {"chain_sum": "num_terms", "basic_arithmetic": "num_terms", "leg_counting": "num_animals"}
+
+
+class ReasoningGymTask(Task):
+    def __init__(self, generator: str, **options):
+        from ...errors import require
+
+        rg = require("reasoning_gym", "rg", f"task.name={PREFIX}{generator}")
+        from reasoning_gym.factory import DATASETS
+
+        if generator not in DATASETS:
+            close = sorted(n for n in DATASETS if generator[:4] in n)[:8]
+            raise ConfigError(f"task.name={PREFIX}{generator}: reasoning-gym has no generator {generator!r}"
+                              + (f" (close: {', '.join(close)})" if close else "")
+                              + "; `retort tasks` lists them")
+        _, config_cls = DATASETS[generator]
+        fields = {f.name for f in dataclasses.fields(config_cls)} - {"seed", "size"}
+        bad = sorted(set(options) - fields)
+        if bad:
+            raise ConfigError(f"task.difficulty.{bad[0]}: not an option of reasoning-gym's {generator}; "
+                              f"valid: {', '.join(sorted(fields))}")
+        try:
+            config_cls(**options, seed=0, size=1).validate()
+        except (AssertionError, ValueError, TypeError) as e:
+            raise ConfigError(f"task.difficulty for {PREFIX}{generator}: {e or 'rejected by the generator'}") from None
+        self._rg, self.generator, self.options = rg, generator, dict(options)
+        self.name = f"{PREFIX}{generator}"
+        self.description = f"reasoning-gym's {generator} ({config_cls.__name__}{self.options or ''})"
+        self._entries: dict[str, dict] = {}  # reference answer -> an entry with it (for score_answer)
+        self._scorer = None
+
+    def _dataset(self, seed: int, size: int):
+        return self._rg.create_dataset(self.generator, seed=seed, size=size, **self.options)
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        if split not in ("train", "test"):
+            raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+        want_test = split == "test"
+        stream_seed = random.Random(f"{self.name}:{split}:{seed}").randrange(2**31)
+        out, seen, size = [], set(), max(64, 2 * n * (10 if want_test else 1))
+        for _ in range(6):  # enlarge the stream until n problems of this split are found
+            ds = self._dataset(stream_seed, size)
+            self._scorer = ds
+            out, seen = [], set()
+            for i in range(len(ds)):
+                entry = ds[i]
+                q = entry["question"]
+                if in_test_split(q) != want_test or q in seen:
+                    continue
+                seen.add(q)
+                out.append(self._example(entry, f"{self.name}-{split}-{seed}-{i}"))
+                if len(out) == n:
+                    return out
+            size *= 4
+        return out
+
+    def _example(self, entry, id_: str) -> Example:
+        answer = str(entry["answer"])
+        self._entries[answer] = entry
+        solver = SOLVERS.get(self.generator)
+        key = DIFFICULTY.get(self.generator)
+        difficulty = entry["metadata"].get(key) if key else None
+        return Example(id=id_, prompt=entry["question"].strip() + f"\nEnd with the line {ANSWER_MARK}<answer>.\n",
+                       answer=answer, solution=solver(entry) if solver else None,
+                       difficulty=difficulty if isinstance(difficulty, int) else None)
+
+    def score(self, text: str, reference: str) -> float:
+        """The generator's own score of the answer in `text` against `reference` (0 to 1)."""
+        got = self.extract_answer(text)
+        if got is None:
+            return 0.0
+        if self._scorer is None:
+            self._scorer = self._dataset(0, 1)
+        entry = self._entries.get(reference) or {"question": "", "answer": reference, "metadata": {}}
+        try:
+            return float(self._scorer.score_answer(answer=got, entry=entry))
+        except Exception:  # a checker that needs metadata this entry lacks, or fails on odd text
+            return 0.0
+
+    def verify(self, text: str, reference: str) -> bool:
+        return self.score(text, reference) >= 1.0
+
+    def reward(self, text: str, reference: str) -> float:
+        return self.score(text, reference)
+
+
+def generators() -> list[str]:
+    """reasoning-gym's generator names ([] when it is not installed)."""
+    try:
+        from reasoning_gym.factory import DATASETS
+    except ImportError:
+        return []
+    return sorted(DATASETS)
+
+
+__all__ = ["PREFIX", "ReasoningGymTask", "SOLVERS", "generators"]
