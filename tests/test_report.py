@@ -235,3 +235,17 @@ def test_scatter_labels_never_overlap():
         assert label.get_text() == str(i)
         assert texts[i - 1].startswith(f"{i}") and plots._label(name).strip() in texts[i - 1]
     assert plots.accuracy_vs_tokens(points).startswith("data:image/png;base64,")
+
+
+def test_fidelity_columns_appear_when_an_eval_measured_them(tmp_path):
+    # `retort eval --fidelity-to teacher`: the other rows carry their agreement with the teacher
+    results = {"teacher": _eval(0.98, 41.0),
+               "sft": _eval(0.47, 12.5, fidelity_to="teacher", agree_answer=0.5, agree_top1=0.875,
+                            kl_ref_model=0.0123)}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(results))
+    page = write_report([path], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "same answer as ref" in page and "50.0%" in page and "87.5%" in page and "0.012" in page
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"teacher": _eval(0.98, 41.0)}))
+    assert "same answer as ref" not in write_report([plain], tmp_path / "p.html").read_text(encoding="utf-8")

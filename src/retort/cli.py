@@ -68,12 +68,16 @@ def _print_summary(console, out, summary):
 @click.option("--model", "-m", "models", multiple=True,
               help="Model to evaluate (repeatable; overrides model.name). NAME=PATH labels it.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write all results to this JSON file.")
+@click.option("--fidelity-to", "fidelity_to", metavar="LABEL",
+              help="Also measure every other model's agreement with this one (a -m label or model name, e.g. "
+                   "the teacher): same final answer, same top-1 token and KL per token on its greedy answers.")
 @overrides_arg
-def eval_cmd(config_file, models, json_out, overrides):
+def eval_cmd(config_file, models, json_out, fidelity_to, overrides):
     """Evaluate one or more models on a task: pass@1, pass@k, maj@k, tokens, by difficulty.
 
     \b
     retort eval -m builtin:teacher -m runs/sft/model eval.k=8 eval.temperature=0.8
+    retort eval -m teacher=builtin:teacher -m sft=runs/sft/model --fidelity-to teacher
     """
     from dataclasses import replace
 
@@ -98,10 +102,20 @@ def eval_cmd(config_file, models, json_out, overrides):
         more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""
         console.print(f"eval: {n} prompts from {task.describe_split(run.eval.split)}{more}")
     rows = []
+    cfg = replace(run.eval, n=n)
+    reference = None
+    if fidelity_to:
+        from .lm.eval import teacher_answers
+
+        match = [name for label, name in targets if label == fidelity_to] or [fidelity_to]
+        ref_model, ref_tok = load_model(replace(run.model, name=match[0]))
+        with console.status(f"greedy answers of {fidelity_to}"):
+            reference = (fidelity_to, ref_model, ref_tok, teacher_answers(ref_model, ref_tok, task, cfg))
     for label, name in targets:
         model, tok = load_model(replace(run.model, name=name))
+        ref = reference if reference is not None and label != fidelity_to else None
         with console.status(f"evaluating {label}"):
-            rows.append((label, evaluate(model, tok, task, replace(run.eval, n=n))))
+            rows.append((label, evaluate(model, tok, task, cfg, reference=ref)))
     console.print(results_table(rows))
     if out:
         _write_json(out, {label: r for label, r in rows})

@@ -95,6 +95,11 @@ def comparison_table(rows) -> str:
     sampled = any("pass@1_sampled" in r.eval for r in rows)
     headers = ["model / run", "params", "eval n", "accuracy", *keyed]
     headers += ["pass@1 (sampled)"] if sampled else []
+    # fidelity to a reference (`retort eval --fidelity-to`), beside accuracy, when any row has it
+    fid = [k for k in ("agree_answer", "agree_top1") if any(k in r.eval for r in rows)]
+    kl = any("kl_ref_model" in r.eval for r in rows)
+    headers += [{"agree_answer": "same answer as ref", "agree_top1": "same top-1 token as ref"}[k] for k in fid]
+    headers += ["KL(ref || model) / token"] if kl else []
     headers += ["mean tokens / answer", "train time (s)", "steps"]
     body = []
     for r in rows:
@@ -103,6 +108,8 @@ def comparison_table(rows) -> str:
                  (esc(_int(e.get("n"))), True), (esc(_pct(e.get("accuracy"))), True)]
         cells += [(esc(_pct(e.get(k))), True) for k in keyed]
         cells += [(esc(_pct(e.get("pass@1_sampled"))), True)] if sampled else []
+        cells += [(esc(_pct(e.get(k))), True) for k in fid]
+        cells += [(esc(_float(e.get("kl_ref_model"), 3)), True)] if kl else []
         cells += [(esc(_float(e.get("mean_tokens"))), True), (esc(_float(r.train_time)), True),
                   (esc(_int(r.steps)), True)]
         body.append(cells)

@@ -12,7 +12,62 @@ from .metrics import majority, pass_at_k
 KEYED = re.compile(r"^(?:pass|maj)@(\d+)$")  # pass@K, maj@K; not pass@1_sampled
 
 
-def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, entropy: bool = False) -> dict:
+def teacher_answers(model, tok, task, cfg, *, progress=None) -> list:
+    """The reference model's greedy completions of the evaluation prompts (computed once, then
+    handed to `evaluate(..., reference=...)` for every other model)."""
+    prompts = [e.prompt for e in task.examples(cfg.split, cfg.n, cfg.seed)]
+    return [g[0] for g in generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+                                   batch_size=cfg.batch_size, progress=progress)]
+
+
+def fidelity(model, tok, ref_model, ref_tok, ref_greedy: list, task, cfg, greedy: list) -> dict:
+    """Agreement with a reference model (the teacher), beside accuracy ("Generalization vs
+    Fidelity"): on the evaluation prompts,
+    - `agree_answer`: the share of prompts where both give an answer and it is the same one;
+    - on the reference's greedy answers, teacher-forced through both models (same vocabulary
+      only): `agree_top1`, the share of positions where both models' most likely next token is
+      the same, and `kl_ref_model`, the mean per-token KL(reference || model) in nats."""
+    import torch
+
+    from ..data.collate import encode_prompt
+
+    a = [task.extract_answer(g.text) for g in greedy]
+    b = [task.extract_answer(g.text) for g in ref_greedy]
+    out = {"agree_answer": float(mean(x is not None and x == y for x, y in zip(a, b)))}
+    if tok.get_vocab() != ref_tok.get_vocab():
+        out["token_fidelity"] = "not computed: the two tokenizers differ"
+        return out
+    prompts = [e.prompt for e in task.examples(cfg.split, cfg.n, cfg.seed)]
+    eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+    top1, kls = [], []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(prompts), cfg.batch_size):
+            seqs, spans = [], []
+            for p, g in zip(prompts[start:start + cfg.batch_size], ref_greedy[start:start + cfg.batch_size]):
+                ids = encode_prompt(tok, p)
+                c = g.token_ids + (eos if g.finish_reason == "stop" else [])
+                seqs.append(ids + c)
+                spans.append((len(ids) - 1, len(ids) - 1 + len(c)))
+            width = max(len(x) for x in seqs)
+            ids = torch.full((len(seqs), width), tok.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, x in enumerate(seqs):
+                ids[i, :len(x)], mask[i, :len(x)] = torch.tensor(x), 1
+            ls = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            lt = ref_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            v = min(ls.shape[-1], lt.shape[-1], len(tok))  # shared columns (padded embeddings differ)
+            for i, (lo, hi) in enumerate(spans):
+                ps = torch.log_softmax(ls[i, lo:hi, :v], -1)
+                pt = torch.log_softmax(lt[i, lo:hi, :v], -1)
+                top1 += (ps.argmax(-1) == pt.argmax(-1)).tolist()
+                kls += (pt.exp() * (pt - ps)).sum(-1).tolist()
+    out.update(agree_top1=float(mean(top1)) if top1 else None, kl_ref_model=float(mean(kls)) if kls else None)
+    return out
+
+
+def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, entropy: bool = False,
+             reference=None) -> dict:
     """Evaluate on `cfg.n` prompts of `cfg.split`. Returns a JSON-ready dict. `entropy`: also the
     model's mean next-token entropy (nats, temperature 1) over the tokens of its greedy answers
     (EOS step included for answers that stopped) — how much a method narrowed the distribution."""
@@ -47,6 +102,10 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
                        batch_size=cfg.batch_size, pad_id=tok.pad_token_id or 0, entropy=True)
         ents = [h for sc in scored for h in sc.entropy]
         result["mean_entropy"] = float(mean(ents)) if ents else 0.0
+    if reference is not None:  # (label, model, tokenizer, its greedy completions): fidelity to it
+        label, ref_model, ref_tok, ref_greedy = reference
+        result["fidelity_to"] = label
+        result.update(fidelity(model, tok, ref_model, ref_tok, ref_greedy, task, cfg, [g[0] for g in greedy]))
     if cfg.k > 1:
         sampled = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                            top_p=cfg.top_p, num_samples=cfg.k, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -103,11 +162,14 @@ def results_table(rows: list[tuple[str, dict]]):
     keyed = {k for _, r in rows for k in r if KEYED.match(k)}
     keyed = sorted(keyed, key=lambda k: (k.startswith("maj"), int(KEYED.match(k).group(1))))
     keys = ["accuracy", *keyed] + (["pass@1_sampled"] if any("pass@1_sampled" in r for _, r in rows) else [])
-    table = _table("retort eval", ["model", "split", "n", *keys, "tokens"])
-    table.caption = "tokens: mean completion tokens per answer (greedy)"
+    fid = [k for k in ("agree_answer", "agree_top1", "kl_ref_model") if any(k in r for _, r in rows)]
+    table = _table("retort eval", ["model", "split", "n", *keys, "tokens", *fid])
+    table.caption = "tokens: mean completion tokens per answer (greedy)" + (
+        "; agree_answer / agree_top1 / kl_ref_model: fidelity to the --fidelity-to model (same final answer; "
+        "same top-1 token and KL(ref || model) per token on its greedy answers)" if fid else "")
     for name, r in rows:
         table.add_row(name, _fmt(r.get("split")), _fmt(r.get("n")),
-                      *[_fmt(r.get(k)) for k in keys], _fmt(r.get("mean_tokens")))
+                      *[_fmt(r.get(k)) for k in keys], _fmt(r.get("mean_tokens")), *[_fmt(r.get(k)) for k in fid])
     diffs = _difficulties(rows)
     if not diffs:
         return Group(table)

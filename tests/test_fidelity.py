@@ -1,0 +1,71 @@
+"""Fidelity to a reference model (`retort eval --fidelity-to`): answer agreement, top-1 agreement
+and per-token KL on the reference's greedy answers, checked against known answers and a direct
+computation."""
+
+import json
+
+import pytest
+import torch
+
+from retort.cli import main
+from retort.config import EvalConfig, ModelConfig, TaskConfig
+from retort.lm.data.collate import encode_prompt
+from retort.lm.eval import fidelity, teacher_answers
+from retort.lm.models import load_model
+from retort.lm.rollout.generate import Completion
+from retort.lm.tasks import get_task
+
+
+def _setup(n=6):
+    task = get_task(TaskConfig())
+    cfg = EvalConfig(n=n, max_new_tokens=8, batch_size=4)
+    a, tok = load_model(ModelConfig(name="preset:nano"), seed=0)
+    b, _ = load_model(ModelConfig(name="preset:nano"), seed=1)
+    return task, cfg, a.eval(), b.eval(), tok
+
+
+def test_a_model_agrees_with_itself_and_the_kl_is_a_direct_computation():
+    task, cfg, a, b, tok = _setup()
+    ref = teacher_answers(a, tok, task, cfg)
+    same = fidelity(a, tok, a, tok, ref, task, cfg, ref)
+    assert same["agree_top1"] == 1.0 and same["kl_ref_model"] == pytest.approx(0.0, abs=1e-6)
+    other = fidelity(b, tok, a, tok, ref, task, cfg, ref)
+    # by hand: KL(a || b) over a's greedy answer tokens (and EOS where it stopped), all prompts
+    prompts = [e.prompt for e in task.examples(cfg.split, cfg.n, cfg.seed)]
+    kls, top1 = [], []
+    for p, g in zip(prompts, ref):
+        ids = encode_prompt(tok, p)
+        c = g.token_ids + ([tok.eos_token_id] if g.finish_reason == "stop" else [])
+        x = torch.tensor([ids + c])
+        with torch.no_grad():
+            la = torch.log_softmax(a(x).logits[0, len(ids) - 1:len(ids) - 1 + len(c)].double(), -1)
+            lb = torch.log_softmax(b(x).logits[0, len(ids) - 1:len(ids) - 1 + len(c)].double(), -1)
+        kls += (la.exp() * (la - lb)).sum(-1).tolist()
+        top1 += (la.argmax(-1) == lb.argmax(-1)).tolist()
+    assert other["kl_ref_model"] == pytest.approx(sum(kls) / len(kls), rel=1e-4)
+    assert other["agree_top1"] == pytest.approx(sum(top1) / len(top1))
+    assert other["kl_ref_model"] > 1e-4  # two random inits: near-uniform, but not the same
+
+
+def test_answer_agreement_counts_the_same_extracted_answer_only():
+    task, cfg, a, _, tok = _setup(n=4)
+    mk = [Completion(t, [], "stop") for t in ("A:1", "A:2", "no answer", "x\nA:3")]
+    ref = [Completion(t, [], "stop") for t in ("A:1", "A:5", "no answer", "A:3")]
+    got = fidelity(a, tok, a, tok, ref, task, cfg, mk)
+    assert got["agree_answer"] == 0.5  # 1 and 3 agree; 2 vs 5 differ; no answer is no agreement
+
+
+def test_eval_cli_reports_fidelity_to_a_labelled_model(tmp_path, capsys):
+    d = tmp_path / "other"
+    m, tok = load_model(ModelConfig(name="preset:nano"), seed=5)
+    m.save_pretrained(d)
+    tok.save_pretrained(d)
+    out = tmp_path / "e.json"
+    rc = main(["eval", "-m", "ref=preset:nano", "-m", f"other={d}", "--fidelity-to", "ref", "--json", str(out),
+               "eval.n=4", "eval.max_new_tokens=6"])
+    assert rc in (0, None)
+    res = json.loads(out.read_text())
+    assert "agree_top1" not in res["ref"]  # the reference is not compared with itself
+    assert res["other"]["fidelity_to"] == "ref" and 0 <= res["other"]["agree_top1"] <= 1
+    assert res["other"]["kl_ref_model"] > 0
+    assert "agree_answer" in capsys.readouterr().err  # the table (the console writes to stderr)
