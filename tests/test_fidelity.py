@@ -69,3 +69,44 @@ def test_eval_cli_reports_fidelity_to_a_labelled_model(tmp_path, capsys):
     assert res["other"]["fidelity_to"] == "ref" and 0 <= res["other"]["agree_top1"] <= 1
     assert res["other"]["kl_ref_model"] > 0
     assert "agree_answer" in capsys.readouterr().err  # the table (the console writes to stderr)
+
+
+def test_training_runs_with_a_teacher_report_fidelity_to_it(tmp_path):
+    from conftest import tiny_overrides
+
+    t = tmp_path / "teacher"
+    m, tok = load_model(ModelConfig(name="preset:nano"), seed=7)
+    m.save_pretrained(t)
+    tok.save_pretrained(t)
+
+    def final_eval(name, **extra):
+        assert main(["train", *tiny_overrides(tmp_path / name, steps=2, **extra)]) in (0, None)
+        return json.loads((tmp_path / name / "summary.json").read_text())["eval"]
+
+    kd = final_eval("kd", method="kd", **{"teacher.name": str(t)})
+    assert kd["fidelity_to"] == "teacher" and 0 <= kd["agree_top1"] <= 1 and kd["kl_ref_model"] > 0
+    metrics = (tmp_path / "kd" / "metrics.jsonl").read_text()
+    assert '"eval/agree_top1"' in metrics and '"eval/kl_ref_model"' in metrics
+    # sft on worked solutions has no teacher; eval.fidelity=false turns it off
+    assert "agree_top1" not in final_eval("sft", method="sft")
+    assert "agree_top1" not in final_eval("kd_off", method="kd", **{"teacher.name": str(t), "eval.fidelity": False})
+
+
+def test_the_reference_of_a_run_is_its_traces_teacher_else_its_methods_teacher(tmp_path):
+    from retort.config import TracesRun, TrainRun, load_config
+    from retort.lm.track import fidelity_reference
+    from retort.lm.traces import run_traces
+
+    tr = tmp_path / "tr"
+    run_traces(load_config(TracesRun, None, [f"out={tr}", "teacher.name=preset:nano", "n_prompts=2",
+                                             "sampling.n=1", "sampling.max_new_tokens=4"]))
+
+    def ref(*over):
+        return fidelity_reference(load_config(TrainRun, None, list(over)))
+
+    assert ref("data.source=traces", f"data.traces={tr}") == "preset:nano"  # sft on its traces
+    assert ref("method=kd", "teacher.name=preset:teacher") == "preset:teacher"
+    assert ref("method=sft") is None and ref("method=dpo") is None
+    assert ref("method=kd", f"teacher.name=traces:{tr}") is None  # a trace store: no model to compare with
+    assert ref("method=kd", "teacher.name=openai:m") is None
+    assert ref("method=kd", "eval.fidelity=false") is None

@@ -50,9 +50,33 @@ def train(config_file, resume, overrides):
 
     run = load_config(TrainRun, config_file, _overrides(overrides))
     console = _console()
-    summary = run_train(run, resume=resume, evaluate=lambda m, t, task: evaluate(m, t, task, run.eval), console=console,
+    summary = run_train(run, resume=resume, evaluate=_train_evaluator(run, evaluate), console=console,
                         announce_new=resume)
     _print_summary(console, run.out, summary)
+
+
+def _train_evaluator(run, evaluate):
+    """A training run's evaluation: `evaluate`, plus fidelity to the run's teacher when it has a
+    local one (`eval.fidelity`; the teacher and its greedy answers loaded at the first evaluation)."""
+    from .lm.track import fidelity_reference
+
+    name = fidelity_reference(run)
+    cache: dict = {}
+
+    def ev(model, tok, task):
+        if name is None:
+            return evaluate(model, tok, task, run.eval)
+        if "ref" not in cache:
+            from dataclasses import replace
+
+            from .lm.eval import teacher_answers
+            from .lm.models import load_model
+
+            ref_model, ref_tok = load_model(replace(run.teacher, name=name), seed=run.seed)
+            ref_model = ref_model.to(next(model.parameters()).device).eval()
+            cache["ref"] = ("teacher", ref_model, ref_tok, teacher_answers(ref_model, ref_tok, task, run.eval))
+        return evaluate(model, tok, task, run.eval, reference=cache["ref"])
+    return ev
 
 
 def _print_summary(console, out, summary):

@@ -77,3 +77,27 @@ class LMTrack(Track):
 
 
 TRACK = LMTrack()
+
+
+def fidelity_reference(run):
+    """The model a training run's evaluations measure fidelity to (`eval.fidelity`): the teacher
+    of the traces it learns from (data.source=traces), else its method's teacher when the method
+    uses one; None when there is none, or it is not a local model (a server, a trace store)."""
+    from ..contract import Method
+    from .data.traces import read_manifest
+    from .teachers import capabilities_of
+
+    if not run.eval.fidelity:
+        return None
+    name = None
+    if run.data.source == "traces" and run.data.traces:
+        try:
+            name = (read_manifest(run.data.traces)["params"].get("teacher") or {}).get("name")
+        except Exception:  # a set that cannot be read is reported by the data loader, not here
+            name = None
+    cls = METHODS.get(run.method)
+    if name is None and cls is not None and cls.teacher_needs is not Method.teacher_needs:
+        name = run.teacher.name  # a method that declares what it needs of a teacher uses one
+    if not name or "hidden" not in capabilities_of(name):
+        return None
+    return name
