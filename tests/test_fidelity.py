@@ -110,3 +110,25 @@ def test_the_reference_of_a_run_is_its_traces_teacher_else_its_methods_teacher(t
     assert ref("method=kd", f"teacher.name=traces:{tr}") is None  # a trace store: no model to compare with
     assert ref("method=kd", "teacher.name=openai:m") is None
     assert ref("method=kd", "eval.fidelity=false") is None
+
+
+def test_demo_rows_carry_fidelity_to_the_teacher_and_cache_it(tmp_path):
+    from retort.lm import demo
+
+    dirs = {}
+    for name, seed in (("teacher", 0), ("student", 1)):
+        m, tok = load_model(ModelConfig(name="preset:nano"), seed=seed)
+        m.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        dirs[name] = tmp_path / name
+    task = get_task(TaskConfig())
+    ref = demo._reference(dirs["teacher"], task)
+    calls = []
+    get = ref["get"]
+    ref["get"] = lambda: calls.append(1) or get()
+    cache = tmp_path / "eval.json"
+    first = demo._evaluated(dirs["student"], cache, task, reference=ref)
+    assert first["fidelity_to"] == "teacher" and "agree_top1" in first and calls == [1]
+    assert demo._evaluated(dirs["student"], cache, task, reference=ref) == first and calls == [1]  # cached
+    plain = demo._evaluated(dirs["student"], cache, task)  # another key: evaluated again, no fidelity
+    assert "agree_top1" not in plain

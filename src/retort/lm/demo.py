@@ -131,23 +131,45 @@ def _check_same_run(run) -> None:
                           "delete it or use another --out")
 
 
-def _evaluated(model_dir: Path, cache: Path, task) -> dict:
-    """EVAL of the model in `model_dir`, reused from `cache` while the weights and EVAL are unchanged."""
+def _weights_key(model_dir: Path) -> list:
+    return [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in sorted(Path(model_dir).glob("*.safetensors"))]
+
+
+def _reference(teacher_dir: Path, task):
+    """The teacher as every student's fidelity reference: its cache key, and a loader of (label,
+    model, tokenizer, its greedy answers on EVAL's prompts) run once, on first use."""
+    from ..config import ModelConfig
+    from .eval import teacher_answers
+    from .models import load_model
+
+    loaded: dict = {}
+
+    def get():
+        if not loaded:
+            model, tok = load_model(ModelConfig(name=str(teacher_dir)))
+            loaded["ref"] = ("teacher", model.eval(), tok, teacher_answers(model.eval(), tok, task, EVAL))
+        return loaded["ref"]
+    return {"key": _weights_key(teacher_dir), "get": get}
+
+
+def _evaluated(model_dir: Path, cache: Path, task, reference=None) -> dict:
+    """EVAL of the model in `model_dir` (with fidelity to `reference`, the teacher, when given),
+    reused from `cache` while the weights, EVAL and the reference are unchanged."""
     from dataclasses import asdict
 
     from ..config import ModelConfig
     from .eval import evaluate
     from .models import load_model
 
-    weights = sorted(Path(model_dir).glob("*.safetensors"))
-    key = {"eval": asdict(EVAL), "entropy": True,
-           "weights": [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in weights]}
+    key = {"eval": asdict(EVAL), "entropy": True, "weights": _weights_key(model_dir),
+           "fidelity_to": None if reference is None else reference["key"]}
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved["result"]
     model, tok = load_model(ModelConfig(name=str(model_dir)))
-    result = evaluate(model, tok, task, EVAL, entropy=True)
+    result = evaluate(model, tok, task, EVAL, entropy=True,
+                      reference=None if reference is None else reference["get"]())
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "result": result}))
     return result
@@ -278,6 +300,7 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed
     task = get_task(TaskConfig())
     rows = []
     todo = [(name, WARM if name == "warm" else DEMO_RUNS[name]) for name in _plan(methods)]
+    reference = _reference(teacher_dir, task)  # every student's fidelity to the teacher, beside accuracy
     for name, (label, overrides) in [("teacher", ("teacher (built-in)", None)), *todo]:
         path = teacher_dir
         if overrides is not None:
@@ -291,7 +314,8 @@ def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed
                 train(run, resume=True, console=console,
                       evaluate=(lambda m, t, task_, cfg=run.eval: evaluate(m, t, task_, cfg)) if stops else None)
             path = Path(run.out) / "model"
-        result = _evaluated(path, root / ("teacher_eval.json" if overrides is None else f"{name}/eval.json"), task)
+        result = _evaluated(path, root / ("teacher_eval.json" if overrides is None else f"{name}/eval.json"), task,
+                            reference=None if overrides is None else reference)
         if overrides is not None:
             result["run_dir"] = name
             result["train_time_s"] = json.loads((Path(run.out) / "summary.json").read_text()).get("train_time_s")
