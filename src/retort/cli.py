@@ -292,11 +292,19 @@ def traces(config_file, batch_out, batch_in, overrides):
 @click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy: sampling seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy).")
+@click.option("--drop-templates", is_flag=True, help="AM's template removal: drop traces holding a word n-gram "
+              "that more than --template-max traces hold (boilerplate).")
+@click.option("--template-ngram", type=click.IntRange(min=2), default=20, show_default=True,
+              help="With --drop-templates: n-gram length in words.")
+@click.option("--template-max", type=click.IntRange(min=1), default=20, show_default=True,
+              help="With --drop-templates: an n-gram in more traces than this is a template.")
+@click.option("--diverse", type=click.IntRange(min=1), help="DED's diverse trajectories: per prompt, the K correct "
+              "traces that differ most (greedy max-min of 1 - ROUGE-L over words).")
 @click.option("--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
               "holding a retort trace set and nothing else; never the input).")
 def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
            das_delta, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
-           teacher_url, seed, batch_size, overwrite):
+           teacher_url, drop_templates, template_ngram, template_max, diverse, seed, batch_size, overwrite):
     """Statistics of a trace set, and filters into a new one.
 
     \b
@@ -305,6 +313,7 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pa
     retort curate runs/traces --out runs/pairs --pairs 1     # for redi / dpo / simpo
     retort curate runs/traces --out runs/das --correct --das runs/warm/model --das-keep 1
     retort curate runs/traces --out runs/mixed --mixed-policy runs/warm/model --with-source
+    retort curate runs/traces --out runs/diverse --correct --drop-templates --diverse 2
     """
     from .lm.curate import filter_traces, trace_stats
     from .lm.data.traces import read_traces
@@ -317,7 +326,7 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pa
     if out and mixed_student:
         from .lm.curate.mixed import mixed_policy
 
-        if correct or max_tokens or first_k_correct or pairs is not None or das_student:
+        if correct or max_tokens or first_k_correct or pairs is not None or das_student or drop_templates or diverse:
             raise RetortError("curate: --mixed-policy makes new traces; run the filters in a separate curate step")
         stats = mixed_policy(traces_dir, out, mixed_student, source=mixed_from, length_factor=length_factor,
                              cut_lo=cut_lo, temperature=temperature, max_prompts=max_prompts,
@@ -330,6 +339,7 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pa
         stats = filter_traces(traces_dir, out, correct_only=correct, max_tokens=max_tokens,
                               first_k_correct=first_k_correct, pairs=pairs, das_student=das_student,
                               das_keep=das_keep, das_delta=das_delta, batch_size=batch_size, overwrite=overwrite,
+                              templates=(template_ngram, template_max) if drop_templates else None, diverse=diverse,
                               console=_console())
         _console().print(f"curate: {stats['rows']} rows from {stats['prompts']} prompts written to {out}")
 

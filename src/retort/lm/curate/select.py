@@ -19,21 +19,26 @@ from ...errors import DataError
 from .progress import CurateProgress
 from .stats import trace_stats
 
-FILTERS = ("correct", "max_tokens", "first_k_correct")
+FILTERS = ("correct", "max_tokens", "first_k_correct", "pairs", "das", "templates", "diverse")
 
 
 def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens: Optional[int] = None,
                   first_k_correct: Optional[int] = None, pairs: Optional[int] = None,
                   das_student: Optional[str] = None, das_keep: int = 1, das_delta: float = 1.0,
+                  templates: Optional[tuple[int, int]] = None, diverse: Optional[int] = None,
                   batch_size: int = 64, shard_rows: int = 4096, overwrite: bool = False, console=None) -> dict:
     """`pairs=K`: keep only the traces in positive/negative pairs (`retort.lm.data.pairs`, at most K
     per prompt; 0 = all), after the other filters — the trace set the pair methods learn from.
     `das_student=MODEL`: DASD's divergence-aware selection (`retort.lm.curate.das`), the `das_keep`
     best-scoring traces per prompt under that student, after the other filters.
     `out` must be new or empty; a trace set there is replaced only with `overwrite` (`prepare_output`)."""
-    if not (correct_only or max_tokens or first_k_correct or pairs is not None or das_student):
+    if not (correct_only or max_tokens or first_k_correct or pairs is not None or das_student or templates
+            or diverse):
         raise DataError("curate: name at least one filter (--correct, --max-tokens, --first-k-correct, --pairs, "
-                        "--das)")
+                        "--das, --drop-templates, --diverse)")
+    if diverse is not None and (pairs is not None or das_student or first_k_correct):
+        raise DataError("curate: --diverse picks its own correct traces per prompt; it does not combine with "
+                        "--pairs, --das or --first-k-correct")
     if correct_only and pairs is not None:
         raise DataError("curate: --pairs needs the incorrect traces too; drop --correct")
     if das_student and (pairs is not None or first_k_correct):
@@ -64,11 +69,33 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
             raise DataError(f"curate --pairs: no prompt in {src} has both a correct and an incorrect trace "
                             "(sample more per prompt: sampling.n >= 2)")
         table = table.take(pa.array(sorted(i for pair in matched for i in pair), type=pa.int64()))
+    selection = {}
+    if templates:
+        from .diversity import template_rows
+
+        n, most = templates
+        drop, grams = template_rows(table["completion"].to_pylist(), n, most)
+        table = table.take(pa.array([i for i in range(table.num_rows) if i not in drop], type=pa.int64()))
+        selection["templates"] = {"ngram": n, "max_count": most, "frequent_ngrams": grams, "dropped": len(drop)}
+    if diverse is not None:
+        from .diversity import most_diverse
+
+        groups: dict = {}
+        for i, (pid, ok) in enumerate(zip(table["prompt_id"].to_pylist(), table["correct"].to_pylist())):
+            if ok:
+                groups.setdefault(pid, []).append(i)
+        texts = table["completion"].to_pylist()
+        keep = sorted(rows[j] for rows in groups.values() for j in most_diverse([texts[r] for r in rows], diverse))
+        table = table.take(pa.array(keep, type=pa.int64()))
     das_stats = None
     if das_student:
         table, das_stats = _das_select(source, table, das_student, das_keep, das_delta, batch_size, console)
     applied = {"correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct,
                "pairs": pairs}
+    if templates:
+        applied["templates"] = selection["templates"]
+    if diverse is not None:
+        applied["diverse"] = diverse
     if das_student:
         applied["das"] = {"student": das_student, "student_weights_sha256": das_stats.pop("student_weights_sha256"),
                           "keep": das_keep, "delta": das_delta}
