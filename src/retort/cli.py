@@ -261,7 +261,10 @@ def traces(config_file, batch_out, batch_in, overrides):
 
 @click.command(context_settings=CONTEXT)
 @click.argument("traces_dir", type=click.Path())
-@click.option("--stats", "show_stats", is_flag=True, help="Print statistics of the trace set.")
+@click.option("--stats", "show_stats", is_flag=True, help="Print statistics of the trace set (per teacher when "
+              "several sampled it).")
+@click.option("--ref-model", metavar="MODEL", help="With --stats: also the perplexity of each teacher's traces "
+              "under this reference model (AM's source comparison).")
 @click.option("--out", type=click.Path(), help="Write the filtered trace set here.")
 @click.option("--correct", is_flag=True, help="Keep only verified-correct traces (rejection sampling).")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Drop completions longer than this.")
@@ -302,7 +305,7 @@ def traces(config_file, batch_out, batch_in, overrides):
               "traces that differ most (greedy max-min of 1 - ROUGE-L over words).")
 @click.option("--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
               "holding a retort trace set and nothing else; never the input).")
-def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
+def curate(traces_dir, show_stats, ref_model, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
            das_delta, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
            teacher_url, drop_templates, template_ngram, template_max, diverse, seed, batch_size, overwrite):
     """Statistics of a trace set, and filters into a new one.
@@ -321,8 +324,17 @@ def curate(traces_dir, show_stats, out, correct, max_tokens, first_k_correct, pa
 
     if not show_stats and not out:
         raise RetortError("curate: pass --stats, or --out DIR with filters")
+    if ref_model and not show_stats:
+        raise RetortError("curate: --ref-model goes with --stats")
     if show_stats:
-        click.echo(json.dumps(trace_stats(read_traces(traces_dir)), indent=2))
+        table = read_traces(traces_dir)
+        stats = trace_stats(table)
+        if ref_model:
+            from .lm.curate.stats import reference_perplexity
+
+            stats["reference_ppl"] = {"model": ref_model, **reference_perplexity(table, ref_model,
+                                                                                 batch_size=batch_size)}
+        click.echo(json.dumps(stats, indent=2))
     if out and mixed_student:
         from .lm.curate.mixed import mixed_policy
 

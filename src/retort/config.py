@@ -256,6 +256,9 @@ class TracesRun:
     task: TaskConfig = section(TaskConfig, "the task")
     teacher: TeacherConfig = section(TeacherConfig, "the model sampled (or openai:MODEL, a server)",
                                      name="builtin:teacher")
+    teachers: List[str] = param([], "several local teachers sampled into one set (model names; the other teacher.* "
+                                "settings apply to each): every teacher samples every prompt, sampling.n times; "
+                                "rows record which one (columns teacher, teacher_sha256). Empty: teacher.name alone")
     sampling: SamplingConfig = section(SamplingConfig, "how completions are sampled")
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)

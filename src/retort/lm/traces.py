@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from math import ceil
 from pathlib import Path
 
@@ -42,6 +42,11 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
         console.print(f"traces: {task.describe_split(run.split)} has {n_prompts} distinct prompts; sampling "
                       f"each of them once (n_prompts={run.n_prompts} asks for more)")
     examples = task.examples(run.split, n_prompts, run.seed)
+    if any(str(t).startswith(("openai:", "traces:")) for t in run.teachers):
+        raise ConfigError("teachers=[...]: several teachers are local models in this version; sample an API teacher "
+                          "with teacher.name=openai:MODEL into a set of its own")
+    if api and run.teachers:
+        raise ConfigError("teachers=[...] with teacher.name=openai:...: name the models in teachers, or one API teacher")
     if api:
         from .traces_api import run_api_traces
 
@@ -50,16 +55,27 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
 
     from .data.collate import encode_prompt
 
-    teacher = open_teacher(run.teacher, seed=run.seed, device="cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # several teachers (`teachers=[...]`): each samples every prompt into the same set; rows say whose
+    names = list(run.teachers) or [run.teacher.name]
+    teachers = [open_teacher(replace(run.teacher, name=name), seed=run.seed, device=device) for name in names]
+    teacher = teachers[0]
     tok = teacher.tokenizer
+    identities = [t.identity() for t in teachers]
+    toks = [tokenizer_sha256(t.tokenizer) for t in teachers]
     s, n = run.shard_prompts, run.sampling.n
     n_shards = ceil(len(examples) / s)
-    shard_rows = {i: len(examples[i * s:(i + 1) * s]) * n for i in range(n_shards)}
-    params = {"task": asdict(run.task), "teacher": teacher_params(run.teacher), "teacher_weights_sha256": teacher.identity(),
+    shard_rows = {i: len(examples[i * s:(i + 1) * s]) * n * len(teachers) for i in range(n_shards)}
+    params = {"task": asdict(run.task), "teacher": teacher_params(run.teacher), "teacher_weights_sha256": identities[0],
               "sampling": asdict(run.sampling), "split": run.split, "n_prompts": len(examples), "seed": run.seed,
               "shard_prompts": s}
-    meta = {"retort_version": __version__, "task": task.name, "teacher": run.teacher.name,
-            "tokenizer_sha256": tokenizer_sha256(tok), "vocab_size": len(tok),
+    if run.teachers:
+        params["teacher"]["name"] = names[0]
+        params["teachers"] = [{"name": nm, "weights_sha256": w} for nm, w in zip(names, identities)]
+    meta = {"retort_version": __version__, "task": task.name, "teacher": names[0],
+            # the set's token ids are in one vocabulary only when every teacher shares it; otherwise
+            # readers tokenise the text again (and offline KD from the set is refused)
+            "tokenizer_sha256": toks[0] if len(set(toks)) == 1 else None, "vocab_size": len(tok),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     writer = TraceWriter(run.out, params, meta, shard_rows)
     todo = [i for i in range(n_shards) if i not in writer.done()]
@@ -76,36 +92,42 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
                                 sum(len(examples[i * s:(i + 1) * s]) for i in writer.done()), rate="")
         for index in todo:
             shard = examples[index * s:(index + 1) * s]
-            outs = teacher.generate([e.prompt for e in shard], max_new_tokens=sp.max_new_tokens,
-                            temperature=sp.temperature, top_p=sp.top_p, num_samples=n,
-                            batch_size=run.batch_size, seed=_shard_seed(sp.seed, index), stop=sp.stop or None,
-                            scores=sp.topk)
-            if sp.temperature == 0:
-                outs = [o[:1] * n for o in outs]
-            flat = [(e, j, c) for e, o in zip(shard, outs) for j, c in enumerate(o)]
-            # With top-k, also score the end-of-sequence step of completions that stopped, so that
-            # offline KD has the teacher's distribution at every position the student is trained on.
-            if all(c.scores is not None for _, _, c in flat):
-                # the fast engine kept the teacher's log-probs (and top-k, EOS step included) while
-                # sampling: the same numbers as the teacher-forced pass below (tested), no second forward
-                scored = [c.scores for _, _, c in flat]
-            else:
-                prompt_ids = {e.id: encode_prompt(tok, e.prompt) for e in shard}
-                eos = [tok.eos_token_id] if sp.topk and tok.eos_token_id is not None else []
-                scored = teacher.score([prompt_ids[e.id] for e, _, _ in flat],
-                                       [c.token_ids + (eos if c.finish_reason == "stop" else []) for _, _, c in flat],
-                                       topk=sp.topk, batch_size=run.batch_size)
             rows = []
-            for (e, j, c), sc in zip(flat, scored):
-                rows.append({
-                    "prompt_id": e.id, "sample_idx": j, "prompt": e.prompt, "completion": c.text,
-                    "completion_ids": c.token_ids, "completion_logprobs": sc.logprobs[:len(c.token_ids)],
-                    "topk": topk_codec.encode_scores(sc, min(sp.topk, len(tok))) if sp.topk else None,
-                    "answer": task.extract_answer(c.text), "reference": e.answer,
-                    "correct": task.verify(c.text, e.answer), "finish_reason": c.finish_reason,
-                    "n_tokens": len(c.token_ids), "difficulty": e.difficulty,
-                })
-                tokens += len(c.token_ids)
+            for t_i, (teacher, name, ident) in enumerate(zip(teachers, names, identities)):
+                tok = teacher.tokenizer
+                outs = teacher.generate([e.prompt for e in shard], max_new_tokens=sp.max_new_tokens,
+                                        temperature=sp.temperature, top_p=sp.top_p, num_samples=n,
+                                        batch_size=run.batch_size, seed=_shard_seed(sp.seed, index), stop=sp.stop or None,
+                                        scores=sp.topk)
+                if sp.temperature == 0:
+                    outs = [o[:1] * n for o in outs]
+                flat = [(e, j, c) for e, o in zip(shard, outs) for j, c in enumerate(o)]
+                # With top-k, also score the end-of-sequence step of completions that stopped, so that
+                # offline KD has the teacher's distribution at every position the student is trained on.
+                if all(c.scores is not None for _, _, c in flat):
+                    # the fast engine kept the teacher's log-probs (and top-k, EOS step included) while
+                    # sampling: the same numbers as the teacher-forced pass below (tested), no second forward
+                    scored = [c.scores for _, _, c in flat]
+                else:
+                    prompt_ids = {e.id: encode_prompt(tok, e.prompt) for e in shard}
+                    eos = [tok.eos_token_id] if sp.topk and tok.eos_token_id is not None else []
+                    scored = teacher.score([prompt_ids[e.id] for e, _, _ in flat],
+                                           [c.token_ids + (eos if c.finish_reason == "stop" else []) for _, _, c in flat],
+                                           topk=sp.topk, batch_size=run.batch_size)
+                for (e, j, c), sc in zip(flat, scored):
+                    rows.append({
+                        # several teachers: teacher t's samples are t*n .. t*n + n-1 of each prompt
+                        "prompt_id": e.id, "sample_idx": t_i * n + j, "prompt": e.prompt, "completion": c.text,
+                        "completion_ids": c.token_ids, "completion_logprobs": sc.logprobs[:len(c.token_ids)],
+                        "topk": topk_codec.encode_scores(sc, min(sp.topk, len(tok))) if sp.topk else None,
+                        "answer": task.extract_answer(c.text), "reference": e.answer,
+                        "correct": task.verify(c.text, e.answer), "finish_reason": c.finish_reason,
+                        "n_tokens": len(c.token_ids), "difficulty": e.difficulty,
+                        "teacher": name, "teacher_sha256": ident,
+                    })
+                    tokens += len(c.token_ids)
+            place = {e.id: k for k, e in enumerate(shard)}
+            rows.sort(key=lambda r: (place[r["prompt_id"]], r["sample_idx"]))
             writer.write_shard(index, rows)
             rate = f"{tokens / max(1e-9, time.time() - t0):.0f} tok/s"
             progress.update(bar, advance=len(shard), rate=rate)

@@ -136,7 +136,8 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
         row = {"prompt_id": e.id, "prompt": e.prompt, "completion": reply.text, "reasoning": reply.reasoning,
                "answer": task.extract_answer(answer_text), "reference": e.answer,
                "correct": task.verify(answer_text, e.answer), "finish_reason": reply.finish_reason,
-               "difficulty": e.difficulty, "api_tokens": reply.tokens_json(), "topk": None}
+               "difficulty": e.difficulty, "api_tokens": reply.tokens_json(), "topk": None,
+               "teacher": run.teacher.name}
         if ids is not None:
             eos = tok.eos_token_id
             trimmed = ids[:-1] if ids and ids[-1] == eos else ids

@@ -50,4 +50,68 @@ def trace_stats(table: pa.Table) -> dict:
     }
     if "topk" in table.column_names and table.column("topk").null_count < rows:
         stats["topk_bytes_per_token_in_memory"] = table.column("topk").nbytes / max(1, int(lengths.sum()))
+    stats["tokens"].update(length_spread(lengths))
+    if "teacher" in table.column_names:
+        names = [t for t in table.column("teacher").to_pylist() if t is not None]
+        if len(set(names)) > 1:
+            stats["by_teacher"] = by_teacher(table)
     return stats
+
+
+def length_spread(lengths) -> dict:
+    """"Token length diversity" (AM, section 4.5): the std of the lengths, a 10-bin histogram from 0
+    to the longest, and the entropy (nats) of that histogram (0: all alike; ln 10 at most)."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    if lengths.size == 0:
+        return {"std": float("nan"), "histogram": [], "bin_edges": [], "histogram_entropy": float("nan")}
+    counts, edges = np.histogram(lengths, bins=10, range=(0, max(1.0, float(lengths.max()))))
+    p = counts[counts > 0] / counts.sum()
+    return {"std": float(lengths.std()), "histogram": counts.tolist(), "bin_edges": [float(e) for e in edges],
+            "histogram_entropy": float(-(p * np.log(p)).sum())}
+
+
+def by_teacher(table: pa.Table) -> dict:
+    """The statistics of each teacher's rows of a set several teachers sampled (`teacher` column):
+    accuracy, pass@k, length mean/std/histogram and its entropy, perplexity under the teacher
+    itself, and the mean length by difficulty (does it think longer on harder problems?)."""
+    out = {}
+    names = table.column("teacher").to_pylist()
+    for name in sorted({t for t in names if t is not None}):
+        mask = pa.array([t == name for t in names])
+        sub = table.filter(mask)
+        st = trace_stats(sub.drop(["teacher"]))
+        lengths = sub.column("n_tokens").to_pylist()
+        diffs = sub.column("difficulty").to_pylist()
+        by_d = defaultdict(list)
+        for d, n in zip(diffs, lengths):
+            by_d[d].append(n)
+        st["length_by_difficulty"] = {str(d): float(np.mean(v)) for d, v in sorted(by_d.items(), key=lambda kv: str(kv[0]))}
+        shas = {x for x in sub.column("teacher_sha256").to_pylist() if x} if "teacher_sha256" in sub.column_names else set()
+        st["weights_sha256"] = sorted(shas)[0] if len(shas) == 1 else None
+        out[name] = st
+    return out
+
+
+def reference_perplexity(table: pa.Table, model_name: str, *, batch_size: int = 16, by: str = "teacher") -> dict:
+    """Perplexity of each teacher's completions under one reference model (AM: the sources compared
+    under a fixed LM): exp of the mean per-token negative log-likelihood, the completion tokenised
+    by the reference's own tokenizer, after its prompt. Keyed by teacher (one key, "all", when the
+    set names none)."""
+    from ...config import ModelConfig
+    from ..data.collate import encode_prompt
+    from ..models import load_model
+    from ..rollout.score import score
+
+    model, tok = load_model(ModelConfig(name=model_name))
+    model.eval()
+    cols = table.select(["prompt", "completion"]).to_pydict()
+    keys = table.column(by).to_pylist() if by in table.column_names else [None] * table.num_rows
+    keys = [k or "all" for k in keys]
+    prompts = [encode_prompt(tok, p) for p in cols["prompt"]]
+    comps = [tok(c, add_special_tokens=False)["input_ids"] for c in cols["completion"]]
+    scored = score(model, prompts, comps, batch_size=batch_size, pad_id=tok.pad_token_id or 0)
+    total, count = defaultdict(float), defaultdict(int)
+    for k, sc in zip(keys, scored):
+        total[k] += sum(sc.logprobs)
+        count[k] += len(sc.logprobs)
+    return {k: math.exp(-total[k] / count[k]) if count[k] else float("nan") for k in sorted(total)}

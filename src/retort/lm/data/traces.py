@@ -54,6 +54,10 @@ SCHEMA = pa.schema([
     # {"t": [...], "lp": [...], "top": [[[token, logprob], ...], ...]}), whatever the tokenizer; null
     # for local teachers
     ("api_tokens", pa.string()),
+    # the teacher that sampled the row (its name) and its weights' SHA-256: a set made by several
+    # teachers (`retort traces teachers=[...]`) keeps them apart; null in shards written before
+    ("teacher", pa.string()),
+    ("teacher_sha256", pa.string()),
 ])
 
 

@@ -92,6 +92,11 @@ class TraceStoreTeacher(Teacher):
         if "teacher" not in params:
             raise DataError(f"{path}: the manifest does not name its teacher (a curated set?); use the set "
                             "`retort traces` wrote")
+        if len(params.get("teachers") or []) > 1 and manifest.get("tokenizer_sha256") is None:
+            who = ", ".join(t["name"] for t in params["teachers"])
+            raise DataError(f"{path}: sampled by teachers with different tokenizers ({who}): its token ids are not in "
+                            "one vocabulary, so they cannot be scored as one teacher's; train on the text (sft), or "
+                            "sample one teacher per set")
         tok = trace_tokenizer(manifest, path, purpose="its log-probs as token ids")
         super().__init__(f"traces:{path}", tok)
         self.k = self.max_topk = int(params.get("sampling", {}).get("topk") or 0)

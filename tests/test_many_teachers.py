@@ -1,0 +1,95 @@
+"""Several teachers into one trace set (`retort traces teachers=[...]`), and the per-teacher
+statistics of `retort curate --stats` (AM's source comparison)."""
+
+import json
+import math
+
+import pytest
+
+from retort.cli import main
+from retort.config import ModelConfig, TracesRun, load_config
+from retort.lm.curate.stats import length_spread, reference_perplexity, trace_stats
+from retort.lm.data.hashes import weights_sha256
+from retort.lm.data.traces import read_manifest, read_traces
+from retort.lm.models import load_model
+from retort.lm.traces import run_traces
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teachers")
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        m, tok = load_model(ModelConfig(name="preset:nano"), seed=seed)
+        m.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        out[name] = (root / name, weights_sha256(m))
+    return out
+
+
+def _args(out, *extra):
+    return [f"out={out}", "n_prompts=4", "sampling.n=2", "sampling.max_new_tokens=10", "shard_prompts=2", *extra]
+
+
+def test_each_teacher_samples_every_prompt_as_it_would_alone(tmp_path, teachers):
+    (a, sha_a), (b, sha_b) = teachers["a"], teachers["b"]
+    both = tmp_path / "both"
+    run_traces(load_config(TracesRun, None, _args(both, f"teachers=[{a},{b}]")))
+    rows = read_traces(both).to_pylist()
+    assert len(rows) == 4 * 2 * 2
+    assert len({(r["prompt_id"], r["sample_idx"]) for r in rows}) == len(rows)
+    for name, path, sha, first in (("a", a, sha_a, 0), ("b", b, sha_b, 2)):
+        alone = tmp_path / name
+        run_traces(load_config(TracesRun, None, _args(alone, f"teacher.name={path}")))
+        solo = read_traces(alone).to_pylist()
+        mine = [r for r in rows if r["teacher"] == str(path)]
+        assert [r["sample_idx"] for r in mine] == [first + r["sample_idx"] for r in solo]
+        assert [r["completion_ids"] for r in mine] == [r["completion_ids"] for r in solo]
+        assert {r["teacher_sha256"] for r in mine} == {sha}
+        assert {r["teacher_sha256"] for r in solo} == {sha}  # one teacher: recorded too
+    m = read_manifest(both)
+    assert [t["name"] for t in m["params"]["teachers"]] == [str(a), str(b)]
+    assert m["tokenizer_sha256"] is not None  # the presets share a tokenizer
+    by = m["stats"]["by_teacher"]
+    assert set(by) == {str(a), str(b)} and all(v["rows"] == 8 for v in by.values())
+    assert set(by[str(a)]["length_by_difficulty"]) and by[str(a)]["weights_sha256"] == sha_a
+
+
+def test_length_spread_is_a_histogram_and_its_entropy():
+    got = length_spread([0, 0, 10, 10])
+    assert got["histogram"][0] == 2 and got["histogram"][-1] == 2 and sum(got["histogram"]) == 4
+    assert got["histogram_entropy"] == pytest.approx(math.log(2)) and got["std"] == 5.0
+    assert length_spread([7, 7, 7])["histogram_entropy"] == 0.0
+
+
+def test_reference_perplexity_under_the_teacher_itself_is_its_own(tmp_path, teachers):
+    a, _ = teachers["a"]
+    out = tmp_path / "a"
+    run_traces(load_config(TracesRun, None, _args(out, f"teacher.name={a}")))
+    table = read_traces(out)
+    # rows whose text tokenises back to the sampled ids (a random model also emits special tokens,
+    # which the text drops): there the reference's perplexity is the teacher's stored one
+    _, tok = load_model(ModelConfig(name=str(a)))
+    same = [tok(c, add_special_tokens=False)["input_ids"] == list(i)
+            for c, i in zip(table["completion"].to_pylist(), table["completion_ids"].to_pylist())]
+    import pyarrow as pa
+
+    table = table.filter(pa.array(same))
+    assert table.num_rows >= 2
+    ppl = reference_perplexity(table, str(a))
+    assert set(ppl) == {str(a)}
+    assert ppl[str(a)] == pytest.approx(trace_stats(table)["teacher_ppl"], rel=1e-4)
+
+
+def test_curate_stats_cli_prints_per_teacher_and_reference_ppl(tmp_path, teachers, capsys):
+    (a, _), (b, _) = teachers["a"], teachers["b"]
+    both = tmp_path / "both"
+    run_traces(load_config(TracesRun, None, _args(both, f"teachers=[{a},{b}]")))
+    capsys.readouterr()
+    assert main(["curate", str(both), "--stats", "--ref-model", str(a)]) in (0, None)
+    stats = json.loads(capsys.readouterr().out)
+    assert set(stats["by_teacher"]) == {str(a), str(b)}
+    assert set(stats["reference_ppl"]) == {"model", str(a), str(b)}
+    # under a's weights, a's own traces are likelier than b's
+    assert stats["reference_ppl"][str(a)] < stats["reference_ppl"][str(b)]
+    assert main(["traces", *_args(tmp_path / "x", "teachers=[openai:m]")]) == 2
