@@ -95,13 +95,19 @@ def _print_summary(console, out, summary):
 @click.option("--fidelity-to", "fidelity_to", metavar="LABEL",
               help="Also measure every other model's agreement with this one (a -m label or model name, e.g. "
                    "the teacher): same final answer, same top-1 token and KL per token on its greedy answers.")
+@click.option("--provenance", metavar="TEACHER,BASE", help="Also trace where each model's answer sentences come "
+              "from: teacher-originated / student-originated / shared / boosted, against this teacher and this "
+              "student before distillation (model names; the same vocabulary).")
+@click.option("--provenance-delta", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="With --provenance: nats of mean log-prob difference that make a category.")
 @overrides_arg
-def eval_cmd(config_file, models, json_out, fidelity_to, overrides):
+def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_delta, overrides):
     """Evaluate one or more models on a task: pass@1, pass@k, maj@k, tokens, by difficulty.
 
     \b
     retort eval -m builtin:teacher -m runs/sft/model eval.k=8 eval.temperature=0.8
     retort eval -m teacher=builtin:teacher -m sft=runs/sft/model --fidelity-to teacher
+    retort eval -m sft=runs/sft/model --provenance builtin:teacher,preset:student
     """
     from dataclasses import replace
 
@@ -135,15 +141,52 @@ def eval_cmd(config_file, models, json_out, fidelity_to, overrides):
         ref_model, ref_tok = load_model(replace(run.model, name=match[0]))
         with console.status(f"greedy answers of {fidelity_to}"):
             reference = (fidelity_to, ref_model, ref_tok, teacher_answers(ref_model, ref_tok, task, cfg))
+    sources = None
+    if provenance:
+        from .errors import ConfigError
+        from .lm.models import check_vocab
+
+        names = [x.strip() for x in provenance.split(",")]
+        if len(names) != 2 or not all(names):
+            raise ConfigError(f"--provenance {provenance!r}: expected TEACHER,BASE_STUDENT (two model names)")
+        sources = [load_model(replace(run.model, name=x)) for x in names]
+        check_vocab(sources[0][1], sources[1][1])
     for label, name in targets:
         model, tok = load_model(replace(run.model, name=name))
         ref = reference if reference is not None and label != fidelity_to else None
         with console.status(f"evaluating {label}"):
             rows.append((label, evaluate(model, tok, task, cfg, reference=ref)))
+        if sources is not None:
+            from .lm.curate.provenance import provenance as trace
+
+            check_vocab(tok, sources[0][1])
+            with console.status(f"provenance of {label}'s sentences"):
+                rows[-1][1]["provenance"] = trace(model.eval(), tok, sources[0][0].eval(), sources[1][0].eval(), task,
+                                                  cfg, delta=provenance_delta)
     console.print(results_table(rows))
+    if sources is not None:
+        console.print(_provenance_table(rows))
     if out:
         _write_json(out, {label: r for label, r in rows})
         console.print(f"results: {out}")
+
+
+def _provenance_table(rows):
+    from rich.table import Table
+
+    from .lm.curate.provenance import CATEGORIES
+
+    table = Table(title="sentence provenance (shares of sentences)")
+    for col in ("model", "answers", *[f"{c}" for c in CATEGORIES], *[f"{c} | correct" for c in CATEGORIES[:1]],
+                *[f"{c} | incorrect" for c in CATEGORIES[:1]]):
+        table.add_column(col)
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    for label, r in rows:
+        p = r.get("provenance")
+        if p:
+            table.add_row(label, str(p["answers"]), *[pct(p["overall"][c]) for c in CATEGORIES],
+                          pct(p["correct"]["teacher"]), pct(p["incorrect"]["teacher"]))
+    return table
 
 
 def _write_json(path, data):

@@ -116,6 +116,26 @@ def comparison_table(rows) -> str:
     return _table(headers, body)
 
 
+def provenance_table(rows) -> str | None:
+    """Rows evaluated with `retort eval --provenance`: category shares overall, by outcome, by position."""
+    cats = ("teacher", "student", "shared", "boosted")
+    have = [r for r in rows if isinstance(r.eval.get("provenance"), dict)]
+    if not have:
+        return None
+    positions = list(have[0].eval["provenance"].get("by_position") or {})
+    headers = ["model / run", "sentences", *cats, "teacher | correct", "teacher | incorrect", "boosted | correct",
+               "boosted | incorrect", *[f"teacher | {p}" for p in positions]]
+    body = []
+    for r in have:
+        p = r.eval["provenance"]
+        cells = [(esc(r.name), False), (esc(_int(p["overall"].get("sentences"))), True)]
+        cells += [(esc(_pct(p["overall"].get(c))), True) for c in cats]
+        cells += [(esc(_pct(p[o].get(c))), True) for c in ("teacher", "boosted") for o in ("correct", "incorrect")]
+        cells += [(esc(_pct(p["by_position"][q].get("teacher"))), True) for q in positions]
+        body.append(cells)
+    return _table(headers, body)
+
+
 def _difficulty_order(key: str):
     try:
         return (0, float(key), key)
@@ -211,6 +231,12 @@ def render(rows, runs, title: str, inputs: list[str]) -> str:
     difficulty = difficulty_table(rows)
     if difficulty:
         body += ["<h3>Accuracy by difficulty</h3>", difficulty]
+    prov = provenance_table(rows)
+    if prov:
+        body += ["<h3>Where the answers' sentences come from (provenance tracing)</h3>",
+                 '<p class="sub">Shares of sentences: teacher-originated (teacher much likelier than the student '
+                 'before distillation), student-originated, shared, boosted (neither source, made likely by '
+                 'distillation); overall, in correct and incorrect answers, and by position in the answer.</p>', prov]
     table = runs_table(runs)
     if table:
         body += ["<h2>Training runs</h2>", table]
