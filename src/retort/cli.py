@@ -338,6 +338,13 @@ def traces(config_file, batch_out, batch_in, overrides):
 @click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy: sampling seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy).")
+@click.option("--select-teacher", "select_student", metavar="STUDENT", help="DED's smoke test on a set several "
+              "teachers sampled: this student trained briefly on each teacher's correct traces; gains, cheap proxies, "
+              "cost and the ranking (JSON on stdout).")
+@click.option("--smoke-steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="With --select-teacher: sft steps per teacher.")
+@click.option("--probe-n", type=click.IntRange(min=1), default=100, show_default=True,
+              help="With --select-teacher: test prompts the gain is measured on.")
 @click.option("--drop-templates", is_flag=True, help="AM's template removal: drop traces holding a word n-gram "
               "that more than --template-max traces hold (boilerplate).")
 @click.option("--template-ngram", type=click.IntRange(min=2), default=20, show_default=True,
@@ -350,7 +357,8 @@ def traces(config_file, batch_out, batch_in, overrides):
               "holding a retort trace set and nothing else; never the input).")
 def curate(traces_dir, show_stats, ref_model, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
            das_delta, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
-           teacher_url, drop_templates, template_ngram, template_max, diverse, seed, batch_size, overwrite):
+           teacher_url, select_student, smoke_steps, probe_n, drop_templates, template_ngram, template_max, diverse,
+           seed, batch_size, overwrite):
     """Statistics of a trace set, and filters into a new one.
 
     \b
@@ -365,10 +373,18 @@ def curate(traces_dir, show_stats, ref_model, out, correct, max_tokens, first_k_
     from .lm.data.traces import read_traces
     from .errors import RetortError
 
-    if not show_stats and not out:
-        raise RetortError("curate: pass --stats, or --out DIR with filters")
+    if not show_stats and not out and not select_student:
+        raise RetortError("curate: pass --stats, --select-teacher STUDENT, or --out DIR with filters")
     if ref_model and not show_stats:
         raise RetortError("curate: --ref-model goes with --stats")
+    if select_student:
+        from .lm.curate.ded import select_teacher
+
+        result = select_teacher(traces_dir, select_student, steps=smoke_steps, probe_n=probe_n, seed=seed,
+                                console=_console())
+        click.echo(json.dumps(result, indent=2))
+        if not (show_stats or out):
+            return
     if show_stats:
         table = read_traces(traces_dir)
         stats = trace_stats(table)
