@@ -27,7 +27,7 @@ def test_examples_are_seeded_disjoint_and_carry_worked_solutions():
         # the worked solution is the expression left to right, and the library's checker accepts it
         assert e.solution.endswith(f"A:{e.answer}") and t.verify(e.solution, e.answer)
         assert 2 <= e.difficulty <= 4
-        nums = e.prompt.split(":")[1].split("=")[0].split()
+        nums = e.prompt.split("problem:")[1].split("=")[0].split()
         assert str(eval(" ".join(nums))) == e.answer  # noqa: S307 (digits and +/- only, made here)
 
 
@@ -65,5 +65,5 @@ def test_traces_of_a_reasoning_gym_task(tmp_path):
                                              "task.difficulty.max_digits=1", "n_prompts=6", "sampling.n=2",
                                              "sampling.max_new_tokens=8", "shard_prompts=3"]))
     rows = read_traces(out).to_pylist()
-    assert len(rows) == 12 and all(r["prompt"].startswith("State the final answer") for r in rows)
+    assert len(rows) == 12 and all(r["prompt"].startswith("Answer on a last line A:") for r in rows)
     assert all(r["correct"] is False or r["answer"] == r["reference"] for r in rows)

@@ -115,7 +115,9 @@ class ReasoningGymTask(Task):
         solver = SOLVERS.get(self.generator)
         key = DIFFICULTY.get(self.generator)
         difficulty = entry["metadata"].get(key) if key else None
-        return Example(id=id_, prompt=entry["question"].strip() + f"\nEnd with the line {ANSWER_MARK}<answer>.\n",
+        # the format instruction first and the question last, next to where the answer starts (a
+        # small model reads the operands from the end of the prompt)
+        return Example(id=id_, prompt=f"Answer on a last line {ANSWER_MARK}<answer>.\n" + entry["question"].strip() + "\n",
                        answer=answer, solution=solver(entry) if solver else None,
                        difficulty=difficulty if isinstance(difficulty, int) else None)
 
