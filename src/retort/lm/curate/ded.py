@@ -44,7 +44,7 @@ def _proxies(table: pa.Table, student: str, batch_size: int, same_vocab: bool) -
 def select_teacher(src: str, student: str, *, steps: int = 100, probe_n: int = 100, batch_size: int = 16,
                    lr: float = 1e-3, seed: int = 0, console=None) -> dict:
     """The smoke test on every teacher of trace set `src`: gains, proxies, cost, and the ranking."""
-    from ...config import EvalConfig, TaskConfig, TrainRun, load_config
+    from ...config import EvalConfig, ModelConfig, TaskConfig, TrainRun, load_config
     from ...train import train
     from ..data.hashes import tokenizer_sha256
     from ..data.traces import TraceWriter, read_manifest, read_traces
@@ -54,7 +54,7 @@ def select_teacher(src: str, student: str, *, steps: int = 100, probe_n: int = 1
 
     manifest = read_manifest(src)
     table = read_traces(src)
-    names = [t for t in table.column("teacher").to_pylist()] if "teacher" in table.column_names else []
+    names = table.column("teacher").to_pylist() if "teacher" in table.column_names else []
     teachers = sorted({t for t in names if t})
     if len(teachers) < 2:
         raise DataError(f"{src}: --select-teacher compares the teachers of a set several sampled (retort traces "
@@ -63,8 +63,6 @@ def select_teacher(src: str, student: str, *, steps: int = 100, probe_n: int = 1
     task = get_task(task_cfg)
     probe = EvalConfig(n=probe_n, max_new_tokens=int(manifest["params"]["sampling"].get("max_new_tokens", 128)),
                        batch_size=64)
-    from ...config import ModelConfig
-
     s_model, s_tok = load_model(ModelConfig(name=student), seed=seed)
     before = evaluate(s_model, s_tok, task, probe)["accuracy"]
     del s_model
