@@ -29,8 +29,8 @@ def test_worked_solutions_verify_and_answers_do_not_leak(name):
         assert task.verify(ex.solution, ex.answer)
         assert task.verify(ex.answer_completion, ex.answer)
         assert task.extract_answer(ex.solution) == ex.answer
-        # one line per operation (+ the start value for vars), then the answer line
-        assert ex.solution.count("\n") == ex.difficulty + {"modchain": 0, "vars": 1}[name]
+        # one line per operation (+ the start value for vars, + the re-check for detours), then the answer line
+        assert ex.solution.count("\n") == ex.difficulty + {"modchain": 0, "vars": 1, "detours": 1}[name]
         wrong = str((int(ex.answer) + 1) % 10)
         assert not task.verify(f"A:{wrong}", ex.answer)
     assert task.extract_answer("no answer here") is None
@@ -125,3 +125,28 @@ def test_bad_parquet_names_column_and_row(tmp_path):
     g.write_bytes(b"not parquet")
     with pytest.raises(DataError, match="not a readable Parquet file"):
         FileTask(str(g))
+
+
+def test_detours_solutions_wander_then_correct_themselves():
+    import re
+
+    from retort.config import TaskConfig
+    from retort.lm.tasks import get_task
+
+    t = get_task(TaskConfig(name="detours", difficulty={"detour_pct": 100, "recheck": 1}))
+    for e in t.examples("train", 20, 0):
+        lines = e.solution.split("\n")
+        steps = lines[:-2]
+        assert all(" wait, " in line for line in steps) and lines[-2].startswith("check ")
+        for line in steps:  # the detour is wrong, its correction right (mod 10)
+            wrong, right = line.split(" wait, ")
+            a, op, x, got = re.fullmatch(r"(\d+)([-+*])(\d+)=(\d+)", wrong).groups()
+            want = eval(f"{a}{op}{x}") % 10  # noqa: S307 (digits and one operator, made here)
+            assert int(got) != want and right == f"{a}{op}{x}={want}"
+        assert lines[-2] == "check " + " ".join(line.split(" wait, ")[1] for line in steps)
+        assert t.verify(e.solution, e.answer) and lines[-1] == f"A:{e.answer}"
+    plain = get_task(TaskConfig(name="detours", difficulty={"detour_pct": 0, "recheck": 0}))
+    for e in plain.examples("train", 20, 0):  # no detour: modchain's worked solution
+        assert "wait" not in e.solution and "check" not in e.solution and plain.verify(e.solution, e.answer)
+    with pytest.raises(ConfigError, match="detour_pct"):
+        get_task(TaskConfig(name="detours", difficulty={"detour_pct": 101}))

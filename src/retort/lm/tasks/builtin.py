@@ -92,6 +92,35 @@ class ModChain(_Procedural):
         return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
 
 
+class Detours(ModChain):
+    """modchain whose worked solutions wander, as long reasoning traces do: a step is first written
+    with a wrong result, then "wait," and the correct one (`detour_pct` percent of the steps), and
+    once the answer is known every step is checked again (`recheck`). The answer is the same as
+    modchain's; the detours are what trace-shortening methods (DAP, Retro-Search) should remove:
+    "7+5=2 / 2*3=8 wait, 2*3=6 / 6-4=2 / check 7+5=2 2*3=6 6-4=2 / A:2"."""
+
+    name = "detours"
+    description = "modchain with detours in its worked solutions: wrong steps corrected after 'wait', and a re-check"
+    knobs = {**ModChain.knobs, "detour_pct": (0, 100), "recheck": (0, 1)}
+    detour_pct, recheck = 30, 1
+
+    def _problem(self, rng: random.Random, steps: int) -> Example:
+        start, chain = self._chain(rng, steps)
+        prompt = f"Q:{start}" + "".join(f"{op}{x}" for _, op, x, _ in chain) + "\n"
+        clean = [f"{a}{op}{x}={b}" for a, op, x, b in chain]
+        lines = []
+        for (a, op, x, b), line in zip(chain, clean):
+            if rng.randrange(100) < self.detour_pct:
+                wrong = (b + rng.randrange(1, self.modulus)) % self.modulus
+                lines.append(f"{a}{op}{x}={wrong} wait, {line}")
+            else:
+                lines.append(line)
+        answer = str(chain[-1][3])
+        if self.recheck:
+            lines.append("check " + " ".join(clean))
+        return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
+
+
 class VarChain(_Procedural):
     name = "vars"
     description = "variable definitions in shuffled order, each one operation on another, modulo m"
@@ -109,7 +138,7 @@ class VarChain(_Procedural):
         return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
 
 
-BUILTIN = {ModChain.name: ModChain, VarChain.name: VarChain}
+BUILTIN = {ModChain.name: ModChain, VarChain.name: VarChain, Detours.name: Detours}
 
 
 def builtin_task(name: str, difficulty: Optional[dict] = None) -> Task:
