@@ -69,12 +69,10 @@ def _train_evaluator(run, evaluate):
         if "ref" not in cache:
             from dataclasses import replace
 
-            from .lm.eval import teacher_answers
-            from .lm.models import load_model
+            from .lm.eval import load_reference
 
-            ref_model, ref_tok = load_model(replace(run.teacher, name=name), seed=run.seed)
-            ref_model = ref_model.to(next(model.parameters()).device).eval()
-            cache["ref"] = ("teacher", ref_model, ref_tok, teacher_answers(ref_model, ref_tok, task, run.eval))
+            cache["ref"] = load_reference(replace(run.teacher, name=name), task, run.eval, "teacher", seed=run.seed,
+                                          device=next(model.parameters()).device)
         return evaluate(model, tok, task, run.eval, reference=cache["ref"])
     return ev
 
@@ -135,12 +133,11 @@ def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_
     cfg = replace(run.eval, n=n)
     reference = None
     if fidelity_to:
-        from .lm.eval import teacher_answers
+        from .lm.eval import load_reference
 
         match = [name for label, name in targets if label == fidelity_to] or [fidelity_to]
-        ref_model, ref_tok = load_model(replace(run.model, name=match[0]))
         with console.status(f"greedy answers of {fidelity_to}"):
-            reference = (fidelity_to, ref_model, ref_tok, teacher_answers(ref_model, ref_tok, task, cfg))
+            reference = load_reference(replace(run.model, name=match[0]), task, cfg, fidelity_to)
     sources = None
     if provenance:
         from .errors import ConfigError

@@ -139,15 +139,13 @@ def _reference(teacher_dir: Path, task):
     """The teacher as every student's fidelity reference: its cache key, and a loader of (label,
     model, tokenizer, its greedy answers on EVAL's prompts) run once, on first use."""
     from ..config import ModelConfig
-    from .eval import teacher_answers
-    from .models import load_model
+    from .eval import load_reference
 
     loaded: dict = {}
 
     def get():
         if not loaded:
-            model, tok = load_model(ModelConfig(name=str(teacher_dir)))
-            loaded["ref"] = ("teacher", model.eval(), tok, teacher_answers(model.eval(), tok, task, EVAL))
+            loaded["ref"] = load_reference(ModelConfig(name=str(teacher_dir)), task, EVAL, "teacher")
         return loaded["ref"]
     return {"key": _weights_key(teacher_dir), "get": get}
 

@@ -20,6 +20,16 @@ def teacher_answers(model, tok, task, cfg, *, progress=None) -> list:
                                    batch_size=cfg.batch_size, progress=progress)]
 
 
+def load_reference(model_cfg, task, cfg, label: str, *, seed: int = 0, device=None) -> tuple:
+    """A fidelity reference for `evaluate(..., reference=...)`: (label, the model `model_cfg` names
+    in eval mode, its tokenizer, its greedy answers on the evaluation prompts)."""
+    from ..models import load_model
+
+    model, tok = load_model(model_cfg, seed=seed)
+    model = (model if device is None else model.to(device)).eval()
+    return label, model, tok, teacher_answers(model, tok, task, cfg)
+
+
 def fidelity(model, tok, ref_model, ref_tok, ref_greedy: list, task, cfg, greedy: list) -> dict:
     """Agreement with a reference model (the teacher), beside accuracy ("Generalization vs
     Fidelity"): on the evaluation prompts,

@@ -84,10 +84,15 @@ class ModChain(_Procedural):
     knobs = {"steps_min": (1, 12), "steps_max": (1, 12), "modulus": (2, 10)}
     steps_min, steps_max, modulus = 2, 6, 10
 
+    @staticmethod
+    def _written(start: int, chain) -> tuple[str, list[str]]:
+        """The prompt of a chain and its worked lines, one per operation."""
+        prompt = f"Q:{start}" + "".join(f"{op}{x}" for _, op, x, _ in chain) + "\n"
+        return prompt, [f"{a}{op}{x}={b}" for a, op, x, b in chain]
+
     def _problem(self, rng: random.Random, steps: int) -> Example:
         start, chain = self._chain(rng, steps)
-        prompt = f"Q:{start}" + "".join(f"{op}{x}" for _, op, x, _ in chain) + "\n"
-        lines = [f"{a}{op}{x}={b}" for a, op, x, b in chain]
+        prompt, lines = self._written(start, chain)
         answer = str(chain[-1][3])
         return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
 
@@ -106,8 +111,7 @@ class Detours(ModChain):
 
     def _problem(self, rng: random.Random, steps: int) -> Example:
         start, chain = self._chain(rng, steps)
-        prompt = f"Q:{start}" + "".join(f"{op}{x}" for _, op, x, _ in chain) + "\n"
-        clean = [f"{a}{op}{x}={b}" for a, op, x, b in chain]
+        prompt, clean = self._written(start, chain)
         lines = []
         for (a, op, x, b), line in zip(chain, clean):
             if rng.randrange(100) < self.detour_pct:
