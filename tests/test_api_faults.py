@@ -872,3 +872,15 @@ def test_m_a_malformed_api_setting_is_one_clear_error_and_writes_nothing(tmp_pat
     for w in words:
         assert w in lines[0]
     assert not out.exists() and not s.log
+
+
+def test_a_bad_batch_file_or_batch_out_path_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "t"
+    bad = tmp_path / "results.jsonl"
+    bad.write_text('{"custom_id": "retort:0/0:0", "response": {"status_code": 200, "body": {"choices": []}}}\n')
+    for extra, says in ((["--batch-in", str(tmp_path / "none.jsonl")], "no such file"),
+                        (["--batch-in", str(bad)], "results.jsonl:1: the response body is not a chat answer"),
+                        (["--batch-out", str(tmp_path)], "is a directory")):
+        rc = main(["traces", *extra, *[f"{k}={v}" for k, v in {**BASE, "out": str(out)}.items()]])
+        err = capsys.readouterr().err
+        assert rc == 2 and says in " ".join(err.split()) and not out.exists(), err

@@ -77,6 +77,12 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
     meta = {"retort_version": __version__, "task": task.name, "teacher": run.teacher.name,
             "tokenizer_sha256": None, "vocab_size": len(tok) if tok is not None else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    # a batch's results are read and checked before anything is written
+    batch_records = _load_batch(batch_in, teacher, sp) if batch_in is not None else None
+    if batch_out is not None:
+        from ..paths import output_file
+
+        output_file(batch_out, "--batch-out")  # a directory, or a path under a file: refused now
     # shards are assembled from their journals, so an unrecorded shard file is always redone ({} sizes)
     writer = TraceWriter(run.out, params, meta, {})
     out = writer.dir
@@ -280,7 +286,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
                                  "check": "by bytes (batch results: no server to ask)" if tok is not None else
                                  teacher.token_check},
                       tokenizer_sha256=tokenizer_sha256(tok) if teacher.tokens is not None else None)
-        stats = _read_batch(batch_in, {j.key: j for j in jobs_todo()}, teacher, sp, on_reply)
+        stats = _read_batch(batch_records, {j.key: j for j in jobs_todo()}, on_reply)
         for j in journals.values():
             j.close()
         journals.clear()
@@ -357,50 +363,62 @@ def _write_batch(path, jobs, teacher, sp, console, total, left) -> Path:
     return target
 
 
-def _read_batch(path, jobs: dict, teacher, sp, on_reply) -> dict:
-    """Feed an OpenAI batch output file (one line per request: custom_id, response {status_code,
-    body} or error) to `on_reply`, as if each answer had just arrived. Lines for requests already
-    answered, or not asked by this set, are skipped; a malformed line is one clear error."""
-    from pathlib import Path as _P
-
-    p = _P(path)
+def _load_batch(path, teacher, sp) -> list:
+    """An OpenAI batch output file (one line per request: custom_id, response {status_code, body}
+    or error), read and checked whole before anything is written: [(line, key, attempt, Reply |
+    Failed)], key None for a custom_id this set did not write. A malformed line is one clear error."""
+    p = Path(path)
     if not p.is_file():
         raise DataError(f"--batch-in {path}: no such file")
     parse = teacher.parser(sp.topk)
-    stats = {"answers": 0, "skipped": 0, "failed": 0, "retries_needed": 0}
-    with open(p, encoding="utf-8", errors="strict") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            cid = rec["custom_id"]
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path}:{n}: not a batch result line (expected JSON with custom_id and "
+                            "response)") from None
+        m = re.fullmatch(r"retort:(\d+/\d+):(\d+)", str(cid))
+        if m is None:
+            out.append((n, None, 0, None))
+            continue
+        resp, err = rec.get("response") or {}, rec.get("error")
+        status = resp.get("status_code")
+        if err or status != 200:
+            kind = f"http {status}" if status else "batch error"
+            detail = json.dumps(err or resp.get("body"))[:300]
+            res = Failed(kind, f"{path}:{n}: {detail}", final=bool(status) and 400 <= status < 500 and status != 429)
+        else:
             try:
-                rec = json.loads(line)
-                cid = rec["custom_id"]
-            except (ValueError, KeyError, TypeError):
-                raise DataError(f"{path}:{n}: not a batch result line (expected JSON with custom_id and "
-                                "response)") from None
-            m = re.fullmatch(r"retort:(\d+/\d+):(\d+)", str(cid))
-            job = jobs.get(m.group(1)) if m else None
-            if job is None or int(m.group(2)) != job.attempt:
-                stats["skipped"] += 1
-                continue
-            resp, err = rec.get("response") or {}, rec.get("error")
-            status = resp.get("status_code")
-            if err or status != 200:
-                kind = f"http {status}" if status else "batch error"
-                detail = json.dumps(err or resp.get("body"))[:300]
-                res = Failed(kind, f"{path}:{n}: {detail}", final=bool(status) and 400 <= status < 500 and status != 429)
-                stats["failed"] += 1
-            else:
-                try:
-                    res = parse(resp["body"])
-                except (ValueError, KeyError, IndexError, TypeError) as e:
-                    raise DataError(f"{path}:{n}: the response body is not a {teacher.api.endpoint} answer "
-                                    f"({type(e).__name__}: {e})") from None
-                res.url = f"batch:{p.name}"
-                stats["answers"] += 1
-            jobs.pop(m.group(1))
-            if on_reply(job, res) is not None:
-                stats["retries_needed"] += 1
+                res = parse(resp["body"])
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                raise DataError(f"{path}:{n}: the response body is not a {teacher.api.endpoint} answer "
+                                f"({type(e).__name__}: {e})") from None
+            res.url = f"batch:{p.name}"
+        out.append((n, m.group(1), int(m.group(2)), res))
+    return out
+
+
+def _read_batch(records: list, jobs: dict, on_reply) -> dict:
+    """Feed checked batch results (`_load_batch`) to `on_reply`, as if each answer had just
+    arrived; lines for requests already answered, or not asked by this set, are skipped."""
+    stats = {"answers": 0, "skipped": 0, "failed": 0, "retries_needed": 0}
+    for _, key, attempt, res in records:
+        job = jobs.get(key) if key is not None else None
+        if job is None or attempt != job.attempt:
+            stats["skipped"] += 1
+            continue
+        stats["failed" if isinstance(res, Failed) else "answers"] += 1
+        jobs.pop(key)
+        if on_reply(job, res) is not None:
+            stats["retries_needed"] += 1
     return stats
 
 
