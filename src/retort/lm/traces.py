@@ -138,7 +138,8 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
     writer.finish(trace_stats(read_traces(run.out, allow_incomplete=True)))
     stats = writer.manifest["stats"]
     if console is not None:
-        console.print(f"traces: {stats['rows']} rows ({stats['prompts']} prompts x {n}), accuracy "
+        who = f" x {len(teachers)} teachers" if len(teachers) > 1 else ""
+        console.print(f"traces: {stats['rows']} rows ({stats['prompts']} prompts x {n}{who}), accuracy "
                       f"{stats['accuracy']:.3f}, pass@{n} {stats[f'pass@{n}']:.3f}, "
                       f"{stats['bytes_per_token']:.1f} bytes/token on disk; in {run.out}")
     return Path(run.out)
