@@ -93,3 +93,33 @@ def test_curate_stats_cli_prints_per_teacher_and_reference_ppl(tmp_path, teacher
     # under a's weights, a's own traces are likelier than b's
     assert stats["reference_ppl"][str(a)] < stats["reference_ppl"][str(b)]
     assert main(["traces", *_args(tmp_path / "x", "teachers=[openai:m]")]) == 2
+
+
+def test_max_ppl_drops_each_teachers_traces_above_its_own_limit(tmp_path, teachers, capsys):
+    from retort.lm.curate.select import parse_max_ppl
+    from retort.lm.curate.stats import perplexity, row_nll
+
+    (a, _), (b, _) = teachers["a"], teachers["b"]
+    both = tmp_path / "both"
+    run_traces(load_config(TracesRun, None, _args(both, f"teachers=[{a},{b}]")))
+    table = read_traces(both)
+    ppl = [perplexity(x) for x in row_nll(table, str(a))]
+    names = table["teacher"].to_pylist()
+    mid = {t: sorted(p for p, n in zip(ppl, names) if n == t)[3] for t in (str(a), str(b))}  # 8 rows each
+    spec = f"{a}={mid[str(a)]},{b}={mid[str(b)]}"
+    assert main(["curate", str(both), "--out", str(tmp_path / "am"), "--max-ppl", spec, "--ref-model", str(a)]) == 0
+    kept = read_traces(tmp_path / "am").to_pylist()
+    want = [(r["prompt_id"], r["sample_idx"]) for r, p in zip(table.to_pylist(), ppl) if p <= mid[r["teacher"]]]
+    assert [(r["prompt_id"], r["sample_idx"]) for r in kept] == want and len(want) == 8
+    sel = read_manifest(tmp_path / "am")["params"]["filters"]["max_ppl"]
+    assert sel["dropped"] == {str(a): 4, str(b): 4} and sel["model"] == str(a)
+    # one limit for all; "*" for the rest; refusals name what is wrong and write nothing
+    assert parse_max_ppl("20") == {"*": 20.0} and parse_max_ppl("x:y=3,*=9") == {"x:y": 3.0, "*": 9.0}
+    for bad in ("0", "a=-1", "a=inf", ",", "a=b"):
+        with pytest.raises(Exception, match="--max-ppl"):
+            parse_max_ppl(bad)
+    capsys.readouterr()
+    for args, word in [(["--max-ppl", "5"], "--ref-model"), (["--max-ppl", "nobody=5", "--ref-model", str(a)],
+                                                             "no teacher 'nobody'")]:
+        assert main(["curate", str(both), "--out", str(tmp_path / "bad"), *args]) == 2
+        assert word in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -145,7 +145,11 @@ def test_detours_solutions_wander_then_correct_themselves():
             assert int(got) != want and right == f"{a}{op}{x}={want}"
         assert lines[-2] == "check " + " ".join(line.split(" wait, ")[1] for line in steps)
         assert t.verify(e.solution, e.answer) and lines[-1] == f"A:{e.answer}"
-    plain = get_task(TaskConfig(name="detours", difficulty={"detour_pct": 0, "recheck": 0}))
+    doubts = get_task(TaskConfig(name="detours", difficulty={"detour_pct": 0, "doubt_pct": 100, "recheck": 0}))
+    for e in doubts.examples("train", 20, 0):  # every right step doubted and written again
+        steps = e.solution.split("\n")[:-1]
+        assert all(a == b for a, b in (line.split(" wait, ") for line in steps))
+    plain = get_task(TaskConfig(name="detours", difficulty={"detour_pct": 0, "doubt_pct": 0, "recheck": 0}))
     for e in plain.examples("train", 20, 0):  # no detour: modchain's worked solution
         assert "wait" not in e.solution and "check" not in e.solution and plain.verify(e.solution, e.answer)
     with pytest.raises(ConfigError, match="detour_pct"):

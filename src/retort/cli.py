@@ -304,7 +304,10 @@ def traces(config_file, batch_out, batch_in, overrides):
 @click.option("--stats", "show_stats", is_flag=True, help="Print statistics of the trace set (per teacher when "
               "several sampled it).")
 @click.option("--ref-model", metavar="MODEL", help="With --stats: also the perplexity of each teacher's traces "
-              "under this reference model (AM's source comparison).")
+              "under this reference model (AM's source comparison); with --max-ppl: the model it is measured under.")
+@click.option("--max-ppl", metavar="PPL|TEACHER=PPL,...", help="AM's perplexity filter: drop traces whose "
+              "perplexity under --ref-model exceeds their teacher's limit (one number for all, or per teacher; "
+              "'*=N' for the rest).")
 @click.option("--out", type=click.Path(), help="Write the filtered trace set here.")
 @click.option("--correct", is_flag=True, help="Keep only verified-correct traces (rejection sampling).")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Drop completions longer than this.")
@@ -326,15 +329,15 @@ def traces(config_file, batch_out, batch_in, overrides):
 @click.option("--length-factor", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
               help="With --mixed-policy: student answers are capped at this x the teacher trace's length.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=None,
-              help="With --mixed-policy: sampling temperature of student and teacher (default: the traces').")
+              help="With --mixed-policy: sampling temperature of student and teacher (default: the traces'); with --rewrite (default 0, greedy) and --retro-search (default 0.6): the reviser's.")
 @click.option("--max-prompts", type=click.IntRange(min=0), default=0, show_default=True,
-              help="With --mixed-policy: use at most this many prompts (0: all).")
+              help="With --mixed-policy, --rewrite, --retro-search: use at most this many prompts (0: all).")
 @click.option("--with-source", is_flag=True, help="With --mixed-policy: also keep the source's correct traces.")
-@click.option("--teacher-url", metavar="URL", help="With --mixed-policy on traces of an API teacher (openai:MODEL): "
+@click.option("--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search on traces of an API teacher (openai:MODEL): "
               "the server's /v1 URL, when it is no longer where the traces were made.")
-@click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy: sampling seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy, --rewrite, --retro-search: sampling seed.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy).")
+              help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy, --rewrite, --retro-search).")
 @click.option("--select-teacher", "select_student", metavar="STUDENT", help="DED's smoke test on a set several "
               "teachers sampled: this student trained briefly on each teacher's correct traces; gains, cheap proxies, "
               "cost and the ranking (JSON on stdout).")
@@ -350,12 +353,38 @@ def traces(config_file, batch_out, batch_in, overrides):
               help="With --drop-templates: an n-gram in more traces than this is a template.")
 @click.option("--diverse", type=click.IntRange(min=1), help="DED's diverse trajectories: per prompt, the K correct "
               "traces that differ most (greedy max-min of 1 - ROUGE-L over words).")
+@click.option("--rewrite", type=click.Choice(["dap", "uniform"]), help="LiteCoT's DAP: the teacher judges each "
+              "correct trace's difficulty and rewrites it within that level's budget (--budgets); `uniform`: one budget "
+              "for all (--budget). Rewrites that change the answer or fail the check are dropped.")
+@click.option("--budgets", default="easy=300,medium=700,hard=1500", show_default=True,
+              help="With --rewrite dap: tokens per difficulty level.")
+@click.option("--budget", type=click.IntRange(min=1), help="With --rewrite uniform: tokens for every problem.")
+@click.option("--rewrite-template", type=click.Path(dir_okay=False), help="With --rewrite: a text file holding "
+              "the prompt, with {question} {trace} and {easy} {medium} {hard} (dap) or {budget} (uniform) "
+              "(default: the spec's, or the one a built-in teacher was trained on).")
+@click.option("--retro-search", is_flag=True, help="Retro-Search: at each thought switch of a correct trace the "
+              "reviser continues without switching; the continuation replaces the rest when it reaches the right "
+              "answer in fewer steps.")
+@click.option("--gamma", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9, show_default=True,
+              help="With --retro-search: value gamma^steps of a way to the right answer.")
+@click.option("--transitions", metavar="WORDS", help="With --retro-search: comma-separated words that open a "
+              "new thought (default: the task's, else Wait, But wait, Alternatively, Hmm, ...).")
+@click.option("--retro-partial", is_flag=True, help="With --retro-search: stop at a trace's first revision "
+              "(Retro-Search-Partial).")
+@click.option("--retro-tries", type=click.IntRange(min=1), default=2, show_default=True,
+              help="With --retro-search: continuations drawn per switch (the first that finishes without a "
+              "keyword in its first step is taken).")
+@click.option("--reviser", metavar="MODEL", help="With --rewrite / --retro-search: the model that rewrites or "
+              "continues (default: the traces' teacher; another local model needs the same tokenizer).")
+@click.option("--truncate-like", metavar="DIR", type=click.Path(), help="The correct traces cut (at a step "
+              "boundary, the answer kept) to the length of the matching rows of DIR: the baseline of equal length.")
 @click.option("--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
               "holding a retort trace set and nothing else; never the input).")
-def curate(traces_dir, show_stats, ref_model, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
+def curate(traces_dir, show_stats, ref_model, max_ppl, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
            das_delta, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
            teacher_url, select_student, smoke_steps, probe_n, drop_templates, template_ngram, template_max, diverse,
-           seed, batch_size, overwrite):
+           seed, batch_size, rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions, retro_partial,
+           retro_tries, reviser, truncate_like, overwrite):
     """Statistics of a trace set, and filters into a new one.
 
     \b
@@ -365,15 +394,24 @@ def curate(traces_dir, show_stats, ref_model, out, correct, max_tokens, first_k_
     retort curate runs/traces --out runs/das --correct --das runs/warm/model --das-keep 1
     retort curate runs/traces --out runs/mixed --mixed-policy runs/warm/model --with-source
     retort curate runs/traces --out runs/diverse --correct --drop-templates --diverse 2
+    retort curate runs/traces --out runs/am --correct --max-ppl teacherA=8,teacherB=12 --ref-model REF
+    retort curate runs/traces --out runs/dap --rewrite dap --budgets easy=300,medium=700,hard=1500
+    retort curate runs/traces --out runs/retro --retro-search --gamma 0.9
+    retort curate runs/traces --out runs/cut --truncate-like runs/retro
     """
     from .lm.curate import filter_traces, trace_stats
+    from .lm.curate.select import parse_max_ppl
     from .lm.data.traces import read_traces
     from .errors import RetortError
 
     if not show_stats and not out and not select_student:
         raise RetortError("curate: pass --stats, --select-teacher STUDENT, or --out DIR with filters")
-    if ref_model and not show_stats:
-        raise RetortError("curate: --ref-model goes with --stats")
+    if ref_model and not (show_stats or max_ppl):
+        raise RetortError("curate: --ref-model goes with --stats or --max-ppl")
+    if max_ppl and not ref_model:
+        raise RetortError("curate --max-ppl: name the reference model the perplexity is measured under (--ref-model)")
+    if max_ppl and not out:
+        raise RetortError("curate --max-ppl is a filter: it needs --out DIR")
     if select_student:
         from .lm.curate.ded import select_teacher
 
@@ -391,6 +429,54 @@ def curate(traces_dir, show_stats, ref_model, out, correct, max_tokens, first_k_
             stats["reference_ppl"] = {"model": ref_model, **reference_perplexity(table, ref_model,
                                                                                  batch_size=batch_size)}
         click.echo(json.dumps(stats, indent=2))
+    makers = [name for name, on in (("--mixed-policy", mixed_student), ("--rewrite", rewrite),
+                                    ("--retro-search", retro_search), ("--truncate-like", truncate_like)) if on]
+    if len(makers) > 1:
+        raise RetortError(f"curate: {' and '.join(makers)} each make a new trace set; one per curate step")
+    if makers and not out:
+        raise RetortError(f"curate: {makers[0]} needs --out DIR")
+    filters = (correct or max_tokens or first_k_correct or pairs is not None or das_student or drop_templates or diverse
+               or max_ppl)
+    if makers and makers[0] != "--mixed-policy" and filters:
+        raise RetortError(f"curate: {makers[0]} makes new traces (from the correct ones); run the filters in a "
+                          "separate curate step")
+    if budget and rewrite != "uniform":
+        raise RetortError("curate: --budget goes with --rewrite uniform")
+    if out and (rewrite or retro_search or truncate_like):
+        from .lm.curate import shorten
+
+        kw = dict(max_prompts=max_prompts, seed=seed, batch_size=batch_size, overwrite=overwrite,
+                  teacher_url=teacher_url, console=_console())
+        if rewrite:
+            template = None
+            if rewrite_template:
+                try:
+                    template = Path(rewrite_template).read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as e:
+                    raise RetortError(f"curate --rewrite-template {rewrite_template}: cannot read it ({e})") from None
+            stats = shorten.rewrite(traces_dir, out, mode=rewrite, budgets=shorten.parse_budgets(budgets),
+                                    budget=budget, template=template, reviser=reviser,
+                                    temperature=0.0 if temperature is None else temperature, **kw)
+            c = stats["rewrite_counts"]
+            rejected = ", ".join(f"{k} {v}" for k, v in sorted(c["rejected"].items())) or "none"
+            _console().print(f"curate: {c['kept']} of {c['traces']} traces rewritten ({rewrite}; rejected: {rejected}; "
+                             f"{c['over_budget']} over budget); tokens {c['tokens_before']} -> {c['tokens_after']}; "
+                             f"written to {out}")
+        elif retro_search:
+            words = [w.strip() for w in transitions.split(",") if w.strip()] if transitions else None
+            stats = shorten.retro_search(traces_dir, out, gamma=gamma, keywords=words, partial=retro_partial,
+                                         tries=retro_tries, reviser=reviser,
+                                         temperature=0.6 if temperature is None else temperature, **kw)
+            c = stats["retro_counts"]
+            _console().print(f"curate: {c['revised_traces']} of {c['traces']} traces revised ({c['revisions']} "
+                             f"revisions at {c['switches']} switches); tokens {c['tokens_before']} -> "
+                             f"{c['tokens_after']}; written to {out}")
+        else:
+            stats = shorten.truncate_like(traces_dir, out, truncate_like, overwrite=overwrite, console=_console())
+            c = stats["truncate_counts"]
+            _console().print(f"curate: {c['cut']} of {c['traces']} traces cut; tokens {c['tokens_before']} -> "
+                             f"{c['tokens_after']}; written to {out}")
+        return
     if out and mixed_student:
         from .lm.curate.mixed import mixed_policy
 
@@ -408,6 +494,7 @@ def curate(traces_dir, show_stats, ref_model, out, correct, max_tokens, first_k_
                               first_k_correct=first_k_correct, pairs=pairs, das_student=das_student,
                               das_keep=das_keep, das_delta=das_delta, batch_size=batch_size, overwrite=overwrite,
                               templates=(template_ngram, template_max) if drop_templates else None, diverse=diverse,
+                              max_ppl=parse_max_ppl(max_ppl) if max_ppl else None, ppl_model=ref_model,
                               console=_console())
         _console().print(f"curate: {stats['rows']} rows from {stats['prompts']} prompts written to {out}")
 

@@ -165,6 +165,9 @@ class DataConfig:
                               choices=["correct", "all"])
     n_train: int = param(50000, "training examples drawn from the task's train split", lo=1)
     max_len: int = param(256, "longest prompt+completion in tokens; longer examples are dropped", lo=8)
+    skills: float = param(0.0, "with source=solutions: this share of the rows are the task's skill examples "
+                          "(what its built-in teacher learns besides solving, e.g. detours' trace rewrites)",
+                          lo=0.0, hi=0.9)
 
 
 @dataclass

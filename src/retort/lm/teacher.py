@@ -31,8 +31,22 @@ TEACHER_DEFAULTS = {
 FINAL_EVAL = EvalConfig(n=1000, seed=0, max_new_tokens=96, batch_size=200)
 
 
+# A task with skill examples (detours: rewriting its traces to a budget) teaches them beside its
+# solutions: half the rows, longer rows (a trace inside the prompt), a fixed number of steps (the
+# accuracy that stops early measures solving alone), and room for the longer solutions.
+SKILLED_DEFAULTS = {"data": {"skills": 0.5, "max_len": 320},
+                    "train": {"steps": 3000, "stop_at_accuracy": 0.0, "eval_every": 500, "save_every": 500},
+                    "eval": {"max_new_tokens": 192}}
+
+
 def teacher_config(config_file=None, overrides=None) -> TrainRun:
+    from .tasks import get_task
+
     run = load_config(TrainRun, config_file, overrides, base=TEACHER_DEFAULTS)
+    if get_task(run.task).skill_examples(1):
+        base = {k: {**v, **SKILLED_DEFAULTS.get(k, {})} if isinstance(v, dict) else v
+                for k, v in TEACHER_DEFAULTS.items()}
+        run = load_config(TrainRun, config_file, overrides, base=base)
     if not run.out:
         run = replace(run, out=str(builtin_teacher_dir(run.task.name)))
     return run
@@ -77,6 +91,7 @@ def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, con
             console.print(f"teacher: cached in {out} (test accuracy {info['accuracy']:.3f}, "
                           f"trained in {info['train_time_s']:.0f}s)")
         return out / "model"
+
     if force and out.exists():
         remove_run(out)
     if console is not None:
@@ -85,10 +100,14 @@ def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, con
     t0 = time.time()
     summary = train(run, resume=True, evaluate=lambda m, t, task: evaluate(m, t, task, run.eval), console=console)
     model, tok = load_model(replace(run.student, name=str(out / "model")))
-    result = evaluate(model, tok, get_task(run.task), FINAL_EVAL)
+    task = get_task(run.task)
+    result = evaluate(model, tok, task, replace(FINAL_EVAL, max_new_tokens=run.eval.max_new_tokens))
     info = {"accuracy": result["accuracy"], "n": result["n"], "by_difficulty": result["by_difficulty"],
             "steps": summary["steps"], "train_time_s": round(time.time() - t0, 1),
             "params": sum(p.numel() for p in model.parameters())}
+    if run.data.skills > 0 and task.rewrite_templates:
+        info["rewrite_templates"] = task.rewrite_templates
+        info["skills"] = skill_check(model, tok, task, run.eval.max_new_tokens)
     if result["accuracy"] < TARGET_ACCURACY:
         raise RetortError(
             f"teacher reached {result['accuracy']:.3f} test accuracy (< {TARGET_ACCURACY}) after {summary['steps']} "
@@ -99,3 +118,15 @@ def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, con
         console.print(f"teacher: {result['accuracy']:.3f} accuracy on {result['n']} test problems, "
                       f"{info['train_time_s']:.0f}s; cached in {out}")
     return out / "model"
+
+
+def skill_check(model, tok, task, max_new_tokens: int, n: int = 500) -> dict:
+    """How well the teacher does its skill prompts on test-split problems (greedy): the share whose
+    output is exactly the target, and whose answer is still right."""
+    from .rollout.generate import generate
+
+    rows = task.skill_examples(n, seed=0, split="test")
+    outs = generate(model, tok, [r.prompt for r in rows], max_new_tokens=max_new_tokens, batch_size=100)
+    exact = sum(o[0].text == r.solution for o, r in zip(outs, rows))
+    kept = sum(task.verify(o[0].text, r.answer) for o, r in zip(outs, rows))
+    return {"n": len(rows), "exact": round(exact / len(rows), 4), "answer_kept": round(kept / len(rows), 4)}

@@ -19,23 +19,43 @@ from ...errors import DataError
 from .progress import CurateProgress
 from .stats import trace_stats
 
-FILTERS = ("correct", "max_tokens", "first_k_correct", "pairs", "das", "templates", "diverse")
+FILTERS = ("correct", "max_tokens", "first_k_correct", "pairs", "das", "max_ppl", "templates", "diverse")
+
+
+def parse_max_ppl(spec: str) -> dict:
+    """`--max-ppl`: "20" (every teacher) or "TEACHER=20,OTHER=35" ("*" for the rest)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, eq, value = part.rpartition("=")
+        name = name.strip() if eq else "*"
+        try:
+            limit = float(value)
+        except ValueError:
+            limit = float("nan")
+        if not limit > 0 or limit == float("inf") or not name:
+            raise DataError(f"curate --max-ppl: expected a perplexity > 0 or TEACHER=PPL, got {part!r}")
+        out[name] = limit
+    if not out:
+        raise DataError("curate --max-ppl: expected a perplexity > 0 or TEACHER=PPL,...")
+    return out
 
 
 def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens: Optional[int] = None,
                   first_k_correct: Optional[int] = None, pairs: Optional[int] = None,
                   das_student: Optional[str] = None, das_keep: int = 1, das_delta: float = 1.0,
                   templates: Optional[tuple[int, int]] = None, diverse: Optional[int] = None,
-                  batch_size: int = 64, shard_rows: int = 4096, overwrite: bool = False, console=None) -> dict:
+                  max_ppl: Optional[dict] = None, ppl_model: Optional[str] = None, batch_size: int = 64, shard_rows: int = 4096, overwrite: bool = False, console=None) -> dict:
     """`pairs=K`: keep only the traces in positive/negative pairs (`retort.lm.data.pairs`, at most K
     per prompt; 0 = all), after the other filters — the trace set the pair methods learn from.
     `das_student=MODEL`: DASD's divergence-aware selection (`retort.lm.curate.das`), the `das_keep`
     best-scoring traces per prompt under that student, after the other filters.
     `out` must be new or empty; a trace set there is replaced only with `overwrite` (`prepare_output`)."""
     if not (correct_only or max_tokens or first_k_correct or pairs is not None or das_student or templates
-            or diverse):
+            or diverse or max_ppl):
         raise DataError("curate: name at least one filter (--correct, --max-tokens, --first-k-correct, --pairs, "
-                        "--das, --drop-templates, --diverse)")
+                        "--das, --max-ppl, --drop-templates, --diverse)")
+    if max_ppl and not ppl_model:
+        raise DataError("curate --max-ppl: name the reference model the perplexity is measured under (--ref-model)")
     if diverse is not None and (pairs is not None or das_student or first_k_correct):
         raise DataError("curate: --diverse picks its own correct traces per prompt; it does not combine with "
                         "--pairs, --das or --first-k-correct")
@@ -70,6 +90,8 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
                             "(sample more per prompt: sampling.n >= 2)")
         table = table.take(pa.array(sorted(i for pair in matched for i in pair), type=pa.int64()))
     selection = {}
+    if max_ppl:
+        table, selection["max_ppl"] = _ppl_filter(src, table, max_ppl, ppl_model, batch_size)
     if templates:
         from .diversity import template_rows
 
@@ -92,6 +114,8 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
         table, das_stats = _das_select(source, table, das_student, das_keep, das_delta, batch_size, console)
     applied = {"correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct,
                "pairs": pairs}
+    if max_ppl:
+        applied["max_ppl"] = selection["max_ppl"]
     if templates:
         applied["templates"] = selection["templates"]
     if diverse is not None:
@@ -190,3 +214,25 @@ def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: f
 
 def format_stats(stats: dict) -> str:
     return json.dumps(stats, indent=2)
+
+
+def _ppl_filter(src: str, table: pa.Table, limits: dict, model: str, batch_size: int):
+    """AM's quality filter: drop the traces whose perplexity under `model` exceeds their teacher's
+    limit (`limits[teacher]`, else `limits["*"]`; a teacher with neither is not filtered)."""
+    from .stats import perplexity, row_nll
+
+    names = [t or "all" for t in (table["teacher"].to_pylist() if "teacher" in table.column_names
+                                   else [None] * table.num_rows)]
+    unknown = sorted(set(limits) - {"*"} - set(names))
+    if unknown:
+        raise DataError(f"curate --max-ppl: no teacher {', '.join(map(repr, unknown))} in {src} (its teachers: "
+                        f"{', '.join(sorted(set(names)))})")
+    nll = row_nll(table, model, batch_size=batch_size)
+    keep, dropped = [], {}
+    for i, (name, row) in enumerate(zip(names, nll)):
+        limit = limits.get(name, limits.get("*"))
+        if limit is not None and perplexity(row) > limit:
+            dropped[name] = dropped.get(name, 0) + 1
+        else:
+            keep.append(i)
+    return table.take(pa.array(keep, type=pa.int64())), {"model": model, "limits": limits, "dropped": dropped}

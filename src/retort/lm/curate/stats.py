@@ -92,11 +92,9 @@ def by_teacher(table: pa.Table) -> dict:
     return out
 
 
-def reference_perplexity(table: pa.Table, model_name: str, *, batch_size: int = 16, by: str = "teacher") -> dict:
-    """Perplexity of each teacher's completions under one reference model (AM: the sources compared
-    under a fixed LM): exp of the mean per-token negative log-likelihood, the completion tokenised
-    by the reference's own tokenizer, after its prompt. Keyed by teacher (one key, "all", when the
-    set names none)."""
+def row_nll(table: pa.Table, model_name: str, *, batch_size: int = 16) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, tokens) of each row's completion under one reference model,
+    the completion tokenised by the reference's own tokenizer, after its prompt."""
     from ...config import ModelConfig
     from ..data.collate import encode_prompt
     from ..models import load_model
@@ -105,13 +103,26 @@ def reference_perplexity(table: pa.Table, model_name: str, *, batch_size: int = 
     model, tok = load_model(ModelConfig(name=model_name))
     model.eval()
     cols = table.select(["prompt", "completion"]).to_pydict()
-    keys = table.column(by).to_pylist() if by in table.column_names else [None] * table.num_rows
-    keys = [k or "all" for k in keys]
     prompts = [encode_prompt(tok, p) for p in cols["prompt"]]
     comps = [tok(c, add_special_tokens=False)["input_ids"] for c in cols["completion"]]
     scored = score(model, prompts, comps, batch_size=batch_size, pad_id=tok.pad_token_id or 0)
+    return [(-sum(sc.logprobs), len(sc.logprobs)) for sc in scored]
+
+
+def perplexity(nll: tuple[float, int]) -> float:
+    return math.exp(nll[0] / nll[1]) if nll[1] else float("inf")
+
+
+def reference_perplexity(table: pa.Table, model_name: str, *, batch_size: int = 16, by: str = "teacher",
+                         nll: list | None = None) -> dict:
+    """Perplexity of each teacher's completions under one reference model (AM: the sources compared
+    under a fixed LM): exp of the mean per-token negative log-likelihood over the teacher's rows
+    (`row_nll`). Keyed by teacher (one key, "all", when the set names none)."""
+    nll = nll if nll is not None else row_nll(table, model_name, batch_size=batch_size)
+    keys = table.column(by).to_pylist() if by in table.column_names else [None] * table.num_rows
+    keys = [k or "all" for k in keys]
     total, count = defaultdict(float), defaultdict(int)
-    for k, sc in zip(keys, scored):
-        total[k] += sum(sc.logprobs)
-        count[k] += len(sc.logprobs)
-    return {k: math.exp(-total[k] / count[k]) if count[k] else float("nan") for k in sorted(total)}
+    for k, (s, n) in zip(keys, nll):
+        total[k] += s
+        count[k] += n
+    return {k: math.exp(total[k] / count[k]) if count[k] else float("nan") for k in sorted(total)}

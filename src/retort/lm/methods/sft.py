@@ -32,6 +32,11 @@ class SFT(OffPolicy):
         rows = self.ctx.train_rows()
         if run.data.source != "answers":
             rows = [ex for ex in rows if ex.solution is not None]
+        if run.data.source == "solutions" and run.data.skills > 0:
+            extra = self.ctx.task.skill_examples(round(len(rows) * run.data.skills / (1 - run.data.skills)), run.seed)
+            if not extra:
+                raise DataError(f"data.skills={run.data.skills}: task {self.ctx.task.name} has no skill examples")
+            rows = [r for pair in zip(rows, extra) for r in pair] + rows[len(extra):] + extra[len(rows):]
         completions = [ex.answer_completion if run.data.source == "answers" else ex.solution for ex in rows]
         encoded = encode_within(tok, [ex.prompt for ex in rows], completions, run.data.max_len)
         out = []

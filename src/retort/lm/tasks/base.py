@@ -42,6 +42,17 @@ class Task:
 
     name = "task"
     description = ""
+    # words that open a new thought in this task's traces (Retro-Search's switch points); empty:
+    # curate --retro-search uses its general list
+    transitions: tuple = ()
+    # prompts a built-in teacher of this task learns besides solving it ({"dap": ..., "uniform": ...},
+    # see `skill_examples`); curate --rewrite reads them from the teacher's run
+    rewrite_templates: dict = {}
+
+    def skill_examples(self, n: int, seed: int = 0, split: str = "train") -> list["Example"]:
+        """Extra training examples for the task's built-in teacher (data.skills): e.g. rewriting a
+        trace to a budget. None by default."""
+        return []
 
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         raise NotImplementedError

@@ -99,30 +99,104 @@ class ModChain(_Procedural):
 
 class Detours(ModChain):
     """modchain whose worked solutions wander, as long reasoning traces do: a step is first written
-    with a wrong result, then "wait," and the correct one (`detour_pct` percent of the steps), and
+    with a wrong result, then "wait," and the correct one (`detour_pct` percent of the steps); a
+    right step is doubted and written again after "wait," (`doubt_pct` percent of the others); and
     once the answer is known every step is checked again (`recheck`). The answer is the same as
     modchain's; the detours are what trace-shortening methods (DAP, Retro-Search) should remove:
-    "7+5=2 / 2*3=8 wait, 2*3=6 / 6-4=2 / check 7+5=2 2*3=6 6-4=2 / A:2"."""
+    "7+5=2 / 2*3=8 wait, 2*3=6 / 6-4=2 wait, 6-4=2 / check 7+5=2 2*3=6 6-4=2 / A:2".
+
+    The built-in teacher of this task also learns to rewrite such a trace (`skill_examples`), the
+    way LiteCoT prompts its teacher (DAP, methods/llm.md §12): given a budget per difficulty level
+    it names the level ("D:easy") and writes the longest of the task's renderings of the solution
+    that fits that level's budget; given one budget for all ("uniform"), the same without a level.
+    The renderings, longest first: the clean steps and the re-check; the clean steps; two
+    operations per line; the whole chain on one line; the answer alone."""
 
     name = "detours"
-    description = "modchain with detours in its worked solutions: wrong steps corrected after 'wait', and a re-check"
-    knobs = {**ModChain.knobs, "detour_pct": (0, 100), "recheck": (0, 1)}
-    detour_pct, recheck = 30, 1
+    description = ("modchain with detours in its worked solutions: wrong steps corrected after 'wait', "
+                   "right ones doubted, and a re-check")
+    knobs = {**ModChain.knobs, "detour_pct": (0, 100), "doubt_pct": (0, 100), "recheck": (0, 1)}
+    detour_pct, doubt_pct, recheck = 30, 20, 1
+    # Retro-Search's thought switches in these traces (curate --retro-search reads them)
+    transitions = ("wait", "check")
+    # the prompts the built-in teacher learns (curate --rewrite reads them from the teacher's run)
+    rewrite_templates = {"dap": "R:dap e{easy} m{medium} h{hard}\n{question}{trace}\n=\n",
+                         "uniform": "R:u{budget}\n{question}{trace}\n=\n"}
+    LEVELS = ((2, "easy"), (4, "medium"), (12, "hard"))  # steps up to N -> level
 
-    def _problem(self, rng: random.Random, steps: int) -> Example:
-        start, chain = self._chain(rng, steps)
-        prompt, clean = self._written(start, chain)
+    @classmethod
+    def level(cls, steps: int) -> str:
+        return next(name for top, name in cls.LEVELS if steps <= top)
+
+    def _detoured(self, rng: random.Random, chain, clean: list[str]) -> list[str]:
         lines = []
         for (a, op, x, b), line in zip(chain, clean):
             if rng.randrange(100) < self.detour_pct:
                 wrong = (b + rng.randrange(1, self.modulus)) % self.modulus
                 lines.append(f"{a}{op}{x}={wrong} wait, {line}")
+            elif rng.randrange(100) < self.doubt_pct:
+                lines.append(f"{line} wait, {line}")
             else:
                 lines.append(line)
-        answer = str(chain[-1][3])
         if self.recheck:
             lines.append("check " + " ".join(clean))
+        return lines
+
+    def _problem(self, rng: random.Random, steps: int) -> Example:
+        start, chain = self._chain(rng, steps)
+        prompt, clean = self._written(start, chain)
+        answer = str(chain[-1][3])
+        lines = self._detoured(rng, chain, clean)
         return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
+
+    def renderings(self, start: int, chain) -> list[str]:
+        """The solution written at decreasing length (each ends with the answer line)."""
+        m = self.modulus
+        _, clean = self._written(start, chain)
+        answer = f"A:{chain[-1][3]}"
+        pairs = []
+        for k in range(0, len(chain), 2):
+            part = chain[k:k + 2]
+            pairs.append(f"{part[0][0]}" + "".join(f"{op}{x}" for _, op, x, _ in part) + f"={part[-1][3] % m}")
+        whole = f"{start}" + "".join(f"{op}{x}" for _, op, x, _ in chain) + f"={chain[-1][3]}"
+        out = ["\n".join(clean + ["check " + " ".join(clean), answer]), "\n".join(clean + [answer]),
+               "\n".join(pairs + [answer]), f"{whole}\n{answer}", answer]
+        seen = []  # one step: "two per line" and "one line" equal the clean steps
+        for text in out:
+            if text not in seen:
+                seen.append(text)
+        return seen
+
+    @staticmethod
+    def fitting(renderings: list[str], budget: int) -> str:
+        """The longest rendering within `budget` tokens (characters: the built-in tokenizer's), else
+        the shortest."""
+        return next((r for r in renderings if len(r) <= budget), renderings[-1])
+
+    def skill_examples(self, n: int, seed: int = 0, split: str = "train") -> list[Example]:
+        """`n` rewrite prompts with their targets, half DAP (three budgets drawn at random, the
+        level named), half uniform (one budget), on problems of `split`."""
+        rng = random.Random(f"{self.name}:skills:{split}:{seed}")
+        out = []
+        while len(out) < n:
+            steps = rng.randint(self.steps_min, self.steps_max)
+            start, chain = self._chain(rng, steps)
+            prompt, clean = self._written(start, chain)
+            if in_test_split(prompt) != (split == "test"):
+                continue
+            trace = "\n".join(self._detoured(rng, chain, clean)) + f"\nA:{chain[-1][3]}"
+            versions = self.renderings(start, chain)
+            if len(out) % 2 == 0:
+                budgets = {lv: rng.randint(3, 60) for lv in ("easy", "medium", "hard")}
+                level = self.level(steps)
+                text = self.rewrite_templates["dap"].format(question=prompt, trace=trace, **budgets)
+                target = f"D:{level}\n" + self.fitting(versions, budgets[level])
+            else:
+                budget = rng.randint(3, 60)
+                text = self.rewrite_templates["uniform"].format(question=prompt, trace=trace, budget=budget)
+                target = self.fitting(versions, budget)
+            out.append(Example(f"{self.name}-skill-{seed}-{len(out)}", text, str(chain[-1][3]), target, steps))
+        return out
 
 
 class VarChain(_Procedural):

@@ -1,0 +1,609 @@
+"""Shortening traces: DAP / LiteCoT rewrites (methods/llm.md §12), Retro-Search revisions (§17),
+and the plain cut both are compared with.
+
+- `rewrite(mode="dap")`: the teacher is shown each correct trace with a budget per difficulty
+  level, judges the level and rewrites the trace within that level's budget (LiteCoT). A rewrite
+  that does not finish, names no level, or whose answer differs from the original's or fails the
+  task's check is rejected (counted by reason; the row is dropped). `mode="uniform"`: one budget for
+  every problem (the spec's control: uniform-length rewrites at the same mean length).
+- `retro_search`: each correct trace is walked thought by thought. At every thought switch (a
+  transition keyword: "Wait", "Alternatively", ... or the task's own) the reviser continues the
+  trace from just before the switch, with the keywords suppressed where its next step opens; the
+  continuation replaces the rest of the trace when it reaches the right answer in fewer steps
+  (value gamma^N x R, N the steps left to the answer, R = 1 when correct). The walk goes on in the
+  revised trace. `partial`: stop at the first revision.
+- `truncate_like`: the originals cut to the length of the matching rows of another set (at a step
+  boundary, the answer step kept): what a shortening method must beat.
+
+The reviser is the trace set's teacher by default: a local model (checked against the weights
+hash the traces were made with; keywords are suppressed by masking their opening tokens) or its
+server (`openai:MODEL`: a completion whose first step opens with a keyword is drawn again, up to
+`tries` times, since a logit bias would hold for the whole answer). The prompts are the spec's;
+a built-in teacher trained on its task's rewrite prompts (task `detours`) declares its own in its
+run (`teacher.json`), and `template=` overrides both.
+
+Outputs are ordinary trace sets, written in shards and resumable: rerun the same command after a
+crash and it continues.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from math import ceil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ... import __version__
+from ...errors import DataError
+from ..data.traces import SCHEMA, TraceWriter, is_trace_set, read_manifest, read_traces, remove_trace_set
+from .progress import CurateProgress
+from .select import check_output
+from .stats import trace_stats
+
+LEVELS = ("easy", "medium", "hard")
+DEFAULT_BUDGETS = {"easy": 300, "medium": 700, "hard": 1500}  # tokens (the spec's proposal)
+DAP_TEMPLATE = """Below are a problem and a long solution to it. First judge how difficult the problem is: easy, \
+medium or hard. Then rewrite the solution so that it is concise but complete, within the token budget of that \
+difficulty (easy: {easy} tokens, medium: {medium} tokens, hard: {hard} tokens). Keep every step the answer needs \
+and the check of the final answer; drop repetitions, dead ends and second-guessing; keep the final answer and the \
+way it is written exactly as they are.
+
+Reply in this form and with nothing else:
+Difficulty: <easy, medium or hard>
+<the rewritten solution>
+
+Problem:
+{question}
+
+Long solution:
+{trace}"""
+UNIFORM_TEMPLATE = """Below are a problem and a long solution to it. Rewrite the solution so that it is concise \
+but complete, within {budget} tokens. Keep every step the answer needs and the check of the final answer; drop \
+repetitions, dead ends and second-guessing; keep the final answer and the way it is written exactly as they are.
+
+Reply with the rewritten solution and nothing else.
+
+Problem:
+{question}
+
+Long solution:
+{trace}"""
+# words that open a new thought in long reasoning traces (Retro-Search's switch points)
+TRANSITIONS = ("Wait", "But wait", "Alternatively", "Hmm", "Let me double-check", "Let me check", "Let me verify",
+               "On second thought")
+_LEVEL = re.compile(r"^\s*(?:difficulty|d)\s*:\s*\**\s*(easy|medium|hard)\b\**[ \t]*\n?", re.IGNORECASE)
+
+
+# ---- the rules, free of models (known-answer tested) ----
+
+def parse_budgets(spec: str) -> dict:
+    """"easy=300,medium=700,hard=1500" -> {"easy": 300, ...}; every level, positive integers."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if not eq or key not in LEVELS or not value.strip().isdigit() or int(value) < 1:
+            raise DataError(f"curate --budgets: expected easy=N,medium=N,hard=N with N >= 1 tokens, got {part!r}")
+        out[key] = int(value)
+    missing = [lv for lv in LEVELS if lv not in out]
+    if missing:
+        raise DataError(f"curate --budgets: no budget for {', '.join(missing)} (expected easy=N,medium=N,hard=N)")
+    return out
+
+
+def parse_rewrite(text: str, mode: str) -> tuple[str | None, str]:
+    """(level, rewrite) of a reply: DAP's reply opens with its level ("Difficulty: hard" or
+    "D:hard"); a uniform reply may, and the line is dropped."""
+    m = _LEVEL.match(text)
+    if m is None:
+        return None, text.strip()
+    return m.group(1).lower(), text[m.end():].strip()
+
+
+def switch_points(text: str, keywords) -> list[int]:
+    """Offsets where a keyword opens a new thought: the keyword as a whole word, after something."""
+    if not keywords:
+        return []
+    alts = "|".join(re.escape(k) for k in sorted(keywords, key=len, reverse=True))
+    return [m.start() for m in re.finditer(rf"(?<!\w)(?:{alts})(?!\w)", text) if text[:m.start()].strip()]
+
+
+def steps(text: str, sep: str) -> list[str]:
+    return [s for s in text.split(sep) if s.strip()]
+
+
+def step_sep(texts) -> str:
+    """Blank lines separate steps in a set whose traces have them (an LLM's), else lines."""
+    return "\n\n" if any("\n\n" in t for t in texts) else "\n"
+
+
+def opens_with_switch(rollout: str, sep: str, keywords) -> bool:
+    """Whether the first step of a continuation holds a keyword (Retro-Search suppresses them there)."""
+    first = next((s for s in rollout.split(sep) if s.strip()), "")
+    return bool(switch_points("." + first, keywords))
+
+
+def value(n_steps: int, correct: bool, gamma: float) -> float:
+    """Retro-Search's value of a way to the answer: gamma^N when it reaches the right answer, else 0."""
+    return gamma ** n_steps if correct else 0.0
+
+
+def cut_to(text: str, budget: int, count, sep: str) -> str:
+    """`text` cut at a step boundary to at most `budget` tokens (`count(text)`), the answer step
+    (the last) kept: the steps before it are kept from the start while they fit."""
+    parts = steps(text, sep)
+    if len(parts) < 2 or count(text) <= budget:
+        return text
+    answer = parts[-1].strip("\n")
+    kept: list[str] = []
+    for part in parts[:-1]:
+        trial = sep.join([p.strip("\n") for p in kept + [part]] + [answer])
+        if count(trial) > budget:
+            break
+        kept.append(part)
+    return sep.join([p.strip("\n") for p in kept] + [answer])
+
+
+# ---- the reviser: the model that rewrites or continues ----
+
+def declared_templates(teacher_name: str) -> dict:
+    """The rewrite prompts a built-in teacher was trained on (its run's teacher.json), else {}."""
+    from ..models import builtin_teacher_dir
+
+    if teacher_name.startswith("builtin:teacher"):
+        task = teacher_name.removeprefix("builtin:teacher").removeprefix("-") or "modchain"
+        run = builtin_teacher_dir(task)
+    else:
+        run = Path(teacher_name).parent
+    info = run / "teacher.json"
+    if not info.is_file():
+        return {}
+    try:
+        return dict(json.loads(info.read_text()).get("rewrite_templates") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+class Reviser:
+    """The trace set's teacher (or `name`, a local model with the set's tokenizer) as a rewriter
+    and continuer of text."""
+
+    def __init__(self, src: str, manifest: dict, *, name: str | None = None, teacher_url: str | None = None):
+        import torch
+
+        from ...config import ModelConfig
+        from ..data.hashes import tokenizer_sha256, weights_sha256
+        from ..models import load_model
+        from .mixed import _api_teacher
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        teacher = manifest["params"]["teacher"]
+        self.api = None if name else _api_teacher(src, manifest, teacher_url)
+        self.model = None
+        self.is_teacher = name is None
+        self.name = name or teacher["name"]
+        if self.api is not None:
+            self.tok = self.api.tokenizer
+            return
+        if teacher_url:
+            raise DataError(f"curate --teacher-url: {src} was sampled from a local teacher ({teacher['name']})")
+        self.model, self.tok = load_model(ModelConfig(name=name) if name else ModelConfig(**teacher))
+        if name is None:
+            want = manifest["params"].get("teacher_weights_sha256")
+            if want and weights_sha256(self.model) != want:
+                raise DataError(f"{src}: its teacher ({teacher['name']}) has changed since the traces were made "
+                                "(weights hash differs); pass the model to use with --reviser")
+        elif manifest.get("tokenizer_sha256") and tokenizer_sha256(self.tok) != manifest["tokenizer_sha256"]:
+            raise DataError(f"curate --reviser {name}: its tokenizer differs from the one {src} was made with; "
+                            "a reviser writes rows in the set's tokens, so it needs the same tokenizer")
+        self.model.to(self.device).eval()
+        self._banned: dict = {}
+
+    def scorer(self):
+        """The model that re-scores rewritten rows: the local teacher itself, else none."""
+        return self.model if self.is_teacher else None
+
+    def ask(self, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+            batch_size: int) -> list:
+        """One reply to each text, sent as the user's message (a local model's chat template, or
+        the text after BOS for a model without one; a server's configured endpoint)."""
+        if self.api is not None:
+            return [o[0] for o in self.api.generate(texts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                                   top_p=top_p, seed=seed)]
+        from ..data.collate import encode_prompt
+
+        return [o[0] for o in self._sample([encode_prompt(self.tok, t) for t in texts], max_new_tokens=max_new_tokens,
+                                           temperature=temperature, top_p=top_p, seed=seed, n=1,
+                                           batch_size=batch_size)]
+
+    def continue_(self, prompts: list[str], prefixes: list[str], *, n: int, ban=(), max_new_tokens: int,
+                  temperature: float, top_p: float, seed: int, batch_size: int) -> list[list]:
+        """`n` continuations of each prompt's answer begun with its prefix. `ban`: keywords a local
+        model may not open its next step with (their first tokens masked while it has written only
+        whitespace)."""
+        if self.api is not None:
+            from .mixed import _render
+
+            return self.api.generate([_render(self.tok, p) + x for p, x in zip(prompts, prefixes)],
+                                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                     num_samples=n, seed=seed, endpoint="completions")
+        from ..data.collate import encode_prompt
+
+        ids = [encode_prompt(self.tok, p) + self.tok(x, add_special_tokens=False)["input_ids"]
+               for p, x in zip(prompts, prefixes)]
+        return self._sample(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                            n=n, batch_size=batch_size, ban=tuple(ban))
+
+    def _banned_ids(self, ban: tuple):
+        """(ids a keyword can open with, ids that print whitespace or nothing) over the vocabulary."""
+        if ban not in self._banned:
+            special = set(self.tok.all_special_ids) - {self.tok.eos_token_id}
+            opening, space = [], list(special)  # a special token prints nothing: the step has not begun
+            for i in range(len(self.tok)):
+                if i in special or i == self.tok.eos_token_id:
+                    continue
+                piece = self.tok.decode([i])
+                bare = piece.lstrip()
+                if not bare:
+                    (space.append(i) if piece else None)
+                elif any(k.startswith(bare) or bare.startswith(k) for k in ban):
+                    opening.append(i)
+            self._banned[ban] = (opening, space)
+        return self._banned[ban]
+
+    def _sample(self, encoded, *, max_new_tokens, temperature, top_p, seed, n, batch_size, ban=()) -> list[list]:
+        import torch
+
+        from ..rollout.generate import Completion, generate_ids
+
+        if not ban:
+            return generate_ids(self.model, self.tok, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, num_samples=n, batch_size=batch_size, seed=seed)
+        from transformers import LogitsProcessorList
+
+        opening, space = self._banned_ids(ban)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        ban_mask = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+        ban_mask[[i for i in opening if i < vocab]] = True
+        space_ids = torch.tensor(space or [-1], device=self.device)
+
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        eos = self.tok.eos_token_id
+        out: list[list] = [[] for _ in encoded]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        gen = torch.Generator().manual_seed(seed)
+        per = max(1, batch_size // n)
+        for s in range(0, len(order), per):
+            idx = order[s:s + per]
+            rows = [encoded[i] for i in idx for _ in range(n)]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, e in enumerate(rows):
+                ids[r, width - len(e):] = torch.tensor(e)
+                mask[r, width - len(e):] = 1
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            with torch.no_grad():
+                seqs = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
+                    do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                    top_p=top_p if temperature > 0 else None, top_k=None, pad_token_id=pad, eos_token_id=eos,
+                    logits_processor=LogitsProcessorList([OpeningBan(width, ban_mask, space_ids)]))
+            for r, seq in enumerate(seqs[:, width:].tolist()):
+                stopped = eos in seq
+                tokens = seq[:seq.index(eos)] if stopped else seq
+                out[idx[r // n]].append(Completion(self.tok.decode(tokens, skip_special_tokens=True), tokens,
+                                                   "stop" if stopped else "length"))
+        return out
+
+
+def OpeningBan(start: int, ban_mask, space_ids):
+    """A transformers logits processor: while a row has generated only whitespace tokens (ids in
+    `space_ids`) since position `start`, the tokens of `ban_mask` get -inf (no keyword opens the
+    next step)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class _Opening(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            made = input_ids[:, start:]
+            still_open = torch.isin(made, space_ids).all(dim=1) if made.shape[1] else \
+                torch.ones(len(made), dtype=torch.bool, device=made.device)
+            return scores.masked_fill(still_open[:, None] & ban_mask[None, :scores.shape[1]], float("-inf"))
+
+    return _Opening()
+
+
+# ---- the three ways ----
+
+def _source(src: str, max_prompts: int):
+    manifest = read_manifest(src)
+    if "teacher" not in manifest["params"] or "task" not in manifest["params"]:
+        raise DataError(f"{src}: the manifest does not name the teacher and task that made it (a curated set made "
+                        "by --mixed-policy or a rewrite? shorten the set `retort traces` wrote)")
+    table = read_traces(src)
+    table = table.filter(pc.equal(table["correct"], True))
+    if max_prompts:
+        keep, seen = [], set()
+        for i, pid in enumerate(table["prompt_id"].to_pylist()):
+            if pid in seen or len(seen) < max_prompts:
+                seen.add(pid)
+                keep.append(i)
+        table = table.take(keep)
+    if not table.num_rows:
+        raise DataError(f"{src}: no correct trace to shorten")
+    return manifest, table.to_pylist()
+
+
+class _Out:
+    """The output trace set: shards of `shard` source rows, resumable, re-scored by the teacher."""
+
+    def __init__(self, src, out, manifest, params, overwrite, rows, shard, tok, scorer, batch_size):
+        check_output(src, out, overwrite=True)
+        self.params = {"source": str(Path(src).resolve()), "source_params": manifest["params"], **params,
+                       "teacher": manifest["params"]["teacher"], "task": manifest["params"]["task"],
+                       "sampling": manifest["params"].get("sampling", {})}
+        if overwrite and is_trace_set(out) and \
+                read_manifest(out).get("params") != json.loads(json.dumps(self.params, default=str)):
+            remove_trace_set(out)
+        elif is_trace_set(out) and not overwrite and \
+                read_manifest(out).get("params") != json.loads(json.dumps(self.params, default=str)):
+            raise DataError(f"curate --out {out}: holds a trace set made with other arguments; pass --overwrite to "
+                            "replace it")
+        meta = {k: manifest.get(k) for k in ("task", "teacher", "tokenizer_sha256", "vocab_size")}
+        meta.update(retort_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.writer = TraceWriter(out, self.params, meta, {})
+        self.rows, self.shard, self.out = rows, shard, out
+        # scorer: the local teacher that re-scores the new completions (None: text and ids only)
+        self.tok, self.scorer, self.batch_size = tok, scorer, batch_size
+        self.topk = int(self.params["sampling"].get("topk") or 0)
+
+    def shards(self):
+        for index in range(ceil(len(self.rows) / self.shard)):
+            yield index, self.rows[index * self.shard:(index + 1) * self.shard], index in self.writer.done()
+
+    def counts(self, key: str, start: dict) -> dict:
+        return dict(self.writer.manifest.get(key) or start)
+
+    def write(self, index: int, rows: list[dict], texts: list[str], key: str, counts: dict) -> None:
+        """Source rows with new completions (`texts`), tokenised and re-scored by the teacher when
+        it is the local reviser (a server, or another reviser: text and ids only)."""
+        from ..data.collate import encode_prompt
+        from ..data.topk import encode_scores
+        from ..rollout.score import score
+
+        tok = self.tok
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        scored = [None] * len(rows)
+        if self.scorer is not None and rows:
+            eos = [tok.eos_token_id] if self.topk and tok.eos_token_id is not None else []
+            scored = score(self.scorer, [encode_prompt(tok, r["prompt"]) for r in rows], [i + eos for i in ids],
+                           topk=self.topk, batch_size=self.batch_size, pad_id=tok.pad_token_id or 0)
+        out = []
+        for r, text, i, sc in zip(rows, texts, ids, scored):
+            row = {k: r.get(k) for k in SCHEMA.names}
+            row.update(completion=text, completion_ids=i,
+                       completion_logprobs=sc.logprobs[:len(i)] if sc is not None else [],
+                       topk=encode_scores(sc, min(self.topk, len(tok))) if self.topk and sc is not None else None,
+                       finish_reason="stop", n_tokens=len(i), reasoning=None,
+                       api_tokens=None)
+            out.append(row)
+        self.writer.manifest[key] = counts
+        self.writer.write_shard(index, pa.Table.from_pylist(out, schema=SCHEMA))
+
+    def finish(self, key: str, counts: dict) -> dict:
+        self.writer.finish({**trace_stats(read_traces(self.out, allow_incomplete=True)), key: counts})
+        return self.writer.manifest["stats"]
+
+
+def _defaults(manifest: dict, temperature, top_p):
+    sp = manifest["params"].get("sampling", {})
+    return int(sp.get("max_new_tokens", 256)), temperature, top_p
+
+
+def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = None, budget: int | None = None,
+            template: str | None = None, reviser: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
+            max_prompts: int = 0, seed: int = 0, batch_size: int = 64, shard_rows: int = 512,
+            overwrite: bool = False, teacher_url: str | None = None, console=None) -> dict:
+    """DAP (`mode="dap"`, a budget per level) or uniform (`mode="uniform"`, one `budget`) rewrites
+    of a trace set's correct traces by its teacher (or `reviser`)."""
+    from ...config import TaskConfig
+    from ..tasks import get_task
+
+    if mode not in ("dap", "uniform"):
+        raise DataError(f"curate --rewrite: expected dap or uniform, got {mode!r}")
+    if mode == "uniform" and not budget:
+        raise DataError("curate --rewrite uniform needs --budget N (tokens, the same for every problem)")
+    if mode == "dap" and budget:
+        raise DataError("curate --budget goes with --rewrite uniform; DAP takes a budget per level (--budgets)")
+    budgets = budgets or dict(DEFAULT_BUDGETS)
+    manifest, rows = _source(src, max_prompts)
+    if template is None:
+        template = declared_templates(manifest["params"]["teacher"]["name"]).get(mode) if not reviser else None
+        template = template or (DAP_TEMPLATE if mode == "dap" else UNIFORM_TEMPLATE)
+    need = ["question", "trace"] + (list(LEVELS) if mode == "dap" else ["budget"])
+    missing = [k for k in need if "{" + k + "}" not in template]
+    if missing:
+        raise DataError(f"curate --rewrite-template: the {mode} prompt must hold {{{'}, {'.join(missing)}}}")
+    task = get_task(TaskConfig(**manifest["params"]["task"]))
+    rv = Reviser(src, manifest, name=reviser, teacher_url=teacher_url)
+    max_new, temperature, top_p = _defaults(manifest, temperature, top_p)
+    params = {"rewrite": {"mode": mode, "budgets": budgets if mode == "dap" else None, "budget": budget,
+                          "template": template, "reviser": rv.name, "temperature": temperature, "top_p": top_p,
+                          "max_prompts": max_prompts, "seed": seed, "shard_rows": shard_rows}}
+    sink = _Out(src, out, manifest, params, overwrite, rows, shard_rows, rv.tok, rv.scorer(), batch_size)
+    counts = sink.counts("rewrite_counts", {"traces": 0, "kept": 0, "rejected": {}, "over_budget": 0,
+                                            "levels": {}, "tokens_before": 0, "tokens_after": 0})
+    count = _counter(rv.tok)
+    with CurateProgress(console, f"rewrite {mode}", len(rows), "traces") as bar:
+        for index, shard, done in sink.shards():
+            if done:
+                bar(len(shard))
+                continue
+            texts = [template.format(question=r["prompt"], trace=r["completion"],
+                                     **(budgets if mode == "dap" else {"budget": budget})) for r in shard]
+            replies = rv.ask(texts, max_new_tokens=max_new, temperature=temperature, top_p=top_p,
+                             seed=seed * 1_000_003 + index, batch_size=batch_size)
+            kept_rows, kept_texts = [], []
+            for r, c in zip(shard, replies):
+                level, text = parse_rewrite(c.text, mode)
+                reason = None
+                if c.finish_reason != "stop":
+                    reason = "unfinished"
+                elif mode == "dap" and level is None:
+                    reason = "no_level"
+                elif task.extract_answer(text) != task.extract_answer(r["completion"]):
+                    reason = "answer_changed"
+                elif not task.verify(text, r["reference"]):
+                    reason = "unverified"
+                counts["traces"] += 1
+                if reason:
+                    counts["rejected"][reason] = counts["rejected"].get(reason, 0) + 1
+                    continue
+                key = f"{level}|{r.get('difficulty')}"
+                counts["levels"][key] = counts["levels"].get(key, 0) + 1
+                n = count(text)
+                counts["over_budget"] += n > (budgets[level] if mode == "dap" else budget)
+                counts["tokens_before"] += count(r["completion"])
+                counts["tokens_after"] += n
+                counts["kept"] += 1
+                kept_rows.append(r)
+                kept_texts.append(text)
+            sink.write(index, kept_rows, kept_texts, "rewrite_counts", counts)
+            bar(len(shard))
+    return sink.finish("rewrite_counts", counts)
+
+
+def _counter(tok):
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, partial: bool = False, tries: int = 2,
+                 reviser: str | None = None, temperature: float = 0.6, top_p: float = 0.95, max_prompts: int = 0,
+                 seed: int = 0, batch_size: int = 64, shard_rows: int = 512, overwrite: bool = False,
+                 teacher_url: str | None = None, console=None) -> dict:
+    """Retro-Search revisions of a trace set's correct traces (module docstring)."""
+    from ...config import TaskConfig
+    from ..tasks import get_task
+
+    if not 0 < gamma < 1:
+        raise DataError(f"curate --gamma: expected 0 < gamma < 1, got {gamma}")
+    manifest, rows = _source(src, max_prompts)
+    task = get_task(TaskConfig(**manifest["params"]["task"]))
+    keywords = tuple(keywords or task.transitions or TRANSITIONS)
+    sep = step_sep(r["completion"] for r in rows[:200])
+    rv = Reviser(src, manifest, name=reviser, teacher_url=teacher_url)
+    max_new, temperature, top_p = _defaults(manifest, temperature, top_p)
+    params = {"retro_search": {"gamma": gamma, "keywords": list(keywords), "partial": partial, "tries": tries,
+                               "step_sep": sep, "reviser": rv.name, "temperature": temperature, "top_p": top_p,
+                               "max_prompts": max_prompts, "seed": seed, "shard_rows": shard_rows}}
+    sink = _Out(src, out, manifest, params, overwrite, rows, shard_rows, rv.tok, rv.scorer(), batch_size)
+    counts = sink.counts("retro_counts", {"traces": 0, "revised_traces": 0, "switches": 0, "rollouts": 0,
+                                          "no_untaken_path": 0, "wrong": 0, "not_shorter": 0, "revisions": 0,
+                                          "tokens_before": 0, "tokens_after": 0})
+    count = _counter(rv.tok)
+    with CurateProgress(console, "retro-search", len(rows), "traces") as bar:
+        for index, shard, done in sink.shards():
+            if done:
+                bar(len(shard))
+                continue
+            texts = [r["completion"] for r in shard]
+            pos = [0] * len(shard)
+            active = list(range(len(shard)))
+            revised = [0] * len(shard)
+            rnd = 0
+            while active:
+                asks = []
+                for i in active:
+                    pts = [p for p in switch_points(texts[i], keywords) if p > pos[i]]
+                    if pts:
+                        asks.append((i, pts[0], texts[i][:pts[0]].rstrip()))
+                active = [i for i, _, _ in asks]
+                if not asks:
+                    break
+                conts = rv.continue_([shard[i]["prompt"] for i, _, _ in asks], [x for _, _, x in asks], n=tries,
+                                     ban=keywords, max_new_tokens=max_new, temperature=temperature, top_p=top_p,
+                                     seed=(seed * 1_000_003 + index) * 1_009 + rnd, batch_size=batch_size)
+                rnd += 1
+                counts["switches"] += len(asks)
+                counts["rollouts"] += len(asks) * tries
+                for (i, p, prefix), cands in zip(asks, conts):
+                    pos[i] = p
+                    pick = next((c for c in cands if c.finish_reason == "stop"
+                                 and not opens_with_switch(c.text, sep, keywords)), None)
+                    if pick is None:
+                        counts["no_untaken_path"] += 1
+                        continue
+                    ok = task.verify(prefix + pick.text, shard[i]["reference"])
+                    if value(len(steps(pick.text, sep)), ok, gamma) <= value(len(steps(texts[i][len(prefix):], sep)),
+                                                                         True, gamma):
+                        counts["wrong" if not ok else "not_shorter"] += 1
+                        continue
+                    texts[i] = prefix + pick.text
+                    pos[i] = len(prefix)
+                    revised[i] += 1
+                    counts["revisions"] += 1
+                    if partial:
+                        active.remove(i)
+            for r, text, k in zip(shard, texts, revised):
+                counts["traces"] += 1
+                counts["revised_traces"] += k > 0
+                counts["tokens_before"] += count(r["completion"])
+                counts["tokens_after"] += count(text)
+            sink.write(index, shard, texts, "retro_counts", counts)
+            bar(len(shard))
+    return sink.finish("retro_counts", counts)
+
+
+def truncate_like(src: str, out: str, like: str, *, overwrite: bool = False, console=None) -> dict:
+    """The source's correct traces cut to the token count of the matching rows (prompt, sample) of
+    `like` (e.g. Retro-Search's revisions), at a step boundary, the answer step kept: the baseline of
+    the same length. Rows `like` lacks are dropped."""
+    from ...config import ModelConfig
+    from ..models import load_tokenizer
+
+    manifest, rows = _source(src, 0)
+    if not is_trace_set(like):
+        raise DataError(f"curate --truncate-like {like}: not a retort trace set")
+    target = {(r["prompt_id"], r["sample_idx"]): r["n_tokens"]
+              for r in read_traces(like, columns=["prompt_id", "sample_idx", "n_tokens"]).to_pylist()}
+    rows = [r for r in rows if (r["prompt_id"], r["sample_idx"]) in target]
+    if not rows:
+        raise DataError(f"curate --truncate-like {like}: no row of it matches a correct trace of {src} "
+                        "(same prompt id and sample index)")
+    tok = load_tokenizer(ModelConfig(**manifest["params"]["teacher"])) if "api" not in manifest["params"]["teacher"] \
+        else None
+    if tok is None:
+        from .mixed import _api_teacher
+
+        tok = _api_teacher(src, manifest, None).tokenizer
+    count = _counter(tok)
+    sep = step_sep(r["completion"] for r in rows[:200])
+    params = {"truncate_like": {"like": str(Path(like).resolve()), "step_sep": sep}}
+
+    # rows re-tokenised, not re-scored: a cut trace is text the teacher never wrote as it is
+    sink = _Out(src, out, manifest, params, overwrite, rows, 4096, tok, None, 64)
+    counts = sink.counts("truncate_counts", {"traces": 0, "cut": 0, "tokens_before": 0, "tokens_after": 0})
+    with CurateProgress(console, "truncate", len(rows), "traces") as bar:
+        for index, shard, done in sink.shards():
+            if done:
+                bar(len(shard))
+                continue
+            texts = [cut_to(r["completion"], target[(r["prompt_id"], r["sample_idx"])], count, sep) for r in shard]
+            for r, t in zip(shard, texts):
+                counts["traces"] += 1
+                counts["cut"] += t != r["completion"]
+                counts["tokens_before"] += count(r["completion"])
+                counts["tokens_after"] += count(t)
+            sink.write(index, shard, texts, "truncate_counts", counts)
+            bar(len(shard))
+    return sink.finish("truncate_counts", counts)
+
+
+__all__ = ["DAP_TEMPLATE", "DEFAULT_BUDGETS", "TRANSITIONS", "UNIFORM_TEMPLATE", "Reviser", "cut_to",
+           "declared_templates", "opens_with_switch", "parse_budgets", "parse_rewrite", "retro_search", "rewrite",
+           "step_sep", "steps", "switch_points", "truncate_like", "value"]
