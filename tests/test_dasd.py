@@ -92,7 +92,7 @@ def test_das_keeps_the_trace_the_teacher_finds_likelier_than_the_student(tmp_pat
     assert stats["das"]["score_mean_kept"] == 1.0
     assert stats["das"]["score_mean_all"] == pytest.approx((1 - 1 - 1 + 1) / 4)
     assert read_manifest(tmp_path / "das")["params"]["filters"]["das"] == {
-        "student": str(student_dir), "student_weights_sha256": weights_sha256(model), "keep": 1, "delta": 1.0}
+        "student": str(student_dir), "student_weights_sha256": weights_sha256(model), "keep": 1, "delta": 1.0, "rule": "das"}
     with pytest.raises(DataError, match="does not combine"):
         filter_traces(str(tmp_path / "src"), str(tmp_path / "x"), das_student=str(student_dir), first_k_correct=1)
 
@@ -196,3 +196,21 @@ def test_cli_curate_das_and_mixed_policy_argument_errors(tmp_path, capsys):
                  str(tmp_path / "student")]) == 2
     assert "separate curate step" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_select_top_rules_teacher_guided_likeliest_and_random():
+    from retort.lm.curate.das import DasScore
+
+    pids, idx = ["a", "a", "a", "b", "b"], [0, 1, 2, 0, 1]
+    scores = {i: DasScore(s, 0, 0, 1, lp) for i, (s, lp) in
+              enumerate([(0.9, -3.0), (0.1, -0.2), (0.5, -1.0), (-1.0, -0.1), (0.5, -2.0)])}
+    rows = list(range(5))
+    assert select_top(pids, idx, rows, scores, keep=1, rule="das") == [0, 4]
+    assert select_top(pids, idx, rows, scores, keep=1, rule="likeliest") == [1, 3]
+    r0 = select_top(pids, idx, rows, scores, keep=1, rule="random", seed=0)
+    assert r0 == select_top(pids, idx, rows, scores, keep=1, rule="random", seed=0)  # seeded
+    assert len(r0) == 2 and {pids[i] for i in r0} == {"a", "b"}
+    draws = {tuple(select_top(pids, idx, rows, scores, keep=1, rule="random", seed=s)) for s in range(20)}
+    assert len(draws) > 1  # other seeds, other picks
+    with pytest.raises(ValueError, match="rule"):
+        select_top(pids, idx, rows, scores, keep=1, rule="best")

@@ -309,3 +309,24 @@ def test_detours_teacher_skills_write_the_longest_rendering_within_the_budget():
         level, text = shorten.parse_rewrite(e.solution, "dap" if e.prompt.startswith("R:dap") else "uniform")
         assert t.verify(text, e.answer) and (level == t.level(e.difficulty)) == e.prompt.startswith("R:dap")
     assert not any(e.prompt in {x.prompt for x in t.skill_examples(40, seed=1, split="test")} for e in ex)
+
+
+def test_the_detours_teacher_learns_its_skills_beside_its_solutions(tmp_path):
+    from conftest import tiny_overrides
+
+    from retort.config import TrainRun, load_config
+    from retort.lm.teacher import teacher_config
+    from retort.train import train
+
+    run = teacher_config(overrides=["task.name=detours"])
+    assert (run.data.skills, run.data.max_len, run.train.stop_at_accuracy, run.eval.max_new_tokens) == \
+        (0.5, 320, 0.0, 192)
+    plain = teacher_config(overrides=["task.name=modchain"])
+    assert (plain.data.skills, plain.data.max_len, plain.train.stop_at_accuracy) == (0.0, 160, 0.98)
+    ok = load_config(TrainRun, None, tiny_overrides(tmp_path / "d", steps=2, **{"task.name": "detours",
+                                                                               "data.skills": 0.5,
+                                                                               "data.max_len": 320}))
+    assert train(ok)["steps"] == 2
+    bad = load_config(TrainRun, None, tiny_overrides(tmp_path / "m", steps=2, **{"data.skills": 0.5}))
+    with pytest.raises(DataError, match="no skill examples"):
+        train(bad)

@@ -320,6 +320,9 @@ def traces(config_file, batch_out, batch_in, overrides):
               help="With --das: traces kept per prompt (the best-scoring ones).")
 @click.option("--das-delta", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="With --das: nats of mean log-prob difference that make a Teacher / Student Sentence.")
+@click.option("--das-rule", type=click.Choice(["das", "likeliest", "random"]), default="das", show_default=True,
+              help="With --das: keep per prompt the traces with the best DAS score (teacher-guided), the highest "
+              "mean log-prob under the student, or at random (--seed): the three selections of §14.4.")
 @click.option("--mixed-policy", "mixed_student", metavar="MODEL", help="DASD mixed-policy data: this student's "
               "answers, cut at a random point, continued by the traces' teacher (verified), for unmasked sft.")
 @click.option("--mixed-from", type=click.Choice(["truncated", "failed", "all"]), default="failed",
@@ -335,7 +338,7 @@ def traces(config_file, batch_out, batch_in, overrides):
 @click.option("--with-source", is_flag=True, help="With --mixed-policy: also keep the source's correct traces.")
 @click.option("--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search on traces of an API teacher (openai:MODEL): "
               "the server's /v1 URL, when it is no longer where the traces were made.")
-@click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy, --rewrite, --retro-search: sampling seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy, --rewrite, --retro-search: sampling seed; with --das-rule random: the draw.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy, --rewrite, --retro-search).")
 @click.option("--select-teacher", "select_student", metavar="STUDENT", help="DED's smoke test on a set several "
@@ -381,7 +384,7 @@ def traces(config_file, batch_out, batch_in, overrides):
 @click.option("--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
               "holding a retort trace set and nothing else; never the input).")
 def curate(traces_dir, show_stats, ref_model, max_ppl, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
-           das_delta, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
+           das_delta, das_rule, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
            teacher_url, select_student, smoke_steps, probe_n, drop_templates, template_ngram, template_max, diverse,
            seed, batch_size, rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions, retro_partial,
            retro_tries, reviser, truncate_like, overwrite):
@@ -492,7 +495,8 @@ def curate(traces_dir, show_stats, ref_model, max_ppl, out, correct, max_tokens,
     elif out:
         stats = filter_traces(traces_dir, out, correct_only=correct, max_tokens=max_tokens,
                               first_k_correct=first_k_correct, pairs=pairs, das_student=das_student,
-                              das_keep=das_keep, das_delta=das_delta, batch_size=batch_size, overwrite=overwrite,
+                              das_keep=das_keep, das_delta=das_delta, das_rule=das_rule, seed=seed,
+                              batch_size=batch_size, overwrite=overwrite,
                               templates=(template_ngram, template_max) if drop_templates else None, diverse=diverse,
                               max_ppl=parse_max_ppl(max_ppl) if max_ppl else None, ppl_model=ref_model,
                               console=_console())

@@ -65,6 +65,7 @@ class DasScore:
     teacher_sentences: int
     student_sentences: int
     sentences: int  # counted: both sides have tokens in them
+    student_lp: float = 0.0  # the student's mean token log-prob over the whole completion
 
 
 def das_score(teacher_means: list, student_means: list, delta: float = 1.0) -> DasScore:
@@ -110,19 +111,32 @@ def score_traces(cols: dict, rows: list[int], teacher_tok, student, student_tok,
                                      sentence_token_bounds(teacher_tok, t_ids, ends))
             s_means = sentence_means(sc.logprobs, sentence_token_bounds(student_tok, c, ends))
             out[i] = das_score(t_means, s_means, delta)
+            out[i].student_lp = float(np.mean(sc.logprobs)) if sc.logprobs else float("-inf")
         if progress is not None:
             progress(len(chunk))
     return out
 
 
+RULES = ("das", "likeliest", "random")
+
+
 def select_top(prompt_ids: list[str], sample_idx: list[int], rows: list[int], scores: dict[int, DasScore],
-               keep: int) -> list[int]:
-    """The `keep` highest-scoring rows per prompt (ties: lower sample index), in input order."""
+               keep: int, rule: str = "das", seed: int = 0) -> list[int]:
+    """The `keep` best rows per prompt, in input order, by `rule`: the highest DAS score
+    (teacher-guided), the highest student mean log-prob ("the trace the student finds most
+    likely", the heuristic §14 replaces), or at random (seeded per prompt and sample). Ties: the
+    lower sample index."""
+    import random
+
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    key = {"das": lambda i: -scores[i].score, "likeliest": lambda i: -scores[i].student_lp,
+           "random": lambda i: random.Random(f"{seed}:{prompt_ids[i]}:{sample_idx[i]}").random()}[rule]
     by_prompt: dict[str, list[int]] = {}
     for i in rows:
         by_prompt.setdefault(prompt_ids[i], []).append(i)
     chosen = set()
     for group in by_prompt.values():
-        group.sort(key=lambda i: (-scores[i].score, sample_idx[i]))
+        group.sort(key=lambda i: (key(i), sample_idx[i]))
         chosen.update(group[:keep])
     return [i for i in rows if i in chosen]

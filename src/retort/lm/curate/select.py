@@ -43,6 +43,7 @@ def parse_max_ppl(spec: str) -> dict:
 def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens: Optional[int] = None,
                   first_k_correct: Optional[int] = None, pairs: Optional[int] = None,
                   das_student: Optional[str] = None, das_keep: int = 1, das_delta: float = 1.0,
+                  das_rule: str = "das", seed: int = 0,
                   templates: Optional[tuple[int, int]] = None, diverse: Optional[int] = None,
                   max_ppl: Optional[dict] = None, ppl_model: Optional[str] = None, batch_size: int = 64, shard_rows: int = 4096, overwrite: bool = False, console=None) -> dict:
     """`pairs=K`: keep only the traces in positive/negative pairs (`retort.lm.data.pairs`, at most K
@@ -111,7 +112,8 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
         table = table.take(pa.array(keep, type=pa.int64()))
     das_stats = None
     if das_student:
-        table, das_stats = _das_select(source, table, das_student, das_keep, das_delta, batch_size, console)
+        table, das_stats = _das_select(source, table, das_student, das_keep, das_delta, batch_size, console,
+                                       rule=das_rule, seed=seed)
     applied = {"correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct,
                "pairs": pairs}
     if max_ppl:
@@ -122,7 +124,8 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
         applied["diverse"] = diverse
     if das_student:
         applied["das"] = {"student": das_student, "student_weights_sha256": das_stats.pop("student_weights_sha256"),
-                          "keep": das_keep, "delta": das_delta}
+                          "keep": das_keep, "delta": das_delta, "rule": das_rule,
+                          **({"seed": seed} if das_rule == "random" else {})}
     params = {"source": str(Path(src).resolve()), "source_params": source["params"], "filters": applied}
     counts = {i: min(shard_rows, table.num_rows - i * shard_rows)
               for i in range(max(1, -(-table.num_rows // shard_rows)))}
@@ -181,7 +184,8 @@ def _replaceable(out: str, params: dict | None, overwrite: bool) -> bool:
     return True
 
 
-def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: float, batch_size: int, console):
+def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: float, batch_size: int, console,
+                *, rule: str = "das", seed: int = 0):
     import numpy as np
 
     from ...config import ModelConfig
@@ -200,7 +204,7 @@ def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: f
     with CurateProgress(console, "DAS scoring", len(rows), "traces") as progress:
         scores = score_traces(cols, rows, teacher_tok, model, tok, TraceEncoder(source, cols, tok), delta=delta,
                               batch_size=batch_size, progress=progress)
-    kept = select_top(cols["prompt_id"], cols["sample_idx"], rows, scores, keep)
+    kept = select_top(cols["prompt_id"], cols["sample_idx"], rows, scores, keep, rule=rule, seed=seed)
     s_all = np.array([scores[i].score for i in rows])
     s_kept = np.array([scores[i].score for i in kept])
     sent = sum(scores[i].sentences for i in rows)
@@ -208,7 +212,9 @@ def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: f
              "score_mean_kept": float(s_kept.mean()) if kept else 0.0,
              "teacher_sentence_share": sum(scores[i].teacher_sentences for i in rows) / max(1, sent),
              "student_sentence_share": sum(scores[i].student_sentences for i in rows) / max(1, sent),
-             "sentences": sent, "student_weights_sha256": weights_sha256(model)}
+             "sentences": sent, "student_weights_sha256": weights_sha256(model),
+             "student_lp_mean_all": float(np.mean([scores[i].student_lp for i in rows])) if rows else 0.0,
+             "student_lp_mean_kept": float(np.mean([scores[i].student_lp for i in kept])) if kept else 0.0}
     return table.take(pa.array(kept, type=pa.int64())), stats
 
 

@@ -76,6 +76,17 @@ def fidelity(model, tok, ref_model, ref_tok, ref_greedy: list, task, cfg, greedy
     return out
 
 
+def _corr(xs, ys):
+    """Pearson correlation, None when either side is constant or missing."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None]
+    if len(pairs) < 2:
+        return None
+    mx, my = mean(x for x, _ in pairs), mean(y for _, y in pairs)
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sxx, syy = sum((x - mx) ** 2 for x, _ in pairs), sum((y - my) ** 2 for _, y in pairs)
+    return float(sxy / (sxx * syy) ** 0.5) if sxx > 0 and syy > 0 else None
+
+
 def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, entropy: bool = False,
              reference=None) -> dict:
     """Evaluate on `cfg.n` prompts of `cfg.split`. Returns a JSON-ready dict. `entropy`: also the
@@ -87,8 +98,10 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
                       batch_size=cfg.batch_size, progress=progress)
     correct = [task.verify(g[0].text, e.answer) for g, e in zip(greedy, examples)]
     by_diff: dict = defaultdict(list)
-    for ok, e in zip(correct, examples):
+    len_by_diff: dict = defaultdict(list)
+    for ok, e, g in zip(correct, examples, greedy):
         by_diff[e.difficulty].append(ok)
+        len_by_diff[e.difficulty].append(len(g[0].token_ids))
     result = {
         "task": task.name,
         "split": cfg.split,
@@ -99,6 +112,10 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
         "mean_tokens": float(mean(len(g[0].token_ids) for g in greedy)),
         "truncated": float(mean(g[0].finish_reason == "length" for g in greedy)),
         "by_difficulty": {str(k): float(mean(v)) for k, v in sorted(by_diff.items(), key=lambda kv: str(kv[0]))},
+        # answer length by difficulty, and their correlation (does the model spend more on harder problems?)
+        "tokens_by_difficulty": {str(k): float(mean(v))
+                                 for k, v in sorted(len_by_diff.items(), key=lambda kv: str(kv[0]))},
+        "length_difficulty_corr": _corr([e.difficulty for e in examples], [len(g[0].token_ids) for g in greedy]),
         "samples": [{"prompt": e.prompt, "completion": g[0].text, "reference": e.answer, "correct": ok}
                     for e, g, ok in list(zip(examples, greedy, correct))[:n_samples_kept]],
     }

@@ -1,0 +1,165 @@
+"""Shortening traces, measured: long traces vs DAP rewrites vs uniform-length rewrites at the same
+mean length (methods/llm.md §12.4), and originals vs Retro-Search revisions vs the originals cut
+to the revisions' length (§17.4), each distilled into the same student with plain sft, >= 3 seeds.
+
+On the built-in task `detours` (modchain whose worked solutions take detours: wrong steps
+corrected after "wait", right steps doubted, a re-check after the answer), with its built-in
+teacher, which also learned the task's rewrite prompts (`retort teacher task.name=detours`):
+
+    python benchmarks/shorten.py [--seeds 0,1,2] [--n-prompts 3000] [--steps 1500]
+                                 [--work /tmp/retort-shorten] [--out benchmarks/results/shorten.json]
+
+Every step is the CLI a user runs (printed as it goes); a rerun with the same --work skips what is
+done. Prints a markdown table: accuracy, tokens per answer, fidelity to the teacher, and the
+length/difficulty correlation of the students' answers, mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RETORT = [str(Path(sys.executable).parent / "retort")]
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def sh(args: list[str], log: Path) -> float:
+    print("$ retort " + " ".join(args), flush=True)
+    t0 = time.time()
+    with open(log, "a") as f:
+        done = subprocess.run(RETORT + args, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}); see {log}")
+    return time.time() - t0
+
+
+def manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def uniform_budget(traces: Path, want_mean: float) -> int:
+    """The one budget whose renderings (the teacher's rule) have the mean length closest to DAP's
+    over the same problems: the spec's "uniform-length rewrites at the same average length"."""
+    import pyarrow.parquet as pq
+
+    from retort.config import TaskConfig
+    from retort.lm.tasks import get_task
+
+    task = get_task(TaskConfig(name="detours"))
+    rows = pq.read_table(sorted(traces.glob("part-*.parquet")), columns=["prompt", "correct"]).to_pylist()
+    chains = []
+    for r in rows:
+        if not r["correct"]:
+            continue
+        nums = re.findall(r"[-+*]?\d", r["prompt"][2:])
+        start = int(nums[0])
+        value, chain = start, []
+        for tok in nums[1:]:
+            new = OPS[tok[0]](value, int(tok[1:])) % task.modulus
+            chain.append((value, tok[0], int(tok[1:]), new))
+            value = new
+        chains.append(task.renderings(start, chain))
+    best = min(range(3, 120), key=lambda b: abs(statistics.mean(len(task.fitting(r, b)) for r in chains) - want_mean))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--n-prompts", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--work", default="/tmp/retort-shorten")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shorten.json"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("RETORT_CACHE", str(work / "cache"))
+    log = work / "log.txt"
+    seeds = [int(s) for s in args.seeds.split(",")]
+    times = {}
+
+    times["teacher"] = sh(["teacher", "task.name=detours"], log)
+    teacher = json.loads((Path(os.environ["RETORT_CACHE"]) / "teacher-detours" / "teacher.json").read_text())
+    traces = work / "traces"
+    times["traces"] = sh(["traces", "task.name=detours", "teacher.name=builtin:teacher-detours", f"out={traces}",
+                          f"n_prompts={args.n_prompts}", "sampling.n=1", "sampling.temperature=1.0",
+                          "sampling.max_new_tokens=192", "shard_prompts=500"], log)
+    sets = {"long": traces}
+    dap = work / "dap"
+    # the longest clean solution of each level (6 characters a step, 3 for the answer line)
+    times["dap"] = sh(["curate", str(traces), "--out", str(dap), "--rewrite", "dap",
+                       "--budgets", "easy=15,medium=27,hard=39"], log)
+    sets["dap"] = dap
+    c = manifest(dap)["stats"]["rewrite_counts"]
+    budget = uniform_budget(traces, c["tokens_after"] / max(1, c["kept"]))
+    uniform = work / f"uniform{budget}"
+    times["uniform"] = sh(["curate", str(traces), "--out", str(uniform), "--rewrite", "uniform",
+                           "--budget", str(budget)], log)
+    sets["uniform"] = uniform
+    retro = work / "retro"
+    times["retro"] = sh(["curate", str(traces), "--out", str(retro), "--retro-search"], log)
+    sets["retro"] = retro
+    cut = work / "cut"
+    times["cut"] = sh(["curate", str(traces), "--out", str(cut), "--truncate-like", str(retro)], log)
+    sets["cut"] = cut
+
+    data = {}
+    for name, path in sets.items():
+        st = manifest(path)["stats"]
+        data[name] = {"rows": st["rows"], "accuracy": st["accuracy"], "mean_tokens": st["tokens"]["mean"],
+                      "counts": {k: v for k, v in st.items() if k.endswith("_counts")}}
+    runs = {}
+    for name, path in sets.items():
+        for seed in seeds:
+            out = work / f"student-{name}-{seed}"
+            if not (out / "summary.json").is_file():
+                times[f"{name}-{seed}"] = sh(
+                    ["train", "method=sft", "task.name=detours", "student.name=preset:student", "data.source=traces",
+                     f"data.traces={path}", f"out={out}", f"seed={seed}", f"train.steps={args.steps}",
+                     "train.batch_size=32", "train.lr=2e-3", "train.warmup_steps=50", "train.save_every=500",
+                     "train.log_every=100", "eval.n=500", "eval.max_new_tokens=192", "eval.batch_size=250"], log)
+            ev = json.loads((out / "summary.json").read_text())["eval"]
+            runs[f"{name}-{seed}"] = {k: ev.get(k) for k in ("accuracy", "mean_tokens", "truncated", "by_difficulty",
+                                                              "tokens_by_difficulty", "length_difficulty_corr",
+                                                              "fidelity_to", "agree_answer", "agree_top1",
+                                                              "kl_ref_model")}
+
+    def agg(name, key):
+        vals = [runs[f"{name}-{s}"][key] for s in seeds if runs[f"{name}-{s}"].get(key) is not None]
+        if not vals:
+            return None
+        return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+    table = {}
+    for name in sets:
+        table[name] = {k: agg(name, k) for k in ("accuracy", "mean_tokens", "agree_answer", "agree_top1",
+                                                  "kl_ref_model", "length_difficulty_corr")}
+    result = {"command": " ".join(sys.argv), "cores": os.cpu_count(), "seeds": seeds, "n_prompts": args.n_prompts,
+              "steps": args.steps, "teacher": teacher, "uniform_budget": budget, "data": data, "runs": runs,
+              "table": table, "times_s": {k: round(v, 1) for k, v in times.items()}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+    def f(x, d=3):
+        return "-" if x is None else f"{x[0]:.{d}f} ± {x[1]:.{d}f}"
+
+    print("| data | rows | trace tokens | accuracy | tokens/answer | answer agreement | top-1 agreement | "
+          "KL to teacher | corr(length, difficulty) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in sets:
+        t, d = table[name], data[name]
+        print(f"| {name} | {d['rows']} | {d['mean_tokens']:.1f} | {f(t['accuracy'])} | {f(t['mean_tokens'], 1)} | "
+              f"{f(t['agree_answer'])} | {f(t['agree_top1'])} | {f(t['kl_ref_model'])} | "
+              f"{f(t['length_difficulty_corr'], 2)} |")
+
+
+if __name__ == "__main__":
+    main()
