@@ -143,3 +143,12 @@ def test_majority_vote_is_verified_as_the_tasks_verifier_reads_it(tmp_path, monk
     model = torch.nn.Linear(1, 1)
     result = run_mod.evaluate(model, None, task, EvalConfig(n=1, k=3))
     assert result["accuracy"] == 1.0 and result["pass@3"] == 1.0 and result["maj@3"] == 1.0
+
+
+def test_length_difficulty_correlation_is_pearsons_and_none_when_constant():
+    from retort.lm.eval.run import _corr
+
+    assert _corr([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert _corr([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert _corr([1, 2, 3, None], [1, 1, 1, 5]) is None  # constant lengths; the None difficulty left out
+    assert _corr([2], [3]) is None

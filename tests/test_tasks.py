@@ -154,3 +154,23 @@ def test_detours_solutions_wander_then_correct_themselves():
         assert "wait" not in e.solution and "check" not in e.solution and plain.verify(e.solution, e.answer)
     with pytest.raises(ConfigError, match="detour_pct"):
         get_task(TaskConfig(name="detours", difficulty={"detour_pct": 101}))
+
+
+def test_modchain_per_line_writes_terse_solutions_of_the_same_problems():
+    from retort.config import TaskConfig
+    from retort.lm.tasks import get_task
+
+    one = get_task(TaskConfig(name="modchain")).examples("train", 30, 0)
+    two = get_task(TaskConfig(name="modchain", difficulty={"per_line": 2})).examples("train", 30, 0)
+    for a, b in zip(one, two):
+        assert a.prompt == b.prompt and a.answer == b.answer
+        lines = b.solution.split("\n")
+        assert len(lines) - 1 == -(-a.difficulty // 2) and lines[-1] == f"A:{a.answer}"
+        # each terse line is two of the worked lines: the first's left side, both operators, the second's result
+        steps = a.solution.split("\n")[:-1]
+        for k, line in enumerate(lines[:-1]):
+            pair = steps[2 * k:2 * k + 2]
+            assert line.split("=")[1] == pair[-1].split("=")[1]
+            assert line.split("=")[0] == pair[0].split("=")[0] + "".join(p.split("=")[0][1:] for p in pair[1:])
+    with pytest.raises(ConfigError, match="per_line"):
+        get_task(TaskConfig(name="detours", difficulty={"per_line": 2}))

@@ -81,8 +81,9 @@ class _Procedural(Task):
 class ModChain(_Procedural):
     name = "modchain"
     description = "left-to-right chain of + - * on digits, modulo m; one worked line per operation"
-    knobs = {"steps_min": (1, 12), "steps_max": (1, 12), "modulus": (2, 10)}
+    knobs = {"steps_min": (1, 12), "steps_max": (1, 12), "modulus": (2, 10), "per_line": (1, 4)}
     steps_min, steps_max, modulus = 2, 6, 10
+    per_line = 1  # operations per worked line: 2 makes terse solutions ("7+5*3=6 / 6-4=2 / A:2")
 
     @staticmethod
     def _written(start: int, chain) -> tuple[str, list[str]]:
@@ -93,6 +94,9 @@ class ModChain(_Procedural):
     def _problem(self, rng: random.Random, steps: int) -> Example:
         start, chain = self._chain(rng, steps)
         prompt, lines = self._written(start, chain)
+        if self.per_line > 1:
+            lines = [f"{part[0][0]}" + "".join(f"{op}{x}" for _, op, x, _ in part) + f"={part[-1][3]}"
+                     for part in (chain[k:k + self.per_line] for k in range(0, len(chain), self.per_line))]
         answer = str(chain[-1][3])
         return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
 
@@ -115,7 +119,8 @@ class Detours(ModChain):
     name = "detours"
     description = ("modchain with detours in its worked solutions: wrong steps corrected after 'wait', "
                    "right ones doubted, and a re-check")
-    knobs = {**ModChain.knobs, "detour_pct": (0, 100), "doubt_pct": (0, 100), "recheck": (0, 1)}
+    knobs = {**{k: v for k, v in ModChain.knobs.items() if k != "per_line"}, "detour_pct": (0, 100),
+             "doubt_pct": (0, 100), "recheck": (0, 1)}
     detour_pct, doubt_pct, recheck = 30, 20, 1
     # Retro-Search's thought switches in these traces (curate --retro-search reads them)
     transitions = ("wait", "check")
