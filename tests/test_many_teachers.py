@@ -123,3 +123,17 @@ def test_max_ppl_drops_each_teachers_traces_above_its_own_limit(tmp_path, teache
                                                              "no teacher 'nobody'")]:
         assert main(["curate", str(both), "--out", str(tmp_path / "bad"), *args]) == 2
         assert word in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_teacher_filter_keeps_one_teachers_rows(tmp_path, teachers, capsys):
+    (a, _), (b, _) = teachers["a"], teachers["b"]
+    both = tmp_path / "both"
+    run_traces(load_config(TracesRun, None, _args(both, f"teachers=[{a},{b}]")))
+    assert main(["curate", str(both), "--out", str(tmp_path / "b"), "--teacher", str(b)]) == 0
+    rows = read_traces(tmp_path / "b").to_pylist()
+    assert len(rows) == 8 and {r["teacher"] for r in rows} == {str(b)}
+    assert read_manifest(tmp_path / "b")["params"]["filters"]["teacher"] == str(b)
+    capsys.readouterr()
+    assert main(["curate", str(both), "--out", str(tmp_path / "c"), "--teacher", "nobody"]) == 2
+    err = capsys.readouterr().err
+    assert "no row" in err and str(a) in err and not (tmp_path / "c").exists()

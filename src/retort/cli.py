@@ -309,6 +309,8 @@ def traces(config_file, batch_out, batch_in, overrides):
               "perplexity under --ref-model exceeds their teacher's limit (one number for all, or per teacher; "
               "'*=N' for the rest).")
 @click.option("--out", type=click.Path(), help="Write the filtered trace set here.")
+@click.option("--teacher", "only_teacher", metavar="NAME", help="Keep only the rows this teacher sampled (a set "
+              "several teachers sampled: `retort traces teachers=[...]`).")
 @click.option("--correct", is_flag=True, help="Keep only verified-correct traces (rejection sampling).")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Drop completions longer than this.")
 @click.option("--first-k-correct", type=click.IntRange(min=1), help="Keep the first K correct samples per prompt.")
@@ -383,7 +385,7 @@ def traces(config_file, batch_out, batch_in, overrides):
               "boundary, the answer kept) to the length of the matching rows of DIR: the baseline of equal length.")
 @click.option("--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
               "holding a retort trace set and nothing else; never the input).")
-def curate(traces_dir, show_stats, ref_model, max_ppl, out, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
+def curate(traces_dir, show_stats, ref_model, max_ppl, out, only_teacher, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
            das_delta, das_rule, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
            teacher_url, select_student, smoke_steps, probe_n, drop_templates, template_ngram, template_max, diverse,
            seed, batch_size, rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions, retro_partial,
@@ -439,7 +441,7 @@ def curate(traces_dir, show_stats, ref_model, max_ppl, out, correct, max_tokens,
     if makers and not out:
         raise RetortError(f"curate: {makers[0]} needs --out DIR")
     filters = (correct or max_tokens or first_k_correct or pairs is not None or das_student or drop_templates or diverse
-               or max_ppl)
+               or max_ppl or only_teacher)
     if makers and makers[0] != "--mixed-policy" and filters:
         raise RetortError(f"curate: {makers[0]} makes new traces (from the correct ones); run the filters in a "
                           "separate curate step")
@@ -483,7 +485,7 @@ def curate(traces_dir, show_stats, ref_model, max_ppl, out, correct, max_tokens,
     if out and mixed_student:
         from .lm.curate.mixed import mixed_policy
 
-        if correct or max_tokens or first_k_correct or pairs is not None or das_student or drop_templates or diverse:
+        if filters:
             raise RetortError("curate: --mixed-policy makes new traces; run the filters in a separate curate step")
         stats = mixed_policy(traces_dir, out, mixed_student, source=mixed_from, length_factor=length_factor,
                              cut_lo=cut_lo, temperature=temperature, max_prompts=max_prompts,
@@ -499,6 +501,7 @@ def curate(traces_dir, show_stats, ref_model, max_ppl, out, correct, max_tokens,
                               batch_size=batch_size, overwrite=overwrite,
                               templates=(template_ngram, template_max) if drop_templates else None, diverse=diverse,
                               max_ppl=parse_max_ppl(max_ppl) if max_ppl else None, ppl_model=ref_model,
+                              teacher=only_teacher,
                               console=_console())
         _console().print(f"curate: {stats['rows']} rows from {stats['prompts']} prompts written to {out}")
 

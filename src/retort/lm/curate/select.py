@@ -19,7 +19,7 @@ from ...errors import DataError
 from .progress import CurateProgress
 from .stats import trace_stats
 
-FILTERS = ("correct", "max_tokens", "first_k_correct", "pairs", "das", "max_ppl", "templates", "diverse")
+FILTERS = ("teacher", "correct", "max_tokens", "first_k_correct", "pairs", "das", "max_ppl", "templates", "diverse")
 
 
 def parse_max_ppl(spec: str) -> dict:
@@ -45,16 +45,17 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
                   das_student: Optional[str] = None, das_keep: int = 1, das_delta: float = 1.0,
                   das_rule: str = "das", seed: int = 0,
                   templates: Optional[tuple[int, int]] = None, diverse: Optional[int] = None,
-                  max_ppl: Optional[dict] = None, ppl_model: Optional[str] = None, batch_size: int = 64, shard_rows: int = 4096, overwrite: bool = False, console=None) -> dict:
+                  max_ppl: Optional[dict] = None, ppl_model: Optional[str] = None, teacher: Optional[str] = None,
+                  batch_size: int = 64, shard_rows: int = 4096, overwrite: bool = False, console=None) -> dict:
     """`pairs=K`: keep only the traces in positive/negative pairs (`retort.lm.data.pairs`, at most K
     per prompt; 0 = all), after the other filters — the trace set the pair methods learn from.
     `das_student=MODEL`: DASD's divergence-aware selection (`retort.lm.curate.das`), the `das_keep`
     best-scoring traces per prompt under that student, after the other filters.
     `out` must be new or empty; a trace set there is replaced only with `overwrite` (`prepare_output`)."""
     if not (correct_only or max_tokens or first_k_correct or pairs is not None or das_student or templates
-            or diverse or max_ppl):
-        raise DataError("curate: name at least one filter (--correct, --max-tokens, --first-k-correct, --pairs, "
-                        "--das, --max-ppl, --drop-templates, --diverse)")
+            or diverse or max_ppl or teacher):
+        raise DataError("curate: name at least one filter (--teacher, --correct, --max-tokens, --first-k-correct, "
+                        "--pairs, --das, --max-ppl, --drop-templates, --diverse)")
     if max_ppl and not ppl_model:
         raise DataError("curate --max-ppl: name the reference model the perplexity is measured under (--ref-model)")
     if diverse is not None and (pairs is not None or das_student or first_k_correct):
@@ -70,6 +71,12 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
     check_output(src, out, overwrite=overwrite)
     source = read_manifest(src)
     table = read_traces(src)
+    if teacher:
+        names = table["teacher"].to_pylist() if "teacher" in table.column_names else []
+        if teacher not in names:
+            raise DataError(f"curate --teacher {teacher}: no row of {src} was sampled by it (its teachers: "
+                            f"{', '.join(sorted(set(n for n in names if n))) or 'not recorded'})")
+        table = table.filter(pa.array([n == teacher for n in names]))
     if correct_only:
         table = table.filter(pc.equal(table["correct"], True))
     if max_tokens is not None:
@@ -114,7 +121,7 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
     if das_student:
         table, das_stats = _das_select(source, table, das_student, das_keep, das_delta, batch_size, console,
                                        rule=das_rule, seed=seed)
-    applied = {"correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct,
+    applied = {**({"teacher": teacher} if teacher else {}), "correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct,
                "pairs": pairs}
     if max_ppl:
         applied["max_ppl"] = selection["max_ppl"]
