@@ -211,3 +211,46 @@ def test_mixed_policy_continues_student_prefixes_through_the_server(tmp_path, se
     bare["params"]["teacher"]["api"]["tokenizer"] = None
     with pytest.raises(DataError, match="needs that tokenizer"):
         _api_teacher(out, bare, None)
+
+
+def test_rewrite_and_retro_search_through_the_server(tmp_path, served):
+    """`curate --rewrite` and `--retro-search` on an API trace set: the traces' server rewrites
+    (its configured endpoint) and continues (completions, drawn again when the first step switches);
+    rows keep text and ids, and no log-probs (a server scores no given text here)."""
+    import pyarrow as pa
+
+    from retort.cli import main
+    from retort.lm.curate import shorten, trace_stats
+    from retort.lm.data.traces import SCHEMA, TraceWriter
+
+    real = tmp_path / "api"
+    run_traces(load_config(TracesRun, None, _args(real, served)))
+    m = read_manifest(real)
+    # the same teacher and server, with traces the task verifies (a random model's are wrong)
+    src = tmp_path / "src"
+    w = TraceWriter(src, m["params"], {k: m.get(k) for k in ("task", "teacher", "tokenizer_sha256")}, {0: 3})
+    w.manifest["api_server"] = m["api_server"]
+    trace = "7+5=2\n2*3=6 Wait, 2*3=6\n6-4=2\nA:2"
+    rows = [{"prompt_id": f"p{i}", "sample_idx": 0, "prompt": f"Q:7+5*3-{i}\n", "completion": trace,
+             "completion_ids": [], "completion_logprobs": [], "topk": None, "answer": "2", "reference": "2",
+             "correct": True, "finish_reason": "stop", "n_tokens": 20, "difficulty": 3} for i in range(3)]
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    w.write_shard(0, table)
+    w.finish(trace_stats(table))
+    stats = shorten.retro_search(str(src), str(tmp_path / "rs"), keywords=("Wait",), tries=2)
+    c = stats["retro_counts"]
+    assert (c["traces"], c["switches"], c["rollouts"]) == (3, 3, 6)
+    assert c["no_untaken_path"] + c["wrong"] + c["not_shorter"] + c["revisions"] == 3
+    out = read_traces(tmp_path / "rs").to_pylist()
+    tok = load_tokenizer(ModelConfig(name=str(served["dir"])))
+    assert all(r["completion_logprobs"] == [] and r["completion_ids"] == tok(r["completion"],
+               add_special_tokens=False)["input_ids"] for r in out)
+    tpl = tmp_path / "t.txt"
+    tpl.write_text("R {easy} {medium} {hard}\n{question}{trace}\n")
+    assert main(["curate", str(src), "--out", str(tmp_path / "dap"), "--rewrite", "dap", "--rewrite-template",
+                 str(tpl)]) == 0
+    c = read_manifest(tmp_path / "dap")["rewrite_counts"]
+    assert c["traces"] == 3 and c["kept"] + sum(c["rejected"].values()) == 3
+    # the server elsewhere: --teacher-url
+    assert main(["curate", str(src), "--out", str(tmp_path / "x"), "--retro-search", "--teacher-url",
+                 "http://127.0.0.1:1/v1", "--retro-tries", "1"]) == 2
