@@ -96,16 +96,16 @@ def main() -> None:
     dap = work / "dap"
     # the longest clean solution of each level (6 characters a step, 3 for the answer line)
     times["dap"] = sh(["curate", str(traces), "--out", str(dap), "--rewrite", "dap",
-                       "--budgets", "easy=15,medium=27,hard=39"], log)
+                       "--budgets", "easy=15,medium=27,hard=39", "--batch-size", "256"], log)
     sets["dap"] = dap
     c = manifest(dap)["stats"]["rewrite_counts"]
     budget = uniform_budget(traces, c["tokens_after"] / max(1, c["kept"]))
     uniform = work / f"uniform{budget}"
     times["uniform"] = sh(["curate", str(traces), "--out", str(uniform), "--rewrite", "uniform",
-                           "--budget", str(budget)], log)
+                           "--budget", str(budget), "--batch-size", "256"], log)
     sets["uniform"] = uniform
     retro = work / "retro"
-    times["retro"] = sh(["curate", str(traces), "--out", str(retro), "--retro-search"], log)
+    times["retro"] = sh(["curate", str(traces), "--out", str(retro), "--retro-search", "--batch-size", "256"], log)
     sets["retro"] = retro
     cut = work / "cut"
     times["cut"] = sh(["curate", str(traces), "--out", str(cut), "--truncate-like", str(retro)], log)

@@ -291,7 +291,8 @@ class Reviser:
                 seqs = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
                     do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                    top_p=top_p if temperature > 0 else None, top_k=None, pad_token_id=pad, eos_token_id=eos,
+                    top_p=top_p if temperature > 0 else None, top_k=0 if temperature > 0 else None,
+                    pad_token_id=pad, eos_token_id=eos,
                     logits_processor=LogitsProcessorList([OpeningBan(width, ban_mask, space_ids)]))
             for r, seq in enumerate(seqs[:, width:].tolist()):
                 stopped = eos in seq
