@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shorten import manifest, sh  # noqa: E402
+from _data_runs import fmt, manifest, save, sh, students, table, workdir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,13 +36,10 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/retort-das")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "das_select.json"))
     args = ap.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("RETORT_CACHE", str(work / "cache"))
-    log = work / "log.txt"
+    work, log = workdir(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
     task = [f"task.name={args.task}"]
-    ev = ["eval.n=500", f"eval.max_new_tokens={args.max_new_tokens}", "eval.batch_size=250"]
+    ev = ["eval.n=500", f"eval.max_new_tokens={args.max_new_tokens}", "eval.batch_size=250"]  # the warm-up's
 
     sh(["teacher", *task], log)
     traces = work / "traces"
@@ -63,46 +58,26 @@ def main() -> None:
             sh(["curate", str(traces), "--out", str(out), "--correct", "--das", str(warm / "model"), "--das-keep", "1",
                 "--das-rule", rule], log)
         sets[rule] = out
-    runs = {}
-    for rule, path in sets.items():
-        for seed in seeds:
-            out = work / f"student-{rule}-{seed}"
-            if not (out / "summary.json").is_file():
-                sh(["train", "method=sft", *task, f"student.name={warm / 'model'}", "data.source=traces",
-                    f"data.traces={path}", f"out={out}", f"seed={seed}", f"train.steps={args.steps}",
-                    "train.batch_size=32", "train.lr=2e-3", "train.warmup_steps=50", "train.save_every=500",
-                    "train.log_every=100", *ev], log)
-            e = json.loads((out / "summary.json").read_text())["eval"]
-            runs[f"{rule}-{seed}"] = {k: e.get(k) for k in ("accuracy", "mean_tokens", "agree_answer", "agree_top1",
-                                                              "kl_ref_model")}
-
-    def agg(rule, key):
-        vals = [runs[f"{rule}-{s}"][key] for s in seeds if runs[f"{rule}-{s}"].get(key) is not None]
-        return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
-
-    table = {r: {k: agg(r, k) for k in ("accuracy", "mean_tokens", "agree_answer", "agree_top1", "kl_ref_model")}
-             for r in sets}
+    base = [*task, f"student.name={warm / 'model'}", f"train.steps={args.steps}", "train.batch_size=32",
+            "train.lr=2e-3", "train.warmup_steps=50", "train.save_every=500", "train.log_every=100"]
+    runs = students(work, log, sets, seeds, base)
+    t = table(runs, sets, seeds, ("accuracy", "mean_tokens", "agree_answer", "agree_top1", "kl_ref_model"))
     data = {r: {"rows": manifest(p)["stats"]["rows"], "trace_tokens": manifest(p)["stats"]["tokens"]["mean"],
                 "das": manifest(p)["stats"].get("das")} for r, p in sets.items()}
     warm_eval = json.loads((warm / "summary.json").read_text())["eval"]
-    result = {"command": " ".join(sys.argv), "cores": os.cpu_count(), "seeds": seeds, "task": args.task,
-              "warm_accuracy": warm_eval.get("accuracy"), "data": data, "runs": runs, "table": table}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-
-    def f(x, d=3):
-        return "-" if x is None else f"{x[0]:.{d}f} ± {x[1]:.{d}f}"
+    save(args.out, {"seeds": seeds, "task": args.task, "warm_accuracy": warm_eval.get("accuracy"), "data": data,
+                    "runs": runs, "table": t})
 
     print(f"warm student (scorer and starting point): accuracy {warm_eval.get('accuracy'):.3f}")
     print("| selection | rows | trace tokens | DAS score of kept | student log-prob of kept | accuracy | "
           "tokens/answer | answer agreement | top-1 agreement | KL to teacher |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in sets:
-        t, d = table[r], data[r]
+        x, d = t[r], data[r]
         das = d["das"] or {}
         print(f"| {r} | {d['rows']} | {d['trace_tokens']:.1f} | {das.get('score_mean_kept', 0):.3f} | "
-              f"{das.get('student_lp_mean_kept', 0):.3f} | {f(t['accuracy'])} | {f(t['mean_tokens'], 1)} | "
-              f"{f(t['agree_answer'])} | {f(t['agree_top1'])} | {f(t['kl_ref_model'])} |")
+              f"{das.get('student_lp_mean_kept', 0):.3f} | {fmt(x['accuracy'])} | {fmt(x['mean_tokens'], 1)} | "
+              f"{fmt(x['agree_answer'])} | {fmt(x['agree_top1'])} | {fmt(x['kl_ref_model'])} |")
 
 
 if __name__ == "__main__":

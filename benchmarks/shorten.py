@@ -21,28 +21,14 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data_runs import fmt, manifest, save, sh, students, table, workdir  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-RETORT = [str(Path(sys.executable).parent / "retort")]
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-
-
-def sh(args: list[str], log: Path) -> float:
-    print("$ retort " + " ".join(args), flush=True)
-    t0 = time.time()
-    with open(log, "a") as f:
-        done = subprocess.run(RETORT + args, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}); see {log}")
-    return time.time() - t0
-
-
-def manifest(path: Path) -> dict:
-    return json.loads((path / "manifest.json").read_text())
 
 
 def uniform_budget(traces: Path, want_mean: float) -> int:
@@ -79,10 +65,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/retort-shorten")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shorten.json"))
     args = ap.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("RETORT_CACHE", str(work / "cache"))
-    log = work / "log.txt"
+    work, log = workdir(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
     times = {}
 
@@ -116,49 +99,22 @@ def main() -> None:
         st = manifest(path)["stats"]
         data[name] = {"rows": st["rows"], "accuracy": st["accuracy"], "mean_tokens": st["tokens"]["mean"],
                       "counts": {k: v for k, v in st.items() if k.endswith("_counts")}}
-    runs = {}
-    for name, path in sets.items():
-        for seed in seeds:
-            out = work / f"student-{name}-{seed}"
-            if not (out / "summary.json").is_file():
-                times[f"{name}-{seed}"] = sh(
-                    ["train", "method=sft", "task.name=detours", "student.name=preset:student", "data.source=traces",
-                     f"data.traces={path}", f"out={out}", f"seed={seed}", f"train.steps={args.steps}",
-                     "train.batch_size=32", "train.lr=2e-3", "train.warmup_steps=50", "train.save_every=500",
-                     "train.log_every=100", "eval.n=500", "eval.max_new_tokens=192", "eval.batch_size=250"], log)
-            ev = json.loads((out / "summary.json").read_text())["eval"]
-            runs[f"{name}-{seed}"] = {k: ev.get(k) for k in ("accuracy", "mean_tokens", "truncated", "by_difficulty",
-                                                              "tokens_by_difficulty", "length_difficulty_corr",
-                                                              "fidelity_to", "agree_answer", "agree_top1",
-                                                              "kl_ref_model")}
-
-    def agg(name, key):
-        vals = [runs[f"{name}-{s}"][key] for s in seeds if runs[f"{name}-{s}"].get(key) is not None]
-        if not vals:
-            return None
-        return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-    table = {}
-    for name in sets:
-        table[name] = {k: agg(name, k) for k in ("accuracy", "mean_tokens", "agree_answer", "agree_top1",
-                                                  "kl_ref_model", "length_difficulty_corr")}
-    result = {"command": " ".join(sys.argv), "cores": os.cpu_count(), "seeds": seeds, "n_prompts": args.n_prompts,
-              "steps": args.steps, "teacher": teacher, "uniform_budget": budget, "data": data, "runs": runs,
-              "table": table, "times_s": {k: round(v, 1) for k, v in times.items()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-
-    def f(x, d=3):
-        return "-" if x is None else f"{x[0]:.{d}f} ± {x[1]:.{d}f}"
-
+    base = ["task.name=detours", "student.name=preset:student", f"train.steps={args.steps}", "train.batch_size=32",
+            "train.lr=2e-3", "train.warmup_steps=50", "train.save_every=500", "train.log_every=100"]
+    runs = students(work, log, sets, seeds, base, times)
+    t = table(runs, sets, seeds, ("accuracy", "mean_tokens", "agree_answer", "agree_top1", "kl_ref_model",
+                                  "length_difficulty_corr"))
+    save(args.out, {"seeds": seeds, "n_prompts": args.n_prompts, "steps": args.steps, "teacher": teacher,
+                    "uniform_budget": budget, "data": data, "runs": runs, "table": t,
+                    "times_s": {k: round(v, 1) for k, v in times.items()}})
     print("| data | rows | trace tokens | accuracy | tokens/answer | answer agreement | top-1 agreement | "
           "KL to teacher | corr(length, difficulty) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in sets:
-        t, d = table[name], data[name]
-        print(f"| {name} | {d['rows']} | {d['mean_tokens']:.1f} | {f(t['accuracy'])} | {f(t['mean_tokens'], 1)} | "
-              f"{f(t['agree_answer'])} | {f(t['agree_top1'])} | {f(t['kl_ref_model'])} | "
-              f"{f(t['length_difficulty_corr'], 2)} |")
+        r, d = t[name], data[name]
+        print(f"| {name} | {d['rows']} | {d['mean_tokens']:.1f} | {fmt(r['accuracy'])} | {fmt(r['mean_tokens'], 1)} | "
+              f"{fmt(r['agree_answer'])} | {fmt(r['agree_top1'])} | {fmt(r['kl_ref_model'])} | "
+              f"{fmt(r['length_difficulty_corr'], 2)} |")
 
 
 if __name__ == "__main__":

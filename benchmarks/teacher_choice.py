@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shorten import manifest, sh  # noqa: E402
+from _data_runs import EVAL, capture, fmt, manifest, save, sh, students, table, workdir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,12 +36,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/retort-teachers")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "teacher_choice.json"))
     args = ap.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    cache = Path(os.environ.setdefault("RETORT_CACHE", str(work / "cache")))
-    log = work / "log.txt"
+    work, log = workdir(args.work)
+    cache = Path(os.environ["RETORT_CACHE"])
     seeds = [int(s) for s in args.seeds.split(",")]
-    ev = ["eval.n=500", "eval.max_new_tokens=192", "eval.batch_size=250"]
 
     sh(["teacher", "task.name=modchain"], log)
     sh(["teacher", "task.name=modchain", "task.difficulty.per_line=2", f"out={cache / 'teacher-modchain-terse'}"], log)
@@ -73,28 +69,10 @@ def main() -> None:
     if not (ref / "summary.json").is_file():
         sh(["train", "method=sft", "task.name=modchain", "student.name=preset:student", "data.source=traces",
             f"data.traces={pooled}", f"out={ref}", "train.steps=1000", "train.batch_size=32", "train.lr=2e-3",
-            "train.save_every=0", "eval.fidelity=false", *ev], log)
-    stats_file = work / "stats.json"
-    if not stats_file.is_file():
-        import subprocess
-
-        from shorten import RETORT
-
-        done = subprocess.run(RETORT + ["curate", str(traces), "--stats", "--ref-model", str(ref / "model")],
-                              capture_output=True, text=True, check=True)
-        stats_file.write_text(done.stdout)
-    stats = json.loads(stats_file.read_text())
-    smoke_file = work / "smoke.json"
-    if not smoke_file.is_file():
-        import subprocess
-
-        from shorten import RETORT
-
-        done = subprocess.run(RETORT + ["curate", str(traces), "--select-teacher", "preset:student", "--smoke-steps",
-                                        str(args.smoke_steps), "--probe-n", "300"], capture_output=True, text=True,
-                              check=True)
-        smoke_file.write_text(done.stdout)
-    smoke = json.loads(smoke_file.read_text())
+            "train.save_every=0", "eval.fidelity=false", *EVAL], log)
+    stats = capture(["curate", str(traces), "--stats", "--ref-model", str(ref / "model")], work / "stats.json")
+    smoke = capture(["curate", str(traces), "--select-teacher", "preset:student", "--smoke-steps",
+                     str(args.smoke_steps), "--probe-n", "300"], work / "smoke.json")
     # AM: per-teacher limit at the teacher's own 90th percentile of reference perplexity is not
     # published; retort's reading: drop each teacher's traces above 1.5x its mean perplexity
     limits = ",".join(f"{teachers[k]}={1.5 * stats['reference_ppl'][teachers[k]]:.4f}" for k in teachers)
@@ -103,50 +81,31 @@ def main() -> None:
         sh(["curate", str(traces), "--out", str(am), "--correct", "--max-ppl", limits, "--ref-model",
             str(ref / "model"), "--drop-templates"], log)
     sets["am"] = am
-    runs = {}
-    for k, path in sets.items():
-        for seed in seeds:
-            out = work / f"student-{k}-{seed}"
-            if not (out / "summary.json").is_file():
-                sh(["train", "method=sft", "task.name=modchain", "student.name=preset:student", "data.source=traces",
-                    f"data.traces={path}", f"out={out}", f"seed={seed}", f"train.steps={args.steps}",
-                    "train.batch_size=32", "train.lr=2e-3", "train.warmup_steps=50", "train.save_every=500",
-                    "train.log_every=100", *ev], log)
-            e = json.loads((out / "summary.json").read_text())["eval"]
-            runs[f"{k}-{seed}"] = {x: e.get(x) for x in ("accuracy", "mean_tokens", "agree_answer", "agree_top1",
-                                                          "kl_ref_model", "length_difficulty_corr")}
-
-    def agg(k, key):
-        vals = [runs[f"{k}-{s}"][key] for s in seeds if runs[f"{k}-{s}"].get(key) is not None]
-        return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
-
-    table = {k: {x: agg(k, x) for x in ("accuracy", "mean_tokens", "agree_answer", "agree_top1", "kl_ref_model",
-                                         "length_difficulty_corr")} for k in sets}
+    base = ["task.name=modchain", "student.name=preset:student", f"train.steps={args.steps}", "train.batch_size=32",
+            "train.lr=2e-3", "train.warmup_steps=50", "train.save_every=500", "train.log_every=100"]
+    runs = students(work, log, sets, seeds, base)
+    t = table(runs, sets, seeds, ("accuracy", "mean_tokens", "agree_answer", "agree_top1", "kl_ref_model",
+                                  "length_difficulty_corr"))
     name_of = {v: k for k, v in teachers.items()}
     ranking = [name_of.get(n, n) for n in smoke["ranking_by_gain"]]
-    result = {"command": " ".join(sys.argv), "cores": os.cpu_count(), "seeds": seeds, "teachers": teachers,
-              "teacher_benchmark": bench, "by_teacher": stats.get("by_teacher"),
-              "reference_ppl": stats.get("reference_ppl"), "smoke": smoke, "ded_ranking": ranking,
-              "am_limits": limits, "runs": runs, "table": table,
-              "data": {k: {"rows": manifest(p)["stats"]["rows"], "trace_tokens": manifest(p)["stats"]["tokens"]["mean"]}
-                       for k, p in sets.items()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-
-    def f(x, d=3):
-        return "-" if x is None else f"{x[0]:.{d}f} ± {x[1]:.{d}f}"
+    data = {k: {"rows": manifest(p)["stats"]["rows"], "trace_tokens": manifest(p)["stats"]["tokens"]["mean"]}
+            for k, p in sets.items()}
+    save(args.out, {"seeds": seeds, "teachers": teachers, "teacher_benchmark": bench,
+                    "by_teacher": stats.get("by_teacher"), "reference_ppl": stats.get("reference_ppl"), "smoke": smoke,
+                    "ded_ranking": ranking, "am_limits": limits, "runs": runs, "table": t, "data": data})
 
     print("| data | teacher's own accuracy | reference ppl | length entropy | rows | student accuracy | "
           "tokens/answer | answer agreement | top-1 agreement |")
     print("|---|---|---|---|---|---|---|---|---|")
     for k in sets:
-        t = table[k]
+        x = t[k]
         path = teachers.get(k)
         bt = (stats.get("by_teacher") or {}).get(path, {}) if path else {}
         print(f"| {k} | {bench.get(k, float('nan')):.3f} | "
               f"{(stats.get('reference_ppl') or {}).get(path, float('nan')):.3f} | "
-              f"{bt.get('tokens', {}).get('histogram_entropy', float('nan')):.3f} | {result['data'][k]['rows']} | "
-              f"{f(t['accuracy'])} | {f(t['mean_tokens'], 1)} | {f(t['agree_answer'])} | {f(t['agree_top1'])} |")
+              f"{bt.get('tokens', {}).get('histogram_entropy', float('nan')):.3f} | {data[k]['rows']} | "
+              f"{fmt(x['accuracy'])} | {fmt(x['mean_tokens'], 1)} | {fmt(x['agree_answer'])} | "
+              f"{fmt(x['agree_top1'])} |")
     print(f"DED smoke ranking: {ranking}; best own benchmark: {max(bench, key=bench.get)}")
 
 
