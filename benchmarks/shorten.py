@@ -6,7 +6,7 @@ On the built-in task `detours` (modchain whose worked solutions take detours: wr
 corrected after "wait", right steps doubted, a re-check after the answer), with its built-in
 teacher, which also learned the task's rewrite prompts (`retort teacher task.name=detours`):
 
-    python benchmarks/shorten.py [--seeds 0,1,2] [--n-prompts 3000] [--steps 1500]
+    python benchmarks/shorten.py [--seeds 0,1,2] [--n-prompts 12000] [--steps 1500]
                                  [--work /tmp/retort-shorten] [--out benchmarks/results/shorten.json]
 
 Every step is the CLI a user runs (printed as it goes); a rerun with the same --work skips what is
@@ -60,7 +60,7 @@ def uniform_budget(traces: Path, want_mean: float) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--n-prompts", type=int, default=3000)
+    ap.add_argument("--n-prompts", type=int, default=12000)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--work", default="/tmp/retort-shorten")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shorten.json"))

@@ -91,7 +91,6 @@ def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, con
             console.print(f"teacher: cached in {out} (test accuracy {info['accuracy']:.3f}, "
                           f"trained in {info['train_time_s']:.0f}s)")
         return out / "model"
-
     if force and out.exists():
         remove_run(out)
     if console is not None:

@@ -200,7 +200,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
     return writer.manifest["stats"]
 
 
-def _api_teacher(src, manifest: dict, teacher_url):
+def _api_teacher(src, manifest: dict, teacher_url, purpose: str = "mixed-policy continues student prefixes"):
     """The server of an API trace set (`openai:MODEL`), as its manifest names it (the identity keys
     of teacher.api, and where the server was, which `teacher_url` overrides); None for a local
     teacher. Continuing a student prefix needs the served model's tokenizer (its chat template
@@ -220,8 +220,8 @@ def _api_teacher(src, manifest: dict, teacher_url):
         raise DataError(f"{src}: sampled from {t['name']}, but the manifest does not say where the server was; "
                         "give it with --teacher-url http://HOST:PORT/v1")
     if not (ident or {}).get("tokenizer"):
-        raise DataError(f"{src}: sampled from {t['name']} without teacher.api.tokenizer; mixed-policy continues "
-                        "student prefixes as text after the prompt rendered by the served model's chat template, "
+        raise DataError(f"{src}: sampled from {t['name']} without teacher.api.tokenizer; {purpose} as text after "
+                        "the prompt rendered by the served model's chat template, and writes rows in its tokens, "
                         "so it needs that tokenizer (sample the set with teacher.api.tokenizer=...)")
     cfg = TeacherConfig(**{k: v for k, v in t.items() if k in TeacherConfig.__dataclass_fields__},
                         api=ApiConfig(**ident, base_url=url, key_env=server.get("key_env", "OPENAI_API_KEY")))

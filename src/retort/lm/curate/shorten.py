@@ -182,7 +182,8 @@ class Reviser:
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         teacher = manifest["params"]["teacher"]
-        self.api = None if name else _api_teacher(src, manifest, teacher_url)
+        self.api = None if name else _api_teacher(src, manifest, teacher_url,
+                                                  "a rewrite or revision continues or replaces the traces")
         self.model = None
         self.is_teacher = name is None
         self.name = name or teacher["name"]
@@ -249,7 +250,8 @@ class Reviser:
                 piece = self.tok.decode([i])
                 bare = piece.lstrip()
                 if not bare:
-                    (space.append(i) if piece else None)
+                    if piece:
+                        space.append(i)
                 elif any(k.startswith(bare) or bare.startswith(k) for k in ban):
                     opening.append(i)
             self._banned[ban] = (opening, space)
@@ -401,9 +403,9 @@ class _Out:
         return self.writer.manifest["stats"]
 
 
-def _defaults(manifest: dict, temperature, top_p):
-    sp = manifest["params"].get("sampling", {})
-    return int(sp.get("max_new_tokens", 256)), temperature, top_p
+def _max_new(manifest: dict) -> int:
+    """A rewrite or continuation may be as long as the traces could be."""
+    return int(manifest["params"].get("sampling", {}).get("max_new_tokens", 256))
 
 
 def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = None, budget: int | None = None,
@@ -432,7 +434,7 @@ def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = Non
         raise DataError(f"curate --rewrite-template: the {mode} prompt must hold {{{'}, {'.join(missing)}}}")
     task = get_task(TaskConfig(**manifest["params"]["task"]))
     rv = Reviser(src, manifest, name=reviser, teacher_url=teacher_url)
-    max_new, temperature, top_p = _defaults(manifest, temperature, top_p)
+    max_new = _max_new(manifest)
     params = {"rewrite": {"mode": mode, "budgets": budgets if mode == "dap" else None, "budget": budget,
                           "template": template, "reviser": rv.name, "temperature": temperature, "top_p": top_p,
                           "max_prompts": max_prompts, "seed": seed, "shard_rows": shard_rows}}
@@ -498,7 +500,7 @@ def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, parti
     keywords = tuple(keywords or task.transitions or TRANSITIONS)
     sep = step_sep(r["completion"] for r in rows[:200])
     rv = Reviser(src, manifest, name=reviser, teacher_url=teacher_url)
-    max_new, temperature, top_p = _defaults(manifest, temperature, top_p)
+    max_new = _max_new(manifest)
     params = {"retro_search": {"gamma": gamma, "keywords": list(keywords), "partial": partial, "tries": tries,
                                "step_sep": sep, "reviser": rv.name, "temperature": temperature, "top_p": top_p,
                                "max_prompts": max_prompts, "seed": seed, "shard_rows": shard_rows}}
