@@ -390,7 +390,7 @@ def curate(traces_dir, show_stats, ref_model, max_ppl, out, only_teacher, correc
            teacher_url, select_student, smoke_steps, probe_n, drop_templates, template_ngram, template_max, diverse,
            seed, batch_size, rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions, retro_partial,
            retro_tries, reviser, truncate_like, overwrite):
-    """Statistics of a trace set, and filters into a new one.
+    """Statistics of a trace set; filters, selections, rewrites and revisions into a new one.
 
     \b
     retort curate runs/traces --stats
