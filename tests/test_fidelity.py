@@ -105,6 +105,11 @@ def test_the_reference_of_a_run_is_its_traces_teacher_else_its_methods_teacher(t
         return fidelity_reference(load_config(TrainRun, None, list(over)))
 
     assert ref("data.source=traces", f"data.traces={tr}") == "preset:nano"  # sft on its traces
+    from retort.lm.curate import filter_traces
+
+    filter_traces(str(tr), str(tmp_path / "f1"), max_tokens=100)
+    filter_traces(str(tmp_path / "f1"), str(tmp_path / "f2"), max_tokens=100)
+    assert ref("data.source=traces", f"data.traces={tmp_path / 'f2'}") == "preset:nano"  # a filtered set's source's
     assert ref("method=kd", "teacher.name=preset:teacher") == "preset:teacher"
     assert ref("method=sft") is None and ref("method=dpo") is None
     assert ref("method=kd", f"teacher.name=traces:{tr}") is None  # a trace store: no model to compare with

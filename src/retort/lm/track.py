@@ -92,9 +92,12 @@ def fidelity_reference(run):
     name = None
     if run.data.source == "traces" and run.data.traces:
         try:
-            name = (read_manifest(run.data.traces)["params"].get("teacher") or {}).get("name")
+            params = read_manifest(run.data.traces)["params"]
         except Exception:  # a set that cannot be read is reported by the data loader, not here
-            name = None
+            params = {}
+        while "teacher" not in params and isinstance(params.get("source_params"), dict):
+            params = params["source_params"]  # a filtered set names its source's teacher
+        name = (params.get("teacher") or {}).get("name")
     cls = METHODS.get(run.method)
     if name is None and cls is not None and cls.teacher_needs is not Method.teacher_needs:
         name = run.teacher.name  # a method that declares what it needs of a teacher uses one
