@@ -334,15 +334,18 @@ def traces(config_file, batch_out, batch_in, overrides):
 @click.option("--length-factor", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
               help="With --mixed-policy: student answers are capped at this x the teacher trace's length.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=None,
-              help="With --mixed-policy: sampling temperature of student and teacher (default: the traces'); with --rewrite (default 0, greedy) and --retro-search (default 0.6): the reviser's.")
+              help="With --mixed-policy: sampling temperature of student and teacher (default: the traces'); "
+              "with --rewrite (default 0, greedy) and --retro-search (default 0.6): the reviser's.")
 @click.option("--max-prompts", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --mixed-policy, --rewrite, --retro-search: use at most this many prompts (0: all).")
 @click.option("--with-source", is_flag=True, help="With --mixed-policy: also keep the source's correct traces.")
-@click.option("--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search on traces of an API teacher (openai:MODEL): "
-              "the server's /v1 URL, when it is no longer where the traces were made.")
-@click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy, --rewrite, --retro-search: sampling seed; with --das-rule random: the draw.")
+@click.option("--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search on traces of an "
+              "API teacher (openai:MODEL): the server's /v1 URL, when it is no longer where the traces were made.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy, --rewrite, "
+              "--retro-search: sampling seed; with --das-rule random: the draw.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy, --rewrite, --retro-search).")
+              help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy, --rewrite, "
+              "--retro-search).")
 @click.option("--select-teacher", "select_student", metavar="STUDENT", help="DED's smoke test on a set several "
               "teachers sampled: this student trained briefly on each teacher's correct traces; gains, cheap proxies, "
               "cost and the ranking (JSON on stdout).")
@@ -359,8 +362,8 @@ def traces(config_file, batch_out, batch_in, overrides):
 @click.option("--diverse", type=click.IntRange(min=1), help="DED's diverse trajectories: per prompt, the K correct "
               "traces that differ most (greedy max-min of 1 - ROUGE-L over words).")
 @click.option("--rewrite", type=click.Choice(["dap", "uniform"]), help="LiteCoT's DAP: the teacher judges each "
-              "correct trace's difficulty and rewrites it within that level's budget (--budgets); `uniform`: one budget "
-              "for all (--budget). Rewrites that change the answer or fail the check are dropped.")
+              "correct trace's difficulty and rewrites it within that level's budget (--budgets); `uniform`: one "
+              "budget for all (--budget). Rewrites that change the answer or fail the check are dropped.")
 @click.option("--budgets", default="easy=300,medium=700,hard=1500", show_default=True,
               help="With --rewrite dap: tokens per difficulty level.")
 @click.option("--budget", type=click.IntRange(min=1), help="With --rewrite uniform: tokens for every problem.")
@@ -385,11 +388,12 @@ def traces(config_file, batch_out, batch_in, overrides):
               "boundary, the answer kept) to the length of the matching rows of DIR: the baseline of equal length.")
 @click.option("--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
               "holding a retort trace set and nothing else; never the input).")
-def curate(traces_dir, show_stats, ref_model, max_ppl, out, only_teacher, correct, max_tokens, first_k_correct, pairs, das_student, das_keep,
-           das_delta, das_rule, mixed_student, mixed_from, cut_lo, length_factor, temperature, max_prompts, with_source,
+def curate(traces_dir, show_stats, ref_model, max_ppl, out, only_teacher, correct, max_tokens, first_k_correct, pairs,
+           das_student, das_keep, das_delta, das_rule, mixed_student, mixed_from, cut_lo, length_factor, temperature,
+           max_prompts, with_source,
            teacher_url, select_student, smoke_steps, probe_n, drop_templates, template_ngram, template_max, diverse,
-           seed, batch_size, rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions, retro_partial,
-           retro_tries, reviser, truncate_like, overwrite):
+           seed, batch_size, rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions,
+           retro_partial, retro_tries, reviser, truncate_like, overwrite):
     """Statistics of a trace set; filters, selections, rewrites and revisions into a new one.
 
     \b
@@ -417,6 +421,19 @@ def curate(traces_dir, show_stats, ref_model, max_ppl, out, only_teacher, correc
         raise RetortError("curate --max-ppl: name the reference model the perplexity is measured under (--ref-model)")
     if max_ppl and not out:
         raise RetortError("curate --max-ppl is a filter: it needs --out DIR")
+    makers = [name for name, on in (("--mixed-policy", mixed_student), ("--rewrite", rewrite),
+                                    ("--retro-search", retro_search), ("--truncate-like", truncate_like)) if on]
+    if len(makers) > 1:
+        raise RetortError(f"curate: {' and '.join(makers)} each make a new trace set; one per curate step")
+    if makers and not out:
+        raise RetortError(f"curate: {makers[0]} needs --out DIR")
+    filters = (correct or max_tokens or first_k_correct or pairs is not None or das_student or drop_templates or diverse
+               or max_ppl or only_teacher)
+    if makers and makers[0] != "--mixed-policy" and filters:
+        raise RetortError(f"curate: {makers[0]} makes new traces (from the correct ones); run the filters in a "
+                          "separate curate step")
+    if budget and rewrite != "uniform":
+        raise RetortError("curate: --budget goes with --rewrite uniform")
     if select_student:
         from .lm.curate.ded import select_teacher
 
@@ -434,19 +451,6 @@ def curate(traces_dir, show_stats, ref_model, max_ppl, out, only_teacher, correc
             stats["reference_ppl"] = {"model": ref_model, **reference_perplexity(table, ref_model,
                                                                                  batch_size=batch_size)}
         click.echo(json.dumps(stats, indent=2))
-    makers = [name for name, on in (("--mixed-policy", mixed_student), ("--rewrite", rewrite),
-                                    ("--retro-search", retro_search), ("--truncate-like", truncate_like)) if on]
-    if len(makers) > 1:
-        raise RetortError(f"curate: {' and '.join(makers)} each make a new trace set; one per curate step")
-    if makers and not out:
-        raise RetortError(f"curate: {makers[0]} needs --out DIR")
-    filters = (correct or max_tokens or first_k_correct or pairs is not None or das_student or drop_templates or diverse
-               or max_ppl or only_teacher)
-    if makers and makers[0] != "--mixed-policy" and filters:
-        raise RetortError(f"curate: {makers[0]} makes new traces (from the correct ones); run the filters in a "
-                          "separate curate step")
-    if budget and rewrite != "uniform":
-        raise RetortError("curate: --budget goes with --rewrite uniform")
     if out and (rewrite or retro_search or truncate_like):
         from .lm.curate import shorten
 

@@ -121,7 +121,8 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
     if das_student:
         table, das_stats = _das_select(source, table, das_student, das_keep, das_delta, batch_size, console,
                                        rule=das_rule, seed=seed)
-    applied = {**({"teacher": teacher} if teacher else {}), "correct_only": correct_only, "max_tokens": max_tokens, "first_k_correct": first_k_correct,
+    applied = {**({"teacher": teacher} if teacher else {}), "correct_only": correct_only, "max_tokens": max_tokens,
+               "first_k_correct": first_k_correct,
                "pairs": pairs}
     if max_ppl:
         applied["max_ppl"] = selection["max_ppl"]
