@@ -260,48 +260,18 @@ class Reviser:
     def _sample(self, encoded, *, max_new_tokens, temperature, top_p, seed, n, batch_size, ban=()) -> list[list]:
         import torch
 
-        from ..rollout.generate import Completion, generate_ids
+        from ..rollout.generate import generate_ids
 
-        if not ban:
-            return generate_ids(self.model, self.tok, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_p=top_p, num_samples=n, batch_size=batch_size, seed=seed)
-        from transformers import LogitsProcessorList
-
-        opening, space = self._banned_ids(ban)
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        ban_mask = torch.zeros(vocab, dtype=torch.bool, device=self.device)
-        ban_mask[[i for i in opening if i < vocab]] = True
-        space_ids = torch.tensor(space or [-1], device=self.device)
-
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        eos = self.tok.eos_token_id
-        out: list[list] = [[] for _ in encoded]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        gen = torch.Generator().manual_seed(seed)
-        per = max(1, batch_size // n)
-        for s in range(0, len(order), per):
-            idx = order[s:s + per]
-            rows = [encoded[i] for i in idx for _ in range(n)]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, e in enumerate(rows):
-                ids[r, width - len(e):] = torch.tensor(e)
-                mask[r, width - len(e):] = 1
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            with torch.no_grad():
-                seqs = self.model.generate(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new_tokens,
-                    do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                    top_p=top_p if temperature > 0 else None, top_k=0 if temperature > 0 else None,
-                    pad_token_id=pad, eos_token_id=eos,
-                    logits_processor=LogitsProcessorList([OpeningBan(width, ban_mask, space_ids)]))
-            for r, seq in enumerate(seqs[:, width:].tolist()):
-                stopped = eos in seq
-                tokens = seq[:seq.index(eos)] if stopped else seq
-                out[idx[r // n]].append(Completion(self.tok.decode(tokens, skip_special_tokens=True), tokens,
-                                                   "stop" if stopped else "length"))
-        return out
+        processors = None
+        if ban:
+            opening, space = self._banned_ids(ban)
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            ban_mask = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+            ban_mask[[i for i in opening if i < vocab]] = True
+            space_ids = torch.tensor(space or [-1], device=self.device)
+            processors = lambda width: [OpeningBan(width, ban_mask, space_ids)]  # noqa: E731
+        return generate_ids(self.model, self.tok, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_p=top_p, num_samples=n, batch_size=batch_size, seed=seed, processors=processors)
 
 
 def OpeningBan(start: int, ban_mask, space_ids):

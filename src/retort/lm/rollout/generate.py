@@ -55,11 +55,13 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, tempe
 def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
                  stop: Optional[list[str]] = None, progress=None, engine: str = "auto",
-                 scores: Optional[int] = None) -> list[list[Completion]]:
+                 scores: Optional[int] = None, processors=None) -> list[list[Completion]]:
     """`generate` from prompt token ids (already templated). engine: `hf` (transformers' `generate`),
     `fast` (retort.lm.rollout.fast, Llama-family decoders, no stop strings) or `auto` (fast when it
     applies). `scores=K`: when the fast engine samples, each Completion also carries the model's
-    log-probs (and top-K) at its tokens, from the sampling pass (`fast.sample`); None otherwise."""
+    log-probs (and top-K) at its tokens, from the sampling pass (`fast.sample`); None otherwise.
+    `processors(width)`: transformers logits processors for a batch whose prompts are left-padded
+    to `width` tokens (the hf engine only)."""
     if engine not in ("auto", "hf", "fast"):
         raise ValueError(f"engine must be auto, hf or fast, got {engine!r}")
     limit = _context(model)
@@ -69,9 +71,9 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
         raise DataError(f"{len(over)} of {len(encoded)} prompts do not fit the model's context of {limit} tokens with "
                         f"max_new_tokens={max_new_tokens} (the longest has {longest} tokens); shorten or drop them, "
                         "or lower max_new_tokens")
-    use_fast = engine == "fast" or (engine == "auto" and not stop and fast.supports(model))
-    if use_fast and (stop or not fast.supports(model)):
-        raise ValueError("the fast engine needs a Llama-family model and no stop strings")
+    use_fast = engine == "fast" or (engine == "auto" and not stop and not processors and fast.supports(model))
+    if use_fast and (stop or processors or not fast.supports(model)):
+        raise ValueError("the fast engine needs a Llama-family model, no stop strings and no logits processors")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -114,6 +116,10 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
                       eos_token_id=list(eos_set), use_cache=True)
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=tok)
+        if processors is not None:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors(width))
         if sampling:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:
