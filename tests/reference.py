@@ -184,3 +184,37 @@ def tsd_kd_loss(student, teacher, seqs, *, beta=0.9, alpha=0.1, entropy_weight=1
         ranks.append(l_t)
     ind = sum(ranks) / len(ranks) if ranks else 0.0
     return direct + n * (entropy_weight * ent + alpha * ind)
+
+
+# --------------------------------------------------------------------------- classifier losses
+
+
+def hinton_kd(student_row, teacher_row, temperature):
+    """T^2 KL(p_T || p_S) for one example, float64 by loops."""
+    return temperature**2 * _kl(_dist(teacher_row, temperature), _dist(student_row, temperature))
+
+
+def dkd(student_row, teacher_row, y, alpha, beta, temperature):
+    """Decoupled KD for one example, from the paper's definitions (eq. 1-7), float64 by loops."""
+    ps, pt = _dist(student_row, temperature), _dist(teacher_row, temperature)
+    bs, bt = [ps[y], 1 - ps[y]], [pt[y], 1 - pt[y]]
+    hs = [p / (1 - ps[y]) for i, p in enumerate(ps) if i != y]
+    ht = [p / (1 - pt[y]) for i, p in enumerate(pt) if i != y]
+    return temperature**2 * (alpha * _kl(bt, bs) + beta * _kl(ht, hs))
+
+
+def plackett_luce(student_row, teacher_row, y, temperature, weights="teacher"):
+    """PLD for one example as the paper's Appendix C listing writes it: ascending teacher order
+    with the true label appended last, a forward running log-sum-exp (float64, by loops)."""
+    C = len(student_row)
+    rest = sorted((i for i in range(C) if i != y), key=lambda i: (teacher_row[i], -i))  # ascending, ties stable
+    order = rest + [y]  # the mirror image of (y, descending)
+    q = _dist(teacher_row, temperature)
+    total, run = 0.0, None
+    for pos, c in enumerate(order):
+        s = float(student_row[c])
+        run = s if run is None else max(run, s) + math.log(math.exp(run - max(run, s)) + math.exp(s - max(run, s)))
+        k = C - 1 - pos  # this class's place in the descending order, 0 = first
+        w = q[c] if weights == "teacher" else (1.0 / C if weights == "uniform" else float(k == 0))
+        total += w * (run - s)
+    return total

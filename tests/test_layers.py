@@ -27,7 +27,7 @@ def lint_available():
 def test_the_layer_contract_is_kept(lint_available):
     proc = _lint(ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 kept, 0 broken" in proc.stdout
+    assert "4 kept, 0 broken" in proc.stdout
 
 
 def _lint_with(tmp_path, module: str, code: str) -> subprocess.CompletedProcess:
@@ -48,3 +48,8 @@ def test_an_upward_import_breaks_the_contract(lint_available, tmp_path):
 def test_the_core_importing_a_track_breaks_the_contract(lint_available, tmp_path):
     proc = _lint_with(tmp_path, "train/checkpoint.py", "\n\ndef _track():\n    from ..lm.models import lora\n    return lora\n")
     assert proc.returncode != 0 and "the core never imports a track BROKEN" in proc.stdout, proc.stdout
+
+
+def test_a_track_importing_another_breaks_the_contract(lint_available, tmp_path):
+    proc = _lint_with(tmp_path, "classify/methods/kd.py", "\n\ndef _other():\n    from ...lm.tasks import TASKS\n    return TASKS\n")
+    assert proc.returncode != 0 and "retort.classify.methods.kd -> retort.lm.tasks" in proc.stdout, proc.stdout

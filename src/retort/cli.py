@@ -38,50 +38,30 @@ overrides_arg = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
               "damaged one is moved aside); a finished run is left as it is; with no run there yet, one is started.")
 @overrides_arg
 def train(config_file, resume, overrides):
-    """Train a student with a method (see `retort methods`).
+    """Train a student with a method (see `retort methods`); `track=classify` trains a classifier.
 
     \b
     retort train method=sft student.name=preset:student data.source=answers train.steps=200
     retort train -c configs/student_solutions.yaml out=runs/sft --resume
+    retort train track=classify task.name=digits method=kd student.name=mlp:32 out=runs/kd
     """
-    from .config import TrainRun, load_config
-    from .lm.eval import evaluate
+    from .config import load_config, peek_track
+    from .track import get_track
     from .train import train as run_train
 
-    run = load_config(TrainRun, config_file, _overrides(overrides))
+    track = get_track(peek_track(config_file, _overrides(overrides)))
+    run = load_config(track.run_config, config_file, _overrides(overrides))
     console = _console()
-    summary = run_train(run, resume=resume, evaluate=_train_evaluator(run, evaluate), console=console,
+    summary = run_train(run, resume=resume, evaluate=track.train_evaluator(run), console=console,
                         announce_new=resume)
     _print_summary(console, run.out, summary)
-
-
-def _train_evaluator(run, evaluate):
-    """A training run's evaluation: `evaluate`, plus fidelity to the run's teacher when it has a
-    local one (`eval.fidelity`; the teacher and its greedy answers loaded at the first evaluation)."""
-    from .lm.track import fidelity_reference
-
-    name = fidelity_reference(run)
-    cache: dict = {}
-
-    def ev(model, tok, task):
-        if name is None:
-            return evaluate(model, tok, task, run.eval)
-        if "ref" not in cache:
-            from dataclasses import replace
-
-            from .lm.eval import load_reference
-
-            cache["ref"] = load_reference(replace(run.teacher, name=name), task, run.eval, "teacher", seed=run.seed,
-                                          device=next(model.parameters()).device)
-        return evaluate(model, tok, task, run.eval, reference=cache["ref"])
-    return ev
 
 
 def _print_summary(console, out, summary):
     if not summary.get("main_process", True):
         return
     ev = summary.get("eval") or {}
-    acc = f", accuracy {ev['accuracy']:.3f} on {ev.get('n', '?')} {ev.get('split', 'test')} prompts" if "accuracy" in ev else ""
+    acc = f", accuracy {ev['accuracy']:.3f} on {ev.get('n', '?')} {ev.get('split', 'test')} {ev.get('unit', 'prompts')}" if "accuracy" in ev else ""
     console.print(f"done: {summary['steps']} steps in {summary['train_time_s']:.0f}s{acc}; model in {out}/model")
 
 
@@ -202,7 +182,15 @@ def teacher(config_file, force, overrides):
     \b
     retort teacher                      # modchain, cached in $RETORT_CACHE or ~/.cache/retort
     retort teacher task.name=vars
+    retort teacher track=classify task.name=digits   # a classifier teacher for a built-in dataset
     """
+    from .config import peek_track
+
+    if peek_track(config_file, list(overrides)) == "classify":
+        from .classify.teacher import ensure_teacher as ensure_classifier
+
+        ensure_classifier(config_file, list(overrides), force=force, console=_console())
+        return
     from .lm.teacher import ensure_teacher
 
     ensure_teacher(config_file, list(overrides), force=force, console=_console())
@@ -248,27 +236,42 @@ def tasks(n):
 
 
 @click.command(context_settings=CONTEXT)
-def methods():
-    """List training methods, their papers and options."""
+@click.option("--track", "track_name", default=None, help="Only this track's methods (lm, classify).")
+def methods(track_name):
+    """List training methods of every track, their papers and options."""
     import dataclasses
 
-    from .lm.methods import METHODS
+    from .track import TRACKS, get_track
 
-    for name, cls in METHODS.items():
-        click.echo(f"{name}: {cls.paper}\n  {cls.equation}")
-        for f in dataclasses.fields(cls.Config):
-            click.echo(f"  method_args.{f.name} = {f.default!r}  {f.metadata.get('doc', '')}")
+    for name in [track_name] if track_name else list(TRACKS):
+        track = get_track(name)
+        click.echo(f"# track={name}")
+        for mname, cls in track.methods.items():
+            click.echo(f"{mname}: {cls.paper}\n  {cls.equation}")
+            for f in dataclasses.fields(cls.Config):
+                click.echo(f"  method_args.{f.name} = {f.default!r}  {f.metadata.get('doc', '')}")
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("command", type=click.Choice(["train", "eval", "teacher", "traces"]))
-def config(command):
+@click.option("--track", "track_name", default="lm", show_default=True, help="The track (train, teacher): lm, classify.")
+def config(command, track_name):
     """Show every config key of a command with its default, meaning and allowed values."""
-    from .config import EvalRun, TracesRun, TrainRun, describe
-    from .lm.teacher import teacher_config
+    from .config import EvalRun, TracesRun, describe
+    from .track import get_track
 
-    cfg = teacher_config(None, []) if command == "teacher" else \
-        {"train": TrainRun, "eval": EvalRun, "traces": TracesRun}[command]
+    track = get_track(track_name)
+    if command == "teacher":
+        if track_name == "classify":
+            from .classify.teacher import teacher_config as classify_teacher
+
+            cfg = classify_teacher(None, [])
+        else:
+            from .lm.teacher import teacher_config
+
+            cfg = teacher_config(None, [])
+    else:
+        cfg = {"train": track.run_config, "eval": EvalRun, "traces": TracesRun}[command]
     for key, default, doc in describe(cfg):
         click.echo(f"{key} = {default}\n    {doc}")
 

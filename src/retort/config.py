@@ -179,7 +179,14 @@ class OptimConfig:
     lr: float = param(1e-3, "peak learning rate", lo=0.0, hi=1.0, lo_open=True)
     min_lr_ratio: float = param(0.1, "final lr of the cosine decay, as a fraction of lr", lo=0.0, hi=1.0)
     warmup_steps: int = param(50, "linear warmup steps", lo=0)
-    weight_decay: float = param(0.01, "AdamW weight decay", lo=0.0)
+    schedule: str = param("warmup_cosine", "lr schedule: linear warmup then cosine to min_lr_ratio, or warmup then "
+                          "x lr_gamma at each of `milestones` (the CIFAR KD recipe's step decay)",
+                          choices=["warmup_cosine", "multistep"])
+    milestones: List[int] = param([], "schedule=multistep: the optimizer steps at which the lr is multiplied by "
+                                  "lr_gamma")
+    lr_gamma: float = param(0.1, "schedule=multistep: the factor at each milestone", lo=0.0, hi=1.0, lo_open=True)
+    weight_decay: float = param(0.01, "weight decay (AdamW's decoupled, SGD's L2) on weights of dimension >= 2 "
+                                "(not biases or norms)", lo=0.0)
     beta1: float = param(0.9, "AdamW beta1", lo=0.0, hi=1.0, hi_open=True)
     beta2: float = param(0.99, "AdamW beta2", lo=0.0, hi=1.0, hi_open=True)
     momentum: float = param(0.9, "SGD momentum", lo=0.0, hi=1.0, hi_open=True)
@@ -192,6 +199,15 @@ class OptimConfig:
     keep_checkpoints: int = param(2, "checkpoints kept on disk", lo=1)
     log_with: str = param("none", "extra metrics sink", choices=["none", "tensorboard", "wandb"])
     stop_at_accuracy: float = param(0.0, "stop once periodic eval reaches this accuracy (0: never)", lo=0.0, hi=1.0)
+
+    def __post_init__(self):
+        if self.schedule == "multistep":
+            if not self.milestones:
+                raise ConfigError("schedule=multistep needs milestones=[STEP, ...] (e.g. [150, 180, 210] epochs "
+                                  "in steps)")
+            bad = [m for m in self.milestones if not 0 < m <= self.steps]
+            if bad or list(self.milestones) != sorted(self.milestones):
+                raise ConfigError(f"milestones={list(self.milestones)}: expected increasing steps in 1..{self.steps}")
 
 
 @dataclass
@@ -281,6 +297,20 @@ class EvalRun:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def peek_track(config_file: Optional[str], overrides: list[str]) -> str:
+    """The `track` a command's config names (the last `track=` override, else the YAML file's, else
+    lm): it decides which run config the rest is read into."""
+    for item in reversed(overrides or []):
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "track":
+            return value.strip()
+    if config_file:
+        data = _read_yaml(config_file)
+        if "track" in data:
+            return str(data["track"])
+    return "lm"
 
 
 def _field_types(cls) -> dict[str, Any]:

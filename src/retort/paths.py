@@ -10,9 +10,15 @@ the command (a run's `config.yaml`, a trace set's manifest), never by a file nam
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from .errors import ConfigError
+
+
+def cache_dir() -> Path:
+    """Where retort keeps built-in teachers (every track's): $RETORT_CACHE, else ~/.cache/retort."""
+    return Path(os.environ.get("RETORT_CACHE") or Path.home() / ".cache" / "retort")
 
 
 def _parent_file(path: Path) -> Path | None:
@@ -70,3 +76,21 @@ def atomic_write_text(path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "teacher.json", "model", "ckpt")
+
+
+def remove_run(out: Path) -> None:
+    """What `--force` deletes: the entries a teacher run writes, and the directory if that empties
+    it. Anything else in `out` (a user's file) stays, and so does the directory."""
+    if not (out / "config.yaml").is_file() and any(out.iterdir()):
+        raise ConfigError(f"teacher --force: {out} holds no retort run (no config.yaml); not deleting it")
+    for name in RUN_ENTRIES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if not any(out.iterdir()):
+        out.rmdir()

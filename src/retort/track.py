@@ -14,6 +14,7 @@ What a track provides (`Track`):
 | `context(run, task, processor, device, say)` | what the track's methods are built from (a `MethodContext`) |
 | `check_method(run, method)` | refuse, before step 0, what the method cannot do with this run (a teacher without a capability) |
 | `save_checkpoint_model(model, processor, path)`, `export(model, processor, path)` | the model part of a checkpoint; the final model a user loads |
+| `run_config`, `train_evaluator(run)` | the run config `retort train track=NAME` reads; the evaluation it runs during and after training |
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import importlib
 
 # track name -> the module that defines `TRACK` (imported on first use, so the core stays track-free)
-TRACKS: dict[str, str] = {"lm": "retort.lm.track"}
+TRACKS: dict[str, str] = {"lm": "retort.lm.track", "classify": "retort.classify.track"}
 
 
 class Track:
@@ -29,6 +30,11 @@ class Track:
 
     name = "track"
     methods: dict = {}
+    run_config: type = object  # the dataclass `retort train` reads for this track
+
+    def train_evaluator(self, run):
+        """`evaluate(model, processor, task) -> dict` for a training run, or None."""
+        return None
 
     def get_task(self, cfg):
         raise NotImplementedError

@@ -8,13 +8,13 @@ mid-training resumes from its last checkpoint, and `model/` loads with plain tra
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from ..config import EvalConfig, TrainRun, load_config
 from ..errors import RetortError
+from ..paths import remove_run
 from .models import builtin_teacher_dir, load_model
 
 TARGET_ACCURACY = 0.95
@@ -52,41 +52,17 @@ def teacher_config(config_file=None, overrides=None) -> TrainRun:
     return run
 
 
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "teacher.json", "model", "ckpt")
-
-
-def remove_run(out: Path) -> None:
-    """What `--force` deletes: the entries a teacher run writes, and the directory if that empties
-    it. Anything else in `out` (a user's file) stays, and so does the directory."""
-    if not (out / "config.yaml").is_file() and any(out.iterdir()):
-        raise RetortError(f"teacher --force: {out} holds no retort run (no config.yaml); not deleting it")
-    for name in RUN_ENTRIES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    if not any(out.iterdir()):
-        out.rmdir()
-
-
 def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, console=None) -> Path:
     """Return the directory of a trained built-in teacher, training it first if needed."""
     from .eval import evaluate
     from .tasks import get_task
-    from ..train import train
+    from ..train import cached_teacher, train
 
     run = teacher_config(config_file, overrides)
     out = Path(run.out)
     report = out / "teacher.json"
-    if report.is_file() and not force:
-        from ..config import saved_config_diff
-
-        diff = saved_config_diff(out / "config.yaml", run) if (out / "config.yaml").is_file() else []
-        if diff:
-            raise RetortError(f"teacher: the teacher cached in {out} was trained with other settings (differ at "
-                              f"{', '.join(diff)}); pass --force to train it again with these")
-        info = json.loads(report.read_text())
+    info = cached_teacher(run, force)
+    if info is not None:
         if console is not None:
             console.print(f"teacher: cached in {out} (test accuracy {info['accuracy']:.3f}, "
                           f"trained in {info['train_time_s']:.0f}s)")

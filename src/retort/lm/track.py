@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..config import ModelConfig
+from ..config import ModelConfig, TrainRun
 from ..errors import ModelError
 from .methods import METHODS, MethodContext
 from .models import load_model, lora, save_model
@@ -15,6 +15,28 @@ from ..track import Track
 class LMTrack(Track):
     name = "lm"
     methods = METHODS
+    run_config = TrainRun
+
+    def train_evaluator(self, run):
+        """`retort.lm.eval.evaluate`, plus fidelity to the run's teacher when it has a local one
+        (`eval.fidelity`; the teacher and its greedy answers loaded at the first evaluation)."""
+        from .eval import evaluate
+
+        name = fidelity_reference(run)
+        cache: dict = {}
+
+        def ev(model, tok, task):
+            if name is None:
+                return evaluate(model, tok, task, run.eval)
+            if "ref" not in cache:
+                from dataclasses import replace
+
+                from .eval import load_reference
+
+                cache["ref"] = load_reference(replace(run.teacher, name=name), task, run.eval, "teacher",
+                                              seed=run.seed, device=next(model.parameters()).device)
+            return evaluate(model, tok, task, run.eval, reference=cache["ref"])
+        return ev
 
     def get_task(self, cfg):
         return get_task(cfg)

@@ -1,5 +1,5 @@
 """The training loop and its checkpoints."""
 
-from .loop import NonFiniteLoss, train
+from .loop import NonFiniteLoss, cached_teacher, train
 
-__all__ = ["NonFiniteLoss", "train"]
+__all__ = ["NonFiniteLoss", "cached_teacher", "train"]

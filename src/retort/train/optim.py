@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .schedule import warmup_cosine
+from .schedule import multistep, warmup_cosine
 
 
 def _fused(params: list) -> dict:
@@ -46,9 +46,14 @@ def make_optimizer(named_params: Iterable, cfg, *, lr: float | None = None, name
                                              else lr, cfg)
 
 
-def make_scheduler(optimizer, cfg, kind: str = "warmup_cosine"):
-    """`warmup_cosine` (the student's: linear warmup, cosine to `min_lr_ratio`) or `constant`."""
+def make_scheduler(optimizer, cfg, kind: str | None = None):
+    """`kind` (default `cfg.schedule`): `warmup_cosine` (linear warmup, cosine to `min_lr_ratio`),
+    `multistep` (warmup, then x `lr_gamma` at each of `milestones`) or `constant`."""
+    kind = kind or getattr(cfg, "schedule", "warmup_cosine")
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    if kind == "multistep":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: multistep(
+            s, warmup=cfg.warmup_steps, milestones=cfg.milestones, gamma=cfg.lr_gamma))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
         s, total=cfg.steps, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio))

