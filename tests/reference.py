@@ -218,3 +218,14 @@ def plackett_luce(student_row, teacher_row, y, temperature, weights="teacher"):
         w = q[c] if weights == "teacher" else (1.0 / C if weights == "uniform" else float(k == 0))
         total += w * (run - s)
     return total
+
+
+def ground_truth_mse(student_row, teacher_row, y, alpha):
+    p, q = _dist(student_row, 1.0), _dist(teacher_row, 1.0)
+    C = len(p)
+    return sum(alpha * (pi - (1.0 if i == y else 0.0)) ** 2 + (1 - alpha) * (pi - qi) ** 2
+               for i, (pi, qi) in enumerate(zip(p, q))) / C
+
+
+def soft_target_kl(student_row, target_row, temperature):
+    return temperature**2 * _kl(list(target_row), _dist(student_row, temperature))

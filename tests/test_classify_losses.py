@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import reference as ref
-from retort.losses.classify import dkd, hinton_kd, plackett_luce
+from retort.losses.classify import dkd, ground_truth_mse, hinton_kd, plackett_luce, soft_target_kl
 
 
 def _case(b=5, c=13, seed=0):
@@ -27,7 +27,19 @@ FUNCS = {
             lambda s, t, y, T: ref.plackett_luce(s, t, y, T)),
     "pld_listmle": (lambda s, t, y, T: plackett_luce(s, t, y, temperature=T, weights="uniform"),
                     lambda s, t, y, T: ref.plackett_luce(s, t, y, T, "uniform")),
+    # Borup & Andersen: T plays no part; the two runs of T check the same function twice
+    "ground_truth_mse": (lambda s, t, y, T: ground_truth_mse(s, t, y, alpha=0.35),
+                         lambda s, t, y, T: ref.ground_truth_mse(s, t, y, 0.35)),
+    # a target distribution: the teacher's softmax at T=1.5 mixed with the label (the recursive/LELP form)
+    "soft_target_kl": (lambda s, t, y, T: soft_target_kl(s, _mixed(t, y), temperature=T),
+                       lambda s, t, y, T: ref.soft_target_kl(s, _mixed(torch.tensor([t]), torch.tensor([y]))[0]
+                                                             .tolist(), T)),
 }
+
+
+def _mixed(t, y):
+    t = torch.as_tensor(t, dtype=torch.float64)
+    return 0.7 * torch.softmax(t / 1.5, -1) + 0.3 * torch.nn.functional.one_hot(torch.as_tensor(y), t.shape[-1])
 
 
 @pytest.mark.parametrize("name", list(FUNCS))
@@ -66,6 +78,10 @@ def test_golden_values_on_hand_written_logits():
     pld = 0.5 * math.log(3) + 0.25 * math.log(2) + 0.25 * 0.0
     assert plackett_luce(s, t, y).item() == pytest.approx(pld, abs=1e-7)
     assert pld == pytest.approx(0.7225929, abs=1e-6)
+    # Borup: p_S = 1/3 each, label 0, p_T = (0.5, 0.25, 0.25): alpha*(4/9+1/9+1/9)/3 + (1-alpha)*(1/36+2/144)/3
+    gt, sd = (4 / 9 + 2 / 9) / 3, (1 / 36 + 2 / 144) / 3
+    assert ground_truth_mse(s, t, y, alpha=0.25).item() == pytest.approx(0.25 * gt + 0.75 * sd, abs=1e-7)
+    assert soft_target_kl(s, torch.tensor([[0.5, 0.5, 0.0]])).item() == pytest.approx(math.log(1.5), abs=1e-7)
 
 
 def test_pld_first_term_is_cross_entropy_and_shift_invariant():
@@ -104,7 +120,8 @@ def test_dkd_decomposes_kd_and_vanishes_on_equal_logits():
     nckd = dkd(s, t, y, alpha=0.0, beta=1.0, temperature=T)
     b_t = torch.softmax(t / T, -1).gather(1, y.view(-1, 1)).squeeze(1)
     assert torch.allclose(kd.double(), tckd + (1 - b_t) * nckd, atol=1e-5)  # eq. 4 of the paper
-    for f in (hinton_kd(t, t, temperature=T), dkd(t, t, y, temperature=T)):
+    for f in (hinton_kd(t, t, temperature=T), dkd(t, t, y, temperature=T),
+              soft_target_kl(t, torch.softmax(t / T, -1), temperature=T)):
         assert torch.allclose(f, torch.zeros_like(f), atol=1e-6)
     assert not torch.allclose(hinton_kd(s, t, temperature=1.0), hinton_kd(s, t, temperature=4.0))
 
@@ -138,3 +155,10 @@ def test_a_short_run_makes_the_loss_fall(name):
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+def test_ground_truth_mse_ends_are_the_labels_and_the_teacher():
+    s, t, y = _case(6, 7, seed=9)
+    onehot_logits = torch.nn.functional.one_hot(y, 7).double() * 1e4
+    assert torch.allclose(ground_truth_mse(s, t, y, alpha=1.0), ground_truth_mse(s, onehot_logits, y, alpha=0.0))
+    assert torch.allclose(ground_truth_mse(t, t, y, alpha=0.0), torch.zeros(6), atol=1e-7)

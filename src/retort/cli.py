@@ -197,6 +197,34 @@ def teacher(config_file, force, overrides):
 
 
 @click.command(context_settings=CONTEXT)
+@config_option
+@click.argument("n", type=int)
+@click.option("--alpha-hat", is_flag=True, help="method=borup: per generation, train at alpha=0 and alpha=1, "
+              "estimate the best alpha on the validation split, train at it.")
+@overrides_arg
+def generations(config_file, n, alpha_hat, overrides):
+    """A chain of N self-distillation generations (track=classify): generation 1 learns from
+    teacher.name, each next one from the previous; OUT/gen-K run dirs and OUT/generations.json
+    (accuracy, calibration, agreement and KL with the base teacher per generation). Resumable.
+
+    \b
+    retort generations 5 track=classify task.name=digits method=borup method_args.alpha=0.35 \\
+        student.name=mlp:512-512 teacher.name=builtin:teacher out=runs/borup
+    retort generations 10 track=classify method=recursive method_args.a=0.3 out=runs/rec
+    """
+    from .config import load_config, peek_track
+    from .track import get_track
+
+    if peek_track(config_file, list(overrides)) != "classify":
+        raise click.UsageError("generations runs classifier chains: pass track=classify")
+    from .classify.generations import run_generations
+
+    run = load_config(get_track("classify").run_config, config_file, list(overrides))
+    result = run_generations(run, n, alpha_hat_search=alpha_hat, console=_console())
+    click.echo(json.dumps(result["generations"], indent=1))
+
+
+@click.command(context_settings=CONTEXT)
 @click.option("--out", default="runs/demo", show_default=True, help="Demo run directory.")
 @click.option("--methods", default="answers,sft", show_default=True,
               help="Comma-separated students to train and compare: answers, sft, kd (from scratch); "
@@ -529,7 +557,8 @@ def report(run_dirs, out, title):
     _console().print(f"report: {path}")
 
 
-COMMANDS = {"teacher": teacher, "traces": traces, "curate": curate, "train": train, "eval": eval_cmd,
+COMMANDS = {"teacher": teacher, "traces": traces, "curate": curate, "train": train, "generations": generations,
+            "eval": eval_cmd,
             "report": report, "demo": demo, "tasks": tasks, "methods": methods, "config": config}
 
 

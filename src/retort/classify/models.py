@@ -12,7 +12,8 @@
 Every model returns logits from `forward(x)`; retort's own also expose `embed(x)` (the input to the
 final linear layer) and `head` (that layer), which LELP and the analyses read. A saved model is a
 state dict in safetensors plus `config.json` naming how to build it, so it reloads with plain
-PyTorch: `build(cfg["arch"], cfg["input_shape"], cfg["n_classes"])` then `load_state_dict`.
+PyTorch: `build(cfg["arch"], cfg["input_shape"], cfg["n_classes"], cfg.get("subclasses", 1))` then
+`load_state_dict` (a LELP student has `subclasses`: its head scores S subclasses per class).
 """
 
 from __future__ import annotations
@@ -124,6 +125,29 @@ class CifarResNet(nn.Module):
         return self.head(self.embed(x))
 
 
+class Subclassed(nn.Module):
+    """A classifier whose head scores S subclasses per class (LELP's S*C-way head; output index
+    c*S + s). `forward` returns the class logits logsumexp_s of the subclass logits, so evaluation
+    and every other caller see an ordinary C-way classifier; `subclass_logits` is what LELP trains."""
+
+    def __init__(self, inner: nn.Module, n_classes: int, subclasses: int):
+        super().__init__()
+        self.inner, self.n_classes, self.subclasses = inner, n_classes, subclasses
+
+    def subclass_logits(self, x):
+        return self.inner(x)
+
+    def embed(self, x):
+        return self.inner.embed(x)
+
+    @property
+    def head(self):
+        return self.inner.head
+
+    def forward(self, x):
+        return torch.logsumexp(self.inner(x).view(len(x), self.n_classes, self.subclasses), -1)
+
+
 def _widths(spec: str, n: int, default: list[int], name: str) -> list[int]:
     if not spec:
         return default
@@ -138,8 +162,11 @@ def _widths(spec: str, n: int, default: list[int], name: str) -> list[int]:
     return vals
 
 
-def build(spec: str, input_shape, n_classes: int) -> nn.Module:
-    """A fresh (randomly initialised) model from its name; see the module docstring."""
+def build(spec: str, input_shape, n_classes: int, subclasses: int = 1) -> nn.Module:
+    """A fresh (randomly initialised) model from its name; see the module docstring. `subclasses`
+    > 1: the head scores that many subclasses per class (`Subclassed`)."""
+    if subclasses > 1:
+        return Subclassed(build(spec, input_shape, n_classes * subclasses), n_classes, subclasses)
     spec = str(spec)
     kind, _, arg = spec.partition(":")
     shape = tuple(int(v) for v in input_shape)
@@ -221,7 +248,7 @@ def load(name: str) -> tuple[nn.Module, dict]:
                          "directory or ccexam:mnist")
     try:
         meta = json.loads(cfg_file.read_text())
-        model = build(meta["arch"], meta["input_shape"], meta["n_classes"])
+        model = build(meta["arch"], meta["input_shape"], meta["n_classes"], meta.get("subclasses", 1))
     except (ValueError, KeyError) as e:
         raise ModelError(f"{cfg_file}: not a retort classifier config ({e})") from None
     from safetensors.torch import load_file

@@ -45,12 +45,27 @@ class ClassifyTrack(Track):
         if is_saved(name):  # start from a trained classifier (self-distillation from a checkpoint)
             model, meta = models.load(name)
             check_fits(meta, data, "student")
+            if meta.get("subclasses", 1) != self._subclasses(run):
+                raise ModelError(f"student.name={name}: its head scores {meta.get('subclasses', 1)} subclass(es) "
+                                 f"per class; method {run.method} needs {self._subclasses(run)}")
             return model.train(), meta
+        sub = self._subclasses(run)
         torch.manual_seed(seed)
-        model = models.build(name, data.input_shape, data.n_classes)
+        model = models.build(name, data.input_shape, data.n_classes, sub)
         meta = {"arch": name, "input_shape": list(data.input_shape), "n_classes": data.n_classes,
                 "dataset": data.name, "classes": data.classes}
+        if sub > 1:
+            meta["subclasses"] = sub
         return model.train(), meta
+
+    def _subclasses(self, run) -> int:
+        """Subclasses per class the method wants the student's head to score (LELP's S), else 1."""
+        cls = self.methods.get(run.method)
+        if cls is None or not hasattr(cls, "student_subclasses"):
+            return 1
+        from ..train.loop import method_config
+
+        return cls.student_subclasses(method_config(run, self))
 
     def rows_per_batch(self, run) -> int:
         return run.train.batch_size * 64

@@ -87,3 +87,24 @@ def plackett_luce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ta
         w = torch.zeros_like(sp)
         w[:, 0] = 1.0
     return (w * (suffix_lse - sp)).sum(-1)
+
+
+def ground_truth_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, *,
+                     alpha: float) -> torch.Tensor:
+    """alpha MSE(softmax s, onehot y) + (1 - alpha) MSE(softmax s, softmax t), each the mean over
+    classes: the self-distillation loss of Borup & Andersen's `self_distiller.py` ("Even your Teacher
+    Needs Guidance", NeurIPS 2021, arXiv 2102.13088). alpha=1: the labels alone; alpha=0: the teacher
+    alone. Output `(B,)`."""
+    p = torch.softmax(student_logits.float(), -1)
+    onehot = torch.nn.functional.one_hot(target.long(), p.shape[-1]).float()
+    q = torch.softmax(teacher_logits.float(), -1)
+    return alpha * ((p - onehot) ** 2).mean(-1) + (1 - alpha) * ((p - q) ** 2).mean(-1)
+
+
+def soft_target_kl(student_logits: torch.Tensor, target_probs: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """T^2 KL(q || softmax(s / T)) for a given target distribution q `(B, K)` (a mixture of teachers,
+    LELP's subclass targets), zero-probability entries contributing nothing. Output `(B,)`."""
+    ls = _logp(student_logits, temperature)
+    q = target_probs.float()
+    lq = torch.log(torch.where(q > 0, q, torch.ones_like(q)))
+    return temperature**2 * torch.where(q > 0, q * (lq - ls), torch.zeros_like(q)).sum(-1)
