@@ -278,3 +278,29 @@ def test_builtin_teacher_is_cached_per_dataset(tmp_path, monkeypatch, capsys):
                  "train.steps=2", "train.eval_every=0"]) == 0
     assert main(["teacher", "track=classify", "task.name=my.npz"]) == 2
     assert "not a built-in dataset" in capsys.readouterr().err
+
+
+def test_cifar_archives_read_arrays_only(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 20), ("test", 10)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": [int(v) for v in rng.integers(0, 100, n)]}
+        (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=2))
+    d = load_dataset(_cfg(f"cifar100:{tmp_path}", 0.0))
+    assert d.n_classes == 100 and d.input_shape == (3, 32, 32) and len(d.y["train"]) == 20
+    x0 = batch[b"data"][0].reshape(3, 32, 32) / 255.0
+    assert np.allclose(d.x["test"][0].numpy(), (x0 - np.array([0.5071, 0.4865, 0.4409])[:, None, None])
+                       / np.array([0.2673, 0.2564, 0.2762])[:, None, None], atol=1e-5)
+    with pytest.raises(ConfigError, match="data_batch_1"):
+        load_dataset(_cfg(f"cifar10:{tmp_path}", 0.0))
+
+
+def test_the_classify_demo_and_its_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETORT_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--track", "classify", "--methods", "ce,lelp", "--out", str(tmp_path / "d")]) == 0
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert list(results) == ["teacher (built-in)", "student: labels only (ce)", "lelp (S=2 subclasses)"]
+    assert results["teacher (built-in)"]["accuracy"] > 0.9 and "agree_top1" in results["lelp (S=2 subclasses)"]
+    page = (tmp_path / "d" / "report.html").read_text()
+    assert "accuracy at best val (step)" in page and "reliability diagram" in page and "ECE" in page
+    assert main(["demo", "--track", "classify", "--methods", "kd2", "--out", str(tmp_path / "d")]) == 2

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from retort.config import EvalRun, TracesRun, TrainRun, load_config
+from retort.config import EvalRun, TracesRun, load_config, peek_track
+from retort.track import get_track
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -18,9 +19,10 @@ def test_config_loads(path):
     header = path.read_text().splitlines()[0]
     assert header.startswith("# retort "), f"{path.name} must start with the command that runs it"
     command = header.split()[2]
-    cls = {"eval": EvalRun, "traces": TracesRun}.get(command, TrainRun)
+    track = get_track(peek_track(str(path), []))
+    cls = {"eval": EvalRun, "traces": TracesRun}.get(command, track.run_config)
     run = load_config(cls, str(path))
-    if cls is TrainRun:  # and the method's own options
+    if cls is track.run_config:  # and the method's own options
         from retort.train.loop import method_config
 
-        method_config(run)
+        method_config(run, track)

@@ -225,20 +225,29 @@ def generations(config_file, n, alpha_hat, overrides):
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--out", default="runs/demo", show_default=True, help="Demo run directory.")
-@click.option("--methods", default="answers,sft", show_default=True,
-              help="Comma-separated students to train and compare: answers, sft, kd (from scratch); "
-                   "300 steps on from a shared sft warm start: sft_more, gkd, rkl_pg, tsd_kd, opsd (on-policy), "
-                   "redi, dpo, simpo (trace pairs), curio_sft, chunk_sft, and DASD's recipes dasd_low (T=0.6 "
-                   "traces), dasd_high (T=1, 1 of 4 at random), dasd_sched (low then high), dasd_das (1 of 4 "
-                   "by divergence-aware selection), dasd_mixed (+ mixed-policy rows).")
+@click.option("--track", "track_name", type=click.Choice(["lm", "classify"]), default="lm", show_default=True,
+              help="lm: reasoning language models on the built-in task; classify: classifiers on digits.")
+@click.option("--out", default=None, help="Demo run directory [default: runs/demo, runs/demo-classify].")
+@click.option("--methods", default=None,
+              help="Comma-separated students to train and compare. lm (default answers,sft): answers, sft, kd "
+                   "(from scratch); 300 steps on from a shared sft warm start: sft_more, gkd, rkl_pg, tsd_kd, opsd "
+                   "(on-policy), redi, dpo, simpo (trace pairs), curio_sft, chunk_sft, and DASD's recipes dasd_low "
+                   "(T=0.6 traces), dasd_high (T=1, 1 of 4 at random), dasd_sched (low then high), dasd_das (1 of 4 "
+                   "by divergence-aware selection), dasd_mixed (+ mixed-policy rows). classify (default all): ce, "
+                   "kd, dkd, pld, lelp.")
 @click.option("--seed", default=0, show_default=True, help="Seed of every student run (init, data order, rollouts).")
-def demo(out, methods, seed):
-    """The embedded default end to end: built-in teacher, teacher traces, students, evaluation
+def demo(track_name, out, methods, seed):
+    """The embedded default end to end: built-in teacher, (teacher traces,) students, evaluation
     side by side, and an HTML report (OUT/report.html)."""
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    if track_name == "classify":
+        from .classify.demo import run_demo as run_classify_demo
+
+        run_classify_demo(out or "runs/demo-classify", console=_console(), methods=names, seed=seed)
+        return
     from .lm.demo import run_demo
 
-    run_demo(out, console=_console(), methods=[m.strip() for m in methods.split(",") if m.strip()], seed=seed)
+    run_demo(out or "runs/demo", console=_console(), methods=names or ["answers", "sft"], seed=seed)
 
 
 @click.command(context_settings=CONTEXT)

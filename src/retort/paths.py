@@ -94,3 +94,27 @@ def remove_run(out: Path) -> None:
             path.unlink()
     if not any(out.iterdir()):
         out.rmdir()
+
+
+DEMO_MARKER = "demo.json"
+
+
+def demo_dir(out, also_ours: bool = False) -> Path:
+    """A demo's directory: new, empty, or one a demo made (it holds `demo.json`; `also_ours`: the
+    caller recognised an older demo's files). A demo writes files and sub-directories of fixed names
+    into it, so it never starts in a directory that holds anything else."""
+    import json
+    import time
+
+    from . import __version__
+
+    root = output_dir(out, "demo --out")
+    ours = (root / DEMO_MARKER).is_file() or also_ours
+    if root.is_dir() and any(root.iterdir()) and not ours:
+        raise ConfigError(f"demo --out {out}: the directory is not empty and no demo made it (no {DEMO_MARKER}); "
+                          "choose a new or empty directory")
+    if not (root / DEMO_MARKER).is_file():
+        atomic_write_text(root / DEMO_MARKER, json.dumps({"made_by": "retort demo", "retort_version": __version__,
+                                                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                   time.gmtime())}))
+    return root

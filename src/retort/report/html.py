@@ -116,6 +116,25 @@ def comparison_table(rows) -> str:
     return _table(headers, body)
 
 
+def classifier_table(rows) -> str:
+    """The comparison of classifiers: last-step test accuracy, the test accuracy at the evaluation
+    with the best validation accuracy, calibration, and agreement with the run's teacher."""
+    headers = ["model / run", "params", "test n", "accuracy (last)", "accuracy at best val (step)", "ECE", "NLL",
+               "same top-1 as teacher", "KL(teacher || model)", "train time (s)", "steps"]
+    body = []
+    for r in rows:
+        e = r.eval
+        best = _pct(e.get("test_at_best_val"))
+        if _num(e.get("best_val_step")):
+            best += f" ({int(e['best_val_step'])})"
+        body.append([(esc(r.name), False), (esc(_params(r.params)), True), (esc(_int(e.get("n"))), True),
+                     (esc(_pct(e.get("accuracy"))), True), (esc(best), True), (esc(_float(e.get("ece"), 4)), True),
+                     (esc(_float(e.get("nll"), 3)), True), (esc(_pct(e.get("agree_top1"))), True),
+                     (esc(_float(e.get("kl_teacher"), 3)), True), (esc(_float(r.train_time)), True),
+                     (esc(_int(r.steps)), True)])
+    return _table(headers, body)
+
+
 def provenance_table(rows) -> str | None:
     """Rows evaluated with `retort eval --provenance`: category shares overall, by outcome, by position."""
     cats = ("teacher", "student", "shared", "boosted")
@@ -214,7 +233,15 @@ def _eval_caption(rows) -> str:
     if not pairs:
         return ""
     what = ", ".join(f"{t} ({s})" if s else str(t) for t, s in sorted(pairs, key=str))
+    if _classifiers(rows):
+        return (f'<p class="sub">Evaluated on: {esc(what)}. Accuracy is top-1 at the last step; "at best val" is '
+                "the test accuracy at the evaluation with the best validation accuracy (the test split chooses "
+                "nothing). ECE: 15 equal-width confidence bins.</p>")
     return f'<p class="sub">Evaluated on: {esc(what)}. Accuracy is greedy pass@1.</p>'
+
+
+def _classifiers(rows) -> bool:
+    return any("ece" in r.eval for r in rows)
 
 
 def render(rows, runs, title: str, inputs: list[str]) -> str:
@@ -227,7 +254,11 @@ def render(rows, runs, title: str, inputs: list[str]) -> str:
 
     body = [f"<h1>{esc(title)}</h1>",
             f'<p class="sub">{len(rows)} model(s), {len(runs)} training run(s)</p>',
-            "<h2>Comparison</h2>", _eval_caption(rows), comparison_table(rows)]
+            "<h2>Comparison</h2>", _eval_caption(rows),
+            classifier_table(rows) if _classifiers(rows) else comparison_table(rows)]
+    reliability = plots.reliability_diagram([(r.name, r.eval.get("reliability")) for r in rows])
+    if reliability:
+        body += ["<h3>Calibration</h3>", _img(reliability, "reliability diagram: accuracy vs confidence")]
     difficulty = difficulty_table(rows)
     if difficulty:
         body += ["<h3>Accuracy by difficulty</h3>", difficulty]

@@ -87,6 +87,26 @@ def eval_curves(curves: list[tuple[str, list[dict]]]) -> str | None:
                   log_if_positive=False, marker="o")
 
 
+def reliability_diagram(models: list[tuple[str, list[dict]]]) -> str | None:
+    """Accuracy vs confidence per equal-width bin (the bins a classifier evaluation reports), one
+    line per model, the diagonal for perfect calibration; None when no model has bins."""
+    series = [(name, [b for b in bins if isinstance(b, dict) and b.get("n") and _num(b.get("confidence"))])
+              for name, bins in models if isinstance(bins, list)]
+    series = [(name, bins) for name, bins in series if bins]
+    if not series:
+        return None
+    fig, ax = _figure(5.5, 5.0)
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfect calibration")
+    for i, (name, bins) in enumerate(series):
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], label=_label(name),
+                color=COLORS[i % len(COLORS)], marker="o", markersize=3, linewidth=1.2)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability (test split)")
+    ax.legend(fontsize="small")
+    return _data_uri(fig)
+
+
 def accuracy_vs_tokens(points: list[tuple[str, float, float]]) -> str | None:
     """Scatter of (name, mean completion tokens, accuracy): each point numbered, the legend names
     it; None when no point has both numbers."""
