@@ -165,3 +165,25 @@ def test_a_lelp_student_has_a_subclass_head_and_reloads(tmp_path):
     model, meta = models.load(str(tmp_path / "s" / "model"))
     assert meta["subclasses"] == 3 and model.subclass_logits(torch.zeros(2, 1, 8, 8)).shape == (2, 6)
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 2)
+
+
+def test_lelp_oracle_and_kmeans_targets():
+    from types import SimpleNamespace
+
+    from retort.classify.data import load_dataset
+    from retort.classify.methods.lelp import oracle_targets
+
+    data = load_dataset(SimpleNamespace(name="digits-bin", val_fraction=0.1))
+    t = oracle_targets(data, 5)
+    digit, y = data.sub["train"], data.y["train"]
+    i = int((digit == 7).nonzero()[0])  # odd -> class 1; odd digits 1,3,5,7,9 -> 7 is s=3
+    assert y[i] == 1 and int(t[i].argmax()) == 1 * 5 + 3 and float(t.sum()) == len(y)
+    with pytest.raises(Exception, match="has no true subclasses"):
+        oracle_targets(load_dataset(SimpleNamespace(name="digits", val_fraction=0.1)), 5)
+    g = torch.Generator().manual_seed(1)
+    h, yy = torch.randn(120, 6, generator=g), torch.arange(120) % 2
+    proj = LelpProjection(h, yy, torch.randn(2, 6, generator=g), 3, True, 0)
+    proj.fit_kmeans(h, yy, 0)
+    nearest = proj.nearest_centroid(h)
+    assert nearest.shape == (120, 2, 3) and torch.equal(nearest.sum(-1), torch.ones(120, 2))
+    assert proj.centroids.shape == (2, 3, 6)

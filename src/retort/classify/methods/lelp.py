@@ -16,6 +16,12 @@ reach, so steps 5 and the standardisation are the spec's readings):
    projection's standard deviation over class c (so beta does not depend on the embedding scale);
 6. L = alpha CE(y, p_S(c|x)) + (1 - alpha) KL(p_T(c, s|x) || p_S(c, s|x)); p_S(c|x) = sum_s p_S(c, s|x).
 
+Two controls of the spec's reproduction (section 2.5) are options of the same method
+(`subclasses`): `kmeans` (the paper's baseline: per class, k-means clusters of the projected
+embeddings; p_T(c, s | x) = p_T(c | x) * [s = the nearest centroid of class c]) and `oracle` (the
+true subclasses, where the dataset has them, e.g. digits-bin's digits: p(c, s) one-hot, no
+teacher used in the target).
+
 The projection is the method's own module (`LelpProjection`, fitted once on the teacher, the same
 on every process and after a resume); the student's head has S*C outputs (`models.Subclassed`), and
 predicts with argmax_c logsumexp_s.
@@ -68,6 +74,23 @@ class LelpProjection(nn.Module):
         self.register_buffer("U", torch.stack(us).float())
         self.register_buffer("sd", torch.stack(sds).float())
 
+    def fit_kmeans(self, h: torch.Tensor, y: torch.Tensor, seed: int) -> None:
+        """Per class, S k-means centroids of the projected embeddings (scikit-learn, 10 restarts)."""
+        from sklearn.cluster import KMeans
+
+        ht = (h.float() @ self.P.T.cpu()).numpy()
+        cents = []
+        for c in range(self.mu.shape[0]):
+            km = KMeans(n_clusters=self.U.shape[-1], n_init=10, random_state=seed).fit(ht[(y == c).numpy()])
+            cents.append(torch.from_numpy(km.cluster_centers_).float())
+        self.register_buffer("centroids", torch.stack(cents).to(self.P.device))  # (C, S, D)
+
+    def nearest_centroid(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, C, S) one-hot: for every class, the centroid of that class nearest to each embedding."""
+        ht = h.float() @ self.P.T
+        d = ((ht[:, None, None, :] - self.centroids[None]) ** 2).sum(-1)
+        return torch.nn.functional.one_hot(d.argmin(-1), self.centroids.shape[1]).float()
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """(N, C, S): the standardised projection of each embedding on each class's directions."""
         ht = h.float() @ self.P.T
@@ -79,6 +102,25 @@ def subclass_targets(proj: torch.Tensor, teacher_logits: torch.Tensor, tau: floa
     pc = torch.softmax(teacher_logits.float() / tau, -1)
     ps = torch.softmax(proj / beta, -1)
     return (pc[:, :, None] * ps).flatten(1)
+
+
+def oracle_targets(data, S: int) -> torch.Tensor:
+    """(N, C*S) one-hot of each training row's true (class, subclass): a class's distinct subclass
+    labels numbered in order (digits-bin's class 'odd' = digits 1, 3, 5, 7, 9 -> s = 0..4)."""
+    sub = data.sub.get("train")
+    if sub is None:
+        raise ConfigError(f"method_args.subclasses=oracle: {data.name} has no true subclasses (digits-bin and "
+                          "digits-3 do)")
+    y = data.y["train"]
+    C = data.n_classes
+    s_index = torch.zeros_like(y)
+    for c in range(C):
+        values = sorted(set(sub[y == c].tolist()))
+        if len(values) > S:
+            raise ConfigError(f"method_args.S={S}: class {c} has {len(values)} true subclasses")
+        lookup = {v: i for i, v in enumerate(values)}
+        s_index[y == c] = torch.tensor([lookup[v] for v in sub[y == c].tolist()])
+    return torch.nn.functional.one_hot(y * S + s_index, C * S).float()
 
 
 class LELP(ClassifyMethod):
@@ -97,6 +139,9 @@ class LELP(ClassifyMethod):
         alpha: float = param(0.0, "weight of the label cross-entropy (the paper's experiments: 0)", lo=0.0, hi=1.0)
         null_space: bool = param(True, "project the embeddings onto the null space of the teacher's final layer "
                                  "first (the paper: 'often helps')")
+        subclasses: str = param("pca", "where the subclasses come from: pca (LELP), kmeans (clusters of the same "
+                                "embeddings, the paper's baseline), oracle (the dataset's true subclasses, e.g. "
+                                "digits-bin: the digit; a control)", choices=["pca", "kmeans", "oracle"])
 
     @staticmethod
     def student_subclasses(cfg) -> int:
@@ -108,6 +153,9 @@ class LELP(ClassifyMethod):
         self._targets = None
 
     def _fit(self):
+        if self.cfg.subclasses == "oracle":
+            self._targets = oracle_targets(self.ctx.data, self.cfg.S).to(self.ctx.device)
+            return
         teacher = self.teacher()
         if not (hasattr(teacher, "embed") and hasattr(teacher, "head")):
             raise ModelError("method=lelp needs a teacher with an embedding and a final linear layer (a retort "
@@ -117,10 +165,11 @@ class LELP(ClassifyMethod):
         h = _embed(teacher, self.x, self.ctx.run.eval.batch_size, self.ctx.device)
         self.projection = LelpProjection(h.cpu(), self.y, teacher.head.weight.detach().cpu(), self.cfg.S,
                                          self.cfg.null_space, self.ctx.run.seed).to(self.ctx.device)
+        if self.cfg.subclasses == "kmeans":
+            self.projection.fit_kmeans(h.cpu(), self.y, self.ctx.run.seed)
         if self.ctx.run.data.augment == "none":
             logits = predict(teacher, self.x, self.ctx.run.eval.batch_size, self.ctx.device)
-            self._targets = subclass_targets(self.projection(h.to(self.ctx.device)), logits.to(self.ctx.device),
-                                             self.cfg.tau, self.cfg.beta)
+            self._targets = self._subclass_targets(h.to(self.ctx.device), logits.to(self.ctx.device))
 
     @torch.no_grad()
     def _batch_targets(self, batch) -> torch.Tensor:
@@ -128,9 +177,18 @@ class LELP(ClassifyMethod):
             self._fit()
         if self._targets is not None:
             return self._targets[batch["idx"].to(self._targets.device)]
+        if self.cfg.subclasses == "oracle":
+            raise ConfigError("lelp subclasses=oracle reads the stored subclass of each training row; "
+                              "data.augment=none")
         teacher = self.teacher()
         h = teacher.embed(batch["x"])
-        return subclass_targets(self.projection(h), teacher.head(h), self.cfg.tau, self.cfg.beta)
+        return self._subclass_targets(h, teacher.head(h))
+
+    def _subclass_targets(self, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.cfg.subclasses == "kmeans":
+            pc = torch.softmax(logits.float() / self.cfg.tau, -1)
+            return (pc[:, :, None] * self.projection.nearest_centroid(h)).flatten(1)
+        return subclass_targets(self.projection(h), logits, self.cfg.tau, self.cfg.beta)
 
     def loss(self, model, batch) -> LossOut:
         target = self._batch_targets(batch)
