@@ -12,30 +12,22 @@ from pathlib import Path
 STEPS = ["train.steps=1500", "train.batch_size=64", "train.lr=3e-3", "train.eval_every=150", "train.log_every=500",
          "train.save_every=0"]
 
+# the arms of the spec's PLD reproduction (1.5): CE, KD+CE at its two settings, DKD, PLD, PLD-ListMLE
+PLD_ARMS = {
+        "ce": ["method=ce"],
+        "kd (CE 0.1, T=2)": ["method=kd", "method_args.ce_weight=0.1", "method_args.kd_weight=0.9",
+                             "method_args.temperature=2"],
+        "kd (CE 0.5, T=4)": ["method=kd", "method_args.ce_weight=0.5", "method_args.kd_weight=0.5",
+                             "method_args.temperature=4"],
+        "dkd": ["method=dkd"],
+        "pld": ["method=pld"],
+        "pld-listmle": ["method=pld", "method_args.weights=uniform"],
+}
 # (dataset, student, teacher, arms): arm -> overrides; the spec's sections in comments
 TABLES = {
     # 1.5 PLD vs KD+CE vs PLD-ListMLE; DKD; LELP on many classes (the paper's stated limit: no gain)
-    "digits": ("digits", "mlp:32", "builtin:teacher", {
-        "ce": ["method=ce"],
-        "kd (CE 0.1, T=2)": ["method=kd", "method_args.ce_weight=0.1", "method_args.kd_weight=0.9",
-                             "method_args.temperature=2"],
-        "kd (CE 0.5, T=4)": ["method=kd", "method_args.ce_weight=0.5", "method_args.kd_weight=0.5",
-                             "method_args.temperature=4"],
-        "dkd": ["method=dkd"],
-        "pld": ["method=pld"],
-        "pld-listmle": ["method=pld", "method_args.weights=uniform"],
-        "lelp (S=2)": ["method=lelp", "method_args.S=2"],
-    }),
-    "digits-3": ("digits-3", "mlp:32", "builtin:teacher", {
-        "ce": ["method=ce"],
-        "kd (CE 0.1, T=2)": ["method=kd", "method_args.ce_weight=0.1", "method_args.kd_weight=0.9",
-                             "method_args.temperature=2"],
-        "kd (CE 0.5, T=4)": ["method=kd", "method_args.ce_weight=0.5", "method_args.kd_weight=0.5",
-                             "method_args.temperature=4"],
-        "dkd": ["method=dkd"],
-        "pld": ["method=pld"],
-        "pld-listmle": ["method=pld", "method_args.weights=uniform"],
-    }),
+    "digits": ("digits", "mlp:32", "builtin:teacher", {**PLD_ARMS, "lelp (S=2)": ["method=lelp", "method_args.S=2"]}),
+    "digits-3": ("digits-3", "mlp:32", "builtin:teacher", PLD_ARMS),
     # 2.5 LELP on digits-bin: 2 classes, 5 true subclasses each
     "digits-bin": ("digits-bin", "mlp:24", "builtin:teacher", {
         "ce": ["method=ce"],
