@@ -5,6 +5,7 @@ batch stream, and each method through the real CLI (loss pinned, parameters chan
 import io
 import json
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -304,3 +305,71 @@ def test_the_classify_demo_and_its_report(tmp_path, monkeypatch):
     page = (tmp_path / "d" / "report.html").read_text()
     assert "accuracy at best val (step)" in page and "reliability diagram" in page and "ECE" in page
     assert main(["demo", "--track", "classify", "--methods", "kd2", "--out", str(tmp_path / "d")]) == 2
+
+
+def _cli_env():
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(Path(__file__).parent.parent / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+CLASSIFY_TINY = ["track=classify", "task.name=digits-3", "student.name=mlp:16", "method=dkd", "train.batch_size=16",
+                 "train.log_every=1", "train.eval_every=0"]
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_classify_sigkill_then_resume_is_bitwise_equal(teacher_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from conftest import kill_while_training
+
+    cli = [sys.executable, "-m", "retort.cli", "train", *CLASSIFY_TINY, f"teacher.name={teacher_dir}",
+           "train.steps=400", "train.save_every=3", "data.augment=flip_crop"]
+    subprocess.run([*cli, f"out={tmp_path / 'ref'}"], check=True, env=_cli_env(), capture_output=True)
+    assert kill_while_training([*cli, "--resume", f"out={tmp_path / 'cut'}"], _cli_env(), tmp_path / "cut",
+                               targets=("step-0000006", "step-0000150")) >= 1
+    subprocess.run([*cli, "--resume", f"out={tmp_path / 'cut'}"], check=True, env=_cli_env(), capture_output=True)
+    a, b = load_file(tmp_path / "ref" / "model" / "model.safetensors"), load_file(tmp_path / "cut" / "model" /
+                                                                                   "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in _metrics(tmp_path / "cut") if "loss" in r] == \
+        [r["loss"] for r in _metrics(tmp_path / "ref") if "loss" in r]
+
+
+def test_classify_two_processes_match_one(teacher_dir, tmp_path):
+    import math
+    import subprocess
+    import sys
+
+    common = [*CLASSIFY_TINY, f"teacher.name={teacher_dir}", "train.steps=6", "train.save_every=0"]
+    subprocess.run([sys.executable, "-m", "retort.cli", "train", *common, "train.grad_accum=2",
+                    f"out={tmp_path / 'one'}"], check=True, env=_cli_env(), capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+                           "-m", "retort.cli", "train", *common, "train.grad_accum=1", f"out={tmp_path / 'two'}"],
+                          env=_cli_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    la = [r["loss"] for r in _metrics(tmp_path / "one") if "loss" in r]
+    lb = [r["loss"] for r in _metrics(tmp_path / "two") if "loss" in r]
+    assert len(la) == len(lb) == 6 and all(math.isclose(x, y, rel_tol=1e-5) for x, y in zip(la, lb)), (la, lb)
+
+
+def test_a_torchvision_student_reloads_in_torchvision(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    from safetensors.torch import load_file
+
+    m = models.build("torchvision:resnet18", (3, 32, 32), 10).eval()
+    models.save(m, tmp_path / "m", {"arch": "torchvision:resnet18", "input_shape": [3, 32, 32], "n_classes": 10})
+    plain = tv.models.get_model("resnet18", weights=None, num_classes=10).eval()
+    plain.load_state_dict(load_file(str(tmp_path / "m" / "model.safetensors")))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(plain(x), m(x)) and torch.equal(models.load(str(tmp_path / "m"))[0](x), m(x))
+    with pytest.raises(ConfigError, match="RGB"):
+        models.build("torchvision:resnet18", (1, 8, 8), 10)

@@ -194,6 +194,9 @@ def build(spec: str, input_shape, n_classes: int, subclasses: int = 1) -> nn.Mod
             raise ConfigError(f"{spec}: {e}") from None
     if kind == "torchvision":
         tv = require("torchvision", "classify", f"student {spec}")
+        if len(shape) != 3 or shape[0] != 3:
+            raise ConfigError(f"{spec}: torchvision's classifiers take RGB images (3, H, W); this data has shape "
+                              f"{shape}: use mlp:..., cnn or a resnet preset")
         try:
             return tv.models.get_model(arg, weights=None, num_classes=n_classes)
         except (ValueError, KeyError) as e:
