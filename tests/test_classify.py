@@ -373,3 +373,16 @@ def test_a_torchvision_student_reloads_in_torchvision(tmp_path):
     assert torch.equal(plain(x), m(x)) and torch.equal(models.load(str(tmp_path / "m"))[0](x), m(x))
     with pytest.raises(ConfigError, match="RGB"):
         models.build("torchvision:resnet18", (1, 8, 8), 10)
+
+
+def test_eval_classifiers_side_by_side(teacher_dir, tmp_path, capsys):
+    out = tmp_path / "ev.json"
+    assert main(["eval", "track=classify", "task.name=digits-3", "-m", f"teacher={teacher_dir}", "-m",
+                 f"again={teacher_dir}", "--fidelity-to", "teacher", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["again"]["agree_top1"] == 1.0 and res["again"]["kl_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert res["teacher"]["accuracy"] == res["again"]["accuracy"] and "agree_top1" not in res["teacher"]
+    assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0
+    assert "reliability diagram" in (tmp_path / "r.html").read_text()
+    assert main(["eval", "track=classify", "task.name=digits", "-m", f"t={teacher_dir}"]) == 2
+    assert "digits is [1, 8, 8] -> 10 classes" in capsys.readouterr().err.replace("\n", "")

@@ -86,11 +86,16 @@ def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_
     retort eval -m builtin:teacher -m runs/sft/model eval.k=8 eval.temperature=0.8
     retort eval -m teacher=builtin:teacher -m sft=runs/sft/model --fidelity-to teacher
     retort eval -m sft=runs/sft/model --provenance builtin:teacher,preset:student
+    retort eval track=classify task.name=mnist -m teacher=ccexam:mnist -m kd=runs/kd/model --fidelity-to teacher
     """
     from dataclasses import replace
 
     from . import threads
-    from .config import EvalRun, load_config
+    from .config import EvalRun, load_config, peek_track
+
+    if peek_track(config_file, _overrides(overrides)) == "classify":
+        _eval_classifiers(config_file, models, json_out, fidelity_to, provenance, overrides)
+        return
     from .lm.eval import evaluate, results_table
     from .lm.models import load_model
     from .lm.tasks import get_task, require_examples
@@ -143,6 +148,32 @@ def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_
     console.print(results_table(rows))
     if sources is not None:
         console.print(_provenance_table(rows))
+    if out:
+        _write_json(out, {label: r for label, r in rows})
+        console.print(f"results: {out}")
+
+
+def _eval_classifiers(config_file, models, json_out, fidelity_to, provenance, overrides):
+    from . import threads
+    from .classify.config import ClassifyEvalRun
+    from .classify.demo import results_table
+    from .classify.evaluate import evaluate_models
+    from .config import load_config
+    from .errors import ConfigError
+    from .paths import output_file
+
+    if provenance:
+        raise ConfigError("--provenance traces answer sentences of language models; not for track=classify")
+    run = load_config(ClassifyEvalRun, config_file, _overrides(overrides))
+    threads.pin(run.threads)
+    out = json_out or run.out
+    if out:
+        output_file(out, "--json" if json_out else "out=")
+    targets = [(m.split("=", 1) if "=" in m and not Path(m).exists() else (m, m)) for m in models] or \
+              [(run.model.name, run.model.name)]
+    rows = evaluate_models(run, targets, fidelity_to)
+    console = _console()
+    console.print(results_table(dict(rows), f"{run.task.name}, {run.eval.split} split"))
     if out:
         _write_json(out, {label: r for label, r in rows})
         console.print(f"results: {out}")
@@ -574,7 +605,8 @@ COMMANDS = {"teacher": teacher, "traces": traces, "curate": curate, "train": tra
 @click.group(context_settings=CONTEXT, commands=COMMANDS)
 @click.version_option(package_name="retort")
 def cli():
-    """retort: distil the reasoning of a teacher language model into a smaller student."""
+    """retort: distil the reasoning of a teacher language model into a smaller student (track=classify:
+    a classifier into a smaller one)."""
 
 
 def _quiet_libraries() -> None:

@@ -4,7 +4,7 @@ section and field conventions, with a dataset, classifier models and classifier 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..config import OptimConfig, param, section
 
@@ -39,6 +39,24 @@ class ClassifyEvalConfig:
     ece_bins: int = param(15, "equal-width confidence bins of the calibration error", lo=2)
     agreement: bool = param(True, "also report top-1 agreement and KL with the run's teacher (when the method "
                             "has one)")
+
+
+@dataclass
+class ClassifyEvalSplit(ClassifyEvalConfig):
+    split: str = param("test", "the split evaluated", choices=["train", "val", "test"])
+
+
+@dataclass
+class ClassifyEvalRun:
+    """`retort eval track=classify`: saved classifiers side by side on one dataset."""
+
+    out: Optional[str] = param(None, "write results JSON here (default: print only)")
+    task: DatasetConfig = section(DatasetConfig, "the dataset")
+    model: ClassifierConfig = section(ClassifierConfig, "the model evaluated (or -m, repeatable)",
+                                      name="builtin:teacher")
+    eval: ClassifyEvalSplit = section(ClassifyEvalSplit, "what to evaluate")
+    track: str = param("classify", "the family of models (retort.track)", choices=["classify"])
+    threads: int = param(0, "CPU threads for torch; 0 = torch's default", lo=0)
 
 
 @dataclass

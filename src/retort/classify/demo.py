@@ -71,15 +71,18 @@ def run_demo(out: str = "runs/demo-classify", console=None, methods=None, seed: 
     return rows
 
 
-def results_table(rows: dict):
+def results_table(rows: dict, title: str = "digits, test split"):
+    """A console table of classifier results; columns no row has are left out."""
     from rich.table import Table
 
-    table = Table(title="digits, test split")
-    for h in ("model", "accuracy", "acc @ best val", "ECE", "agree w/ teacher", "train s"):
-        table.add_column(h, justify="left" if h == "model" else "right")
+    cols = [("model", None, None), ("accuracy", "accuracy", "{:.4f}"), ("acc @ best val", "test_at_best_val", "{:.4f}"),
+            ("ECE", "ece", "{:.4f}"), ("NLL", "nll", "{:.3f}"), ("agree w/ teacher", "agree_top1", "{:.4f}"),
+            ("train s", "train_time_s", "{:.0f}")]
+    cols = [c for c in cols if c[1] is None or any(r.get(c[1]) is not None for r in rows.values())]
+    table = Table(title=title)
+    for head, _, _ in cols:
+        table.add_column(head, justify="left" if head == "model" else "right")
     for label, r in rows.items():
-        def f(k, fmt="{:.4f}"):
-            v = r.get(k)
-            return "-" if v is None else fmt.format(v)
-        table.add_row(label, f("accuracy"), f("test_at_best_val"), f("ece"), f("agree_top1"), f("train_time_s", "{:.0f}"))
+        table.add_row(*[label if key is None else ("-" if r.get(key) is None else fmt.format(r[key]))
+                        for _, key, fmt in cols])
     return table

@@ -69,3 +69,30 @@ def run_evaluator(run):
         return out
 
     return evaluate
+
+
+def evaluate_models(run, targets: list[tuple[str, str]], fidelity_to: str | None = None) -> list[tuple[str, dict]]:
+    """`retort eval track=classify`: each (label, model name) on `run.eval.split`: accuracy, ECE,
+    NLL, the reliability bins, and agreement and KL with the model labelled `fidelity_to`."""
+    from ..errors import ConfigError
+    from .data import load_dataset
+    from .models import check_fits, load, resolve
+
+    data = load_dataset(run.task)
+    x, y = data.split(run.eval.split)
+    logits = {}
+    for label, name in targets:
+        model, meta = load(resolve(name, data.name))
+        check_fits(meta, data, f"model {label}")
+        logits[label] = predict(model, x, run.eval.batch_size)
+    if fidelity_to is not None and fidelity_to not in logits:
+        raise ConfigError(f"--fidelity-to {fidelity_to}: no -m labelled so; labels: {', '.join(logits)}")
+    ref = logits.get(fidelity_to) if fidelity_to else None
+    rows = []
+    for label, z in logits.items():
+        r = metrics(z, y, ref if label != fidelity_to else None, run.eval.ece_bins)
+        r.update({"reliability": reliability(z, y, run.eval.ece_bins), "task": data.name, "split": run.eval.split})
+        if ref is not None and label != fidelity_to:
+            r["fidelity_to"] = fidelity_to
+        rows.append((label, r))
+    return rows
