@@ -22,6 +22,7 @@ PLD_ARMS = {
         "dkd": ["method=dkd"],
         "pld": ["method=pld"],
         "pld-listmle": ["method=pld", "method_args.weights=uniform"],
+        "pld (T=4)": ["method=pld", "method_args.temperature=4"],  # retort's check: softer weights
 }
 # (dataset, student, teacher, arms): arm -> overrides; the spec's sections in comments
 TABLES = {
@@ -44,6 +45,7 @@ TABLES = {
         "kd (CE 0.1, T=4)": ["method=kd"],
         "dkd": ["method=dkd"],
         "pld": ["method=pld"],
+        "pld (T=4)": ["method=pld", "method_args.temperature=4"],
         "lelp (S=2)": ["method=lelp", "method_args.S=2"],
     }),
 }
@@ -125,28 +127,34 @@ def tables(seeds, work: Path) -> dict:
     return out
 
 
-def borup_chains(seeds, work: Path, gens: int = 5) -> dict:
+def borup_chains(seeds, work: Path, gens: int = 5, weight_decay: float | None = None) -> dict:
     """4.5: self-distillation over generations on digits with the MSE-on-softmax loss; alpha in
-    {0, 0.2, 0.5, 1} and the two-run alpha-hat; teacher = student architecture, trained with ce."""
+    {0, 0.2, 0.5, 1} and the two-run alpha-hat; teacher = student architecture, trained with ce.
+    `weight_decay`: the students' (AdamW, decoupled): the regularisation that, in the kernel
+    picture, self-distillation compounds and the ground truth dampens."""
     from retort.classify.config import ClassifyRun
     from retort.classify.generations import run_generations
     from retort.config import load_config
 
-    base = ["track=classify", "task.name=digits", "student.name=mlp:128", *STEPS]
+    teacher_args = ["track=classify", "task.name=digits", "student.name=mlp:128", *STEPS]
+    base, name = teacher_args, "borup"
+    if weight_decay is not None:
+        base, name = [*teacher_args, f"train.weight_decay={weight_decay}"], f"borup-wd{weight_decay}"
     res = {}
     for seed in seeds:
-        t = work / "borup" / f"teacher-{seed}"
-        _train([*base, "method=ce", f"seed={seed}"], t)
+        t = work / "borup" / f"teacher-{seed}"  # the same teachers (plain ce)
+        _train([*teacher_args, "method=ce", f"seed={seed}"], t)
         for arm, extra, hat in [(f"alpha={a}", [f"method_args.alpha={a}"], False) for a in (0.0, 0.2, 0.5, 1.0)] + \
                 [("alpha-hat", [], True)]:
             run = load_config(ClassifyRun, None, [*base, "method=borup", *extra, f"seed={seed}",
                                                   f"teacher.name={t / 'model'}",
-                                                  f"out={work / 'borup' / f'{arm}-{seed}'}"])
+                                                  f"out={work / name / f'{arm}-{seed}'}"])
             r = run_generations(run, gens, alpha_hat_search=hat)
             res.setdefault(arm, []).append({"gen0": r["base_teacher_accuracy"],
                                             "accuracy": [g["accuracy"] for g in r["generations"]],
+                                            "kl": [g["kl_base_teacher"] for g in r["generations"]],
                                             "alpha": [g.get("alpha") for g in r["generations"]]})
-        print(f"borup seed {seed} done", flush=True)
+        print(f"{name} seed {seed} done", flush=True)
     return res
 
 
@@ -178,6 +186,7 @@ def methods(args) -> dict:
     t0 = time.time()
     teachers = _teachers(["digits", "digits-3", "digits-bin"])
     result = {"teachers": teachers, "tables": tables(seeds, work),
-              "borup": borup_chains(seeds[:3], work), "recursive": recursive_chains(seeds[:3], work)}
+              "borup": borup_chains(seeds[:3], work), "borup_regularised": borup_chains(seeds[:3], work, weight_decay=0.5),
+              "recursive": recursive_chains(seeds[:3], work)}
     result["wall_s"] = round(time.time() - t0, 1)
     return result
