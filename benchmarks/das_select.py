@@ -5,6 +5,8 @@ each with plain sft, >= 3 seeds. Expected: (a) > (b) > (c).
 
     python benchmarks/das_select.py [--task detours] [--seeds 0,1,2] [--n-prompts 2000] [--samples 4]
                                     [--warm-steps 200] [--steps 1000] [--work /tmp/retort-das]
+    python benchmarks/das_select.py --task rg:chain_sum --task-arg task.difficulty.max_digits=1 \
+        --task-arg task.difficulty.max_terms=5 --out benchmarks/results/das_select_rg.json
 
 The student that scores (and is then trained) is the small preset warmed up briefly on the task's
 worked solutions (`--warm-steps`): a student that knows the format but not the task, as a
@@ -27,6 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", default="detours")
+    ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a task option for every command, e.g. task.difficulty.max_digits=1 (repeatable); "
+                         "rg:chain_sum as calibrated in BENCHMARKS: task.difficulty.max_digits=1 and max_terms=5")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n-prompts", type=int, default=2000)
     ap.add_argument("--samples", type=int, default=4)
@@ -38,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     work, log = workdir(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
-    task = [f"task.name={args.task}"]
+    task = [f"task.name={args.task}", *args.task_arg]
     ev = ["eval.n=500", f"eval.max_new_tokens={args.max_new_tokens}", "eval.batch_size=250"]  # the warm-up's
 
     sh(["teacher", *task], log)
