@@ -1,0 +1,125 @@
+"""2-D Gaussian mixtures with an exact teacher: sampling, and the closed-form denoiser, score and
+velocity at every noise level (methods/other.md section 0.2), so that distillation error is
+measured apart from teacher error.
+
+Noising conventions (stated, because tools differ):
+- EDM / variance-exploding: x_sigma = x0 + sigma * n. Then p_sigma = sum_k pi_k N(mu_k, (s_k^2 +
+  sigma^2) I), and the x0-prediction is D(x, sigma) = sum_k w_k(x) (sigma^2 mu_k + s_k^2 x) /
+  (s_k^2 + sigma^2) with w_k the posterior of component k; the score is (D - x) / sigma^2.
+- Rectified flow: x_t = (1 - t) x0 + t eps, t in [0, 1]. The velocity is v = E[eps - x0 | x_t]
+  (the direction from data to noise).
+
+Mixtures: `ring` (K=8 modes on a circle of radius 4, std 0.15, uniform or 0.6^k-skewed weights),
+`grid` (25 modes at (2i, 2j), i, j in -2..2, std 0.15), `swiss` (a swiss roll as 100 small
+components along the spiral, so it too has an exact teacher) and `classes` (10 classes, each a
+3-component mixture: every conditional is multimodal).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Mixture:
+    means: torch.Tensor    # (K, 2)
+    stds: torch.Tensor     # (K,) isotropic
+    weights: torch.Tensor  # (K,) summing to 1
+    labels: torch.Tensor | None = None  # (K,) the class of each component (class-conditional mixtures)
+
+    @property
+    def K(self) -> int:
+        return len(self.weights)
+
+    def condition(self, label: int) -> "Mixture":
+        """The mixture of one class's components (renormalised)."""
+        if self.labels is None:
+            raise ValueError("this mixture has no classes")
+        m = self.labels == label
+        return Mixture(self.means[m], self.stds[m], self.weights[m] / self.weights[m].sum())
+
+    def sample(self, n: int, generator: torch.Generator | None = None, return_component: bool = False):
+        k = torch.multinomial(self.weights.double(), n, replacement=True, generator=generator)
+        x = self.means[k] + self.stds[k, None] * torch.randn(n, 2, generator=generator, dtype=self.means.dtype)
+        return (x, k) if return_component else x
+
+    # ---------------------------------------------------------------- EDM / VE
+    def _log_w(self, x: torch.Tensor, var: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """log pi_k + log N(x; centres_k, var_k I), (N, K)."""
+        d2 = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+        return torch.log(self.weights)[None] - d2 / (2 * var[None]) - torch.log(2 * math.pi * var)[None]
+
+    def log_prob(self, x: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
+        var = self.stds**2 + sigma**2
+        return torch.logsumexp(self._log_w(x, var, self.means), -1)
+
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """E[x0 | x_sigma = x] (EDM's D(x, sigma)), (N, 2)."""
+        s2 = self.stds**2
+        var = s2 + sigma**2
+        w = torch.softmax(self._log_w(x, var, self.means), -1)
+        per = (sigma**2 * self.means[None] + s2[None, :, None] * x[:, None, :]) / var[None, :, None]
+        return (w[..., None] * per).sum(1)
+
+    def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma^2 (Tweedie); at sigma=0 the data score."""
+        if sigma == 0:
+            var = self.stds**2
+            w = torch.softmax(self._log_w(x, var, self.means), -1)
+            return (w[..., None] * (self.means[None] - x[:, None, :]) / var[None, :, None]).sum(1)
+        return (self.denoise(x, sigma) - x) / sigma**2
+
+    # ---------------------------------------------------------------- rectified flow
+    def velocity(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """E[eps - x0 | x_t = x] for x_t = (1 - t) x0 + t eps, 0 < t < 1, (N, 2)."""
+        s2 = self.stds**2
+        var = (1 - t) ** 2 * s2 + t**2
+        centres = (1 - t) * self.means
+        w = torch.softmax(self._log_w(x, var, centres), -1)
+        resid = x[:, None, :] - centres[None]
+        e_x0 = self.means[None] + ((1 - t) * s2 / var)[None, :, None] * resid
+        e_eps = (t / var)[None, :, None] * resid
+        return (w[..., None] * (e_eps - e_x0)).sum(1)
+
+
+def ring(k: int = 8, radius: float = 4.0, std: float = 0.15, skew: float | None = None) -> Mixture:
+    """K modes on a circle; `skew`: weights proportional to skew^k (the spec's mode-coverage case: 0.6)."""
+    ang = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
+    w = torch.ones(k, dtype=torch.float64) if skew is None else skew ** torch.arange(k, dtype=torch.float64)
+    return Mixture(torch.stack([radius * ang.cos(), radius * ang.sin()], -1), torch.full((k,), std, dtype=torch.float64),
+                   w / w.sum())
+
+
+def grid(side: int = 5, spacing: float = 2.0, std: float = 0.15) -> Mixture:
+    c = (torch.arange(side, dtype=torch.float64) - (side - 1) / 2) * spacing
+    means = torch.cartesian_prod(c, c)
+    n = len(means)
+    return Mixture(means, torch.full((n,), std, dtype=torch.float64), torch.full((n,), 1.0 / n, dtype=torch.float64))
+
+
+def swiss_roll(components: int = 100, std: float = 0.12) -> Mixture:
+    """A swiss roll (sklearn's parameterisation t in [1.5 pi, 4.5 pi], (t cos t, t sin t) / 3) as
+    equally weighted small components along the spiral, spaced evenly in t."""
+    t = 1.5 * math.pi * (1 + 2 * torch.linspace(0, 1, components, dtype=torch.float64))
+    means = torch.stack([t * t.cos(), t * t.sin()], -1) / 3.0
+    return Mixture(means, torch.full((components,), std, dtype=torch.float64),
+                   torch.full((components,), 1.0 / components, dtype=torch.float64))
+
+
+def class_mixture(classes: int = 10, per_class: int = 3, radius: float = 4.0, spread: float = 0.8,
+                  std: float = 0.15, seed: int = 0) -> Mixture:
+    """`classes` clusters on a circle, each `per_class` components scattered around its centre."""
+    g = torch.Generator().manual_seed(seed)
+    ang = torch.arange(classes, dtype=torch.float64) * 2 * math.pi / classes
+    centres = torch.stack([radius * ang.cos(), radius * ang.sin()], -1)
+    offsets = torch.randn(classes, per_class, 2, generator=g, dtype=torch.float64) * spread
+    means = (centres[:, None, :] + offsets).reshape(-1, 2)
+    n = len(means)
+    return Mixture(means, torch.full((n,), std, dtype=torch.float64), torch.full((n,), 1.0 / n, dtype=torch.float64),
+                   labels=torch.arange(classes).repeat_interleave(per_class))
+
+
+MIXTURES = {"ring": ring, "grid": grid, "swiss": swiss_roll, "classes": class_mixture}
