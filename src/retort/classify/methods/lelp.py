@@ -1,6 +1,6 @@
 """`lelp`: pseudo-subclass targets from linear projections of the teacher's final embedding.
 
-"Learning from Linear Projections" / LELP (Loo, Iliopoulos, Hu, Vee; arXiv 2409.20449). With few
+LELP, "Learning Embedding Linear Projections" (Loo, Iliopoulos, Hu, Vee; arXiv 2409.20449). With few
 classes the teacher's logits carry little dark knowledge; LELP splits each class into S
 pseudo-subclasses along informative directions of the teacher's embedding and trains a student
 with an S*C-way head on them (the paper's eq. 1, alpha = 0 in all its experiments). The procedure
@@ -125,7 +125,7 @@ def oracle_targets(data, S: int) -> torch.Tensor:
 
 class LELP(ClassifyMethod):
     name = "lelp"
-    paper = "Learning from Linear Projections / LELP (Loo, Iliopoulos, Hu, Vee; arXiv 2409.20449)"
+    paper = "LELP: Learning Embedding Linear Projections (Loo, Iliopoulos, Hu, Vee; arXiv 2409.20449)"
     equation = ("p_T(c,s|x) = softmax(z/tau)_c softmax_s(u_cs^T (P h - mu_c) / (beta sd_cs));  L = alpha CE(y, "
                 "sum_s p_S(c,s)) + (1 - alpha) KL(p_T(c,s) || p_S(c,s))   (S*C-way student head)")
 
