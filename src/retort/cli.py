@@ -156,8 +156,7 @@ def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_
 def _eval_classifiers(config_file, models, json_out, fidelity_to, provenance, overrides):
     from . import threads
     from .classify.config import ClassifyEvalRun
-    from .classify.demo import results_table
-    from .classify.evaluate import evaluate_models
+    from .classify.evaluate import evaluate_models, results_table
     from .config import load_config
     from .errors import ConfigError
     from .paths import output_file

@@ -298,8 +298,9 @@ def load_dataset(cfg) -> Dataset:
     else:
         p = Path(name)
         if not p.exists():
-            raise ConfigError(f"task.name={name!r}: not a built-in dataset ({', '.join(BUILTIN)}) and no such file "
-                              "or folder (.npz, .parquet, or a folder of class sub-folders)")
+            raise ConfigError(f"task.name={name!r}: not a built-in dataset ({', '.join(BUILTIN)}, cifar100:DIR, "
+                              "cifar10:DIR) and no such file or folder (.npz, .parquet, or a folder of class "
+                              "sub-folders)")
         if p.is_dir():
             xs, ys, sub, classes = _folder(p)
         elif p.suffix == ".npz":

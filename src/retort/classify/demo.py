@@ -32,7 +32,7 @@ def run_demo(out: str = "runs/demo-classify", console=None, methods=None, seed: 
     from ..train import train
     from .config import ClassifyRun
     from .eval import metrics, predict, reliability
-    from .evaluate import run_evaluator
+    from .evaluate import results_table, run_evaluator
     from .models import load
     from .teacher import ensure_teacher
     from .track import TRACK
@@ -69,20 +69,3 @@ def run_demo(out: str = "runs/demo-classify", console=None, methods=None, seed: 
     if console is not None:
         console.print(f"demo: report in {report}")
     return rows
-
-
-def results_table(rows: dict, title: str = "digits, test split"):
-    """A console table of classifier results; columns no row has are left out."""
-    from rich.table import Table
-
-    cols = [("model", None, None), ("accuracy", "accuracy", "{:.4f}"), ("acc @ best val", "test_at_best_val", "{:.4f}"),
-            ("ECE", "ece", "{:.4f}"), ("NLL", "nll", "{:.3f}"), ("agree w/ teacher", "agree_top1", "{:.4f}"),
-            ("train s", "train_time_s", "{:.0f}")]
-    cols = [c for c in cols if c[1] is None or any(r.get(c[1]) is not None for r in rows.values())]
-    table = Table(title=title)
-    for head, _, _ in cols:
-        table.add_column(head, justify="left" if head == "model" else "right")
-    for label, r in rows.items():
-        table.add_row(*[label if key is None else ("-" if r.get(key) is None else fmt.format(r[key]))
-                        for _, key, fmt in cols])
-    return table

@@ -96,3 +96,20 @@ def evaluate_models(run, targets: list[tuple[str, str]], fidelity_to: str | None
             r["fidelity_to"] = fidelity_to
         rows.append((label, r))
     return rows
+
+
+def results_table(rows: dict, title: str = "digits, test split"):
+    """A console table of classifier results; columns no row has are left out."""
+    from rich.table import Table
+
+    cols = [("model", None, None), ("accuracy", "accuracy", "{:.4f}"), ("acc @ best val", "test_at_best_val", "{:.4f}"),
+            ("ECE", "ece", "{:.4f}"), ("NLL", "nll", "{:.3f}"), ("agree w/ teacher", "agree_top1", "{:.4f}"),
+            ("train s", "train_time_s", "{:.0f}")]
+    cols = [c for c in cols if c[1] is None or any(r.get(c[1]) is not None for r in rows.values())]
+    table = Table(title=title)
+    for head, _, _ in cols:
+        table.add_column(head, justify="left" if head == "model" else "right")
+    for label, r in rows.items():
+        table.add_row(*[label if key is None else ("-" if r.get(key) is None else fmt.format(r[key]))
+                        for _, key, fmt in cols])
+    return table

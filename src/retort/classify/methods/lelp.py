@@ -168,7 +168,9 @@ class LELP(ClassifyMethod):
         if self.cfg.subclasses == "kmeans":
             self.projection.fit_kmeans(h.cpu(), self.y, self.ctx.run.seed)
         if self.ctx.run.data.augment == "none":
-            logits = predict(teacher, self.x, self.ctx.run.eval.batch_size, self.ctx.device)
+            logits = self._cached  # the training set's teacher logits, when the batches have cached them
+            if logits is None:
+                logits = predict(teacher, self.x, self.ctx.run.eval.batch_size, self.ctx.device)
             self._targets = self._subclass_targets(h.to(self.ctx.device), logits.to(self.ctx.device))
 
     @torch.no_grad()
