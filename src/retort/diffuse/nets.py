@@ -1,0 +1,216 @@
+"""Denoisers: every model of the track is called as D(x, sigma, labels) -> the prediction of x0 under
+the EDM (variance-exploding) convention x_sigma = x0 + sigma * n (Karras et al. 2022). Methods and
+samplers see nothing else, so an exact mixture, an MLP and a diffusers U-Net are interchangeable.
+
+Parameterisation (stated, since tools differ): networks are EDM-preconditioned,
+
+    D(x, sigma) = c_skip x + c_out F(c_in x, c_noise),   c_skip = sd^2 / (sigma^2 + sd^2),
+    c_out = sigma sd / sqrt(sigma^2 + sd^2),  c_in = 1 / sqrt(sigma^2 + sd^2),  c_noise = log(sigma) / 4
+
+with sd = sigma_data: exactly diffusers' `EDMEulerScheduler` with `prediction_type="epsilon"` (its
+name for EDM's F-prediction), so a saved U-Net samples with that scheduler unchanged. A diffusers
+model trained the DDPM way (`DDPMScheduler`, epsilon / sample / v_prediction over alpha-bar) is
+read through `DDPMDenoiser`, which maps sigma to the scheduler's (fractional) timestep.
+
+Labels: classes 0..C-1; label C (or `labels=None`) is the unconditional model (the teacher is
+trained with labels dropped to C at a rate, for classifier-free guidance). Guidance convention
+(diffusers'): D_g = D(x, None) + g (D(x, y) - D(x, None)); g = 1 is no guidance.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def edm_coeffs(sigma: torch.Tensor, sigma_data: float):
+    s2, d2 = sigma**2, sigma_data**2
+    return d2 / (s2 + d2), sigma * sigma_data / (s2 + d2).sqrt(), 1 / (s2 + d2).sqrt(), sigma.log() / 4
+
+
+def _per_row(sigma, x: torch.Tensor) -> torch.Tensor:
+    """sigma as a (N,) tensor on x's device."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return s.expand(len(x)).clone() if s.dim() == 0 else s.reshape(len(x))
+
+
+def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+class Denoiser(nn.Module):
+    """`forward(x, sigma, labels=None)` -> x0-prediction; `n_classes` (0: unconditional)."""
+
+    n_classes: int = 0
+    sigma_data: float = 0.5
+
+    def guided(self, x, sigma, labels, scale: float):
+        """Classifier-free guidance (g = 1: the conditional model alone)."""
+        if labels is None or scale == 1.0:
+            return self(x, sigma, labels)
+        both = self(torch.cat([x, x]), torch.cat([_per_row(sigma, x)] * 2),
+                    torch.cat([labels, torch.full_like(labels, self.n_classes)]))
+        cond, uncond = both.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+
+class ExactDenoiser(Denoiser):
+    """The closed-form denoiser of a Gaussian mixture (`retort.diffuse.mixtures.Mixture`)."""
+
+    def __init__(self, mixture, n_classes: int = 0, sigma_data: float = 1.0):
+        super().__init__()
+        self.mixture, self.n_classes, self.sigma_data = mixture, n_classes, sigma_data
+
+    def forward(self, x, sigma, labels=None):
+        if labels is not None and self.n_classes and bool((labels >= self.n_classes).any()):
+            uncond = labels >= self.n_classes
+            out = torch.empty_like(x)
+            if uncond.any():
+                out[uncond] = self(x[uncond], _per_row(sigma, x)[uncond])
+            if (~uncond).any():
+                out[~uncond] = self(x[~uncond], _per_row(sigma, x)[~uncond], labels[~uncond])
+            return out
+        m = self.mixture
+        xd = x.double()
+        return m.denoise(xd, _per_row(sigma, xd), labels).to(x.dtype)
+
+
+class FourierEmbedding(nn.Module):
+    """sin/cos of c_noise at fixed log-spaced frequencies, then an MLP (EDM's noise embedding)."""
+
+    def __init__(self, width: int, freqs: int = 16):
+        super().__init__()
+        self.register_buffer("freqs", 2 ** torch.arange(freqs, dtype=torch.float32) / 8)
+        self.mlp = nn.Sequential(nn.Linear(2 * freqs, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, c):
+        a = c[:, None] * self.freqs[None] * math.pi
+        return self.mlp(torch.cat([a.sin(), a.cos()], -1))
+
+
+class MLPDenoiser(Denoiser):
+    """An MLP denoiser for points: FiLM on the noise (and class) embedding in every hidden layer,
+    EDM-preconditioned. `features(x, sigma, labels)`: the last hidden layer (a GAN head reads it)."""
+
+    def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, n_classes: int = 0, sigma_data: float = 1.0):
+        super().__init__()
+        self.dim, self.width, self.depth, self.n_classes, self.sigma_data = dim, width, depth, n_classes, sigma_data
+        self.embed = FourierEmbedding(width)
+        self.classes = nn.Embedding(n_classes + 1, width) if n_classes else None
+        self.inp = nn.Linear(dim, width)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.film = nn.ModuleList(nn.Linear(width, 2 * width) for _ in range(depth))
+        self.out = nn.Linear(width, dim)
+
+    def config(self) -> dict:
+        return {"arch": "mlp", "dim": self.dim, "width": self.width, "depth": self.depth,
+                "n_classes": self.n_classes, "sigma_data": self.sigma_data}
+
+    def _trunk(self, x, sigma, labels):
+        sigma = _per_row(sigma, x)
+        c_skip, c_out, c_in, c_noise = edm_coeffs(sigma, self.sigma_data)
+        e = self.embed(c_noise)
+        if self.classes is not None:
+            lab = labels if labels is not None else torch.full((len(x),), self.n_classes, device=x.device)
+            e = e + self.classes(lab)
+        e = nn.functional.silu(e)
+        h = self.inp(c_in[:, None] * x)
+        for lin, film in zip(self.hidden, self.film):
+            scale, shift = film(e).chunk(2, -1)
+            h = nn.functional.silu(lin(nn.functional.silu(h)) * (1 + scale) + shift)
+        return h, c_skip, c_out
+
+    def features(self, x, sigma, labels=None):
+        return self._trunk(x, sigma, labels)[0]
+
+    def forward(self, x, sigma, labels=None):
+        h, c_skip, c_out = self._trunk(x, sigma, labels)
+        return c_skip[:, None] * x + c_out[:, None] * self.out(h)
+
+
+class UNetDenoiser(Denoiser):
+    """A diffusers `UNet2DModel` under EDM preconditioning (diffusers' `EDMEulerScheduler` with
+    prediction_type "epsilon"); labels through the U-Net's class embedding (C + 1 entries, the last
+    the unconditional one). `features`: the mid block's output, pooled (a GAN head reads it)."""
+
+    def __init__(self, unet, n_classes: int = 0, sigma_data: float = 0.5):
+        super().__init__()
+        self.unet, self.n_classes, self.sigma_data = unet, n_classes, sigma_data
+        self._mid = None
+        unet.mid_block.register_forward_hook(self._keep_mid)
+
+    def _keep_mid(self, module, args, output):
+        self._mid = output
+
+    def config(self) -> dict:
+        return {"arch": "unet", "n_classes": self.n_classes, "sigma_data": self.sigma_data}
+
+    def forward(self, x, sigma, labels=None):
+        sigma = _per_row(sigma, x)
+        c_skip, c_out, c_in, c_noise = edm_coeffs(sigma, self.sigma_data)
+        cls = None
+        if self.n_classes:
+            cls = labels if labels is not None else torch.full((len(x),), self.n_classes, device=x.device)
+        f = self.unet(_bcast(c_in, x) * x, c_noise, class_labels=cls).sample
+        return _bcast(c_skip, x) * x + _bcast(c_out, x) * f
+
+    def features(self, x, sigma, labels=None):
+        self(x, sigma, labels)
+        return self._mid.mean((2, 3))
+
+    def __deepcopy__(self, memo):  # the hook is bound to this instance: rebuild it on the copy
+        new = UNetDenoiser(copy.deepcopy(self.unet, memo), self.n_classes, self.sigma_data)
+        return new
+
+
+def digits_unet(n_classes: int = 10, channels: tuple = (32, 64), size: int = 8, in_channels: int = 1):
+    """The small class-conditional U-Net of the digits teacher (8x8, one downsampling, attention
+    at 4x4); MNIST uses (32, 64, 64) at 28x28."""
+    from diffusers import UNet2DModel
+
+    down = ["DownBlock2D"] * (len(channels) - 1) + ["AttnDownBlock2D"]
+    up = ["AttnUpBlock2D"] + ["UpBlock2D"] * (len(channels) - 1)
+    return UNet2DModel(sample_size=size, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,
+                       block_out_channels=tuple(channels), down_block_types=tuple(down), up_block_types=tuple(up),
+                       norm_num_groups=8, num_class_embeds=(n_classes + 1) if n_classes else None,
+                       attention_head_dim=16, add_attention=True)
+
+
+class DDPMDenoiser(Denoiser):
+    """A diffusers model trained the DDPM way (x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, a
+    `DDPMScheduler`/`DDIMScheduler` config) read as an EDM denoiser: sigma = sqrt((1 - abar) / abar),
+    x_t = x / sqrt(1 + sigma^2), the timestep interpolated in the scheduler's log-sigma table, and
+    the output turned into x0 by the scheduler's prediction_type (epsilon, sample, v_prediction).
+    Lets a pretrained diffusers model (e.g. a DDPM on CIFAR-10) be the teacher on a GPU."""
+
+    def __init__(self, unet, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", n_classes: int = 0):
+        super().__init__()
+        if prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise ValueError(f"prediction_type {prediction_type!r}: expected epsilon, sample or v_prediction")
+        self.unet, self.prediction_type, self.n_classes = unet, prediction_type, n_classes
+        abar = alphas_cumprod.double()
+        self.register_buffer("log_sigmas", (((1 - abar) / abar).sqrt()).log())
+        self.sigma_min, self.sigma_max = float(self.log_sigmas[0].exp()), float(self.log_sigmas[-1].exp())
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        ls = self.log_sigmas.to(sigma.device)
+        t = torch.searchsorted(ls, sigma.double().log().clamp(ls[0], ls[-1])).clamp(1, len(ls) - 1)
+        lo, hi = ls[t - 1], ls[t]
+        frac = (sigma.double().log().clamp(ls[0], ls[-1]) - lo) / (hi - lo)
+        return (t - 1 + frac).float()
+
+    def forward(self, x, sigma, labels=None):
+        sigma = _per_row(sigma, x)
+        a = 1 / (1 + sigma**2).sqrt()                      # sqrt(abar)
+        x_t = _bcast(a, x) * x
+        cls = labels if self.n_classes and labels is not None else None
+        out = self.unet(x_t, self.timestep(sigma), class_labels=cls).sample
+        if self.prediction_type == "epsilon":
+            return x - _bcast(sigma, x) * out
+        if self.prediction_type == "sample":
+            return out
+        b = sigma * a                                      # sqrt(1 - abar)
+        return _bcast(a, x) * x_t - _bcast(b, x) * out     # x0 = sqrt(abar) x_t - sqrt(1 - abar) v
