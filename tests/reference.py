@@ -229,3 +229,26 @@ def ground_truth_mse(student_row, teacher_row, y, alpha):
 
 def soft_target_kl(student_row, target_row, temperature):
     return temperature**2 * _kl(list(target_row), _dist(student_row, temperature))
+
+
+def distribution_matching(x, x_real, x_fake):
+    """DMD2's generator loss written out per sample and element (float64): grad = (fake - real) /
+    mean|x - real|; L = 1/2 mean (x - sg(x - grad))^2, i.e. 1/2 mean grad^2 in value, grad / dims
+    in gradient."""
+    import torch
+
+    out = []
+    for i in range(len(x)):
+        xi, ri, fi = x[i].reshape(-1), x_real[i].reshape(-1).double(), x_fake[i].reshape(-1).double()
+        w = sum(abs(float(a) - float(b)) for a, b in zip(xi.detach(), ri)) / len(xi)
+        grad = (fi - ri) / w
+        target = (xi.detach() - grad).detach()
+        out.append(0.5 * ((xi - target) ** 2).mean())
+    return torch.stack(out)
+
+
+def edm_denoising(pred, x0, sigma, sigma_data):
+    import torch
+
+    return torch.stack([(s**2 + sigma_data**2) / (s * sigma_data) ** 2 * ((p - t) ** 2).mean()
+                        for p, t, s in zip(pred.double(), x0.double(), sigma.double())])

@@ -38,12 +38,14 @@ overrides_arg = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
               "damaged one is moved aside); a finished run is left as it is; with no run there yet, one is started.")
 @overrides_arg
 def train(config_file, resume, overrides):
-    """Train a student with a method (see `retort methods`); `track=classify` trains a classifier.
+    """Train a student with a method (see `retort methods`); `track=classify` trains a classifier,
+    `track=diffuse` a few-step generator.
 
     \b
     retort train method=sft student.name=preset:student data.source=answers train.steps=200
     retort train -c configs/student_solutions.yaml out=runs/sft --resume
     retort train track=classify task.name=digits method=kd student.name=mlp:32 out=runs/kd
+    retort train track=diffuse task.name=ring method=dmd2 student.steps=1 out=runs/dmd2
     """
     from .config import load_config, peek_track
     from .track import get_track
@@ -78,8 +80,11 @@ def _print_summary(console, out, summary):
               "student before distillation (model names; the same vocabulary).")
 @click.option("--provenance-delta", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="With --provenance: nats of mean log-prob difference that make a category.")
+@click.option("--hybrid", type=click.IntRange(min=1), default=None, metavar="K",
+              help="track=diffuse: also sample each multi-step student with the teacher's first K steps "
+                   "(diversity distillation's hybrid inference).")
 @overrides_arg
-def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_delta, overrides):
+def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_delta, hybrid, overrides):
     """Evaluate one or more models on a task: pass@1, pass@k, maj@k, tokens, by difficulty.
 
     \b
@@ -87,15 +92,22 @@ def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_
     retort eval -m teacher=builtin:teacher -m sft=runs/sft/model --fidelity-to teacher
     retort eval -m sft=runs/sft/model --provenance builtin:teacher,preset:student
     retort eval track=classify task.name=mnist -m teacher=ccexam:mnist -m kd=runs/kd/model --fidelity-to teacher
+    retort eval track=diffuse task.name=digits -m dmd2=runs/dmd2/model steps=[1,2,4] --hybrid 1
     """
     from dataclasses import replace
 
     from . import threads
     from .config import EvalRun, load_config, peek_track
 
-    if peek_track(config_file, _overrides(overrides)) == "classify":
+    track_name = peek_track(config_file, _overrides(overrides))
+    if track_name == "classify":
         _eval_classifiers(config_file, models, json_out, fidelity_to, provenance, overrides)
         return
+    if track_name == "diffuse":
+        _eval_generators(config_file, models, json_out, fidelity_to or provenance, hybrid, overrides)
+        return
+    if hybrid:
+        raise click.UsageError("--hybrid samples diffusion students: pass track=diffuse")
     from .lm.eval import evaluate, results_table
     from .lm.models import load_model
     from .lm.tasks import get_task, require_examples
@@ -178,6 +190,32 @@ def _eval_classifiers(config_file, models, json_out, fidelity_to, provenance, ov
         console.print(f"results: {out}")
 
 
+def _eval_generators(config_file, models, json_out, lm_only, hybrid, overrides):
+    from . import threads
+    from .config import load_config
+    from .diffuse.compare import evaluate_models, results_table
+    from .diffuse.config import DiffuseEvalRun
+    from .errors import ConfigError
+    from .paths import output_file
+
+    if lm_only:
+        raise ConfigError("--fidelity-to and --provenance are for language models; not for track=diffuse")
+    run = load_config(DiffuseEvalRun, config_file, _overrides(overrides))
+    threads.pin(run.threads)
+    out = json_out or run.out
+    if out:
+        output_file(out, "--json" if json_out else "out=")
+    targets = [(m.split("=", 1) if "=" in m and not Path(m).exists() else (m, m)) for m in models]
+    console = _console()
+    rows = evaluate_models(run, targets, say=console.print, hybrid_with_teacher=hybrid)
+    console.print(results_table(rows))
+    if out:
+        from .paths import atomic_write_text
+
+        atomic_write_text(out, json.dumps(rows))  # compact: each row carries its samples
+        console.print(f"results: {out}")
+
+
 def _provenance_table(rows):
     from rich.table import Table
 
@@ -213,13 +251,20 @@ def teacher(config_file, force, overrides):
     retort teacher                      # modchain, cached in $RETORT_CACHE or ~/.cache/retort
     retort teacher task.name=vars
     retort teacher track=classify task.name=digits   # a classifier teacher for a built-in dataset
+    retort teacher track=diffuse task.name=digits    # a diffusion teacher (a U-Net) for digits
     """
     from .config import peek_track
 
-    if peek_track(config_file, list(overrides)) == "classify":
+    track_name = peek_track(config_file, list(overrides))
+    if track_name == "classify":
         from .classify.teacher import ensure_teacher as ensure_classifier
 
         ensure_classifier(config_file, list(overrides), force=force, console=_console())
+        return
+    if track_name == "diffuse":
+        from .diffuse.teacher import ensure_teacher as ensure_denoiser
+
+        ensure_denoiser(config_file, list(overrides), force=force, console=_console())
         return
     from .lm.teacher import ensure_teacher
 
@@ -255,16 +300,18 @@ def generations(config_file, n, alpha_hat, overrides):
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--track", "track_name", type=click.Choice(["lm", "classify"]), default="lm", show_default=True,
-              help="lm: reasoning language models on the built-in task; classify: classifiers on digits.")
-@click.option("--out", default=None, help="Demo run directory [default: runs/demo, runs/demo-classify].")
+@click.option("--track", "track_name", type=click.Choice(["lm", "classify", "diffuse"]), default="lm",
+              show_default=True, help="lm: reasoning language models on the built-in task; classify: classifiers on "
+              "digits; diffuse: few-step generators on the 8-mode ring and digits.")
+@click.option("--out", default=None, help="Demo run directory [default: runs/demo, runs/demo-classify, "
+              "runs/demo-diffuse].")
 @click.option("--methods", default=None,
               help="Comma-separated students to train and compare. lm (default answers,sft): answers, sft, kd "
                    "(from scratch); 300 steps on from a shared sft warm start: sft_more, gkd, rkl_pg, tsd_kd, opsd "
                    "(on-policy), redi, dpo, simpo (trace pairs), curio_sft, chunk_sft, and DASD's recipes dasd_low "
                    "(T=0.6 traces), dasd_high (T=1, 1 of 4 at random), dasd_sched (low then high), dasd_das (1 of 4 "
                    "by divergence-aware selection), dasd_mixed (+ mixed-policy rows). classify (default all): ce, "
-                   "kd, dkd, pld, lelp.")
+                   "kd, dkd, pld, lelp. diffuse (default all): dmd2, dmd, cd (ring), dmd2-digits.")
 @click.option("--seed", default=0, show_default=True, help="Seed of every student run (init, data order, rollouts).")
 def demo(track_name, out, methods, seed):
     """The embedded default end to end: built-in teacher, (teacher traces,) students, evaluation
@@ -274,6 +321,11 @@ def demo(track_name, out, methods, seed):
         from .classify.demo import run_demo as run_classify_demo
 
         run_classify_demo(out or "runs/demo-classify", console=_console(), methods=names, seed=seed)
+        return
+    if track_name == "diffuse":
+        from .diffuse.demo import run_demo as run_diffuse_demo
+
+        run_diffuse_demo(out or "runs/demo-diffuse", console=_console(), methods=names, seed=seed)
         return
     from .lm.demo import run_demo
 
@@ -303,7 +355,7 @@ def tasks(n):
 
 
 @click.command(context_settings=CONTEXT)
-@click.option("--track", "track_name", default=None, help="Only this track's methods (lm, classify).")
+@click.option("--track", "track_name", default=None, help="Only this track's methods (lm, classify, diffuse).")
 def methods(track_name):
     """List training methods of every track, their papers and options."""
     import dataclasses
@@ -321,7 +373,7 @@ def methods(track_name):
 
 @click.command(context_settings=CONTEXT)
 @click.argument("command", type=click.Choice(["train", "eval", "teacher", "traces"]))
-@click.option("--track", "track_name", default="lm", show_default=True, help="The track (train, teacher): lm, classify.")
+@click.option("--track", "track_name", default="lm", show_default=True, help="The track (train, teacher): lm, classify, diffuse.")
 def config(command, track_name):
     """Show every config key of a command with its default, meaning and allowed values."""
     from .config import EvalRun, TracesRun, describe
@@ -333,12 +385,23 @@ def config(command, track_name):
             from .classify.teacher import teacher_config as classify_teacher
 
             cfg = classify_teacher(None, [])
+        elif track_name == "diffuse":
+            from .diffuse.teacher import teacher_config as diffuse_teacher
+
+            cfg = diffuse_teacher(None, ["task.name=digits"])
         else:
             from .lm.teacher import teacher_config
 
             cfg = teacher_config(None, [])
     else:
-        cfg = {"train": track.run_config, "eval": EvalRun, "traces": TracesRun}[command]
+        evals = {"classify": "retort.classify.config:ClassifyEvalRun", "diffuse": "retort.diffuse.config:DiffuseEvalRun"}
+        eval_cfg = EvalRun
+        if track_name in evals:
+            import importlib
+
+            mod, _, cls = evals[track_name].partition(":")
+            eval_cfg = getattr(importlib.import_module(mod), cls)
+        cfg = {"train": track.run_config, "eval": eval_cfg, "traces": TracesRun}[command]
     for key, default, doc in describe(cfg):
         click.echo(f"{key} = {default}\n    {doc}")
 

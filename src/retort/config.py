@@ -179,9 +179,9 @@ class OptimConfig:
     lr: float = param(1e-3, "peak learning rate", lo=0.0, hi=1.0, lo_open=True)
     min_lr_ratio: float = param(0.1, "final lr of the cosine decay, as a fraction of lr", lo=0.0, hi=1.0)
     warmup_steps: int = param(50, "linear warmup steps", lo=0)
-    schedule: str = param("warmup_cosine", "lr schedule: linear warmup then cosine to min_lr_ratio, or warmup then "
-                          "x lr_gamma at each of `milestones` (the CIFAR KD recipe's step decay)",
-                          choices=["warmup_cosine", "multistep"])
+    schedule: str = param("warmup_cosine", "lr schedule: linear warmup then cosine to min_lr_ratio, warmup then "
+                          "x lr_gamma at each of `milestones` (the CIFAR KD recipe's step decay), or warmup then "
+                          "constant (DMD2's)", choices=["warmup_cosine", "multistep", "constant"])
     milestones: List[int] = param([], "schedule=multistep: the optimizer steps at which the lr is multiplied by "
                                   "lr_gamma")
     lr_gamma: float = param(0.1, "schedule=multistep: the factor at each milestone", lo=0.0, hi=1.0, lo_open=True)

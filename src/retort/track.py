@@ -22,7 +22,8 @@ from __future__ import annotations
 import importlib
 
 # track name -> the module that defines `TRACK` (imported on first use, so the core stays track-free)
-TRACKS: dict[str, str] = {"lm": "retort.lm.track", "classify": "retort.classify.track"}
+TRACKS: dict[str, str] = {"lm": "retort.lm.track", "classify": "retort.classify.track",
+                          "diffuse": "retort.diffuse.track"}
 
 
 class Track:

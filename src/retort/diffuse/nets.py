@@ -19,7 +19,6 @@ trained with labels dropped to C at a rate, for classifier-free guidance). Guida
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -139,11 +138,6 @@ class UNetDenoiser(Denoiser):
     def __init__(self, unet, n_classes: int = 0, sigma_data: float = 0.5):
         super().__init__()
         self.unet, self.n_classes, self.sigma_data = unet, n_classes, sigma_data
-        self._mid = None
-        unet.mid_block.register_forward_hook(self._keep_mid)
-
-    def _keep_mid(self, module, args, output):
-        self._mid = output
 
     def config(self) -> dict:
         return {"arch": "unet", "n_classes": self.n_classes, "sigma_data": self.sigma_data}
@@ -158,19 +152,21 @@ class UNetDenoiser(Denoiser):
         return _bcast(c_skip, x) * x + _bcast(c_out, x) * f
 
     def features(self, x, sigma, labels=None):
-        self(x, sigma, labels)
-        return self._mid.mean((2, 3))
-
-    def __deepcopy__(self, memo):  # the hook is bound to this instance: rebuild it on the copy
-        new = UNetDenoiser(copy.deepcopy(self.unet, memo), self.n_classes, self.sigma_data)
-        return new
+        kept = []
+        hook = self.unet.mid_block.register_forward_hook(lambda m, a, out: kept.append(out))
+        try:
+            self(x, sigma, labels)
+        finally:
+            hook.remove()
+        return kept[0].mean((2, 3))
 
 
 def digits_unet(n_classes: int = 10, channels: tuple = (32, 64), size: int = 8, in_channels: int = 1):
     """The small class-conditional U-Net of the digits teacher (8x8, one downsampling, attention
     at 4x4); MNIST uses (32, 64, 64) at 28x28."""
-    from diffusers import UNet2DModel
+    from ..errors import require
 
+    UNet2DModel = require("diffusers", "diffuse", "a U-Net denoiser").UNet2DModel
     down = ["DownBlock2D"] * (len(channels) - 1) + ["AttnDownBlock2D"]
     up = ["AttnUpBlock2D"] + ["UpBlock2D"] * (len(channels) - 1)
     return UNet2DModel(sample_size=size, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,

@@ -135,10 +135,10 @@ def _result_rows(results: dict, source: str) -> list[Row]:
 
 def _load_eval_json(path: Path, source: str) -> list[Row]:
     results = _read_json(path)
-    # Every `evaluate` result has an accuracy; anything else is some other JSON file, and a
+    # Every `evaluate` result has an accuracy (a generator's: its NFE); anything else is some other JSON file, and a
     # table of "-" rows would hide that.
     if not (isinstance(results, dict) and results and
-            all(isinstance(r, dict) and "accuracy" in r for r in results.values())):
+            all(isinstance(r, dict) and ("accuracy" in r or "nfe" in r) for r in results.values())):
         raise RetortError(f"{path}: not eval results (expected {EVAL_JSON_SHAPE})")
     return _result_rows(results, source)
 

@@ -135,6 +135,33 @@ def classifier_table(rows) -> str:
     return _table(headers, body)
 
 
+def generator_table(rows) -> str:
+    """Generators (track=diffuse): NFE and sampling time beside the distribution metrics of their kind."""
+    images = any("fd" in r.eval for r in rows)
+    headers = ["model / run", "params", "NFE", *(["FD", "FD floor (real vs real)", "label entropy", "label match",
+                                                  "within-class diversity"] if images else
+                                                 ["SWD / noise floor", "MMD^2", "modes", "recall", "precision"]),
+               "s / 1k samples", "train time (s)", "steps"]
+    body = []
+    for r in rows:
+        e = r.eval
+        if images:
+            vals = [_float(e.get("fd"), 2), _float(e.get("fd_floor"), 2), _float(e.get("label_entropy"), 3),
+                    _pct(e.get("label_match")), _float(e.get("within_class_diversity"), 2)]
+        else:
+            modes = f"{e['modes_covered']}/{e['modes']}" if _num(e.get("modes")) else "-"
+            vals = [_float(e.get("swd_ratio"), 2), _float(e.get("mmd2"), 5), modes, _pct(e.get("recall")),
+                    _pct(e.get("precision"))]
+        body.append([(esc(r.name), False), (esc(_params(r.params)), True), (esc(_int(e.get("nfe"))), True),
+                     *[(esc(v), True) for v in vals], (esc(_float(e.get("seconds_per_1k"), 3)), True),
+                     (esc(_float(r.train_time)), True), (esc(_int(r.steps)), True)])
+    return _table(headers, body)
+
+
+def _generators(rows) -> bool:
+    return any("swd_ratio" in r.eval or "fd" in r.eval for r in rows)
+
+
 def provenance_table(rows) -> str | None:
     """Rows evaluated with `retort eval --provenance`: category shares overall, by outcome, by position."""
     cats = ("teacher", "student", "shared", "boosted")
@@ -233,6 +260,11 @@ def _eval_caption(rows) -> str:
     if not pairs:
         return ""
     what = ", ".join(f"{t} ({s})" if s else str(t) for t, s in sorted(pairs, key=str))
+    if _generators(rows):
+        return (f'<p class="sub">Evaluated on: {esc(what)}. Points: sliced Wasserstein distance as a ratio to the '
+                "noise floor (two draws of the exact distribution), unbiased MMD^2, modes holding >= 20% of their "
+                "share within 3 std. Images: Frechet distance on a classifier's penultimate features against the "
+                "real test images. NFE: network evaluations per sample.</p>")
     if _classifiers(rows):
         return (f'<p class="sub">Evaluated on: {esc(what)}. Accuracy is top-1 at the last step; "at best val" is '
                 "the test accuracy at the evaluation with the best validation accuracy (the test split chooses "
@@ -255,7 +287,12 @@ def render(rows, runs, title: str, inputs: list[str]) -> str:
     body = [f"<h1>{esc(title)}</h1>",
             f'<p class="sub">{len(rows)} model(s), {len(runs)} training run(s)</p>',
             "<h2>Comparison</h2>", _eval_caption(rows),
+            generator_table(rows) if _generators(rows) else
             classifier_table(rows) if _classifiers(rows) else comparison_table(rows)]
+    if _generators(rows):
+        grid = plots.generator_samples([(r.name, r.eval) for r in rows])
+        if grid:
+            body += ["<h3>Samples</h3>", _img(grid, "samples of each generator")]
     reliability = plots.reliability_diagram([(r.name, r.eval.get("reliability")) for r in rows])
     if reliability:
         body += ["<h3>Calibration</h3>", _img(reliability, "reliability diagram: accuracy vs confidence")]

@@ -205,3 +205,41 @@ def _spot(px, py, w, h, d, dx, dy):
     x0 = px + d if dx > 0 else px - d - w if dx < 0 else px - w / 2
     y0 = py + d if dy > 0 else py - d - h if dy < 0 else py - h / 2
     return Bbox.from_bounds(x0, y0, w, h)
+
+
+def generator_samples(models: list[tuple[str, dict]]) -> str | None:
+    """One panel per generator: its 2-D samples as a scatter, or its images as a grid (sorted by
+    label); None when no row carries samples."""
+    panels = [(name, e) for name, e in models if isinstance(e.get("points"), list) or isinstance(e.get("images"), list)]
+    if not panels:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(3.2 * cols, 3.4 * rows), dpi=90)
+    FigureCanvasAgg(fig)
+    for i, (name, e) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_title(_label("\n".join(textwrap.wrap(name, 34))), fontsize="small")
+        if isinstance(e.get("points"), list):
+            pts = [p for p in e["points"] if isinstance(p, list) and len(p) == 2 and all(_num(v) for v in p)]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=2, alpha=0.5, color=COLORS[i % len(COLORS)])
+            ax.set_aspect("equal", adjustable="datalim")
+            ax.grid(True, alpha=0.3)
+        else:
+            imgs = e["images"]
+            k = len(imgs)
+            side = math.ceil(math.sqrt(k))
+            h, w = len(imgs[0]), len(imgs[0][0])
+            canvas = [[1.0] * (side * (w + 1)) for _ in range(side * (h + 1))]
+            for j, img in enumerate(imgs):
+                r, c = divmod(j, side)
+                for y in range(h):
+                    for x in range(w):
+                        canvas[r * (h + 1) + y][c * (w + 1) + x] = (img[y][x] + 1) / 2
+            ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return _data_uri(fig)

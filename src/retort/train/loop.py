@@ -291,8 +291,10 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
             last_eval = evaluate(accelerator.unwrap_model(model), tok, task)
             log.write({"step": step_now, **{f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))}})
         accelerator.wait_for_everyone()
-        flag = torch.tensor([last_eval.get("accuracy", 0.0) if main else 0.0], device=device)
-        return {"accuracy": float(accelerator.reduce(flag, "sum"))}
+        flag = torch.tensor([last_eval.get("accuracy", 0.0) if main else 0.0,
+                             float(bool(last_eval.get("stop"))) if main else 0.0], device=device)
+        acc, stop = accelerator.reduce(flag, "sum").tolist()
+        return {"accuracy": acc, "stop": bool(stop)}
 
     model.train()
     with progress:
@@ -343,9 +345,21 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                     console.print(f"step {step}/{opt_cfg.steps} loss {global_loss:.4f} lr {row['lr']:.2e}")
             progress.update(bar, completed=step, info=f"loss {global_loss:.4f}")
             if opt_cfg.eval_every and step % opt_cfg.eval_every == 0 and step < opt_cfg.steps:
-                acc = run_eval(step)["accuracy"]
+                res = run_eval(step)
+                acc = res["accuracy"]
                 if main and console is not None:
-                    console.print(f"step {step}: eval accuracy {acc:.3f}")
+                    console.print(f"step {step}: eval accuracy {acc:.3f}" if "accuracy" in last_eval else
+                                  f"step {step}: eval " + " ".join(
+                                      f"{k} {v:.4g}" for k, v in list(last_eval.items())[:6]
+                                      if isinstance(v, (int, float))))
+                if main and console is not None and last_eval.get("warning"):
+                    console.print(f"step {step}: warning: {last_eval['warning']}")
+                if res["stop"]:  # the evaluator asks to stop (a collapse detector): keep this step's state
+                    if main and console is not None:
+                        console.print(f"step {step}: stopping: {last_eval.get('stop')}")
+                    stopped_early = True
+                    checkpoint(step)
+                    break
                 if opt_cfg.stop_at_accuracy and acc >= opt_cfg.stop_at_accuracy:
                     stopped_early = True
                     checkpoint(step)
@@ -357,7 +371,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     if evaluate is not None and (not stopped_early or ended_early):
         run_eval(step)  # an early stop has just evaluated this step, unless this is its resume
     summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(elapsed(), 2),
-               "stopped_early": stopped_early, "eval": last_eval, "main_process": main,
+               "stopped_early": stopped_early, **({"stop_reason": last_eval["stop"]} if last_eval.get("stop") else {}),
+               "eval": last_eval, "main_process": main,
                "trainable_params": trainable, "params": n_params, "threads": torch.get_num_threads()}
     full = accelerator.get_state_dict(model) if sharded(accelerator) else None  # every process joins the gather
     if main:

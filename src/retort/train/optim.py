@@ -48,8 +48,13 @@ def make_optimizer(named_params: Iterable, cfg, *, lr: float | None = None, name
 
 def make_scheduler(optimizer, cfg, kind: str | None = None):
     """`kind` (default `cfg.schedule`): `warmup_cosine` (linear warmup, cosine to `min_lr_ratio`),
-    `multistep` (warmup, then x `lr_gamma` at each of `milestones`) or `constant`."""
+    `multistep` (warmup, then x `lr_gamma` at each of `milestones`) or `constant` (the peak lr: after
+    `warmup_steps` where the run's own schedule is constant, else from the first step, as for a
+    module a method owns beside a decaying student)."""
     kind = kind or getattr(cfg, "schedule", "warmup_cosine")
+    if kind == "constant" and getattr(cfg, "schedule", None) == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: multistep(
+            s, warmup=cfg.warmup_steps, milestones=[], gamma=1.0))
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     if kind == "multistep":
