@@ -25,7 +25,7 @@ _POINTS = {"student": {"name": "mlp:128-3"}, "method_args": {"target": "exact", 
 TEACHERS = {
     **{name: _POINTS for name in POINTS},
     "digits": {"student": {"name": "unet:32-64"}, "method_args": {"label_dropout": 0.1},
-               "train": {"steps": 4000, "batch_size": 128, "lr": 2e-3, "schedule": "warmup_cosine", "warmup_steps": 200}},
+               "train": {"steps": 1500, "batch_size": 128, "lr": 2e-3, "schedule": "warmup_cosine", "warmup_steps": 200}},
     "mnist": {"student": {"name": "unet:32-64-64"}, "method_args": {"label_dropout": 0.1},
               "train": {"steps": 20000, "batch_size": 128, "lr": 1e-3, "schedule": "warmup_cosine", "warmup_steps": 500}},
 }

@@ -158,6 +158,13 @@ def generator_table(rows) -> str:
     return _table(headers, body)
 
 
+def generator_tables(rows) -> list[str]:
+    """One table per kind of data (points, images): their metrics differ."""
+    points = [r for r in rows if "swd_ratio" in r.eval]
+    images = [r for r in rows if "fd" in r.eval]
+    return [generator_table(g) for g in (points, images) if g]
+
+
 def _generators(rows) -> bool:
     return any("swd_ratio" in r.eval or "fd" in r.eval for r in rows)
 
@@ -287,8 +294,8 @@ def render(rows, runs, title: str, inputs: list[str]) -> str:
     body = [f"<h1>{esc(title)}</h1>",
             f'<p class="sub">{len(rows)} model(s), {len(runs)} training run(s)</p>',
             "<h2>Comparison</h2>", _eval_caption(rows),
-            generator_table(rows) if _generators(rows) else
-            classifier_table(rows) if _classifiers(rows) else comparison_table(rows)]
+            *(generator_tables(rows) if _generators(rows) else
+              [classifier_table(rows) if _classifiers(rows) else comparison_table(rows)])]
     if _generators(rows):
         grid = plots.generator_samples([(r.name, r.eval) for r in rows])
         if grid:

@@ -1,0 +1,139 @@
+"""Few-step diffusion distillation, measured (methods/other.md sections 6 and 0.3; issue 16's targets):
+the methods table on the 8-mode ring, the 25-mode grid (exact teachers) and digits (a trained U-Net
+teacher), >= 3 seeds, every student at 1, 2 and 4 steps against the teacher at its full step count.
+
+    python benchmarks/diffuse.py [--part ring,grid,digits] [--seeds 0,1,2] [--work /tmp/retort-diffuse]
+
+Every run is the CLI a user runs (`retort teacher`, `retort train track=diffuse`); each trained
+student is then sampled at its own step count by `retort.diffuse.compare.evaluate_models` (the code
+behind `retort eval track=diffuse`). A rerun skips what is done. Results: benchmarks/results/diffuse.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _data_runs import sh, workdir  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+POINTS = ["train.steps=5000", "train.eval_every=0", "train.save_every=1000", "eval.n=2000"]
+# arm -> overrides (the points defaults: batch 256, lr 1e-4; the critic at 4e-4 as the spec's toy)
+POINT_ARMS = {
+    "cd": ["method=cd"],
+    "dmd": ["method=dmd", "method_args.fake_lr=4e-4"],
+    "dmd2": ["method=dmd2", "method_args.fake_lr=4e-4"],
+    "dmd2 1:1 (no TTUR)": ["method=dmd2", "method_args.fake_lr=4e-4", "method_args.ratio=1"],
+    "dmd2 + GAN": ["method=dmd2", "method_args.fake_lr=4e-4", "method_args.gan_weight=3e-3"],
+}
+DIGITS = ["train.steps=2000", "train.batch_size=64", "train.lr=2e-4", "method_args.fake_lr=2e-4",
+          "train.eval_every=0", "train.save_every=500", "eval.n=1000"]
+# arm -> (overrides, step counts); 35 NFE for the teacher, so 1-3 steps are >= 10x fewer
+DIGIT_ARMS = {
+    "dmd2": (["method=dmd2"], [1, 2]),
+    "dmd2 + GAN": (["method=dmd2", "method_args.gan_weight=3e-3"], [1]),
+}
+METRICS = {"points": ["swd_ratio", "mmd2", "modes_covered", "recall", "precision", "seconds_per_1k"],
+           "images": ["fd", "label_entropy", "label_match", "within_class_diversity", "seconds_per_1k"]}
+
+
+def mean_std(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def run_part(dataset: str, arms: dict, base: list[str], steps: list[int], seeds: list[int], work: Path, log: Path,
+             eval_n: int) -> dict:
+    from retort.config import load_config
+    from retort.diffuse.compare import evaluate_models
+    from retort.diffuse.config import DiffuseEvalRun
+    teacher_s = sh(["teacher", "track=diffuse", f"task.name={dataset}"], log)
+    res_file = work / f"{dataset}-evals.json"
+    evals = json.loads(res_file.read_text()) if res_file.is_file() else {}
+    rows: dict = {}
+    for arm, spec in arms.items():
+        over, arm_steps = spec if isinstance(spec, tuple) else (spec, steps)
+        for k in arm_steps:
+            for seed in seeds:
+                tag = f"{arm}|{k}|{seed}"
+                out = work / dataset / f"{arm.replace(' ', '_').replace(':', '-')}-{k}step-seed{seed}"
+                if not (out / "summary.json").is_file():
+                    sh(["train", "track=diffuse", f"task.name={dataset}", *base, *over, f"student.steps={k}",
+                        f"seed={seed}", f"out={out}"], log)
+                if tag not in evals:
+                    ev = load_config(DiffuseEvalRun, None, [f"task.name={dataset}", f"eval.n={eval_n}",
+                                                            f"eval.seed={1000 + seed}"])
+                    got = evaluate_models(ev, [(arm, str(out / "model"))])
+                    row = next(v for key, v in got.items() if key.startswith(f"{arm},"))
+                    summary = json.loads((out / "summary.json").read_text())
+                    evals[tag] = {**{m: row.get(m) for m in METRICS["points"] + METRICS["images"] if m in row},
+                                  "nfe": row["nfe"], "train_time_s": summary["train_time_s"],
+                                  "teacher": next(v for key, v in got.items() if key.startswith("teacher"))}
+                    res_file.write_text(json.dumps(evals))
+                rows.setdefault(f"{arm}|{k}", []).append(evals[tag])
+    kind = "points" if "swd_ratio" in next(iter(evals.values())) else "images"
+    teacher_row = {m: mean_std([r["teacher"].get(m) for rs in rows.values() for r in rs]) for m in METRICS[kind]}
+    table = {key: {**{m: mean_std([r.get(m) for r in rs]) for m in METRICS[kind] + ["train_time_s"]},
+                   "nfe": rs[0]["nfe"], "per_seed": rs} for key, rs in rows.items()}
+    return {"kind": kind, "teacher": {**teacher_row, "nfe": next(iter(evals.values()))["teacher"]["nfe"],
+                                      "train_time_s": round(teacher_s, 1)}, "arms": table}
+
+
+def fmt(ms, digits=3):
+    if ms is None:
+        return "-"
+    m, s = ms
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown(dataset: str, part: dict) -> str:
+    kind = part["kind"]
+    cols = METRICS[kind]
+    lines = [f"### {dataset}", "", "| model | NFE | " + " | ".join(cols) + " | train s |",
+             "|---|---:|" + "---:|" * (len(cols) + 1)]
+    t = part["teacher"]
+    lines.append(f"| teacher | {t['nfe']} | " + " | ".join(fmt(t.get(c)) for c in cols) + " | - |")
+    for key, row in part["arms"].items():
+        arm, k = key.split("|")
+        lines.append(f"| {arm}, {k} step(s) | {row['nfe']} | " + " | ".join(fmt(row.get(c)) for c in cols)
+                     + f" | {fmt(row.get('train_time_s'), 0)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", default="ring,grid,digits")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", default="1,2,4", help="student step counts")
+    ap.add_argument("--work", default="/tmp/retort-diffuse")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffuse.json"))
+    args = ap.parse_args()
+    work, log = workdir(args.work)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    steps = [int(s) for s in args.steps.split(",")]
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    for dataset in args.part.split(","):
+        if dataset in ("ring", "grid"):
+            part = run_part(dataset, POINT_ARMS, POINTS, steps, seeds, work, log, 5000)
+        elif dataset == "digits":
+            part = run_part(dataset, DIGIT_ARMS, DIGITS, steps, seeds, work, log, 2000)
+        elif dataset == "grid1":  # the grid, one step only
+            part = run_part("grid", {a: (POINT_ARMS[a], [1]) for a in ("cd", "dmd2")}, POINTS, steps, seeds, work,
+                            log, 5000)
+        else:
+            sys.exit(f"--part {dataset}: expected ring, grid or digits")
+        results[dataset] = part
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+        print(markdown(dataset, part), flush=True)
+
+
+if __name__ == "__main__":
+    main()
