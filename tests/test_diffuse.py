@@ -59,7 +59,7 @@ def test_dmd2_one_step_student_learns_the_ring(tmp_path, ring_teacher):
     assert meta["sampling"] == {"sampler": "renoise", "sigmas": [pytest.approx(20.0)], "nfe": 1, "diffusers_ramp": [0.0]}
 
 
-@pytest.mark.parametrize("method,extra", [("cd", []), ("dmd", ["method_args.reg_pairs=64"]),
+@pytest.mark.parametrize("method,extra", [("cd", []), ("dmd", ["method_args.reg_pairs=64"]), ("gdd", []),
                                           ("dmd2", ["student.steps=2", "method_args.gan_weight=0.01"])])
 def test_each_method_trains_and_changes_the_student(tmp_path, ring_teacher, method, extra):
     s = _train(tmp_path / method, ring_teacher, f"method={method}", "train.steps=30", *extra)
@@ -68,6 +68,28 @@ def test_each_method_trains_and_changes_the_student(tmp_path, ring_teacher, meth
     changed = any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
     assert changed and s["steps"] == 30
     assert meta["method"] == method and len(meta["sampling"]["sigmas"]) == (2 if "student.steps=2" in extra else 1)
+
+
+def test_gdd_i_trains_only_what_it_does_not_freeze(tmp_path, ring_teacher):
+    _train(tmp_path / "gddi", ring_teacher, "method=gdd", "method_args.freeze=true", "train.steps=20")
+    before, _ = models.load(str(ring_teacher))
+    after, _ = models.load(str(tmp_path / "gddi" / "model"))
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    for k in b:
+        same = torch.equal(a[k], b[k])
+        assert same == (k.startswith("hidden.") and k.endswith(".weight")), k
+
+
+def test_gdd_i_freezes_a_unets_convolutions_and_output_projections():
+    from retort.diffuse.methods.gdd import gdd_freeze
+    from retort.diffuse.nets import UNetDenoiser, digits_unet
+
+    d = UNetDenoiser(digits_unet(10, (8, 16)), 10)
+    trainable = gdd_freeze(d)
+    names = {n for n, p in d.unet.named_parameters() if not p.requires_grad}
+    assert any("conv1" in n for n in names) and any("to_out" in n for n in names)
+    assert not any("to_q" in n or "norm" in n or "time_embedding" in n or "class_embedding" in n for n in names)
+    assert 0 < trainable < 0.5 * sum(p.numel() for p in d.parameters())
 
 
 @pytest.mark.parametrize("method", [["method=dmd2", "method_args.gan_weight=0.01"], ["method=cd"]])
@@ -160,3 +182,48 @@ def test_bad_input_gets_one_clear_line(tmp_path, capsys, args, expect):
     assert main(["train", "track=diffuse", f"out={tmp_path / 'x'}", "train.steps=2", *args]) == 2
     assert expect in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def classes_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("classes") / "teacher"
+    cli("teacher", "track=diffuse", "task.name=classes", f"out={out}", "train.steps=300", "train.save_every=0",
+        "eval.n=500")
+    return out / "model"
+
+
+def test_msd_routes_classes_to_students_and_resumes_exactly(tmp_path, classes_teacher):
+    from retort.diffuse.methods.msd import partition
+    from retort.diffuse.nets import Routed
+
+    assert partition(10, 2, "consecutive") == [0] * 5 + [1] * 5
+    assert sorted(partition(10, 5, "random", 3)) == sorted(partition(10, 5, "consecutive"))
+    args = ["method=msd", "method_args.students=2", "train.steps=12", "train.save_every=6", "train.log_every=1",
+            "eval.n=500", "task.name=classes", f"teacher.name={classes_teacher}"]
+    cli("train", "track=diffuse", f"out={tmp_path / 'a'}", *args)
+    model, meta = models.load(str(tmp_path / "a" / "model"))
+    assert isinstance(model, Routed) and meta["routed"] == {"students": 2, "groups": [0] * 5 + [1] * 5}
+    teacher, _ = models.load(str(classes_teacher))
+    for sub in model.models:  # each student trained on its own classes, away from the teacher copy
+        assert any(not torch.equal(a, b) for a, b in zip(sub.state_dict().values(), teacher.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(model.models[0].state_dict().values(),
+                                                      model.models[1].state_dict().values()))
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert "class_swd" in summary["eval"]
+    # a crash after the step-6 checkpoint, resumed: the same students
+    import shutil
+
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "ckpt" / "step-0000012")
+    shutil.rmtree(tmp_path / "b" / "model")
+    (tmp_path / "b" / "summary.json").unlink()
+    cli("train", "--resume", "track=diffuse", f"out={tmp_path / 'b'}", *args)
+    again, _ = models.load(str(tmp_path / "b" / "model"))
+    for va, vb in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-6)
+
+
+def test_msd_needs_classes(tmp_path, capsys, ring_teacher):
+    assert main(["train", "track=diffuse", "task.name=ring", "method=msd", f"teacher.name={ring_teacher}",
+                 f"out={tmp_path / 'x'}", "train.steps=2"]) == 2
+    assert "has none" in capsys.readouterr().err

@@ -7,6 +7,9 @@
 | `builtin:teacher` | the network `retort teacher track=diffuse` trains and caches for a built-in dataset |
 | a directory | a model saved by retort |
 
+MSD's students are one `Routed` model: `students/K/` per student (each a model as above) and, in
+the top `retort.json`, which student takes each class (`routed.groups`).
+
 A saved model is a folder with `retort.json` (what it is: arch, data, sigma_data, the parameterisation,
 its sampler and noise levels, classes and the guidance convention) and its weights in safetensors:
 a U-Net as diffusers writes one (`unet/`, loadable with `UNet2DModel.from_pretrained`) beside the
@@ -30,7 +33,7 @@ import torch
 from ..errors import ConfigError, ModelError, require
 from ..paths import atomic_write_text, cache_dir
 from .data import BUILTIN, DiffuseData
-from .nets import MLPDenoiser, UNetDenoiser, digits_unet
+from .nets import MLPDenoiser, Routed, UNetDenoiser, digits_unet
 
 FORMAT = "retort-diffusion"
 PARAMETERISATION = ("EDM (x_sigma = x0 + sigma n), F-prediction preconditioned as diffusers' EDMEulerScheduler "
@@ -73,6 +76,16 @@ def save(model, path, meta: dict, state_dict=None) -> None:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, Routed):  # MSD: one saved model per student, and which classes each takes
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+        for k, sub in enumerate(model.models):
+            save(sub, path / "students" / str(k), meta)
+        info = {"format": FORMAT, **meta, "arch": "routed:" + arch_of(model.models[0]), "n_classes": model.n_classes,
+                "sigma_data": model.sigma_data, "parameterisation": PARAMETERISATION,
+                "routed": {"students": len(model.models), "groups": model.groups.tolist()}}
+        atomic_write_text(path / "retort.json", json.dumps(info, indent=2))
+        return
     info = {"format": FORMAT, **meta, "arch": arch_of(model), "n_classes": model.n_classes,
             "sigma_data": model.sigma_data, "parameterisation": PARAMETERISATION}
     if model.n_classes:
@@ -106,6 +119,9 @@ def load(name) -> tuple[torch.nn.Module, dict]:
         n_classes, sd = int(meta["n_classes"]), float(meta["sigma_data"])
     except (ValueError, KeyError) as e:
         raise ModelError(f"{cfg}: not a retort diffusion model config ({e})") from None
+    if meta.get("routed"):
+        subs = [load(path / "students" / str(k))[0] for k in range(int(meta["routed"]["students"]))]
+        return Routed(subs, meta["routed"]["groups"]).eval(), meta
     if meta["arch"].startswith("unet"):
         UNet2DModel = require("diffusers", "diffuse", f"{path} (a U-Net)").UNet2DModel
         if not (path / "unet" / "config.json").is_file():

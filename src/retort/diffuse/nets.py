@@ -210,3 +210,36 @@ class DDPMDenoiser(Denoiser):
             return out
         b = sigma * a                                      # sqrt(1 - abar)
         return _bcast(a, x) * x_t - _bcast(b, x) * out     # x0 = sqrt(abar) x_t - sqrt(1 - abar) v
+
+
+class Routed(Denoiser):
+    """Several denoisers, each owning a set of classes (`groups[c]` = the index of class c's model):
+    MSD's students, or their fake scores. A batch is split by label, each part goes to its model."""
+
+    def __init__(self, models: list, groups: list[int]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+        self.register_buffer("groups", torch.tensor(groups, dtype=torch.long))
+        self.n_classes, self.sigma_data = models[0].n_classes, models[0].sigma_data
+
+    def _route(self, fn, x, sigma, labels):
+        if labels is None:
+            raise ValueError("a routed model needs labels (it is split by class)")
+        sigma = _per_row(sigma, x)
+        which = self.groups[labels.clamp(max=len(self.groups) - 1)]
+        out = None
+        for k in range(len(self.models)):
+            m = which == k
+            if not m.any():
+                continue
+            part = fn(self.models[k], x[m], sigma[m], labels[m])
+            if out is None:
+                out = part.new_zeros((len(x), *part.shape[1:]))
+            out[m] = part
+        return out
+
+    def forward(self, x, sigma, labels=None):
+        return self._route(lambda mod, *a: mod(*a), x, sigma, labels)
+
+    def features(self, x, sigma, labels=None):
+        return self._route(lambda mod, *a: mod.features(*a), x, sigma, labels)

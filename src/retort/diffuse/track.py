@@ -49,6 +49,19 @@ class DiffuseTrack(Track):
         return model, meta
 
     def load_student(self, run, ckpt, seed: int):
+        model, meta = self._load_student(run, ckpt, seed)
+        cls = self.methods.get(run.method)
+        if cls is not None and (hasattr(cls, "prepare_student") or hasattr(cls, "wrap_student")):
+            from ..train.loop import method_config
+
+            cfg = method_config(run, self)
+            if hasattr(cls, "wrap_student"):  # MSD: K students routed by class
+                model = cls.wrap_student(model, cfg, self.get_task(run.task), run.seed)
+            if hasattr(cls, "prepare_student"):  # GDD-I: frozen layers, before the optimizer sees them
+                cls.prepare_student(model, cfg)
+        return model, meta
+
+    def _load_student(self, run, ckpt, seed: int):
         import copy
 
         import torch

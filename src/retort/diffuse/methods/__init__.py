@@ -5,7 +5,9 @@ from .cd import CD
 from .denoise import Denoise
 from .dmd import DMD
 from .dmd2 import DMD2
+from .gdd import GDD
+from .msd import MSD
 
-METHODS = {m.name: m for m in (Denoise, CD, DMD, DMD2)}
+METHODS = {m.name: m for m in (Denoise, CD, DMD, DMD2, GDD, MSD)}
 
 __all__ = ["METHODS", "DiffuseContext", "DiffuseMethod"]

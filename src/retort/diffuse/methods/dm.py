@@ -33,6 +33,7 @@ class FakeScore(nn.Module):
 
     def _feature_dim(self) -> int:
         d = self.denoiser
+        d = d.models[0] if hasattr(d, "models") else d
         if hasattr(d, "unet"):
             return d.unet.config.block_out_channels[-1]
         return d.width
