@@ -60,6 +60,7 @@ def test_dmd2_one_step_student_learns_the_ring(tmp_path, ring_teacher):
 
 
 @pytest.mark.parametrize("method,extra", [("cd", []), ("dmd", ["method_args.reg_pairs=64"]), ("gdd", []),
+                                          ("uni_instruct", ["method_args.warmup_steps=10"]),
                                           ("dmd2", ["student.steps=2", "method_args.gan_weight=0.01"])])
 def test_each_method_trains_and_changes_the_student(tmp_path, ring_teacher, method, extra):
     s = _train(tmp_path / method, ring_teacher, f"method={method}", "train.steps=30", *extra)
@@ -227,3 +228,23 @@ def test_msd_needs_classes(tmp_path, capsys, ring_teacher):
     assert main(["train", "track=diffuse", "task.name=ring", "method=msd", f"teacher.name={ring_teacher}",
                  f"out={tmp_path / 'x'}", "train.steps=2"]) == 2
     assert "has none" in capsys.readouterr().err
+
+
+def test_phased_dmd_trains_one_expert_per_phase(tmp_path, ring_teacher):
+    from retort.diffuse.methods.phased_dmd import phase_levels
+    from retort.diffuse.nets import Phased
+
+    assert phase_levels([20.0, 2.0, 0.0], 2) == [[20.0], [2.0]]
+    levels = phase_levels([20.0, 2.0, 0.0], 4)
+    assert levels[0][0] == 20.0 and 2.0 < levels[0][1] < 20.0 and levels[1][0] == pytest.approx(2.0)
+    s = _train(tmp_path / "phased", ring_teacher, "method=phased_dmd", "student.steps=4", "train.steps=20",
+               "method_args.bounds=[2.0]", "method_args.ratio=2")
+    model, meta = models.load(str(tmp_path / "phased" / "model"))
+    assert isinstance(model, Phased) and meta["routed"]["bounds"] == [20.0, 2.0, 0.0]
+    assert meta["sampling"]["sigmas"] == pytest.approx([v for p in levels for v in p])
+    teacher, _ = models.load(str(ring_teacher))
+    for expert in model.models:  # phase 1 trained expert 0 for 10 steps, phase 2 expert 1
+        assert any(not torch.equal(a, b) for a, b in zip(expert.state_dict().values(), teacher.state_dict().values()))
+    rows = [json.loads(line) for line in (tmp_path / "phased" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows if "phase" in r] == [0] * 10 + [1] * 10
+    assert s["eval"]["nfe"] == 4

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import reference
-from retort.losses.diffuse import (consistency, distribution_matching, edm_denoising, gan_discriminator,
-                                   gan_generator)
+from retort.losses.diffuse import (consistency, distribution_matching, edm_denoising, f_weight, gan_discriminator,
+                                   gan_generator, score_identity)
 
 
 @pytest.mark.parametrize("shape", [(5, 2), (3, 1, 7, 9), (2, 3, 5, 4)])
@@ -71,3 +71,26 @@ def test_consistency_and_gan_losses():
     assert gan_generator(torch.tensor([0.0])).item() == pytest.approx(0.6931, abs=1e-4)  # softplus(0) = ln 2
     # a perfect discriminator (fake -> -inf, real -> +inf) has loss -> 0
     assert gan_discriminator(torch.tensor([-30.0]), torch.tensor([30.0])).item() < 1e-12
+
+
+def test_score_identity_golden_gradient_and_zero():
+    x = torch.tensor([[1.0, -1.0]], requires_grad=True)
+    d_t = torch.tensor([[2.0, 0.0]])
+    d_f = torch.tensor([[1.5, 1.0]], requires_grad=True)
+    w = torch.tensor([2.0])
+    loss = score_identity(d_t, d_f, x, w)  # mean((0.5, -1) * (0.5, 2)) / 2 = mean(0.25, -2) / 2
+    assert loss.item() == pytest.approx(-0.4375)
+    loss.sum().backward()
+    assert torch.allclose(x.grad, -(d_t - d_f.detach()) / 2 / 2)   # d/dx_g = -(D_T - D_F) / (dims w)
+    assert score_identity(d_t, d_t, x.detach(), w).abs().item() == 0
+
+
+def test_f_weights_are_r2_f2():
+    r = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)
+    assert torch.equal(f_weight("rkl", r), torch.ones(3, dtype=torch.float64))
+    assert torch.equal(f_weight("fkl", r), r)
+    # h = r^2 f''(r): JS's f(r) = r log r - (r + 1) log((r + 1) / 2), f'' = 1 / r - 1 / (r + 1)
+    assert torch.allclose(f_weight("js", r), r**2 * (1 / r - 1 / (r + 1)))
+    assert torch.allclose(f_weight("chi2", r), r**2 * 2)          # f = (r - 1)^2
+    with pytest.raises(ValueError, match="f-divergence"):
+        f_weight("tv", r)

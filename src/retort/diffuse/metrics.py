@@ -2,7 +2,8 @@
 
 - `sliced_wasserstein(a, b)`: the mean over random unit directions of the 1-D W2 distance between
   the projected samples (sorted; unequal sizes compared at matched quantiles). Reported as a ratio
-  to the noise floor: the same metric between two independent draws of the teacher.
+  to the noise floor: the same metric between independent draws of the teacher (the evaluation
+  averages it over 8 draws).
 - `mmd2(a, b)`: the unbiased MMD^2 with an RBF kernel, bandwidth by the median heuristic (the
   median pairwise distance of the pooled samples) unless given.
 - `mode_stats(x, mixture)`: recall = share of modes holding >= 20% of their expected share of

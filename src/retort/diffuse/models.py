@@ -8,7 +8,8 @@
 | a directory | a model saved by retort |
 
 MSD's students are one `Routed` model: `students/K/` per student (each a model as above) and, in
-the top `retort.json`, which student takes each class (`routed.groups`).
+the top `retort.json`, which student takes each class (`routed.groups`); Phased DMD's experts the
+same, routed by noise level (`routed.bounds`).
 
 A saved model is a folder with `retort.json` (what it is: arch, data, sigma_data, the parameterisation,
 its sampler and noise levels, classes and the guidance convention) and its weights in safetensors:
@@ -33,7 +34,7 @@ import torch
 from ..errors import ConfigError, ModelError, require
 from ..paths import atomic_write_text, cache_dir
 from .data import BUILTIN, DiffuseData
-from .nets import MLPDenoiser, Routed, UNetDenoiser, digits_unet
+from .nets import MLPDenoiser, Phased, Routed, UNetDenoiser, digits_unet
 
 FORMAT = "retort-diffusion"
 PARAMETERISATION = ("EDM (x_sigma = x0 + sigma n), F-prediction preconditioned as diffusers' EDMEulerScheduler "
@@ -84,6 +85,8 @@ def save(model, path, meta: dict, state_dict=None) -> None:
         info = {"format": FORMAT, **meta, "arch": "routed:" + arch_of(model.models[0]), "n_classes": model.n_classes,
                 "sigma_data": model.sigma_data, "parameterisation": PARAMETERISATION,
                 "routed": {"students": len(model.models), "groups": model.groups.tolist()}}
+        if isinstance(model, Phased):  # which expert takes which noise levels
+            info["routed"]["bounds"] = model.bounds.tolist()
         atomic_write_text(path / "retort.json", json.dumps(info, indent=2))
         return
     info = {"format": FORMAT, **meta, "arch": arch_of(model), "n_classes": model.n_classes,
@@ -121,6 +124,8 @@ def load(name) -> tuple[torch.nn.Module, dict]:
         raise ModelError(f"{cfg}: not a retort diffusion model config ({e})") from None
     if meta.get("routed"):
         subs = [load(path / "students" / str(k))[0] for k in range(int(meta["routed"]["students"]))]
+        if "bounds" in meta["routed"]:
+            return Phased(subs, meta["routed"]["bounds"]).eval(), meta
         return Routed(subs, meta["routed"]["groups"]).eval(), meta
     if meta["arch"].startswith("unet"):
         UNet2DModel = require("diffusers", "diffuse", f"{path} (a U-Net)").UNet2DModel

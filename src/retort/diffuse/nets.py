@@ -222,11 +222,14 @@ class Routed(Denoiser):
         self.register_buffer("groups", torch.tensor(groups, dtype=torch.long))
         self.n_classes, self.sigma_data = models[0].n_classes, models[0].sigma_data
 
-    def _route(self, fn, x, sigma, labels):
+    def _which(self, sigma, labels):
         if labels is None:
             raise ValueError("a routed model needs labels (it is split by class)")
+        return self.groups[labels.clamp(max=len(self.groups) - 1)]
+
+    def _route(self, fn, x, sigma, labels):
         sigma = _per_row(sigma, x)
-        which = self.groups[labels.clamp(max=len(self.groups) - 1)]
+        which = self._which(sigma, labels)
         out = None
         for k in range(len(self.models)):
             m = which == k
@@ -243,3 +246,16 @@ class Routed(Denoiser):
 
     def features(self, x, sigma, labels=None):
         return self._route(lambda mod, *a: mod.features(*a), x, sigma, labels)
+
+
+class Phased(Routed):
+    """Phased DMD's experts: expert k denoises the noise levels of phase k, bounds[k] >= sigma >
+    bounds[k + 1] (bounds descending from sigma_max to 0)."""
+
+    def __init__(self, models: list, bounds: list[float]):
+        super().__init__(models, [0])
+        self.register_buffer("bounds", torch.tensor(bounds, dtype=torch.float64))
+
+    def _which(self, sigma, labels):
+        inner = self.bounds[1:-1].to(sigma.device)
+        return (sigma[:, None].double() <= inner[None]).sum(1)

@@ -37,6 +37,11 @@ class DiffuseTrack(Track):
             return {"sampler": "heun", "sigmas": karras(run.teacher.steps, sigma_max=data.sigma_max).tolist(),
                     "nfe": 2 * run.teacher.steps - 1}
         sig = student_sigmas(run.student.steps, data.sigma_max)
+        cls = self.methods.get(run.method)
+        if cls is not None and hasattr(cls, "sampling_sigmas"):  # Uni-Instruct's sigma_init (SiD's convention)
+            from ..train.loop import method_config
+
+            sig = cls.sampling_sigmas(method_config(run, self), data, run.student.steps) or sig
         hi, lo = data.sigma_max ** (1 / 7), 0.002 ** (1 / 7)
         # diffusers' EDMEulerScheduler.set_timesteps(sigmas=...) takes positions on its Karras ramp (0 = sigma_max)
         return {"sampler": "renoise", "sigmas": sig, "nfe": run.student.steps,

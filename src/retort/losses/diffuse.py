@@ -14,6 +14,8 @@
   improved CT (Song & Dhariwal 2023), over the sample's dims, the mean taken per dimension.
 - `gan_generator(logit_fake)`, `gan_discriminator(logit_fake, logit_real)`: the non-saturating
   GAN losses of DMD2 and GDD: softplus(-d(fake)); softplus(d(fake)) + softplus(-d(real)).
+- `score_identity(d_teacher, d_fake, x_g, w)` (SiD / Uni-Instruct's l_SIM) and `f_weight(name, r)`,
+  Uni-Instruct's per-sample weight h(r) of each f-divergence.
 """
 
 from __future__ import annotations
@@ -55,3 +57,31 @@ def gan_generator(logit_fake: torch.Tensor) -> torch.Tensor:
 
 def gan_discriminator(logit_fake: torch.Tensor, logit_real: torch.Tensor) -> torch.Tensor:
     return (F.softplus(logit_fake.float()) + F.softplus(-logit_real.float())).reshape(len(logit_fake))
+
+
+def score_identity(d_teacher: torch.Tensor, d_fake: torch.Tensor, x_g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """SiD's generator loss with alpha = 1 (Zhou et al., ICML 2024, arXiv 2404.04057), Uni-Instruct's
+    l_SIM: mean_dims (D_teacher - D_fake) . (D_fake - x_g) / w, gradients through all three (the
+    denoisers' inputs carry the generator's sample); `w` the per-sample normaliser (held constant)."""
+    prod = (d_teacher.float() - d_fake.float()) * (d_fake.float() - x_g.float())
+    return _mean_dims(prod) / w.detach().float().reshape(len(prod))
+
+
+F_DIVERGENCES = ("rkl", "fkl", "js", "chi2", "jeffrey")
+
+
+def f_weight(name: str, r: torch.Tensor) -> torch.Tensor:
+    """h(r) = r^2 f''(r) of Uni-Instruct's expansion (methods/other.md 7.2) at the density ratio
+    r = p_data / q_generator: reverse KL 1, forward KL r, Jensen-Shannon r / (r + 1), chi^2 2 r^2,
+    and the authors' Jeffrey mix 0.4 r + 0.6."""
+    if name == "rkl":
+        return torch.ones_like(r)
+    if name == "fkl":
+        return r
+    if name == "js":
+        return r / (r + 1)
+    if name == "chi2":
+        return 2 * r**2
+    if name == "jeffrey":
+        return 0.4 * r + 0.6
+    raise ValueError(f"f-divergence {name!r}: expected one of {', '.join(F_DIVERGENCES)}")

@@ -269,7 +269,8 @@ def _eval_caption(rows) -> str:
     what = ", ".join(f"{t} ({s})" if s else str(t) for t, s in sorted(pairs, key=str))
     if _generators(rows):
         return (f'<p class="sub">Evaluated on: {esc(what)}. Points: sliced Wasserstein distance as a ratio to the '
-                "noise floor (two draws of the exact distribution), unbiased MMD^2, modes holding >= 20% of their "
+                "noise floor (the same distance between draws of the exact distribution, averaged over 8), "
+                "unbiased MMD^2, modes holding >= 20% of their "
                 "share within 3 std. Images: Frechet distance on a classifier's penultimate features against the "
                 "real test images. NFE: network evaluations per sample.</p>")
     if _classifiers(rows):
