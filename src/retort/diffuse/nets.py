@@ -235,7 +235,7 @@ class Routed(Denoiser):
             m = which == k
             if not m.any():
                 continue
-            part = fn(self.models[k], x[m], sigma[m], labels[m])
+            part = fn(self.models[k], x[m], sigma[m], labels[m] if labels is not None else None)
             if out is None:
                 out = part.new_zeros((len(x), *part.shape[1:]))
             out[m] = part
