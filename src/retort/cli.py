@@ -668,7 +668,7 @@ COMMANDS = {"teacher": teacher, "traces": traces, "curate": curate, "train": tra
 @click.version_option(package_name="retort")
 def cli():
     """retort: distil the reasoning of a teacher language model into a smaller student (track=classify:
-    a classifier into a smaller one)."""
+    a classifier into a smaller one; track=diffuse: a diffusion teacher into a few-step generator)."""
 
 
 def _quiet_libraries() -> None:
