@@ -248,3 +248,18 @@ def test_phased_dmd_trains_one_expert_per_phase(tmp_path, ring_teacher):
     rows = [json.loads(line) for line in (tmp_path / "phased" / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows if "phase" in r] == [0] * 10 + [1] * 10
     assert s["eval"]["nfe"] == 4
+
+
+def test_eval_compares_teacher_and_students_with_hybrid_inference(tmp_path, ring_teacher):
+    _train(tmp_path / "cd2", ring_teacher, "method=cd", "student.steps=2", "train.steps=10")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "track=diffuse", "task.name=ring", "eval.n=500", "-m", f"cd={tmp_path / 'cd2' / 'model'}",
+                 "--hybrid", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert list(rows) == ["teacher (exact), 35 NFE", "cd, 2 NFE", "cd + teacher's first 1 step(s), 2 NFE"]
+    assert rows["cd + teacher's first 1 step(s), 2 NFE"]["hybrid_teacher_steps"] == 1
+    assert all(len(r["points"]) == 500 and "swd_ratio" in r for r in rows.values())
+    from retort.report import write_report
+
+    html = write_report([str(out)], tmp_path / "r.html").read_text()
+    assert "samples of each generator" in html and "SWD / noise floor" in html
