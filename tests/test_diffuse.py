@@ -178,8 +178,10 @@ def test_a_digits_student_reloads_as_a_diffusers_model(tmp_path):
     (["task.name=ring", "method=dmd2"], "retort teacher track=diffuse task.name=ring"),
     (["task.name=ring", "method=nope"], "unknown"),
     (["task.name=ring", "student.name=unet"], "U-Net is for images"),
+    (["task.name=grid", "method=dmd2", "teacher.name=RING"], "was trained on ring; the task is grid"),
 ])
-def test_bad_input_gets_one_clear_line(tmp_path, capsys, args, expect):
+def test_bad_input_gets_one_clear_line(tmp_path, capsys, args, expect, ring_teacher):
+    args = [a.replace("RING", str(ring_teacher)) for a in args]
     assert main(["train", "track=diffuse", f"out={tmp_path / 'x'}", "train.steps=2", *args]) == 2
     assert expect in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

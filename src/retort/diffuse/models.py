@@ -168,9 +168,9 @@ def resolve(name: str, dataset: str) -> str:
 
 
 def check_fits(meta: dict, data: DiffuseData, role: str) -> None:
-    if meta.get("dataset") not in (None, data.name) and list(meta.get("shape", [])) != list(data.shape):
-        raise ModelError(f"{role} ({meta.get('arch')}) was trained on {meta.get('dataset')} "
-                         f"{meta.get('shape')}; {data.name} is {list(data.shape)}")
+    if meta.get("dataset") not in (None, data.name):
+        raise ModelError(f"{role} ({meta.get('arch')}) was trained on {meta.get('dataset')}; the task is {data.name} "
+                         f"(its teacher: retort teacher track=diffuse task.name={data.name})")
     if int(meta.get("n_classes", 0)) != data.n_classes:
         raise ModelError(f"{role} ({meta.get('arch')}) has {meta.get('n_classes')} classes; {data.name} has "
                          f"{data.n_classes}")
