@@ -4,6 +4,10 @@ teacher), >= 3 seeds, every student at 1, 2 and 4 steps against the teacher at i
 
     python benchmarks/diffuse.py [--part ring,grid,digits] [--seeds 0,1,2] [--work /tmp/retort-diffuse]
 
+Parts: ring, grid (every method), grid1 (the grid at one step: cd, dmd2), skew (Uni-Instruct's
+f-divergences on the 0.6^k ring), classes (MSD's K students), digits, hybrid (diversity
+distillation's hybrid inference on the ring's and digits' multi-step dmd2 students: run after those).
+
 Every run is the CLI a user runs (`retort teacher`, `retort train track=diffuse`); each trained
 student is then sampled at its own step count by `retort.diffuse.compare.evaluate_models` (the code
 behind `retort eval track=diffuse`). A rerun skips what is done. Results: benchmarks/results/diffuse.json.
@@ -39,9 +43,30 @@ DIGITS = ["train.steps=2000", "train.batch_size=64", "train.lr=2e-4", "method_ar
 # arm -> (overrides, step counts); 35 NFE for the teacher, so 1-3 steps are >= 10x fewer
 DIGIT_ARMS = {
     "dmd2": (["method=dmd2"], [1, 2]),
-}  # DM + GAN on digits (the spec's DM+GAN <= DM) is not run yet: 3 more runs of ~3.5 min
-METRICS = {"points": ["swd_ratio", "mmd2", "modes_covered", "recall", "precision", "seconds_per_1k"],
-           "images": ["fd", "label_entropy", "label_match", "within_class_diversity", "seconds_per_1k"]}
+    "dmd2 + GAN": (["method=dmd2", "method_args.gan_weight=3e-3"], [1]),
+}
+# Uni-Instruct's check (spec 7.5): the f-divergences on the skewed ring, DMD2 (reverse KL) beside
+FK = "method_args.fake_lr=4e-4"
+SKEW_ARMS = {
+    "dmd2": (["method=dmd2", FK], [1]),
+    "uni_instruct (reverse KL)": (["method=uni_instruct", FK, "method_args.divergence=rkl"], [1]),
+    "uni_instruct (forward KL)": (["method=uni_instruct", FK, "method_args.divergence=fkl"], [1]),
+    "uni_instruct (JS)": (["method=uni_instruct", FK, "method_args.divergence=js"], [1]),
+}
+# MSD's check (spec 10.5): K students of the teacher's width (copies) vs one; K of half width (fresh: no TSM)
+CLASS_ARMS = {
+    "msd, 1 student (= dmd2)": (["method=msd", FK, "method_args.students=1"], [1]),
+    "msd, 2 students": (["method=msd", FK, "method_args.students=2"], [1]),
+    "msd, 5 students": (["method=msd", FK, "method_args.students=5"], [1]),
+    "msd, 5 students of half width (fresh)": (["method=msd", FK, "method_args.students=5",
+                                               "student.name=mlp:64-3"], [1]),
+}
+METRICS = {"points": ["swd_ratio", "mmd2", "modes_covered", "recall", "precision", "light_recall", "light_mass",
+                      "class_swd", "variance_ratio", "seconds_per_1k"],
+           "images": ["fd", "label_entropy", "label_match", "within_class_diversity", "variance_ratio",
+                      "seconds_per_1k"]}
+# hybrid inference (spec 11.5): trained multi-step students, the teacher's first step, then the student
+HYBRID = {"ring": ["dmd2|2", "dmd2|4"], "digits": ["dmd2|2"]}
 
 
 def mean_std(vals):
@@ -90,6 +115,57 @@ def run_part(dataset: str, arms: dict, base: list[str], steps: list[int], seeds:
                                       "train_time_s": round(teacher_s, 1)}, "arms": table}
 
 
+def run_hybrid(seeds: list[int], work: Path, eval_n: dict) -> dict:
+    """Each trained multi-step student of HYBRID (from the ring / digits parts, same work folder)
+    alone, with the teacher's first step instead of its own (`retort eval --hybrid 1`), and with its
+    first step skipped (the paper's ablation: one NFE less)."""
+    from retort.config import load_config
+    from retort.diffuse.compare import _row, evaluate_models
+    from retort.diffuse.config import DiffuseEvalRun
+    from retort.diffuse.data import load_data
+    from retort.diffuse.evaluate import Reference, sample, student_sampling
+    from retort.diffuse.models import load
+
+    res_file = work / "hybrid-evals.json"
+    evals = json.loads(res_file.read_text()) if res_file.is_file() else {}
+    out: dict = {}
+    for dataset, arms in HYBRID.items():
+        data = load_data(dataset)
+        kind = data.kind
+        rows: dict = {}
+        for key in arms:
+            arm, k = key.split("|")
+            for seed in seeds:
+                tag = f"{dataset}|{key}|{seed}"
+                path = work / dataset / f"{arm}-{k}step-seed{seed}" / "model"
+                if not path.is_dir():
+                    sys.exit(f"{path}: run --part {dataset} first")
+                if tag not in evals:
+                    ev = load_config(DiffuseEvalRun, None, [f"task.name={dataset}", f"eval.n={eval_n[dataset]}",
+                                                            f"eval.seed={1000 + seed}"])
+                    got = evaluate_models(ev, [(arm, str(path))], hybrid_with_teacher=1)
+                    model, meta = load(str(path))
+                    sig, _ = student_sampling(meta, None, data.sigma_max)
+                    ref = Reference(data, ev.eval.n, ev.eval.seed)
+                    s = sample(model, data, ev.eval.n, sigmas=sig[1:], seed=ev.eval.seed)
+                    got["skip"] = _row(s, ref, data, str(path))
+                    keep = METRICS[kind] + ["nfe"]
+                    name = {next(g for g in got if g.startswith("teacher")): "teacher",
+                            next(g for g in got if g.startswith(f"{arm},")): "student",
+                            next(g for g in got if "teacher's first" in g): "hybrid", "skip": "skip"}
+                    evals[tag] = {name[g]: {m: r.get(m) for m in keep if m in r} for g, r in got.items()}
+                    res_file.write_text(json.dumps(evals))
+                for which, r in evals[tag].items():
+                    label = {"teacher": "teacher", "student": f"{arm}, {k} steps",
+                             "hybrid": f"{arm}, {k} steps, the teacher's first step instead of its own",
+                             "skip": f"{arm}, {k} steps, its first step skipped"}[which]
+                    rows.setdefault(label, []).append(r)
+        out[dataset] = {"kind": kind, "arms": {label: {**{m: mean_std([r.get(m) for r in rs]) for m in METRICS[kind]},
+                                                       "nfe": rs[0]["nfe"], "per_seed": rs}
+                                               for label, rs in rows.items()}}
+    return out
+
+
 def fmt(ms, digits=3):
     if ms is None:
         return "-"
@@ -99,15 +175,17 @@ def fmt(ms, digits=3):
 
 def markdown(dataset: str, part: dict) -> str:
     kind = part["kind"]
-    cols = METRICS[kind]
+    rows = list(part["arms"].items())
+    if "teacher" in part:
+        rows = [("teacher|", part["teacher"])] + rows
+    cols = [c for c in METRICS[kind] if any(r.get(c) is not None for _, r in rows)]
     lines = [f"### {dataset}", "", "| model | NFE | " + " | ".join(cols) + " | train s |",
              "|---|---:|" + "---:|" * (len(cols) + 1)]
-    t = part["teacher"]
-    lines.append(f"| teacher | {t['nfe']} | " + " | ".join(fmt(t.get(c)) for c in cols) + " | - |")
-    for key, row in part["arms"].items():
-        arm, k = key.split("|")
-        lines.append(f"| {arm}, {k} step(s) | {row['nfe']} | " + " | ".join(fmt(row.get(c)) for c in cols)
-                     + f" | {fmt(row.get('train_time_s'), 0)} |")
+    for key, row in rows:
+        arm, _, k = key.partition("|")
+        label = f"{arm}, {k} step(s)" if k else arm
+        train = fmt(row["train_time_s"], 0) if isinstance(row.get("train_time_s"), list) else "-"
+        lines.append(f"| {label} | {row['nfe']} | " + " | ".join(fmt(row.get(c)) for c in cols) + f" | {train} |")
     return "\n".join(lines)
 
 
@@ -132,8 +210,18 @@ def main() -> None:
         elif dataset == "grid1":  # the grid, one step only
             part = run_part("grid", {a: (POINT_ARMS[a][0], [1]) for a in ("cd", "dmd2")}, POINTS, steps, seeds,
                             work, log, 5000)
+        elif dataset == "skew":
+            part = run_part("ring-skew", SKEW_ARMS, POINTS, steps, seeds, work, log, 5000)
+        elif dataset == "classes":
+            part = run_part("classes", CLASS_ARMS, POINTS, steps, seeds, work, log, 5000)
+        elif dataset == "hybrid":
+            for name, p in run_hybrid(seeds, work, {"ring": 5000, "digits": 2000}).items():
+                print(markdown(f"hybrid: {name}", p), flush=True)
+                results.setdefault("hybrid", {})[name] = p
+            out.write_text(json.dumps(results, indent=1))
+            continue
         else:
-            sys.exit(f"--part {dataset}: expected ring, grid or digits")
+            sys.exit(f"--part {dataset}: expected ring, grid, grid1, skew, classes, digits or hybrid")
         results[dataset] = part
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))

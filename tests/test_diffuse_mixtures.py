@@ -101,3 +101,19 @@ def test_mode_recall_and_precision():
     x = torch.cat([m.means[i].expand(per, 2) for i in range(6)] + [torch.full((200, 2), 50.0, dtype=torch.float64)])
     s = mode_stats(x, m)
     assert s["modes_covered"] == 6 and s["recall"] == 0.75 and s["precision"] == pytest.approx(600 / 800)
+    assert "light_recall" not in s  # equal weights: no lightest modes
+
+
+def test_light_mode_recall_and_mass_on_the_skewed_ring():
+    m = ring(skew=0.6)
+    n = 10_000
+    expected = (m.weights * n).round().long()
+    # every mode at its weight except the lightest (index 7), left empty, and the next (6), at half
+    counts = expected.clone()
+    counts[7], counts[6] = 0, expected[6] // 2
+    x = torch.cat([m.means[i].expand(int(c), 2) for i, c in enumerate(counts)])
+    s = mode_stats(x, m)
+    assert s["light_recall"] == pytest.approx(2 / 3)  # modes 5, 6 covered (6 holds 50% >= 20%), 7 not
+    want = float((counts[5:].sum()) / (m.weights[5:].sum() * len(x)))
+    assert s["light_mass"] == pytest.approx(want, rel=1e-9)
+    assert 0.4 < s["light_mass"] < 0.7

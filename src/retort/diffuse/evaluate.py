@@ -8,8 +8,13 @@ feature network's penultimate layer (digits: a small CNN trained here on the rea
 cached; MNIST: the pretrained CNN of the PyPI package ccexam, which no one here trained) against
 the real test images, with its floor (real training vs test images), the entropy of the predicted
 label histogram, the share classified as the label asked for, and the within-class diversity (mean
-pairwise feature distance among samples predicted in one class). Every row: NFE and seconds per
-1000 samples.
+pairwise feature distance among samples predicted in one class). Sequences (`ring-seq`): SWD of
+whole sequences (their joint law, as a ratio to its floor) and of the frames pooled (each frame's
+law), the frames' modes, the share of sequences on a true trajectory (every frame within 3 std
+of one component's frames) with the trajectories they cover, and the coherence (each frame read as
+its nearest position: the share of sequences moving one position per frame the same way); a block-causal student also rolls out
+`eval.rollout` times the training length, and the same metrics on its last window measure the
+drift (exposure bias). Every row: NFE and seconds per 1000 samples.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from .sampling import heun, karras, renoise
 # ---------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def sample(model, data, n: int, *, sigmas, sampler: str = "renoise", seed: int = 0, batch_size: int = 1000,
-           guidance: float = 1.0, labels: torch.Tensor | None = None, device=None) -> dict:
-    """`n` samples (CPU tensors), their labels, NFE per sample and seconds."""
+           guidance: float = 1.0, labels: torch.Tensor | None = None, device=None, frames: int | None = None) -> dict:
+    """`n` samples (CPU tensors), their labels, NFE per sample and seconds. A block-causal model
+    (one with `rollout`) generates `frames` frames (default: the data's), block by block; its NFE
+    is per block."""
     device = device or next(iter(model.parameters()), torch.empty(0)).device
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, *data.shape, generator=g)
+    causal = hasattr(model, "rollout")
+    z = torch.randn(n, 2 * (frames or data.frames), generator=g) if causal else torch.randn(n, *data.shape, generator=g)
     if labels is None:
         labels = data.labels(n, g)
     out = []
@@ -39,7 +47,9 @@ def sample(model, data, n: int, *, sigmas, sampler: str = "renoise", seed: int =
     for i in range(0, n, batch_size):
         zb = z[i:i + batch_size].to(device)
         lb = labels[i:i + batch_size].to(device) if labels is not None else None
-        if sampler == "heun":
+        if causal:
+            out.append(model.rollout(zb, sigmas, generator=g).cpu())
+        elif sampler == "heun":
             out.append(heun(model, zb, sigmas, lb, guidance).cpu())
         else:
             out.append(renoise(model, zb, sigmas, lb, generator=g, guidance=guidance).cpu())
@@ -127,7 +137,15 @@ class Reference:
     def __init__(self, data, n: int, seed: int):
         self.data, self.n = data, n
         g = torch.Generator().manual_seed(seed + 7)
-        if data.kind == "points":
+        if data.kind == "sequence":
+            self.x, self.labels = data.real(n, g)
+            self.floor_x, _ = data.real(n, g)
+            self.frames_x = self.x.reshape(-1, 2)
+            self.variance = float(self.x.var(0).sum())
+            self.floor = {"swd": sum(sliced_wasserstein(data.real(n, g)[0], self.x) for _ in range(8)) / 8,
+                          "frame_swd": sum(sliced_wasserstein(data.real(n, g)[0].reshape(-1, 2), self.frames_x)
+                                           for _ in range(4)) / 4}
+        elif data.kind == "points":
             self.x, self.labels = data.real(n, g)
             self.floor_x, _ = data.real(n, g)
             self.variance = float(self.x.var(0).sum())
@@ -151,8 +169,7 @@ def _points(x: torch.Tensor, labels, ref: Reference) -> dict:
         out["swd_ratio"] = out["swd"] / ref.floor["swd"]
     out["mmd2"] = mmd2(x[:2000], ref.x[:2000])
     stats = mode_stats(x, data.mixture)
-    out.update(modes_covered=stats["modes_covered"], modes=stats["modes"], recall=stats["recall"],
-               precision=stats["precision"])
+    out.update(stats)
     out["variance_ratio"] = float(x.var(0).sum()) / ref.variance
     if labels is not None and data.n_classes:
         per = []
@@ -162,6 +179,59 @@ def _points(x: torch.Tensor, labels, ref: Reference) -> dict:
             if int(m.sum()) >= 20:
                 per.append(sliced_wasserstein(x[m], data.mixture.condition(c).sample(int(m.sum()), g).float()))
         out["class_swd"] = sum(per) / len(per) if per else float("nan")
+    return out
+
+
+def on_track(x: torch.Tensor, mixture, radius_stds: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """For sequences x (N, 2F) of a sequence mixture: whether every frame lies within `radius_stds`
+    std of the nearest component's frame, and that component."""
+    x = x.double()
+    comp = torch.cdist(x, mixture.means).argmin(1)
+    err = (x - mixture.means[comp]).reshape(len(x), -1, 2).norm(dim=-1)     # (N, F) per-frame distance
+    return (err <= radius_stds * mixture.stds[comp][:, None]).all(1), comp
+
+
+def coherence(x: torch.Tensor, positions: torch.Tensor) -> tuple[float, float]:
+    """Each frame read as its nearest position: (the share of sequences that move exactly one
+    position per frame, always the same way; the share of frame-to-frame moves of one position)."""
+    f = x.double().reshape(len(x), -1, 2)
+    q = torch.cdist(f, positions.double()[None].expand(len(x), -1, -1)).argmin(-1)
+    step = (q[:, 1:] - q[:, :-1]) % len(positions)
+    fwd, back = step == 1, step == len(positions) - 1
+    return float((fwd.all(1) | back.all(1)).double().mean()), float((fwd | back).double().mean())
+
+
+def _window(x: torch.Tensor, ref: Reference, prefix: str = "") -> dict:
+    """The metrics of one window of the training length (N, 2F)."""
+    data = ref.data
+    out = {f"{prefix}swd": sliced_wasserstein(x, ref.x)}
+    out[f"{prefix}swd_ratio"] = out[f"{prefix}swd"] / ref.floor["swd"]
+    out[f"{prefix}frame_swd_ratio"] = sliced_wasserstein(x.reshape(-1, 2), ref.frames_x) / ref.floor["frame_swd"]
+    ok, comp = on_track(x, data.mixture)
+    out[f"{prefix}on_track"] = float(ok.double().mean())
+    out[f"{prefix}coherent"], out[f"{prefix}moves"] = coherence(x, data.frame_mixture().means)
+    if not prefix:
+        counts = torch.bincount(comp[ok], minlength=data.mixture.K).double()
+        covered = counts >= 0.2 * data.mixture.weights * len(x)
+        out.update(trajectories_covered=int(covered.sum()), trajectories=data.mixture.K)
+        stats = mode_stats(x.reshape(-1, 2), data.frame_mixture())
+        out.update(modes_covered=stats["modes_covered"], modes=stats["modes"], recall=stats["recall"],
+                   precision=stats["precision"])
+        out["mmd2"] = mmd2(x[:2000], ref.x[:2000])
+        out["variance_ratio"] = float(x.var(0).sum()) / ref.variance
+    return out
+
+
+def _sequences(x: torch.Tensor, ref: Reference) -> dict:
+    """The first window of the training length; for a longer rollout also its last window (`late_`)
+    and the share on track in each window, in order (the drift)."""
+    d = ref.x.shape[1]
+    out = _window(x[:, :d], ref)
+    if x.shape[1] > d:
+        out.update(_window(x[:, -d:], ref, "late_"))
+        out["rollout_frames"] = x.shape[1] // 2
+        out["coherent_by_window"] = [coherence(x[:, i:i + d], ref.data.frame_mixture().means)[0]
+                                     for i in range(0, x.shape[1] - d + 1, d)]
     return out
 
 
@@ -185,7 +255,9 @@ def _images(x: torch.Tensor, labels, ref: Reference) -> dict:
 def measure(x: torch.Tensor, labels, ref: Reference) -> dict:
     if not torch.isfinite(x).all():
         return {"nonfinite": float((~torch.isfinite(x)).any(dim=tuple(range(1, x.dim()))).double().mean())}
-    return _points(x, labels, ref) if ref.data.kind == "points" else _images(x, labels, ref)
+    kind = ref.data.kind
+    return _points(x, labels, ref) if kind == "points" else _sequences(x, ref) if kind == "sequence" else \
+        _images(x, labels, ref)
 
 
 def collapse(metrics: dict, cfg, best: dict) -> str | None:
@@ -236,7 +308,7 @@ def run_evaluator(run):
         was = model.training
         model.eval()
         s = sample(model, data, run.eval.n, sigmas=meta["sampling"]["sigmas"], seed=run.eval.seed,
-                   batch_size=run.eval.batch_size)
+                   batch_size=run.eval.batch_size, frames=data.frames * run.eval.rollout if data.frames else None)
         model.train(was)
         out = {**measure(s["x"], s["labels"], ref), "nfe": s["nfe"]}
         if run.eval.collapse != "off":

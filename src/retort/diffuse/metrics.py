@@ -7,7 +7,9 @@
 - `mmd2(a, b)`: the unbiased MMD^2 with an RBF kernel, bandwidth by the median heuristic (the
   median pairwise distance of the pooled samples) unless given.
 - `mode_stats(x, mixture)`: recall = share of modes holding >= 20% of their expected share of
-  samples within 3 std of the mode; precision = share of samples within 3 std of any mode.
+  samples within 3 std of the mode; precision = share of samples within 3 std of any mode. Where
+  the weights differ (the skewed ring), also the recall of the 3 lightest modes and the mass the
+  samples put on them against their weight (1 = right; mode-seeking students fall below).
 """
 
 from __future__ import annotations
@@ -64,5 +66,10 @@ def mode_stats(x: torch.Tensor, mixture, radius_stds: float = 3.0, min_share: fl
     counts = near.sum(0).double()
     expected = mixture.weights * len(x)
     covered = counts >= min_share * expected
-    return {"modes_covered": int(covered.sum()), "modes": mixture.K, "recall": float(covered.double().mean()),
-            "precision": float(near.any(1).double().mean())}
+    out = {"modes_covered": int(covered.sum()), "modes": mixture.K, "recall": float(covered.double().mean()),
+           "precision": float(near.any(1).double().mean())}
+    if mixture.K > 3 and float(mixture.weights.max() - mixture.weights.min()) > 1e-9:
+        light = torch.argsort(mixture.weights)[:3]
+        out["light_recall"] = float(covered[light].double().mean())
+        out["light_mass"] = float(counts[light].sum() / expected[light].sum())
+    return out

@@ -25,7 +25,7 @@ import torch
 
 @dataclass
 class Mixture:
-    means: torch.Tensor    # (K, 2)
+    means: torch.Tensor    # (K, D): 2-D points, or a sequence's frames flattened
     stds: torch.Tensor     # (K,) isotropic
     weights: torch.Tensor  # (K,) summing to 1
     labels: torch.Tensor | None = None  # (K,) the class of each component (class-conditional mixtures)
@@ -43,7 +43,8 @@ class Mixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None, return_component: bool = False):
         k = torch.multinomial(self.weights.double(), n, replacement=True, generator=generator)
-        x = self.means[k] + self.stds[k, None] * torch.randn(n, 2, generator=generator, dtype=self.means.dtype)
+        x = self.means[k] + self.stds[k, None] * torch.randn(n, self.means.shape[1], generator=generator,
+                                                             dtype=self.means.dtype)
         return (x, k) if return_component else x
 
     # ---------------------------------------------------------------- EDM / VE
@@ -53,7 +54,7 @@ class Mixture:
         components of other classes get -inf (the class-conditional density)."""
         var = var if var.dim() == 2 else var[None]
         d2 = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
-        out = torch.log(self.weights)[None] - d2 / (2 * var) - torch.log(2 * math.pi * var)
+        out = torch.log(self.weights)[None] - d2 / (2 * var) - 0.5 * x.shape[1] * torch.log(2 * math.pi * var)
         if labels is not None:
             if self.labels is None:
                 raise ValueError("labels given for a mixture without classes")
@@ -71,7 +72,7 @@ class Mixture:
         return torch.logsumexp(self._log_w(x, var, self.means, labels), -1)
 
     def denoise(self, x: torch.Tensor, sigma, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """E[x0 | x_sigma = x] (EDM's D(x, sigma)), (N, 2); `sigma` a float or one per row;
+        """E[x0 | x_sigma = x] (EDM's D(x, sigma)), (N, D); `sigma` a float or one per row;
         `labels`: the class-conditional denoiser."""
         s2 = self.stds[None] ** 2                                   # (1, K)
         sig2 = self._sigma2(sigma, x)                               # (N, 1)
@@ -90,7 +91,7 @@ class Mixture:
 
     # ---------------------------------------------------------------- rectified flow
     def velocity(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """E[eps - x0 | x_t = x] for x_t = (1 - t) x0 + t eps, 0 < t < 1, (N, 2)."""
+        """E[eps - x0 | x_t = x] for x_t = (1 - t) x0 + t eps, 0 < t < 1, (N, D)."""
         s2 = self.stds**2
         var = (1 - t) ** 2 * s2 + t**2
         centres = (1 - t) * self.means
@@ -139,3 +140,24 @@ def class_mixture(classes: int = 10, per_class: int = 3, radius: float = 4.0, sp
 
 
 MIXTURES = {"ring": ring, "grid": grid, "swiss": swiss_roll, "classes": class_mixture}
+
+
+def orbit(positions: int = 16, radius: float = 4.0):
+    """The points a sequence moves through: `positions` equally spaced on a circle, (P, 2)."""
+    ang = torch.arange(positions, dtype=torch.float64) * 2 * math.pi / positions
+    return torch.stack([radius * ang.cos(), radius * ang.sin()], -1)
+
+
+def sequence_mixture(frames: int = 12, positions: int = 16, radius: float = 4.0, std: float = 0.15) -> Mixture:
+    """A toy video (LiveTalk's CPU reproduction, methods/other.md 12.4): a point that moves one
+    position per frame around a circle of `positions`, clockwise or not, from any start, each frame
+    with its own N(0, std^2) jitter. Flattened (frame 0 x, y, frame 1 x, y, ...), it is a mixture
+    of 2 * positions Gaussians in 2 * frames dimensions, so its denoiser is exact; components
+    0 .. P-1 turn counter-clockwise from start k, P .. 2P-1 clockwise. Every window of a longer
+    sequence is itself a sequence of this mixture (the process is stationary)."""
+    pts = orbit(positions, radius)
+    f = torch.arange(frames)
+    means = [pts[(k + d * f) % positions].reshape(-1) for d in (1, -1) for k in range(positions)]
+    n = 2 * positions
+    return Mixture(torch.stack(means), torch.full((n,), std, dtype=torch.float64),
+                   torch.full((n,), 1.0 / n, dtype=torch.float64))

@@ -2,7 +2,8 @@
 
 | name | model |
 |---|---|
-| `mlp:128-3` | `MLPDenoiser` of width 128 and 3 FiLM layers (points) |
+| `mlp:128-3` | `MLPDenoiser` of width 128 and 3 FiLM layers (points; a sequence as one flat vector) |
+| `causal:128-3` | `CausalDenoiser`: a block-causal generator for sequences (blocks of the dataset's `block` frames, the previous block as context) |
 | `unet`, `unet:32-64` | a diffusers `UNet2DModel` with those block widths (digits: 32-64; MNIST: 32-64-64) |
 | `builtin:teacher` | the network `retort teacher track=diffuse` trains and caches for a built-in dataset |
 | a directory | a model saved by retort |
@@ -34,7 +35,7 @@ import torch
 from ..errors import ConfigError, ModelError, require
 from ..paths import atomic_write_text, cache_dir
 from .data import BUILTIN, DiffuseData
-from .nets import MLPDenoiser, Phased, Routed, UNetDenoiser, digits_unet
+from .nets import CausalDenoiser, MLPDenoiser, Phased, Routed, UNetDenoiser, digits_unet
 
 FORMAT = "retort-diffusion"
 PARAMETERISATION = ("EDM (x_sigma = x0 + sigma n), F-prediction preconditioned as diffusers' EDMEulerScheduler "
@@ -48,27 +49,39 @@ def build(spec: str, data: DiffuseData):
         m = re.fullmatch(r"mlp(?::(\d+)-(\d+))?", spec)
         if m is None:
             raise ConfigError(f"{spec!r}: expected mlp:WIDTH-DEPTH (e.g. mlp:128-3)")
-        if data.kind != "points":
+        if data.kind == "images":
             raise ConfigError(f"{spec}: an MLP denoiser is for points; {data.name} is images (use unet)")
         width, depth = (int(m[1]), int(m[2])) if m[1] else (128, 3)
         return MLPDenoiser(data.shape[0], width, depth, data.n_classes, data.sigma_data)
+    if spec.startswith("causal"):
+        m = re.fullmatch(r"causal(?::(\d+)-(\d+))?", spec)
+        if m is None:
+            raise ConfigError(f"{spec!r}: expected causal:WIDTH-DEPTH (e.g. causal:128-3)")
+        if data.kind != "sequence":
+            raise ConfigError(f"{spec}: a block-causal generator is for sequences; {data.name} is {data.kind} "
+                              "(the sequence datasets: ring-seq)")
+        width, depth = (int(m[1]), int(m[2])) if m[1] else (128, 3)
+        return CausalDenoiser(2, data.block, data.block, width, depth, data.sigma_data)
     if spec.startswith("unet"):
         m = re.fullmatch(r"unet(?::(\d+(?:-\d+)*))?", spec)
         if m is None:
             raise ConfigError(f"{spec!r}: expected unet or unet:C1-C2[-C3...] (block widths)")
         if data.kind != "images":
-            raise ConfigError(f"{spec}: a U-Net is for images; {data.name} is points (use mlp:W-D)")
+            raise ConfigError(f"{spec}: a U-Net is for images; {data.name} is {data.kind} (use mlp:W-D)")
         ch = tuple(int(c) for c in m[1].split("-")) if m[1] else ((32, 64) if data.shape[-1] <= 8 else (32, 64, 64))
         if any(c % 8 for c in ch):
             raise ConfigError(f"{spec}: block widths must be multiples of 8 (GroupNorm with 8 groups)")
         unet = digits_unet(data.n_classes, ch, data.shape[-1], data.shape[0])
         return UNetDenoiser(unet, data.n_classes, data.sigma_data)
-    raise ConfigError(f"model {spec!r}: expected mlp:W-D, unet[:C1-C2...], builtin:teacher or a saved model directory")
+    raise ConfigError(f"model {spec!r}: expected mlp:W-D, causal:W-D, unet[:C1-C2...], builtin:teacher or a saved "
+                      "model directory")
 
 
 def arch_of(model) -> str:
     if isinstance(model, UNetDenoiser):
         return "unet:" + "-".join(str(c) for c in model.unet.config.block_out_channels)
+    if isinstance(model, CausalDenoiser):
+        return f"causal:{model.width}-{model.depth}"
     return f"mlp:{model.width}-{model.depth}"
 
 
@@ -104,7 +117,10 @@ def save(model, path, meta: dict, state_dict=None) -> None:
     else:
         state = state_dict if state_dict is not None else model.state_dict()
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / "model.safetensors"))
-        info["mlp"] = {"dim": model.dim, "width": model.width, "depth": model.depth}
+        if isinstance(model, CausalDenoiser):
+            info["causal"] = {k: v for k, v in model.config().items() if k not in ("arch", "sigma_data")}
+        else:
+            info["mlp"] = {"dim": model.dim, "width": model.width, "depth": model.depth}
     atomic_write_text(path / "retort.json", json.dumps(info, indent=2))
 
 
@@ -141,8 +157,13 @@ def load(name) -> tuple[torch.nn.Module, dict]:
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise ModelError(f"{path}: no model.safetensors")
-    m = meta.get("mlp") or {}
-    model = MLPDenoiser(m.get("dim", 2), m.get("width", 128), m.get("depth", 3), n_classes, sd)
+    if meta["arch"].startswith("causal"):
+        c = meta.get("causal") or {}
+        model = CausalDenoiser(c.get("frame_dim", 2), c.get("block", 3), c.get("context", 3), c.get("width", 128),
+                               c.get("depth", 3), sd)
+    else:
+        m = meta.get("mlp") or {}
+        model = MLPDenoiser(m.get("dim", 2), m.get("width", 128), m.get("depth", 3), n_classes, sd)
     try:
         model.load_state_dict(load_file(str(weights)))
     except RuntimeError as e:

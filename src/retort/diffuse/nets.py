@@ -130,6 +130,74 @@ class MLPDenoiser(Denoiser):
         return c_skip[:, None] * x + c_out[:, None] * self.out(h)
 
 
+class CausalDenoiser(Denoiser):
+    """A block-causal few-step generator for sequences (the student of Self Forcing and LiveTalk, at
+    toy scale): `forward(x, sigma, context)` denoises one block of `block` frames, x (N, block * 2),
+    given the clean frames before it, `context` (N, context * 2; None for the first block, which
+    sees zeros and a flag). EDM-preconditioned in the block, FiLM on the noise level, like
+    `MLPDenoiser`. `rollout` generates any number of blocks autoregressively, each from its own
+    noise at the student's levels, the context being its own clean outputs (LiveTalk's context
+    noise 0), so a sequence can be longer than any it was trained on."""
+
+    def __init__(self, frame_dim: int = 2, block: int = 3, context: int = 3, width: int = 128, depth: int = 3,
+                 sigma_data: float = 1.0):
+        super().__init__()
+        if not 1 <= context <= block:
+            raise ValueError(f"context {context}: expected 1 .. {block} frames (the previous block's)")
+        self.frame_dim, self.block, self.context, self.width, self.depth = frame_dim, block, context, width, depth
+        self.sigma_data = sigma_data
+        d, c = frame_dim * block, frame_dim * context
+        self.embed = FourierEmbedding(width)
+        self.inp = nn.Linear(d + c + 1, width)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.film = nn.ModuleList(nn.Linear(width, 2 * width) for _ in range(depth))
+        self.out = nn.Linear(width, d)
+
+    def config(self) -> dict:
+        return {"arch": "causal", "frame_dim": self.frame_dim, "block": self.block, "context": self.context,
+                "width": self.width, "depth": self.depth, "sigma_data": self.sigma_data}
+
+    def forward(self, x, sigma, context=None):
+        sigma = _per_row(sigma, x)
+        c_skip, c_out, c_in, c_noise = edm_coeffs(sigma, self.sigma_data)
+        n = len(x)
+        if context is None:
+            ctx = x.new_zeros(n, self.frame_dim * self.context + 1)
+            ctx[:, -1] = 1.0
+        else:
+            ctx = torch.cat([context[:, -self.frame_dim * self.context:] / self.sigma_data, x.new_zeros(n, 1)], 1)
+        e = nn.functional.silu(self.embed(c_noise))
+        h = self.inp(torch.cat([c_in[:, None] * x, ctx], 1))
+        for lin, film in zip(self.hidden, self.film):
+            scale, shift = film(e).chunk(2, -1)
+            h = nn.functional.silu(lin(nn.functional.silu(h)) * (1 + scale) + shift)
+        return c_skip[:, None] * x + c_out[:, None] * self.out(h)
+
+    def rollout(self, z, sigmas, generator=None, exits=None, grad: bool = False):
+        """A whole sequence from noise z (N, frames * frame_dim; frames a multiple of `block`), block
+        by block at the levels `sigmas` (each x0 re-noised to the next level, DMD2's sampler).
+        `exits[b]`: the step block b stops at (training's stochastic truncation; default: all
+        steps); with `grad`, only that step of each block carries gradient (the steps before it and
+        the context do not). Returns (N, frames * frame_dim)."""
+        sig = [float(s) for s in sigmas]
+        width = self.frame_dim * self.block
+        if z.shape[1] % width:
+            raise ValueError(f"a sequence of {z.shape[1] // self.frame_dim} frames is not whole blocks of {self.block}")
+        out, ctx = [], None
+        for b in range(z.shape[1] // width):
+            stop = len(sig) - 1 if exits is None else int(exits[b])
+            x = z[:, b * width:(b + 1) * width] * sig[0]
+            with torch.no_grad():
+                for i in range(stop):
+                    x0 = self(x, sig[i], ctx)
+                    x = x0 + sig[i + 1] * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            with torch.set_grad_enabled(grad):
+                x0 = self(x, sig[stop], ctx)
+            out.append(x0)
+            ctx = x0.detach()
+        return torch.cat(out, 1)
+
+
 class UNetDenoiser(Denoiser):
     """A diffusers `UNet2DModel` under EDM preconditioning (diffusers' `EDMEulerScheduler` with
     prediction_type "epsilon"); labels through the U-Net's class embedding (C + 1 entries, the last

@@ -8,6 +8,8 @@
   consistency models'): x0 = G(x, sigma_i), then x = x0 + sigma_{i+1} n with fresh noise; NFE = n.
 - `student_sigmas(n, sigma_max)`: the levels of an n-step student: DMD2's t = 999, 749, 499, 249 of
   1000 Karras levels for n = 4, generally t_i = 999 - i * 1000 / n.
+- `ode_states(denoiser, z, levels, substeps)`: the teacher's ODE trajectory from sigma_max z, its
+  states at given levels and its end (the pairs an ODE initialisation regresses onto).
 - `hybrid(teacher, student, z, ...)`: diversity distillation's hybrid inference (Gandikota & Bau):
   the teacher's first step(s), its x0 re-noised to the student's next level, then the student.
 """
@@ -62,6 +64,29 @@ def heun(model, z: torch.Tensor, sigmas, labels=None, guidance: float = 1.0) -> 
 
 
 @torch.no_grad()
+def ode_states(model, z: torch.Tensor, levels, substeps: int = 8, labels=None) -> tuple[list, torch.Tensor]:
+    """Heun from levels[0] * z to 0 through every level of `levels` (descending), `substeps` Karras
+    steps between consecutive levels (and from the last to 0): (the state at each level, the end)."""
+    lv = [float(v) for v in levels]
+    x = z * lv[0]
+    states = []
+    for i, top in enumerate(lv):
+        states.append(x)
+        bottom = lv[i + 1] if i + 1 < len(lv) else 0.0
+        seg = karras(substeps + 1, sigma_min=max(bottom, SIGMA_MIN), sigma_max=top)
+        seg = seg.tolist()[:-1] if bottom > 0 else seg.tolist()
+        for j, s in enumerate(seg):
+            nxt = seg[j + 1] if j + 1 < len(seg) else bottom
+            d = (x - _call(model, x, s, labels, 1.0)) / s
+            x_next = x + (nxt - s) * d
+            if nxt > 0:
+                d2 = (x_next - _call(model, x_next, nxt, labels, 1.0)) / nxt
+                x_next = x + (nxt - s) * (d + d2) / 2
+            x = x_next
+    return states, x
+
+
+@torch.no_grad()
 def euler(model, z: torch.Tensor, sigmas, labels=None, guidance: float = 1.0) -> torch.Tensor:
     sig = [float(s) for s in sigmas] + [0.0]
     x = z * sig[0]
@@ -88,8 +113,9 @@ def renoise(model, z: torch.Tensor, sigmas, labels=None, generator: torch.Genera
 @torch.no_grad()
 def hybrid(teacher, student, z, teacher_sigmas, student_sigmas_, labels=None, generator=None,
            teacher_guidance: float = 1.0) -> torch.Tensor:
-    """The teacher's Heun steps from teacher_sigmas[0] down to student_sigmas_[0] (its x0 estimate
-    re-noised to that level), then the student's re-noising sampler from there."""
+    """The teacher's first steps at teacher_sigmas (each x0 prediction re-noised to the next level,
+    the last to student_sigmas_[0]; the spec's reading of the hand-off), then the student's
+    re-noising sampler from there."""
     x = z * float(teacher_sigmas[0])
     sig = [float(s) for s in teacher_sigmas]
     for i in range(len(sig)):

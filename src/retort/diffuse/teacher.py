@@ -18,12 +18,13 @@ from ..config import load_config
 from ..errors import ConfigError
 from ..paths import remove_run
 from .config import DiffuseRun
-from .data import BUILTIN, POINTS
+from .data import BUILTIN, POINTS, SEQUENCES
 
 _POINTS = {"student": {"name": "mlp:128-3"}, "method_args": {"target": "exact", "uniform": 0.5, "label_dropout": 0.1},
            "train": {"steps": 3000, "batch_size": 512, "lr": 2e-3, "schedule": "warmup_cosine", "warmup_steps": 100}}
 TEACHERS = {
     **{name: _POINTS for name in POINTS},
+    **{name: {**_POINTS, "student": {"name": "mlp:256-3"}} for name in SEQUENCES},
     "digits": {"student": {"name": "unet:32-64"}, "method_args": {"label_dropout": 0.1},
                "train": {"steps": 1500, "batch_size": 128, "lr": 2e-3, "schedule": "warmup_cosine", "warmup_steps": 200}},
     "mnist": {"student": {"name": "unet:32-64-64"}, "method_args": {"label_dropout": 0.1},
@@ -77,7 +78,10 @@ def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, con
     ref = Reference(data, run.eval.n, run.eval.seed)
     s = sample(model, data, run.eval.n, sigmas=meta["sampling"]["sigmas"], sampler="heun", seed=run.eval.seed)
     m = measure(s["x"], s["labels"], ref)
-    if data.kind == "points":
+    if data.kind == "sequence":
+        text = (f"SWD {m['swd_ratio']:.2f}x the floor, {m['on_track']:.1%} of sequences on a true trajectory, "
+                f"{m['trajectories_covered']}/{m['trajectories']} trajectories at {s['nfe']} NFE")
+    elif data.kind == "points":
         text = f"SWD {m['swd_ratio']:.2f}x the floor, {m['modes_covered']}/{m['modes']} modes at {s['nfe']} NFE"
     else:
         text = f"FD {m['fd']:.2f} (real-vs-real floor {m['fd_floor']:.2f}) at {s['nfe']} NFE"

@@ -78,6 +78,10 @@ class DiffuseTrack(Track):
             model, _ = models.load(str(ckpt / "model"))
             return model.train(), meta
         name = str(run.student.name)
+        cls = self.methods.get(run.method)
+        if name == "teacher" and getattr(cls, "default_student", None):  # onpolicy_dmd: a block-causal student
+            cls.check_data(data)
+            name = cls.default_student
         if name == "teacher":
             if run.method == "denoise":
                 raise ConfigError("method=denoise trains a network from scratch: give student.name=mlp:W-D or unet")
@@ -94,7 +98,10 @@ class DiffuseTrack(Track):
         return run.train.batch_size * 64
 
     def describe_student(self, run, trainable: int, total: int):
-        return f"student: {run.student.name} ({total:,} parameters), {run.method}, {run.student.steps} step(s)" \
+        name = run.student.name
+        if name == "teacher" and getattr(self.methods.get(run.method), "default_student", None):
+            name = self.methods[run.method].default_student
+        return f"student: {name} ({total:,} parameters), {run.method}, {run.student.steps} step(s)" \
             if run.method != "denoise" else f"teacher network: {run.student.name} ({total:,} parameters)"
 
     def context(self, run, task, processor, device, say):

@@ -208,9 +208,11 @@ def _spot(px, py, w, h, d, dx, dy):
 
 
 def generator_samples(models: list[tuple[str, dict]]) -> str | None:
-    """One panel per generator: its 2-D samples as a scatter, or its images as a grid (sorted by
-    label); None when no row carries samples."""
-    panels = [(name, e) for name, e in models if isinstance(e.get("points"), list) or isinstance(e.get("images"), list)]
+    """One panel per generator: its 2-D samples as a scatter, its sequences as paths (frame by frame,
+    the first frame marked), or its images as a grid (sorted by label); None when no row carries
+    samples."""
+    panels = [(name, e) for name, e in models
+              if any(isinstance(e.get(k), list) for k in ("points", "images", "sequences"))]
     if not panels:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -226,6 +228,16 @@ def generator_samples(models: list[tuple[str, dict]]) -> str | None:
         if isinstance(e.get("points"), list):
             pts = [p for p in e["points"] if isinstance(p, list) and len(p) == 2 and all(_num(v) for v in p)]
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=2, alpha=0.5, color=COLORS[i % len(COLORS)])
+            ax.set_aspect("equal", adjustable="datalim")
+            ax.grid(True, alpha=0.3)
+        elif isinstance(e.get("sequences"), list):
+            for j, seq in enumerate(e["sequences"][:6]):
+                pts = [p for p in seq if isinstance(p, list) and len(p) == 2 and all(_num(v) for v in p)]
+                if not pts:
+                    continue
+                c = COLORS[j % len(COLORS)]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=2, lw=0.8, alpha=0.7, color=c)
+                ax.plot([pts[0][0]], [pts[0][1]], "s", ms=5, color=c)
             ax.set_aspect("equal", adjustable="datalim")
             ax.grid(True, alpha=0.3)
         else:
