@@ -5,7 +5,8 @@ teacher), >= 3 seeds, every student at 1, 2 and 4 steps against the teacher at i
     python benchmarks/diffuse.py [--part ring,grid,digits] [--seeds 0,1,2] [--work /tmp/retort-diffuse]
 
 Parts: ring, grid (every method), grid1 (the grid at one step: cd, dmd2), skew (Uni-Instruct's
-f-divergences on the 0.6^k ring), classes (MSD's K students), digits, hybrid (diversity
+f-divergences on the 0.6^k ring), classes (MSD's K students), seq (onpolicy_dmd on the toy video:
+LiveTalk's claims), digits, digits-long / digits-long-gan (one 6000-step run per seed, FD every 500), hybrid (diversity
 distillation's hybrid inference on the ring's and digits' multi-step dmd2 students: run after those).
 
 Every run is the CLI a user runs (`retort teacher`, `retort train track=diffuse`); each trained
@@ -45,6 +46,11 @@ DIGIT_ARMS = {
     "dmd2": (["method=dmd2"], [1, 2]),
     "dmd2 + GAN": (["method=dmd2", "method_args.gan_weight=3e-3"], [1]),
 }
+# the digits budget: one long run per arm with its FD curve in metrics.jsonl (eval every 500 steps)
+LONG = ["train.steps=6000", "train.eval_every=500", "train.save_every=1000"]
+DIGIT_LONG_ARMS = {"digits-long": {"dmd2, 6000 loop steps": (["method=dmd2", *LONG], [1])},
+                   "digits-long-gan": {"dmd2 + GAN, 6000 loop steps": (["method=dmd2", "method_args.gan_weight=3e-3",
+                                                                        *LONG], [1])}}
 # Uni-Instruct's check (spec 7.5): the f-divergences on the skewed ring, DMD2 (reverse KL) beside
 FK = "method_args.fake_lr=4e-4"
 SKEW_ARMS = {
@@ -52,6 +58,10 @@ SKEW_ARMS = {
     "uni_instruct (reverse KL)": (["method=uni_instruct", FK, "method_args.divergence=rkl"], [1]),
     "uni_instruct (forward KL)": (["method=uni_instruct", FK, "method_args.divergence=fkl"], [1]),
     "uni_instruct (JS)": (["method=uni_instruct", FK, "method_args.divergence=js"], [1]),
+    # the spec's toy: the discriminator its own MLP, not a head on the fake score (the rows above)
+    **{f"uni_instruct ({name}), separate discriminator": (["method=uni_instruct", FK, f"method_args.divergence={d}",
+                                                           "method_args.disc=separate"], [1])
+       for name, d in (("reverse KL", "rkl"), ("forward KL", "fkl"), ("JS", "js"))},
 }
 # MSD's check (spec 10.5): K students of the teacher's width (copies) vs one; K of half width (fresh: no TSM)
 CLASS_ARMS = {
@@ -63,8 +73,26 @@ CLASS_ARMS = {
 }
 METRICS = {"points": ["swd_ratio", "mmd2", "modes_covered", "recall", "precision", "light_recall", "light_mass",
                       "class_swd", "variance_ratio", "seconds_per_1k"],
+           "sequence": ["swd_ratio", "frame_swd_ratio", "on_track", "coherent", "moves", "trajectories_covered",
+                        "late_frame_swd_ratio", "late_coherent", "late_moves", "seconds_per_1k"],
            "images": ["fd", "label_entropy", "label_match", "within_class_diversity", "variance_ratio",
                       "seconds_per_1k"]}
+# LiveTalk's claims (spec 12.4) on the toy video: a block-causal 4-step student, ODE initialisation
+# short (150 steps) or run to its plateau (3000), then self-rollout DMD from it (a second run, as
+# LiveTalk's two configs: its own lr), and DMD at a tenth of the lr; a bidirectional dmd2 student
+# (the whole sequence at once, no rollout) beside. {work} / {seed}: the ODE runs of the same seed.
+ODE = ["method=onpolicy_dmd", "train.lr=5e-4"]
+DMD = ["method=onpolicy_dmd", "method_args.ode_steps=0", "train.steps=2000", FK]
+SEQ_ARMS = {
+    "ode-short": ([*ODE, "train.steps=150", "method_args.ode_steps=150"], [4]),
+    "ode-converged": ([*ODE, "train.steps=3000", "method_args.ode_steps=3000"], [4]),
+    "ode-short then dmd": ([*DMD, "student.name={work}/ring-seq/ode-short-4step-seed{seed}/model"], [4]),
+    "ode-converged then dmd": ([*DMD, "student.name={work}/ring-seq/ode-converged-4step-seed{seed}/model"], [4]),
+    "ode-converged then dmd at lr 1e-5": ([*DMD, "train.lr=1e-5",
+                                          "student.name={work}/ring-seq/ode-converged-4step-seed{seed}/model"], [4]),
+    "dmd2 bidirectional": (["method=dmd2", "train.steps=2000", FK], [4]),
+}
+SEQ = ["train.eval_every=0", "train.save_every=1000", "eval.n=2000"]
 # hybrid inference (spec 11.5): trained multi-step students, the teacher's first step, then the student
 HYBRID = {"ring": ["dmd2|2", "dmd2|4"], "digits": ["dmd2|2"]}
 
@@ -92,22 +120,25 @@ def run_part(dataset: str, arms: dict, base: list[str], steps: list[int], seeds:
                 tag = f"{arm}|{k}|{seed}"
                 out = work / dataset / f"{arm.replace(' ', '_').replace(':', '-')}-{k}step-seed{seed}"
                 if not (out / "summary.json").is_file():
-                    sh(["train", "track=diffuse", f"task.name={dataset}", *base, *over, f"student.steps={k}",
-                        f"seed={seed}", f"out={out}"], log)
+                    sh(["train", "track=diffuse", f"task.name={dataset}", *base,
+                        *(o.format(work=work, seed=seed) for o in over), f"student.steps={k}", f"seed={seed}",
+                        f"out={out}"], log)
                 if tag not in evals:
                     ev = load_config(DiffuseEvalRun, None, [f"task.name={dataset}", f"eval.n={eval_n}",
                                                             f"eval.seed={1000 + seed}"])
                     got = evaluate_models(ev, [(arm, str(out / "model"))])
                     row = next(v for key, v in got.items() if key.startswith(f"{arm},"))
                     summary = json.loads((out / "summary.json").read_text())
-                    evals[tag] = {**{m: row.get(m) for m in METRICS["points"] + METRICS["images"] if m in row},
+                    evals[tag] = {**{m: row.get(m) for m in {*METRICS["points"], *METRICS["sequence"],
+                                                             *METRICS["images"], "coherent_by_window"} if m in row},
                                   "nfe": row["nfe"], "train_time_s": summary["train_time_s"],
                                   "teacher": {m: v for m, v in next(v for key, v in got.items()
                                                                     if key.startswith("teacher")).items()
                                               if m not in ("points", "images")}}  # samples: not kept
                     res_file.write_text(json.dumps(evals))
                 rows.setdefault(f"{arm}|{k}", []).append(evals[tag])
-    kind = "points" if "swd_ratio" in next(iter(evals.values())) else "images"
+    first = next(iter(evals.values()))
+    kind = "sequence" if "coherent" in first else "points" if "swd_ratio" in first else "images"
     teacher_row = {m: mean_std([r["teacher"].get(m) for rs in rows.values() for r in rs]) for m in METRICS[kind]}
     table = {key: {**{m: mean_std([r.get(m) for r in rs]) for m in METRICS[kind] + ["train_time_s"]},
                    "nfe": rs[0]["nfe"], "per_seed": rs} for key, rs in rows.items()}
@@ -184,7 +215,7 @@ def markdown(dataset: str, part: dict) -> str:
     for key, row in rows:
         arm, _, k = key.partition("|")
         label = f"{arm}, {k} step(s)" if k else arm
-        train = fmt(row["train_time_s"], 0) if isinstance(row.get("train_time_s"), list) else "-"
+        train = fmt(row["train_time_s"], 0) if isinstance(row.get("train_time_s"), (list, tuple)) else "-"
         lines.append(f"| {label} | {row['nfe']} | " + " | ".join(fmt(row.get(c)) for c in cols) + f" | {train} |")
     return "\n".join(lines)
 
@@ -212,6 +243,10 @@ def main() -> None:
                             work, log, 5000)
         elif dataset == "skew":
             part = run_part("ring-skew", SKEW_ARMS, POINTS, steps, seeds, work, log, 5000)
+        elif dataset in DIGIT_LONG_ARMS:
+            part = run_part("digits", DIGIT_LONG_ARMS[dataset], DIGITS, steps, seeds, work, log, 2000)
+        elif dataset == "seq":
+            part = run_part("ring-seq", SEQ_ARMS, SEQ, steps, seeds, work, log, 2000)
         elif dataset == "classes":
             part = run_part("classes", CLASS_ARMS, POINTS, steps, seeds, work, log, 5000)
         elif dataset == "hybrid":
@@ -221,7 +256,8 @@ def main() -> None:
             out.write_text(json.dumps(results, indent=1))
             continue
         else:
-            sys.exit(f"--part {dataset}: expected ring, grid, grid1, skew, classes, digits or hybrid")
+            sys.exit(f"--part {dataset}: expected ring, grid, grid1, skew, classes, seq, digits, digits-long, "
+                     "digits-long-gan or hybrid")
         results[dataset] = part
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))

@@ -61,6 +61,7 @@ def test_dmd2_one_step_student_learns_the_ring(tmp_path, ring_teacher):
 
 @pytest.mark.parametrize("method,extra", [("cd", []), ("dmd", ["method_args.reg_pairs=64"]), ("gdd", []),
                                           ("uni_instruct", ["method_args.warmup_steps=10"]),
+                                          ("uni_instruct", ["method_args.warmup_steps=10", "method_args.disc=separate"]),
                                           ("dmd2", ["student.steps=2", "method_args.gan_weight=0.01"])])
 def test_each_method_trains_and_changes_the_student(tmp_path, ring_teacher, method, extra):
     s = _train(tmp_path / method, ring_teacher, f"method={method}", "train.steps=30", *extra)
@@ -265,3 +266,32 @@ def test_eval_compares_teacher_and_students_with_hybrid_inference(tmp_path, ring
 
     html = write_report([str(out)], tmp_path / "r.html").read_text()
     assert "samples of each generator" in html and "SWD / noise floor" in html
+
+
+def test_uni_instructs_separate_discriminator_leaves_the_fake_score_to_the_score(ring_teacher):
+    from retort.config import load_config
+    from retort.diffuse.config import DiffuseRun
+    from retort.diffuse.methods.uni_instruct import Discriminator, UniInstruct
+    from retort.diffuse.track import TRACK
+    from retort.train.loop import method_config
+
+    def fake_grads(disc, lsd):
+        run = load_config(DiffuseRun, None, ["task.name=ring", "method=uni_instruct", f"teacher.name={ring_teacher}",
+                                             f"method_args.disc={disc}", f"method_args.lsd={lsd}"])
+        data = TRACK.get_task(run.task)
+        ctx = TRACK.context(run, data, {"sampling": {"sigmas": [10.0]}}, torch.device("cpu"), lambda m: None)
+        method = UniInstruct(ctx, method_config(run, TRACK))
+        owned = method.owned()
+        method.owned_modules = {k: v.module for k, v in owned.items()}
+        student, _ = models.load(str(ring_teacher))
+        plan = type("Plan", (), {"batch_size": 32, "accum": 1, "world": 1, "rank": 0, "start_step": 0, "seed": 0})()
+        method.loss(student.train(), next(method.batches(plan))).loss.backward()
+        assert any(p.grad is not None and p.grad.abs().max() > 0 for p in student.parameters())
+        if disc == "separate":
+            assert owned["fake"].module.head is None and isinstance(owned["disc"].module, Discriminator)
+            assert all(p.grad is not None for p in owned["disc"].module.parameters())
+        return torch.cat([p.grad.flatten() for p in owned["fake"].module.denoiser.parameters()])
+
+    # separate: the discriminator's loss weight does not reach the fake score; shared: it does
+    assert torch.allclose(fake_grads("separate", 1.0), fake_grads("separate", 50.0))
+    assert not torch.allclose(fake_grads("shared", 1.0), fake_grads("shared", 50.0))

@@ -175,6 +175,7 @@ def test_onpolicy_dmd_resumes_exactly_across_the_stage_boundary(tmp_path, seq_te
     (["task.name=ring-seq", "method=onpolicy_dmd", "student.name=mlp:64-2"], "block-causal student"),
     (["task.name=ring", "method=dmd2", "student.name=causal:64-2"], "for sequences"),
     (["task.name=ring-seq", "method=onpolicy_dmd", "student.name=causal:64"], "expected causal:WIDTH-DEPTH"),
+    (["task.name=ring-seq", "method=onpolicy_dmd", "method_args.reg_weight=0.25"], "ODE initialisation"),
 ])
 def test_bad_input_gets_one_clear_line(tmp_path, capsys, args, expect, seq_teacher):
     assert main(["train", "track=diffuse", f"out={tmp_path / 'x'}", "train.steps=2", f"teacher.name={seq_teacher}",

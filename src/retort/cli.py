@@ -96,8 +96,7 @@ def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_
     """
     from dataclasses import replace
 
-    from . import threads
-    from .config import EvalRun, load_config, peek_track
+    from .config import EvalRun, peek_track
 
     track_name = peek_track(config_file, _overrides(overrides))
     if track_name == "classify":
@@ -111,17 +110,11 @@ def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_
     from .lm.eval import evaluate, results_table
     from .lm.models import load_model
     from .lm.tasks import get_task, require_examples
-    from .paths import output_file
 
-    run = load_config(EvalRun, config_file, _overrides(overrides))
-    threads.pin(run.threads)
-    out = json_out or run.out
-    if out:
-        output_file(out, "--json" if json_out else "out=")
+    run, out = _eval_run(EvalRun, config_file, json_out, overrides)
     task = get_task(run.task)
     n = require_examples(task, run.eval.split, run.eval.n, "eval")
-    targets = [(m.split("=", 1) if "=" in m and not Path(m).exists() else (m, m)) for m in models] or \
-              [(run.model.name, run.model.name)]
+    targets = _targets(models) or [(run.model.name, run.model.name)]
     console = _console()
     if task.size(run.eval.split) is not None:
         more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""
@@ -165,23 +158,34 @@ def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_
         console.print(f"results: {out}")
 
 
-def _eval_classifiers(config_file, models, json_out, fidelity_to, provenance, overrides):
+def _eval_run(run_cls, config_file, json_out, overrides):
+    """A track's eval config with threads pinned, and where its results go (checked before any work)."""
     from . import threads
-    from .classify.config import ClassifyEvalRun
-    from .classify.evaluate import evaluate_models, results_table
     from .config import load_config
-    from .errors import ConfigError
     from .paths import output_file
 
-    if provenance:
-        raise ConfigError("--provenance traces answer sentences of language models; not for track=classify")
-    run = load_config(ClassifyEvalRun, config_file, _overrides(overrides))
+    run = load_config(run_cls, config_file, _overrides(overrides))
     threads.pin(run.threads)
     out = json_out or run.out
     if out:
         output_file(out, "--json" if json_out else "out=")
-    targets = [(m.split("=", 1) if "=" in m and not Path(m).exists() else (m, m)) for m in models] or \
-              [(run.model.name, run.model.name)]
+    return run, out
+
+
+def _targets(models) -> list:
+    """-m LABEL=PATH (or PATH, its own label) -> [(label, path)]."""
+    return [(m.split("=", 1) if "=" in m and not Path(m).exists() else (m, m)) for m in models]
+
+
+def _eval_classifiers(config_file, models, json_out, fidelity_to, provenance, overrides):
+    from .classify.config import ClassifyEvalRun
+    from .classify.evaluate import evaluate_models, results_table
+    from .errors import ConfigError
+
+    if provenance:
+        raise ConfigError("--provenance traces answer sentences of language models; not for track=classify")
+    run, out = _eval_run(ClassifyEvalRun, config_file, json_out, overrides)
+    targets = _targets(models) or [(run.model.name, run.model.name)]
     rows = evaluate_models(run, targets, fidelity_to)
     console = _console()
     console.print(results_table(dict(rows), f"{run.task.name}, {run.eval.split} split"))
@@ -191,21 +195,14 @@ def _eval_classifiers(config_file, models, json_out, fidelity_to, provenance, ov
 
 
 def _eval_generators(config_file, models, json_out, lm_only, hybrid, overrides):
-    from . import threads
-    from .config import load_config
     from .diffuse.compare import evaluate_models, results_table
     from .diffuse.config import DiffuseEvalRun
     from .errors import ConfigError
-    from .paths import output_file
 
     if lm_only:
         raise ConfigError("--fidelity-to and --provenance are for language models; not for track=diffuse")
-    run = load_config(DiffuseEvalRun, config_file, _overrides(overrides))
-    threads.pin(run.threads)
-    out = json_out or run.out
-    if out:
-        output_file(out, "--json" if json_out else "out=")
-    targets = [(m.split("=", 1) if "=" in m and not Path(m).exists() else (m, m)) for m in models]
+    run, out = _eval_run(DiffuseEvalRun, config_file, json_out, overrides)
+    targets = _targets(models)
     console = _console()
     rows = evaluate_models(run, targets, say=console.print, hybrid_with_teacher=hybrid)
     console.print(results_table(rows))

@@ -72,6 +72,9 @@ class OnPolicyDMD(DistributionMatching):
         return model
 
     def __init__(self, ctx, cfg):
+        if cfg.reg_weight > 0:
+            raise ConfigError("method=onpolicy_dmd: method_args.reg_weight is DMD's regression of one-shot samples; "
+                              "its regression stage here is the ODE initialisation (method_args.ode_steps)")
         super().__init__(ctx, cfg)
         self._ode = None
 

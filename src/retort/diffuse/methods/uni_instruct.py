@@ -14,6 +14,10 @@ density-ratio line read as the spec argues it should be (the code's uses the los
   the discriminator's density ratio r = exp(clamp(logit, -7, 7)) (reverse KL: h = 1, SiD's loss);
 - a warm-up of `warmup_steps` generator steps uses plain l_SIM (h = 1, no GAN), as the code's first 200k images.
 
+The discriminator d is a head on the fake score's features (the code's, `disc=shared`: its loss
+also trains the fake score's trunk) or its own small MLP on (c_in x_sigma, log sigma) (the spec's
+2-D toy, `disc=separate`: the fake score then learns the score alone).
+
 Per-sample terms are means over dimensions (the code sums over pixels; `lsg` absorbs the scale).
 """
 
@@ -28,8 +32,25 @@ import torch.nn.functional as F
 from ...config import param
 from ...contract import LossOut, Owned
 from ...losses.diffuse import F_DIVERGENCES, edm_weight, f_weight, score_identity
+from ..nets import _per_row
 from .base import DiffuseMethod, frozen
 from .dm import FakeScore
+
+
+class Discriminator(torch.nn.Module):
+    """The spec's separate discriminator: an MLP on (c_in x_sigma, log sigma / 4), flattened."""
+
+    def __init__(self, dim: int, sigma_data: float, width: int = 128):
+        super().__init__()
+        self.sigma_data = sigma_data
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, width), torch.nn.SiLU(), torch.nn.Linear(width, width),
+                                       torch.nn.SiLU(), torch.nn.Linear(width, 1))
+
+    def logit(self, x, sigma, labels=None):
+        s = _per_row(sigma, x)
+        c_in = 1 / (s**2 + self.sigma_data**2).sqrt()
+        flat = x.reshape(len(x), -1) * c_in[:, None]
+        return self.net(torch.cat([flat, s.log()[:, None] / 4], 1)).squeeze(-1)
 
 
 class UniInstruct(DiffuseMethod):
@@ -59,6 +80,9 @@ class UniInstruct(DiffuseMethod):
         p_std: float = param(1.2, "its std (EDM: 1.2)", lo=0.0, lo_open=True)
         self_normalise: bool = param(True, "divide r by its batch mean (f-distill's variance reduction)")
         warmup_steps: int = param(200, "generator steps of plain l_SIM (h = 1, no GAN) before the f-weighting", lo=0)
+        disc: str = param("shared", "the discriminator: shared (a head on the fake score's features, the code's) or "
+                          "separate (its own MLP on (x_sigma, log sigma), the spec's 2-D toy)",
+                          choices=["shared", "separate"])
 
     @classmethod
     def sampling_sigmas(cls, cfg, data, steps: int):
@@ -66,8 +90,13 @@ class UniInstruct(DiffuseMethod):
         return [s] if steps == 1 else None
 
     def owned(self) -> dict:
-        return {"fake": Owned(FakeScore(self.ctx.teacher_net(), gan=True), lr=self.cfg.fake_lr or None,
-                              schedule="constant")}
+        lr = self.cfg.fake_lr or None
+        shared = self.cfg.disc == "shared"
+        out = {"fake": Owned(FakeScore(self.ctx.teacher_net(), gan=shared), lr=lr, schedule="constant")}
+        if not shared:
+            dim = math.prod(self.ctx.data.shape)
+            out["disc"] = Owned(Discriminator(dim, self.ctx.data.sigma_data), lr=lr, schedule="constant")
+        return out
 
     def _noised(self, x, gen):
         cfg, sd = self.cfg, self.ctx.data.sigma_data
@@ -77,6 +106,7 @@ class UniInstruct(DiffuseMethod):
 
     def loss(self, model, batch) -> LossOut:
         cfg, fake, sd = self.cfg, self.owned_modules["fake"], self.ctx.data.sigma_data
+        disc = self.owned_modules.get("disc", fake)  # what gives the logit
         labels = batch["labels"]
         step = int(batch["step"])
         gen_step = step % cfg.ratio == 0
@@ -90,8 +120,8 @@ class UniInstruct(DiffuseMethod):
         pred = fake(xd + sigma.reshape(shape) * n, sigma, labels)
         l_fake = (lam * ((pred - xd) ** 2).reshape(len(xd), -1).mean(1)).sum()
         real = batch["x_real"].to(x.device)
-        d_real = fake.logit(real + sigma.reshape(shape) * n, sigma, labels)
-        d_fake = fake.logit(xd + sigma.reshape(shape) * n, sigma, labels)
+        d_real = disc.logit(real + sigma.reshape(shape) * n, sigma, labels)
+        d_fake = disc.logit(xd + sigma.reshape(shape) * n, sigma, labels)
         bce = 0.5 * (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real), reduction="none")
                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake), reduction="none"))
         l_disc = cfg.lsd * (lam * bce).sum()
@@ -104,11 +134,11 @@ class UniInstruct(DiffuseMethod):
             hi, lo = self.sigma_max ** (1 / 7), 0.002 ** (1 / 7)
             s = ((hi + (1 - t) * (lo - hi)) ** 7).to(x.device)
             x_s = x + s.reshape(shape) * self.randn_like(x, gen)
-            with frozen(fake):
+            with frozen(fake), frozen(disc):
                 d_t = self.teacher()(x_s, s, labels) if not (labels is not None and self.ctx.run.teacher.guidance != 1) \
                     else self.teacher().guided(x_s, s, labels, self.ctx.run.teacher.guidance)
                 d_f = fake(x_s, s, labels)
-                logit = fake.logit(x_s, s, labels)
+                logit = disc.logit(x_s, s, labels)
             w = (x.detach() - d_t.detach()).abs().reshape(n_, -1).mean(1).clamp(min=1e-8)
             sim = score_identity(d_t, d_f, x, w)
             warm = g_step < cfg.warmup_steps
