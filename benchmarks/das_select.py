@@ -6,7 +6,8 @@ each with plain sft, >= 3 seeds. Expected: (a) > (b) > (c).
     python benchmarks/das_select.py [--task detours] [--seeds 0,1,2] [--n-prompts 2000] [--samples 4]
                                     [--warm-steps 200] [--steps 1000] [--work /tmp/retort-das]
     python benchmarks/das_select.py --task rg:chain_sum --task-arg task.difficulty.max_digits=1 \
-        --task-arg task.difficulty.max_terms=5 --out benchmarks/results/das_select_rg.json
+        --task-arg task.difficulty.max_terms=5 --teacher-arg train.steps=2500 \
+        --out benchmarks/results/das_select_rg.json
 
 The student that scores (and is then trained) is the small preset warmed up briefly on the task's
 worked solutions (`--warm-steps`): a student that knows the format but not the task, as a
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="a task option for every command, e.g. task.difficulty.max_digits=1 (repeatable); "
                          "rg:chain_sum as calibrated in BENCHMARKS: task.difficulty.max_digits=1 and max_terms=5")
+    ap.add_argument("--teacher-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="an option for `retort teacher` only, e.g. train.steps=2500 (repeatable)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n-prompts", type=int, default=2000)
     ap.add_argument("--samples", type=int, default=4)
@@ -46,7 +49,7 @@ def main() -> None:
     task = [f"task.name={args.task}", *args.task_arg]
     ev = ["eval.n=500", f"eval.max_new_tokens={args.max_new_tokens}", "eval.batch_size=250"]  # the warm-up's
 
-    sh(["teacher", *task], log)
+    sh(["teacher", *task, *args.teacher_arg], log)
     traces = work / "traces"
     sh(["traces", *task, f"teacher.name=builtin:teacher-{args.task}", f"out={traces}", f"n_prompts={args.n_prompts}",
         f"sampling.n={args.samples}", "sampling.temperature=1.0", f"sampling.max_new_tokens={args.max_new_tokens}",

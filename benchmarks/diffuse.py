@@ -104,6 +104,15 @@ def mean_std(vals):
     return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def curve(out: Path) -> list:
+    """The run's evaluations during training (train.eval_every), [{step, metric: value}], from its
+    metrics.jsonl: kept with the results, since the run directories are scratch."""
+    path = out / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return [{"step": r["step"], **{k[5:]: v for k, v in r.items() if k.startswith("eval/")}}
+            for r in rows if any(k.startswith("eval/") for k in r)]
+
+
 def run_part(dataset: str, arms: dict, base: list[str], steps: list[int], seeds: list[int], work: Path, log: Path,
              eval_n: int) -> dict:
     from retort.config import load_config
@@ -131,10 +140,10 @@ def run_part(dataset: str, arms: dict, base: list[str], steps: list[int], seeds:
                     summary = json.loads((out / "summary.json").read_text())
                     evals[tag] = {**{m: row.get(m) for m in {*METRICS["points"], *METRICS["sequence"],
                                                              *METRICS["images"], "coherent_by_window"} if m in row},
-                                  "nfe": row["nfe"], "train_time_s": summary["train_time_s"],
+                                  "nfe": row["nfe"], "train_time_s": summary["train_time_s"], "curve": curve(out),
                                   "teacher": {m: v for m, v in next(v for key, v in got.items()
                                                                     if key.startswith("teacher")).items()
-                                              if m not in ("points", "images")}}  # samples: not kept
+                                              if m not in ("points", "images", "sequences")}}  # samples: not kept
                     res_file.write_text(json.dumps(evals))
                 rows.setdefault(f"{arm}|{k}", []).append(evals[tag])
     first = next(iter(evals.values()))
@@ -217,6 +226,12 @@ def markdown(dataset: str, part: dict) -> str:
         label = f"{arm}, {k} step(s)" if k else arm
         train = fmt(row["train_time_s"], 0) if isinstance(row.get("train_time_s"), (list, tuple)) else "-"
         lines.append(f"| {label} | {row['nfe']} | " + " | ".join(fmt(row.get(c)) for c in cols) + f" | {train} |")
+    for key, row in rows:  # a run evaluated while it trained (digits-long): its curve, per seed
+        for i, r in enumerate(row.get("per_seed", [])):
+            if r.get("curve"):
+                metric = "fd" if "fd" in r["curve"][0] else "swd_ratio"
+                lines.append(f"\n{key} seed {i} {metric} by step: " + ", ".join(
+                    f"{c['step']}: {c[metric]:.2f}" for c in r["curve"] if c.get(metric) is not None))
     return "\n".join(lines)
 
 
