@@ -193,14 +193,18 @@ def run_hybrid(seeds: list[int], work: Path, eval_n: dict) -> dict:
                     name = {next(g for g in got if g.startswith("teacher")): "teacher",
                             next(g for g in got if g.startswith(f"{arm},")): "student",
                             next(g for g in got if "teacher's first" in g): "hybrid", "skip": "skip"}
-                    evals[tag] = {name[g]: {m: r.get(m) for m in keep if m in r} for g, r in got.items()}
+                    evals[tag] = {name[g]: {**{m: r.get(m) for m in keep if m in r},
+                                            **{f"step1_{m}": r["first_step"][m] for m in ("spread", "to_data")
+                                               if m in r.get("first_step", {})}}  # DT-visualisation
+                                  for g, r in got.items()}
                     res_file.write_text(json.dumps(evals))
                 for which, r in evals[tag].items():
                     label = {"teacher": "teacher", "student": f"{arm}, {k} steps",
                              "hybrid": f"{arm}, {k} steps, the teacher's first step instead of its own",
                              "skip": f"{arm}, {k} steps, its first step skipped"}[which]
                     rows.setdefault(label, []).append(r)
-        out[dataset] = {"kind": kind, "arms": {label: {**{m: mean_std([r.get(m) for r in rs]) for m in METRICS[kind]},
+        out[dataset] = {"kind": kind, "arms": {label: {**{m: mean_std([r.get(m) for r in rs])
+                                                          for m in METRICS[kind] + ["step1_spread", "step1_to_data"]},
                                                        "nfe": rs[0]["nfe"], "per_seed": rs}
                                                for label, rs in rows.items()}}
     return out
@@ -218,7 +222,7 @@ def markdown(dataset: str, part: dict) -> str:
     rows = list(part["arms"].items())
     if "teacher" in part:
         rows = [("teacher|", part["teacher"])] + rows
-    cols = [c for c in METRICS[kind] if any(r.get(c) is not None for _, r in rows)]
+    cols = [c for c in METRICS[kind] + ["step1_spread", "step1_to_data"] if any(r.get(c) is not None for _, r in rows)]
     lines = [f"### {dataset}", "", "| model | NFE | " + " | ".join(cols) + " | train s |",
              "|---|---:|" + "---:|" * (len(cols) + 1)]
     for key, row in rows:

@@ -262,10 +262,18 @@ def test_eval_compares_teacher_and_students_with_hybrid_inference(tmp_path, ring
     assert list(rows) == ["teacher (exact), 35 NFE", "cd, 2 NFE", "cd + teacher's first 1 step(s), 2 NFE"]
     assert rows["cd + teacher's first 1 step(s), 2 NFE"]["hybrid_teacher_steps"] == 1
     assert all(len(r["points"]) == 500 and "swd_ratio" in r for r in rows.values())
+    # DT-visualisation: the teacher's and the student's first-step predictions, not the hybrid row's
+    first = {k: r["first_step"] for k, r in rows.items() if "first_step" in r}
+    assert list(first) == ["teacher (exact), 35 NFE", "cd, 2 NFE"]
+    assert all(len(f["points"]) == 16 and f["sigma"] == pytest.approx(20.0) for f in first.values())
+    # the exact teacher at sigma_max = 20 predicts a blurred average: ~0.39 z, near the centre of a ring of radius 4
+    t = first["teacher (exact), 35 NFE"]
+    assert t["spread"] < 1.0 and t["to_data"] > 2.0
     from retort.report import write_report
 
     html = write_report([str(out)], tmp_path / "r.html").read_text()
     assert "samples of each generator" in html and "SWD / noise floor" in html
+    assert "First-step predictions (DT-visualisation)" in html and "step-1 spread" in html
 
 
 def test_uni_instructs_separate_discriminator_leaves_the_fake_score_to_the_score(ring_teacher):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from retort.diffuse.metrics import mmd2, mode_stats, sliced_wasserstein, swd_ratio
-from retort.diffuse.mixtures import MIXTURES, class_mixture, grid, ring, swiss_roll
+from retort.diffuse.mixtures import MIXTURES, Mixture, class_mixture, grid, ring, swiss_roll
 
 
 def _points(n=64, seed=0, scale=4.0):
@@ -117,3 +117,24 @@ def test_light_mode_recall_and_mass_on_the_skewed_ring():
     want = float((counts[5:].sum()) / (m.weights[5:].sum() * len(x)))
     assert s["light_mass"] == pytest.approx(want, rel=1e-9)
     assert 0.4 < s["light_mass"] < 0.7
+
+
+def test_first_step_predictions_of_a_single_gaussian_known_answer():
+    """DT-visualisation on N(mu, s^2 I): the first prediction is D(sigma z) = (sigma^2 mu + s^2 sigma z) / (s^2 +
+    sigma^2), so its spread is s^2 sigma / (s^2 + sigma^2) times the noises' mean pairwise distance, and with mu the
+    only real sample its distance to the data is known too (both per coordinate)."""
+    from types import SimpleNamespace
+
+    from retort.diffuse.evaluate import first_step
+    from retort.diffuse.nets import ExactDenoiser
+
+    s, sigma, n = 0.5, 20.0, 16
+    m = Mixture(torch.tensor([[1.0, 0.0]]), torch.tensor([s]), torch.tensor([1.0]))
+    data = SimpleNamespace(kind="points", shape=(2,), labels=lambda n, g: None)
+    got = first_step(ExactDenoiser(m), data, SimpleNamespace(x=m.means.clone()), sigma=sigma, n=n, seed=3)
+    z = torch.randn(n, 2, generator=torch.Generator().manual_seed(3))
+    pred = (sigma**2 * m.means + s**2 * sigma * z) / (s**2 + sigma**2)
+    pair = torch.cdist(z, z).sum() / (n * (n - 1))
+    assert got["spread"] == pytest.approx(float(s**2 * sigma / (s**2 + sigma**2) * pair) / math.sqrt(2), abs=2e-4)
+    assert got["to_data"] == pytest.approx(float((pred - m.means).norm(dim=1).mean()) / math.sqrt(2), abs=2e-4)
+    assert len(got["points"]) == n and got["points"][0] == pytest.approx(pred[0].tolist(), abs=6e-4)

@@ -82,7 +82,8 @@ def _print_summary(console, out, summary):
               help="With --provenance: nats of mean log-prob difference that make a category.")
 @click.option("--hybrid", type=click.IntRange(min=1), default=None, metavar="K",
               help="track=diffuse: also sample each multi-step student with the teacher's first K steps "
-                   "(diversity distillation's hybrid inference).")
+                   "(diversity distillation's hybrid inference), and show every model's first-step "
+                   "predictions for 16 noises (its DT-visualisation: spread and distance to the data).")
 @overrides_arg
 def eval_cmd(config_file, models, json_out, fidelity_to, provenance, provenance_delta, hybrid, overrides):
     """Evaluate one or more models on a task: pass@1, pass@k, maj@k, tokens, by difficulty.

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ConfigError
 from .data import load_data
-from .evaluate import Reference, measure, sample, student_sampling
+from .evaluate import Reference, first_step, measure, sample, student_sampling
 from .models import load, resolve
 from .nets import ExactDenoiser
 from .sampling import hybrid, karras
@@ -29,7 +29,8 @@ def _keep(x: torch.Tensor, labels) -> dict:
     return {"images": x[:k][order].clamp(-1, 1).squeeze(1).mul(1000).round().div(1000).tolist()}
 
 
-def teacher_row(run, data, ref) -> tuple[str, dict]:
+def teacher_row(run, data, ref, first: bool = False) -> tuple[str, dict]:
+    """The teacher at its full step count; `first`: with its first-step predictions (DT-visualisation)."""
     sigmas = karras(run.teacher.steps, sigma_max=data.sigma_max)
     if data.mixture is not None and run.teacher.exact:
         model, label = ExactDenoiser(data.mixture, data.n_classes, data.sigma_data), "teacher (exact)"
@@ -38,7 +39,11 @@ def teacher_row(run, data, ref) -> tuple[str, dict]:
         label = "teacher"
     s = sample(model, data, run.eval.n, sigmas=sigmas, sampler="heun", seed=run.eval.seed,
                batch_size=run.eval.batch_size, guidance=run.teacher.guidance)
-    return f"{label}, {s['nfe']} NFE", _row(s, ref, data, "teacher")
+    row = _row(s, ref, data, "teacher")
+    if first:
+        row["first_step"] = first_step(model, data, ref, sigma=float(sigmas[0]), seed=run.eval.seed,
+                                       guidance=run.teacher.guidance)
+    return f"{label}, {s['nfe']} NFE", row
 
 
 def _row(s: dict, ref, data, model: str) -> dict:
@@ -49,23 +54,27 @@ def _row(s: dict, ref, data, model: str) -> dict:
 def evaluate_models(run, targets: list[tuple[str, str]], say=lambda m: None,
                     hybrid_with_teacher: Optional[int] = None) -> dict:
     """label -> results. `hybrid_with_teacher=k`: also each student with the teacher's first k steps
-    (diversity distillation's hybrid inference)."""
+    (diversity distillation's hybrid inference), and the teacher's and each student's first-step
+    predictions (its DT-visualisation: `first_step`, on a model's first row)."""
     data = load_data(run.task.name)
     ref = Reference(data, run.eval.n, run.eval.seed)
     rows = {}
-    label, row = teacher_row(run, data, ref)
+    dt = bool(hybrid_with_teacher) and data.kind != "sequence"
+    label, row = teacher_row(run, data, ref, first=dt)
     rows[label] = row
     say(f"eval: {label}")
     for name_label, name in targets:
         model, meta = load(resolve(name, data.name))
         if meta.get("dataset") not in (None, data.name):
             raise ConfigError(f"-m {name}: trained on {meta.get('dataset')}, not {data.name}")
-        for k in (run.steps or [None]):
+        for i, k in enumerate(run.steps or [None]):
             sigmas, sampler = student_sampling(meta, k, data.sigma_max)
             s = sample(model, data, run.eval.n, sigmas=sigmas, sampler=sampler, seed=run.eval.seed,
                        batch_size=run.eval.batch_size, frames=data.frames * run.eval.rollout if data.frames else None)
             key = f"{name_label}, {s['nfe']} NFE"
             rows[key] = {**_row(s, ref, data, name), "params": sum(p.numel() for p in model.parameters())}
+            if dt and i == 0 and not hasattr(model, "rollout"):
+                rows[key]["first_step"] = first_step(model, data, ref, sigma=float(sigmas[0]), seed=run.eval.seed)
             say(f"eval: {key}")
             if hybrid_with_teacher and sampler == "renoise" and len(sigmas) > hybrid_with_teacher \
                     and not hasattr(model, "rollout"):
@@ -106,6 +115,9 @@ def results_table(rows: dict):
             else ["model", "NFE", "SWD ratio", "frame SWD ratio", "on track", "coherent", "trajectories", "frames",
                   "late frame SWD ratio", "late coherent", "s / 1k"] if seqs
             else ["model", "NFE", "SWD ratio", "MMD^2", "modes", "recall", "precision", "s / 1k"])
+    dt = any("first_step" in r for r in rows.values()) and not seqs
+    if dt:  # DT-visualisation: how far apart, and how far from real samples, the first step's predictions are
+        cols = cols[:-1] + ["step-1 spread", "step-1 to data", cols[-1]]
     for c in cols:
         t.add_column(c, justify="left" if c == "model" else "right")
     for label, r in rows.items():
@@ -114,14 +126,17 @@ def results_table(rows: dict):
             return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
         if images:
-            t.add_row(label, f("nfe"), f("fd", 2), f("fd_floor", 2), f("label_entropy"), f("label_match"),
-                      f("within_class_diversity", 2), f("seconds_per_1k", 3))
+            vals = [f("nfe"), f("fd", 2), f("fd_floor", 2), f("label_entropy"), f("label_match"),
+                    f("within_class_diversity", 2)]
         elif seqs:
             traj = f"{r['trajectories_covered']}/{r['trajectories']}" if "trajectories" in r else "-"
-            t.add_row(label, f("nfe"), f("swd_ratio", 2), f("frame_swd_ratio", 2), f("on_track"), f("coherent"), traj,
-                      f("rollout_frames"), f("late_frame_swd_ratio", 2), f("late_coherent"), f("seconds_per_1k", 3))
+            vals = [f("nfe"), f("swd_ratio", 2), f("frame_swd_ratio", 2), f("on_track"), f("coherent"), traj,
+                    f("rollout_frames"), f("late_frame_swd_ratio", 2), f("late_coherent")]
         else:
             modes = f"{r['modes_covered']}/{r['modes']}" if "modes" in r else "-"
-            t.add_row(label, f("nfe"), f("swd_ratio", 2), f("mmd2", 5), modes, f("recall", 2), f("precision", 3),
-                      f("seconds_per_1k", 3))
+            vals = [f("nfe"), f("swd_ratio", 2), f("mmd2", 5), modes, f("recall", 2), f("precision", 3)]
+        if dt:
+            fs = r.get("first_step") or {}
+            vals += [f"{fs[k]:.3f}" if k in fs else "-" for k in ("spread", "to_data")]
+        t.add_row(label, *vals, f("seconds_per_1k", 3))
     return t

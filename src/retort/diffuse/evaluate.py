@@ -260,6 +260,39 @@ def measure(x: torch.Tensor, labels, ref: Reference) -> dict:
         _images(x, labels, ref)
 
 
+@torch.no_grad()
+def first_step(model, data, ref: Reference, *, sigma: float, n: int = 16, seed: int = 0,
+               guidance: float = 1.0) -> dict:
+    """DT-visualisation (Gandikota & Bau; methods/other.md 11.2): what a model predicts as the final
+    sample after its first step, x0 = D(sigma z, sigma), for `n` noises of one condition (the class
+    of the seed's first label). `spread`: the mean pairwise distance between those predictions,
+    `to_data`: the mean distance from each to its nearest real sample, both per coordinate (divided
+    by sqrt(dim)). A distilled student commits at its first step (far apart, near the data); a
+    diffusion model's first prediction is a blurred average (close together, far from every real
+    sample). The samples themselves are kept for the report's figure."""
+    from .sampling import _call
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, *data.shape, generator=g)
+    labels = data.labels(n, g)
+    labels = None if labels is None else labels[:1].expand(n).clone()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    x = _call(model, (z * sigma).to(device), sigma, None if labels is None else labels.to(device),
+              guidance).float().cpu()
+    flat = x.reshape(n, -1)
+    dim = flat.shape[1]
+    real = (ref.x if data.kind == "points" else data.x["test"]).reshape(-1, dim).float()
+    pair = torch.cdist(flat, flat)
+    spread = float(pair.sum() / (n * (n - 1))) / dim ** 0.5
+    to_data = float(torch.cdist(flat, real).min(1).values.mean()) / dim ** 0.5
+    out = {"spread": round(spread, 4), "to_data": round(to_data, 4), "sigma": float(sigma), "n": n}
+    if data.kind == "points":
+        out["points"] = [[round(float(a), 3), round(float(b), 3)] for a, b in flat.tolist()]
+    else:
+        out["images"] = x.clamp(-1, 1).squeeze(1).mul(1000).round().div(1000).tolist()
+    return out
+
+
 def collapse(metrics: dict, cfg, best: dict) -> str | None:
     """Why these samples look collapsed, or None: the collapse detectors of the track. A student
     starts mode-averaged (a teacher copy run once at sigma_max puts every sample near the mean), so

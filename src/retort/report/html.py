@@ -142,6 +142,9 @@ def generator_table(rows) -> str:
                                                   "within-class diversity"] if images else
                                                  ["SWD / noise floor", "MMD^2", "modes", "recall", "precision"]),
                "s / 1k samples", "train time (s)", "steps"]
+    dt = any(isinstance(r.eval.get("first_step"), dict) for r in rows)
+    if dt:
+        headers[-3:-3] = ["step-1 spread", "step-1 to data"]
     body = []
     for r in rows:
         e = r.eval
@@ -152,6 +155,9 @@ def generator_table(rows) -> str:
             modes = f"{e['modes_covered']}/{e['modes']}" if _num(e.get("modes")) else "-"
             vals = [_float(e.get("swd_ratio"), 2), _float(e.get("mmd2"), 5), modes, _pct(e.get("recall")),
                     _pct(e.get("precision"))]
+        if dt:
+            fs = e.get("first_step") if isinstance(e.get("first_step"), dict) else {}
+            vals += [_float(fs.get("spread"), 3), _float(fs.get("to_data"), 3)]
         body.append([(esc(r.name), False), (esc(_params(r.params)), True), (esc(_int(e.get("nfe"))), True),
                      *[(esc(v), True) for v in vals], (esc(_float(e.get("seconds_per_1k"), 3)), True),
                      (esc(_float(r.train_time)), True), (esc(_int(r.steps)), True)])
@@ -301,6 +307,14 @@ def render(rows, runs, title: str, inputs: list[str]) -> str:
         grid = plots.generator_samples([(r.name, r.eval) for r in rows])
         if grid:
             body += ["<h3>Samples</h3>", _img(grid, "samples of each generator")]
+        first = plots.generator_samples([(r.name, r.eval["first_step"]) for r in rows
+                                         if isinstance(r.eval.get("first_step"), dict)])
+        if first:
+            body += ["<h3>First-step predictions (DT-visualisation)</h3>",
+                     "<p>What each model predicts as its final sample after its first step, for the same noises "
+                     "of one condition: a distilled student commits at once (far apart, close to real samples); "
+                     "a diffusion model's first prediction is a blurred average.</p>",
+                     _img(first, "first-step predictions of each generator")]
     reliability = plots.reliability_diagram([(r.name, r.eval.get("reliability")) for r in rows])
     if reliability:
         body += ["<h3>Calibration</h3>", _img(reliability, "reliability diagram: accuracy vs confidence")]
