@@ -6,7 +6,7 @@ each with plain sft, >= 3 seeds. Expected: (a) > (b) > (c).
     python benchmarks/das_select.py [--task detours] [--seeds 0,1,2] [--n-prompts 2000] [--samples 4]
                                     [--warm-steps 200] [--steps 1000] [--work /tmp/retort-das]
     python benchmarks/das_select.py --task rg:chain_sum --task-arg task.difficulty.max_digits=1 \
-        --task-arg task.difficulty.max_terms=5 --teacher-arg train.steps=2500 \
+        --task-arg task.difficulty.max_terms=5 --teacher-arg train.steps=2500 --n-prompts 6000 --steps 1500 \
         --out benchmarks/results/das_select_rg.json
 
 The student that scores (and is then trained) is the small preset warmed up briefly on the task's
