@@ -6,7 +6,8 @@ teacher), >= 3 seeds, every student at 1, 2 and 4 steps against the teacher at i
 
 Parts: ring, grid (every method), grid1 (the grid at one step: cd, dmd2), skew (Uni-Instruct's
 f-divergences on the 0.6^k ring), classes (MSD's K students), seq (onpolicy_dmd on the toy video:
-LiveTalk's claims), digits, digits-long / digits-long-gan (one 6000-step run per seed, FD every 500), hybrid (diversity
+LiveTalk's claims), digits, digits-ema (dmd2 with and without a weight average, train.ema), digits-long /
+digits-long-gan (one 6000-step run per seed, FD every 500), hybrid (diversity
 distillation's hybrid inference on the ring's and digits' multi-step dmd2 students: run after those).
 
 Every run is the CLI a user runs (`retort teacher`, `retort train track=diffuse`); each trained
@@ -51,6 +52,12 @@ LONG = ["train.steps=6000", "train.eval_every=500", "train.save_every=1000"]
 DIGIT_LONG_ARMS = {"digits-long": {"dmd2, 6000 loop steps": (["method=dmd2", *LONG], [1])},
                    "digits-long-gan": {"dmd2 + GAN, 6000 loop steps": (["method=dmd2", "method_args.gan_weight=3e-3",
                                                                         *LONG], [1])}}
+# the student as a moving average of its weights (train.ema; LiveTalk: 0.99 from step 200), dmd2 beside
+DIGIT_EMA_ARMS = {
+    "dmd2": (["method=dmd2"], [1]),
+    "dmd2, EMA 0.99 from step 200": (["method=dmd2", "train.ema=0.99", "train.ema_start=200"], [1]),
+    "dmd2, EMA 0.999 from step 200": (["method=dmd2", "train.ema=0.999", "train.ema_start=200"], [1]),
+}
 # Uni-Instruct's check (spec 7.5): the f-divergences on the skewed ring, DMD2 (reverse KL) beside
 FK = "method_args.fake_lr=4e-4"
 SKEW_ARMS = {
@@ -262,6 +269,8 @@ def main() -> None:
                             work, log, 5000)
         elif dataset == "skew":
             part = run_part("ring-skew", SKEW_ARMS, POINTS, steps, seeds, work, log, 5000)
+        elif dataset == "digits-ema":
+            part = run_part("digits", DIGIT_EMA_ARMS, DIGITS, steps, seeds, work, log, 2000)
         elif dataset in DIGIT_LONG_ARMS:
             part = run_part("digits", DIGIT_LONG_ARMS[dataset], DIGITS, steps, seeds, work, log, 2000)
         elif dataset == "seq":
@@ -275,8 +284,8 @@ def main() -> None:
             out.write_text(json.dumps(results, indent=1))
             continue
         else:
-            sys.exit(f"--part {dataset}: expected ring, grid, grid1, skew, classes, seq, digits, digits-long, "
-                     "digits-long-gan or hybrid")
+            sys.exit(f"--part {dataset}: expected ring, grid, grid1, skew, classes, seq, digits, digits-ema, "
+                     "digits-long, digits-long-gan or hybrid")
         results[dataset] = part
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))

@@ -142,9 +142,11 @@ def use_accelerate_state(accelerator) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, save_model, optimizer, scheduler,
-                    state: dict, keep: int, method=None, owned: dict | None = None) -> Path:
+                    state: dict, keep: int, method=None, owned: dict | None = None, extra=None) -> Path:
     """`save_model(unwrapped model, directory, full state dict or None)` writes the model part (the
-    track's format; the state dict is gathered from the shards under FSDP). Called on every process."""
+    track's format; the state dict is gathered from the shards under FSDP); `extra(directory)`, on
+    the main process, anything else the checkpoint must hold (the weight average). Called on every
+    process."""
     root = Path(run_dir) / "ckpt"
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f"{PREFIX}{step:07d}.tmp"
@@ -164,6 +166,8 @@ def save_checkpoint(run_dir: Path, step: int, *, accelerator, model, save_model,
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if method is not None:
             save_method_state(tmp, method, owned or {}, accelerator.unwrap_model, optimizers=False)
+        if extra is not None:
+            extra(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _fsync_tree(tmp)

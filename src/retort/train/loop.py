@@ -22,6 +22,7 @@ from ..paths import atomic_write_text
 from ..track import get_track
 from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
                          save_checkpoint, sharded, use_accelerate_state)
+from .ema import WeightEMA
 from .optim import make_optimizer, make_scheduler
 
 
@@ -231,6 +232,12 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     scheduler = make_scheduler(optimizer, opt_cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     ctx.student = lambda: accelerator.unwrap_model(model)
+    ema = None
+    if opt_cfg.ema > 0:
+        if sharded(accelerator):
+            raise ConfigError("train.ema: not supported with sharded training (FSDP/DeepSpeed); the average would "
+                              "need gathering every step. Set train.ema=0 or train without sharding")
+        ema = WeightEMA(accelerator.unwrap_model(model), opt_cfg.ema, opt_cfg.ema_start)
     # modules the method owns (a critic, a projection): each with its own optimizer and schedule
     owned = {}
     for name, spec in method.owned().items():
@@ -247,6 +254,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
         start_step, tokens_seen = state["step"], state.get("tokens", 0)
         time_before, ended_early = state.get("train_time_s", 0.0), state.get("stopped_early", False)
         load_method_state(ckpt, method, owned, accelerator.unwrap_model)
+        if ema is not None and not ema.load(ckpt):
+            raise ConfigError(f"--resume: {ckpt} holds no weight average (train.ema); it was saved without one")
         say(f"resuming {run_dir} from step {start_step} ({ckpt.name})")
     if main:
         if not run_dir.exists():
@@ -281,14 +290,17 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
         save_checkpoint(run_dir, step_now, accelerator=accelerator, model=model, optimizer=optimizer,
                         save_model=lambda m, path, full: track.save_checkpoint_model(m, tok, path, full),
                         scheduler=scheduler, keep=opt_cfg.keep_checkpoints, method=method, owned=owned,
-                        state={"tokens": tokens_seen, "train_time_s": elapsed(), "stopped_early": stopped_early})
+                        state={"tokens": tokens_seen, "train_time_s": elapsed(), "stopped_early": stopped_early},
+                        extra=ema.save if ema is not None else None)
 
     def run_eval(step_now):
         nonlocal last_eval
         if evaluate is None:
             return {}
         if main:
-            last_eval = evaluate(accelerator.unwrap_model(model), tok, task)
+            student = accelerator.unwrap_model(model)
+            with ema.applied(student) if ema is not None else _null():
+                last_eval = evaluate(student, tok, task)
             log.write({"step": step_now, **{f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, (int, float))}})
         accelerator.wait_for_everyone()
         flag = torch.tensor([last_eval.get("accuracy", 0.0) if main else 0.0,
@@ -333,6 +345,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             step += 1
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model), step)
             tokens_seen += int(counts.item())
             if step % opt_cfg.log_every == 0 or step == opt_cfg.steps:
                 row = {"step": step, "loss": global_loss, "lr": scheduler.get_last_lr()[0],
@@ -373,9 +387,12 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     summary = {"steps": step, "tokens": tokens_seen, "train_time_s": round(elapsed(), 2),
                "stopped_early": stopped_early, **({"stop_reason": last_eval["stop"]} if last_eval.get("stop") else {}),
                "eval": last_eval, "main_process": main,
-               "trainable_params": trainable, "params": n_params, "threads": torch.get_num_threads()}
+               "trainable_params": trainable, "params": n_params, "threads": torch.get_num_threads(),
+               **({"ema": opt_cfg.ema, "ema_start": opt_cfg.ema_start} if ema is not None else {})}
     full = accelerator.get_state_dict(model) if sharded(accelerator) else None  # every process joins the gather
     if main:
+        if ema is not None:  # the student is its average (the checkpoints keep the raw weights too)
+            ema.copy_to(accelerator.unwrap_model(model))
         track.export(accelerator.unwrap_model(model), tok, run_dir / "model", full)
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if accelerator.log_with:
