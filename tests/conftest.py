@@ -14,6 +14,16 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RETORT_CACHE", str(tmp_path / "cache"))
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (a two-process run's rendezvous; a fixed port can still be
+    held by an earlier run's socket)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tiny_overrides(out, steps=6, **extra):
     """Overrides for a seconds-long training run of the nano preset."""
     args = {

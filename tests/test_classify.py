@@ -352,8 +352,11 @@ def test_classify_two_processes_match_one(teacher_dir, tmp_path):
     common = [*CLASSIFY_TINY, f"teacher.name={teacher_dir}", "train.steps=6", "train.save_every=0"]
     subprocess.run([sys.executable, "-m", "retort.cli", "train", *common, "train.grad_accum=2",
                     f"out={tmp_path / 'one'}"], check=True, env=_cli_env(), capture_output=True)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
-                           "-m", "retort.cli", "train", *common, "train.grad_accum=1", f"out={tmp_path / 'two'}"],
+    from conftest import free_port
+
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={free_port()}", "-m", "retort.cli", "train", *common, "train.grad_accum=1",
+                           f"out={tmp_path / 'two'}"],
                           env=_cli_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     la = [r["loss"] for r in _metrics(tmp_path / "one") if "loss" in r]

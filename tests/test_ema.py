@@ -61,7 +61,8 @@ def test_the_average_is_evaluated_exported_and_checkpointed(tmp_path):
     summary = train(run, evaluate=evaluate)
     assert summary["ema"] == 0.8 and len(seen) == 3  # steps 10, 20 and the end
     ckpt = tmp_path / "a" / "ckpt" / "step-0000030"
-    shadow, raw, exported = load_file(ckpt / "ema.safetensors"), _weights(ckpt / "model"), _weights(tmp_path / "a" / "model")
+    shadow, raw = load_file(ckpt / "ema.safetensors"), _weights(ckpt / "model")
+    exported = _weights(tmp_path / "a" / "model")
     for k, v in shadow.items():
         assert torch.equal(exported[k], v), k          # the exported student is the average
         assert torch.equal(seen[-1][k], v), k          # so is what the final evaluation saw

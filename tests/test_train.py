@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import kill_while_training, tiny_overrides
+from conftest import free_port, kill_while_training, tiny_overrides
 from retort.config import TrainRun, load_config
 from retort.errors import ConfigError
 from retort.lm.methods import METHODS, BatchPlan, LossOut, MethodContext
@@ -148,7 +148,7 @@ def test_two_processes_match_one_process_loss_curve(tmp_path):
     one = tiny_overrides(tmp_path / "one", **{**base, "train.grad_accum": 2})
     two = tiny_overrides(tmp_path / "two", **{**base, "train.grad_accum": 1})
     subprocess.run(CLI + ["train", *one], check=True, env=_env(), capture_output=True)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                 "-m", "retort.cli", "train", *two]
     proc = subprocess.run(launcher, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
