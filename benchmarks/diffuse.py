@@ -4,11 +4,12 @@ teacher), >= 3 seeds, every student at 1, 2 and 4 steps against the teacher at i
 
     python benchmarks/diffuse.py [--part ring,grid,digits] [--seeds 0,1,2] [--work /tmp/retort-diffuse]
 
-Parts: ring, grid (every method), grid1 (the grid at one step: cd, dmd2), skew (Uni-Instruct's
-f-divergences on the 0.6^k ring), classes (MSD's K students), seq (onpolicy_dmd on the toy video:
-LiveTalk's claims), digits, digits-ema (dmd2 with and without a weight average, train.ema), digits-long /
-digits-long-gan (one 6000-step run per seed, FD every 500), hybrid (diversity
-distillation's hybrid inference on the ring's and digits' multi-step dmd2 students: run after those).
+Parts: ring, grid (every method, and Uni-Instruct with a separate discriminator), grid1 (the grid at
+one step: cd, dmd2), skew (Uni-Instruct's f-divergences on the 0.6^k ring), classes (MSD's K
+students), seq (onpolicy_dmd on the toy video: LiveTalk's claims), digits, digits4 (dmd2 at 4
+steps), digits-ema (dmd2 with and without a weight average, train.ema), digits-long /
+digits-long-gan (one 6000-step run per seed, FD every 500), hybrid (diversity distillation's
+hybrid inference on the ring's and digits' multi-step dmd2 students: run after those).
 
 Every run is the CLI a user runs (`retort teacher`, `retort train track=diffuse`); each trained
 student is then sampled at its own step count by `retort.diffuse.compare.evaluate_models` (the code
@@ -52,6 +53,13 @@ LONG = ["train.steps=6000", "train.eval_every=500", "train.save_every=1000"]
 DIGIT_LONG_ARMS = {"digits-long": {"dmd2, 6000 loop steps": (["method=dmd2", *LONG], [1])},
                    "digits-long-gan": {"dmd2 + GAN, 6000 loop steps": (["method=dmd2", "method_args.gan_weight=3e-3",
                                                                         *LONG], [1])}}
+# the grid also runs Uni-Instruct with the spec's separate discriminator, forward vs reverse KL
+GRID_EXTRA_ARMS = {
+    f"uni_instruct ({name}), separate discriminator": (["method=uni_instruct", "method_args.fake_lr=4e-4",
+                                                        f"method_args.divergence={d}", "method_args.disc=separate"], [1])
+    for name, d in (("reverse KL", "rkl"), ("forward KL", "fkl"))}
+# four steps on digits (DMD2's levels 999/749/499/249; 35 / 4 NFE: still >= 8x fewer)
+DIGIT4_ARMS = {"dmd2": (["method=dmd2"], [4])}
 # the student as a moving average of its weights (train.ema; LiveTalk: 0.99 from step 200), dmd2 beside
 DIGIT_EMA_ARMS = {
     "dmd2": (["method=dmd2"], [1]),
@@ -261,7 +269,8 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.is_file() else {}
     for dataset in args.part.split(","):
         if dataset in ("ring", "grid"):
-            part = run_part(dataset, POINT_ARMS, POINTS, steps, seeds, work, log, 5000)
+            arms = {**POINT_ARMS, **GRID_EXTRA_ARMS} if dataset == "grid" else POINT_ARMS
+            part = run_part(dataset, arms, POINTS, steps, seeds, work, log, 5000)
         elif dataset == "digits":
             part = run_part(dataset, DIGIT_ARMS, DIGITS, steps, seeds, work, log, 2000)
         elif dataset == "grid1":  # the grid, one step only
@@ -269,6 +278,8 @@ def main() -> None:
                             work, log, 5000)
         elif dataset == "skew":
             part = run_part("ring-skew", SKEW_ARMS, POINTS, steps, seeds, work, log, 5000)
+        elif dataset == "digits4":
+            part = run_part("digits", DIGIT4_ARMS, DIGITS, steps, seeds, work, log, 2000)
         elif dataset == "digits-ema":
             part = run_part("digits", DIGIT_EMA_ARMS, DIGITS, steps, seeds, work, log, 2000)
         elif dataset in DIGIT_LONG_ARMS:
@@ -284,7 +295,7 @@ def main() -> None:
             out.write_text(json.dumps(results, indent=1))
             continue
         else:
-            sys.exit(f"--part {dataset}: expected ring, grid, grid1, skew, classes, seq, digits, digits-ema, "
+            sys.exit(f"--part {dataset}: expected ring, grid, grid1, skew, classes, seq, digits, digits4, digits-ema, "
                      "digits-long, digits-long-gan or hybrid")
         results[dataset] = part
         out.parent.mkdir(parents=True, exist_ok=True)
