@@ -200,7 +200,7 @@ class OptimConfig:
     log_with: str = param("none", "extra metrics sink", choices=["none", "tensorboard", "wandb"])
     stop_at_accuracy: float = param(0.0, "stop once periodic eval reaches this accuracy (0: never)", lo=0.0, hi=1.0)
     ema: float = param(0.0, "decay of an exponential moving average of the student's trainable weights, which "
-                       "is what evaluation and the exported model use (0: none; DMD2/GDD students: 0.99-0.9999)",
+                       "is what evaluation and the exported model use (0: none; LiveTalk 0.99, GDD ~0.9996)",
                        lo=0.0, hi=1.0, hi_open=True)
     ema_start: int = param(0, "train.ema: the average copies the weights up to this step and averages after it",
                            lo=0)

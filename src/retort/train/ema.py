@@ -4,9 +4,10 @@ evaluated and exported as.
     shadow <- decay * shadow + (1 - decay) * theta      after every optimizer step past `ema_start`
     shadow <- theta                                     up to step `ema_start`
 
-The few-step diffusion students of the paper list are all released as EMAs (DMD2's and GDD's
-code; LiveTalk: "EMA 0.99 from step 200"): a generator trained against a moving critic oscillates
-around where it is going, and the average is the better sample. The training itself always steps
+Few-step diffusion students are trained this way in the paper list (GDD: an EMA with a 0.5 Mimg
+half-life, about 0.9996 a step at batch 256; LiveTalk: "EMA 0.99 from step 200"): a generator
+trained against a moving critic oscillates around where it is going, and the average can be the
+better sample (measured on digits in BENCHMARKS: it narrows the seeds' spread). The training itself always steps
 the raw weights; checkpoints hold both (the shadow as `ema.safetensors`), so a resumed run goes on
 with exactly the average it had. Only trainable parameters are averaged (frozen ones never move;
 buffers are the model's own).
