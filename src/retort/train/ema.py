@@ -7,9 +7,9 @@ evaluated and exported as.
 Few-step diffusion students are trained this way in the paper list (GDD: an EMA with a 0.5 Mimg
 half-life, about 0.9996 a step at batch 256; LiveTalk: "EMA 0.99 from step 200"): a generator
 trained against a moving critic oscillates around where it is going, and the average can be the
-better sample (measured on digits in BENCHMARKS: it narrows the seeds' spread). The training itself always steps
-the raw weights; checkpoints hold both (the shadow as `ema.safetensors`), so a resumed run goes on
-with exactly the average it had. Only trainable parameters are averaged (frozen ones never move;
+better sample (measured on digits in BENCHMARKS: it narrows the seeds' spread). The training
+itself always steps the raw weights; checkpoints hold both (the shadow as `ema.safetensors`), so a
+resumed run goes on with exactly the average it had. Only trainable parameters are averaged (frozen ones never move;
 buffers are the model's own).
 """
 
