@@ -73,7 +73,7 @@ def _wait(url: str, proc, seconds: float = 180) -> None:
 def start_transformers(root: Path):
     import torch
 
-    from retort.config import ModelConfig
+    from retort.lm.config import ModelConfig
     from retort.lm.models import load_model
 
     d = root / "model"
@@ -116,7 +116,8 @@ def stop(proc) -> None:
 
 
 def prompts(n: int) -> list[str]:
-    from retort.config import TracesRun, load_config
+    from retort.config import load_config
+    from retort.lm.config import TracesRun
     from retort.lm.tasks import get_task
 
     return [e.prompt for e in get_task(load_config(TracesRun, None, []).task).examples("train", n, 0)]
@@ -256,7 +257,8 @@ def kill(root: Path, args) -> dict:
 
 
 def _ids(n: int) -> list[str]:
-    from retort.config import TracesRun, load_config
+    from retort.config import load_config
+    from retort.lm.config import TracesRun
     from retort.lm.tasks import get_task
 
     return [e.id for e in get_task(load_config(TracesRun, None, []).task).examples("train", n, 0)]
@@ -276,7 +278,8 @@ def kl(root: Path, args) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    from retort.config import ModelConfig, TracesRun, load_config
+    from retort.config import load_config
+    from retort.lm.config import ModelConfig, TracesRun
     from retort.lm.data.collate import encode_prompt
     from retort.lm.models import load_model
     from retort.lm.teachers import ApiTeacher

@@ -195,7 +195,7 @@ def child_trl(spec: dict) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from retort.config import TaskConfig
+    from retort.lm.config import TaskConfig
     from retort.lm.data.collate import encode_prompt
     from retort.lm.tasks import get_task
 
@@ -254,7 +254,7 @@ def child_trl(spec: dict) -> dict:
 
 def child_eval(spec: dict) -> dict:
     _setup_child(spec["threads"])
-    from retort.config import EvalConfig, ModelConfig, TaskConfig
+    from retort.lm.config import EvalConfig, ModelConfig, TaskConfig
     from retort.lm.eval import evaluate
     from retort.lm.models import load_model
     from retort.lm.tasks import get_task

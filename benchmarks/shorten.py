@@ -36,7 +36,7 @@ def uniform_budget(traces: Path, want_mean: float) -> int:
     over the same problems: the spec's "uniform-length rewrites at the same average length"."""
     import pyarrow.parquet as pq
 
-    from retort.config import TaskConfig
+    from retort.lm.config import TaskConfig
     from retort.lm.tasks import get_task
 
     task = get_task(TaskConfig(name="detours"))

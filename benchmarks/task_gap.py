@@ -32,7 +32,8 @@ def main() -> None:
     from rich.console import Console
 
     from retort.cli import _quiet_libraries
-    from retort.config import EvalConfig, ModelConfig, TrainRun, load_config
+    from retort.config import load_config
+    from retort.lm.config import EvalConfig, ModelConfig, TrainRun
     from retort.lm.eval import evaluate, results_table
     from retort.lm.models import load_model
     from retort.lm.tasks import get_task

@@ -33,7 +33,8 @@ def main() -> None:
     import torch
 
     from retort.cli import _quiet_libraries
-    from retort.config import TracesRun, load_config
+    from retort.config import load_config
+    from retort.lm.config import TracesRun
     from retort.lm.data.collate import encode_prompt
     from retort.lm.data.topk import decode
     from retort.lm.data.traces import read_manifest, read_traces

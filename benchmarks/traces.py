@@ -47,7 +47,7 @@ def main() -> None:
     import torch
 
     from retort.cli import _quiet_libraries
-    from retort.config import ModelConfig, TaskConfig
+    from retort.lm.config import ModelConfig, TaskConfig
     from retort.lm.data.collate import encode_prompt
     from retort.lm.models import load_model
     from retort.lm.rollout.generate import generate_ids

@@ -18,7 +18,8 @@ import pytest
 from apiserver import ApiServer, answer_text, reasoning_text
 
 from retort.cli import main
-from retort.config import TracesRun, load_config
+from retort.config import load_config
+from retort.lm.config import TracesRun
 from retort.errors import ApiError, DataError
 from retort.lm.data import topk as topk_codec
 from retort.lm.data.traces import read_manifest, read_traces

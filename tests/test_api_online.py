@@ -17,7 +17,9 @@ import torch
 from apiserver import ApiServer
 from conftest import tiny_overrides
 
-from retort.config import ModelConfig, TracesRun, TrainRun, load_config
+from retort.config import load_config
+
+from retort.lm.config import ModelConfig, TracesRun, TrainRun
 from retort.lm.models import load_model
 from retort.lm.teachers import ApiTeacher, LocalTeacher
 from retort.train import train

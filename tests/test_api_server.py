@@ -16,7 +16,9 @@ import pytest
 import torch
 from apiserver import wait_until_up
 
-from retort.config import ModelConfig, TracesRun, load_config
+from retort.config import load_config
+
+from retort.lm.config import ModelConfig, TracesRun
 from retort.errors import DataError
 from retort.lm.data.collate import encode_prompt
 from retort.lm.data.traces import read_manifest, read_traces
@@ -108,7 +110,7 @@ def test_traces_from_the_server_equal_the_model_run_here(tmp_path, served, endpo
 def test_a_student_trains_on_the_servers_traces_and_a_rerun_sends_nothing(tmp_path, served):
     from conftest import tiny_overrides
 
-    from retort.config import TrainRun
+    from retort.lm.config import TrainRun
     from retort.train import train
 
     out = tmp_path / "traces"

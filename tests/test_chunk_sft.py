@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_overrides
-from retort.config import ModelConfig, TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import ModelConfig, TrainRun
 from retort.lm.data.collate import IGNORE, collate, encode_prompt
 from retort.lm.methods import METHODS
 from retort.lm.methods.base import MethodContext

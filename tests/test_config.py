@@ -1,7 +1,9 @@
 import pytest
 import yaml
 
-from retort.config import EvalRun, TrainRun, describe, load_config, save_config
+from retort.config import describe, load_config, save_config
+
+from retort.lm.config import EvalRun, TrainRun
 from retort.errors import ConfigError
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from retort.config import TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import TrainRun
 from retort.lm.methods.curio_sft import _entropy, curio_token_loss, entropy_guided_tau
 from retort.train import train
 
@@ -70,7 +71,7 @@ def test_short_run_falls_logs_entropy_and_syncs_the_reference(tmp_path):
 
 
 def test_reference_ema_sync_moves_toward_the_policy(tmp_path):
-    from retort.config import ModelConfig
+    from retort.lm.config import ModelConfig
     from retort.lm.methods import METHODS
     from retort.lm.methods.base import MethodContext
     from retort.lm.models import load_model

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from retort.config import ModelConfig, TaskConfig
+from retort.lm.config import ModelConfig, TaskConfig
 from retort.lm.curate import filter_traces, trace_stats
 from retort.lm.curate.das import das_score, select_top, sentence_token_bounds
 from retort.lm.data.collate import encode_prompt

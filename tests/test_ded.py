@@ -6,7 +6,8 @@ import json
 import pytest
 
 from retort.cli import main
-from retort.config import ModelConfig, TracesRun, load_config
+from retort.config import load_config
+from retort.lm.config import ModelConfig, TracesRun
 from retort.errors import DataError
 from retort.lm.curate.ded import select_teacher
 from retort.lm.data.traces import TraceWriter, read_manifest, read_traces

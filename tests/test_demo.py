@@ -2,7 +2,9 @@
 
 import pytest
 
-from retort.config import ModelConfig, TrainRun, load_config
+from retort.config import load_config
+
+from retort.lm.config import ModelConfig, TrainRun
 from retort.lm.demo import CURATED, DEMO_RUNS, STUDENT, TRACE_SETS, WARM, _placeholders, _plan
 
 
@@ -26,7 +28,7 @@ def test_every_demo_row_is_a_valid_training_run(name, tmp_path):
 
 def test_demo_evaluation_is_reused_until_the_weights_change(tmp_path, monkeypatch):
     import retort.lm.eval as ev
-    from retort.config import ModelConfig, TaskConfig
+    from retort.lm.config import ModelConfig, TaskConfig
     from retort.lm.demo import _evaluated
     from retort.lm.models import load_model, save_model
     from retort.lm.tasks import get_task

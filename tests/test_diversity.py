@@ -33,7 +33,8 @@ def test_most_diverse_picks_the_traces_that_differ_most():
 
 
 def test_curate_drop_templates_and_diverse_on_a_trace_set(tmp_path):
-    from retort.config import TracesRun, load_config
+    from retort.config import load_config
+    from retort.lm.config import TracesRun
     from retort.lm.curate import filter_traces
     from retort.lm.data.traces import read_manifest, read_traces
     from retort.lm.traces import run_traces

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from retort.config import EvalConfig, ModelConfig
+from retort.lm.config import EvalConfig, ModelConfig
 from retort.lm.eval import evaluate, majority, pass_at_k
 from retort.lm.models import load_model
 from retort.lm.rollout import generate
@@ -128,7 +128,7 @@ def test_majority_vote_is_verified_as_the_tasks_verifier_reads_it(tmp_path, monk
     import json
 
     import retort.lm.eval.run as run_mod
-    from retort.config import EvalConfig
+    from retort.lm.config import EvalConfig
     from retort.lm.rollout.generate import Completion
     from retort.lm.tasks.files import FileTask
 

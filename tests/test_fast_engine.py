@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from retort.config import ModelConfig
+from retort.lm.config import ModelConfig
 from retort.lm.models import load_model
 from retort.lm.rollout import fast
 from retort.lm.rollout.generate import generate_ids

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from conftest import tiny_overrides
 from retort.cli import main
-from retort.config import EvalRun, TracesRun, TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import EvalRun, TracesRun, TrainRun
 from retort.lm.curate import filter_traces
 from retort.lm.data.traces import read_manifest, read_traces
 from retort.errors import ConfigError, DataError, RetortError
@@ -213,7 +214,7 @@ def test_5_truncated_model_directory_is_a_clear_error(tmp_path, capsys):
 
 
 def test_7_tokenizer_without_pad_or_eos_says_what_it_lacks(tmp_path, capsys):
-    from retort.config import ModelConfig
+    from retort.lm.config import ModelConfig
     from retort.lm.models import load_model
 
     model, tok = load_model(ModelConfig(name="preset:nano"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retort.cli import main
-from retort.config import EvalConfig, ModelConfig, TaskConfig
+from retort.lm.config import EvalConfig, ModelConfig, TaskConfig
 from retort.lm.data.collate import encode_prompt
 from retort.lm.eval import fidelity, teacher_answers
 from retort.lm.models import load_model
@@ -93,7 +93,8 @@ def test_training_runs_with_a_teacher_report_fidelity_to_it(tmp_path):
 
 
 def test_the_reference_of_a_run_is_its_traces_teacher_else_its_methods_teacher(tmp_path):
-    from retort.config import TracesRun, TrainRun, load_config
+    from retort.config import load_config
+    from retort.lm.config import TracesRun, TrainRun
     from retort.lm.track import fidelity_reference
     from retort.lm.traces import run_traces
 

@@ -6,7 +6,8 @@ import torch
 
 from conftest import tiny_overrides
 from retort.lm.teachers import LocalTeacher
-from retort.config import ModelConfig, TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import ModelConfig, TrainRun
 from retort.errors import ConfigError
 from retort.lm.methods.kd import last_hidden
 from retort.lm.models import load_model, save_model
@@ -75,7 +76,7 @@ def test_collate_aligns_teacher_topk_with_label_positions():
 def test_offline_full_vocab_topk_equals_online_kd(tmp_path):
     """With k = V stored (nothing dropped), KD from the traces' top-k is KD from the live teacher
     (up to the float16 storage of the log-probs)."""
-    from retort.config import TracesRun
+    from retort.lm.config import TracesRun
     from retort.lm.methods.base import BatchPlan, MethodContext
     from retort.lm.methods.kd import KD
     from retort.lm.tasks import get_task
@@ -103,7 +104,7 @@ def test_offline_full_vocab_topk_equals_online_kd(tmp_path):
 
 
 def test_offline_kd_trains_from_topk_traces(tmp_path):
-    from retort.config import TracesRun
+    from retort.lm.config import TracesRun
     from retort.lm.traces import run_traces
 
     traces = tmp_path / "tr"

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from conftest import tiny_overrides
 from test_kd import _teacher
 from retort.cli import main
-from retort.config import LoraConfig, ModelConfig, TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import LoraConfig, ModelConfig, TrainRun
 from retort.errors import ConfigError
 from retort.lm.methods import METHODS
 from retort.lm.methods.base import BatchPlan, MethodContext

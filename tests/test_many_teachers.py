@@ -7,7 +7,8 @@ import math
 import pytest
 
 from retort.cli import main
-from retort.config import ModelConfig, TracesRun, load_config
+from retort.config import load_config
+from retort.lm.config import ModelConfig, TracesRun
 from retort.lm.curate.stats import length_spread, reference_perplexity, trace_stats
 from retort.lm.data.hashes import weights_sha256
 from retort.lm.data.traces import read_manifest, read_traces

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import kill_while_training, tiny_overrides
-from retort.config import TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import TrainRun
 from retort.lm.methods import METHODS, LossOut, Owned
 from retort.lm.methods.base import token_nll_sum
 from retort.lm.methods.sft import SFT

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from retort.config import ModelConfig
+from retort.lm.config import ModelConfig
 from retort.errors import ModelError
 from retort.lm.models import PRESETS, char_tokenizer, check_vocab, load_model, preset_config, save_model
 from retort.lm.rollout import generate

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import tiny_overrides
 from retort.cli import main
-from retort.config import ModelConfig
+from retort.lm.config import ModelConfig
 from retort.lm.data.collate import IGNORE, encode_example, encode_messages
 from retort.lm.data.traces import SCHEMA, TraceWriter, read_manifest, read_traces
 from retort.errors import DataError

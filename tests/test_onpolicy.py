@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from conftest import tiny_overrides
 from test_kd import _teacher
 from retort.lm.teachers import LocalTeacher
-from retort.config import ModelConfig, TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import ModelConfig, TrainRun
 from retort.lm.data.collate import IGNORE, Encoded, collate
 from retort.lm.methods import METHODS
 from retort.lm.methods.base import BatchPlan, MethodContext

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from retort.config import ModelConfig, TracesRun, TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import ModelConfig, TracesRun, TrainRun
 from retort.lm.curate import filter_traces
 from retort.lm.data.pairs import pair_rows
 from retort.lm.data.collate import IGNORE, Encoded

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from retort.cli import main
-from retort.config import EvalConfig, ModelConfig, TaskConfig
+from retort.lm.config import EvalConfig, ModelConfig, TaskConfig
 from retort.lm.curate.provenance import CATEGORIES, classify, provenance
 from retort.lm.models import load_model
 from retort.lm.tasks import get_task

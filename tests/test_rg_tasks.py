@@ -3,7 +3,9 @@ checker, options, and a traces run on one."""
 
 import pytest
 
-from retort.config import TaskConfig, TracesRun, load_config
+from retort.config import load_config
+
+from retort.lm.config import TaskConfig, TracesRun
 from retort.errors import ConfigError
 from retort.lm.data.traces import read_traces
 from retort.lm.tasks import get_task

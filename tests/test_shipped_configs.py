@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from retort.config import EvalRun, TracesRun, load_config, peek_track
+from retort.config import load_config, peek_track
+
+from retort.lm.config import EvalRun, TracesRun
 from retort.track import get_track
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from retort.cli import main
-from retort.config import ModelConfig, TaskConfig
+from retort.lm.config import ModelConfig, TaskConfig
 from retort.errors import DataError
 from retort.lm.curate import shorten, trace_stats
 from retort.lm.data.traces import SCHEMA, TraceWriter, read_manifest, read_traces
@@ -314,7 +314,9 @@ def test_detours_teacher_skills_write_the_longest_rendering_within_the_budget():
 def test_the_detours_teacher_learns_its_skills_beside_its_solutions(tmp_path):
     from conftest import tiny_overrides
 
-    from retort.config import TrainRun, load_config
+    from retort.config import load_config
+
+    from retort.lm.config import TrainRun
     from retort.lm.teacher import teacher_config
     from retort.train import train
 

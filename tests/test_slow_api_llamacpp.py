@@ -18,7 +18,9 @@ import pytest
 import torch
 from apiserver import wait_until_up
 
-from retort.config import ModelConfig, TracesRun, TrainRun, load_config
+from retort.config import load_config
+
+from retort.lm.config import ModelConfig, TracesRun, TrainRun
 from retort.errors import ApiError
 from retort.lm.data.collate import encode_prompt
 from retort.lm.data.topk import decode

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from retort.config import ModelConfig
+from retort.lm.config import ModelConfig
 from retort.lm.models import load_model
 from retort.lm.rollout import generate
 

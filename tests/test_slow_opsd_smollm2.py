@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from retort.cli import main
-from retort.config import TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import TrainRun
 from retort.lm.methods.base import BatchPlan, MethodContext
 from retort.lm.methods.opsd import OPSD, PAPER_TEMPLATE
 from retort.lm.models import load_model, save_model

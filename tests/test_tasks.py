@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retort.config import TaskConfig
+from retort.lm.config import TaskConfig
 from retort.errors import ConfigError, DataError
 from retort.lm.tasks import TASKS, FileTask, get_task
 from retort.lm.tasks.builtin import OPS
@@ -130,7 +130,7 @@ def test_bad_parquet_names_column_and_row(tmp_path):
 def test_detours_solutions_wander_then_correct_themselves():
     import re
 
-    from retort.config import TaskConfig
+    from retort.lm.config import TaskConfig
     from retort.lm.tasks import get_task
 
     t = get_task(TaskConfig(name="detours", difficulty={"detour_pct": 100, "recheck": 1}))
@@ -157,7 +157,7 @@ def test_detours_solutions_wander_then_correct_themselves():
 
 
 def test_modchain_per_line_writes_terse_solutions_of_the_same_problems():
-    from retort.config import TaskConfig
+    from retort.lm.config import TaskConfig
     from retort.lm.tasks import get_task
 
     one = get_task(TaskConfig(name="modchain")).examples("train", 30, 0)

@@ -9,7 +9,8 @@ import torch
 
 from conftest import tiny_overrides
 from retort.cli import main
-from retort.config import ModelConfig, TracesRun, TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import ModelConfig, TracesRun, TrainRun
 from retort.lm.data.collate import encode_prompt
 from retort.lm.data.traces import read_traces
 from retort.errors import ConfigError, DataError

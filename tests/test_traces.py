@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from retort.lm.data.topk import decode
-from retort.config import ModelConfig, TracesRun, TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import ModelConfig, TracesRun, TrainRun
 from retort.lm.curate import filter_traces, trace_stats
 from retort.lm.data.collate import encode_prompt
 from retort.lm.data.traces import MANIFEST, read_manifest, read_traces

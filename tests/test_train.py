@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import free_port, kill_while_training, tiny_overrides
-from retort.config import TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import TrainRun
 from retort.errors import ConfigError
 from retort.lm.methods import METHODS, BatchPlan, LossOut, MethodContext
 from retort.lm.methods.base import token_nll_sum

@@ -8,7 +8,8 @@ import torch
 from conftest import tiny_overrides
 from reference import tsd_kd_loss
 from retort.lm.teachers import LocalTeacher
-from retort.config import ModelConfig, TrainRun, load_config
+from retort.config import load_config
+from retort.lm.config import ModelConfig, TrainRun
 from retort.lm.data.collate import IGNORE, Encoded, collate
 from retort.lm.methods import METHODS
 from retort.lm.methods.base import MethodContext

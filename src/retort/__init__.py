@@ -1,3 +1,26 @@
-"""retort: distil the reasoning of a teacher language model into a smaller student."""
+"""retort: distil a teacher into a smaller student: reasoning language models, classifiers and
+few-step diffusion generators, behind one CLI and this Python API (`retort.api`):
+
+    import retort
+    summary = retort.train(track="classify", task={"name": "digits"}, method="kd", out="runs/kd")
+    results = retort.evaluate(["kd=runs/kd/model"], track="classify", task={"name": "digits"})
+
+`retort.traces` and `retort.curate_traces` make and curate teacher traces for language models.
+"""
 
 __version__ = "0.1.0"
+
+_API = ("train", "train_config", "evaluate", "eval_config", "teacher", "teacher_config", "demo", "report", "methods")
+_LM = {"traces": "retort.lm.api", "traces_config": "retort.lm.api", "curate_traces": "retort.lm.api"}
+
+__all__ = [*_API, *_LM]
+
+
+def __getattr__(name):  # imported on first use: `import retort` stays light
+    import importlib
+
+    if name in _API:
+        return getattr(importlib.import_module("retort.api"), name)
+    if name in _LM:
+        return getattr(importlib.import_module(_LM[name]), name)
+    raise AttributeError(f"module 'retort' has no attribute {name!r}")

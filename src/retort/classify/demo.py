@@ -35,7 +35,7 @@ def run_demo(out: str = "runs/demo-classify", console=None, methods=None, seed: 
     from .evaluate import results_table, run_evaluator
     from .models import load
     from .teacher import ensure_teacher
-    from .track import TRACK
+    from ..track import get_track
 
     methods = methods or DEFAULT_METHODS
     unknown = [m for m in methods if m not in DEMO_RUNS]
@@ -44,7 +44,7 @@ def run_demo(out: str = "runs/demo-classify", console=None, methods=None, seed: 
                           f"{', '.join(DEMO_RUNS)}")
     root = demo_dir(out)
     teacher_dir = ensure_teacher(None, ["track=classify", "task.name=digits"], console=console)
-    data = TRACK.get_task(load_config(ClassifyRun, None, ["task.name=digits"]).task)
+    data = get_track("classify").get_task(load_config(ClassifyRun, None, ["task.name=digits"]).task)
     x, y = data.split("test")
     teacher, meta = load(str(teacher_dir))
     t_logits = predict(teacher, x)

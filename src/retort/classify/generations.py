@@ -36,7 +36,7 @@ def _train_generation(run, out: Path, teacher: str, seed: int, method_args: dict
 def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None) -> dict:
     from .methods import METHODS
     from .methods.borup import alpha_hat
-    from .track import TRACK
+    from ..track import get_track
 
     if n < 1:
         raise ConfigError(f"generations: N={n}; expected at least 1")
@@ -49,7 +49,7 @@ def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None
     if chain.is_dir() and any(p.name != "generations.json" and not p.name.startswith("gen-") for p in chain.iterdir()):
         raise ConfigError(f"out={chain}: holds files that are not generations of a chain; choose a new or empty "
                           "directory")
-    data = TRACK.get_task(run.task)
+    data = get_track(run.track).get_task(run.task)
     base = resolve(run.teacher.name, data.name)
     base_model, meta = load(base)
     check_fits(meta, data, "teacher")

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import ConfigError, ModelError
 from ..track import Track
 from . import models
-from .config import ClassifyRun
+from .config import ClassifyEvalRun, ClassifyRun
 from .data import load_dataset
 from .models import check_fits, is_saved, resolve
 from .methods import METHODS, ClassifyContext
@@ -20,6 +20,8 @@ class ClassifyTrack(Track):
     name = "classify"
     methods = METHODS
     run_config = ClassifyRun
+    eval_config = ClassifyEvalRun
+    demo_out = "runs/demo-classify"
 
     def __init__(self):
         self._data: dict = {}
@@ -102,6 +104,30 @@ class ClassifyTrack(Track):
         from .evaluate import run_evaluator
 
         return run_evaluator(run)
+
+    # ------------------------------------------------------------------ the other commands
+    def evaluate(self, run, targets, options, console):
+        from .evaluate import evaluate_models, results_table
+
+        targets = targets or [(run.model.name, run.model.name)]
+        rows = dict(evaluate_models(run, targets, options.get("fidelity_to")))
+        console.print(results_table(rows, f"{run.task.name}, {run.eval.split} split"))
+        return rows
+
+    def teacher_config(self, config_file=None, overrides=None):
+        from .teacher import teacher_config
+
+        return teacher_config(config_file, overrides)
+
+    def ensure_teacher(self, config_file=None, overrides=None, *, force=False, console=None):
+        from .teacher import ensure_teacher
+
+        return ensure_teacher(config_file, overrides, force=force, console=console)
+
+    def demo(self, out, console=None, methods=None, seed=0):
+        from .demo import run_demo
+
+        return run_demo(out, console=console, methods=methods, seed=seed)
 
 
 TRACK = ClassifyTrack()

@@ -58,7 +58,7 @@ def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, con
     from ..train import cached_teacher, train
     from .evaluate import Reference, measure, sample
     from .models import load
-    from .track import TRACK
+    from ..track import get_track
 
     run = teacher_config(config_file, overrides)
     out = Path(run.out)
@@ -74,7 +74,7 @@ def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, con
     t0 = time.time()
     summary = train(run, resume=True, console=console)
     model, meta = load(str(out / "model"))
-    data = TRACK.get_task(run.task)
+    data = get_track(run.track).get_task(run.task)
     ref = Reference(data, run.eval.n, run.eval.seed)
     s = sample(model, data, run.eval.n, sigmas=meta["sampling"]["sigmas"], sampler="heun", seed=run.eval.seed)
     m = measure(s["x"], s["labels"], ref)

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..track import Track
 from . import models
-from .config import DiffuseRun
+from .config import DiffuseEvalRun, DiffuseRun
 from .data import load_data
 from .methods import METHODS, DiffuseContext
 from .nets import ExactDenoiser
@@ -22,6 +22,8 @@ class DiffuseTrack(Track):
     name = "diffuse"
     methods = METHODS
     run_config = DiffuseRun
+    eval_config = DiffuseEvalRun
+    demo_out = "runs/demo-diffuse"
 
     def __init__(self):
         self._data: dict = {}
@@ -143,6 +145,43 @@ class DiffuseTrack(Track):
         from .evaluate import run_evaluator
 
         return run_evaluator(run)
+
+    # ------------------------------------------------------------------ the other commands
+    def evaluate(self, run, targets, options, console):
+        from .compare import evaluate_models, results_table
+
+        if options.get("fidelity_to"):
+            raise ConfigError("--fidelity-to measures agreement of language models and classifiers; not for "
+                              "track=diffuse")
+        rows = evaluate_models(run, targets, say=console.print, hybrid_with_teacher=options.get("hybrid"))
+        console.print(results_table(rows))
+        return rows
+
+    def results_json(self, results: dict) -> str:
+        import json
+
+        return json.dumps(results)  # compact: each row carries its samples
+
+    def teacher_config(self, config_file=None, overrides=None):
+        from .teacher import teacher_config
+
+        return teacher_config(config_file, overrides)
+
+    def ensure_teacher(self, config_file=None, overrides=None, *, force=False, console=None):
+        from .teacher import ensure_teacher
+
+        return ensure_teacher(config_file, overrides, force=force, console=console)
+
+    def demo(self, out, console=None, methods=None, seed=0):
+        from .demo import run_demo
+
+        return run_demo(out, console=console, methods=methods, seed=seed)
+
+    def config_classes(self) -> dict:
+        # `retort config teacher --track diffuse` shows the digits U-Net teacher (the ring's is an MLP)
+        return {**super().config_classes(),
+                "teacher": lambda config_file, overrides: self.teacher_config(config_file,
+                                                                              ["task.name=digits", *overrides])}
 
 
 TRACK = DiffuseTrack()

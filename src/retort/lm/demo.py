@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import EvalConfig, TracesRun, TrainRun, load_config
+from ..config import load_config
+
+from .config import EvalConfig, TracesRun, TrainRun
 
 STUDENT = {"student": {"name": "preset:student"},
            "data": {"n_train": 64000},
@@ -110,7 +112,7 @@ EVAL = EvalConfig(n=500, seed=7, max_new_tokens=96, batch_size=250, k=4)
 
 def _made_with(manifest: dict, student_dir: Path) -> bool:
     """Whether a curated set (DAS or mixed-policy) was scored / sampled by this student's weights."""
-    from ..config import ModelConfig
+    from .config import ModelConfig
     from .models import load_model
     from .data.hashes import weights_sha256
 
@@ -138,7 +140,7 @@ def _weights_key(model_dir: Path) -> list:
 def _reference(teacher_dir: Path, task):
     """The teacher as every student's fidelity reference: its cache key, and a loader of (label,
     model, tokenizer, its greedy answers on EVAL's prompts) run once, on first use."""
-    from ..config import ModelConfig
+    from .config import ModelConfig
     from .eval import load_reference
 
     loaded: dict = {}
@@ -155,7 +157,7 @@ def _evaluated(model_dir: Path, cache: Path, task, reference=None) -> dict:
     reused from `cache` while the weights, EVAL and the reference are unchanged."""
     from dataclasses import asdict
 
-    from ..config import ModelConfig
+    from .config import ModelConfig
     from .eval import evaluate
     from .models import load_model
 
@@ -219,7 +221,7 @@ def _plan(methods) -> list[str]:
 
 
 def run_demo(out: str = "runs/demo", console=None, methods=DEFAULT_METHODS, seed: int = 0) -> dict:
-    from ..config import TaskConfig
+    from .config import TaskConfig
     from .data.traces import read_manifest
     from ..errors import DataError
     from .eval import evaluate, results_table

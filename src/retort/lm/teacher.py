@@ -12,7 +12,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import EvalConfig, TrainRun, load_config
+from ..config import load_config
+
+from .config import EvalConfig, TrainRun
 from ..errors import RetortError
 from ..paths import remove_run
 from .models import builtin_teacher_dir, load_model

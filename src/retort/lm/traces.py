@@ -13,7 +13,7 @@ from math import ceil
 from pathlib import Path
 
 from .. import __version__, threads
-from ..config import teacher_params
+from .config import teacher_params
 from ..errors import ConfigError
 from .data import topk as topk_codec
 from .data.hashes import tokenizer_sha256, weights_sha256

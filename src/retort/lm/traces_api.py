@@ -26,7 +26,7 @@ from math import ceil
 from pathlib import Path
 
 from .. import __version__
-from ..config import teacher_params
+from .config import teacher_params
 from ..errors import ApiError, DataError
 from .data import topk as topk_codec
 from .data.hashes import tokenizer_sha256

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..config import ModelConfig, TrainRun
+from .config import EvalRun, ModelConfig, TracesRun, TrainRun
 from ..errors import ModelError
 from .methods import METHODS, MethodContext
 from .models import load_model, lora, save_model
@@ -16,6 +16,8 @@ class LMTrack(Track):
     name = "lm"
     methods = METHODS
     run_config = TrainRun
+    eval_config = EvalRun
+    demo_out = "runs/demo"
 
     def train_evaluator(self, run):
         """`retort.lm.eval.evaluate`, plus fidelity to the run's teacher when it has a local one
@@ -96,6 +98,30 @@ class LMTrack(Track):
                              "checkpoint (ckpt/step-N/model) and merge it on one process")
         model.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
         processor.save_pretrained(path)
+
+    # ------------------------------------------------------------------ the other commands
+    def evaluate(self, run, targets, options, console):
+        from .compare import evaluate_models
+
+        return evaluate_models(run, targets, options, console)
+
+    def teacher_config(self, config_file=None, overrides=None):
+        from .teacher import teacher_config
+
+        return teacher_config(config_file, overrides)
+
+    def ensure_teacher(self, config_file=None, overrides=None, *, force=False, console=None):
+        from .teacher import ensure_teacher
+
+        return ensure_teacher(config_file, overrides, force=force, console=console)
+
+    def demo(self, out, console=None, methods=None, seed=0):
+        from .demo import run_demo
+
+        return run_demo(out, console=console, methods=methods or ["answers", "sft"], seed=seed)
+
+    def config_classes(self) -> dict:
+        return {**super().config_classes(), "traces": TracesRun}
 
 
 TRACK = LMTrack()

@@ -15,10 +15,20 @@ from pathlib import Path
 from ..errors import RetortError
 from ..paths import atomic_write_text, output_file
 
-__all__ = ["write_report", "load_inputs", "Row", "Run"]
+__all__ = ["write_report", "load_inputs", "Row", "Run", "ReportParts"]
 
 RUN_FILES = ("summary.json", "metrics.jsonl")
 EVAL_JSON_SHAPE = "an object of label -> eval results, as `retort eval --json` writes"
+
+
+@dataclass
+class ReportParts:
+    """What a track adds to the page for its rows: under "Comparison" (caption, tables), the
+    detail sections after it (figures, breakdowns), and sections at the end (samples)."""
+
+    comparison: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+    end: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -49,6 +59,7 @@ class Row:
     params: int | None = None
     run: Run | None = None
     source: str = ""  # the input dir it came from, to tell apart rows with the same name
+    track: str | None = None  # the track of the model (None: found from the result by `_track_of`)
 
     @property
     def train_time(self):
@@ -115,7 +126,8 @@ def _run_row(run: Run, source: str) -> Row:
         # No final eval in summary.json (still training, or crashed): the last logged one stands in.
         last = run.evals[-1]
         result = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
-    return Row(name=run.name, eval=result, run=run, source=source,
+    track = run.config.get("track") if isinstance(run.config.get("track"), str) else None
+    return Row(name=run.name, eval=result, run=run, source=source, track=track,
                params=_int_or_none(run.summary.get("params")))
 
 
@@ -135,10 +147,10 @@ def _result_rows(results: dict, source: str) -> list[Row]:
 
 def _load_eval_json(path: Path, source: str) -> list[Row]:
     results = _read_json(path)
-    # Every `evaluate` result has an accuracy (a generator's: its NFE); anything else is some other JSON file, and a
-    # table of "-" rows would hide that.
+    # Every track's evaluation result is one its report module claims; anything else is some other JSON file, and
+    # a table of "-" rows would hide that.
     if not (isinstance(results, dict) and results and
-            all(isinstance(r, dict) and ("accuracy" in r or "nfe" in r) for r in results.values())):
+            all(isinstance(r, dict) and _track_of(r) is not None for r in results.values())):
         raise RetortError(f"{path}: not eval results (expected {EVAL_JSON_SHAPE})")
     return _result_rows(results, source)
 
@@ -219,6 +231,34 @@ def load_inputs(run_dirs) -> tuple[list[Row], list[Run]]:
     return rows, runs
 
 
+def _track_of(result: dict) -> str | None:
+    """The track whose report module claims an eval result, or None."""
+    from ..track import TRACKS, track_report
+
+    for name in TRACKS:
+        module = track_report(name)
+        if module is not None and module.claims(result):
+            return name
+    return None
+
+
+def track_parts(rows, runs) -> list[ReportParts]:
+    """Each track's sections for its rows, tracks in the order their first row came."""
+    from ..track import DEFAULT_TRACK, TRACKS, track_report
+    from .html import generic_table
+
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(row.track or _track_of(row.eval) or DEFAULT_TRACK, []).append(row)
+    parts = []
+    for name, group in groups.items():
+        module = track_report(name) if name in TRACKS else None
+        mine = [run for run in runs if any(r.run is run for r in group)]
+        parts.append(module.sections(group, mine) if module is not None else
+                     ReportParts(comparison=[generic_table(group)]))
+    return parts
+
+
 def write_report(run_dirs, out, title: str = "retort report") -> Path:
     """Write one self-contained HTML report comparing `run_dirs` to `out`; returns its path."""
     from .html import render
@@ -227,6 +267,6 @@ def write_report(run_dirs, out, title: str = "retort report") -> Path:
         raise RetortError("report: no run directories given")
     out = output_file(out, "report -o")  # before reading anything
     rows, runs = load_inputs(run_dirs)
-    page = render(rows, runs, title=title, inputs=[str(d) for d in run_dirs])
+    page = render(rows, runs, title=title, inputs=[str(d) for d in run_dirs], parts=track_parts(rows, runs))
     atomic_write_text(out, page)
     return out

@@ -22,7 +22,7 @@ from ...errors import DataError
 
 
 def _proxies(table: pa.Table, student: str, batch_size: int, same_vocab: bool) -> dict:
-    from ...config import ModelConfig
+    from ..config import ModelConfig
     from ..data.collate import encode_prompt
     from ..models import load_model
     from ..rollout.score import score
@@ -44,7 +44,8 @@ def _proxies(table: pa.Table, student: str, batch_size: int, same_vocab: bool) -
 def select_teacher(src: str, student: str, *, steps: int = 100, probe_n: int = 100, batch_size: int = 16,
                    lr: float = 1e-3, seed: int = 0, console=None) -> dict:
     """The smoke test on every teacher of trace set `src`: gains, proxies, cost, and the ranking."""
-    from ...config import EvalConfig, ModelConfig, TaskConfig, TrainRun, load_config
+    from ...config import load_config
+    from ..config import EvalConfig, ModelConfig, TaskConfig, TrainRun
     from ...train import train
     from ..data.hashes import tokenizer_sha256
     from ..data.traces import TraceWriter, read_manifest, read_traces

@@ -51,7 +51,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
                  overwrite: bool = False, teacher_url: str | None = None, console=None) -> dict:
     import torch
 
-    from ...config import ModelConfig, TaskConfig
+    from ..config import ModelConfig, TaskConfig
     from ..models import load_model
     from ..rollout.generate import generate_ids
     from ..rollout.score import score
@@ -205,7 +205,7 @@ def _api_teacher(src, manifest: dict, teacher_url, purpose: str = "mixed-policy 
     of teacher.api, and where the server was, which `teacher_url` overrides); None for a local
     teacher. Continuing a student prefix needs the served model's tokenizer (its chat template
     renders the prompt the prefix follows)."""
-    from ...config import ApiConfig, TeacherConfig
+    from ..config import ApiConfig, TeacherConfig
     from ..teachers import ApiTeacher
 
     t = dict(manifest["params"]["teacher"])

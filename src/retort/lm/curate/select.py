@@ -196,7 +196,7 @@ def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: f
                 *, rule: str = "das", seed: int = 0):
     import numpy as np
 
-    from ...config import ModelConfig
+    from ..config import ModelConfig
     from ..data.collate import TraceEncoder
     from ..models import load_model, load_tokenizer
     from ..data.hashes import weights_sha256

@@ -175,7 +175,7 @@ class Reviser:
     def __init__(self, src: str, manifest: dict, *, name: str | None = None, teacher_url: str | None = None):
         import torch
 
-        from ...config import ModelConfig
+        from ..config import ModelConfig
         from ..data.hashes import tokenizer_sha256, weights_sha256
         from ..models import load_model
         from .mixed import _api_teacher
@@ -384,7 +384,7 @@ def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = Non
             overwrite: bool = False, teacher_url: str | None = None, console=None) -> dict:
     """DAP (`mode="dap"`, a budget per level) or uniform (`mode="uniform"`, one `budget`) rewrites
     of a trace set's correct traces by its teacher (or `reviser`)."""
-    from ...config import TaskConfig
+    from ..config import TaskConfig
     from ..tasks import get_task
 
     if mode not in ("dap", "uniform"):
@@ -460,7 +460,7 @@ def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, parti
                  seed: int = 0, batch_size: int = 64, shard_rows: int = 512, overwrite: bool = False,
                  teacher_url: str | None = None, console=None) -> dict:
     """Retro-Search revisions of a trace set's correct traces (module docstring)."""
-    from ...config import TaskConfig
+    from ..config import TaskConfig
     from ..tasks import get_task
 
     if not 0 < gamma < 1:
@@ -536,7 +536,7 @@ def truncate_like(src: str, out: str, like: str, *, overwrite: bool = False, con
     """The source's correct traces cut to the token count of the matching rows (prompt, sample) of
     `like` (e.g. Retro-Search's revisions), at a step boundary, the answer step kept: the baseline of
     the same length. Rows `like` lacks are dropped."""
-    from ...config import ModelConfig
+    from ..config import ModelConfig
     from ..models import load_tokenizer
 
     manifest, rows = _source(src, 0)

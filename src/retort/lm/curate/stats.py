@@ -95,7 +95,7 @@ def by_teacher(table: pa.Table) -> dict:
 def row_nll(table: pa.Table, model_name: str, *, batch_size: int = 16) -> list[tuple[float, int]]:
     """(summed negative log-likelihood, tokens) of each row's completion under one reference model,
     the completion tokenised by the reference's own tokenizer, after its prompt."""
-    from ...config import ModelConfig
+    from ..config import ModelConfig
     from ..data.collate import encode_prompt
     from ..models import load_model
     from ..rollout.score import score

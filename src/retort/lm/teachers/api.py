@@ -201,7 +201,7 @@ def server_tokenizer(name: str):
     tokenizer_config.json, no model), or anything a model name can be (`load_tokenizer`)."""
     from pathlib import Path
 
-    from ...config import ModelConfig
+    from ..config import ModelConfig
     from ...errors import ModelError
     from ..models import load_tokenizer
 
@@ -230,7 +230,7 @@ def request_seed(*parts) -> int:
 
 
 class ApiTeacher(Teacher):
-    """The teacher `openai:MODEL` on the server(s) of `cfg.api` (a `retort.config.ApiConfig`)."""
+    """The teacher `openai:MODEL` on the server(s) of `cfg.api` (a `retort.lm.config.ApiConfig`)."""
 
     kind = "OpenAI-compatible server"
     capabilities = frozenset({"generate", "score"})

@@ -152,7 +152,7 @@ def trace_tokenizer(manifest: dict, path, *, purpose: str):
     """The tokenizer whose ids a trace set's `completion_ids` and top-k are in: its teacher's, or for
     an API teacher the checked `teacher.api.tokenizer`. Refused (naming `purpose`) when the set's
     token ids are not ids of any known tokenizer (an API teacher without a checked token map)."""
-    from ...config import ModelConfig
+    from ..config import ModelConfig
     from ..models import load_tokenizer
 
     t = dict(manifest["params"]["teacher"])

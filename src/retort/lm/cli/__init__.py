@@ -1,0 +1,26 @@
+"""The language-model track's commands (`retort traces`, `retort curate`, `retort tasks`) and the
+options it adds to `retort eval`. Imports click only: the commands import the track when run."""
+
+from __future__ import annotations
+
+import click
+
+from .curate import curate
+from .tasks import tasks
+from .traces import traces
+
+COMMANDS = {"traces": traces, "curate": curate, "tasks": tasks}
+
+EVAL_OPTIONS = [
+    click.Option(["--provenance"], metavar="TEACHER,BASE", help="Language models: also trace where each model's "
+                 "answer sentences come from: teacher-originated / student-originated / shared / boosted, against "
+                 "this teacher and this student before distillation (model names; the same vocabulary)."),
+    click.Option(["--provenance-delta"], type=click.FloatRange(min=0), default=1.0, show_default=True,
+                 help="With --provenance: nats of mean log-prob difference that make a category."),
+]
+
+DEMO_METHODS = ("lm (default answers,sft): answers, sft, kd (from scratch); 300 steps on from a shared sft warm "
+                "start: sft_more, gkd, rkl_pg, tsd_kd, opsd (on-policy), redi, dpo, simpo (trace pairs), curio_sft, "
+                "chunk_sft, and DASD's recipes dasd_low (T=0.6 traces), dasd_high (T=1, 1 of 4 at random), "
+                "dasd_sched (low then high), dasd_das (1 of 4 by divergence-aware selection), dasd_mixed "
+                "(+ mixed-policy rows).")

@@ -1,0 +1,71 @@
+"""`retort eval` for language models: each model's pass@1 / pass@k / maj@k / tokens on the task,
+optionally its fidelity to a reference model and the provenance of its answer sentences."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+
+def evaluate_models(run, targets: list, options: dict, console) -> dict:
+    from ..errors import ConfigError
+    from .eval import evaluate, results_table
+    from .models import check_vocab, load_model
+    from .tasks import get_task, require_examples
+
+    fidelity_to, provenance = options.get("fidelity_to"), options.get("provenance")
+    task = get_task(run.task)
+    n = require_examples(task, run.eval.split, run.eval.n, "eval")
+    targets = targets or [(run.model.name, run.model.name)]
+    if task.size(run.eval.split) is not None:
+        more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""
+        console.print(f"eval: {n} prompts from {task.describe_split(run.eval.split)}{more}")
+    rows = []
+    cfg = replace(run.eval, n=n)
+    reference = None
+    if fidelity_to:
+        from .eval import load_reference
+
+        match = [name for label, name in targets if label == fidelity_to] or [fidelity_to]
+        with console.status(f"greedy answers of {fidelity_to}"):
+            reference = load_reference(replace(run.model, name=match[0]), task, cfg, fidelity_to)
+    sources = None
+    if provenance:
+        names = [x.strip() for x in provenance.split(",")]
+        if len(names) != 2 or not all(names):
+            raise ConfigError(f"--provenance {provenance!r}: expected TEACHER,BASE_STUDENT (two model names)")
+        sources = [load_model(replace(run.model, name=x)) for x in names]
+        check_vocab(sources[0][1], sources[1][1])
+    for label, name in targets:
+        model, tok = load_model(replace(run.model, name=name))
+        ref = reference if reference is not None and label != fidelity_to else None
+        with console.status(f"evaluating {label}"):
+            rows.append((label, evaluate(model, tok, task, cfg, reference=ref)))
+        if sources is not None:
+            from .curate.provenance import provenance as trace
+
+            check_vocab(tok, sources[0][1])
+            with console.status(f"provenance of {label}'s sentences"):
+                rows[-1][1]["provenance"] = trace(model.eval(), tok, sources[0][0].eval(), sources[1][0].eval(), task,
+                                                  cfg, delta=options.get("provenance_delta", 1.0))
+    console.print(results_table(rows))
+    if sources is not None:
+        console.print(provenance_table(rows))
+    return {label: r for label, r in rows}
+
+
+def provenance_table(rows):
+    from rich.table import Table
+
+    from .curate.provenance import CATEGORIES
+
+    table = Table(title="sentence provenance (shares of sentences)")
+    for col in ("model", "answers", *[f"{c}" for c in CATEGORIES], *[f"{c} | correct" for c in CATEGORIES[:1]],
+                *[f"{c} | incorrect" for c in CATEGORIES[:1]]):
+        table.add_column(col)
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    for label, r in rows:
+        p = r.get("provenance")
+        if p:
+            table.add_row(label, str(p["answers"]), *[pct(p["overall"][c]) for c in CATEGORIES],
+                          pct(p["correct"]["teacher"]), pct(p["incorrect"]["teacher"]))
+    return table

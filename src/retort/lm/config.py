@@ -1,0 +1,230 @@
+"""The language-model track's configs: the task, models (local, GGUF, hub, an API teacher, LoRA),
+data, evaluation, and the run configs of `retort train`, `retort traces` and `retort eval`, built on
+the core's field conventions (`retort.config.param`, `section`) and its optimisation section."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from ..config import OptimConfig, param, section
+from ..errors import ConfigError
+
+@dataclass
+class TaskConfig:
+    name: str = param("modchain", "built-in task name (see `retort tasks`) or a .jsonl/.parquet file")
+    verifier: str = param("numeric", "answer check for file tasks", choices=["exact", "numeric", "math"])
+    difficulty: Dict[str, Any] = param({}, "difficulty knobs of a built-in task, e.g. {steps_max: 6}")
+    test_fraction: float = param(0.1, "share of a file task's rows held out as the test split (chosen by a hash "
+                                 "of the prompt); 0: no split, train and test are the whole file. `retort eval` "
+                                 "defaults to 0 (a file given for evaluation is evaluated whole)",
+                                 lo=0.0, hi=1.0, hi_open=True)
+
+
+@dataclass
+class ModelConfig:
+    name: str = param(
+        "preset:teacher",
+        "preset:NAME (built-in tiny Llama), builtin:teacher (the cached trained teacher), "
+        "a local HF directory, a .gguf file, or a hub id",
+    )
+    gguf_file: Optional[str] = param(None, "GGUF file name inside `name` (a directory or hub id)")
+    dtype: str = param("float32", "weights dtype when loading", choices=["float32", "bfloat16", "float16", "auto"])
+    trust_remote_code: bool = param(False, "run model code from the checkpoint (off unless you trust it)")
+    chat_template: str = param("auto", "wrap prompts in the tokenizer's chat template: auto = when it has one",
+                               choices=["auto", "off"])
+    keep_layers: int = param(0, "keep only this many evenly spaced decoder layers, initialised from the "
+                                "loaded ones (a layer-pruned student); 0 keeps all", lo=0)
+
+
+@dataclass
+class ApiConfig:
+    """An OpenAI-compatible server as the teacher (`teacher.name=openai:MODEL`)."""
+
+    base_url: str = param("http://127.0.0.1:8000/v1", "the server's /v1 URL; several, separated by commas, "
+                          "share the requests (see balance)")
+    key_env: str = param("OPENAI_API_KEY", "name of the environment variable that holds the API key (read at "
+                         "run time, never written anywhere); unset or empty: no key is sent")
+    endpoint: str = param("chat", "chat: /chat/completions, the server applies the chat template; completions: "
+                          "/completions with the prompt as given", choices=["chat", "completions"])
+    system: Optional[str] = param(None, "a system message before each prompt (chat endpoint)")
+    balance: str = param("least_loaded", "how requests are spread over several base URLs",
+                         choices=["least_loaded", "round_robin"])
+    max_in_flight: int = param(64, "requests open at once (over all URLs)", lo=1)
+    rpm: float = param(0.0, "requests per minute at most (0: no limit)", lo=0.0)
+    tpm: float = param(0.0, "tokens per minute at most (prompt + max_tokens, settled with the server's usage; "
+                       "0: no limit)", lo=0.0)
+    timeout_s: float = param(600.0, "seconds one request may take", lo=0.0, lo_open=True)
+    max_retries: int = param(6, "retries of a request after 429, 5xx, a timeout, a lost connection or a "
+                             "malformed body (exponential backoff, Retry-After honoured)", lo=0)
+    backoff_s: float = param(1.0, "first retry delay; doubles each retry (with jitter), at most 60 s", lo=0.0)
+    on_length: str = param("keep", "a completion cut by max_new_tokens (finish_reason=length): keep it (marked "
+                           "truncated), retry it with another seed (up to max_retries, then drop), or drop it",
+                           choices=["keep", "retry", "drop"])
+    reasoning_template: str = param("<think>\n{reasoning}\n</think>\n\n{answer}", "how a reasoning server's "
+                                    "separate reasoning_content and answer become the completion the student learns "
+                                    "(the answer alone is verified; the reasoning is also kept in its own column)")
+    logprobs: bool = param(True, "ask for the log-prob of each generated token (and sampling.topk alternatives)")
+    tokenizer: Optional[str] = param(None, "the served model's tokenizer (a local directory, .gguf, preset: or hub "
+                                     "id): maps the server's tokens to ids, checked against the server's /tokenize "
+                                     "when it has one. Without it rows keep text and token strings only, and "
+                                     "token-level KD from them is refused")
+    extra_body: Dict[str, Any] = param({}, "extra request fields passed as they are (e.g. {top_k: 20} or "
+                                       "{chat_template_kwargs: {enable_thinking: true}})")
+    price_prompt: float = param(0.0, "price per million prompt tokens, for the cost in the manifest's ledger",
+                                lo=0.0)
+    price_completion: float = param(0.0, "price per million completion tokens", lo=0.0)
+
+
+# what identifies an API teacher's samples (a trace set's params); the rest (URLs, limits, prices) may
+# change between a run and its resume
+API_IDENTITY = ("endpoint", "system", "on_length", "logprobs", "tokenizer", "extra_body", "reasoning_template")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the student (optional extra `peft`); r=0 trains the whole model."""
+
+    r: int = param(0, "LoRA rank; 0 = off (train every weight). >0 trains only the adapters (pip install peft); "
+                   "checkpoints then hold the adapter, RUN_DIR/model the merged model", lo=0)
+    alpha: float = param(16.0, "LoRA alpha: the adapter's update is scaled by alpha / r", lo=0.0, lo_open=True)
+    dropout: float = param(0.0, "dropout on the adapters' input", lo=0.0, hi=1.0, hi_open=True)
+    target_modules: List[str] = param(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "names of the linear layers that get adapters (default: attention and MLP projections of "
+        "Llama/Qwen-like models); not lm_head or embed_tokens")
+
+    def __post_init__(self):
+        if self.r and not self.target_modules:
+            raise ConfigError("target_modules is empty; name at least one linear layer (e.g. q_proj)")
+        bad = sorted({"lm_head", "embed_tokens"} & set(self.target_modules))
+        if bad:
+            raise ConfigError(f"target_modules may not include {', '.join(bad)}: the fused losses read the "
+                              "output layer's weight directly, so an adapter there would be ignored")
+
+
+@dataclass
+class StudentConfig(ModelConfig):
+    """The model being trained: a `ModelConfig` plus optional LoRA adapters."""
+
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters (student.lora.r > 0 turns them on)")
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    """A teacher: a model (`ModelConfig`), or `openai:MODEL` served behind an OpenAI-compatible API."""
+
+    api: ApiConfig = section(ApiConfig, "the server, when teacher.name=openai:MODEL")
+
+
+def teacher_params(cfg) -> dict:
+    """A teacher's config as it identifies samples (a trace manifest's params): the api section only
+    for `openai:` teachers, and then only the keys that change what is sampled (`API_IDENTITY`)."""
+    d = dataclasses.asdict(cfg)
+    api = d.pop("api", None)
+    if str(cfg.name).startswith("openai:") and api is not None:
+        d["api"] = {k: api[k] for k in API_IDENTITY}
+    return d
+
+
+@dataclass
+class DataConfig:
+    source: str = param("solutions", "what the student learns from: the task's worked solutions, "
+                        "bare answers, or teacher traces", choices=["solutions", "answers", "traces"])
+    traces: Optional[str] = param(None, "trace directory when source=traces (made by `retort traces`)")
+    trace_filter: str = param("correct", "which traces to learn from when source=traces",
+                              choices=["correct", "all"])
+    n_train: int = param(50000, "training examples drawn from the task's train split", lo=1)
+    max_len: int = param(256, "longest prompt+completion in tokens; longer examples are dropped", lo=8)
+    skills: float = param(0.0, "with source=solutions: this share of the rows are the task's skill examples "
+                          "(what its built-in teacher learns besides solving, e.g. detours' trace rewrites)",
+                          lo=0.0, hi=0.9)
+
+
+@dataclass
+class EvalConfig:
+    split: str = param("test", "task split to evaluate", choices=["train", "test"])
+    n: int = param(200, "number of prompts", lo=1)
+    k: int = param(1, "samples per prompt for pass@k / maj@k (1: greedy only)", lo=1)
+    temperature: float = param(1.0, "sampling temperature for k > 1", lo=0.0, lo_open=True)
+    top_p: float = param(1.0, "nucleus sampling for k > 1", lo=0.0, hi=1.0, lo_open=True)
+    max_new_tokens: int = param(128, "completion length limit", lo=1)
+    batch_size: int = param(64, "prompts per generation batch", lo=1)
+    seed: int = param(1234, "seed for the test prompts and sampling")
+    fidelity: bool = param(True, "train: also measure agreement with the run's teacher at each evaluation (same "
+                           "answer, top-1 token, KL per token; `retort eval --fidelity-to`): the traces' teacher for "
+                           "data.source=traces, else the method's teacher; a local model only")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass
+class TrainRun:
+    """`retort train`: one student, one method, one run directory."""
+
+    out: str = param("runs/train", "run directory (config, metrics, checkpoints)")
+    seed: int = param(0, "seed for model init, data order and sampling")
+    method: str = param("sft", "training method (see `retort methods`)")
+    method_args: Dict[str, Any] = param({}, "the method's own options (see `retort methods`)")
+    task: TaskConfig = section(TaskConfig, "the task")
+    student: StudentConfig = section(StudentConfig, "the model being trained")
+    teacher: TeacherConfig = section(TeacherConfig, "the teacher, for methods that need one", name="builtin:teacher")
+    data: DataConfig = section(DataConfig, "training data")
+    train: OptimConfig = section(OptimConfig, "optimisation and logging")
+    eval: EvalConfig = section(EvalConfig, "periodic and final evaluation")
+    track: str = param("lm", "the family of students (retort.track): lm = language models", choices=["lm"])
+    threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
+                            "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
+
+    def __post_init__(self):
+        if self.data.source == "traces" and not self.data.traces:
+            raise ConfigError("data.source=traces needs data.traces=DIR (a `retort traces` output)")
+
+
+@dataclass
+class SamplingConfig:
+    n: int = param(4, "completions sampled per prompt", lo=1)
+    temperature: float = param(1.0, "sampling temperature (0: greedy)", lo=0.0)
+    top_p: float = param(1.0, "nucleus sampling", lo=0.0, hi=1.0, lo_open=True)
+    max_new_tokens: int = param(128, "completion length limit", lo=1)
+    stop: List[str] = param([], "stop strings (generation also stops at EOS)")
+    topk: int = param(0, "also store the teacher's top-k log-probs at every position (0: none)", lo=0)
+    seed: int = param(0, "sampling seed (each shard derives its own)")
+
+
+@dataclass
+class TracesRun:
+    """`retort traces`: the teacher samples completions of task prompts; each is verified and stored."""
+
+    out: str = param("runs/traces", "trace directory (Parquet shards + manifest.json)")
+    split: str = param("train", "task split whose prompts are used", choices=["train", "test"])
+    n_prompts: int = param(1000, "number of prompts", lo=1)
+    seed: int = param(0, "seed for choosing the prompts")
+    shard_prompts: int = param(64, "prompts per shard (the unit of crash-safe progress)", lo=1)
+    batch_size: int = param(64, "sequences per generation batch", lo=1)
+    task: TaskConfig = section(TaskConfig, "the task")
+    teacher: TeacherConfig = section(TeacherConfig, "the model sampled (or openai:MODEL, a server)",
+                                     name="builtin:teacher")
+    teachers: List[str] = param([], "several local teachers sampled into one set (model names; the other teacher.* "
+                                "settings apply to each): every teacher samples every prompt, sampling.n times; "
+                                "rows record which one (columns teacher, teacher_sha256). Empty: teacher.name alone")
+    sampling: SamplingConfig = section(SamplingConfig, "how completions are sampled")
+    threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
+                            "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
+
+
+@dataclass
+class EvalRun:
+    """`retort eval`: one or more models on one task."""
+
+    out: Optional[str] = param(None, "write results JSON here (default: print only)")
+    task: TaskConfig = section(TaskConfig, "the task (a file is evaluated whole unless task.test_fraction > 0)",
+                               test_fraction=0.0)
+    model: ModelConfig = section(ModelConfig, "the model evaluated", name="builtin:teacher")
+    eval: EvalConfig = section(EvalConfig, "what and how to evaluate")
+    threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
+                            "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
+
+
