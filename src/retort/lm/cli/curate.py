@@ -1,4 +1,10 @@
-"""`retort curate`: statistics of a trace set; filters, selections, rewrites and revisions into a new one."""
+"""`retort curate`: statistics of a trace set; filters, selections, rewrites and revisions into a new one.
+
+This module owns the command line of curation: the options in their five help groups, the rules that
+refuse a conflicting combination of them (`RULES`, checked before any trace is read), and the dispatch
+to `retort.lm.curate` (statistics, `filter_traces`, `ded.select_teacher`, `mixed.mixed_policy`, and
+`shorten.rewrite` / `retro_search` / `truncate_like`) with the lines it prints. The curation itself
+lives in `retort.lm.curate`; the grouped help and the rule checker in `grouped.py`."""
 
 from __future__ import annotations
 
@@ -9,102 +15,127 @@ import click
 
 from ...errors import RetortError
 from ...options import CONTEXT, console as _console
+from .grouped import GroupedCommand, excludes, needs, one_at_most, one_of, option
 
-@click.command(context_settings=CONTEXT)
+STATS, FILTERS, SELECTION, NEW, OUTPUT = GROUPS = ("Statistics", "Filters", "Selection", "New traces", "Output")
+
+# Each makes a new trace set (in this order in messages); "filters" in the rules: what drops or selects rows.
+MAKERS = ("--mixed-policy", "--rewrite", "--retro-search", "--truncate-like")
+FILTER_OPTIONS = ("--correct", "--max-tokens", "--first-k-correct", "--pairs", "--das", "--drop-templates",
+                  "--diverse", "--max-ppl", "--teacher")
+
+# Conflicts, refused in this order before any work: the first broken rule is the error (exit status 2).
+RULES = (
+    one_of(("--stats", "--select-teacher", "--out"),
+           "curate: pass --stats, --select-teacher STUDENT, or --out DIR with filters"),
+    needs("--ref-model", ("--stats", "--max-ppl"), "curate: --ref-model goes with --stats or --max-ppl"),
+    needs("--max-ppl", "--ref-model",
+          "curate --max-ppl: name the reference model the perplexity is measured under (--ref-model)"),
+    needs("--max-ppl", "--out", "curate --max-ppl is a filter: it needs --out DIR"),
+    one_at_most(MAKERS, "curate: {opts} each make a new trace set; one per curate step"),
+    needs(MAKERS, "--out", "curate: {opt} needs --out DIR"),
+    excludes(MAKERS[1:], FILTER_OPTIONS,
+             "curate: {opt} makes new traces (from the correct ones); run the filters in a separate curate step"),
+    needs("--budget", "--rewrite=uniform", "curate: --budget goes with --rewrite uniform"),
+    excludes("--mixed-policy", FILTER_OPTIONS,
+             "curate: --mixed-policy makes new traces; run the filters in a separate curate step"),
+)
+
+
+@click.command(cls=GroupedCommand, groups=GROUPS, rules=RULES, context_settings=CONTEXT)
 @click.argument("traces_dir", type=click.Path())
-@click.option("--stats", "show_stats", is_flag=True, help="Print statistics of the trace set (per teacher when "
-              "several sampled it).")
-@click.option("--ref-model", metavar="MODEL", help="With --stats: also the perplexity of each teacher's traces "
-              "under this reference model (AM's source comparison); with --max-ppl: the model it is measured under.")
-@click.option("--max-ppl", metavar="PPL|TEACHER=PPL,...", help="AM's perplexity filter: drop traces whose "
-              "perplexity under --ref-model exceeds their teacher's limit (one number for all, or per teacher; "
-              "'*=N' for the rest).")
-@click.option("--out", type=click.Path(), help="Write the filtered trace set here.")
-@click.option("--teacher", "only_teacher", metavar="NAME", help="Keep only the rows this teacher sampled (a set "
-              "several teachers sampled: `retort traces teachers=[...]`).")
-@click.option("--correct", is_flag=True, help="Keep only verified-correct traces (rejection sampling).")
-@click.option("--max-tokens", type=click.IntRange(min=1), help="Drop completions longer than this.")
-@click.option("--first-k-correct", type=click.IntRange(min=1), help="Keep the first K correct samples per prompt.")
-@click.option("--pairs", type=click.IntRange(min=0), help="Keep only traces in positive/negative pairs, at most "
-              "K per prompt (0: all): the i-th correct sample of a prompt with its i-th incorrect one.")
-@click.option("--das", "das_student", metavar="MODEL", help="DASD divergence-aware selection: keep the traces "
-              "whose sentences the teacher finds far likelier than this student does (a model name or directory).")
-@click.option("--das-keep", type=click.IntRange(min=1), default=1, show_default=True,
-              help="With --das: traces kept per prompt (the best-scoring ones).")
-@click.option("--das-delta", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="With --das: nats of mean log-prob difference that make a Teacher / Student Sentence.")
-@click.option("--das-rule", type=click.Choice(["das", "likeliest", "random"]), default="das", show_default=True,
-              help="With --das: keep per prompt the traces with the best DAS score (teacher-guided), the highest "
-              "mean log-prob under the student, or at random (--seed): the three selections of §14.4.")
-@click.option("--mixed-policy", "mixed_student", metavar="MODEL", help="DASD mixed-policy data: this student's "
-              "answers, cut at a random point, continued by the traces' teacher (verified), for unmasked sft.")
-@click.option("--mixed-from", type=click.Choice(["truncated", "failed", "all"]), default="failed",
-              show_default=True, help="With --mixed-policy: which student answers are cut and continued.")
-@click.option("--cut-lo", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
-              help="With --mixed-policy: the cut is drawn from (cut-lo x length, length).")
-@click.option("--length-factor", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
-              help="With --mixed-policy: student answers are capped at this x the teacher trace's length.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=None,
-              help="With --mixed-policy: sampling temperature of student and teacher (default: the traces'); "
-              "with --rewrite (default 0, greedy) and --retro-search (default 0.6): the reviser's.")
-@click.option("--max-prompts", type=click.IntRange(min=0), default=0, show_default=True,
-              help="With --mixed-policy, --rewrite, --retro-search: use at most this many prompts (0: all).")
-@click.option("--with-source", is_flag=True, help="With --mixed-policy: also keep the source's correct traces.")
-@click.option("--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search on traces of an "
-              "API teacher (openai:MODEL): the server's /v1 URL, when it is no longer where the traces were made.")
-@click.option("--seed", type=int, default=0, show_default=True, help="With --mixed-policy, --rewrite, "
-              "--retro-search: sampling seed; with --das-rule random: the draw.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy, --rewrite, "
-              "--retro-search).")
-@click.option("--select-teacher", "select_student", metavar="STUDENT", help="DED's smoke test on a set several "
-              "teachers sampled: this student trained briefly on each teacher's correct traces; gains, cheap proxies, "
-              "cost and the ranking (JSON on stdout).")
-@click.option("--smoke-steps", type=click.IntRange(min=1), default=100, show_default=True,
-              help="With --select-teacher: sft steps per teacher.")
-@click.option("--probe-n", type=click.IntRange(min=1), default=100, show_default=True,
-              help="With --select-teacher: test prompts the gain is measured on.")
-@click.option("--drop-templates", is_flag=True, help="AM's template removal: drop traces holding a word n-gram "
-              "that more than --template-max traces hold (boilerplate).")
-@click.option("--template-ngram", type=click.IntRange(min=2), default=20, show_default=True,
-              help="With --drop-templates: n-gram length in words.")
-@click.option("--template-max", type=click.IntRange(min=1), default=20, show_default=True,
-              help="With --drop-templates: an n-gram in more traces than this is a template.")
-@click.option("--diverse", type=click.IntRange(min=1), help="DED's diverse trajectories: per prompt, the K correct "
-              "traces that differ most (greedy max-min of 1 - ROUGE-L over words).")
-@click.option("--rewrite", type=click.Choice(["dap", "uniform"]), help="LiteCoT's DAP: the teacher judges each "
-              "correct trace's difficulty and rewrites it within that level's budget (--budgets); `uniform`: one "
-              "budget for all (--budget). Rewrites that change the answer or fail the check are dropped.")
-@click.option("--budgets", default="easy=300,medium=700,hard=1500", show_default=True,
-              help="With --rewrite dap: tokens per difficulty level.")
-@click.option("--budget", type=click.IntRange(min=1), help="With --rewrite uniform: tokens for every problem.")
-@click.option("--rewrite-template", type=click.Path(dir_okay=False), help="With --rewrite: a text file holding "
-              "the prompt, with {question} {trace} and {easy} {medium} {hard} (dap) or {budget} (uniform) "
-              "(default: the spec's, or the one a built-in teacher was trained on).")
-@click.option("--retro-search", is_flag=True, help="Retro-Search: at each thought switch of a correct trace the "
-              "reviser continues without switching; the continuation replaces the rest when it reaches the right "
-              "answer in fewer steps.")
-@click.option("--gamma", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9, show_default=True,
-              help="With --retro-search: value gamma^steps of a way to the right answer.")
-@click.option("--transitions", metavar="WORDS", help="With --retro-search: comma-separated words that open a "
-              "new thought (default: the task's, else Wait, But wait, Alternatively, Hmm, ...).")
-@click.option("--retro-partial", is_flag=True, help="With --retro-search: stop at a trace's first revision "
-              "(Retro-Search-Partial).")
-@click.option("--retro-tries", type=click.IntRange(min=1), default=2, show_default=True,
-              help="With --retro-search: continuations drawn per switch (the first that finishes without a "
-              "keyword in its first step is taken).")
-@click.option("--reviser", metavar="MODEL", help="With --rewrite / --retro-search: the model that rewrites or "
-              "continues (default: the traces' teacher; another local model needs the same tokenizer).")
-@click.option("--truncate-like", metavar="DIR", type=click.Path(), help="The correct traces cut (at a step "
-              "boundary, the answer kept) to the length of the matching rows of DIR: the baseline of equal length.")
-@click.option("--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
-              "holding a retort trace set and nothing else; never the input).")
-def curate(traces_dir, show_stats, ref_model, max_ppl, out, only_teacher, correct, max_tokens, first_k_correct, pairs,
-           das_student, das_keep, das_delta, das_rule, mixed_student, mixed_from, cut_lo, length_factor, temperature,
-           max_prompts, with_source,
-           teacher_url, select_student, smoke_steps, probe_n, drop_templates, template_ngram, template_max, diverse,
-           seed, batch_size, rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions,
-           retro_partial, retro_tries, reviser, truncate_like, overwrite):
+@option(STATS, "--stats", "show_stats", is_flag=True, help="Print statistics of the trace set (per teacher when "
+        "several sampled it).")
+@option(STATS, "--ref-model", metavar="MODEL", help="With --stats: also the perplexity of each teacher's traces "
+        "under this reference model (AM's source comparison); with --max-ppl: the model it is measured under.")
+@option(FILTERS, "--correct", is_flag=True, help="Keep only verified-correct traces (rejection sampling).")
+@option(FILTERS, "--max-tokens", type=click.IntRange(min=1), help="Drop completions longer than this.")
+@option(FILTERS, "--first-k-correct", type=click.IntRange(min=1), help="Keep the first K correct samples per prompt.")
+@option(FILTERS, "--teacher", "only_teacher", metavar="NAME", help="Keep only the rows this teacher sampled (a set "
+        "several teachers sampled: `retort traces teachers=[...]`).")
+@option(FILTERS, "--max-ppl", metavar="PPL|TEACHER=PPL,...", help="AM's perplexity filter: drop traces whose "
+        "perplexity under --ref-model exceeds their teacher's limit (one number for all, or per teacher; "
+        "'*=N' for the rest).")
+@option(FILTERS, "--drop-templates", is_flag=True, help="AM's template removal: drop traces holding a word n-gram "
+        "that more than --template-max traces hold (boilerplate).")
+@option(FILTERS, "--template-ngram", type=click.IntRange(min=2), default=20, show_default=True,
+        help="With --drop-templates: n-gram length in words.")
+@option(FILTERS, "--template-max", type=click.IntRange(min=1), default=20, show_default=True,
+        help="With --drop-templates: an n-gram in more traces than this is a template.")
+@option(FILTERS, "--diverse", type=click.IntRange(min=1), help="DED's diverse trajectories: per prompt, the K correct "
+        "traces that differ most (greedy max-min of 1 - ROUGE-L over words).")
+@option(FILTERS, "--pairs", type=click.IntRange(min=0), help="Keep only traces in positive/negative pairs, at most "
+        "K per prompt (0: all): the i-th correct sample of a prompt with its i-th incorrect one.")
+@option(SELECTION, "--das", "das_student", metavar="MODEL", help="DASD divergence-aware selection: keep the traces "
+        "whose sentences the teacher finds far likelier than this student does (a model name or directory).")
+@option(SELECTION, "--das-keep", type=click.IntRange(min=1), default=1, show_default=True,
+        help="With --das: traces kept per prompt (the best-scoring ones).")
+@option(SELECTION, "--das-delta", type=click.FloatRange(min=0), default=1.0, show_default=True,
+        help="With --das: nats of mean log-prob difference that make a Teacher / Student Sentence.")
+@option(SELECTION, "--das-rule", type=click.Choice(["das", "likeliest", "random"]), default="das", show_default=True,
+        help="With --das: keep per prompt the traces with the best DAS score (teacher-guided), the highest "
+        "mean log-prob under the student, or at random (--seed): the three selections of §14.4.")
+@option(SELECTION, "--select-teacher", "select_student", metavar="STUDENT", help="DED's smoke test on a set several "
+        "teachers sampled: this student trained briefly on each teacher's correct traces; gains, cheap proxies, "
+        "cost and the ranking (JSON on stdout).")
+@option(SELECTION, "--smoke-steps", type=click.IntRange(min=1), default=100, show_default=True,
+        help="With --select-teacher: sft steps per teacher.")
+@option(SELECTION, "--probe-n", type=click.IntRange(min=1), default=100, show_default=True,
+        help="With --select-teacher: test prompts the gain is measured on.")
+@option(NEW, "--mixed-policy", "mixed_student", metavar="MODEL", help="DASD mixed-policy data: this student's "
+        "answers, cut at a random point, continued by the traces' teacher (verified), for unmasked sft.")
+@option(NEW, "--mixed-from", type=click.Choice(["truncated", "failed", "all"]), default="failed",
+        show_default=True, help="With --mixed-policy: which student answers are cut and continued.")
+@option(NEW, "--cut-lo", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True,
+        help="With --mixed-policy: the cut is drawn from (cut-lo x length, length).")
+@option(NEW, "--length-factor", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
+        help="With --mixed-policy: student answers are capped at this x the teacher trace's length.")
+@option(NEW, "--with-source", is_flag=True, help="With --mixed-policy: also keep the source's correct traces.")
+@option(NEW, "--rewrite", type=click.Choice(["dap", "uniform"]), help="LiteCoT's DAP: the teacher judges each "
+        "correct trace's difficulty and rewrites it within that level's budget (--budgets); `uniform`: one "
+        "budget for all (--budget). Rewrites that change the answer or fail the check are dropped.")
+@option(NEW, "--budgets", default="easy=300,medium=700,hard=1500", show_default=True,
+        help="With --rewrite dap: tokens per difficulty level.")
+@option(NEW, "--budget", type=click.IntRange(min=1), help="With --rewrite uniform: tokens for every problem.")
+@option(NEW, "--rewrite-template", type=click.Path(dir_okay=False), help="With --rewrite: a text file holding "
+        "the prompt, with {question} {trace} and {easy} {medium} {hard} (dap) or {budget} (uniform) "
+        "(default: the spec's, or the one a built-in teacher was trained on).")
+@option(NEW, "--retro-search", is_flag=True, help="Retro-Search: at each thought switch of a correct trace the "
+        "reviser continues without switching; the continuation replaces the rest when it reaches the right "
+        "answer in fewer steps.")
+@option(NEW, "--gamma", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9, show_default=True,
+        help="With --retro-search: value gamma^steps of a way to the right answer.")
+@option(NEW, "--transitions", metavar="WORDS", help="With --retro-search: comma-separated words that open a "
+        "new thought (default: the task's, else Wait, But wait, Alternatively, Hmm, ...).")
+@option(NEW, "--retro-partial", is_flag=True, help="With --retro-search: stop at a trace's first revision "
+        "(Retro-Search-Partial).")
+@option(NEW, "--retro-tries", type=click.IntRange(min=1), default=2, show_default=True,
+        help="With --retro-search: continuations drawn per switch (the first that finishes without a "
+        "keyword in its first step is taken).")
+@option(NEW, "--truncate-like", metavar="DIR", type=click.Path(), help="The correct traces cut (at a step "
+        "boundary, the answer kept) to the length of the matching rows of DIR: the baseline of equal length.")
+@option(NEW, "--reviser", metavar="MODEL", help="With --rewrite / --retro-search: the model that rewrites or "
+        "continues (default: the traces' teacher; another local model needs the same tokenizer).")
+@option(NEW, "--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search on traces of an "
+        "API teacher (openai:MODEL): the server's /v1 URL, when it is no longer where the traces were made.")
+@option(NEW, "--temperature", type=click.FloatRange(min=0), default=None,
+        help="With --mixed-policy: sampling temperature of student and teacher (default: the traces'); "
+        "with --rewrite (default 0, greedy) and --retro-search (default 0.6): the reviser's.")
+@option(NEW, "--max-prompts", type=click.IntRange(min=0), default=0, show_default=True,
+        help="With --mixed-policy, --rewrite, --retro-search: use at most this many prompts (0: all).")
+@option(OUTPUT, "--out", type=click.Path(), help="Write the filtered trace set here.")
+@option(OUTPUT, "--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
+        "holding a retort trace set and nothing else; never the input).")
+@option(OUTPUT, "--seed", type=int, default=0, show_default=True, help="With --mixed-policy, --rewrite, "
+        "--retro-search: sampling seed; with --das-rule random: the draw.")
+@option(OUTPUT, "--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+        help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy, --rewrite, "
+        "--retro-search).")
+def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_correct, only_teacher, max_ppl,
+           drop_templates, template_ngram, template_max, diverse, pairs, das_student, das_keep, das_delta, das_rule,
+           select_student, smoke_steps, probe_n, mixed_student, mixed_from, cut_lo, length_factor, with_source,
+           rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions, retro_partial, retro_tries,
+           truncate_like, reviser, teacher_url, temperature, max_prompts, out, overwrite, seed, batch_size):
     """Statistics of a trace set; filters, selections, rewrites and revisions into a new one.
 
     \b
@@ -118,32 +149,12 @@ def curate(traces_dir, show_stats, ref_model, max_ppl, out, only_teacher, correc
     retort curate runs/traces --out runs/dap --rewrite dap --budgets easy=300,medium=700,hard=1500
     retort curate runs/traces --out runs/retro --retro-search --gamma 0.9
     retort curate runs/traces --out runs/cut --truncate-like runs/retro
+    Conflicting options are refused before any trace is read.
     """
     from ..curate import filter_traces, trace_stats
     from ..curate.select import parse_max_ppl
     from ..data.traces import read_traces
 
-    if not show_stats and not out and not select_student:
-        raise RetortError("curate: pass --stats, --select-teacher STUDENT, or --out DIR with filters")
-    if ref_model and not (show_stats or max_ppl):
-        raise RetortError("curate: --ref-model goes with --stats or --max-ppl")
-    if max_ppl and not ref_model:
-        raise RetortError("curate --max-ppl: name the reference model the perplexity is measured under (--ref-model)")
-    if max_ppl and not out:
-        raise RetortError("curate --max-ppl is a filter: it needs --out DIR")
-    makers = [name for name, on in (("--mixed-policy", mixed_student), ("--rewrite", rewrite),
-                                    ("--retro-search", retro_search), ("--truncate-like", truncate_like)) if on]
-    if len(makers) > 1:
-        raise RetortError(f"curate: {' and '.join(makers)} each make a new trace set; one per curate step")
-    if makers and not out:
-        raise RetortError(f"curate: {makers[0]} needs --out DIR")
-    filters = (correct or max_tokens or first_k_correct or pairs is not None or das_student or drop_templates or diverse
-               or max_ppl or only_teacher)
-    if makers and makers[0] != "--mixed-policy" and filters:
-        raise RetortError(f"curate: {makers[0]} makes new traces (from the correct ones); run the filters in a "
-                          "separate curate step")
-    if budget and rewrite != "uniform":
-        raise RetortError("curate: --budget goes with --rewrite uniform")
     if select_student:
         from ..curate.ded import select_teacher
 
@@ -199,8 +210,6 @@ def curate(traces_dir, show_stats, ref_model, max_ppl, out, only_teacher, correc
     if out and mixed_student:
         from ..curate.mixed import mixed_policy
 
-        if filters:
-            raise RetortError("curate: --mixed-policy makes new traces; run the filters in a separate curate step")
         stats = mixed_policy(traces_dir, out, mixed_student, source=mixed_from, length_factor=length_factor,
                              cut_lo=cut_lo, temperature=temperature, max_prompts=max_prompts,
                              with_source=with_source, batch_size=batch_size, seed=seed, overwrite=overwrite,
