@@ -31,7 +31,8 @@ from ..errors import ApiError, DataError
 from .data import topk as topk_codec
 from .data.hashes import tokenizer_sha256
 from .data.traces import Journal, TraceWriter, read_traces
-from .teachers.api import ApiTeacher, Job, check_key_env, request_seed
+from .teachers.api import ApiTeacher, check_key_env
+from .teachers.replies import Job, request_seed
 from .teachers.http import Failed, summary
 
 
