@@ -8,7 +8,7 @@ from conftest import tiny_overrides
 from retort.lm.teachers import LocalTeacher
 from retort.config import ModelConfig, TrainRun, load_config
 from retort.errors import ConfigError
-from retort.lm.methods.kd import last_hidden
+from retort.lm.methods.hidden import last_hidden
 from retort.lm.models import load_model, save_model
 from retort.train import train
 
