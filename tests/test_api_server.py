@@ -186,7 +186,7 @@ def test_a_batch_file_round_trip_gives_the_same_traces_as_live_requests(tmp_path
 def test_mixed_policy_continues_student_prefixes_through_the_server(tmp_path, served):
     """`curate --mixed-policy` on an API trace set: the server continues the rendered prompt plus
     the student's prefix as text (completions endpoint), as the model here continues the same ids."""
-    from retort.lm.curate.mixed import _render
+    from retort.lm.data.collate import render_prompt as _render
     from retort.lm.teachers import ApiTeacher
 
     out = tmp_path / "api"
@@ -204,7 +204,7 @@ def test_mixed_policy_continues_student_prefixes_through_the_server(tmp_path, se
     assert [g[0].text for g in got] == [h[0].text for h in here]
     # the command builds this teacher from the trace set's manifest: where the server was, the
     # identity keys of teacher.api; a set sampled without the tokenizer is refused
-    from retort.lm.curate.mixed import _api_teacher
+    from retort.lm.curate.server import api_teacher as _api_teacher
 
     rebuilt = _api_teacher(out, read_manifest(out), None)
     assert rebuilt.urls == [served["url"]] and rebuilt.model_id == teacher.model_id

@@ -9,7 +9,7 @@ from retort.lm.teachers import LocalTeacher
 from retort.config import load_config
 from retort.lm.config import ModelConfig, TrainRun
 from retort.errors import ConfigError
-from retort.lm.methods.kd import last_hidden
+from retort.lm.methods.hidden import last_hidden
 from retort.lm.models import load_model, save_model
 from retort.train import train
 

@@ -6,6 +6,8 @@ Nothing received is lost or paid for twice: each answer is appended to its shard
 answers are all in becomes a Parquet shard like any other (recorded in the manifest with its token
 usage), then its journal goes. Killed at any moment (kill -9) and rerun with the same arguments,
 the run requests exactly the answers it has not received; rerun when finished, it sends nothing.
+One run is an `ApiTraces`: the set's state as attributes, one method per step. The requests can
+also go out, and the answers come back, as OpenAI batch files (`retort.lm.traces_batch`).
 
 What the server answers, each kept in the row: the text (and a reasoning server's
 `reasoning_content` apart), the finish reason under the `on_length` policy, the token strings with
@@ -18,8 +20,6 @@ errors by kind.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 from dataclasses import asdict
 from math import ceil
@@ -31,8 +31,10 @@ from ..errors import ApiError, DataError
 from .data import topk as topk_codec
 from .data.hashes import tokenizer_sha256
 from .data.traces import Journal, TraceWriter, read_traces
-from .teachers.api import ApiTeacher, Job, check_key_env, request_seed
+from .teachers.api import ApiTeacher, check_key_env
+from .teachers.replies import Job, request_seed
 from .teachers.http import Failed, summary
+from .traces_batch import load_batch, read_batch, write_batch
 
 
 def journal_name(index: int) -> str:
@@ -63,78 +65,87 @@ def _cost(ledger: dict, api) -> dict:
 
 
 def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_in=None) -> Path:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    """`retort traces` of `examples` from the server `run.teacher` names (module docstring): into
+    `run.out`, or with `batch_out` the requests written to a batch file, or with `batch_in` a batch
+    file's results read in. Returns the trace directory (the batch file with `batch_out`)."""
+    return ApiTraces(run, task, examples, console).sample(batch_out=batch_out, batch_in=batch_in)
 
-    check_key_env(run.teacher)
-    teacher = ApiTeacher(run.teacher)
-    sp, api = run.sampling, run.teacher.api
-    s, n = run.shard_prompts, sp.n
-    n_shards = ceil(len(examples) / s)
-    params = {"task": asdict(run.task), "teacher": teacher_params(run.teacher), "teacher_weights_sha256": None,
-              "sampling": asdict(sp), "split": run.split, "n_prompts": len(examples), "seed": run.seed,
-              "shard_prompts": s}
-    tok = teacher.tokenizer
-    meta = {"retort_version": __version__, "task": task.name, "teacher": run.teacher.name,
-            "tokenizer_sha256": None, "vocab_size": len(tok) if tok is not None else None,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    # a batch's results are read and checked before anything is written
-    batch_records = _load_batch(batch_in, teacher, sp) if batch_in is not None else None
-    if batch_out is not None:
-        from ..paths import output_file
 
-        output_file(batch_out, "--batch-out")  # a directory, or a path under a file: refused now
-    # shards are assembled from their journals, so an unrecorded shard file is always redone ({} sizes)
-    writer = TraceWriter(run.out, params, meta, {})
-    out = writer.dir
-    done = writer.done()
-    for index in done:  # killed after a shard was recorded but before its journal went
-        (out / journal_name(index)).unlink(missing_ok=True)
-    todo = [i for i in range(n_shards) if i not in done]
-    greedy = sp.temperature == 0  # one request per prompt, its answer stored n times
+class ApiTraces:
+    """One `retort traces` run against a server. What it knows of the set it writes: per unfinished
+    shard, the journal's last record of every request (`have`), the requests resolved (`resolved`:
+    answered, dropped or refused for good), the answers paid for (`spent`), and the open journals;
+    the answers received and the requests failed in this run."""
 
-    # what each unfinished shard's journal already holds: key -> its last record
-    have: dict[int, dict[str, dict]] = {}
-    spent: dict[int, _Ledger] = {}  # every answer received, retried ones included (what was paid for)
-    for index in todo:
-        have[index], spent[index] = {}, _Ledger()
-        for r in Journal.read(out / journal_name(index)):
-            have[index][r["k"]] = r
-            spent[index].add(r["u"], r["s"] != "fail")
-    resolved = {i: {k for k, r in have[i].items() if r["s"] in ("ok", "drop", "fail")} for i in todo}
+    def __init__(self, run, task, examples, console=None):
+        check_key_env(run.teacher)
+        self.run, self.task, self.examples, self.console = run, task, examples, console
+        self.teacher = ApiTeacher(run.teacher)
+        self.sp, self.api = run.sampling, run.teacher.api
+        self.shard_prompts, self.n = run.shard_prompts, self.sp.n
+        self.n_shards = ceil(len(examples) / self.shard_prompts)
+        self.params = {"task": asdict(run.task), "teacher": teacher_params(run.teacher),
+                       "teacher_weights_sha256": None, "sampling": asdict(self.sp), "split": run.split,
+                       "n_prompts": len(examples), "seed": run.seed, "shard_prompts": self.shard_prompts}
+        self.tok = self.teacher.tokenizer
+        self.meta = {"retort_version": __version__, "task": task.name, "teacher": run.teacher.name,
+                     "tokenizer_sha256": None, "vocab_size": len(self.tok) if self.tok is not None else None,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.greedy = self.sp.temperature == 0  # one request per prompt, its answer stored n times
+        self.journals: dict[int, Journal] = {}
+        self.received = self.tokens = 0
+        self.failed: list = []
+        self.pool = None
+        self.advance = lambda k: None  # the progress bar's, while one is shown
 
-    def keys(index):
-        for e_i in range(index * s, min(len(examples), (index + 1) * s)):
-            for j in range(1 if greedy else n):
+    # -- the set on disk
+
+    def open(self) -> None:
+        """The trace writer (resumed when the set exists), and what the journals of its unfinished
+        shards already hold."""
+        # shards are assembled from their journals, so an unrecorded shard file is always redone ({} sizes)
+        self.writer = TraceWriter(self.run.out, self.params, self.meta, {})
+        self.out = out = self.writer.dir
+        self.done = self.writer.done()
+        for index in self.done:  # killed after a shard was recorded but before its journal went
+            (out / journal_name(index)).unlink(missing_ok=True)
+        self.todo = [i for i in range(self.n_shards) if i not in self.done]
+        # what each unfinished shard's journal already holds: key -> its last record
+        self.have: dict[int, dict[str, dict]] = {}
+        self.spent: dict[int, _Ledger] = {}  # every answer received, retried ones included (what was paid for)
+        for index in self.todo:
+            self.have[index], self.spent[index] = {}, _Ledger()
+            for r in Journal.read(out / journal_name(index)):
+                self.have[index][r["k"]] = r
+                self.spent[index].add(r["u"], r["s"] != "fail")
+        self.resolved = {i: {k for k, r in self.have[i].items() if r["s"] in ("ok", "drop", "fail")} for i in self.todo}
+        self.jobs_left = {i: [k for k in self.keys(i) if k not in self.resolved[i]] for i in self.todo}
+        self.size = {i: len(list(self.keys(i))) for i in self.todo}  # answers each unfinished shard waits for
+        self.total = sum(len(list(self.keys(i))) for i in range(self.n_shards))
+        self.left = sum(len(v) for v in self.jobs_left.values())
+        self.shard_of = {k: i for i in self.todo for k in self.keys(i)}
+        self.t0 = time.time()
+
+    def keys(self, index: int):
+        """The request keys ("prompt/sample") of shard `index`."""
+        s = self.shard_prompts
+        for e_i in range(index * s, min(len(self.examples), (index + 1) * s)):
+            for j in range(1 if self.greedy else self.n):
                 yield f"{e_i}/{j}"
 
-    jobs_left = {i: [k for k in keys(i) if k not in resolved[i]] for i in todo}
-    size = {i: len(list(keys(i))) for i in todo}  # answers each unfinished shard waits for
-    total = sum(len(list(keys(i))) for i in range(n_shards))
-    left = sum(len(v) for v in jobs_left.values())
+    def jobs_todo(self):
+        """The requests not yet resolved, each at its next attempt."""
+        have, sp = self.have, self.sp
+        return (Job(k, self.examples[int(k.split("/")[0])].prompt,
+                    request_seed(sp.seed, k, have[i].get(k, {}).get("a", -1) + 1), have[i].get(k, {}).get("a", -1) + 1)
+                for i in self.todo for k in self.jobs_left[i])
 
-    async def main():
-        async with teacher.pool(seed=run.seed) as pool:
-            check = await teacher.check_tokenizer(pool)
-            tmap = {"tokenizer": api.tokenizer, "check": check, "ids": teacher.tokens is not None}
-            recorded = writer.manifest.get("token_map")
-            if recorded is not None and recorded.get("ids") != tmap["ids"] and (done or any(have.values())):
-                raise DataError(f"{out}: its answers so far were stored {'with' if recorded['ids'] else 'without'} "
-                                f"token ids, but now the token map is {check!r}; the server's model changed? Use "
-                                "another output directory")
-            # where the server was (not part of the set's identity: it may move): what `curate
-            # --mixed-policy` asks when it continues student prefixes with this teacher
-            writer.update(token_map=tmap, tokenizer_sha256=tokenizer_sha256(tok) if tmap["ids"] else None,
-                          api_server={"base_url": api.base_url, "key_env": api.key_env})
-            if console is not None and (tok is None or not tmap["ids"]):
-                console.print(f"traces: token ids not mapped ({check}); rows keep text and the server's token "
-                              "strings; token-level KD from this set will be refused")
-            await _sample(pool)
+    # -- each answer
 
-    journals: dict[int, Journal] = {}
-    state = {"tokens": 0, "received": 0, "failed": [], "t0": time.time()}
-
-    def row_of(job_key, reply, attempt):
-        e = examples[int(job_key.split("/")[0])]
+    def row_of(self, job_key: str, reply) -> dict:
+        """The trace row of an answer."""
+        api, tok, teacher, task, sp = self.api, self.tok, self.teacher, self.task, self.sp
+        e = self.examples[int(job_key.split("/")[0])]
         answer_text = reply.text
         if reply.reasoning is not None:  # what the student learns: the reasoning, then the answer
             reply.text = api.reasoning_template.format(reasoning=reply.reasoning, answer=answer_text)
@@ -143,7 +154,7 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
                "answer": task.extract_answer(answer_text), "reference": e.answer,
                "correct": task.verify(answer_text, e.answer), "finish_reason": reply.finish_reason,
                "difficulty": e.difficulty, "api_tokens": reply.tokens_json(), "topk": None,
-               "teacher": run.teacher.name}
+               "teacher": self.run.teacher.name}
         if ids is not None:
             eos = tok.eos_token_id
             trimmed = ids[:-1] if ids and ids[-1] == eos else ids
@@ -167,259 +178,228 @@ def run_api_traces(run, task, examples, console=None, *, batch_out=None, batch_i
             row["n_tokens"] = reply.completion_tokens or (len(reply.tokens) if reply.tokens else 0)
         return row
 
-    shard_of = {k: i for i in todo for k in keys(i)}
-    progress_cb = {}
-
-    def on_reply(job: Job, res):
-        index = shard_of[job.key]
+    def on_reply(self, job: Job, res):
+        """Journal an answer (or a final refusal) the moment it arrives; a retry under the
+        `on_length` policy is returned as the next Job; a shard whose answers are all in is written."""
+        api = self.api
+        index = self.shard_of[job.key]
         if isinstance(res, Failed):
             if res.final:  # the server refuses this request as it is (e.g. too long): not retried by a rerun
                 rec = {"k": job.key, "a": job.attempt, "s": "fail", "u": [0, 0], "why": str(res)[:500]}
             else:
-                state["failed"].append(res)
-                progress_cb["advance"](0)
+                self.failed.append(res)
+                self.advance(0)
                 return None
         else:
-            state["received"] += 1
-            state["tokens"] += res.completion_tokens or (len(res.tokens) if res.tokens else 0)
+            self.received += 1
+            self.tokens += res.completion_tokens or (len(res.tokens) if res.tokens else 0)
             status = "ok"
             if res.finish_reason == "length" and api.on_length != "keep":
                 status = "retry" if api.on_length == "retry" and job.attempt < api.max_retries else "drop"
             rec = {"k": job.key, "a": job.attempt, "s": status, "u": [res.prompt_tokens, res.completion_tokens],
                    "url": res.url}
             if status == "ok":
-                rec["row"] = row_of(job.key, res, job.attempt)
-        j = journals.get(index) or journals.setdefault(index, Journal(out / journal_name(index)))
+                rec["row"] = self.row_of(job.key, res)
+        j = self.journals.get(index) or self.journals.setdefault(index, Journal(self.out / journal_name(index)))
         j.append(rec)
-        spent[index].add(rec["u"], rec["s"] != "fail")
-        have[index][job.key] = rec
+        self.spent[index].add(rec["u"], rec["s"] != "fail")
+        self.have[index][job.key] = rec
         if rec["s"] == "retry":
-            return Job(job.key, job.prompt, request_seed(sp.seed, job.key, job.attempt + 1), job.attempt + 1)
-        resolved[index].add(job.key)
-        progress_cb["advance"](1)
-        if len(resolved[index]) == size[index]:
-            _finish_shard(index)
+            return Job(job.key, job.prompt, request_seed(self.sp.seed, job.key, job.attempt + 1), job.attempt + 1)
+        self.resolved[index].add(job.key)
+        self.advance(1)
+        if len(self.resolved[index]) == self.size[index]:
+            self.finish_shard(index)
         return None
 
-    def _finish_shard(index):
+    def finish_shard(self, index: int) -> None:
+        """Shard `index` from its journal: a Parquet shard with its token usage, then the journal goes."""
+        have = self.have[index]
         rows = []
-        for key in keys(index):
-            rec = have[index][key]
+        for key in self.keys(index):
+            rec = have[key]
             if rec["s"] != "ok":
                 continue
-            for j in (range(n) if greedy else [int(key.split("/")[1])]):
+            for j in (range(self.n) if self.greedy else [int(key.split("/")[1])]):
                 row = dict(rec["row"], sample_idx=j)
                 if row.get("topk"):
                     row["topk"] = bytes.fromhex(row["topk"])
                 rows.append(row)
         # requests the server refused for good (e.g. a prompt too long): named, with its words
-        refused = [{"prompt_id": examples[int(k.split("/")[0])].id, "sample_idx": int(k.split("/")[1]),
-                    "why": have[index][k].get("why", "")} for k in keys(index) if have[index][k]["s"] == "fail"]
-        writer.write_shard(index, rows, extra={"usage": spent[index].dict(), "refused": refused,
-                                               "dropped": sum(1 for r in have[index].values() if r["s"] in ("drop", "fail"))})
-        if index in journals:
-            journals.pop(index).close()
-        (out / journal_name(index)).unlink(missing_ok=True)
+        refused = [{"prompt_id": self.examples[int(k.split("/")[0])].id, "sample_idx": int(k.split("/")[1]),
+                    "why": have[k].get("why", "")} for k in self.keys(index) if have[k]["s"] == "fail"]
+        self.writer.write_shard(index, rows, extra={"usage": self.spent[index].dict(), "refused": refused,
+                                                    "dropped": sum(1 for r in have.values() if r["s"] in ("drop", "fail"))})
+        if index in self.journals:
+            self.journals.pop(index).close()
+        (self.out / journal_name(index)).unlink(missing_ok=True)
 
-    async def _sample(pool):
+    def close_journals(self) -> None:
+        for j in self.journals.values():
+            j.close()
+        self.journals.clear()
+
+    def ledger(self) -> dict:
+        """Every answer received over all runs: finished shards' usage (their journals are gone)
+        from the manifest, unfinished ones' from their journals."""
+        tot = _Ledger()
+        for info in self.writer.manifest["shards"].values():
+            u = info.get("usage") or {}
+            tot.responses += u.get("responses", 0)
+            tot.prompt_tokens += u.get("prompt_tokens", 0)
+            tot.completion_tokens += u.get("completion_tokens", 0)
+        for i in self.todo:
+            if str(i) not in self.writer.manifest["shards"]:
+                tot.responses += self.spent[i].responses
+                tot.prompt_tokens += self.spent[i].prompt_tokens
+                tot.completion_tokens += self.spent[i].completion_tokens
+        return tot.dict()
+
+    # -- the server
+
+    async def serve(self) -> None:
+        """Check the token map against the server, then request every answer not yet held."""
+        api, teacher, tok, writer = self.api, self.teacher, self.tok, self.writer
+        async with teacher.pool(seed=self.run.seed) as pool:
+            check = await teacher.check_tokenizer(pool)
+            tmap = {"tokenizer": api.tokenizer, "check": check, "ids": teacher.tokens is not None}
+            recorded = writer.manifest.get("token_map")
+            if recorded is not None and recorded.get("ids") != tmap["ids"] and (self.done or any(self.have.values())):
+                raise DataError(f"{self.out}: its answers so far were stored {'with' if recorded['ids'] else 'without'} "
+                                f"token ids, but now the token map is {check!r}; the server's model changed? Use "
+                                "another output directory")
+            # where the server was (not part of the set's identity: it may move): what `curate
+            # --mixed-policy` asks when it continues student prefixes with this teacher
+            writer.update(token_map=tmap, tokenizer_sha256=tokenizer_sha256(tok) if tmap["ids"] else None,
+                          api_server={"base_url": api.base_url, "key_env": api.key_env})
+            if self.console is not None and (tok is None or not tmap["ids"]):
+                self.console.print(f"traces: token ids not mapped ({check}); rows keep text and the server's token "
+                                   "strings; token-level KD from this set will be refused")
+            await self.requests(pool)
+
+    async def requests(self, pool) -> None:
+        """Send the requests, a progress bar (or a line every 10 s) showing the answers."""
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        console, sp = self.console, self.sp
         interactive = console is not None and console.is_terminal
         progress = Progress(TextColumn("[bold]traces"), BarColumn(), MofNCompleteColumn(), TextColumn("answers"),
                             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
                             TimeRemainingColumn(), disable=not interactive)
         last = {"t": time.time()}
         with progress:
-            bar = progress.add_task("traces", total=total, completed=total - left, rate="")
+            bar = progress.add_task("traces", total=self.total, completed=self.total - self.left, rate="")
 
             def advance(k):
-                el = max(1e-9, time.time() - state["t0"])
-                rate = f"{state['tokens'] / el:.0f} tok/s"
+                el = max(1e-9, time.time() - self.t0)
+                rate = f"{self.tokens / el:.0f} tok/s"
                 progress.update(bar, advance=k, rate=rate)
                 if console is not None and not interactive and time.time() - last["t"] > 10:
                     last["t"] = time.time()
-                    got = state["received"]
-                    eta = (left - got) * el / got if got else float("nan")
-                    console.print(f"traces: {total - left + got}/{total} answers, {rate}, eta {eta:.0f} s")
-            progress_cb["advance"] = advance
+                    got = self.received
+                    eta = (self.left - got) * el / got if got else float("nan")
+                    console.print(f"traces: {self.total - self.left + got}/{self.total} answers, {rate}, "
+                                  f"eta {eta:.0f} s")
+            self.advance = advance
             # shards already begun first, so their journals close early
-            for index in todo:
-                if index not in journals and len(resolved[index]) == size[index]:
-                    _finish_shard(index)  # all answers were in; killed before the shard was written
+            for index in self.todo:
+                if index not in self.journals and len(self.resolved[index]) == self.size[index]:
+                    self.finish_shard(index)  # all answers were in; killed before the shard was written
             try:
-                await teacher.run(jobs_todo(), on_reply, pool=pool, max_tokens=sp.max_new_tokens,
-                                  temperature=sp.temperature, top_p=sp.top_p, stop=sp.stop or None, topk=sp.topk)
+                await self.teacher.run(self.jobs_todo(), self.on_reply, pool=pool, max_tokens=sp.max_new_tokens,
+                                       temperature=sp.temperature, top_p=sp.top_p, stop=sp.stop or None, topk=sp.topk)
             finally:
-                for j in journals.values():
-                    j.close()
-                journals.clear()
-                writer.update(ledger=_cost(_ledger(), api),
-                              last_run={"requests": pool.requests, "answers": state["received"],
-                                        "seconds": round(time.time() - state["t0"], 3),
-                                        "errors": dict(pool.errors), "by_url": dict(pool.sent)})
-                state["pool"] = pool
+                self.close_journals()
+                self.writer.update(ledger=_cost(self.ledger(), self.api),
+                                   last_run={"requests": pool.requests, "answers": self.received,
+                                             "seconds": round(time.time() - self.t0, 3),
+                                             "errors": dict(pool.errors), "by_url": dict(pool.sent)})
+                self.pool = pool
 
-    def _ledger():
-        """Every answer received over all runs: finished shards' usage (their journals are gone)
-        from the manifest, unfinished ones' from their journals."""
-        tot = _Ledger()
-        for info in writer.manifest["shards"].values():
-            u = info.get("usage") or {}
-            tot.responses += u.get("responses", 0)
-            tot.prompt_tokens += u.get("prompt_tokens", 0)
-            tot.completion_tokens += u.get("completion_tokens", 0)
-        for i in todo:
-            if str(i) not in writer.manifest["shards"]:
-                tot.responses += spent[i].responses
-                tot.prompt_tokens += spent[i].prompt_tokens
-                tot.completion_tokens += spent[i].completion_tokens
-        return tot.dict()
+    # -- a batch file's results
 
-    def jobs_todo():
-        return (Job(k, examples[int(k.split("/")[0])].prompt, request_seed(sp.seed, k, have[i].get(k, {}).get("a", -1) + 1),
-                    have[i].get(k, {}).get("a", -1) + 1)
-                for i in todo for k in jobs_left[i])
-
-    if batch_out is not None:
-        return _write_batch(batch_out, jobs_todo(), teacher, sp, console, total, left)
-    if batch_in is not None:
-        progress_cb["advance"] = lambda k: None
-        writer.update(token_map={"tokenizer": api.tokenizer, "ids": teacher.tokens is not None,
-                                 "check": "by bytes (batch results: no server to ask)" if tok is not None else
-                                 teacher.token_check},
-                      tokenizer_sha256=tokenizer_sha256(tok) if teacher.tokens is not None else None)
-        stats = _read_batch(batch_records, {j.key: j for j in jobs_todo()}, on_reply)
-        for j in journals.values():
-            j.close()
-        journals.clear()
-        writer.update(ledger=_cost(_ledger(), api), last_run={"batch_in": str(batch_in), **stats})
-        missing = sum(size[i] - len(resolved[i]) for i in todo if str(i) not in writer.manifest["shards"])
+    def from_batch(self, batch_in, records: list) -> bool:
+        """Feed the checked results of a batch file (`load_batch`) in; False when answers are still
+        missing afterwards (said on the console)."""
+        api, tok, teacher = self.api, self.tok, self.teacher
+        self.advance = lambda k: None
+        self.writer.update(token_map={"tokenizer": api.tokenizer, "ids": teacher.tokens is not None,
+                                      "check": "by bytes (batch results: no server to ask)" if tok is not None else
+                                      teacher.token_check},
+                           tokenizer_sha256=tokenizer_sha256(tok) if teacher.tokens is not None else None)
+        stats = read_batch(records, {j.key: j for j in self.jobs_todo()}, self.on_reply)
+        self.close_journals()
+        self.writer.update(ledger=_cost(self.ledger(), api), last_run={"batch_in": str(batch_in), **stats})
+        missing = sum(self.size[i] - len(self.resolved[i]) for i in self.todo
+                      if str(i) not in self.writer.manifest["shards"])
         if missing:
-            if console is not None:
-                console.print(f"traces: {stats['answers']} answers read from {batch_in} ({stats['skipped']} already "
-                              f"held, {stats['failed']} failed); {missing} still missing: write them with --batch-out "
-                              "or rerun against a server")
-            return out
-        state["received"] = stats["answers"]
-    else:
-        if console is not None and left < total:
+            if self.console is not None:
+                self.console.print(f"traces: {stats['answers']} answers read from {batch_in} ({stats['skipped']} "
+                                   f"already held, {stats['failed']} failed); {missing} still missing: write them with "
+                                   "--batch-out or rerun against a server")
+            return False
+        self.received = stats["answers"]
+        return True
+
+    # -- the whole run
+
+    def sample(self, *, batch_out=None, batch_in=None) -> Path:
+        sp, api, console = self.sp, self.api, self.console
+        # a batch's results are read and checked before anything is written
+        batch_records = load_batch(batch_in, self.teacher, sp) if batch_in is not None else None
+        if batch_out is not None:
+            from ..paths import output_file
+
+            output_file(batch_out, "--batch-out")  # a directory, or a path under a file: refused now
+        self.open()
+        out, total, left = self.out, self.total, self.left
+        if batch_out is not None:
+            return write_batch(batch_out, self.jobs_todo(), self.teacher, sp, console, total, left)
+        if batch_in is not None:
+            if not self.from_batch(batch_in, batch_records):
+                return out
+        elif console is not None and left < total:
             console.print(f"traces: {total - left} of {total} answers already in {out}; requesting the other {left}")
-    try:
-        if batch_in is None and left:
-            asyncio.run(main())
-        elif batch_in is None:  # every answer is in: not one request, not even the tokenizer probe
-            for index in todo:  # answers all journaled, killed before their shard was written
-                _finish_shard(index)
-            writer.update(ledger=_cost(_ledger(), api),
-                          last_run={"requests": 0, "answers": 0, "seconds": 0.0, "errors": {}, "by_url": {}})
-    except ApiError as e:
-        raise ApiError(f"{e}; the answers received are kept in {out}: rerun the same command to continue") from None
-    except KeyboardInterrupt:
-        if console is not None:
-            console.print(f"traces: stopped; every answer received is kept in {out}; rerun the same command to "
-                          "continue")
-        raise
-    pool = state.get("pool")
-    errs = summary(pool.errors) if pool is not None else "none"
-    if state["failed"]:
-        kinds = sorted({f.kind for f in state["failed"]})
-        raise ApiError(f"traces: {len(state['failed'])} requests failed after {api.max_retries} retries "
-                       f"({', '.join(kinds)}; every failed attempt: {errs}); the {state['received']} answers "
-                       f"received are kept in {out}: rerun the same command to request the rest")
-    from .curate import trace_stats
-
-    writer.finish(trace_stats(read_traces(out, allow_incomplete=True)))
-    m = writer.manifest
-    st = m["stats"]
-    if console is not None:
-        led = m["ledger"]
-        cost = f", cost {led['cost']:.4f}" if "cost" in led else ""
-        console.print(f"traces: {st.get('rows', 0)} rows ({st.get('prompts', 0)} prompts), accuracy "
-                      f"{st.get('accuracy', float('nan')):.3f}; this run: {pool.requests if pool else 0} requests, "
-                      f"{state['received']} answers, failed attempts: {errs}; ledger {led['prompt_tokens']} prompt + "
-                      f"{led['completion_tokens']} completion tokens{cost}; in {out}")
-    return out
-
-
-def _custom_id(job: Job) -> str:
-    return f"retort:{job.key}:{job.attempt}"
-
-
-def _write_batch(path, jobs, teacher, sp, console, total, left) -> Path:
-    """The requests not yet answered as an OpenAI batch file (one JSON line per request: custom_id,
-    method, url, body), for `vllm run-batch` or a provider's batch API; nothing is sent."""
-    from ..paths import atomic_write_text, output_file
-
-    target = output_file(path, "--batch-out")
-    lines = []
-    for job in jobs:
-        route, body = teacher.body(job.prompt, max_tokens=sp.max_new_tokens, temperature=sp.temperature,
-                                   top_p=sp.top_p, seed=job.seed, stop=sp.stop or None, topk=sp.topk)
-        lines.append(json.dumps({"custom_id": _custom_id(job), "method": "POST", "url": "/v1" + route, "body": body},
-                                ensure_ascii=False))
-    atomic_write_text(target, "".join(line + "\n" for line in lines))
-    if console is not None:
-        console.print(f"traces: {len(lines)} requests written to {target} ({total - left} of {total} answers already "
-                      "held); run them (e.g. `vllm run-batch -i FILE -o RESULTS --model M`), then read the results "
-                      "back with the same command and --batch-in RESULTS")
-    return target
-
-
-def _load_batch(path, teacher, sp) -> list:
-    """An OpenAI batch output file (one line per request: custom_id, response {status_code, body}
-    or error), read and checked whole before anything is written: [(line, key, attempt, Reply |
-    Failed)], key None for a custom_id this set did not write. A malformed line is one clear error."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"--batch-in {path}: no such file")
-    parse = teacher.parser(sp.topk)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         try:
-            rec = json.loads(line)
-            cid = rec["custom_id"]
-        except (ValueError, KeyError, TypeError):
-            raise DataError(f"{path}:{n}: not a batch result line (expected JSON with custom_id and "
-                            "response)") from None
-        m = re.fullmatch(r"retort:(\d+/\d+):(\d+)", str(cid))
-        if m is None:
-            out.append((n, None, 0, None))
-            continue
-        resp, err = rec.get("response") or {}, rec.get("error")
-        status = resp.get("status_code")
-        if err or status != 200:
-            kind = f"http {status}" if status else "batch error"
-            detail = json.dumps(err or resp.get("body"))[:300]
-            res = Failed(kind, f"{path}:{n}: {detail}", final=bool(status) and 400 <= status < 500 and status != 429)
-        else:
-            try:
-                res = parse(resp["body"])
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                raise DataError(f"{path}:{n}: the response body is not a {teacher.api.endpoint} answer "
-                                f"({type(e).__name__}: {e})") from None
-            res.url = f"batch:{p.name}"
-        out.append((n, m.group(1), int(m.group(2)), res))
-    return out
+            if batch_in is None and left:
+                asyncio.run(self.serve())
+            elif batch_in is None:  # every answer is in: not one request, not even the tokenizer probe
+                for index in self.todo:  # answers all journaled, killed before their shard was written
+                    self.finish_shard(index)
+                self.writer.update(ledger=_cost(self.ledger(), api),
+                                   last_run={"requests": 0, "answers": 0, "seconds": 0.0, "errors": {}, "by_url": {}})
+        except ApiError as e:
+            raise ApiError(f"{e}; the answers received are kept in {out}: rerun the same command to continue") from None
+        except KeyboardInterrupt:
+            if console is not None:
+                console.print(f"traces: stopped; every answer received is kept in {out}; rerun the same command to "
+                              "continue")
+            raise
+        return self.finish()
+
+    def finish(self) -> Path:
+        """The set's stats and manifest, once every answer is in; refused (answers kept) if some failed."""
+        api, console, out, pool = self.api, self.console, self.out, self.pool
+        errs = summary(pool.errors) if pool is not None else "none"
+        if self.failed:
+            kinds = sorted({f.kind for f in self.failed})
+            raise ApiError(f"traces: {len(self.failed)} requests failed after {api.max_retries} retries "
+                           f"({', '.join(kinds)}; every failed attempt: {errs}); the {self.received} answers "
+                           f"received are kept in {out}: rerun the same command to request the rest")
+        from .curate import trace_stats
+
+        self.writer.finish(trace_stats(read_traces(out, allow_incomplete=True)))
+        m = self.writer.manifest
+        st = m["stats"]
+        if console is not None:
+            led = m["ledger"]
+            cost = f", cost {led['cost']:.4f}" if "cost" in led else ""
+            console.print(f"traces: {st.get('rows', 0)} rows ({st.get('prompts', 0)} prompts), accuracy "
+                          f"{st.get('accuracy', float('nan')):.3f}; this run: {pool.requests if pool else 0} requests, "
+                          f"{self.received} answers, failed attempts: {errs}; ledger {led['prompt_tokens']} prompt + "
+                          f"{led['completion_tokens']} completion tokens{cost}; in {out}")
+        return out
 
 
-def _read_batch(records: list, jobs: dict, on_reply) -> dict:
-    """Feed checked batch results (`_load_batch`) to `on_reply`, as if each answer had just
-    arrived; lines for requests already answered, or not asked by this set, are skipped."""
-    stats = {"answers": 0, "skipped": 0, "failed": 0, "retries_needed": 0}
-    for _, key, attempt, res in records:
-        job = jobs.get(key) if key is not None else None
-        if job is None or attempt != job.attempt:
-            stats["skipped"] += 1
-            continue
-        stats["failed" if isinstance(res, Failed) else "answers"] += 1
-        jobs.pop(key)
-        if on_reply(job, res) is not None:
-            stats["retries_needed"] += 1
-    return stats
-
-
-__all__ = ["run_api_traces"]
+__all__ = ["ApiTraces", "run_api_traces"]

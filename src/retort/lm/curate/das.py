@@ -1,9 +1,9 @@
-"""DASD's divergence-aware selection (DAS; arXiv:2601.09088, methods/llm.md §2.2 stage 2).
+"""DASD's divergence-aware selection (DAS; arXiv:2601.09088, stage 2).
 
 Prefer the teacher responses whose sentences the teacher finds far likelier than the (pre-
 distillation) student does: those are what the student has yet to learn, while sentences the
 student already over-weights give "misleading gradients". The report gives no thresholds; retort
-uses the spec's reading:
+uses this reading:
 
     lp_T(s), lp_S(s) = mean token log-prob of sentence s under the teacher (stored in the traces at
                        sampling time) and under the student (teacher-forced here, its own tokenizer)
@@ -124,7 +124,7 @@ def select_top(prompt_ids: list[str], sample_idx: list[int], rows: list[int], sc
                keep: int, rule: str = "das", seed: int = 0) -> list[int]:
     """The `keep` best rows per prompt, in input order, by `rule`: the highest DAS score
     (teacher-guided), the highest student mean log-prob ("the trace the student finds most
-    likely", the heuristic §14 replaces), or at random (seeded per prompt and sample). Ties: the
+    likely", the heuristic provenance tracing replaces), or at random (seeded per prompt and sample). Ties: the
     lower sample index."""
     import random
 

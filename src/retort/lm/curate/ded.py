@@ -1,10 +1,10 @@
-"""DED's teacher selection (arXiv 2508.09883, methods/llm.md section 3.2 step 1): choose the
+"""DED's teacher selection (arXiv 2508.09883, step 1): choose the
 teacher by what its data does for the student, not by the teacher's own score.
 
 On a trace set several teachers sampled (`retort traces teachers=[...]`), for each teacher: the
 student is evaluated on a probe set (the task's test split), trained briefly (sft, `steps`) on that
 teacher's correct traces, evaluated again; its **gain** ranks the teachers. Beside it, the cheap
-proxies of the spec, which need no training: the student's mean token log-prob on the teacher's
+proxies, which need no training: the student's mean token log-prob on the teacher's
 correct traces (how learnable they are), and the mean per-token gap between the teacher's stored
 log-probs and the student's (DAS-style divergence; same vocabulary only). And the cost of each
 smoke run (seconds, tokens trained on)."""

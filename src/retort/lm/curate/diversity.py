@@ -1,13 +1,13 @@
 """Two selections over a trace set's texts (no model needed):
 
-- **Template removal** (AM, "Not all correct answers are equal", methods/llm.md section 4.2):
+- **Template removal** (AM, "Not all correct answers are equal"):
   drop every trace that contains a word n-gram (default 20 words) found in more than `max_count`
   traces (default 20): boilerplate a teacher repeats across answers. Counted once per trace (a
   loop inside one answer is not a template).
 - **Diverse correct trajectories** (DED, section 3.2 step 3): per prompt, among its correct traces,
   the `k` that differ most: greedily, the longest first, then each time the trace whose smallest
   dissimilarity to those already chosen is largest; dissimilarity = 1 - ROUGE-L F1 over words
-  (the spec's proposed measure; an LCS of words, so order matters and paraphrase does not count).
+  (retort's measure; an LCS of words, so order matters and paraphrase does not count).
 """
 
 from __future__ import annotations

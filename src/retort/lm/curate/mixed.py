@@ -1,4 +1,4 @@
-"""DASD's mixed-policy data (arXiv:2601.09088, methods/llm.md §2.2 stage 3): student prefixes
+"""DASD's mixed-policy data (arXiv:2601.09088, stage 3): student prefixes
 continued by the teacher, to be trained on *unmasked* (the student's own prefix included).
 
 For each prompt of a trace set (its first correct teacher trace gives the length budget):
@@ -7,7 +7,7 @@ For each prompt of a trace set (its first correct teacher trace gives the length
    off by the cap), `failed` (cut off or verified incorrect; more of them at small scale) or `all`;
 3. a cut position is drawn uniformly from the open interval (`cut_lo` x L, L) of its L tokens;
 4. the teacher continues from the prompt plus the student prefix (sampled at `temperature`);
-5. quality filter (the report's is unpublished; the spec's reading): the teacher must finish
+5. quality filter (the report's is unpublished; retort's reading): the teacher must finish
    (EOS) and the whole answer, prefix + continuation, must verify.
 Each kept row's completion is prefix + continuation, re-scored by the teacher (its log-probs, and
 its top-k when the source traces have them), so the result is an ordinary trace set that `sft`
@@ -21,21 +21,19 @@ rerun the same command after a crash and it continues.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import time
 from math import ceil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ... import __version__
-from ..data.collate import encode_prompt
-from ..data.traces import SCHEMA, TraceWriter, is_trace_set, read_manifest, read_traces, remove_trace_set
 from ...errors import DataError
+from ..data.collate import encode_prompt, render_prompt
+from ..data.traces import SCHEMA, read_manifest, read_traces
+from .output import check_output, open_output
 from .progress import CurateProgress
-from .select import check_output
+from .server import api_teacher
 from .stats import trace_stats
 
 SOURCES = ("truncated", "failed", "all")
@@ -65,7 +63,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
         raise DataError(f"curate --cut-lo: expected 0 <= value < 1, got {cut_lo}")
     if length_factor <= 0:
         raise DataError(f"curate --length-factor: expected > 0, got {length_factor}")
-    check_output(src, out, overwrite=True)  # the paths; a trace set already in `out` is judged below
+    check_output(src, out, resume=True)  # the paths; a trace set already in `out` is judged below
     manifest = read_manifest(src)
     sp = manifest["params"].get("sampling", {})
     if "teacher" not in manifest["params"] or "task" not in manifest["params"]:
@@ -84,7 +82,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
     topk = int(sp.get("topk") or 0)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    api = _api_teacher(src, manifest, teacher_url)
+    api = api_teacher(src, manifest, teacher_url)
     if api is not None:  # a server: it continues text (completions endpoint) and scores nothing here
         t_model, t_tok = None, api.tokenizer
     else:
@@ -106,12 +104,8 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
                                "shard_prompts": shard_prompts, "seed": seed},
               "teacher": manifest["params"]["teacher"], "task": manifest["params"]["task"],
               "sampling": {**sp, "temperature": temperature}}
-    meta = {k: manifest.get(k) for k in ("task", "teacher", "tokenizer_sha256", "vocab_size")}
-    meta.update(retort_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     n_shards = ceil(len(rows) / shard_prompts)
-    if overwrite and is_trace_set(out) and read_manifest(out).get("params") != json.loads(json.dumps(params)):
-        remove_trace_set(out)  # made with other arguments, and the user asked to replace it
-    writer = TraceWriter(out, params, meta, {})
+    writer = open_output(out, params, manifest, overwrite=overwrite, resume=True)
     counts = {"student_rollouts": 0, "eligible": 0, "continued": 0, "kept": 0}
     if "mixed_counts" in writer.manifest:
         counts = writer.manifest["mixed_counts"]
@@ -153,7 +147,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
                         for (_, p), text in zip(picks, prefixes)]
             t_prompts = [encode_prompt(t_tok, cols["prompt"][i]) for i, _ in picks]
             if api is not None:  # the rendered prompt + the prefix, continued as text by the server
-                texts = [_render(t_tok, cols["prompt"][i]) + text for (i, _), text in zip(picks, prefixes)]
+                texts = [render_prompt(t_tok, cols["prompt"][i]) + text for (i, _), text in zip(picks, prefixes)]
                 conts = api.generate(texts, max_new_tokens=int(sp.get("max_new_tokens", 256)),
                                      temperature=temperature, top_p=float(sp.get("top_p", 1.0)),
                                      seed=_seed(seed, "teacher", index), endpoint="completions") if picks else []
@@ -198,48 +192,6 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
             bar(len(shard))
     writer.finish({**trace_stats(read_traces(out, allow_incomplete=True)), "mixed_policy": counts})
     return writer.manifest["stats"]
-
-
-def _api_teacher(src, manifest: dict, teacher_url, purpose: str = "mixed-policy continues student prefixes"):
-    """The server of an API trace set (`openai:MODEL`), as its manifest names it (the identity keys
-    of teacher.api, and where the server was, which `teacher_url` overrides); None for a local
-    teacher. Continuing a student prefix needs the served model's tokenizer (its chat template
-    renders the prompt the prefix follows)."""
-    from ..config import ApiConfig, TeacherConfig
-    from ..teachers import ApiTeacher
-
-    t = dict(manifest["params"]["teacher"])
-    ident = t.pop("api", None)
-    if not str(t.get("name", "")).startswith("openai:"):
-        if teacher_url:
-            raise DataError(f"curate --teacher-url: {src} was sampled from a local teacher ({t.get('name')})")
-        return None
-    server = manifest.get("api_server") or {}
-    url = teacher_url or server.get("base_url")
-    if not url:
-        raise DataError(f"{src}: sampled from {t['name']}, but the manifest does not say where the server was; "
-                        "give it with --teacher-url http://HOST:PORT/v1")
-    if not (ident or {}).get("tokenizer"):
-        raise DataError(f"{src}: sampled from {t['name']} without teacher.api.tokenizer; {purpose} as text after "
-                        "the prompt rendered by the served model's chat template, and writes rows in its tokens, "
-                        "so it needs that tokenizer (sample the set with teacher.api.tokenizer=...)")
-    cfg = TeacherConfig(**{k: v for k, v in t.items() if k in TeacherConfig.__dataclass_fields__},
-                        api=ApiConfig(**ident, base_url=url, key_env=server.get("key_env", "OPENAI_API_KEY")))
-    return ApiTeacher(cfg)
-
-
-def _render(tok, prompt: str) -> str:
-    """The prompt as the server's chat template renders it before the answer (with the generation
-    prompt), or as it is when the tokenizer has no template."""
-    if not getattr(tok, "chat_template", None):
-        return prompt
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                   tokenize=False)
-    bos = tok.bos_token
-    # a completions endpoint adds BOS itself when the tokenizer does: the template's own would double it
-    if bos and text.startswith(bos) and tok("", add_special_tokens=True)["input_ids"][:1] == [tok.bos_token_id]:
-        text = text[len(bos):]
-    return text
 
 
 __all__ = ["SOURCES", "mixed_policy"]

@@ -1,10 +1,10 @@
-"""Provenance tracing (arXiv 2512.20908, methods/llm.md section 14): where the sentences of a
+"""Provenance tracing (arXiv 2512.20908): where the sentences of a
 distilled student's answers come from.
 
 For each test prompt the distilled model D answers greedily; its answer is split into sentences
 (`retort.lm.data.text.sentences`, lossless). Every sentence is scored in the same context under the
 teacher T, the student before distillation S and D itself, as its mean token log-prob (the log of
-the geometric-mean token probability). With margin `delta` (1 nat, the spec's default):
+the geometric-mean token probability). With margin `delta` (1 nat, retort's default):
 - teacher-originated: log p_T - log p_S > delta;
 - student-originated: log p_S - log p_T > delta;
 - boosted: neither, and |log p_D - max(log p_T, log p_S)| > delta (distillation made it, mostly

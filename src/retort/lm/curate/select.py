@@ -1,21 +1,22 @@
-"""Filters that turn one trace set into a smaller one: correct-only (rejection sampling), a length
-cap, and the first K correct samples per prompt. The result is a new trace directory in the same
-format, whose manifest names its source and the filters applied."""
+"""Filters that turn one trace set into a smaller one (`filter_traces`): one teacher's rows,
+correct-only (rejection sampling), a length cap, the first K correct samples per prompt,
+positive/negative pairs, a perplexity cap under a reference model, templated traces dropped, the
+most diverse correct traces, DASD's divergence-aware selection. The result is a new trace
+directory in the same format (written by `retort.lm.curate.output`), whose manifest names its
+source and the filters applied."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ... import __version__
-from ..data.traces import (TraceWriter, is_trace_set, read_manifest, read_traces, remove_trace_set,
-                           trace_set_intruders)
 from ...errors import DataError
+from ..data.traces import read_manifest, read_traces
+from .output import check_output, open_output
 from .progress import CurateProgress
 from .stats import trace_stats
 
@@ -51,7 +52,7 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
     per prompt; 0 = all), after the other filters — the trace set the pair methods learn from.
     `das_student=MODEL`: DASD's divergence-aware selection (`retort.lm.curate.das`), the `das_keep`
     best-scoring traces per prompt under that student, after the other filters.
-    `out` must be new or empty; a trace set there is replaced only with `overwrite` (`prepare_output`)."""
+    `out` must be new or empty; a trace set there is replaced only with `overwrite` (`retort.lm.curate.output`)."""
     if not (correct_only or max_tokens or first_k_correct or pairs is not None or das_student or templates
             or diverse or max_ppl or teacher):
         raise DataError("curate: name at least one filter (--teacher, --correct, --max-tokens, --first-k-correct, "
@@ -137,59 +138,11 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
     params = {"source": str(Path(src).resolve()), "source_params": source["params"], "filters": applied}
     counts = {i: min(shard_rows, table.num_rows - i * shard_rows)
               for i in range(max(1, -(-table.num_rows // shard_rows)))}
-    prepare_output(out, params, overwrite=overwrite)
-    meta = {k: source.get(k) for k in ("task", "teacher", "tokenizer_sha256", "vocab_size")}
-    meta.update(retort_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    writer = TraceWriter(out, params, meta, counts)
+    writer = open_output(out, params, source, overwrite=overwrite, shard_rows=counts)
     for i, rows in counts.items():
         writer.write_shard(i, table.slice(i * shard_rows, rows))
     writer.finish({**trace_stats(table), **({"das": das_stats} if das_stats else {})})
     return writer.manifest["stats"]
-
-
-def check_output(src: str, out: str, *, overwrite: bool = False) -> None:
-    """Refuse, before any work is done, an --out that is the input, lies inside it, is a file, or
-    holds anything `prepare_output` would refuse to replace."""
-    from ...paths import output_dir
-
-    output_dir(out, "curate --out")
-    s, o = Path(src).resolve(), Path(out).resolve()
-    if o == s:
-        raise DataError("curate: --out must differ from the input trace directory")
-    if s in o.parents:
-        raise DataError(f"curate: --out {out} lies inside the input trace directory {src}; choose a path outside it")
-    _replaceable(out, None, overwrite)
-
-
-def prepare_output(out: str, params: dict, *, overwrite: bool) -> None:
-    """Make `out` ready for a new trace set. It may be absent or empty. A trace set already there
-    (verified: a retort manifest and nothing but shards) is replaced only with `overwrite`, except
-    an unfinished one this same command was writing; anything else is never touched."""
-    if _replaceable(out, params, overwrite):
-        remove_trace_set(out)
-
-
-def _replaceable(out: str, params: dict | None, overwrite: bool) -> bool:
-    """Whether `out` holds a trace set to remove first; raises if it may not be replaced. With
-    `params` None (before the filters ran) an unfinished set is given the benefit of the doubt."""
-    path = Path(out)
-    if not path.exists() or not any(path.iterdir()):
-        return False
-    if not is_trace_set(path):
-        others = trace_set_intruders(path)
-        what = f"holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}" if others else \
-            "has no readable retort manifest"
-        raise DataError(f"curate: --out {out} is not empty and is not a retort trace set (it {what}); "
-                        "choose a new or empty directory")
-    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    unfinished = not manifest.get("complete")
-    own_crash = unfinished and (params is None or json.loads(json.dumps(params)) == manifest.get("params"))
-    if not (overwrite or own_crash):
-        made = "a curated trace set" if "source" in manifest.get("params", {}) else \
-            "a trace set sampled by `retort traces`"
-        raise DataError(f"curate: --out {out} already holds {made}; pass --overwrite to replace it, "
-                        "or choose another directory")
-    return True
 
 
 def _das_select(source: dict, table: pa.Table, student: str, keep: int, delta: float, batch_size: int, console,

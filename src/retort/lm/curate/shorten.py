@@ -1,11 +1,13 @@
-"""Shortening traces: DAP / LiteCoT rewrites (methods/llm.md §12), Retro-Search revisions (§17),
-and the plain cut both are compared with.
+"""Shortening traces, the three drivers of `retort curate`: DAP rewrites (Wu et al. 2025, "Concise
+Reasoning, Big Gains: Pruning Long Reasoning Trace with Difficulty-Aware Prompting", LiteCoT,
+arXiv:2505.19716), Retro-Search revisions (Lu et al. 2025, "Retro-Search: Exploring Untaken Paths
+for Deeper and Efficient Reasoning", arXiv:2504.04383), and the plain cut both are compared with.
 
 - `rewrite(mode="dap")`: the teacher is shown each correct trace with a budget per difficulty
-  level, judges the level and rewrites the trace within that level's budget (LiteCoT). A rewrite
-  that does not finish, names no level, or whose answer differs from the original's or fails the
-  task's check is rejected (counted by reason; the row is dropped). `mode="uniform"`: one budget for
-  every problem (the spec's control: uniform-length rewrites at the same mean length).
+  level, judges the level and rewrites the trace within that level's budget. A rewrite that does
+  not finish, names no level, or whose answer differs from the original's or fails the task's
+  check is rejected (counted by reason; the row is dropped). `mode="uniform"`: one budget for
+  every problem (the control: uniform-length rewrites at the same mean length).
 - `retro_search`: each correct trace is walked thought by thought. At every thought switch (a
   transition keyword: "Wait", "Alternatively", ... or the task's own) the reviser continues the
   trace from just before the switch, with the keywords suppressed where its next step opens; the
@@ -15,140 +17,35 @@ and the plain cut both are compared with.
 - `truncate_like`: the originals cut to the length of the matching rows of another set (at a step
   boundary, the answer step kept): what a shortening method must beat.
 
-The reviser is the trace set's teacher by default: a local model (checked against the weights
-hash the traces were made with; keywords are suppressed by masking their opening tokens) or its
-server (`openai:MODEL`: a completion whose first step opens with a keyword is drawn again, up to
-`tries` times, since a logit bias would hold for the whole answer). The prompts are the spec's;
-a built-in teacher trained on its task's rewrite prompts (task `detours`) declares its own in its
-run (`teacher.json`), and `template=` overrides both.
+The reviser (`retort.lm.rollout.revise`) is the trace set's teacher by default: a local model, or
+its server (`openai:MODEL`, `retort.lm.curate.server`), or the local model `reviser=` names. The
+prompts and the text rules are `retort.lm.curate.trace_text` (whose names this module still
+offers); a built-in teacher trained on its task's rewrite prompts (task `detours`) declares its own
+in its run (`teacher.json`, `declared_templates`), and `template=` overrides both.
 
-Outputs are ordinary trace sets, written in shards and resumable: rerun the same command after a
-crash and it continues.
+Outputs are ordinary trace sets (`retort.lm.curate.output`), written in shards and resumable: rerun
+the same command after a crash and it continues.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import time
 from math import ceil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ... import __version__
 from ...errors import DataError
-from ..data.traces import SCHEMA, TraceWriter, is_trace_set, read_manifest, read_traces, remove_trace_set
+from ..data.traces import SCHEMA, is_trace_set, read_manifest, read_traces
+from ..rollout.revise import OpeningBan, Reviser
+from .output import check_output, open_output
 from .progress import CurateProgress
-from .select import check_output
+from .server import api_teacher
 from .stats import trace_stats
+from .trace_text import (DAP_TEMPLATE, DEFAULT_BUDGETS, LEVELS, TRANSITIONS, UNIFORM_TEMPLATE, cut_to,
+                         opens_with_switch, parse_budgets, parse_rewrite, step_sep, steps, switch_points, value)
 
-LEVELS = ("easy", "medium", "hard")
-DEFAULT_BUDGETS = {"easy": 300, "medium": 700, "hard": 1500}  # tokens (the spec's proposal)
-DAP_TEMPLATE = """Below are a problem and a long solution to it. First judge how difficult the problem is: easy, \
-medium or hard. Then rewrite the solution so that it is concise but complete, within the token budget of that \
-difficulty (easy: {easy} tokens, medium: {medium} tokens, hard: {hard} tokens). Keep every step the answer needs \
-and the check of the final answer; drop repetitions, dead ends and second-guessing; keep the final answer and the \
-way it is written exactly as they are.
-
-Reply in this form and with nothing else:
-Difficulty: <easy, medium or hard>
-<the rewritten solution>
-
-Problem:
-{question}
-
-Long solution:
-{trace}"""
-UNIFORM_TEMPLATE = """Below are a problem and a long solution to it. Rewrite the solution so that it is concise \
-but complete, within {budget} tokens. Keep every step the answer needs and the check of the final answer; drop \
-repetitions, dead ends and second-guessing; keep the final answer and the way it is written exactly as they are.
-
-Reply with the rewritten solution and nothing else.
-
-Problem:
-{question}
-
-Long solution:
-{trace}"""
-# words that open a new thought in long reasoning traces (Retro-Search's switch points)
-TRANSITIONS = ("Wait", "But wait", "Alternatively", "Hmm", "Let me double-check", "Let me check", "Let me verify",
-               "On second thought")
-_LEVEL = re.compile(r"^\s*(?:difficulty|d)\s*:\s*\**\s*(easy|medium|hard)\b\**[ \t]*\n?", re.IGNORECASE)
-
-
-# ---- the rules, free of models (known-answer tested) ----
-
-def parse_budgets(spec: str) -> dict:
-    """"easy=300,medium=700,hard=1500" -> {"easy": 300, ...}; every level, positive integers."""
-    out = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip().lower()
-        if not eq or key not in LEVELS or not value.strip().isdigit() or int(value) < 1:
-            raise DataError(f"curate --budgets: expected easy=N,medium=N,hard=N with N >= 1 tokens, got {part!r}")
-        out[key] = int(value)
-    missing = [lv for lv in LEVELS if lv not in out]
-    if missing:
-        raise DataError(f"curate --budgets: no budget for {', '.join(missing)} (expected easy=N,medium=N,hard=N)")
-    return out
-
-
-def parse_rewrite(text: str, mode: str) -> tuple[str | None, str]:
-    """(level, rewrite) of a reply: DAP's reply opens with its level ("Difficulty: hard" or
-    "D:hard"); a uniform reply may, and the line is dropped."""
-    m = _LEVEL.match(text)
-    if m is None:
-        return None, text.strip()
-    return m.group(1).lower(), text[m.end():].strip()
-
-
-def switch_points(text: str, keywords) -> list[int]:
-    """Offsets where a keyword opens a new thought: the keyword as a whole word, after something."""
-    if not keywords:
-        return []
-    alts = "|".join(re.escape(k) for k in sorted(keywords, key=len, reverse=True))
-    return [m.start() for m in re.finditer(rf"(?<!\w)(?:{alts})(?!\w)", text) if text[:m.start()].strip()]
-
-
-def steps(text: str, sep: str) -> list[str]:
-    return [s for s in text.split(sep) if s.strip()]
-
-
-def step_sep(texts) -> str:
-    """Blank lines separate steps in a set whose traces have them (an LLM's), else lines."""
-    return "\n\n" if any("\n\n" in t for t in texts) else "\n"
-
-
-def opens_with_switch(rollout: str, sep: str, keywords) -> bool:
-    """Whether the first step of a continuation holds a keyword (Retro-Search suppresses them there)."""
-    first = next((s for s in rollout.split(sep) if s.strip()), "")
-    return bool(switch_points("." + first, keywords))
-
-
-def value(n_steps: int, correct: bool, gamma: float) -> float:
-    """Retro-Search's value of a way to the answer: gamma^N when it reaches the right answer, else 0."""
-    return gamma ** n_steps if correct else 0.0
-
-
-def cut_to(text: str, budget: int, count, sep: str) -> str:
-    """`text` cut at a step boundary to at most `budget` tokens (`count(text)`), the answer step
-    (the last) kept: the steps before it are kept from the start while they fit."""
-    parts = steps(text, sep)
-    if len(parts) < 2 or count(text) <= budget:
-        return text
-    answer = parts[-1].strip("\n")
-    kept: list[str] = []
-    for part in parts[:-1]:
-        trial = sep.join([p.strip("\n") for p in kept + [part]] + [answer])
-        if count(trial) > budget:
-            break
-        kept.append(part)
-    return sep.join([p.strip("\n") for p in kept] + [answer])
-
-
-# ---- the reviser: the model that rewrites or continues ----
 
 def declared_templates(teacher_name: str) -> dict:
     """The rewrite prompts a built-in teacher was trained on (its run's teacher.json), else {}."""
@@ -167,131 +64,6 @@ def declared_templates(teacher_name: str) -> dict:
     except (OSError, ValueError):
         return {}
 
-
-class Reviser:
-    """The trace set's teacher (or `name`, a local model with the set's tokenizer) as a rewriter
-    and continuer of text."""
-
-    def __init__(self, src: str, manifest: dict, *, name: str | None = None, teacher_url: str | None = None):
-        import torch
-
-        from ..config import ModelConfig
-        from ..data.hashes import tokenizer_sha256, weights_sha256
-        from ..models import load_model
-        from .mixed import _api_teacher
-
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        teacher = manifest["params"]["teacher"]
-        self.api = None if name else _api_teacher(src, manifest, teacher_url,
-                                                  "a rewrite or revision continues or replaces the traces")
-        self.model = None
-        self.is_teacher = name is None
-        self.name = name or teacher["name"]
-        if self.api is not None:
-            self.tok = self.api.tokenizer
-            return
-        if teacher_url:
-            raise DataError(f"curate --teacher-url: {src} was sampled from a local teacher ({teacher['name']})")
-        self.model, self.tok = load_model(ModelConfig(name=name) if name else ModelConfig(**teacher))
-        if name is None:
-            want = manifest["params"].get("teacher_weights_sha256")
-            if want and weights_sha256(self.model) != want:
-                raise DataError(f"{src}: its teacher ({teacher['name']}) has changed since the traces were made "
-                                "(weights hash differs); pass the model to use with --reviser")
-        elif manifest.get("tokenizer_sha256") and tokenizer_sha256(self.tok) != manifest["tokenizer_sha256"]:
-            raise DataError(f"curate --reviser {name}: its tokenizer differs from the one {src} was made with; "
-                            "a reviser writes rows in the set's tokens, so it needs the same tokenizer")
-        self.model.to(self.device).eval()
-        self._banned: dict = {}
-
-    def scorer(self):
-        """The model that re-scores rewritten rows: the local teacher itself, else none."""
-        return self.model if self.is_teacher else None
-
-    def ask(self, texts: list[str], *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
-            batch_size: int) -> list:
-        """One reply to each text, sent as the user's message (a local model's chat template, or
-        the text after BOS for a model without one; a server's configured endpoint)."""
-        if self.api is not None:
-            return [o[0] for o in self.api.generate(texts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                                   top_p=top_p, seed=seed)]
-        from ..data.collate import encode_prompt
-
-        return [o[0] for o in self._sample([encode_prompt(self.tok, t) for t in texts], max_new_tokens=max_new_tokens,
-                                           temperature=temperature, top_p=top_p, seed=seed, n=1,
-                                           batch_size=batch_size)]
-
-    def continue_(self, prompts: list[str], prefixes: list[str], *, n: int, ban=(), max_new_tokens: int,
-                  temperature: float, top_p: float, seed: int, batch_size: int) -> list[list]:
-        """`n` continuations of each prompt's answer begun with its prefix. `ban`: keywords a local
-        model may not open its next step with (their first tokens masked while it has written only
-        whitespace)."""
-        if self.api is not None:
-            from .mixed import _render
-
-            return self.api.generate([_render(self.tok, p) + x for p, x in zip(prompts, prefixes)],
-                                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                     num_samples=n, seed=seed, endpoint="completions")
-        from ..data.collate import encode_prompt
-
-        ids = [encode_prompt(self.tok, p) + self.tok(x, add_special_tokens=False)["input_ids"]
-               for p, x in zip(prompts, prefixes)]
-        return self._sample(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                            n=n, batch_size=batch_size, ban=tuple(ban))
-
-    def _banned_ids(self, ban: tuple):
-        """(ids a keyword can open with, ids that print whitespace or nothing) over the vocabulary."""
-        if ban not in self._banned:
-            special = set(self.tok.all_special_ids) - {self.tok.eos_token_id}
-            opening, space = [], list(special)  # a special token prints nothing: the step has not begun
-            for i in range(len(self.tok)):
-                if i in special or i == self.tok.eos_token_id:
-                    continue
-                piece = self.tok.decode([i])
-                bare = piece.lstrip()
-                if not bare:
-                    if piece:
-                        space.append(i)
-                elif any(k.startswith(bare) or bare.startswith(k) for k in ban):
-                    opening.append(i)
-            self._banned[ban] = (opening, space)
-        return self._banned[ban]
-
-    def _sample(self, encoded, *, max_new_tokens, temperature, top_p, seed, n, batch_size, ban=()) -> list[list]:
-        import torch
-
-        from ..rollout.generate import generate_ids
-
-        processors = None
-        if ban:
-            opening, space = self._banned_ids(ban)
-            vocab = self.model.get_output_embeddings().weight.shape[0]
-            ban_mask = torch.zeros(vocab, dtype=torch.bool, device=self.device)
-            ban_mask[[i for i in opening if i < vocab]] = True
-            space_ids = torch.tensor(space or [-1], device=self.device)
-            processors = lambda width: [OpeningBan(width, ban_mask, space_ids)]  # noqa: E731
-        return generate_ids(self.model, self.tok, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_p=top_p, num_samples=n, batch_size=batch_size, seed=seed, processors=processors)
-
-
-def OpeningBan(start: int, ban_mask, space_ids):
-    """A transformers logits processor: while a row has generated only whitespace tokens (ids in
-    `space_ids`) since position `start`, the tokens of `ban_mask` get -inf (no keyword opens the
-    next step)."""
-    import torch
-    from transformers import LogitsProcessor
-
-    class _Opening(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            made = input_ids[:, start:]
-            still_open = torch.isin(made, space_ids).all(dim=1) if made.shape[1] else \
-                torch.ones(len(made), dtype=torch.bool, device=made.device)
-            return scores.masked_fill(still_open[:, None] & ban_mask[None, :scores.shape[1]], float("-inf"))
-
-    return _Opening()
-
-
-# ---- the three ways ----
 
 def _source(src: str, max_prompts: int):
     manifest = read_manifest(src)
@@ -316,20 +88,11 @@ class _Out:
     """The output trace set: shards of `shard` source rows, resumable, re-scored by the teacher."""
 
     def __init__(self, src, out, manifest, params, overwrite, rows, shard, tok, scorer, batch_size):
-        check_output(src, out, overwrite=True)
+        check_output(src, out, resume=True)
         self.params = {"source": str(Path(src).resolve()), "source_params": manifest["params"], **params,
                        "teacher": manifest["params"]["teacher"], "task": manifest["params"]["task"],
                        "sampling": manifest["params"].get("sampling", {})}
-        if overwrite and is_trace_set(out) and \
-                read_manifest(out).get("params") != json.loads(json.dumps(self.params, default=str)):
-            remove_trace_set(out)
-        elif is_trace_set(out) and not overwrite and \
-                read_manifest(out).get("params") != json.loads(json.dumps(self.params, default=str)):
-            raise DataError(f"curate --out {out}: holds a trace set made with other arguments; pass --overwrite to "
-                            "replace it")
-        meta = {k: manifest.get(k) for k in ("task", "teacher", "tokenizer_sha256", "vocab_size")}
-        meta.update(retort_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        self.writer = TraceWriter(out, self.params, meta, {})
+        self.writer = open_output(out, self.params, manifest, overwrite=overwrite, resume=True)
         self.rows, self.shard, self.out = rows, shard, out
         # scorer: the local teacher that re-scores the new completions (None: text and ids only)
         self.tok, self.scorer, self.batch_size = tok, scorer, batch_size
@@ -373,6 +136,17 @@ class _Out:
         return self.writer.manifest["stats"]
 
 
+def _server(src: str, manifest: dict, reviser: str | None, teacher_url: str | None):
+    """The server that revises the traces: the set's own (`openai:MODEL`, where `teacher_url` may
+    move it), unless a local `reviser` is named; None for a local reviser."""
+    if reviser is None:
+        return api_teacher(src, manifest, teacher_url, "a rewrite or revision continues or replaces the traces")
+    if teacher_url:
+        raise DataError(f"curate --teacher-url: {src} was sampled from a local teacher "
+                        f"({manifest['params']['teacher']['name']})")
+    return None
+
+
 def _max_new(manifest: dict) -> int:
     """A rewrite or continuation may be as long as the traces could be."""
     return int(manifest["params"].get("sampling", {}).get("max_new_tokens", 256))
@@ -403,7 +177,7 @@ def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = Non
     if missing:
         raise DataError(f"curate --rewrite-template: the {mode} prompt must hold {{{'}, {'.join(missing)}}}")
     task = get_task(TaskConfig(**manifest["params"]["task"]))
-    rv = Reviser(src, manifest, name=reviser, teacher_url=teacher_url)
+    rv = Reviser(src, manifest, name=reviser, api=_server(src, manifest, reviser, teacher_url))
     max_new = _max_new(manifest)
     params = {"rewrite": {"mode": mode, "budgets": budgets if mode == "dap" else None, "budget": budget,
                           "template": template, "reviser": rv.name, "temperature": temperature, "top_p": top_p,
@@ -469,7 +243,7 @@ def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, parti
     task = get_task(TaskConfig(**manifest["params"]["task"]))
     keywords = tuple(keywords or task.transitions or TRANSITIONS)
     sep = step_sep(r["completion"] for r in rows[:200])
-    rv = Reviser(src, manifest, name=reviser, teacher_url=teacher_url)
+    rv = Reviser(src, manifest, name=reviser, api=_server(src, manifest, reviser, teacher_url))
     max_new = _max_new(manifest)
     params = {"retro_search": {"gamma": gamma, "keywords": list(keywords), "partial": partial, "tries": tries,
                                "step_sep": sep, "reviser": rv.name, "temperature": temperature, "top_p": top_p,
@@ -551,9 +325,7 @@ def truncate_like(src: str, out: str, like: str, *, overwrite: bool = False, con
     tok = load_tokenizer(ModelConfig(**manifest["params"]["teacher"])) if "api" not in manifest["params"]["teacher"] \
         else None
     if tok is None:
-        from .mixed import _api_teacher
-
-        tok = _api_teacher(src, manifest, None).tokenizer
+        tok = api_teacher(src, manifest, None).tokenizer
     count = _counter(tok)
     sep = step_sep(r["completion"] for r in rows[:200])
     params = {"truncate_like": {"like": str(Path(like).resolve()), "step_sep": sep}}
@@ -577,6 +349,6 @@ def truncate_like(src: str, out: str, like: str, *, overwrite: bool = False, con
     return sink.finish("truncate_counts", counts)
 
 
-__all__ = ["DAP_TEMPLATE", "DEFAULT_BUDGETS", "TRANSITIONS", "UNIFORM_TEMPLATE", "Reviser", "cut_to",
+__all__ = ["DAP_TEMPLATE", "DEFAULT_BUDGETS", "LEVELS", "TRANSITIONS", "UNIFORM_TEMPLATE", "OpeningBan", "Reviser", "cut_to",
            "declared_templates", "opens_with_switch", "parse_budgets", "parse_rewrite", "retro_search", "rewrite",
            "step_sep", "steps", "switch_points", "truncate_like", "value"]

@@ -1,4 +1,5 @@
-"""Tokenise (prompt, completion) pairs and collate them into right-padded training batches.
+"""Tokenise (prompt, completion) pairs and collate them into right-padded training batches; a prompt
+as the tokenizer's chat template renders it (`encode_prompt` as ids, `render_prompt` as text).
 
 Prompt tokens and padding get label -100, so a loss sums over completion tokens only. Batches are
 formed from length-sorted buckets so that padding is a small share of the compute.
@@ -49,6 +50,21 @@ def encode_prompt(tok, prompt: str) -> list[int]:
                                       tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     return tok(prompt, add_special_tokens=True)["input_ids"]
+
+
+def render_prompt(tok, prompt: str) -> str:
+    """The prompt as text, as the chat template renders it before the answer (with the generation
+    prompt), or as it is when the tokenizer has no template: what a server's completions endpoint
+    continues (a prefix of the answer may follow it)."""
+    if not getattr(tok, "chat_template", None):
+        return prompt
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                   tokenize=False)
+    bos = tok.bos_token
+    # a completions endpoint adds BOS itself when the tokenizer does: the template's own would double it
+    if bos and text.startswith(bos) and tok("", add_special_tokens=True)["input_ids"][:1] == [tok.bos_token_id]:
+        text = text[len(bos):]
+    return text
 
 
 def encode_example(tok, prompt: str, completion: str) -> Encoded:

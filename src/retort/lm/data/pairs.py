@@ -1,4 +1,4 @@
-"""Positive/negative pairs from verified traces (REDI, DPO, SimPO; methods/llm.md §6).
+"""Positive/negative pairs from verified traces (REDI, DPO, SimPO).
 
 Rule (deterministic, no sampling): for each prompt that has both correct and incorrect samples,
 take its correct samples and its incorrect samples, each in sample order, and pair them off in

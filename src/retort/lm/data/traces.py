@@ -1,4 +1,4 @@
-"""The trace format: Parquet shards `part-NNNNN.parquet` + `manifest.json` (DESIGN.md).
+"""The trace format: Parquet shards `part-NNNNN.parquet` + `manifest.json`.
 
 One row per (prompt id, sample index). A shard is written to `part-NNNNN.parquet.tmp`, flushed and
 renamed when whole, then recorded in the manifest (also replaced atomically). A run killed at any

@@ -1,4 +1,10 @@
-"""Training methods by name. Adding one: a file here and one line in METHODS."""
+"""Training methods by name (`METHODS`). Adding one: a file here and one line in METHODS.
+
+A method file imports no other method file; what methods share lives in modules that are not
+methods: `base` (the context, off-policy batching, token log-probs), `examples` (the data's
+encoded examples), `onpolicy` (rollouts of the student), `distill` (the divergence config, the
+run's teacher, the losses on given tokens), `hidden` (last hidden states) and `pairs` (trace pairs).
+"""
 
 from .base import BatchPlan, LossOut, Method, MethodContext, OffPolicy, Owned
 from .chunk_sft import ChunkSFT

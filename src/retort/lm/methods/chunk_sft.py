@@ -1,5 +1,5 @@
 """`chunk_sft`: Skip-Thinking's chunk-wise training (CWT) and skip-thinking training (STT)
-(EMNLP 2025, arXiv:2505.18642; methods/llm.md §5).
+(EMNLP 2025, arXiv:2505.18642).
 
 Each rationale (a worked solution or a correct teacher trace) is split into sentences, and the
 sentences into m chunks c_1..c_m. Every chunk becomes one training example:
@@ -12,12 +12,12 @@ Split heuristic (documented, configurable):
 - sentences: lines, and within a line the pieces ending in ". ", "! " or "? ";
   each keeps its delimiter, so the chunks concatenate back to the rationale exactly;
 - `chunking=average` (AC): ceil(n / sentences_per_chunk) chunks of (near) equal sentence count;
-- `chunking=search` (SBC; the paper's objective is unpublished, this is the spec's proposed form):
+- `chunking=search` (SBC; the paper's objective is unpublished, this is retort's form):
   start from single sentences and greedily merge the adjacent pair with the highest coherence
   until that many chunks remain, where coherence is the Jaccard overlap of their character
   trigrams (no embedding model needed), minus `balance` x the merged chunk's share of the
   rationale (to keep chunk sizes even).
-STT (`skip_share` > 0): a middle chunk is skippable when it has no digit and no "=" (the spec's
+STT (`skip_share` > 0): a middle chunk is skippable when it has no digit and no "=" (a
 rule-based criterion: no new numbers or equations). For that share of rationales that have one,
 an extra example asks for the chunks after it straight from the chunks before it. On retort's
 arithmetic task every line is an equation, so nothing is skippable there.
@@ -35,8 +35,7 @@ from ..data.collate import IGNORE, Encoded, encode_prompt
 from ..data.text import sentences
 from ..data.traces import read_traces
 from ...errors import ConfigError, DataError
-from .base import LossOut, sequence_logps
-from .sft import SFT
+from .base import LossOut, OffPolicy, sequence_logps
 
 def _trigrams(s: str) -> set:
     s = " ".join(s.split())
@@ -66,7 +65,7 @@ def skippable(c: str) -> bool:
     return not re.search(r"[0-9=]", c)
 
 
-class ChunkSFT(SFT):
+class ChunkSFT(OffPolicy):
     name = "chunk_sft"
     paper = "Skip-Thinking: chunk-wise training and skip-thinking training, EMNLP 2025, arXiv:2505.18642"
     equation = "L_i = -(1/|c_i|) sum_t log p(c_i,t | q, c_<i, c_i,<t), one example per chunk, averaged over chunks"

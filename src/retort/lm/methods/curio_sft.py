@@ -1,5 +1,5 @@
 """`curio_sft`: entropy-preserving SFT by adaptive self-distillation (CurioSFT, arXiv:2602.02244;
-repo HaoooWang/CurioSFT, `custom_verl/recipe/curio_sft`; methods/llm.md §8).
+repo HaoooWang/CurioSFT, `custom_verl/recipe/curio_sft`).
 
 SFT on demonstrations, regularised toward the model's own recent copy (the reference) made flatter
 per token. Per demonstration token y*_t:
@@ -29,9 +29,9 @@ import torch
 
 from ...config import param
 from ..data.collate import IGNORE
-from .base import LossOut
-from .kd import unwrap
-from .sft import SFT
+from .base import LossOut, OffPolicy
+from .examples import data_examples
+from .hidden import unwrap
 
 
 def _entropy(logits: torch.Tensor, tau) -> torch.Tensor:
@@ -75,7 +75,9 @@ def curio_token_loss(logits, ref_logits, labels, tau, *, alpha: float = 1.0, var
     return (nll + alpha * reg).sum(), nll.sum(), reg.sum()
 
 
-class CurioSFT(SFT):
+class CurioSFT(OffPolicy):
+    """The data of `sft` (`data_examples`) with the loss above and the EMA reference it owns."""
+
     name = "curio_sft"
     paper = "CurioSFT: entropy-preserving SFT by adaptive self-distillation, arXiv:2602.02244"
     equation = "L_t = -log p(y*_t) + alpha * 0.5 * (log p(y*_t) - log softmax(z_ref/tau_t)[y*_t])^2"
@@ -100,6 +102,9 @@ class CurioSFT(SFT):
         self._ref = None
         self._forwards = 0
         self._saved_ref = None  # the reference's weights from a checkpoint, until it is rebuilt
+
+    def examples(self):
+        return data_examples(self.ctx)
 
     def state_dict(self) -> dict:
         """The EMA reference and the forward count that times its syncs: without them a resumed

@@ -1,6 +1,5 @@
 """`dpo` (Rafailov et al. 2023, arXiv:2305.18290) and `simpo` (Meng et al. 2024, arXiv:2405.14734)
-on the positive/negative trace pairs of `redi` — the baselines REDI is compared with (methods/llm.md
-§6.2).
+on the positive/negative trace pairs of `redi` — the baselines REDI is compared with.
 
 dpo:   L = -log sigmoid( beta * [ (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)) ] )
        with ref the frozen student as the run started (start from the sft checkpoint, as REDI's

@@ -1,21 +1,27 @@
-"""The shared machinery of on-policy distillation: the student samples, the teacher grades every
-token it produced (../shared/methods/llm.md §0 "On-policy loop", §20).
+"""On-policy distillation's shared parts (no method of its own): the student samples, the teacher
+grades every token it produced.
 
-Micro-batches start from the same deterministic, length-bucketed order of prompts as `sft`/`kd`
-(`OffPolicy.example_batches`). For each one, with probability `lmbda` (drawn from a seed of the
-run seed and the micro-batch index, so resuming and changing the process count repeat the same
-choices), its completions are replaced by fresh samples of the *current* student for the same
-prompts (GKD, Agarwal et al. 2024, arXiv:2306.13649); otherwise, with `seq_kd`, by samples of the
-teacher; otherwise the data's completions are kept. Samples come from the rollout engine shared
-with `retort traces` and `retort eval` (`retort.lm.rollout.generate_ids`: batched, KV cache, left
-padding, temperature / top-p, stop at EOS), seeded per micro-batch under a forked RNG, so the
-training run's own random streams are untouched. Prompt and padding are masked (-100); a rollout
-that stopped gets its EOS as a label; one cut by `max_new_tokens` does not.
+`Rollouts` is the data source. Micro-batches start from the same deterministic, length-bucketed
+order of prompts as the off-policy methods (`OffPolicy.example_batches` over `data_examples`). For
+each one, with probability `lmbda` (drawn from a seed of the run seed and the micro-batch index, so
+resuming and changing the process count repeat the same choices), its completions are replaced by
+fresh samples of the *current* student for the same prompts (GKD, Agarwal et al. 2024, "On-Policy
+Distillation of Language Models: Learning from Self-Generated Mistakes", arXiv:2306.13649);
+otherwise, with `seq_kd`, by samples of the teacher; otherwise the data's completions are kept.
+Samples come from the rollout engine shared with `retort traces` and `retort eval`
+(`retort.lm.rollout.generate_ids`: batched, KV cache, left padding, temperature / top-p, stop at
+EOS), seeded per micro-batch under a forked RNG, so the training run's own random streams are
+untouched. Prompt and padding are masked (-100); a rollout that stopped gets its EOS as a label;
+one cut by `max_new_tokens` does not.
 
-`gate` (KEPO's quality gate, §16): a rollout whose answer the task does not verify is masked out
+`gate` (KEPO's quality gate): a rollout whose answer the task does not verify is masked out
 entirely — no token of it is distilled. Logged per step: `on_policy` (share of micro-batches
 sampled now), `rollout_tokens` (mean completion length), `rollout_correct` (share verified),
 `kept` (share of rollouts trained on).
+
+`OnPolicy` puts the parts together for the methods that subclass it (`gkd`, `opsd`, `tsd_kd`,
+`rkl_pg`): the data's prompts, `Rollouts`, and the run's teacher (`LazyTeacher`); each method
+brings its loss.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from ...config import param
-from ..data.collate import IGNORE, Encoded, collate
 from ...errors import ConfigError
+from ..data.collate import IGNORE, Encoded, collate
+from ..models.lora import AdaptersDisabled
 from ..rollout.generate import generate_ids
 from ..teachers import Teacher
-from .base import BatchPlan
-from .kd import load_teacher_once, unwrap
-from .sft import SFT
+from .base import BatchPlan, OffPolicy
+from .distill import LazyTeacher
+from .examples import data_examples
+from .hidden import unwrap
 
 
 @dataclass
@@ -53,21 +61,17 @@ class RolloutConfig:
     vllm_gpu_memory: float = param(0.3, "share of GPU memory vLLM may take (engine=vllm)", lo=0.05, hi=0.95)
 
 
-class OnPolicy(SFT):
-    """Base of on-policy methods: `batches` as described in the module docstring; subclasses
-    implement `loss`. The data (`data.source`) supply the prompts, their reference answers (for the
-    gate) and the completions of the micro-batches that are not sampled."""
+class Rollouts:
+    """On-policy micro-batches (module docstring) for a method with config `cfg` (a `RolloutConfig`).
+    `teacher(student)` is what samples with `seq_kd`: a `Teacher`, or a model."""
 
-    def __init__(self, ctx, cfg):
-        super().__init__(ctx, cfg)
-        if cfg.engine == "vllm" and getattr(getattr(ctx.run.student, "lora", None), "r", 0):
-            raise ConfigError("method_args.engine=vllm pushes whole weights to vLLM, not LoRA adapters; "
-                              "use engine=auto with student.lora.r > 0")
-        self._teacher = None
-        self.vocab = None
+    def __init__(self, ctx, cfg, teacher):
+        self.ctx, self.cfg, self.teacher = ctx, cfg, teacher
+        self._vllm = None
+        self._version = 0  # the optimizer step of the current micro-batch: vLLM's weights change per step
 
-    def examples(self) -> list[Encoded]:
-        data = super().examples()
+    def prompts(self, data: list[Encoded]) -> list[Encoded]:
+        """`data`, refused when it cannot be sampled from (multi-turn rows) or gated (no answer)."""
         if any(x.multi_turn for x in data):
             raise ConfigError("on-policy methods sample one completion per prompt; the data has multi-turn rows "
                               "(messages), which off-policy methods (sft, kd) train on")
@@ -76,17 +80,12 @@ class OnPolicy(SFT):
                               f"(data.source={self.ctx.run.data.source} has prompts without one)")
         return data
 
-    def teacher(self, model):
-        return load_teacher_once(self, model)
-
-    def with_seq_kd(self, *ways: set) -> tuple:
-        """The capability sets `ways`, each with `generate` when the teacher samples (seq_kd)."""
-        return tuple(set(w) | ({"generate"} if self.cfg.seq_kd else set()) for w in ways)
-
-    def batches(self, plan: BatchPlan) -> Iterator[dict]:
+    def batches(self, example_batches, plan: BatchPlan) -> Iterator[dict]:
+        """Collated micro-batches of `example_batches` ((chunk index, items) each), sampled as the
+        module docstring says; `items` and `stats` ride along in each batch."""
         pad = self.ctx.tokenizer.pad_token_id
-        for chunk, items in self.example_batches(plan):
-            self._version = chunk // (plan.accum * plan.world)  # the optimizer step: weights change per step
+        for chunk, items in example_batches:
+            self._version = chunk // (plan.accum * plan.world)
             rng = random.Random(f"{plan.seed}:rollout:{chunk}")
             on_policy = rng.random() < self.cfg.lmbda
             seed = rng.randrange(2 ** 31)
@@ -106,6 +105,9 @@ class OnPolicy(SFT):
 
     def rollout(self, items: list[Encoded], model, *, seed: int, gate: bool) -> tuple[list[Encoded], dict]:
         """The items with their completions replaced by samples of `model` for the same prompts."""
+        if isinstance(model, AdaptersDisabled):  # a LoRA student's initial self (opsd's seq_kd): adapters off
+            with model.disabled() as base:
+                return self.rollout(items, base, seed=seed, gate=gate)
         tok, c = self.ctx.tokenizer, self.cfg
         prompts = [x.input_ids[:x.prompt_len] for x in items]
         student = model is self.ctx.student()
@@ -133,14 +135,50 @@ class OnPolicy(SFT):
     def _vllm_rollout(self, model, prompts, seed):
         from ..rollout.vllm_engine import VLLMEngine
 
-        if getattr(self, "_vllm", None) is None:
+        if self._vllm is None:
             self._vllm = VLLMEngine(model, self.ctx.tokenizer, gpu_memory_utilization=self.cfg.vllm_gpu_memory,
                                     seed=self.ctx.run.seed)
-        self._vllm.sync(model, getattr(self, "_version", 0))
+        self._vllm.sync(model, self._version)
         tok = self.ctx.tokenizer
         eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
         return self._vllm.generate(prompts, max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
                                    top_p=self.cfg.top_p, seed=seed, eos_ids=eos)
 
 
-__all__ = ["OnPolicy", "RolloutConfig"]
+class OnPolicy(OffPolicy):
+    """The shared frame of on-policy methods (not a method): the data's prompts (`data_examples`),
+    sampled by `Rollouts`, graded by the run's teacher (`LazyTeacher`, or a method's own `teacher`);
+    subclasses implement `loss` and `teacher_needs`."""
+
+    def __init__(self, ctx, cfg):
+        super().__init__(ctx, cfg)
+        if cfg.engine == "vllm" and getattr(getattr(ctx.run.student, "lora", None), "r", 0):
+            raise ConfigError("method_args.engine=vllm pushes whole weights to vLLM, not LoRA adapters; "
+                              "use engine=auto with student.lora.r > 0")
+        self.run_teacher = LazyTeacher(ctx)
+        self.rollouts = Rollouts(ctx, cfg, self.teacher)
+
+    def examples(self) -> list[Encoded]:
+        return self.rollouts.prompts(data_examples(self.ctx))
+
+    def batches(self, plan: BatchPlan) -> Iterator[dict]:
+        return self.rollouts.batches(self.example_batches(plan), plan)
+
+    def rollout(self, items: list[Encoded], model, *, seed: int, gate: bool) -> tuple[list[Encoded], dict]:
+        return self.rollouts.rollout(items, model, seed=seed, gate=gate)
+
+    def teacher(self, model):
+        """What grades the rollouts (and samples with `seq_kd`): the run's teacher by default."""
+        return self.run_teacher.open(model)
+
+    @property
+    def vocab(self):
+        """Vocabulary columns the run's teacher shares with the student (None before it is opened)."""
+        return self.run_teacher.vocab
+
+    def with_seq_kd(self, *ways: set) -> tuple:
+        """The capability sets `ways`, each with `generate` when the teacher samples (seq_kd)."""
+        return tuple(set(w) | ({"generate"} if self.cfg.seq_kd else set()) for w in ways)
+
+
+__all__ = ["OnPolicy", "RolloutConfig", "Rollouts"]

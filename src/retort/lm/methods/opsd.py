@@ -1,4 +1,4 @@
-"""`opsd`: On-Policy Self-Distillation (Zhao et al. 2026, arXiv:2601.18734; methods/llm.md §11).
+"""`opsd`: On-Policy Self-Distillation (Zhao et al. 2026, arXiv:2601.18734).
 
 One model plays both roles. The student is the model given the question only; the teacher is the
 *frozen initial* model (`teacher_mode=fixed`, the released code's recommended setting; `current`
@@ -29,14 +29,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..teachers import LocalTeacher
 from ...config import param
-from ..data.collate import IGNORE, collate, encode_prompt
 from ...errors import ConfigError
-from ...losses.divergences import DIVERGENCES
-from ..models.lora import AdaptersDisabled
+from ..data.collate import IGNORE, collate, encode_prompt
+from ..teachers import LocalTeacher
 from .base import LossOut
-from .kd import distill_tokens
+from .distill import DivergenceConfig, default_of, distill_tokens
 from .onpolicy import OnPolicy, RolloutConfig
 
 PAPER_TEMPLATE = (
@@ -47,27 +45,25 @@ COMPACT_TEMPLATE = "{prompt}{solution}\n{prompt}"
 
 
 class OPSD(OnPolicy):
+    """Rollouts of the student (`OnPolicy`) graded by the student's own initial (or current) self
+    under the privileged prompt, with the fused loss of `retort.lm.methods.distill`."""
+
     name = "opsd"
     paper = "Zhao et al. 2026, On-Policy Self-Distillation (OPSD), arXiv:2601.18734"
     equation = "y ~ p_S(.|x); L = sum_t JSD_beta(p_0(.|x_priv, y_<t) || p_S(.|x, y_<t)) at tau = 1.1"
 
     @dataclass
-    class Config(RolloutConfig):
-        temperature: float = param(1.1, "temperature of the rollouts and of both distributions in the loss",
-                                   lo=0.0, lo_open=True)
-        divergence: str = param("jsd", "per-token divergence", choices=list(DIVERGENCES))
-        beta: float = param(0.5, "generalized JSD weight of the teacher (0: forward KL, 1: reverse KL)",
-                            lo=0.0, hi=1.0)
-        alpha: float = param(0.1, "skew of skew_forward_kl / skew_reverse_kl", lo=0.0, hi=1.0, hi_open=True)
+    class Config(RolloutConfig, DivergenceConfig):
+        temperature: float = default_of(RolloutConfig, "temperature", 1.1)
+        divergence: str = default_of(DivergenceConfig, "divergence", "jsd")
+        t_squared: bool = default_of(DivergenceConfig, "t_squared", False, "multiply the loss by T^2")
+        kd_weight: float = default_of(DivergenceConfig, "kd_weight", 1.0, "weight of the divergence (per-token nats)",
+                                      lo_open=True)
         teacher_mode: str = param("fixed", "fixed: the initial student is the teacher (a LoRA student with its "
                                   "adapters disabled, else a frozen copy); current: the current weights (no "
                                   "gradient through the teacher)", choices=["fixed", "current"])
         privileged_template: str = param("auto", "the teacher's prompt, with {prompt} and {solution}; auto: the "
                                          "paper's wording, or {prompt}{solution}\\n{prompt} for character-level presets")
-        t_squared: bool = param(False, "multiply the loss by T^2")
-        kd_weight: float = param(1.0, "weight of the divergence (per-token nats)", lo=0.0, lo_open=True)
-        ce_weight: float = param(0.0, "weight of cross-entropy on the rollout tokens", lo=0.0)
-        chunk: int = param(0, "rows per chunk of the fused loss (0: auto from the vocabulary size)", lo=0)
 
     def __init__(self, ctx, cfg):
         super().__init__(ctx, cfg)
@@ -98,12 +94,6 @@ class OPSD(OnPolicy):
         if self._self_teacher is None:
             self._self_teacher = self.ctx.frozen_initial_student()
         return self._self_teacher
-
-    def rollout(self, items, model, *, seed, gate):
-        if isinstance(model, AdaptersDisabled):  # seq_kd: the fixed teacher samples, adapters off
-            with model.disabled() as base:
-                return super().rollout(items, base, seed=seed, gate=gate)
-        return super().rollout(items, model, seed=seed, gate=gate)
 
     def teacher_batch(self, items) -> dict:
         tok, out = self.ctx.tokenizer, []

@@ -1,5 +1,5 @@
 """`redi`: Reinforcement Distillation from positive and negative traces (arXiv, May 2025; repo
-Tim-Siu/reinforcement-distillation, `dpo2_trainer.py` loss_type="reinforce"; methods/llm.md §6).
+Tim-Siu/reinforcement-distillation, `dpo2_trainer.py` loss_type="reinforce").
 
 Stage 2 of REDI (stage 1 is `sft` on the positives; start this from its checkpoint). Per pair
 (x, y_w correct, y_l incorrect of the same prompt):

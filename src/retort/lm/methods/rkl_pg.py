@@ -1,7 +1,6 @@
 """`rkl_pg`: on-policy reverse KL as a policy gradient with a dense per-token reward (the
 sampled-token estimator of MiniLLM, Gu et al. 2024, arXiv:2306.08543, as used by Thinking
-Machines' on-policy distillation / tinker-cookbook and OPSD's `--use_tinker_loss`; methods/llm.md
-§0, §20).
+Machines' on-policy distillation / tinker-cookbook and OPSD's `--use_tinker_loss`).
 
 On a completion y sampled from the student, the per-token reward is
     r_t = log p_T(y_t | x, y_<t) - log p_S(y_t | x, y_<t)
@@ -25,7 +24,7 @@ from ...config import param
 from ..data.collate import IGNORE
 from ...losses.fused import fused_linear_divergence
 from .base import LossOut
-from .kd import last_hidden, logprobs_from_hidden, unwrap
+from .hidden import last_hidden, logprobs_from_hidden, unwrap
 from .onpolicy import OnPolicy, RolloutConfig
 
 
@@ -55,6 +54,9 @@ def scored_logprobs(teacher, batch) -> torch.Tensor:
 
 
 class RKLPG(OnPolicy):
+    """Rollouts of the student (`OnPolicy`) with a policy-gradient loss whose per-token reward is
+    the run's teacher's log-prob minus the student's."""
+
     name = "rkl_pg"
     paper = ("MiniLLM (Gu et al. 2024, arXiv:2306.08543); Thinking Machines on-policy distillation; "
              "OPSD's tinker loss (arXiv:2601.18734)")

@@ -1,5 +1,5 @@
 """`tsd_kd`: Token-Selective Dual Knowledge Distillation (ICLR 2026, arXiv:2603.13260; repo
-kmswin1/TSD-KD; methods/llm.md §1).
+kmswin1/TSD-KD).
 
 On-policy: the student samples (temperature 1, lmbda 1); on its rollouts, with H the per-token
 entropy of the full distribution at tau = 1 and N the valid (completion) tokens:
@@ -7,13 +7,13 @@ entropy of the full distribution at tau = 1 and N the valid (completion) tokens:
     direct    w_t = sigmoid(H_S,t - H_T,t) (no gradient);  L_dir = sum_t w_t * JSD_beta(P_T,t || P_S,t)
     entropy   q = quantile_{valid t}(H_S,t, threshold);  m_t = 1[H_S,t >= q]
               L_ent = sum_t H_S,t m_t / sum_t m_t          (gradient through H_S; valid tokens only —
-              the released code also counts padding, a bug the spec asks us not to copy)
+              the released code also counts padding, a bug not copied here)
     indirect  at each early position, the student's top-K tokens (K = 10) ordered by the teacher's
               logits, s = the student's logits in that order, centred:
               standard (default): ListMLE of the teacher's order, l_t = -sum_k [s_k - log sum_{j>=k} exp s_j]
               as_released: the released code's forward logcumsumexp, l_t = -sum_k [s_k - log sum_{j<=k} exp s_j],
-              which is ListMLE of the *reversed* teacher order (descent lowers the teacher's favourite;
-              methods/llm.md §1.2 "Caution"), kept behind `listmle_direction` to reproduce the paper
+              which is ListMLE of the *reversed* teacher order (descent lowers the teacher's favourite),
+              kept behind `listmle_direction` to reproduce the paper
               "Early" = completion positions before d, the first index at which the cumulative share of
               the batch's (flattened) token entropy reaches `threshold` (as released), or per sequence.
     L = L_dir + entropy_weight * L_ent + alpha * L_ind
@@ -35,7 +35,8 @@ from ...config import param
 from ..data.collate import IGNORE
 from ...losses.divergences import generalized_jsd_logp
 from .base import LossOut
-from .kd import last_hidden, unwrap
+from .distill import DivergenceConfig, default_of
+from .hidden import last_hidden, unwrap
 from .onpolicy import OnPolicy, RolloutConfig
 
 
@@ -61,6 +62,9 @@ def entropy_prefix(h: torch.Tensor, threshold: float) -> int:
 
 
 class TSDKD(OnPolicy):
+    """Rollouts of the student (`OnPolicy`) graded by the run's teacher with the three terms above,
+    from both models' full logits at the completion positions."""
+
     name = "tsd_kd"
     paper = "TSD-KD: Token-Selective Dual Knowledge Distillation (ICLR 2026), arXiv:2603.13260"
     equation = ("L = sum_t sigmoid(H_S-H_T)_t JSD_beta(P_T||P_S)_t + L_ent(top-90% entropy tokens) "
@@ -68,7 +72,7 @@ class TSDKD(OnPolicy):
 
     @dataclass
     class Config(RolloutConfig):
-        beta: float = param(0.9, "generalized JSD weight of the teacher (0: forward KL, 1: reverse KL)", lo=0.0, hi=1.0)
+        beta: float = default_of(DivergenceConfig, "beta", 0.9)
         alpha: float = param(0.1, "weight of the indirect (ranking) term", lo=0.0)
         entropy_weight: float = param(1.0, "weight of the entropy term (0: off)", lo=0.0)
         threshold: float = param(0.1, "entropy quantile of the entropy term, and entropy share of the early "

@@ -13,8 +13,8 @@ Saving, the choice made here:
 - the run's final `model/` has the adapters merged into the base weights (`merge`): a plain model
   that `retort eval` and `AutoModelForCausalLM` load, with no peft needed.
 
-`AdaptersDisabled` is the base model seen through the LoRA model (OPSD's frozen teacher, §11 of
-methods/llm.md): the initial student, with no second copy of its weights.
+`AdaptersDisabled` is the base model seen through the LoRA model (OPSD's frozen teacher): the
+initial student, with no second copy of its weights.
 """
 
 from __future__ import annotations

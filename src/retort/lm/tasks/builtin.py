@@ -110,7 +110,7 @@ class Detours(ModChain):
     "7+5=2 / 2*3=8 wait, 2*3=6 / 6-4=2 wait, 6-4=2 / check 7+5=2 2*3=6 6-4=2 / A:2".
 
     The built-in teacher of this task also learns to rewrite such a trace (`skill_examples`), the
-    way LiteCoT prompts its teacher (DAP, methods/llm.md §12): given a budget per difficulty level
+    way LiteCoT prompts its teacher (DAP, arXiv:2505.19716): given a budget per difficulty level
     it names the level ("D:easy") and writes the longest of the task's renderings of the solution
     that fits that level's budget; given one budget for all ("uniform"), the same without a level.
     The renderings, longest first: the clean steps and the re-check; the clean steps; two

@@ -8,19 +8,22 @@ Capabilities (`Teacher.capabilities`):
 - `score_stored`: `score` of the continuations the teacher itself sampled and stored only (enough for
   off-policy KD on its own traces, not for grading a student's rollouts).
 
-Kinds, chosen by `teacher.name`: a model (`LocalTeacher`: preset, builtin:teacher, a directory, a
-.gguf file, pkg:, a hub id; all three capabilities), `traces:DIR` (`TraceStoreTeacher`: the
-log-probs and top-k `retort traces` stored: `score_stored`), and
-`openai:MODEL` (`ApiTeacher`, an OpenAI-compatible server, `teacher.api.*`: `generate`, and `score`
-where the server offers vLLM's `prompt_logprobs`).
+Kinds, chosen by `teacher.name` (`registry`): a model (`LocalTeacher`, `local`: preset,
+builtin:teacher, a directory, a .gguf file, pkg:, a hub id; all four capabilities), `traces:DIR`
+(`TraceStoreTeacher`, `store`: the log-probs and top-k `retort traces` stored: `score_stored`), and
+`openai:MODEL` (`ApiTeacher`, `api`: an OpenAI-compatible server, `teacher.api.*`: `generate`, and
+`score` where the server offers vLLM's `prompt_logprobs`).
 A method declares what it needs (`Method.teacher_needs`); `check_capabilities` stops a run before
 step 0, naming the capability and the teachers that have it, without loading the teacher.
 """
 
 from __future__ import annotations
 
-from .base import (CAPABILITIES, KINDS, ApiTeacher, LocalTeacher, Teacher, TraceStoreTeacher, capabilities_of,
-                   check_capabilities, open_teacher, trace_tokenizer)
+from .api import ApiTeacher
+from .base import CAPABILITIES, Teacher
+from .local import LocalTeacher
+from .registry import KINDS, capabilities_of, check_capabilities, open_teacher
+from .store import TraceStoreTeacher, trace_tokenizer
 
 __all__ = ["CAPABILITIES", "KINDS", "ApiTeacher", "LocalTeacher", "Teacher", "TraceStoreTeacher", "capabilities_of",
            "check_capabilities", "open_teacher", "trace_tokenizer"]

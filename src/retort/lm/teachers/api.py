@@ -7,230 +7,31 @@ What it can do (`Teacher` capabilities):
 - `score`: the log-probs (and top-k) of given continuations, from the `prompt_logprobs` vLLM offers
   on `/completions`; a server without it is refused with a message naming what works instead.
 
-Token ids. A server answers with token *strings* (and usually their bytes). They become ids of a
-local tokenizer only when `teacher.api.tokenizer` names the served model's tokenizer and it is
-checked, not assumed: the server's `/tokenize` must split a probe text into the same ids, and every
-token of every answer must map to exactly one id whose bytes are the token's, the ids together
-spelling the answer's text. Rows whose tokens do not map keep the text and the token strings only
-(`Reply.tokens`); token-level KD from them is refused downstream.
-
-The requests themselves (concurrency, rate limits, retries, balancing) are `retort.lm.teachers.http`.
+Token ids come from the checked map of `retort.lm.teachers.tokens` (here: the probe of the server's
+`/tokenize`, `check_tokenizer`); rows whose tokens do not map keep the text and the token strings
+only (`Reply.tokens`), and token-level KD from them is refused downstream. Requests and replies are
+`retort.lm.teachers.replies`; sending them (concurrency, rate limits, retries, balancing) is
+`retort.lm.teachers.http`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from ...errors import ApiError, ConfigError
 from .base import Teacher
 from .http import Failed, Malformed, Pool
+from .replies import Job, Reply, parse_chat, parse_completion, request_id, request_seed
+from .tokens import TokenMap, server_tokenizer
 
 PROBE = "The quick brown fox: 12 + 7 = 19.\nWait, let me check: 19 - 7 = 12. So the answer is 19!"
 
 
-@dataclass
-class Tok:
-    """One token of a server's answer: its text, bytes (when the server gives them), id (when the
-    server gives it), log-prob, and the alternatives the server listed (`top_logprobs`), as Toks."""
-
-    text: str
-    logprob: float
-    bytes: Optional[bytes] = None
-    id: Optional[int] = None
-    top: list = field(default_factory=list)
-
-
-@dataclass
-class Reply:
-    text: str
-    finish_reason: str
-    reasoning: Optional[str] = None
-    tokens: Optional[list] = None            # [Tok] when log-probs were asked and given
-    prompt_tokens: int = 0                   # the server's usage
-    completion_tokens: int = 0
-    url: str = ""
-
-    def tokens_json(self) -> Optional[str]:
-        """The token strings, log-probs and alternatives as compact JSON (kept whatever the tokenizer)."""
-        if self.tokens is None:
-            return None
-        return json.dumps({"t": [t.text for t in self.tokens], "lp": [t.logprob for t in self.tokens],
-                           "top": [[[a.text, a.logprob] for a in t.top] for t in self.tokens]},
-                          ensure_ascii=False, separators=(",", ":"))
-
-
-@dataclass
-class Job:
-    """One request: `key` names it in the journal, `attempt` counts finish=length retries."""
-
-    key: str
-    prompt: str
-    seed: int
-    attempt: int = 0
-
-
-# ----------------------------------------------------------------------------- token ids
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet (printable stand-ins for the 256 bytes), inverted."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-class TokenMap:
-    """Token strings/bytes of a server's answers -> ids of the served model's tokenizer `tok`."""
-
-    def __init__(self, tok):
-        self.tok = tok
-        spec = json.loads(tok.backend_tokenizer.to_str()) if hasattr(tok, "backend_tokenizer") else {}
-        byte_level = "ByteLevel" in json.dumps(spec.get("decoder") or {})
-        dec = _byte_decoder()
-        special = set(tok.all_special_ids)
-        self.bytes_of: list[Optional[bytes]] = []
-        self.by_bytes: dict[bytes, int] = {}
-        ambiguous = set()
-        for i, s in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
-            if s is None:
-                b = None
-            elif i in special:
-                b = s.encode()
-            elif byte_level and all(c in dec for c in s):
-                b = bytes(dec[c] for c in s)
-            elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", s):
-                b = bytes([int(s[3:5], 16)])
-            else:
-                b = s.replace("\u2581", " ").encode()
-            self.bytes_of.append(b)
-            if b is not None:
-                if b in self.by_bytes and i not in special:
-                    ambiguous.add(b)
-                self.by_bytes.setdefault(b, i)
-        for b in ambiguous:
-            self.by_bytes.pop(b, None)
-
-    def id(self, t: Tok) -> Optional[int]:
-        """The id of `t`, or None if it maps to none (or to more than one)."""
-        if t.text.startswith("token_id:"):  # vLLM's return_tokens_as_token_ids
-            try:
-                i = int(t.text[9:])
-            except ValueError:
-                return None
-            return i if 0 <= i < len(self.bytes_of) else None
-        b = t.bytes if t.bytes is not None else t.text.encode()
-        if t.id is not None:
-            return t.id if 0 <= t.id < len(self.bytes_of) and self.bytes_of[t.id] == b else None
-        return self.by_bytes.get(b)
-
-    def ids(self, reply: Reply) -> Optional[list[int]]:
-        """The ids of a reply's tokens when every one maps and together they spell its text."""
-        if not reply.tokens:
-            return [] if reply.tokens is not None and not reply.text else None
-        ids = [self.id(t) for t in reply.tokens]
-        if any(i is None for i in ids):
-            return None
-        spelled = b"".join(self.bytes_of[i] for i in ids)
-        eos = self.tok.eos_token_id
-        if ids and ids[-1] == eos and spelled.endswith(self.bytes_of[eos] or b"\0") and \
-                spelled[:-len(self.bytes_of[eos])] == reply.text.encode():
-            return ids  # the server listed the end-of-sequence step too
-        return ids if spelled == reply.text.encode() else None
-
-
-# ----------------------------------------------------------------------------- requests and answers
-
-
-def _tok(d: dict) -> Tok:
-    b = d.get("bytes")
-    return Tok(text=d.get("token") or "", logprob=float(d["logprob"]), bytes=bytes(b) if b is not None else None,
-               id=d.get("id") if isinstance(d.get("id"), int) else None)
-
-
-def parse_chat(d: dict, want_logprobs: bool) -> Reply:
-    ch = d["choices"][0]
-    msg = ch["message"]
-    if ch.get("finish_reason") is None:
-        raise Malformed("no finish_reason")
-    reply = Reply(text=msg.get("content") or "", finish_reason=ch["finish_reason"],
-                  reasoning=msg.get("reasoning_content") or msg.get("reasoning") or None)
-    lp = ch.get("logprobs")
-    if want_logprobs and lp and lp.get("content") is not None:
-        reply.tokens = []
-        for t in lp["content"]:
-            tok = _tok(t)
-            tok.top = [_tok(a) for a in t.get("top_logprobs") or []]
-            reply.tokens.append(tok)
-    _usage(reply, d)
-    return reply
-
-
-def parse_completion(d: dict, want_logprobs: bool) -> Reply:
-    ch = d["choices"][0]
-    if ch.get("finish_reason") is None:
-        raise Malformed("no finish_reason")
-    reply = Reply(text=ch["text"] or "", finish_reason=ch["finish_reason"])
-    lp = ch.get("logprobs")
-    if want_logprobs and lp and lp.get("tokens") is not None:
-        tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
-        reply.tokens = [Tok(text=t, logprob=float(v), top=[Tok(text=a, logprob=float(x)) for a, x in (top or {}).items()])
-                        for t, v, top in zip(lp["tokens"], lp["token_logprobs"], tops)]
-    _usage(reply, d)
-    return reply
-
-
-def _usage(reply: Reply, d: dict) -> None:
-    u = d.get("usage") or {}
-    reply.prompt_tokens = int(u.get("prompt_tokens") or 0)
-    reply.completion_tokens = int(u.get("completion_tokens") or 0)
-
-
-def server_tokenizer(name: str):
-    """`teacher.api.tokenizer`: a directory holding just a tokenizer (tokenizer.json or
-    tokenizer_config.json, no model), or anything a model name can be (`load_tokenizer`)."""
-    from pathlib import Path
-
-    from ..config import ModelConfig
-    from ...errors import ModelError
-    from ..models import load_tokenizer
-
-    p = Path(name)
-    if p.is_dir() and not (p / "config.json").is_file() and \
-            ((p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file()):
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(str(p))
-        except Exception as e:  # a damaged file raises several types
-            raise ModelError(f"teacher.api.tokenizer={name}: could not load the tokenizer ({e})") from None
-    return load_tokenizer(ModelConfig(name=name))
-
-
-def request_id(job: "Job") -> str:
-    """The X-Request-ID header of a job: a UUID (some servers refuse any other form) derived from
-    the job's key and attempt, so a server's log shows which request came back."""
-    import uuid
-
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"retort:{job.key}:{job.attempt}"))
-
-
-def request_seed(*parts) -> int:
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
 class ApiTeacher(Teacher):
-    """The teacher `openai:MODEL` on the server(s) of `cfg.api` (a `retort.lm.config.ApiConfig`)."""
+    """The teacher `openai:MODEL` on the server(s) of `cfg.api` (a `retort.config.ApiConfig`)."""
 
     kind = "OpenAI-compatible server"
     capabilities = frozenset({"generate", "score"})
@@ -534,5 +335,4 @@ def check_key_env(cfg) -> None:
                           "_), e.g. OPENAI_API_KEY; the key itself is never put in a config")
 
 
-__all__ = ["ApiTeacher", "Job", "request_id", "server_tokenizer", "Reply", "Tok", "TokenMap", "check_key_env", "parse_chat", "parse_completion",
-           "request_seed"]
+__all__ = ["PROBE", "ApiTeacher", "check_key_env"]
