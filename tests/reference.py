@@ -125,7 +125,7 @@ def _share_prefix(h, threshold):
 
 def tsd_kd_loss(student, teacher, seqs, *, beta=0.9, alpha=0.1, entropy_weight=1.0, threshold=0.1, top_k=10,
                 weighting="soft", listmle_direction="standard", prefix="batch", temperature=1.0):
-    """Summed TSD-KD loss (methods/llm.md §1.2) over (prompt ids, completion ids) pairs, each sequence
+    """Summed TSD-KD loss ("Explain in Your Own Words: Improving Reasoning via Token-Selective Dual Knowledge Distillation") over (prompt ids, completion ids) pairs, each sequence
     scored alone (no padding), per position, in float64, with N the number of completion tokens:
 
         L = sum_t w_t GJSD_beta(P_T,t || P_S,t) + N * (entropy_weight * L_ent + alpha * L_ind)

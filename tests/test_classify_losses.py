@@ -1,4 +1,4 @@
-"""The four tests of CONVENTIONS.md for the classifier losses (retort.losses.classify): float64
+"""The four tests every loss ships with for the classifier losses (retort.losses.classify): float64
 reference parity (loss and gradient), golden values, properties (PLD's first term is CE, shift
 invariance, convexity; DKD's decomposition of KD), and a short run whose loss falls."""
 

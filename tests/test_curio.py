@@ -1,5 +1,5 @@
 """curio_sft: the entropy-guided temperature, the loss against a float64 hand computation, its
-properties, the reference's EMA sync, and a short run (CONVENTIONS' four tests)."""
+properties, the reference's EMA sync, and a short run (the four tests every loss ships with)."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The diffusion losses' four tests (CONVENTIONS): parity with the float64 reference (value and
+"""The diffusion losses' four tests (every loss ships with them): parity with the float64 reference (value and
 gradient, odd shapes), a golden number, properties (the DM sign: a descent step moves x toward the
 real prediction and away from the fake one; zero when the scores agree), and a short training run
 that makes the loss fall (test_diffuse.py trains through the CLI)."""

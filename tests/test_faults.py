@@ -414,7 +414,7 @@ def test_17_a_cached_teacher_trained_with_other_settings_is_not_reused(tmp_path)
 
 
 def test_17_teacher_force_deletes_only_the_run(tmp_path):
-    from retort.lm.teacher import remove_run
+    from retort.paths import remove_run
 
     run = tmp_path / "t"
     (run / "ckpt" / "step-0000001").mkdir(parents=True)

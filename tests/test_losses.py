@@ -1,4 +1,4 @@
-"""The four tests of CONVENTIONS.md for every divergence: float64 reference parity (loss and
+"""The four tests every loss ships with, for every divergence: float64 reference parity (loss and
 gradient, odd shapes, masks), a golden value, properties, and a short run whose loss falls."""
 
 import math

@@ -28,7 +28,8 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError, require
 from ..images import CNN, ccexam_cnn
-from ..paths import atomic_write_text, cache_dir
+from ..paths import atomic_write_text
+from ..train.teacher import resolve_builtin, teacher_dir
 from .data import BUILTIN
 
 CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
@@ -225,21 +226,13 @@ def load(name: str) -> tuple[nn.Module, dict]:
 
 
 def builtin_teacher_dir(dataset: str) -> Path:
-    return cache_dir() / f"teacher-classify-{dataset}"
+    return teacher_dir("classify", dataset)
 
 
 def resolve(name: str, dataset: str) -> str:
     """`builtin:teacher` -> the cached teacher of a built-in dataset's directory; else `name`."""
-    if name != "builtin:teacher":
-        return name
-    if dataset not in BUILTIN:
-        raise ConfigError(f"teacher.name=builtin:teacher: only built-in datasets ({', '.join(BUILTIN)}) have one; "
-                          "give a trained classifier's directory (retort train track=classify method=ce ...)")
-    path = builtin_teacher_dir(dataset) / "model"
-    if not (path / "config.json").is_file():
-        raise ModelError(f"no trained teacher for {dataset} in {path.parent}; train it first: "
-                         f"retort teacher track=classify task.name={dataset}")
-    return str(path)
+    return resolve_builtin(name, dataset, track="classify", builtin=BUILTIN, saved_file="config.json",
+                           otherwise="give a trained classifier's directory (retort train track=classify method=ce ...)")
 
 
 def is_saved(name: str) -> bool:

@@ -4,18 +4,15 @@ crash resumes from its last checkpoint). `teacher.name=builtin:teacher` finds it
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..paths import remove_run
 from .config import ClassifyRun
 from .data import BUILTIN
 
-# per dataset: the teacher the spec's small reproductions use (other.md 1.5, 2.5): a wide MLP on
+# per dataset: the teacher of the small reproductions of PLD and LELP: a wide MLP on
 # digits (a 64-d embedding for digits-bin, LELP's), the ccexam-shaped CNN on MNIST
 TEACHERS = {
     "digits": {"student": {"name": "mlp:512-512"}, "train": {"steps": 1500}},
@@ -47,29 +44,18 @@ def teacher_config(config_file=None, overrides=None) -> ClassifyRun:
 
 
 def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, console=None) -> Path:
-    from ..train import cached_teacher, train
+    from ..train.teacher import ensure_teacher as ensure
     from .evaluate import run_evaluator
 
     run = teacher_config(config_file, overrides)
-    out = Path(run.out)
-    report = out / "teacher.json"
-    info = cached_teacher(run, force)
-    if info is not None:
-        if console is not None:
-            console.print(f"teacher: cached in {out} ({info['arch']}, test accuracy {info['accuracy']:.4f})")
-        return out / "model"
-    if force and out.exists():
-        remove_run(out)
-    if console is not None:
-        console.print(f"teacher: training {run.student.name} on {run.task.name} into {out} (resumable)")
-    t0 = time.time()
-    summary = train(run, resume=True, evaluate=run_evaluator(run), console=console)
-    ev = summary["eval"]
-    info = {"arch": run.student.name, "dataset": run.task.name, "accuracy": ev["accuracy"], "ece": ev["ece"],
-            "nll": ev["nll"], "val_accuracy": ev.get("val_accuracy"), "steps": summary["steps"],
-            "train_time_s": round(time.time() - t0, 1), "params": summary["params"]}
-    report.write_text(json.dumps(info, indent=2))
-    if console is not None:
-        console.print(f"teacher: {info['accuracy']:.4f} test accuracy ({run.student.name}, {info['params']:,} "
-                      f"parameters, {info['train_time_s']:.0f}s); cached in {out}")
-    return out / "model"
+
+    def report(summary: dict, seconds: float) -> dict:
+        ev = summary["eval"]
+        return {"arch": run.student.name, "dataset": run.task.name, "accuracy": ev["accuracy"], "ece": ev["ece"],
+                "nll": ev["nll"], "val_accuracy": ev.get("val_accuracy"), "steps": summary["steps"],
+                "train_time_s": seconds, "params": summary["params"]}
+
+    return ensure(run, force=force, console=console, evaluate=run_evaluator(run), report=report,
+                  cached=lambda i: f"{i['arch']}, test accuracy {i['accuracy']:.4f}",
+                  trained=lambda i: f"{i['accuracy']:.4f} test accuracy ({i['arch']}, {i['params']:,} parameters, "
+                                    f"{i['train_time_s']:.0f}s)")

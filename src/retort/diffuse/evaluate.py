@@ -1,4 +1,4 @@
-"""Measuring generators (methods/other.md 0.3): samples at a step count, the metrics of each kind
+"""Measuring generators (distribution metrics): samples at a step count, the metrics of each kind
 of data, the collapse detectors, and the evaluator a training run calls.
 
 Points: SWD as a ratio to the noise floor (the same metric between two independent draws of the
@@ -263,7 +263,7 @@ def measure(x: torch.Tensor, labels, ref: Reference) -> dict:
 @torch.no_grad()
 def first_step(model, data, ref: Reference, *, sigma: float, n: int = 16, seed: int = 0,
                guidance: float = 1.0) -> dict:
-    """DT-visualisation (Gandikota & Bau; methods/other.md 11.2): what a model predicts as the final
+    """DT-visualisation (Gandikota & Bau, "Distilling Diversity and Control in Diffusion Models"): what a model predicts as the final
     sample after its first step, x0 = D(sigma z, sigma), for `n` noises of one condition (the class
     of the seed's first label). `spread`: the mean pairwise distance between those predictions,
     `to_data`: the mean distance from each to its nearest real sample, both per coordinate (divided

@@ -1,4 +1,4 @@
-"""Distribution metrics for generated 2-D samples (methods/other.md section 0.3).
+"""Distribution metrics for generated 2-D samples (sliced Wasserstein distance, MMD, mode coverage).
 
 - `sliced_wasserstein(a, b)`: the mean over random unit directions of the 1-D W2 distance between
   the projected samples (sorted; unequal sizes compared at matched quantiles). Reported as a ratio

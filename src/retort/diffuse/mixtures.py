@@ -1,5 +1,5 @@
 """2-D Gaussian mixtures with an exact teacher: sampling, and the closed-form denoiser, score and
-velocity at every noise level (methods/other.md section 0.2), so that distillation error is
+velocity at every noise level (the closed form of a Gaussian mixture's score under Gaussian noise), so that distillation error is
 measured apart from teacher error.
 
 Noising conventions (stated, because tools differ):
@@ -149,7 +149,7 @@ def orbit(positions: int = 16, radius: float = 4.0):
 
 
 def sequence_mixture(frames: int = 12, positions: int = 16, radius: float = 4.0, std: float = 0.15) -> Mixture:
-    """A toy video (LiveTalk's CPU reproduction, methods/other.md 12.4): a point that moves one
+    """A toy video (a CPU-sized stand-in for LiveTalk's videos: "LiveTalk: Real-Time Multimodal Interactive Video Diffusion via Improved On-Policy Distillation"): a point that moves one
     position per frame around a circle of `positions`, clockwise or not, from any start, each frame
     with its own N(0, std^2) jitter. Flattened (frame 0 x, y, frame 1 x, y, ...), it is a mixture
     of 2 * positions Gaussians in 2 * frames dimensions, so its denoiser is exact; components

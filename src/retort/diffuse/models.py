@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, ModelError, require
-from ..paths import atomic_write_text, cache_dir
+from ..paths import atomic_write_text
+from ..train.teacher import resolve_builtin, teacher_dir
 from .data import BUILTIN, DiffuseData
 from .nets import CausalDenoiser, MLPDenoiser, Phased, Routed, UNetDenoiser, digits_unet
 
@@ -172,20 +173,13 @@ def load(name) -> tuple[torch.nn.Module, dict]:
 
 
 def builtin_teacher_dir(dataset: str) -> Path:
-    return cache_dir() / f"teacher-diffuse-{dataset}"
+    return teacher_dir("diffuse", dataset)
 
 
 def resolve(name: str, dataset: str) -> str:
-    if name != "builtin:teacher":
-        return name
-    if dataset not in BUILTIN:
-        raise ConfigError(f"teacher.name=builtin:teacher: only built-in datasets ({', '.join(BUILTIN)}) have one; "
-                          "give a saved diffusion model directory")
-    path = builtin_teacher_dir(dataset) / "model"
-    if not (path / "retort.json").is_file():
-        raise ModelError(f"no trained teacher for {dataset} in {path.parent}; train it first: "
-                         f"retort teacher track=diffuse task.name={dataset}")
-    return str(path)
+    """`builtin:teacher` -> the cached teacher of a built-in dataset's directory; else `name`."""
+    return resolve_builtin(name, dataset, track="diffuse", builtin=BUILTIN, saved_file="retort.json",
+                           otherwise="give a saved diffusion model directory")
 
 
 def check_fits(meta: dict, data: DiffuseData, role: str) -> None:

@@ -3,7 +3,7 @@ the ordinary flow-matching target from clean data, and Phased DMD's unbiased *su
 which needs only samples x_s at an intermediate level sigma_s (what a phase's generator produces),
 never clean data.
 
-Phased DMD (Fan et al., arXiv 2510.27684; methods/other.md section 9.2, step 4): from x_s, noise to
+Phased DMD (Fan et al., arXiv 2510.27684, the subinterval target): from x_s, noise to
 sigma_t > sigma_s with x_t = a x_s + b eps, a = (1 - sigma_t) / (1 - sigma_s),
 b = sqrt(sigma_t^2 - a^2 sigma_s^2); then
 

@@ -9,14 +9,11 @@ labels dropped 10% of the time (so it also denoises unconditionally, for guidanc
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..paths import remove_run
 from .config import DiffuseRun
 from .data import BUILTIN, POINTS, SEQUENCES
 
@@ -55,40 +52,31 @@ def teacher_config(config_file=None, overrides=None) -> DiffuseRun:
 
 
 def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, console=None) -> Path:
-    from ..train import cached_teacher, train
+    from ..track import get_track
+    from ..train.teacher import ensure_teacher as ensure
     from .evaluate import Reference, measure, sample
     from .models import load
-    from ..track import get_track
 
     run = teacher_config(config_file, overrides)
     out = Path(run.out)
-    info = cached_teacher(run, force)
-    if info is not None:
-        if console is not None:
-            console.print(f"teacher: cached in {out} ({info['arch']}, {info['summary']})")
-        return out / "model"
-    if force and out.exists():
-        remove_run(out)
-    if console is not None:
-        console.print(f"teacher: training {run.student.name} on {run.task.name} into {out} (resumable)")
-    t0 = time.time()
-    summary = train(run, resume=True, console=console)
-    model, meta = load(str(out / "model"))
-    data = get_track(run.track).get_task(run.task)
-    ref = Reference(data, run.eval.n, run.eval.seed)
-    s = sample(model, data, run.eval.n, sigmas=meta["sampling"]["sigmas"], sampler="heun", seed=run.eval.seed)
-    m = measure(s["x"], s["labels"], ref)
-    if data.kind == "sequence":
-        text = (f"SWD {m['swd_ratio']:.2f}x the floor, {m['on_track']:.1%} of sequences on a true trajectory, "
-                f"{m['trajectories_covered']}/{m['trajectories']} trajectories at {s['nfe']} NFE")
-    elif data.kind == "points":
-        text = f"SWD {m['swd_ratio']:.2f}x the floor, {m['modes_covered']}/{m['modes']} modes at {s['nfe']} NFE"
-    else:
-        text = f"FD {m['fd']:.2f} (real-vs-real floor {m['fd_floor']:.2f}) at {s['nfe']} NFE"
-    info = {"arch": run.student.name, "dataset": run.task.name, "steps": summary["steps"], "params": summary["params"],
-            "train_time_s": round(time.time() - t0, 1), "nfe": s["nfe"], "metrics": m, "summary": text}
-    (out / "teacher.json").write_text(json.dumps(info, indent=2))
-    if console is not None:
-        console.print(f"teacher: {text} ({run.student.name}, {info['params']:,} parameters, "
-                      f"{info['train_time_s']:.0f}s); cached in {out}")
-    return out / "model"
+
+    def report(summary: dict, seconds: float) -> dict:
+        model, meta = load(str(out / "model"))
+        data = get_track(run.track).get_task(run.task)
+        ref = Reference(data, run.eval.n, run.eval.seed)
+        s = sample(model, data, run.eval.n, sigmas=meta["sampling"]["sigmas"], sampler="heun", seed=run.eval.seed)
+        m = measure(s["x"], s["labels"], ref)
+        if data.kind == "sequence":
+            text = (f"SWD {m['swd_ratio']:.2f}x the floor, {m['on_track']:.1%} of sequences on a true trajectory, "
+                    f"{m['trajectories_covered']}/{m['trajectories']} trajectories at {s['nfe']} NFE")
+        elif data.kind == "points":
+            text = f"SWD {m['swd_ratio']:.2f}x the floor, {m['modes_covered']}/{m['modes']} modes at {s['nfe']} NFE"
+        else:
+            text = f"FD {m['fd']:.2f} (real-vs-real floor {m['fd_floor']:.2f}) at {s['nfe']} NFE"
+        return {"arch": run.student.name, "dataset": run.task.name, "steps": summary["steps"],
+                "params": summary["params"], "train_time_s": seconds, "nfe": s["nfe"], "metrics": m, "summary": text}
+
+    return ensure(run, force=force, console=console, report=report,
+                  cached=lambda i: f"{i['arch']}, {i['summary']}",
+                  trained=lambda i: f"{i['summary']} ({i['arch']}, {i['params']:,} parameters, "
+                                    f"{i['train_time_s']:.0f}s)")

@@ -7,8 +7,6 @@ mid-training resumes from its last checkpoint, and `model/` loads with plain tra
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +14,6 @@ from ..config import load_config
 
 from .config import EvalConfig, TrainRun
 from ..errors import RetortError
-from ..paths import remove_run
 from .models import builtin_teacher_dir, load_model
 
 TARGET_ACCURACY = 0.95
@@ -56,45 +53,36 @@ def teacher_config(config_file=None, overrides=None) -> TrainRun:
 
 def ensure_teacher(config_file=None, overrides=None, *, force: bool = False, console=None) -> Path:
     """Return the directory of a trained built-in teacher, training it first if needed."""
+    from ..train.teacher import ensure_teacher as ensure
     from .eval import evaluate
     from .tasks import get_task
-    from ..train import cached_teacher, train
 
     run = teacher_config(config_file, overrides)
     out = Path(run.out)
-    report = out / "teacher.json"
-    info = cached_teacher(run, force)
-    if info is not None:
-        if console is not None:
-            console.print(f"teacher: cached in {out} (test accuracy {info['accuracy']:.3f}, "
-                          f"trained in {info['train_time_s']:.0f}s)")
-        return out / "model"
-    if force and out.exists():
-        remove_run(out)
-    if console is not None:
-        console.print(f"teacher: training {run.student.name} on {run.task.name} into {out} "
-                      f"(stops at {run.train.stop_at_accuracy:.0%} accuracy; resumable)")
-    t0 = time.time()
-    summary = train(run, resume=True, evaluate=lambda m, t, task: evaluate(m, t, task, run.eval), console=console)
-    model, tok = load_model(replace(run.student, name=str(out / "model")))
-    task = get_task(run.task)
-    result = evaluate(model, tok, task, replace(FINAL_EVAL, max_new_tokens=run.eval.max_new_tokens))
-    info = {"accuracy": result["accuracy"], "n": result["n"], "by_difficulty": result["by_difficulty"],
-            "steps": summary["steps"], "train_time_s": round(time.time() - t0, 1),
-            "params": sum(p.numel() for p in model.parameters())}
-    if run.data.skills > 0 and task.rewrite_templates:
-        info["rewrite_templates"] = task.rewrite_templates
-        info["skills"] = skill_check(model, tok, task, run.eval.max_new_tokens)
-    if result["accuracy"] < TARGET_ACCURACY:
-        raise RetortError(
-            f"teacher reached {result['accuracy']:.3f} test accuracy (< {TARGET_ACCURACY}) after {summary['steps']} "
-            f"steps; raise train.steps or rerun with --force. Its run is in {out}"
-        )
-    report.write_text(json.dumps(info, indent=2))
-    if console is not None:
-        console.print(f"teacher: {result['accuracy']:.3f} accuracy on {result['n']} test problems, "
-                      f"{info['train_time_s']:.0f}s; cached in {out}")
-    return out / "model"
+
+    def report(summary: dict, seconds: float) -> dict:
+        model, tok = load_model(replace(run.student, name=str(out / "model")))
+        task = get_task(run.task)
+        result = evaluate(model, tok, task, replace(FINAL_EVAL, max_new_tokens=run.eval.max_new_tokens))
+        info = {"accuracy": result["accuracy"], "n": result["n"], "by_difficulty": result["by_difficulty"],
+                "steps": summary["steps"], "train_time_s": seconds,
+                "params": sum(p.numel() for p in model.parameters())}
+        if run.data.skills > 0 and task.rewrite_templates:
+            info["rewrite_templates"] = task.rewrite_templates
+            info["skills"] = skill_check(model, tok, task, run.eval.max_new_tokens)
+        if result["accuracy"] < TARGET_ACCURACY:
+            raise RetortError(
+                f"teacher reached {result['accuracy']:.3f} test accuracy (< {TARGET_ACCURACY}) after "
+                f"{summary['steps']} steps; raise train.steps or rerun with --force. Its run is in {out}"
+            )
+        return info
+
+    return ensure(run, force=force, console=console, report=report,
+                  evaluate=lambda m, t, task: evaluate(m, t, task, run.eval),
+                  note=f"stops at {run.train.stop_at_accuracy:.0%} accuracy; resumable",
+                  cached=lambda i: f"test accuracy {i['accuracy']:.3f}, trained in {i['train_time_s']:.0f}s",
+                  trained=lambda i: f"{i['accuracy']:.3f} accuracy on {i['n']} test problems, "
+                                    f"{i['train_time_s']:.0f}s")
 
 
 def skill_check(model, tok, task, max_new_tokens: int, n: int = 500) -> dict:

@@ -71,7 +71,7 @@ F_DIVERGENCES = ("rkl", "fkl", "js", "chi2", "jeffrey")
 
 
 def f_weight(name: str, r: torch.Tensor) -> torch.Tensor:
-    """h(r) = r^2 f''(r) of Uni-Instruct's expansion (methods/other.md 7.2) at the density ratio
+    """h(r) = r^2 f''(r) of Uni-Instruct's expansion ("Uni-Instruct: One-step Diffusion Model through Unified Diffusion Divergence Instruction", its eq. for the expanded f-divergence) at the density ratio
     r = p_data / q_generator: reverse KL 1, forward KL r, Jensen-Shannon r / (r + 1), chi^2 2 r^2,
     and the authors' Jeffrey mix 0.4 r + 0.6."""
     if name == "rkl":

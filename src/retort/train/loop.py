@@ -127,21 +127,6 @@ def _finished(run_dir: Path) -> Optional[dict]:
     return summary if isinstance(summary, dict) else None
 
 
-def cached_teacher(run, force: bool) -> Optional[dict]:
-    """The report (`teacher.json`) of a teacher already trained in `run.out` with this config, or
-    None when there is none (or `force`). A teacher trained with other settings is refused: the
-    cache never silently serves a different model."""
-    out = Path(run.out)
-    report = out / "teacher.json"
-    if force or not report.is_file():
-        return None
-    diff = saved_config_diff(out / "config.yaml", run) if (out / "config.yaml").is_file() else []
-    if diff:
-        raise ConfigError(f"teacher: the teacher cached in {out} was trained with other settings (differ at "
-                          f"{', '.join(diff)}); pass --force to train it again with these")
-    return json.loads(report.read_text())
-
-
 def _progress(total: int, start: int, enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

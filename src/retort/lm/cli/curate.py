@@ -74,7 +74,7 @@ RULES = (
         help="With --das: nats of mean log-prob difference that make a Teacher / Student Sentence.")
 @option(SELECTION, "--das-rule", type=click.Choice(["das", "likeliest", "random"]), default="das", show_default=True,
         help="With --das: keep per prompt the traces with the best DAS score (teacher-guided), the highest "
-        "mean log-prob under the student, or at random (--seed): the three selections of §14.4.")
+        "mean log-prob under the student, or at random (--seed): the three selections DASD compares.")
 @option(SELECTION, "--select-teacher", "select_student", metavar="STUDENT", help="DED's smoke test on a set several "
         "teachers sampled: this student trained briefly on each teacher's correct traces; gains, cheap proxies, "
         "cost and the ranking (JSON on stdout).")
@@ -149,6 +149,7 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
     retort curate runs/traces --out runs/dap --rewrite dap --budgets easy=300,medium=700,hard=1500
     retort curate runs/traces --out runs/retro --retro-search --gamma 0.9
     retort curate runs/traces --out runs/cut --truncate-like runs/retro
+
     Conflicting options are refused before any trace is read.
     """
     from ..curate import filter_traces, trace_stats

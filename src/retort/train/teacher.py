@@ -1,0 +1,81 @@
+"""The built-in teacher of any track: one run directory in the cache (`$RETORT_CACHE` or
+~/.cache/retort), trained once with the track's teacher config and reused by every later run; a
+crash mid-training resumes from its last checkpoint, a teacher cached with other settings is refused
+(`cached_teacher`), and `builtin:teacher` names it (`resolve_builtin`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import ConfigError, ModelError
+from ..paths import atomic_write_text, cache_dir, remove_run
+
+
+def teacher_dir(track: str, dataset: str) -> Path:
+    """Where the built-in teacher of `track` for `dataset` is cached: teacher-TRACK-DATASET."""
+    return cache_dir() / f"teacher-{track}-{dataset}"
+
+
+def resolve_builtin(name: str, dataset: str, *, track: str, builtin, saved_file: str, otherwise: str) -> str:
+    """`builtin:teacher` -> the model directory of the cached teacher of a built-in dataset (one
+    that holds `saved_file`); any other name is returned as it is. `otherwise`: what to give
+    instead, for data that has no built-in teacher."""
+    if name != "builtin:teacher":
+        return name
+    if dataset not in builtin:
+        raise ConfigError(f"teacher.name=builtin:teacher: only built-in datasets ({', '.join(builtin)}) have one; "
+                          f"{otherwise}")
+    path = teacher_dir(track, dataset) / "model"
+    if not (path / saved_file).is_file():
+        raise ModelError(f"no trained teacher for {dataset} in {path.parent}; train it first: "
+                         f"retort teacher track={track} task.name={dataset}")
+    return str(path)
+
+
+def cached_teacher(run, force: bool) -> Optional[dict]:
+    """The report (`teacher.json`) of a teacher already trained in `run.out` with this config, or
+    None when there is none (or `force`). A teacher trained with other settings is refused: the
+    cache never silently serves a different model."""
+    from ..config import saved_config_diff
+
+    out = Path(run.out)
+    report = out / "teacher.json"
+    if force or not report.is_file():
+        return None
+    diff = saved_config_diff(out / "config.yaml", run) if (out / "config.yaml").is_file() else []
+    if diff:
+        raise ConfigError(f"teacher: the teacher cached in {out} was trained with other settings (differ at "
+                          f"{', '.join(diff)}); pass --force to train it again with these")
+    return json.loads(report.read_text())
+
+
+def ensure_teacher(run, *, force: bool, console, report: Callable[[dict, float], dict],
+                   cached: Callable[[dict], str], trained: Callable[[dict], str], evaluate=None,
+                   note: str = "resumable") -> Path:
+    """The model directory of the teacher `run` trains, training it first unless it is cached.
+    `report(summary, seconds) -> info` measures the trained teacher (and may refuse it: the error
+    leaves the run to resume); `info` is written to teacher.json. `cached(info)` / `trained(info)`:
+    the line the user reads in either case."""
+    from .loop import train
+
+    def say(msg: str) -> None:
+        if console is not None:
+            console.print(msg)
+
+    out = Path(run.out)
+    info = cached_teacher(run, force)
+    if info is not None:
+        say(f"teacher: cached in {out} ({cached(info)})")
+        return out / "model"
+    if force and out.exists():
+        remove_run(out)
+    say(f"teacher: training {run.student.name} on {run.task.name} into {out} ({note})")
+    t0 = time.time()
+    summary = train(run, resume=True, evaluate=evaluate, console=console)
+    info = report(summary, round(time.time() - t0, 1))
+    atomic_write_text(out / "teacher.json", json.dumps(info, indent=2))
+    say(f"teacher: {trained(info)}; cached in {out}")
+    return out / "model"
