@@ -1,13 +1,15 @@
-"""Tracks: a family of students (language models; later classifiers, diffusion models) as a package
-that the shared core (config, the training loop, checkpoints, losses, CLI, report) drives through
-one small interface. The core never imports a track (an import-linter contract checks it); it looks
-one up by name here (`run.track`), the one place that knows where tracks live.
+"""Tracks: a family of students (language models, classifiers, diffusion models) as a package that
+the shared core (config, the training loop, checkpoints, losses, CLI, report) drives through one
+small interface. The core never imports a track (an import-linter contract checks it); it looks one
+up by name here (`run.track`), the one place that knows where tracks live. `method_config` reads a
+run's method options into the method's typed config, for the loop and for the tracks' calls of the
+hooks a method answers before it is built (`retort.contract.Method`).
 
 What a track provides (`Track`):
 
 | piece | what the loop does with it |
 |---|---|
-| `methods` | name -> method class (`retort.contract.Method`); `method=` picks one |
+| `methods` | name -> method class (`retort.contract.Method`); `method=` picks one, `method_config(run)` reads its options |
 | `get_task(cfg)`, `check_eval(task, run)` | the run's task; refuse an evaluation with nothing to evaluate, before step 0 |
 | `load_student(run, ckpt, seed)` | the model being trained (from a checkpoint's `model/` when resuming) and its processor (a tokenizer) |
 | `param_counts(model)`, `rows_per_batch(run)` | trainable / all parameters; the work per micro-batch (the `threads` choice) |
@@ -77,3 +79,29 @@ def get_track(name: str) -> Track:
     if name not in TRACKS:
         raise ConfigError(f"track={name!r}: unknown; tracks: {', '.join(TRACKS)}")
     return importlib.import_module(TRACKS[name]).TRACK
+
+
+def method_config(run, track: Track | None = None):
+    """The method's typed options: `method_args` merged into its Config dataclass by OmegaConf,
+    which checks each value's type (`gate=maybe`, `beta=abc` and `top_k=10.5` are refused), then
+    `build` checks the declared ranges and choices. One line names the key either way."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    from .config import build
+    from .errors import ConfigError
+
+    track = track or get_track(run.track)
+    if run.method not in track.methods:
+        raise ConfigError(f"method={run.method!r}: unknown; methods: {', '.join(track.methods)}")
+    cls = track.methods[run.method].Config
+    args = dict(run.method_args)
+    try:
+        typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(cls), args))
+    except ConfigKeyError:
+        typed = args  # `build` names the unknown key and the valid ones
+    except OmegaConfBaseException as e:
+        key = e.full_key or "?"
+        msg = str(getattr(e, "msg", e)).splitlines()[0]
+        raise ConfigError(f"method_args.{key}={args.get(key)!r}: {msg} (method {run.method})") from None
+    return build(cls, {k: typed[k] for k in args}, "method_args.")
