@@ -135,7 +135,7 @@ class Method:
         return False
 
     def owned(self) -> dict[str, Owned]:
-        """Trainable modules this method owns besides the student (none by default)."""
+        """Trainable modules this method owns besides the student, by name (not `STUDENT`); none by default."""
         return {}
 
     def trains(self, step: int) -> Collection[str]:
