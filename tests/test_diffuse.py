@@ -281,7 +281,7 @@ def test_uni_instructs_separate_discriminator_leaves_the_fake_score_to_the_score
     from retort.diffuse.config import DiffuseRun
     from retort.diffuse.methods.uni_instruct import Discriminator, UniInstruct
     from retort.diffuse.track import TRACK
-    from retort.train.loop import method_config
+    from retort.track import method_config
 
     def fake_grads(disc, lsd):
         run = load_config(DiffuseRun, None, ["task.name=ring", "method=uni_instruct", f"teacher.name={ring_teacher}",

@@ -25,6 +25,6 @@ def test_config_loads(path):
     cls = {"eval": EvalRun, "traces": TracesRun}.get(command, track.run_config)
     run = load_config(cls, str(path))
     if cls is track.run_config:  # and the method's own options
-        from retort.train.loop import method_config
+        from retort.track import method_config
 
         method_config(run, track)

@@ -1,24 +1,29 @@
 """retort: distil a teacher into a smaller student: reasoning language models, classifiers and
 few-step diffusion generators, behind one CLI and this Python API (`retort.api`):
 
-    import retort
-    summary = retort.train(track="classify", task={"name": "digits"}, method="kd", out="runs/kd")
-    results = retort.evaluate(["kd=runs/kd/model"], track="classify", task={"name": "digits"})
+    from retort import api
+    summary = api.train(track="classify", task={"name": "digits"}, method="kd", out="runs/kd")
+    results = api.evaluate(["kd=runs/kd/model"], track="classify", task={"name": "digits"})
+
+`import retort` gives the API's functions too (`retort.evaluate`, `retort.teacher`, ...), except
+`train` and `report`: `retort.train` and `retort.report` are the packages of the loop and the report.
 
 `retort.traces` and `retort.curate_traces` make and curate teacher traces for language models.
 """
 
 __version__ = "0.1.0"
 
-_API = ("train", "train_config", "evaluate", "eval_config", "teacher", "teacher_config", "demo", "report", "methods")
+_API = ("train_config", "evaluate", "eval_config", "teacher", "teacher_config", "demo", "methods")
 _LM = {"traces": "retort.lm.api", "traces_config": "retort.lm.api", "curate_traces": "retort.lm.api"}
 
-__all__ = [*_API, *_LM]
+__all__ = ["api", *_API, *_LM]
 
 
 def __getattr__(name):  # imported on first use: `import retort` stays light
     import importlib
 
+    if name == "api":
+        return importlib.import_module("retort.api")
     if name in _API:
         return getattr(importlib.import_module("retort.api"), name)
     if name in _LM:

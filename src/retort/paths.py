@@ -4,7 +4,8 @@ retort never deletes or overwrites what it did not create itself. Each command n
 (a run directory, a trace directory, a JSON or HTML file); these checks refuse, with one line naming
 the option and the path, an output that is an existing file where a directory is meant (or the
 reverse), or that lies under a file. What a command may replace inside its own output is decided by
-the command (a run's `config.yaml`, a trace set's manifest), never by a file name alone.
+the command (a run's `config.yaml`, a trace set's manifest), never by a file name alone. Also where
+built-in teachers are cached (`cache_dir`, `teacher_dir`) and how `builtin:teacher` resolves.
 """
 
 from __future__ import annotations
@@ -13,12 +14,33 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 
 
 def cache_dir() -> Path:
     """Where retort keeps built-in teachers (every track's): $RETORT_CACHE, else ~/.cache/retort."""
     return Path(os.environ.get("RETORT_CACHE") or Path.home() / ".cache" / "retort")
+
+
+def teacher_dir(track: str, dataset: str) -> Path:
+    """Where the built-in teacher of `track` for `dataset` is cached: teacher-TRACK-DATASET."""
+    return cache_dir() / f"teacher-{track}-{dataset}"
+
+
+def resolve_builtin(name: str, dataset: str, *, track: str, builtin, saved_file: str, otherwise: str) -> str:
+    """`builtin:teacher` -> the model directory of the cached teacher of a built-in dataset (one
+    that holds `saved_file`); any other name is returned as it is. `otherwise`: what to give
+    instead, for data that has no built-in teacher."""
+    if name != "builtin:teacher":
+        return name
+    if dataset not in builtin:
+        raise ConfigError(f"teacher.name=builtin:teacher: only built-in datasets ({', '.join(builtin)}) have one; "
+                          f"{otherwise}")
+    path = teacher_dir(track, dataset) / "model"
+    if not (path / saved_file).is_file():
+        raise ModelError(f"no trained teacher for {dataset} in {path.parent}; train it first: "
+                         f"retort teacher track={track} task.name={dataset}")
+    return str(path)
 
 
 def _parent_file(path: Path) -> Path | None:

@@ -207,3 +207,8 @@ def get_track(name: str) -> Track:
         raise ConfigError(f"track={name!r}: unknown; tracks: {', '.join(TRACKS)}")
     module = _module(TRACKS[name].track)
     return module if isinstance(module, Track) else module.TRACK
+
+
+def method_config(run, track: Optional[Track] = None):
+    """The typed options of `run.method` (`Track.method_config`), `track` defaulting to the run's."""
+    return (track or get_track(run.track)).method_config(run)

@@ -28,8 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError, require
 from ..images import CNN, ccexam_cnn
-from ..paths import atomic_write_text
-from ..train.teacher import resolve_builtin, teacher_dir
+from ..paths import atomic_write_text, resolve_builtin, teacher_dir
 from .data import BUILTIN
 
 CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError
-from ..track import Track
+from ..track import Track, method_config
 from . import models
 from .config import ClassifyEvalRun, ClassifyRun
 from .data import load_dataset
@@ -61,13 +61,10 @@ class ClassifyTrack(Track):
         return model.train(), meta
 
     def _subclasses(self, run) -> int:
-        """Subclasses per class the method wants the student's head to score (LELP's S), else 1."""
-        cls = self.methods.get(run.method)
-        if cls is None or not hasattr(cls, "student_subclasses"):
-            return 1
-        from ..train.loop import method_config
-
-        return cls.student_subclasses(method_config(run, self))
+        """Subclasses per class the method wants the student's head to score (LELP's S), else 1:
+        the track's key `subclasses` of `Method.student_settings`."""
+        cfg = method_config(run, self)
+        return self.methods[run.method].student_settings(cfg, self.get_task(run.task), {"subclasses": 1})["subclasses"]
 
     def rows_per_batch(self, run) -> int:
         return run.train.batch_size * 64

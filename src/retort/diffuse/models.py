@@ -33,8 +33,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, ModelError, require
-from ..paths import atomic_write_text
-from ..train.teacher import resolve_builtin, teacher_dir
+from ..paths import atomic_write_text, resolve_builtin, teacher_dir
 from .data import BUILTIN, DiffuseData
 from .nets import CausalDenoiser, MLPDenoiser, Phased, Routed, UNetDenoiser, digits_unet
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..track import Track
+from ..track import Track, method_config
 from . import models
 from .config import DiffuseEvalRun, DiffuseRun
 from .data import load_data
@@ -38,12 +38,10 @@ class DiffuseTrack(Track):
         if run.method == "denoise":  # a teacher: its own many-step sampler
             return {"sampler": "heun", "sigmas": karras(run.teacher.steps, sigma_max=data.sigma_max).tolist(),
                     "nfe": 2 * run.teacher.steps - 1}
-        sig = student_sigmas(run.student.steps, data.sigma_max)
-        cls = self.methods.get(run.method)
-        if cls is not None and hasattr(cls, "sampling_sigmas"):  # Uni-Instruct's sigma_init (SiD's convention)
-            from ..train.loop import method_config
-
-            sig = cls.sampling_sigmas(method_config(run, self), data, run.student.steps) or sig
+        # the method may change the levels (`Method.student_settings`: given `steps`, it may set `sigmas`)
+        cfg = method_config(run, self)
+        settings = {"steps": run.student.steps, "sigmas": student_sigmas(run.student.steps, data.sigma_max)}
+        sig = self.methods[run.method].student_settings(cfg, data, settings)["sigmas"]
         hi, lo = data.sigma_max ** (1 / 7), 0.002 ** (1 / 7)
         # diffusers' EDMEulerScheduler.set_timesteps(sigmas=...) takes positions on its Karras ramp (0 = sigma_max)
         return {"sampler": "renoise", "sigmas": sig, "nfe": run.student.steps,
@@ -56,19 +54,14 @@ class DiffuseTrack(Track):
         return model, meta
 
     def load_student(self, run, ckpt, seed: int):
-        model, meta = self._load_student(run, ckpt, seed)
-        cls = self.methods.get(run.method)
-        if cls is not None and (hasattr(cls, "prepare_student") or hasattr(cls, "wrap_student")):
-            from ..train.loop import method_config
+        cfg, data = method_config(run, self), self.get_task(run.task)
+        cls = self.methods[run.method]
+        cls.check_task(cfg, data)
+        model, meta = self._load_student(run, ckpt, seed, cls.default_student(cfg, data))
+        # MSD: K students routed by class; GDD-I: frozen layers, before the optimizer sees them
+        return cls.prepare_student(model, cfg, data, run.seed), meta
 
-            cfg = method_config(run, self)
-            if hasattr(cls, "wrap_student"):  # MSD: K students routed by class
-                model = cls.wrap_student(model, cfg, self.get_task(run.task), run.seed)
-            if hasattr(cls, "prepare_student"):  # GDD-I: frozen layers, before the optimizer sees them
-                cls.prepare_student(model, cfg)
-        return model, meta
-
-    def _load_student(self, run, ckpt, seed: int):
+    def _load_student(self, run, ckpt, seed: int, default_student):
         import copy
 
         import torch
@@ -80,10 +73,8 @@ class DiffuseTrack(Track):
             model, _ = models.load(str(ckpt / "model"))
             return model.train(), meta
         name = str(run.student.name)
-        cls = self.methods.get(run.method)
-        if name == "teacher" and getattr(cls, "default_student", None):  # onpolicy_dmd: a block-causal student
-            cls.check_data(data)
-            name = cls.default_student
+        if name == "teacher" and default_student:  # onpolicy_dmd: a block-causal student
+            name = default_student
         if name == "teacher":
             if run.method == "denoise":
                 raise ConfigError("method=denoise trains a network from scratch: give student.name=mlp:W-D or unet")
@@ -101,8 +92,9 @@ class DiffuseTrack(Track):
 
     def describe_student(self, run, trainable: int, total: int):
         name = run.student.name
-        if name == "teacher" and getattr(self.methods.get(run.method), "default_student", None):
-            name = self.methods[run.method].default_student
+        if name == "teacher":
+            cfg = method_config(run, self)
+            name = self.methods[run.method].default_student(cfg, self.get_task(run.task)) or name
         return f"student: {name} ({total:,} parameters), {run.method}, {run.student.steps} step(s)" \
             if run.method != "denoise" else f"teacher network: {run.student.name} ({total:,} parameters)"
 
@@ -132,7 +124,8 @@ class DiffuseTrack(Track):
         real score (no exact teacher), as the student's start, or as the critic's."""
         data = method.ctx.data
         exact = data.mixture is not None and run.teacher.exact
-        if method.teacher_needs() and not exact or str(run.student.name) == "teacher" or method.uses_network:
+        if method.teacher_needs() and not exact or str(run.student.name) == "teacher" or \
+                method.needs_teacher_weights():
             self._teacher_network(run, data)
 
     def save_checkpoint_model(self, model, processor, path, state_dict=None) -> None:

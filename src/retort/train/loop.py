@@ -1,6 +1,7 @@
 """The one training loop: accelerate, global token normalisation, warmup+cosine, clipping,
 checkpoints and exact resume, NaN stop, metrics, progress. Methods plug in through
-`retort.lm.methods.base.Method`; nothing here knows what a method computes.
+`retort.contract.Method` and tracks through `retort.track.Track`; nothing here knows what a method
+computes.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import build, save_config, saved_config_diff
+from ..config import save_config, saved_config_diff
 from .. import threads
 from ..errors import ConfigError, RetortError, require
-from ..contract import BatchPlan
+from ..contract import STUDENT, BatchPlan
 from ..paths import atomic_write_text
-from ..track import get_track
+from ..track import get_track, method_config
 from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
                          save_checkpoint, sharded, use_accelerate_state)
 from .ema import WeightEMA
@@ -28,29 +29,6 @@ from .optim import make_optimizer, make_scheduler
 
 class NonFiniteLoss(RetortError):
     pass
-
-
-def method_config(run, track=None):
-    """The method's typed options: `method_args` merged into its Config dataclass by OmegaConf,
-    which checks each value's type (`gate=maybe`, `beta=abc` and `top_k=10.5` are refused), then
-    `build` checks the declared ranges and choices. One line names the key either way."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
-
-    track = track or get_track(run.track)
-    if run.method not in track.methods:
-        raise ConfigError(f"method={run.method!r}: unknown; methods: {', '.join(track.methods)}")
-    cls = track.methods[run.method].Config
-    args = dict(run.method_args)
-    try:
-        typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(cls), args))
-    except ConfigKeyError:
-        typed = args  # `build` names the unknown key and the valid ones
-    except OmegaConfBaseException as e:
-        key = e.full_key or "?"
-        msg = str(getattr(e, "msg", e)).splitlines()[0]
-        raise ConfigError(f"method_args.{key}={args.get(key)!r}: {msg} (method {run.method})") from None
-    return build(cls, {k: typed[k] for k in args}, "method_args.")
 
 
 def _precision(choice: str) -> str:
@@ -216,7 +194,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     optimizer = make_optimizer(model.named_parameters(), opt_cfg)
     scheduler = make_scheduler(optimizer, opt_cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
-    ctx.student = lambda: accelerator.unwrap_model(model)
+    method.bind(lambda: accelerator.unwrap_model(model))
     ema = None
     if opt_cfg.ema > 0:
         if sharded(accelerator):
@@ -226,6 +204,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     # modules the method owns (a critic, a projection): each with its own optimizer and schedule
     owned = {}
     for name, spec in method.owned().items():
+        if name == STUDENT:
+            raise ValueError(f"method {run.method}: a module it owns may not be named {STUDENT!r} (the student's)")
         module = spec.module.to(accelerator.device)
         opt = make_optimizer(module.named_parameters(), opt_cfg, lr=spec.lr, name=spec.optimizer)
         sched = make_scheduler(opt, opt_cfg, spec.schedule)
@@ -257,6 +237,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
 
     plan = BatchPlan(accelerator.process_index, accelerator.num_processes, opt_cfg.grad_accum,
                      opt_cfg.batch_size, start_step, run.seed)
+    method.on_step(start_step)
     batches = method.batches(plan)
     world = accelerator.num_processes
     device = accelerator.device
@@ -323,13 +304,16 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                 )
             grad_norm = (accelerator.clip_grad_norm_(model.parameters(), opt_cfg.clip_grad)
                          if opt_cfg.clip_grad > 0 else torch.tensor(float("nan")))
-            for module, opt, sched in [(model, optimizer, scheduler), *owned.values()]:
-                if module is not model and opt_cfg.clip_grad > 0:
-                    accelerator.clip_grad_norm_(module.parameters(), opt_cfg.clip_grad)
-                opt.step()
+            stepping = method.trains(step)  # the others skip this step (a two time-scale rule)
+            for name, (module, opt, sched) in [(STUDENT, (model, optimizer, scheduler)), *owned.items()]:
+                if name in stepping:
+                    if module is not model and opt_cfg.clip_grad > 0:
+                        accelerator.clip_grad_norm_(module.parameters(), opt_cfg.clip_grad)
+                    opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             step += 1
+            method.on_step(step)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model), step)
             tokens_seen += int(counts.item())

@@ -1,5 +1,5 @@
 """Optimizers and schedules by name: the factory the loop builds the student's optimizer with, and
-the optimizer of every module a method owns (`retort.lm.methods.base.Owned`).
+the optimizer of every module a method owns (`retort.contract.Owned`).
 
 `OPTIMIZERS` maps `train.optimizer` to a builder `(param_groups, lr, cfg) -> torch.optim.Optimizer`.
 A new optimizer (a differentially private one wraps what these return, with the model and the

@@ -1,7 +1,7 @@
 """The built-in teacher of any track: one run directory in the cache (`$RETORT_CACHE` or
 ~/.cache/retort), trained once with the track's teacher config and reused by every later run; a
 crash mid-training resumes from its last checkpoint, a teacher cached with other settings is refused
-(`cached_teacher`), and `builtin:teacher` names it (`resolve_builtin`)."""
+(`cached_teacher`), and `builtin:teacher` names it (`retort.paths.resolve_builtin`)."""
 
 from __future__ import annotations
 
@@ -10,29 +10,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import ConfigError, ModelError
-from ..paths import atomic_write_text, cache_dir, remove_run
-
-
-def teacher_dir(track: str, dataset: str) -> Path:
-    """Where the built-in teacher of `track` for `dataset` is cached: teacher-TRACK-DATASET."""
-    return cache_dir() / f"teacher-{track}-{dataset}"
-
-
-def resolve_builtin(name: str, dataset: str, *, track: str, builtin, saved_file: str, otherwise: str) -> str:
-    """`builtin:teacher` -> the model directory of the cached teacher of a built-in dataset (one
-    that holds `saved_file`); any other name is returned as it is. `otherwise`: what to give
-    instead, for data that has no built-in teacher."""
-    if name != "builtin:teacher":
-        return name
-    if dataset not in builtin:
-        raise ConfigError(f"teacher.name=builtin:teacher: only built-in datasets ({', '.join(builtin)}) have one; "
-                          f"{otherwise}")
-    path = teacher_dir(track, dataset) / "model"
-    if not (path / saved_file).is_file():
-        raise ModelError(f"no trained teacher for {dataset} in {path.parent}; train it first: "
-                         f"retort teacher track={track} task.name={dataset}")
-    return str(path)
+from ..errors import ConfigError
+from ..paths import atomic_write_text, remove_run
 
 
 def cached_teacher(run, force: bool) -> Optional[dict]:

@@ -1,6 +1,9 @@
 """What every classifier method shares: the context it is built from, the batch stream (an exact,
 resumable epoch order, sharded over processes, optionally augmented) and the frozen teacher with
-its cached logits."""
+its cached logits.
+
+The track's key for `Method.student_settings`: `subclasses`, the outputs per class of the student's
+head (1; LELP's S)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ...contract import BatchPlan, Method
+from ...contract import BatchPlan, Method, micro_batches
 
 
 @dataclass
@@ -19,7 +22,7 @@ class ClassifyContext:
     device: torch.device
     log: Callable[[str], None]
     load_teacher: Callable           # () -> (model, meta)
-    student: Optional[Callable] = None  # set by the loop: () -> the student being trained
+    student: Optional[Callable] = None  # () -> the student, unwrapped: set by `Method.bind`
 
 
 def flip_crop(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -36,8 +39,8 @@ def flip_crop(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tens
 
 
 class ClassifyMethod(Method):
-    """A classifier method: `loss(model, batch)` sees `x`, `y`, `idx` (training-set rows), `step`
-    (the optimizer step) and, when it uses a teacher, `teacher_logits`."""
+    """A classifier method: `loss(model, batch)` sees `x`, `y`, `idx` (training-set rows) and, when
+    it uses a teacher, `teacher_logits`; the optimizer step is `self.step`."""
 
     uses_teacher = True
 
@@ -78,34 +81,29 @@ class ClassifyMethod(Method):
 
     def batches(self, plan: BatchPlan) -> Iterator[dict]:
         """Micro-batch k of the run (over every process) is rows k*B .. (k+1)*B of the concatenated
-        per-epoch permutations; this process takes every world-th one, so a resumed run continues the
-        exact sequence from its step."""
+        per-epoch permutations; this process takes its own (`micro_batches`), so a resumed run
+        continues the exact sequence from its step."""
         n, B = len(self.y), plan.batch_size
         augment = self.ctx.run.data.augment == "flip_crop"
-        per_step = plan.accum * plan.world
-        k = plan.start_step * per_step
         orders: dict[int, torch.Tensor] = {}
-        while True:
-            step = k // per_step
-            if (k % per_step) % plan.world == plan.rank:
-                pos = torch.arange(k * B, (k + 1) * B)
-                epochs = pos // n
-                for e in epochs.unique().tolist():
-                    if e not in orders:
-                        orders = {e2: o for e2, o in orders.items() if e2 >= e - 1}
-                        orders[e] = self._order(e, plan.seed)
-                idx = torch.empty(B, dtype=torch.long)
-                for e in epochs.unique().tolist():
-                    m = epochs == e
-                    idx[m] = orders[e][pos[m] % n]
-                x = self.x[idx]
-                if augment:
-                    x = flip_crop(x, torch.Generator().manual_seed(plan.seed * 7_919 + k))
-                batch = {"x": x, "y": self.y[idx], "idx": idx, "step": step}
-                if self.uses_teacher:
-                    batch["teacher_logits"] = self._teacher_logits(x.to(self.ctx.device), idx, augment)
-                yield batch
-            k += 1
+        for k, _ in micro_batches(plan):
+            pos = torch.arange(k * B, (k + 1) * B)
+            epochs = pos // n
+            for e in epochs.unique().tolist():
+                if e not in orders:
+                    orders = {e2: o for e2, o in orders.items() if e2 >= e - 1}
+                    orders[e] = self._order(e, plan.seed)
+            idx = torch.empty(B, dtype=torch.long)
+            for e in epochs.unique().tolist():
+                m = epochs == e
+                idx[m] = orders[e][pos[m] % n]
+            x = self.x[idx]
+            if augment:
+                x = flip_crop(x, torch.Generator().manual_seed(plan.seed * 7_919 + k))
+            batch = {"x": x, "y": self.y[idx], "idx": idx}
+            if self.uses_teacher:
+                batch["teacher_logits"] = self._teacher_logits(x.to(self.ctx.device), idx, augment)
+            yield batch
 
     def count(self, batch: dict) -> int:
         return len(batch["y"])

@@ -33,7 +33,7 @@ class DKD(ClassifyMethod):
         n = len(batch["y"])
         ce = F.cross_entropy(logits, batch["y"], reduction="sum")
         ramp_steps = self.cfg.warmup * self.ctx.run.train.steps
-        ramp = min((batch["step"] + 1) / ramp_steps, 1.0) if ramp_steps > 0 else 1.0
+        ramp = min((self.step + 1) / ramp_steps, 1.0) if ramp_steps > 0 else 1.0
         d = dkd(logits, batch["teacher_logits"], batch["y"], alpha=self.cfg.alpha, beta=self.cfg.beta,
                 temperature=self.cfg.temperature).sum()
         return LossOut(self.cfg.ce_weight * ce + ramp * d, n,

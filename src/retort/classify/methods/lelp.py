@@ -4,8 +4,8 @@ LELP, "Learning Embedding Linear Projections" (Loo, Iliopoulos, Hu, Vee; arXiv 2
 classes the teacher's logits carry little dark knowledge; LELP splits each class into S
 pseudo-subclasses along informative directions of the teacher's embedding and trains a student
 with an S*C-way head on them (the paper's eq. 1, alpha = 0 in all its experiments). The procedure
-as the spec reads it (methods/other.md section 2.2; the exact formulas were not published in
-reach, so steps 5 and the standardisation are the spec's readings):
+as read here (the exact formulas were not at hand, so step 5 and the standardisation are readings
+of the paper's description):
 
 1. embeddings h(x) of the training set, per class by the ground-truth label;
 2. (optional, `null_space`) h~ = P h, P = I - W^T (W W^T)^-1 W, W the teacher's final layer: drop
@@ -16,11 +16,10 @@ reach, so steps 5 and the standardisation are the spec's readings):
    projection's standard deviation over class c (so beta does not depend on the embedding scale);
 6. L = alpha CE(y, p_S(c|x)) + (1 - alpha) KL(p_T(c, s|x) || p_S(c, s|x)); p_S(c|x) = sum_s p_S(c, s|x).
 
-Two controls of the spec's reproduction (section 2.5) are options of the same method
-(`subclasses`): `kmeans` (the paper's baseline: per class, k-means clusters of the projected
-embeddings; p_T(c, s | x) = p_T(c | x) * [s = the nearest centroid of class c]) and `oracle` (the
-true subclasses, where the dataset has them, e.g. digits-bin's digits: p(c, s) one-hot, no
-teacher used in the target).
+Two controls are options of the same method (`subclasses`): `kmeans` (the paper's baseline: per
+class, k-means clusters of the projected embeddings; p_T(c, s | x) = p_T(c | x) * [s = the nearest
+centroid of class c]) and `oracle` (the true subclasses, where the dataset has them, e.g.
+digits-bin's digits: p(c, s) one-hot, no teacher used in the target).
 
 The projection is the method's own module (`LelpProjection`, fitted once on the teacher, the same
 on every process and after a resume); the student's head has S*C outputs (`models.Subclassed`), and
@@ -143,9 +142,9 @@ class LELP(ClassifyMethod):
                                 "embeddings, the paper's baseline), oracle (the dataset's true subclasses, e.g. "
                                 "digits-bin: the digit; a control)", choices=["pca", "kmeans", "oracle"])
 
-    @staticmethod
-    def student_subclasses(cfg) -> int:
-        return cfg.S
+    @classmethod
+    def student_settings(cls, cfg, task, settings: dict) -> dict:
+        return {**settings, "subclasses": cfg.S}  # the student's head scores S*C pseudo-subclasses
 
     def __init__(self, ctx, cfg):
         super().__init__(ctx, cfg)

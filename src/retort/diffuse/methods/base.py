@@ -1,7 +1,10 @@
 """What every diffusion method shares: the context it is built from (the data, the teacher as a
 frozen denoiser, a fresh copy of the teacher's network for critics, the student's noise levels),
 the batch stream (noise, labels and a per-micro-batch seed, so a resumed run draws exactly what
-the uninterrupted one would) and the generator's forward pass with DMD2's backward simulation."""
+the uninterrupted one would) and the generator's forward pass with DMD2's backward simulation.
+
+The track's keys for `Method.student_settings`: `steps` (the student's sampling steps, given) and
+`sigmas` (its sampling levels, descending, which a method may replace)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ...contract import BatchPlan, Method
+from ...contract import BatchPlan, Method, micro_batches
 from ..sampling import renoise, train_sigmas
 
 
@@ -23,7 +26,7 @@ class DiffuseContext:
     teacher: Callable                   # () -> the real denoiser (frozen): exact or the teacher network
     teacher_net: Callable               # () -> a fresh trainable copy of the teacher's network
     student_sigmas: list                # the student's sampling levels, descending
-    student: Optional[Callable] = None  # set by the loop
+    student: Optional[Callable] = None  # () -> the student, unwrapped: set by `Method.bind`
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
@@ -51,10 +54,10 @@ class frozen:
 
 class DiffuseMethod(Method):
     """`loss(model, batch)`: `model` is the generator (a denoiser called at the student's levels);
-    a batch holds `z` (noise), `labels` (or None), `seed` (this micro-batch's randomness) and `step`."""
+    a batch holds `z` (noise), `labels` (or None) and `seed` (this micro-batch's randomness); the
+    optimizer step is `self.step`."""
 
     needs_real = False  # the batch also carries real samples (`x_real`) of the batch's labels
-    uses_network = False  # builds modules from the teacher's network (a critic): it must exist
 
     def __init__(self, ctx: DiffuseContext, cfg):
         super().__init__(ctx, cfg)
@@ -79,20 +82,17 @@ class DiffuseMethod(Method):
 
     # ------------------------------------------------------------------ data
     def batches(self, plan: BatchPlan) -> Iterator[dict]:
+        """Micro-batch k of the run draws everything from seed `seed * 1_000_003 + k`."""
         data, B = self.ctx.data, plan.batch_size
-        per_step = plan.accum * plan.world
-        k = plan.start_step * per_step
-        while True:
-            if (k % per_step) % plan.world == plan.rank:
-                seed = plan.seed * 1_000_003 + k
-                g = torch.Generator().manual_seed(seed)
-                z = torch.randn(B, *data.shape, generator=g)
-                labels = data.labels(B, g)
-                batch = {"z": z, "labels": labels, "seed": seed, "step": k // per_step}
-                if self.needs_real:
-                    batch["x_real"] = data.real(B, g, labels)[0]
-                yield batch
-            k += 1
+        for k, _ in micro_batches(plan):
+            seed = plan.seed * 1_000_003 + k
+            g = torch.Generator().manual_seed(seed)
+            z = torch.randn(B, *data.shape, generator=g)
+            labels = data.labels(B, g)
+            batch = {"z": z, "labels": labels, "seed": seed}
+            if self.needs_real:
+                batch["x_real"] = data.real(B, g, labels)[0]
+            yield batch
 
     def count(self, batch: dict) -> int:
         return len(batch["z"])

@@ -43,22 +43,24 @@ class CD(DiffuseMethod):
         super().__init__(ctx, cfg)
         self.grid = karras(cfg.n_levels, sigma_max=self.sigma_max).flip(0).float()  # ascending
         self._target = None
+        self._ema_step = None  # the optimizer step whose parameters the target has taken in
 
-    def target(self, model):
+    def target(self):
+        """f_theta-: a frozen copy of the student, made at first use."""
         if self._target is None:
-            self._target = freeze(copy.deepcopy(model))
+            self._target = freeze(copy.deepcopy(self.student()))
         return self._target
 
     def state_dict(self) -> dict:
-        return {f"target.{k}": v for k, v in self.target(self.ctx.student()).state_dict().items()}
+        return {f"target.{k}": v for k, v in self.target().state_dict().items()}
 
     def load_state_dict(self, state: dict) -> None:
-        t = self.target(self.ctx.student())
+        t = self.target()
         t.load_state_dict({k.removeprefix("target."): v for k, v in state.items() if k.startswith("target.")})
 
     def loss(self, model, batch) -> LossOut:
         cfg = self.cfg
-        self._ema_to(model, int(batch["step"]))
+        self._ema_to(self.step)
         x0, labels = batch["x_real"], batch["labels"]
         gen = self.rng(batch, 5)
         n = len(x0)
@@ -71,19 +73,21 @@ class CD(DiffuseMethod):
             x_lo = x_hi + (s_lo - s_hi).reshape(shape) * d
             d2 = (x_lo - self.real_x0(x_lo, s_lo, labels)) / s_lo.reshape(shape)
             x_lo = x_hi + (s_lo - s_hi).reshape(shape) * (d + d2) / 2
-            target = self.target(model)(x_lo, s_lo, labels)
+            target = self.target()(x_lo, s_lo, labels)
         loss = consistency(model(x_hi, s_hi, labels), target, cfg.huber_c).sum()
         return LossOut(loss, n, {"cd": float(loss.detach()) / n})
 
     @torch.no_grad()
-    def _ema_to(self, model, step: int) -> None:
+    def _ema_to(self, step: int) -> None:
         """theta- <- mu theta- + (1 - mu) theta once per optimizer step, with the parameters the last
-        step left (the first micro-batch of step k sees what step k - 1 wrote)."""
-        t = self.target(model)
-        if getattr(self, "_ema_step", None) == step:
+        step left (the first micro-batch of step k sees what step k - 1 wrote). Done here rather than
+        in `on_step`, so a checkpoint at step k holds the target before step k's update, and a run
+        resumed there makes it before its first loss, as the uninterrupted run did."""
+        t = self.target()
+        if self._ema_step == step:
             return
         self._ema_step = step
         if step == 0:
             return
-        for pt, p in zip(t.parameters(), model.parameters()):
+        for pt, p in zip(t.parameters(), self.student().parameters()):
             pt.mul_(self.cfg.ema).add_(p.detach(), alpha=1 - self.cfg.ema)

@@ -1,9 +1,11 @@
-"""Distribution matching (DMD, DMD2; methods/other.md section 6), the machinery shared by `dmd`,
-`dmd2` and the methods built on them: the fake-score critic (a trainable copy of the teacher's
-network, optionally with a GAN head on its features) owned by the method and trained at its own
-rate, the generator's DM loss every `ratio`-th step (two time-scale updates), and the optional GAN
-terms. The critic's loss is computed every step on detached generator samples; the generator's
-loss only on its steps, so on the others its gradients stay None and its optimizer skips it."""
+"""Distribution matching (DMD, Yin et al., CVPR 2024, arXiv 2311.18828; DMD2, Yin et al., NeurIPS
+2024, arXiv 2405.14867), the machinery shared by `dmd`, `dmd2` and the methods built on them: the
+fake-score critic (a trainable copy of the teacher's network, optionally with a GAN head on its
+features) owned by the method and trained at its own rate, the generator's DM loss every
+`ratio`-th step (DMD2's two time-scale update rule), and the optional GAN terms. The critic's loss
+is computed and its optimizer steps every step, on detached generator samples; the generator's
+loss only on its steps, and `trains` tells the loop to step the student's optimizer only then.
+This module is not a method (no `dm` in the registry): the methods that build on it may import it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 
 from ...config import param
-from ...contract import LossOut, Owned
+from ...contract import STUDENT, LossOut, Owned
 from ...losses.diffuse import distribution_matching, edm_denoising, gan_discriminator, gan_generator
 from .base import DiffuseMethod, frozen
 
@@ -72,8 +74,6 @@ class DistributionMatching(DiffuseMethod):
         trend_window: int = param(100, "steps per window of the fake-score loss trend (a collapse detector: a "
                                   "rising critic loss is logged and warned about)", lo=10)
 
-    uses_network = True
-
     def __init__(self, ctx, cfg):
         super().__init__(ctx, cfg)
         self.needs_real = cfg.gan_weight > 0
@@ -81,6 +81,14 @@ class DistributionMatching(DiffuseMethod):
         self._trend: list[float] = []
         self._trend_first = None
         self._warned = False
+        self.last_trend = None  # the fake-score loss's last window against its first
+
+    def needs_teacher_weights(self) -> bool:
+        return True  # the fake score starts as the teacher's network
+
+    def trains(self, step: int) -> set:
+        """DMD2's two time-scale rule: the fake score every step, the generator every `ratio`-th."""
+        return {STUDENT, "fake"} if step % self.cfg.ratio == 0 else {"fake"}
 
     def owned(self) -> dict:
         fake = FakeScore(self.ctx.teacher_net(), gan=self.cfg.gan_weight > 0)
@@ -178,14 +186,13 @@ class DistributionMatching(DiffuseMethod):
         self.last_trend = ratio
 
     def loss(self, model, batch) -> LossOut:
-        step = int(batch["step"])
-        gen_step = step % self.cfg.ratio == 0
+        gen_step = STUDENT in self.trains(self.step)
         x = self.generate(model, batch, grad=gen_step)
         loss, metrics = self.critic_loss(batch, x)
         if gen_step:
             g_loss, g_metrics = self.generator_loss(model, batch, x)
             loss = loss + g_loss
             metrics.update(g_metrics)
-        if hasattr(self, "last_trend"):
+        if self.last_trend is not None:
             metrics["fake_trend"] = self.last_trend
         return LossOut(loss, len(x), metrics)

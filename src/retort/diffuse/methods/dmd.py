@@ -1,7 +1,7 @@
 """`dmd`: Distribution Matching Distillation, the first version (Yin et al., CVPR 2024, arXiv
-2311.18828; methods/other.md 6.2): the DM loss plus a regression loss on precomputed (noise,
-teacher ODE output) pairs, one critic update per generator update, no GAN. The paper regresses
-with LPIPS (lambda_reg = 0.25); with no perceptual network here it is L2."""
+2311.18828): the DM loss plus a regression loss on precomputed (noise, teacher ODE output) pairs,
+one critic update per generator update, no GAN. The paper regresses with LPIPS (lambda_reg = 0.25);
+with no perceptual network here it is L2."""
 
 from __future__ import annotations
 

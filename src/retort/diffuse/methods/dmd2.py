@@ -1,7 +1,7 @@
-"""`dmd2`: Improved Distribution Matching Distillation (Yin et al., NeurIPS 2024, arXiv 2405.14867;
-methods/other.md 6.2-6.3): the DM loss without DMD's regression, two time-scale updates (5 critic
-steps per generator step), an optional GAN head on the fake score, and multi-step generators
-trained by backward simulation (`student.steps`: 4 steps at t = 999, 749, 499, 249)."""
+"""`dmd2`: Improved Distribution Matching Distillation (Yin et al., NeurIPS 2024, arXiv 2405.14867):
+the DM loss without DMD's regression, two time-scale updates (5 critic steps per generator step), an
+optional GAN head on the fake score, and multi-step generators trained by backward simulation
+(`student.steps`: 4 steps at t = 999, 749, 499, 249)."""
 
 from __future__ import annotations
 

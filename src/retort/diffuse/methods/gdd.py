@@ -1,14 +1,14 @@
-"""`gdd`: "Diffusion Models Are Innate One-Step Generators" (Zheng & Yang, arXiv 2405.20750; GDD / D2O;
-methods/other.md section 8): the teacher's network, run once at sigma_max, fine-tuned by a GAN loss
-alone (an "exclusive distributional loss": no per-sample teacher matching), with the authors' code
-defaults `loss_type='ns'`, `teacher_type='none'` and R1 on real samples:
+"""`gdd`: "Diffusion Models Are Innate One-Step Generators" (Zheng & Yang, arXiv 2405.20750; GDD /
+D2O): the teacher's network, run once at sigma_max, fine-tuned by a GAN loss alone (an "exclusive
+distributional loss": no per-sample teacher matching), with the authors' code defaults
+`loss_type='ns'`, `teacher_type='none'` and R1 on real samples:
 
     L_G = softplus(-D(G(sigma_max z))),  L_D = softplus(D(fake)) + softplus(-D(real)) + gamma/2 |grad_x D(real)|^2
 
 GDD-I (`freeze=true`) freezes most of the generator, as the authors' `--freeze=1` does (every U-Net
 parameter named with "conv" or "proj" inside a block: the convolutions and attention output
 projections, diffusers' `to_out`);
-for an MLP the hidden Linear weight matrices (the spec's 2-D reading): biases, norms and the noise /
+for an MLP the hidden Linear weight matrices (our reading for MLPs): biases, norms and the noise /
 class embeddings train. The discriminator is a module the method owns: an MLP on points, a small
 conv net on images, class-conditional by projection (Miyato & Koyama 2018)."""
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ...config import param
-from ...contract import LossOut, Owned
+from ...contract import STUDENT, LossOut, Owned
 from ...losses.diffuse import gan_discriminator, gan_generator
 from .base import DiffuseMethod, frozen
 
@@ -83,9 +83,14 @@ class GDD(DiffuseMethod):
         return ()  # no teacher score: the teacher is only the generator's starting weights
 
     @classmethod
-    def prepare_student(cls, model, cfg) -> None:
-        if cfg.freeze:
+    def prepare_student(cls, model, cfg, task, seed: int):
+        if cfg.freeze:  # GDD-I, before the optimizer sees the parameters
             gdd_freeze(model)
+        return model
+
+    def trains(self, step: int) -> set:
+        """The discriminator every step, the generator every `d_steps`-th."""
+        return {STUDENT, "disc"} if step % self.cfg.d_steps == 0 else {"disc"}
 
     def owned(self) -> dict:
         d = self.ctx.data
@@ -95,7 +100,7 @@ class GDD(DiffuseMethod):
     def loss(self, model, batch) -> LossOut:
         disc = self.owned_modules["disc"]
         labels, z = batch["labels"], batch["z"]
-        gen_step = int(batch["step"]) % self.cfg.d_steps == 0
+        gen_step = STUDENT in self.trains(self.step)
         x = self.generate(model, batch, grad=gen_step)
         real = batch["x_real"].to(x.device).requires_grad_(self.cfg.r1_gamma > 0)
         d_real = disc(real, labels)

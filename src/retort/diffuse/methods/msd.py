@@ -1,8 +1,8 @@
-"""`msd`: Multi-Student Distillation (Song, Lorraine, Nie, Kreis, Lucas; arXiv 2410.23274, ICML 2025;
-methods/other.md section 10): one conditional teacher distilled into K one-step students, each
-owning a partition of the classes (ImageNet's: consecutive class ranges), each trained by DMD2's
-distribution matching on its classes only with its own fake score. At inference a label is routed
-to its student: still 1 NFE, K times the parameters in all.
+"""`msd`: Multi-Student Distillation (Song, Lorraine, Nie, Kreis, Lucas; arXiv 2410.23274, ICML
+2025): one conditional teacher distilled into K one-step students, each owning a partition of the
+classes (ImageNet's: consecutive class ranges), each trained by DMD2's distribution matching on its
+classes only with its own fake score. At inference a label is routed to its student: still 1 NFE, K
+times the parameters in all.
 
 Here the K students and the K fake scores are each one `Routed` module (a batch is split by label),
 so the loop, checkpoints and resume are DMD2's. Students start as copies of the teacher network
@@ -48,18 +48,18 @@ class MSD(DistributionMatching):
                                "(balanced, seeded)", choices=["consecutive", "random"])
 
     @classmethod
-    def wrap_student(cls, model, cfg, data, seed: int):
-        if not data.n_classes:
-            raise ConfigError(f"method=msd splits the classes among students; {data.name} has none (use classes, "
+    def prepare_student(cls, model, cfg, task, seed: int):
+        if not task.n_classes:
+            raise ConfigError(f"method=msd splits the classes among students; {task.name} has none (use classes, "
                               "digits or mnist)")
         if isinstance(model, Routed):  # resumed from a checkpoint
             return model
-        groups = partition(data.n_classes, cfg.students, cfg.partition, seed)
+        groups = partition(task.n_classes, cfg.students, cfg.partition, seed)
         models = [model] + [copy.deepcopy(model) for _ in range(cfg.students - 1)]
         return Routed(models, groups)
 
     def owned(self) -> dict:
-        student = self.ctx.student() if self.ctx.student is not None else None
+        student = self.student()
         groups = student.groups.tolist() if student is not None else partition(
             self.ctx.data.n_classes, self.cfg.students, self.cfg.partition, self.ctx.run.seed)
         fakes = Routed([self.ctx.teacher_net() for _ in range(self.cfg.students)], groups)

@@ -1,5 +1,5 @@
 """`onpolicy_dmd`: LiveTalk's improved on-policy distillation (Chern et al., arXiv 2512.23576), i.e.
-Self Forcing's two stages with LiveTalk's changes, at toy scale (methods/other.md section 12): a
+Self Forcing's two stages (Huang et al., arXiv 2506.08009) with LiveTalk's changes, at toy scale: a
 bidirectional many-step teacher of whole sequences distilled into a block-causal few-step student
 (`CausalDenoiser`: blocks of frames, the previous block as context) that generates autoregressively.
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ...config import param
-from ...contract import LossOut
+from ...contract import STUDENT, LossOut
 from ...errors import ConfigError
 from ..nets import CausalDenoiser
 from ..sampling import ode_states
@@ -46,7 +46,7 @@ class OnPolicyDMD(DistributionMatching):
                 "trajectories; stage 2: x = rollout of G on its own outputs (random exit step per block), "
                 "L_G = 1/2 ||x - sg(x - (mu_fake(x_t) - mu_real(x_t)) / mean|x - mu_real(x_t)|)||^2, "
                 "L_fake = lambda(sigma) ||mu_fake(x + sigma n) - x||^2")
-    default_student = "causal:128-3"
+    DEFAULT_STUDENT = "causal:128-3"
 
     @dataclass
     class Config(DistributionMatching.Config):
@@ -57,18 +57,21 @@ class OnPolicyDMD(DistributionMatching):
         ode_substeps: int = param(8, "Heun steps of the teacher between consecutive student levels", lo=1)
         ratio: int = param(5, "critic updates per generator update in stage 2 (LiveTalk: 5)", lo=1)
 
-    @staticmethod
-    def check_data(data) -> None:
-        if data.kind != "sequence":
-            raise ConfigError(f"method=onpolicy_dmd distils into a block-causal generator of sequences; {data.name} "
+    @classmethod
+    def check_task(cls, cfg, task) -> None:
+        if task.kind != "sequence":
+            raise ConfigError(f"method=onpolicy_dmd distils into a block-causal generator of sequences; {task.name} "
                               "is not a sequence (use task.name=ring-seq)")
 
     @classmethod
-    def wrap_student(cls, model, cfg, data, seed: int):
-        cls.check_data(data)
+    def default_student(cls, cfg, task):
+        return cls.DEFAULT_STUDENT  # the teacher's own network is bidirectional
+
+    @classmethod
+    def prepare_student(cls, model, cfg, task, seed: int):
         if not isinstance(model, CausalDenoiser):
             raise ConfigError(f"method=onpolicy_dmd trains a block-causal student; student.name gives a "
-                              f"{type(model).__name__} (use causal:WIDTH-DEPTH, e.g. {cls.default_student})")
+                              f"{type(model).__name__} (use causal:WIDTH-DEPTH, e.g. {cls.DEFAULT_STUDENT})")
         return model
 
     def __init__(self, ctx, cfg):
@@ -98,7 +101,8 @@ class OnPolicyDMD(DistributionMatching):
         level = torch.randint(0, len(states), (n,), generator=gen)
         x_t = torch.stack(states)[level, idx]                             # (n, D)
         x0 = end[idx]
-        w = model.frame_dim * model.block
+        student = self.student()  # the module itself, for its shape (`model` may be wrapped)
+        w = student.frame_dim * student.block
         blocks = x0.shape[1] // w
         sig = torch.tensor([float(s) for s in self.ctx.student_sigmas])[level]
         # every block of every sequence at once, the context the clean end of the block before
@@ -118,14 +122,17 @@ class OnPolicyDMD(DistributionMatching):
         sig = self.ctx.student_sigmas
         z = batch["z"].to(self.ctx.device)
         gen = self.rng(batch, 1)
-        blocks = z.shape[1] // (model.frame_dim * model.block)
+        student = self.student()  # `rollout` is the module's own method (`model` may be wrapped)
+        blocks = z.shape[1] // (student.frame_dim * student.block)
         exits = torch.randint(0, len(sig), (blocks,), generator=gen).tolist()
-        return model.rollout(z, sig, generator=gen, exits=exits, grad=grad)
+        return student.rollout(z, sig, generator=gen, exits=exits, grad=grad)
+
+    def trains(self, step: int) -> set:
+        """Stage 1 the student alone; stage 2 DMD2's rule, counted from the stage's first step."""
+        return {STUDENT} if step < self.cfg.ode_steps else super().trains(step - self.cfg.ode_steps)
 
     def loss(self, model, batch) -> LossOut:
-        step = int(batch["step"])
-        if step < self.cfg.ode_steps:
+        if self.step < self.cfg.ode_steps:
             loss, metrics = self.ode_loss(model, batch)
             return LossOut(loss, len(batch["z"]), metrics)
-        batch = {**batch, "step": step - self.cfg.ode_steps}  # TTUR counts from the start of stage 2
         return super().loss(model, batch)

@@ -1,9 +1,9 @@
-"""`phased_dmd`: Phased DMD (Fan et al., arXiv 2510.27684, CVPR 2026; methods/other.md section 9):
-the noise range is split into K phases at `bounds`; phase k trains one expert that takes samples
-at the phase's top level to samples at its bottom level b_k (never to x0, except the last), with
-distribution matching only over the subinterval above b_k and a fake score trained there on an
-unbiased target that needs only the expert's samples x_s, not clean data. The result is a
-few-step mixture of experts, one per phase (`Phased`, routed by noise level).
+"""`phased_dmd`: Phased DMD (Fan et al., arXiv 2510.27684, CVPR 2026): the noise range is split into
+K phases at `bounds`; phase k trains one expert that takes samples at the phase's top level to
+samples at its bottom level b_k (never to x0, except the last), with distribution matching only over
+the subinterval above b_k and a fake score trained there on an unbiased target that needs only the
+expert's samples x_s, not clean data. The result is a few-step mixture of experts, one per phase
+(`Phased`, routed by noise level).
 
 In EDM's convention (this track's): back-simulate with the frozen earlier experts to the phase's
 top level; the expert's steps inside the phase with stochastic gradient truncation (a random exit
@@ -13,12 +13,13 @@ E[x_s | x_t] = x_t + (1 - b_k^2 / sigma_t^2) (D(x_t) - x_t),
 
     grad = (x_s_fake - x_s_real) / mean|x_s - x_s_real|,   L_G = 1/2 |x_s - sg(x_s - grad)|^2
 
-(the spec's reading: DMD2's form on x_s). The fake score F_k (one per phase, each a copy of the
+(our reading: DMD2's form on x_s). The fake score F_k (one per phase, each a copy of the
 teacher's network, the method's own modules) regresses onto
 `retort.diffuse.targets.subinterval_denoiser_target(x_s, x_t, b_k, sigma_t)`, weighted by EDM's
 lambda(sigma_t) (sigma_t^2 - b_k^2) / sigma_t^2 (the target's variance grows as sigma_t -> b_k; at
 b_k = 0 this is EDM's loss). Phases run in order, `train.steps / K` steps each; an expert stops
-changing when its phase ends (its gradients are None after)."""
+changing when its phase ends (it takes no gradient after, which its optimizer leaves alone: the
+loop sets gradients to None after every step, `retort.contract.Method`)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from ...config import param
-from ...contract import LossOut, Owned
+from ...contract import STUDENT, LossOut, Owned
 from ...errors import ConfigError
 from ...losses.diffuse import distribution_matching, edm_weight
 from ..nets import Phased
@@ -61,8 +62,6 @@ class PhasedDMD(DiffuseMethod):
              "math.py (here in EDM's convention)")
     equation = ("phase k: x_s = G_k(...) + b_k n; x_t = x_s + sqrt(s_t^2 - b_k^2) eps; grad = (E_fake[x_s|x_t] - "
                 "E_real[x_s|x_t]) / mean|x_s - E_real|; F_k -> x_t + s_t^2 (x_s - x_t) / (s_t^2 - b_k^2)")
-    uses_network = True
-
     @dataclass
     class Config:
         bounds: List[float] = param([], "the phase boundaries between sigma_max and 0 (descending); [] = one "
@@ -85,15 +84,23 @@ class PhasedDMD(DiffuseMethod):
         return [data.sigma_max, *inner, 0.0]
 
     @classmethod
-    def sampling_sigmas(cls, cfg, data, steps: int):
-        return [s for phase in phase_levels(cls.all_bounds(cfg, data), steps) for s in phase]
+    def student_settings(cls, cfg, task, settings: dict) -> dict:
+        levels = phase_levels(cls.all_bounds(cfg, task), settings["steps"])
+        return {**settings, "sigmas": [s for phase in levels for s in phase]}
 
     @classmethod
-    def wrap_student(cls, model, cfg, data, seed: int):
-        if isinstance(model, Phased):
+    def prepare_student(cls, model, cfg, task, seed: int):
+        if isinstance(model, Phased):  # resumed from a checkpoint
             return model
-        bounds = cls.all_bounds(cfg, data)
+        bounds = cls.all_bounds(cfg, task)
         return Phased([model] + [copy.deepcopy(model) for _ in range(len(bounds) - 2)], bounds)
+
+    def needs_teacher_weights(self) -> bool:
+        return True  # each phase's fake score starts as the teacher's network
+
+    def trains(self, step: int) -> set:
+        """The fake scores every step, the experts every `ratio`-th."""
+        return {STUDENT, "fake"} if step % self.cfg.ratio == 0 else {"fake"}
 
     def owned(self) -> dict:
         return {"fake": Owned(nn.ModuleList(self.ctx.teacher_net() for _ in range(self.K)),
@@ -128,12 +135,11 @@ class PhasedDMD(DiffuseMethod):
         return self.level(n, gen, min(lo, 998), 999)
 
     def loss(self, model, batch) -> LossOut:
-        step = int(batch["step"])
-        k = self.phase(step)
+        k = self.phase(self.step)
         b = self.bounds[k + 1]
         fake = self.owned_modules["fake"][k]
         labels = batch["labels"]
-        gen_step = step % self.cfg.ratio == 0
+        gen_step = STUDENT in self.trains(self.step)
         x_s = self._sample_x_s(model, batch, k, gen_step)
         n = len(x_s)
         shape = (-1, *([1] * (x_s.dim() - 1)))

@@ -1,7 +1,7 @@
 """`uni_instruct`: Uni-Instruct, one-step generators by a unified f-divergence expansion (Wang, Bai,
-Zhang, Zhang, Luo, Sun; NeurIPS 2025, arXiv 2505.20755; methods/other.md section 7). The loss is
-reconstructed from the authors' code (a-little-hoof/Uni_Instruct `fsim_loss.py`), with the
-density-ratio line read as the spec argues it should be (the code's uses the loss value: a bug):
+Zhang, Zhang, Luo, Sun; NeurIPS 2025, arXiv 2505.20755). The loss is reconstructed from the authors'
+code (a-little-hoof/Uni_Instruct `fsim_loss.py`), with the density-ratio line read as the
+derivation has it (the code's uses the loss value: a bug):
 
 - the generator samples x_g = G(sigma_init z, sigma_init) (SiD's convention; sigma_init = 5
   sigma_data, the code's 2.5 for images in [-1, 1]);
@@ -15,8 +15,8 @@ density-ratio line read as the spec argues it should be (the code's uses the los
 - a warm-up of `warmup_steps` generator steps uses plain l_SIM (h = 1, no GAN), as the code's first 200k images.
 
 The discriminator d is a head on the fake score's features (the code's, `disc=shared`: its loss
-also trains the fake score's trunk) or its own small MLP on (c_in x_sigma, log sigma) (the spec's
-2-D toy, `disc=separate`: the fake score then learns the score alone). Measured on the skewed
+also trains the fake score's trunk) or its own small MLP on (c_in x_sigma, log sigma) (for 2-D
+toys, `disc=separate`: the fake score then learns the score alone). Measured on the skewed
 ring (BENCHMARKS, 3 seeds): with the shared head every divergence collapsed to 1-3 of 8 modes; with
 a separate one they kept 3-7 and forward KL recalled the light modes best. Use `separate` for MLP
 students.
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ...config import param
-from ...contract import LossOut, Owned
+from ...contract import STUDENT, LossOut, Owned
 from ...losses.diffuse import F_DIVERGENCES, edm_weight, f_weight, score_identity
 from ..nets import _per_row
 from .base import DiffuseMethod, frozen
@@ -41,7 +41,7 @@ from .dm import FakeScore
 
 
 class Discriminator(torch.nn.Module):
-    """The spec's separate discriminator: an MLP on (c_in x_sigma, log sigma / 4), flattened."""
+    """The separate discriminator for 2-D toys: an MLP on (c_in x_sigma, log sigma / 4), flattened."""
 
     def __init__(self, dim: int, sigma_data: float, width: int = 128):
         super().__init__()
@@ -63,7 +63,6 @@ class UniInstruct(DiffuseMethod):
              "arXiv 2404.04057)")
     equation = ("L_G = lsg sg(h(r)) (D_T - D_F).(D_F - x_g) / mean|x_g - D_T| + lsg_gan BCE(d(x_sigma), 1) / w; "
                 "L_psi = lambda |f_psi - x_g|^2 + lsd lambda BCE terms; r = exp(d)")
-    uses_network = True
     needs_real = True
 
     @dataclass
@@ -89,9 +88,17 @@ class UniInstruct(DiffuseMethod):
                           choices=["shared", "separate"])
 
     @classmethod
-    def sampling_sigmas(cls, cfg, data, steps: int):
-        s = cfg.sigma_init or 5 * data.sigma_data
-        return [s] if steps == 1 else None
+    def student_settings(cls, cfg, task, settings: dict) -> dict:
+        if settings["steps"] != 1:
+            return settings
+        return {**settings, "sigmas": [cfg.sigma_init or 5 * task.sigma_data]}  # SiD's sigma_init
+
+    def needs_teacher_weights(self) -> bool:
+        return True  # the fake score starts as the teacher's network
+
+    def trains(self, step: int) -> set:
+        """The fake score (and a separate discriminator) every step, the generator every `ratio`-th."""
+        return {STUDENT, *self.owned_modules} if step % self.cfg.ratio == 0 else set(self.owned_modules)
 
     def owned(self) -> dict:
         lr = self.cfg.fake_lr or None
@@ -112,8 +119,8 @@ class UniInstruct(DiffuseMethod):
         cfg, fake, sd = self.cfg, self.owned_modules["fake"], self.ctx.data.sigma_data
         disc = self.owned_modules.get("disc", fake)  # what gives the logit
         labels = batch["labels"]
-        step = int(batch["step"])
-        gen_step = step % cfg.ratio == 0
+        step = self.step
+        gen_step = STUDENT in self.trains(step)
         x = self.generate(model, batch, grad=gen_step)
         shape = (-1, *([1] * (x.dim() - 1)))
         gen = self.rng(batch, 6)

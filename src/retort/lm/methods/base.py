@@ -1,12 +1,9 @@
 """What language-model methods share: their context (`MethodContext`), the off-policy batching
 (`OffPolicy`) and token log-prob helpers. The contract itself (`Method`, `BatchPlan`, `LossOut`,
-`Owned`) is track-independent and lives in `retort.contract`.
+`Owned`: `batches`, `count`, `loss` and the optional hooks) is track-independent and lives in
+`retort.contract`; a language-model method is built from a `MethodContext` and its own config
+dataclass.
 
-A method is built from a `MethodContext` and its own config dataclass, and provides
-- `batches(plan)`: this process's micro-batches from optimizer step `plan.start_step` on;
-- `count(batch)`: how many tokens (or items) the batch's loss sums over, known before the forward
-  pass so the loop can normalise by the global count across accumulation steps and processes;
-- `loss(model, batch) -> LossOut`: the *summed* loss over those tokens, and metrics.
 Off-policy methods over a fixed list of encoded examples can subclass `OffPolicy`, which shards a
 deterministic, length-bucketed order so that resuming at a step and changing the number of
 processes (at the same global batch) both see exactly the same examples.
@@ -20,7 +17,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from ...contract import BatchPlan, LossOut, Method, Owned
+from ...contract import BatchPlan, LossOut, Method, Owned, micro_batches
 from ..data.collate import IGNORE, Encoded, bucketed_order, collate
 
 __all__ = ["BatchPlan", "LossOut", "Method", "MethodContext", "OffPolicy", "Owned", "sequence_logps",
@@ -39,7 +36,7 @@ class MethodContext:
     tokenizer: Any
     load_teacher: Any = None  # () -> the run's Teacher (retort.lm.teachers), opened and frozen
     device: Any = "cpu"
-    student: Any = None  # () -> the model being trained, unwrapped (on-policy methods sample from it)
+    student: Any = None  # () -> the student, unwrapped: set by `Method.bind` (on-policy methods sample from it)
     load_initial_student: Any = None  # () -> (model, tokenizer): the student as the run started it
     log: Any = None  # (message) -> None: a line for the user (the main process's console)
 
@@ -113,8 +110,9 @@ class OffPolicy(Method):
     """Micro-batches from a fixed list of `Encoded` examples, sharded deterministically.
 
     Micro-batch `a` of process `r` at optimizer step `s` is chunk `(s * accum + a) * world + r` of a
-    length-bucketed order that is reshuffled each epoch. One process with accum=2 and two processes
-    with accum=1 therefore train on the same examples at every step.
+    length-bucketed order that is reshuffled each epoch (`retort.contract.micro_batches`). One
+    process with accum=2 and two processes with accum=1 therefore train on the same examples at
+    every step.
     """
 
     def examples(self) -> list[Encoded]:
@@ -131,14 +129,10 @@ class OffPolicy(Method):
         if not data:
             raise ValueError("no training examples")
         lengths = [len(x.input_ids) for x in data]
+        per_epoch = max(1, len(data) // plan.batch_size)
         epochs: dict[int, list[list[int]]] = {}
-        step = plan.start_step
-        while True:
-            for a in range(plan.accum):
-                chunk = (step * plan.accum + a) * plan.world + plan.rank
-                per_epoch = max(1, len(data) // plan.batch_size)
-                epoch, pos = divmod(chunk, per_epoch)
-                if epoch not in epochs:
-                    epochs = {epoch: bucketed_order(lengths, plan.batch_size, plan.seed + epoch)}
-                yield chunk, [data[i] for i in epochs[epoch][pos % len(epochs[epoch])]]
-            step += 1
+        for chunk, _ in micro_batches(plan):
+            epoch, pos = divmod(chunk, per_epoch)
+            if epoch not in epochs:
+                epochs = {epoch: bucketed_order(lengths, plan.batch_size, plan.seed + epoch)}
+            yield chunk, [data[i] for i in epochs[epoch][pos % len(epochs[epoch])]]
