@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
@@ -310,7 +311,11 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                     if module is not model and opt_cfg.clip_grad > 0:
                         accelerator.clip_grad_norm_(module.parameters(), opt_cfg.clip_grad)
                     opt.step()
-                sched.step()
+                    sched.step()
+                else:  # the schedule advances all the same; torch warns of a schedule ahead of its optimizer
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                        sched.step()
                 opt.zero_grad(set_to_none=True)
             step += 1
             method.on_step(step)
