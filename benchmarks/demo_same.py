@@ -67,6 +67,8 @@ def main() -> None:
             order = list(arms) if rep % 2 == 0 else list(arms)[::-1]
             for arm in order:
                 out = work / f"demo-{track}-{arm}-{rep}"
+                if out.exists():  # a demo reuses what it finds: every timed run starts from nothing
+                    raise SystemExit(f"{out} exists; give a new --work directory")
                 times[arm].append(_run(arms[arm], caches[arm], ["demo", "--track", track, "--out", str(out)]))
                 outs[arm].append(_timeless(json.loads((out / "results.json").read_text())))
                 print(track, arm, rep, times[arm][-1], "s", flush=True)

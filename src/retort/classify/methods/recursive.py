@@ -3,8 +3,7 @@
 "Recursive Meta-Distillation" (Flouro & Chadwick, arXiv 2601.13100) models multi-generation
 distillation as operators on distributions anchored to the base teacher; under its axioms the
 anchored recursion contracts in KL to a unique fixed point. The paper gives no algorithm; retort
-implements the spec's instantiation (methods/other.md section 5.2, a reading, not the paper's
-equations):
+implements one instantiation of its operators (a reading, not the paper's equations):
 
     p_{k+1} = (1 - a) Distill(p_k) + a p_T
 
