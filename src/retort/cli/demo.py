@@ -11,8 +11,8 @@ def command(name="demo"):
     from ..track import DEFAULT_TRACK, TRACKS, track_cli
 
     summaries = "; ".join(f"{n}: {e.summary}" for n, e in TRACKS.items() if e.summary)
-    listed = " ".join(f"{n}: {getattr(track_cli(n), 'DEMO_METHODS', '')}" for n in TRACKS
-                      if getattr(track_cli(n), "DEMO_METHODS", "")) if any(e.cli for e in TRACKS.values()) else ""
+    # each track's line names the track: "classify (default all): ce, kd, ..."
+    listed = " ".join(getattr(track_cli(n), "DEMO_METHODS", "") for n in TRACKS if track_cli(n) is not None)
 
     @click.command(context_settings=CONTEXT)
     @click.option("--track", "track_name", type=click.Choice(list(TRACKS)), default=DEFAULT_TRACK, show_default=True,
