@@ -63,12 +63,13 @@ class RolloutConfig:
 
 class Rollouts:
     """On-policy micro-batches (module docstring) for a method with config `cfg` (a `RolloutConfig`).
-    `teacher(student)` is what samples with `seq_kd`: a `Teacher`, or a model."""
+    `teacher(student)` is what samples with `seq_kd`: a `Teacher`, or a model; `step()` is the
+    optimizer step the micro-batches being drawn belong to (the method's `on_step` count): vLLM's
+    copy of the weights is refreshed when it changes."""
 
-    def __init__(self, ctx, cfg, teacher):
-        self.ctx, self.cfg, self.teacher = ctx, cfg, teacher
+    def __init__(self, ctx, cfg, teacher, step):
+        self.ctx, self.cfg, self.teacher, self.step = ctx, cfg, teacher, step
         self._vllm = None
-        self._version = 0  # the optimizer step of the current micro-batch: vLLM's weights change per step
 
     def prompts(self, data: list[Encoded]) -> list[Encoded]:
         """`data`, refused when it cannot be sampled from (multi-turn rows) or gated (no answer)."""
@@ -85,7 +86,6 @@ class Rollouts:
         module docstring says; `items` and `stats` ride along in each batch."""
         pad = self.ctx.tokenizer.pad_token_id
         for chunk, items in example_batches:
-            self._version = chunk // (plan.accum * plan.world)
             rng = random.Random(f"{plan.seed}:rollout:{chunk}")
             on_policy = rng.random() < self.cfg.lmbda
             seed = rng.randrange(2 ** 31)
@@ -138,7 +138,7 @@ class Rollouts:
         if self._vllm is None:
             self._vllm = VLLMEngine(model, self.ctx.tokenizer, gpu_memory_utilization=self.cfg.vllm_gpu_memory,
                                     seed=self.ctx.run.seed)
-        self._vllm.sync(model, self._version)
+        self._vllm.sync(model, self.step())
         tok = self.ctx.tokenizer
         eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
         return self._vllm.generate(prompts, max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
@@ -156,7 +156,7 @@ class OnPolicy(OffPolicy):
             raise ConfigError("method_args.engine=vllm pushes whole weights to vLLM, not LoRA adapters; "
                               "use engine=auto with student.lora.r > 0")
         self.run_teacher = LazyTeacher(ctx)
-        self.rollouts = Rollouts(ctx, cfg, self.teacher)
+        self.rollouts = Rollouts(ctx, cfg, self.teacher, step=lambda: self.step)
 
     def examples(self) -> list[Encoded]:
         return self.rollouts.prompts(data_examples(self.ctx))
