@@ -71,3 +71,12 @@ def test_a_readme_example_gives_the_numbers_of_its_commands(i, tmp_path, monkeyp
     assert _timeless(json.loads(json.dumps(scope["results"]).replace("runs/", "cli/"))) == _timeless(cli_results)
     if "api.report(" in code:
         assert (py_run / "report.html").is_file()
+
+
+def test_every_tracks_configs_take_track_by_name():
+    from retort import api
+    from retort.track import TRACKS
+
+    for name in TRACKS:
+        assert api.train_config(track=name).track == name
+        assert api.eval_config(track=name).track == name

@@ -224,6 +224,7 @@ class EvalRun:
                                test_fraction=0.0)
     model: ModelConfig = section(ModelConfig, "the model evaluated", name="builtin:teacher")
     eval: EvalConfig = section(EvalConfig, "what and how to evaluate")
+    track: str = param("lm", "the family of models (retort.track): lm = language models", choices=["lm"])
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
 
