@@ -232,10 +232,11 @@ def load_inputs(run_dirs) -> tuple[list[Row], list[Run]]:
 
 
 def _track_of(result: dict) -> str | None:
-    """The track whose report module claims an eval result, or None."""
-    from ..track import TRACKS, track_report
+    """The track whose report module claims an eval result, or None. The default track is asked
+    last: its claim is the broadest (any result with an accuracy), the others' are specific."""
+    from ..track import DEFAULT_TRACK, TRACKS, track_report
 
-    for name in TRACKS:
+    for name in sorted(TRACKS, key=lambda n: n == DEFAULT_TRACK):
         module = track_report(name)
         if module is not None and module.claims(result):
             return name
