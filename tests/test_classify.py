@@ -125,6 +125,66 @@ def test_bad_data_is_named(tmp_path):
         load_dataset(_cfg(tmp_path / "f"))
 
 
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return _cfg(path)
+
+
+def test_a_users_npz_of_the_wrong_shape_is_named_when_read(tmp_path):
+    # x of one dimension used to reach the model and end in IndexError
+    with pytest.raises(DataError, match=r"flat.npz: x has shape \(40,\); expected one row per example: \(N, D\)"):
+        load_dataset(_npz(tmp_path / "flat.npz", x=np.arange(40.0), y=np.arange(40) % 2))
+    with pytest.raises(DataError, match=r"y2.npz: y has shape \(40, 2\); expected \(40,\)"):
+        load_dataset(_npz(tmp_path / "y2.npz", x=np.zeros((40, 3)), y=np.zeros((40, 2))))
+    with pytest.raises(DataError, match=r"t.npz: x_test rows have shape \(4,\) but x rows have \(3,\)"):
+        load_dataset(_npz(tmp_path / "t.npz", x=np.zeros((40, 3)), y=np.arange(40) % 2, x_test=np.zeros((5, 4)),
+                          y_test=np.arange(5) % 2))
+    with pytest.raises(DataError, match="half.npz: has x_test without y_test"):
+        load_dataset(_npz(tmp_path / "half.npz", x=np.zeros((40, 3)), y=np.arange(40) % 2, x_test=np.zeros((5, 3))))
+    # (N, H, W) images gain their channel axis, as a grayscale image file does
+    d = load_dataset(_npz(tmp_path / "hw.npz", x=np.zeros((40, 6, 5)), y=np.arange(40) % 2))
+    assert d.input_shape == (1, 6, 5)
+
+
+def test_a_users_nan_or_inf_inputs_are_counted_when_read(tmp_path):
+    x = np.zeros((40, 1, 4, 4), np.float32)
+    x[3, 0, 1, 1], x[3, 0, 2, 2], x[7, 0, 0, 0] = np.nan, np.inf, -np.inf
+    with pytest.raises(DataError, match=r"nan.npz: x holds 3 non-finite value\(s\) \(NaN or inf\) in 2 row\(s\), "
+                       "the first at row 3"):
+        load_dataset(_npz(tmp_path / "nan.npz", x=x, y=np.arange(40) % 2))
+    with pytest.raises(DataError, match=r"nant.npz: x_test holds 3 non-finite"):
+        load_dataset(_npz(tmp_path / "nant.npz", x=np.zeros_like(x), y=np.arange(40) % 2, x_test=x,
+                          y_test=np.arange(40) % 2))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": [1.0, None, 2.0, 3.0] * 5, "b": [0.0, 1.0, float("nan"), 1.0] * 5,
+                             "label": [0, 1] * 10}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"n.parquet: non-finite values \(null, NaN or inf\) in feature column\(s\) "
+                       r"a \(5\), b \(5\)"):
+        load_dataset(_cfg(tmp_path / "n.parquet"))
+
+
+def test_a_training_split_of_one_class_is_refused(tmp_path, capsys):
+    with pytest.raises(DataError, match=r"task.name=.*one.npz: the training split has 1 class\(es\) \('7'\); "
+                       "a classifier needs at least two"):
+        load_dataset(_npz(tmp_path / "one.npz", x=np.zeros((40, 3)), y=np.full(40, 7)))
+    # the other class only in the test split: the training split still has one
+    with pytest.raises(DataError, match=r"the training split has 1 class\(es\) \('a'\)"):
+        load_dataset(_npz(tmp_path / "t.npz", x=np.zeros((40, 3)), y=np.array(["a"] * 40), x_test=np.zeros((4, 3)),
+                          y_test=np.array(["b"] * 4)))
+    (tmp_path / "img" / "only").mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(5):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "img" / "only" / f"{i}.png")
+    with pytest.raises(DataError, match=r"img: the training split has 1 class\(es\) \('only'\)"):
+        load_dataset(_cfg(tmp_path / "img"))
+    assert main(["train", "track=classify", f"task.name={tmp_path / 'one.npz'}", "student.name=mlp:4",
+                 "train.steps=2", f"out={tmp_path / 'run'}"]) == 2
+    assert "at least two" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------ models and metrics
 
 

