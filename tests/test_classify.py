@@ -259,6 +259,44 @@ def test_the_batch_stream_is_exact_across_a_resume_and_shards():
     assert not torch.equal(seq[0]["x"], data.x["train"][seq[0]["idx"]])  # augmented
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 31, 32, 33, 64, 65, 100])
+def test_the_batch_stream_covers_every_epoch_at_any_size(n):
+    # a split smaller than half a batch used to end in KeyError: 0 (an epoch's order dropped while
+    # the batch still needed it); every size, 1 row and exactly one batch included
+    from retort.classify.methods.base import ClassifyContext
+    from retort.contract import BatchPlan
+
+    x = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3)
+    data = SimpleNamespace(split=lambda name: (x, torch.arange(n) % 2))
+    run = SimpleNamespace(data=SimpleNamespace(augment="none", cache_teacher=True))
+    ctx = ClassifyContext(run=run, data=data, device=torch.device("cpu"), log=print, load_teacher=None)
+    m = METHODS["ce"](ctx, METHODS["ce"].Config())
+    B = 64
+    stream = m.batches(BatchPlan(0, 1, 1, B, 0, 5))
+    seq = [next(stream) for _ in range(6)]
+    assert all(len(b["idx"]) == B and torch.equal(b["x"][:, 0].long(), b["idx"]) for b in seq)
+    rows = torch.cat([b["idx"] for b in seq])
+    epochs = [rows[e * n:(e + 1) * n] for e in range(len(rows) // n)]
+    assert all(torch.equal(e, m._order(i, 5)) for i, e in enumerate(epochs))  # each row once per epoch, in order
+    for start in (1, 3, 5):  # a resumed run continues the exact sequence
+        resumed = m.batches(BatchPlan(0, 1, 1, B, start, 5))
+        assert torch.equal(next(resumed)["idx"], seq[start]["idx"])
+    r1 = m.batches(BatchPlan(1, 2, 1, B, 0, 5))  # and so does the second of two processes
+    assert torch.equal(next(r1)["idx"], seq[1]["idx"]) and torch.equal(next(r1)["idx"], seq[3]["idx"])
+
+
+@pytest.mark.parametrize("n", [30, 12])  # 12: too few rows for a validation split, which is then left out
+def test_a_dataset_smaller_than_half_a_batch_trains(n, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "small.npz", x=rng.normal(size=(n, 4)), y=np.arange(n) % 2)
+    out = tmp_path / "run"
+    assert main(["train", "track=classify", f"task.name={tmp_path / 'small.npz'}", "method=ce", "student.name=mlp:8",
+                 f"out={out}", "train.steps=3", "train.log_every=1", "train.eval_every=0"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in rows if "loss" in r]) == 3 and (out / "model").is_dir()
+    assert json.loads((out / "summary.json").read_text())["eval"]["n"] == round(0.2 * n)
+
+
 # ------------------------------------------------------------------ the CLI
 
 

