@@ -157,6 +157,34 @@ def test_chains_through_the_cli(tmp_path):
     assert main(["generations", "1", *base, "method=ce", f"out={tmp_path / 'c'}"]) == 2
 
 
+def test_generations_writes_only_into_a_new_or_empty_directory_or_its_own_chain(tmp_path, capsys):
+    # a directory holding only a user's generations.json used to be taken for a chain and overwritten
+    import hashlib
+
+    base = ["track=classify", "task.name=digits-3", "student.name=mlp:8", "train.steps=5", "train.eval_every=0",
+            "train.log_every=5"]
+    assert main(["train", *base, "method=ce", f"out={tmp_path / 't'}"]) == 0
+    chain = ["generations", "1", *base, "method=recursive", f"teacher.name={tmp_path / 't' / 'model'}"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "generations.json").write_text('{"my": "results"}')
+    digest = hashlib.sha256((mine / "generations.json").read_bytes()).hexdigest()
+    assert main([*chain, f"out={mine}"]) == 2
+    assert (f"out={mine}: the directory is not empty and no retort generations made it (no chain.json)"
+            in capsys.readouterr().err.replace("\n", ""))
+    assert [p.name for p in mine.iterdir()] == ["generations.json"]
+    assert hashlib.sha256((mine / "generations.json").read_bytes()).hexdigest() == digest
+    # refused inputs leave no directory behind
+    assert main([*chain, "method_args.a=2", f"out={tmp_path / 'new'}"]) == 2
+    assert "method_args.a" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    # a chain this command made continues; so does one made before the marker (gen-K runs only)
+    assert main([*chain, f"out={tmp_path / 'ok'}"]) == 0
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["chain.json", "gen-1", "generations.json"]
+    assert main(["generations", "2", *chain[2:], f"out={tmp_path / 'ok'}"]) == 0
+    (tmp_path / "ok" / "chain.json").unlink()
+    assert main([*chain, f"out={tmp_path / 'ok'}"]) == 0
+
+
 def test_a_lelp_student_has_a_subclass_head_and_reloads(tmp_path):
     base = ["track=classify", "task.name=digits-bin", "train.steps=20", "train.eval_every=0", "train.log_every=20"]
     assert main(["train", *base, "method=ce", "student.name=mlp:32-16", f"out={tmp_path / 't'}"]) == 0

@@ -121,22 +121,30 @@ def remove_run(out: Path) -> None:
 DEMO_MARKER = "demo.json"
 
 
-def demo_dir(out, also_ours: bool = False) -> Path:
-    """A demo's directory: new, empty, or one a demo made (it holds `demo.json`; `also_ours`: the
-    caller recognised an older demo's files). A demo writes files and sub-directories of fixed names
-    into it, so it never starts in a directory that holds anything else."""
+def marked_dir(out, option: str, marker: str, made_by: str, also_ours: bool = False, mark: bool = True) -> Path:
+    """A directory that one command fills with files and sub-directories of fixed names: new, empty,
+    or one that command made (it holds `marker`; `also_ours`: the caller recognised the command's
+    older files), never one that holds anything else. `mark`: write the marker now; a command that
+    checks its other inputs first calls again with `mark=True` before it writes, so a refused run
+    leaves nothing behind."""
     import json
     import time
 
     from . import __version__
 
-    root = output_dir(out, "demo --out")
-    ours = (root / DEMO_MARKER).is_file() or also_ours
+    root = output_dir(out, option)
+    ours = (root / marker).is_file() or also_ours
     if root.is_dir() and any(root.iterdir()) and not ours:
-        raise ConfigError(f"demo --out {out}: the directory is not empty and no demo made it (no {DEMO_MARKER}); "
+        shown = f"{option} {out}" if " " in option else f"{option}={out}"  # "demo --out D", "out=D"
+        raise ConfigError(f"{shown}: the directory is not empty and no {made_by} made it (no {marker}); "
                           "choose a new or empty directory")
-    if not (root / DEMO_MARKER).is_file():
-        atomic_write_text(root / DEMO_MARKER, json.dumps({"made_by": "retort demo", "retort_version": __version__,
-                                                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                   time.gmtime())}))
+    if mark and not (root / marker).is_file():
+        atomic_write_text(root / marker, json.dumps({"made_by": made_by, "retort_version": __version__,
+                                                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
     return root
+
+
+def demo_dir(out, also_ours: bool = False) -> Path:
+    """A demo's directory: new, empty, or one a demo made (it holds `demo.json`; `also_ours`: the
+    caller recognised an older demo's files); see `marked_dir`."""
+    return marked_dir(out, "demo --out", DEMO_MARKER, "retort demo", also_ours)

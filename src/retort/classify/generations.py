@@ -7,7 +7,9 @@ starts from a fresh initialisation (seed + k). Each generation is an ordinary ru
 generation first trains at alpha=0 and alpha=1 (OUT/gen-K-alpha0, -alpha1), estimates the best
 alpha on the validation split (`borup.alpha_hat`) and trains at it. OUT/generations.json holds, per
 generation: the alpha used, and test accuracy, calibration, and agreement and KL with the *base*
-teacher (drift over generations is what these methods are about).
+teacher (drift over generations is what these methods are about). OUT must be new, empty, or a
+chain this command made (it holds `chain.json`, written once the inputs are checked), so a
+user's own files there, a `generations.json` included, are never overwritten.
 """
 
 from __future__ import annotations
@@ -19,9 +21,20 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..paths import atomic_write_text, output_dir
+from ..paths import atomic_write_text, marked_dir
 from .eval import metrics, predict
 from .models import check_fits, load, resolve
+
+
+CHAIN_MARKER = "chain.json"  # in OUT: a chain `retort generations` made (see `retort.paths.marked_dir`)
+
+
+def _older_chain(chain: Path) -> bool:
+    """A chain made before CHAIN_MARKER: generation run directories (config.yaml in gen-K) and
+    generations.json, nothing else."""
+    entries = list(chain.iterdir()) if chain.is_dir() else []
+    return any(p.name.startswith("gen-") and (p / "config.yaml").is_file() for p in entries) and \
+        all(p.name == "generations.json" or p.name.startswith("gen-") for p in entries)
 
 
 def _train_generation(run, out: Path, teacher: str, seed: int, method_args: dict, console):
@@ -36,7 +49,7 @@ def _train_generation(run, out: Path, teacher: str, seed: int, method_args: dict
 def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None) -> dict:
     from .methods import METHODS
     from .methods.borup import alpha_hat
-    from ..track import get_track
+    from ..track import get_track, method_config
 
     if n < 1:
         raise ConfigError(f"generations: N={n}; expected at least 1")
@@ -45,10 +58,10 @@ def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None
                           "or pld")
     if alpha_hat_search and run.method != "borup":
         raise ConfigError("--alpha-hat estimates borup's alpha; it needs method=borup")
-    chain = output_dir(Path(run.out), "out")
-    if chain.is_dir() and any(p.name != "generations.json" and not p.name.startswith("gen-") for p in chain.iterdir()):
-        raise ConfigError(f"out={chain}: holds files that are not generations of a chain; choose a new or empty "
-                          "directory")
+    # OUT: new, empty, or a chain this command made (like a demo's directory): checked now, claimed
+    # once the inputs are known to be good
+    older = _older_chain(Path(run.out))
+    chain = marked_dir(run.out, "out", CHAIN_MARKER, "retort generations", also_ours=older, mark=False)
     data = get_track(run.track).get_task(run.task)
     base = resolve(run.teacher.name, data.name)
     base_model, meta = load(base)
@@ -58,6 +71,8 @@ def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None
     args = dict(run.method_args)
     if run.method == "recursive" and not args.get("anchor"):
         args["anchor"] = base
+    method_config(replace(run, method_args=args))
+    marked_dir(chain, "out", CHAIN_MARKER, "retort generations", also_ours=older)
     rows, teacher = [], base
     for k in range(1, n + 1):
         seed = run.seed + k
