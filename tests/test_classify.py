@@ -5,6 +5,7 @@ batch stream, and each method through the real CLI (loss pinned, parameters chan
 import io
 import json
 import pickle
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -403,6 +404,47 @@ def test_the_classify_demo_and_its_report(tmp_path, monkeypatch):
     page = (tmp_path / "d" / "report.html").read_text()
     assert "accuracy at best val (step)" in page and "reliability diagram" in page and "ECE" in page
     assert main(["demo", "--track", "classify", "--methods", "kd2", "--out", str(tmp_path / "d")]) == 2
+
+
+def test_the_classify_demo_accepts_every_method_of_the_track(capsys):
+    from retort.classify.demo import DEFAULT_METHODS, DEMO_CHAINS, DEMO_RUNS
+
+    every = sorted(METHODS)
+    assert sorted([*DEMO_RUNS, *DEMO_CHAINS]) == every  # borup and recursive used to be refused
+    assert DEFAULT_METHODS == ["ce", "kd", "dkd", "pld", "lelp"]  # the default set stays fast
+    assert main(["demo", "--help"]) == 0
+    line = " ".join(capsys.readouterr().out.split()).split("classify (default ")[1].split(". ")[0]
+    assert line.startswith("ce,kd,dkd,pld,lelp)") and set(every) <= set(re.findall(r"\w+", line))
+    assert main(["demo", "--track", "classify", "--methods", ",".join([*every, "nope"])]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "unknown nope for --track classify; choose from " + ", ".join([*DEMO_RUNS, *DEMO_CHAINS]) in err
+
+
+def test_every_classify_demo_method_runs_at_a_tiny_size(tmp_path, monkeypatch):
+    # the demo's own code path, each method at a few steps: a tiny teacher and students
+    from retort.classify import demo, teacher
+
+    monkeypatch.setenv("RETORT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(teacher.TEACHERS, "digits", {"student": {"name": "mlp:16"}, "train": {"steps": 20}})
+    monkeypatch.setattr(demo, "STUDENT", [*demo.STUDENT, "train.steps=4", "train.eval_every=2", "train.log_every=1",
+                                          "train.save_every=4"])
+    names = [*demo.DEMO_RUNS, *demo.DEMO_CHAINS]
+    assert main(["demo", "--track", "classify", "--methods", ",".join(names), "--out", str(tmp_path / "d")]) == 0
+    results = json.loads((tmp_path / "d" / "results.json").read_text())
+    labels = [demo.DEMO_RUNS[n][0] if n in demo.DEMO_RUNS else demo.DEMO_CHAINS[n][0] for n in names]
+    assert list(results) == ["teacher (built-in)", *labels]
+    assert all(0 <= results[label]["accuracy"] <= 1 and "agree_top1" in results[label] for label in labels[1:])
+    for name in demo.DEMO_CHAINS:
+        chain = tmp_path / "d" / name
+        row = results[demo.DEMO_CHAINS[name][0]]
+        assert row["generations"] == 2 and row["run_dir"] == f"{name}/gen-2"
+        gens = json.loads((chain / "generations.json").read_text())["generations"]
+        assert row["agree_top1"] == gens[-1]["agree_base_teacher"]  # with the built-in teacher, not gen-1
+        assert f"name: {chain / 'gen-1' / 'model'}" in (chain / "gen-2" / "config.yaml").read_text()
+    assert (tmp_path / "d" / "report.html").is_file()
+    mtime = (tmp_path / "d" / "borup" / "gen-2" / "summary.json").stat().st_mtime
+    assert main(["demo", "--track", "classify", "--methods", "borup", "--out", str(tmp_path / "d")]) == 0
+    assert (tmp_path / "d" / "borup" / "gen-2" / "summary.json").stat().st_mtime == mtime  # resumed: nothing retrained
 
 
 def _cli_env():
