@@ -177,6 +177,8 @@ def test_generations_writes_only_into_a_new_or_empty_directory_or_its_own_chain(
     # refused inputs leave no directory behind
     assert main([*chain, "method_args.a=2", f"out={tmp_path / 'new'}"]) == 2
     assert "method_args.a" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    assert main([*chain, "student.name=bogus", f"out={tmp_path / 'new'}"]) == 2
+    assert "model 'bogus': unknown" in capsys.readouterr().err and not (tmp_path / "new").exists()
     # a chain this command made continues; so does one made before the marker (gen-K runs only)
     assert main([*chain, f"out={tmp_path / 'ok'}"]) == 0
     assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["chain.json", "gen-1", "generations.json"]

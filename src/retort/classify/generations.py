@@ -49,7 +49,7 @@ def _train_generation(run, out: Path, teacher: str, seed: int, method_args: dict
 def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None) -> dict:
     from .methods import METHODS
     from .methods.borup import alpha_hat
-    from ..track import get_track, method_config
+    from ..track import get_track
 
     if n < 1:
         raise ConfigError(f"generations: N={n}; expected at least 1")
@@ -71,7 +71,7 @@ def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None
     args = dict(run.method_args)
     if run.method == "recursive" and not args.get("anchor"):
         args["anchor"] = base
-    method_config(replace(run, method_args=args))
+    get_track(run.track).load_student(replace(run, method_args=args), None, run.seed)  # method_args, student.name
     marked_dir(chain, "out", CHAIN_MARKER, "retort generations", also_ours=older)
     rows, teacher = [], base
     for k in range(1, n + 1):
