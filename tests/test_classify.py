@@ -142,6 +142,15 @@ def test_a_users_npz_of_the_wrong_shape_is_named_when_read(tmp_path):
                           y_test=np.arange(5) % 2))
     with pytest.raises(DataError, match="half.npz: has x_test without y_test"):
         load_dataset(_npz(tmp_path / "half.npz", x=np.zeros((40, 3)), y=np.arange(40) % 2, x_test=np.zeros((5, 3))))
+    with pytest.raises(DataError, match="empty.npz: x has no rows"):
+        load_dataset(_npz(tmp_path / "empty.npz", x=np.zeros((0, 3)), y=np.zeros(0)))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": pa.array([], pa.float32()), "label": pa.array([], pa.int64())}),
+                   tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match="empty.parquet: no rows"):
+        load_dataset(_cfg(tmp_path / "empty.parquet"))
     # (N, H, W) images gain their channel axis, as a grayscale image file does
     d = load_dataset(_npz(tmp_path / "hw.npz", x=np.zeros((40, 6, 5)), y=np.arange(40) % 2))
     assert d.input_shape == (1, 6, 5)

@@ -254,6 +254,8 @@ def _parquet(path: Path):
     cols = table.column_names
     if "label" not in cols:
         raise DataError(f"{path}: no 'label' column; columns: {', '.join(cols)}")
+    if not table.num_rows:
+        raise DataError(f"{path}: no rows")
     y, classes = _labels(table.column("label").to_pylist(), str(path))
     if "image" in cols:
         blobs = table.column("image").to_pylist()
