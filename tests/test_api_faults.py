@@ -220,6 +220,32 @@ def test_d_retries_exhausted_keeps_what_came_and_the_rerun_asks_only_the_rest(tm
     assert read_manifest(out)["ledger"] == _ledger_of(bad.answered() + good.answered())
 
 
+@pytest.mark.parametrize("fault, says", [
+    ("garbage", "malformed body: {url}/chat/completions: JSONDecodeError: Expecting value: line 1 column 1 "
+                "(char 0) (body: '<html>this is not JSON')"),
+    ("truncated", "connection: {url}/chat/completions: ClientPayloadError: Response payload is not completed"),
+    ("dead", "connection: {url}/chat/completions: ClientConnector"),
+])
+def test_d_retries_exhausted_name_the_url_and_quote_what_came_back(tmp_path, capsys, fault, says):
+    """After the retries, a lost connection or a body that is not an answer is said as a refusal
+    is: where the request went, and what came back (not only its kind)."""
+    if fault == "dead":  # nothing listens there: every request fails to connect
+        url = f"http://127.0.0.1:{_free_port()}/v1"
+        rc, text = _traces(capsys, tmp_path / "t", url, **{"teacher.api.max_retries": 1})
+        n, received = N_KEYS, 0
+    else:
+        with ApiServer(faults={"ok": 5, fault: 10**9}) as s:
+            rc, text = _traces(capsys, tmp_path / "t", s.url, **{"teacher.api.max_retries": 1})
+        url, n, received = s.url, N_KEYS - 5, 5
+    assert rc == 2
+    lines = text.strip().splitlines()
+    err = [ln for ln in lines if ln.startswith("error:")]
+    assert len(err) == 1 and err[0] == lines[-1]
+    assert f"{n} requests failed after 1 retries ({says.format(url=url)}" in err[0], err[0]
+    assert f"every failed attempt: {2 * n} x {says.split(':')[0]}" in err[0]
+    assert f"the {received} answers received are kept" in err[0]
+
+
 def _partial(capsys, out, **extra) -> set:
     """A run whose server answers 5 requests and then fails every one: the keys it stored."""
     with ApiServer(faults={"ok": 5, "500": 10**9}, tokenizer=extra.pop("server_tok", None)) as bad:
@@ -880,7 +906,8 @@ def test_a_bad_batch_file_or_batch_out_path_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "results.jsonl"
     bad.write_text('{"custom_id": "retort:0/0:0", "response": {"status_code": 200, "body": {"choices": []}}}\n')
     for extra, says in ((["--batch-in", str(tmp_path / "none.jsonl")], "no such file"),
-                        (["--batch-in", str(bad)], "results.jsonl:1: the response body is not a chat answer"),
+                        (["--batch-in", str(bad)], "results.jsonl:1: the response body is not a chat answer "
+                                                  "(IndexError: list index out of range; body: {\"choices\": []})"),
                         (["--batch-out", str(tmp_path)], "is a directory")):
         rc = main(["traces", *extra, *[f"{k}={v}" for k, v in {**BASE, "out": str(out)}.items()]])
         err = capsys.readouterr().err

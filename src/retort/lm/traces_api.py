@@ -20,6 +20,7 @@ errors by kind.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import asdict
 from math import ceil
@@ -383,9 +384,15 @@ class ApiTraces:
         api, console, out, pool = self.api, self.console, self.out, self.pool
         errs = summary(pool.errors) if pool is not None else "none"
         if self.failed:
-            kinds = sorted({f.kind for f in self.failed})
+            # the first failure of each kind in full: the URL, and the server's words or the start of
+            # the body it sent (a kind alone does not say which server, or what came back)
+            first: dict = {}
+            for f in self.failed:
+                first.setdefault(f.kind, f)
+            said = "; ".join(f"{kind}: {re.sub(r' [(]after [0-9]+ retries[)]$', '', f.detail)}"
+                             for kind, f in sorted(first.items()))
             raise ApiError(f"traces: {len(self.failed)} requests failed after {api.max_retries} retries "
-                           f"({', '.join(kinds)}; every failed attempt: {errs}); the {self.received} answers "
+                           f"({said}; every failed attempt: {errs}); the {self.received} answers "
                            f"received are kept in {out}: rerun the same command to request the rest")
         from .curate import trace_stats
 
