@@ -32,7 +32,7 @@ from ..errors import ApiError, DataError
 from .data import topk as topk_codec
 from .data.hashes import tokenizer_sha256
 from .data.traces import Journal, TraceWriter, read_traces
-from .teachers.api import ApiTeacher, check_key_env
+from .teachers.api import ApiTeacher, check_key_env, key_variable
 from .teachers.replies import Job, request_seed
 from .teachers.http import Failed, summary
 from .traces_batch import load_batch, read_batch, write_batch
@@ -272,7 +272,7 @@ class ApiTraces:
             # where the server was (not part of the set's identity: it may move): what `curate
             # --mixed-policy` asks when it continues student prefixes with this teacher
             writer.update(token_map=tmap, tokenizer_sha256=tokenizer_sha256(tok) if tmap["ids"] else None,
-                          api_server={"base_url": api.base_url, "key_env": api.key_env})
+                          api_server={"base_url": api.base_url, "key_env": key_variable(api)})
             if self.console is not None and (tok is None or not tmap["ids"]):
                 self.console.print(f"traces: token ids not mapped ({check}); rows keep text and the server's token "
                                    "strings; token-level KD from this set will be refused")
