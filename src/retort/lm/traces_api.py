@@ -270,7 +270,8 @@ class ApiTraces:
                                 f"token ids, but now the token map is {check!r}; the server's model changed? Use "
                                 "another output directory")
             # where the server was (not part of the set's identity: it may move): what `curate
-            # --mixed-policy` asks when it continues student prefixes with this teacher
+            # --mixed-policy` asks when it continues student prefixes with this teacher; the key's
+            # variable only when it is set (a name that is not set may be a key pasted in its place)
             writer.update(token_map=tmap, tokenizer_sha256=tokenizer_sha256(tok) if tmap["ids"] else None,
                           api_server={"base_url": api.base_url, "key_env": key_variable(api)})
             if self.console is not None and (tok is None or not tmap["ids"]):
