@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 from apiserver import ApiServer, answer_text, reasoning_text
+from conftest import tiny_overrides
 
 from retort.cli import main
 from retort.config import load_config
@@ -218,6 +219,32 @@ def test_d_retries_exhausted_keeps_what_came_and_the_rerun_asks_only_the_rest(tm
     assert len(asked) == len(set(asked)) == N_KEYS - 5 and not stored & set(asked)
     assert sorted(_row_keys(out)) == sorted(f"{i}/{j}" for i in range(12) for j in range(2))
     assert read_manifest(out)["ledger"] == _ledger_of(bad.answered() + good.answered())
+
+
+@pytest.mark.parametrize("fault, says", [
+    ("garbage", ("malformed body: {url}/chat/completions: JSONDecodeError: Expecting value: line 1 column 1 "
+                 "(char 0) (body: '<html>this is not JSON')")),
+    ("truncated", "connection: {url}/chat/completions: ClientPayloadError: Response payload is not completed"),
+    ("dead", "connection: {url}/chat/completions: ClientConnector"),
+])
+def test_d_retries_exhausted_name_the_url_and_quote_what_came_back(tmp_path, capsys, fault, says):
+    """After the retries, a lost connection or a body that is not an answer is said as a refusal
+    is: where the request went, and what came back (not only its kind)."""
+    if fault == "dead":  # nothing listens there: every request fails to connect
+        url = f"http://127.0.0.1:{_free_port()}/v1"
+        rc, text = _traces(capsys, tmp_path / "t", url, **{"teacher.api.max_retries": 1})
+        n, received = N_KEYS, 0
+    else:
+        with ApiServer(faults={"ok": 5, fault: 10**9}) as s:
+            rc, text = _traces(capsys, tmp_path / "t", s.url, **{"teacher.api.max_retries": 1})
+        url, n, received = s.url, N_KEYS - 5, 5
+    assert rc == 2
+    lines = text.strip().splitlines()
+    err = [ln for ln in lines if ln.startswith("error:")]
+    assert len(err) == 1 and err[0] == lines[-1]
+    assert f"{n} requests failed after 1 retries ({says.format(url=url)}" in err[0], err[0]
+    assert f"every failed attempt: {2 * n} x {says.split(':')[0]}" in err[0]
+    assert f"the {received} answers received are kept" in err[0]
 
 
 def _partial(capsys, out, **extra) -> set:
@@ -494,6 +521,77 @@ def test_h_no_key_variable_set_sends_no_authorization(tmp_path, capsys, monkeypa
     with ApiServer() as s:
         assert _traces(capsys, tmp_path / "t", s.url)[0] == 0
     assert {e["auth"] for e in s.completions()} == {None}
+
+
+# keys pasted where the variable's name goes; the first two also look like variable names
+PASTED_KEYS = ["hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8S9t0",
+               "sk-proj-Zy9Xw8Vu7Ts6Rq5Po4Nm3Lk2"]
+
+
+def _holding(root: Path, secret: str) -> list:
+    """Every file under `root` whose bytes hold `secret`."""
+    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("key", PASTED_KEYS)
+def test_h_a_key_in_key_env_is_refused_and_written_or_said_nowhere(tmp_path, capsys, monkeypatch, key):
+    monkeypatch.delenv(key, raising=False)
+    with ApiServer() as s:
+        rc, text = _traces(capsys, tmp_path / "t", s.url, **{"teacher.api.key_env": key})
+        assert rc == 2 and "teacher.api.key_env names no environment variable that is set" in text
+        assert "NAME of the variable holding the key" in text
+        # a run that would use the server online (kd scores through it) is refused the same way,
+        # before its config.yaml is written
+        rc = main(["train", *tiny_overrides(tmp_path / "r", steps=1, **{
+            "method": "kd", "teacher.name": "openai:m", "teacher.api.base_url": s.url,
+            "teacher.api.key_env": key, "teacher.api.max_retries": 0})])
+        cap = capsys.readouterr()
+        assert rc == 2 and "teacher.api.key_env names no environment variable" in cap.err
+        # a misspelled key name is no way around it
+        rc = main(["traces", f"out={tmp_path / 't2'}", "teacher.name=openai:m", f"teacher.api.key={key}"])
+        cap2 = capsys.readouterr()
+        assert rc == 2 and "unknown key 'teacher.api.key'" in cap2.err
+    assert not s.log
+    for said in (text, cap.out, cap.err, cap2.out, cap2.err):
+        assert key not in said
+    assert not _holding(tmp_path, key)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "r").exists()
+
+
+def test_h_the_manifest_names_the_key_variable_only_when_it_is_set(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("MY_TEST_KEY", "sk-set-in-the-environment")
+    with ApiServer() as s:
+        assert _traces(capsys, tmp_path / "set", s.url, **{"teacher.api.key_env": "MY_TEST_KEY"})[0] == 0
+        assert _traces(capsys, tmp_path / "default", s.url)[0] == 0  # the default, unset: no key
+        assert _traces(capsys, tmp_path / "none", s.url, **{"teacher.api.key_env": ""})[0] == 0  # no key
+    assert {e["auth"] for e in s.completions()} == {"Bearer sk-set-in-the-environment", None}
+    assert read_manifest(tmp_path / "set")["api_server"]["key_env"] == "MY_TEST_KEY"
+    assert read_manifest(tmp_path / "default")["api_server"]["key_env"] is None
+    assert read_manifest(tmp_path / "none")["api_server"]["key_env"] is None
+
+
+def test_h_a_refusal_without_a_key_says_none_was_sent(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with ApiServer(faults={"401": 10**9}) as s:
+        rc, text = _traces(capsys, tmp_path / "t", s.url)
+        assert rc == 2 and "http 401" in text and "no key was sent ($OPENAI_API_KEY is not set)" in text
+        rc, text = _traces(capsys, tmp_path / "u", s.url, **{"teacher.api.key_env": ""})
+        assert rc == 2 and "no key was sent (teacher.api.key_env is empty)" in text
+
+
+def test_h_curate_refuses_a_manifests_key_variable_that_is_not_set_unrepeated(monkeypatch):
+    from retort.lm.config import API_IDENTITY, ApiConfig
+    from retort.lm.curate.server import api_teacher
+
+    key = PASTED_KEYS[0]  # a set made before key_env was checked may hold a key there
+    monkeypatch.delenv(key, raising=False)
+    ident = {k: getattr(ApiConfig(), k) for k in API_IDENTITY} | {"tokenizer": "preset:nano"}
+    manifest = {"params": {"teacher": {"name": "openai:m", "api": ident}},
+                "api_server": {"base_url": "http://127.0.0.1:1/v1", "key_env": key}}
+    with pytest.raises(DataError, match="api_server.key_env.*not set here") as e:
+        api_teacher("traces-dir", manifest, None)
+    assert key not in str(e.value)
 
 
 # ---------------------------------------------------------------- i: several URLs
@@ -880,7 +978,8 @@ def test_a_bad_batch_file_or_batch_out_path_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "results.jsonl"
     bad.write_text('{"custom_id": "retort:0/0:0", "response": {"status_code": 200, "body": {"choices": []}}}\n')
     for extra, says in ((["--batch-in", str(tmp_path / "none.jsonl")], "no such file"),
-                        (["--batch-in", str(bad)], "results.jsonl:1: the response body is not a chat answer"),
+                        (["--batch-in", str(bad)], ("results.jsonl:1: the response body is not a chat answer "
+                                                   "(IndexError: list index out of range; body: {\"choices\": []})")),
                         (["--batch-out", str(tmp_path)], "is a directory")):
         rc = main(["traces", *extra, *[f"{k}={v}" for k, v in {**BASE, "out": str(out)}.items()]])
         err = capsys.readouterr().err

@@ -178,20 +178,21 @@ def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] 
                 values: Optional[dict] = None):
     """Resolve `cls` defaults <- `base` <- YAML file <- dotted `overrides` (`train.lr=1e-4`) <- `values`
     (a nested dict, the Python API's keyword arguments: `train={"lr": 1e-4}`)."""
-    layers: list[tuple[str, Any]] = []
+    layers: list[tuple[str, Any, Optional[str]]] = []  # (where from, data, an override's key)
     if base:
-        layers.append(("defaults", base))
+        layers.append(("defaults", base, None))
     if path:
-        layers.append((path, _read_yaml(path)))
+        layers.append((path, _read_yaml(path), None))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
         key, _, value = item.partition("=")
-        layers.append((f"override {item!r}", OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"]))))
+        layers.append((f"override {item!r}", OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"])),
+                       key.strip()))
     if values:
-        layers.append(("arguments", values))
+        layers.append(("arguments", values, None))
     merged = OmegaConf.structured(cls)
-    for source, data in layers:
+    for source, data, key in layers:
         try:
             merged = OmegaConf.merge(merged, data)
         except ConfigKeyError as e:
@@ -199,8 +200,11 @@ def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] 
             parent = full.rsplit(".", 1)[0] if "." in full else ""
             valid = _valid_keys(cls, parent)
             where = f" under '{parent}'" if parent else ""
+            # an override's value is not repeated: under a misspelled key it may be a secret
+            # (teacher.api.key=sk-...), meant for no field at all
+            said = f"override '{key}=...'" if key else source
             raise ConfigError(
-                f"{source}: unknown key '{full}'; valid keys{where}: {', '.join(valid)}"
+                f"{said}: unknown key '{full}'; valid keys{where}: {', '.join(valid)}"
             ) from None
         except ValidationError as e:
             msg = str(e.msg).splitlines()[0]

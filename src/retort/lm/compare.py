@@ -14,7 +14,7 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
 
     fidelity_to, provenance = options.get("fidelity_to"), options.get("provenance")
     task = get_task(run.task)
-    n = require_examples(task, run.eval.split, run.eval.n, "eval")
+    n = require_examples(task, run.eval.split, run.eval.n, "eval", run.eval.seed)
     targets = targets or [(run.model.name, run.model.name)]
     if task.size(run.eval.split) is not None:
         more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""

@@ -5,6 +5,7 @@ the core's field conventions (`retort.config.param`, `section`) and its optimisa
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -38,14 +39,32 @@ class ModelConfig:
                                 "loaded ones (a layer-pruned student); 0 keeps all", lo=0)
 
 
+# the key variable an API teacher reads by default; unset, no key is sent (a local server needs none)
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+
+
+def check_key_env(name: Optional[str]) -> None:
+    """Refuse a `teacher.api.key_env` that names no environment variable that is set (the default
+    aside: unset, it sends no key). What it holds is never repeated, here or anywhere: a key pasted
+    in place of the variable's name (`hf_...`, `sk-...`) would otherwise reach the console, the run's
+    config.yaml and a trace set's manifest."""
+    if not name or name == DEFAULT_KEY_ENV or name in os.environ:
+        return
+    raise ConfigError("teacher.api.key_env names no environment variable that is set; it must be the NAME of the "
+                      "variable holding the key (export MY_KEY=... first, then key_env=MY_KEY), or empty "
+                      "(teacher.api.key_env=) for a server that takes no key. Its value is not repeated here: if it "
+                      "is a key, it was never sent or written")
+
+
 @dataclass
 class ApiConfig:
     """An OpenAI-compatible server as the teacher (`teacher.name=openai:MODEL`)."""
 
     base_url: str = param("http://127.0.0.1:8000/v1", "the server's /v1 URL; several, separated by commas, "
                           "share the requests (see balance)")
-    key_env: str = param("OPENAI_API_KEY", "name of the environment variable that holds the API key (read at "
-                         "run time, never written anywhere); unset or empty: no key is sent")
+    key_env: Optional[str] = param(DEFAULT_KEY_ENV, "NAME of the environment variable that holds the API key (read "
+                                   "at run time, never written anywhere); it must be set, except the default, which "
+                                   "unset sends no key; empty (key_env=) sends none either (a local server)")
     endpoint: str = param("chat", "chat: /chat/completions, the server applies the chat template; completions: "
                           "/completions with the prompt as given", choices=["chat", "completions"])
     system: Optional[str] = param(None, "a system message before each prompt (chat endpoint)")
@@ -75,6 +94,9 @@ class ApiConfig:
     price_prompt: float = param(0.0, "price per million prompt tokens, for the cost in the manifest's ledger",
                                 lo=0.0)
     price_completion: float = param(0.0, "price per million completion tokens", lo=0.0)
+
+    def __post_init__(self):
+        check_key_env(self.key_env)
 
 
 # what identifies an API teacher's samples (a trace set's params); the rest (URLs, limits, prices) may

@@ -37,7 +37,7 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
         raise ConfigError("--batch-out/--batch-in: batch files are for a teacher behind an API "
                           "(teacher.name=openai:MODEL); a local teacher samples here")
     task = get_task(run.task)
-    n_prompts = require_examples(task, run.split, run.n_prompts, "traces")
+    n_prompts = require_examples(task, run.split, run.n_prompts, "traces", run.seed)
     if n_prompts < run.n_prompts and console is not None:
         console.print(f"traces: {task.describe_split(run.split)} has {n_prompts} distinct prompts; sampling "
                       f"each of them once (n_prompts={run.n_prompts} asks for more)")

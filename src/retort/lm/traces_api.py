@@ -20,6 +20,7 @@ errors by kind.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import asdict
 from math import ceil
@@ -31,7 +32,7 @@ from ..errors import ApiError, DataError
 from .data import topk as topk_codec
 from .data.hashes import tokenizer_sha256
 from .data.traces import Journal, TraceWriter, read_traces
-from .teachers.api import ApiTeacher, check_key_env
+from .teachers.api import ApiTeacher, check_key_env, key_variable
 from .teachers.replies import Job, request_seed
 from .teachers.http import Failed, summary
 from .traces_batch import load_batch, read_batch, write_batch
@@ -269,9 +270,10 @@ class ApiTraces:
                                 f"token ids, but now the token map is {check!r}; the server's model changed? Use "
                                 "another output directory")
             # where the server was (not part of the set's identity: it may move): what `curate
-            # --mixed-policy` asks when it continues student prefixes with this teacher
+            # --mixed-policy` asks when it continues student prefixes with this teacher; the key's
+            # variable only when it is set (a name that is not set may be a key pasted in its place)
             writer.update(token_map=tmap, tokenizer_sha256=tokenizer_sha256(tok) if tmap["ids"] else None,
-                          api_server={"base_url": api.base_url, "key_env": api.key_env})
+                          api_server={"base_url": api.base_url, "key_env": key_variable(api)})
             if self.console is not None and (tok is None or not tmap["ids"]):
                 self.console.print(f"traces: token ids not mapped ({check}); rows keep text and the server's token "
                                    "strings; token-level KD from this set will be refused")
@@ -383,9 +385,15 @@ class ApiTraces:
         api, console, out, pool = self.api, self.console, self.out, self.pool
         errs = summary(pool.errors) if pool is not None else "none"
         if self.failed:
-            kinds = sorted({f.kind for f in self.failed})
+            # the first failure of each kind in full: the URL, and the server's words or the start of
+            # the body it sent (a kind alone does not say which server, or what came back)
+            first: dict = {}
+            for f in self.failed:
+                first.setdefault(f.kind, f)
+            said = "; ".join(f"{kind}: {re.sub(r' [(]after [0-9]+ retries[)]$', '', f.detail)}"
+                             for kind, f in sorted(first.items()))
             raise ApiError(f"traces: {len(self.failed)} requests failed after {api.max_retries} retries "
-                           f"({', '.join(kinds)}; every failed attempt: {errs}); the {self.received} answers "
+                           f"({said}; every failed attempt: {errs}); the {self.received} answers "
                            f"received are kept in {out}: rerun the same command to request the rest")
         from .curate import trace_stats
 

@@ -76,7 +76,7 @@ def load_batch(path, teacher, sp) -> list:
                 res = parse(resp["body"])
             except (ValueError, KeyError, IndexError, TypeError) as e:
                 raise DataError(f"{path}:{n}: the response body is not a {teacher.api.endpoint} answer "
-                                f"({type(e).__name__}: {e})") from None
+                                f"({type(e).__name__}: {e}; body: {json.dumps(resp.get('body'))[:200]})") from None
             res.url = f"batch:{p.name}"
         out.append((n, m.group(1), int(m.group(2)), res))
     return out

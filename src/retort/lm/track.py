@@ -44,7 +44,7 @@ class LMTrack(Track):
         return get_task(cfg)
 
     def check_eval(self, task, run) -> None:
-        require_examples(task, run.eval.split, run.eval.n, "the run's evaluation")
+        require_examples(task, run.eval.split, run.eval.n, "the run's evaluation", run.eval.seed)
 
     def load_student(self, run, ckpt, seed: int):
         lora.check_available(run.student.lora)

@@ -51,7 +51,7 @@ class MethodContext:
         from ..tasks import require_examples
 
         run = self.run
-        n = require_examples(self.task, "train", run.data.n_train, "train")
+        n = require_examples(self.task, "train", run.data.n_train, "train", run.seed)
         return self.task.examples("train", n, run.seed)
 
     def cycle(self, items: list) -> list:

@@ -61,6 +61,12 @@ class Task:
         """How many distinct examples `split` holds; None for a procedural task (unlimited)."""
         return None
 
+    def count(self, split: str, n: int, seed: int = 0) -> int:
+        """How many distinct examples of `split` a request for `n` gets: n, or all of them when the
+        split holds fewer (a file's split; a generator whose options allow fewer problems)."""
+        size = self.size(split)
+        return n if size is None else min(n, size)
+
     def describe_split(self, split: str) -> str:
         """Where the examples of `split` come from, for messages about it."""
         return f"the {split} split of task {self.name}"
@@ -85,16 +91,19 @@ class Task:
         return 1.0 if self.verify(text, reference) else 0.0
 
 
-def require_examples(task: Task, split: str, n: int, what: str) -> int:
-    """How many examples of `split` a command asking for `n` gets (all of them, for a finite split
-    smaller than n). An empty split is refused, naming where its examples would have come from."""
+def require_examples(task: Task, split: str, n: int, what: str, seed: int = 0) -> int:
+    """How many examples of `split` a command asking for `n` (with `seed`) gets (all of them, for a
+    finite split smaller than n: `Task.count`). An empty split is refused, naming where its examples
+    would have come from."""
     from ...errors import DataError
 
-    size = task.size(split)
-    if size == 0:
-        hint = " (set task.test_fraction=0 to use the whole file)" if split == "test" else ""
+    got = task.count(split, n, seed)
+    if got == 0:
+        # a file task's held-out share (`FileTask.test_fraction`) can be empty where the file is not
+        hint = " (set task.test_fraction=0 to use the whole file)" if split == "test" and \
+            getattr(task, "test_fraction", 0) else ""
         raise DataError(f"{what}: no examples in {task.describe_split(split)}{hint}")
-    return n if size is None else min(n, size)
+    return got
 
 
 def _norm(s: str) -> str:

@@ -8,6 +8,10 @@ an unknown option is refused naming the valid ones.
 - Splits: one stream of generated problems per (split, seed); a problem belongs to the test split
   when a hash of its question says so (as for the built-in tasks), so train and test never share a
   question whatever the seed or n.
+- A finite generator: options that allow fewer distinct problems than asked for (`chain_sum` with
+  `max_terms: 2, max_digits: 1` has 200) end the search once the stream stops giving new ones (no
+  new problem in as many draws as it took to find the ones seen, and at least `EXHAUSTED_AFTER`);
+  the split then holds what was found (`size`, `describe_split` say how many), as a file's does.
 - The answer: the model writes it after retort's answer marker (`A:`), as for every task; the
   text after the marker is handed to the generator's own `score_answer` with the problem's entry
   (its reference answer and metadata). `verify` is a full score; `reward` is the score itself
@@ -27,6 +31,12 @@ from ...errors import ConfigError
 from .base import ANSWER_MARK, Example, Task, in_test_split
 
 PREFIX = "rg:"
+# draws without a new problem after which a generator's stream counts as exhausted (at least; and at
+# least as many as it took to find the problems seen): a stream of a large space gives new ones on
+# nearly every draw, one of a small space stops within a few times its size
+EXHAUSTED_AFTER = 1000
+# passes over a stream 4x longer each, looking for n problems of a split
+PASSES = 6
 
 
 def _chain_sum(entry) -> Optional[str]:
@@ -83,6 +93,10 @@ class ReasoningGymTask(Task):
         self.description = f"reasoning-gym's {generator} ({config_cls.__name__}{self.options or ''})"
         self._entries: dict[str, dict] = {}  # reference answer -> an entry with it (for score_answer)
         self._scorer = None
+        self._drawn: dict = {}  # (split, n, seed) -> the examples of the last search
+        # split -> (distinct problems of it found, distinct problems in all or None, draws): a
+        # search that ended with fewer than it asked for
+        self._found: dict[str, tuple] = {}
 
     def _dataset(self, seed: int, size: int):
         return self._rg.create_dataset(self.generator, seed=seed, size=size, **self.options)
@@ -90,24 +104,67 @@ class ReasoningGymTask(Task):
     def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
         if split not in ("train", "test"):
             raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+        key = (split, n, seed)
+        if key not in self._drawn:
+            self._drawn = {key: self._search(split, n, seed)}  # the last search only: count() then examples()
+        return list(self._drawn[key])
+
+    def _search(self, split: str, n: int, seed: int) -> list[Example]:
+        """The first n distinct problems of `split` in the (split, seed) stream, or all the stream
+        gives when it runs dry first (then recorded in `self._found[split]`)."""
         want_test = split == "test"
         stream_seed = random.Random(f"{self.name}:{split}:{seed}").randrange(2**31)
-        out, seen, size = [], set(), max(64, 2 * n * (10 if want_test else 1))
-        for _ in range(6):  # enlarge the stream until n problems of this split are found
-            ds = self._dataset(stream_seed, size)
+        out, size = [], max(64, 2 * n * (10 if want_test else 1))
+        for _ in range(PASSES):  # enlarge the stream until n problems of this split are found
+            try:
+                ds = self._dataset(stream_seed, size)
+            except (AssertionError, ValueError) as e:  # a generator with a cap on its size (word_ladder)
+                if not out:
+                    raise ConfigError(f"task.name={self.name}: reasoning-gym's {self.generator} refuses a stream of "
+                                      f"{size} problems ({e or 'rejected by the generator'}); ask for fewer "
+                                      "(eval.n, n_prompts, data.n_train)") from None
+                break
             self._scorer = ds
-            out, seen = [], set()
+            out, seen, quiet = [], set(), 0  # seen: every distinct question, of either split
             for i in range(len(ds)):
+                if quiet >= max(i - quiet, EXHAUSTED_AFTER):  # none new in as many draws as found the rest
+                    self._found[split] = (len(out), len(seen), quiet)
+                    return out
                 entry = ds[i]
                 q = entry["question"]
-                if in_test_split(q) != want_test or q in seen:
+                if q in seen:
+                    quiet += 1
                     continue
                 seen.add(q)
+                quiet = 0
+                if in_test_split(q) != want_test:
+                    continue
                 out.append(self._example(entry, f"{self.name}-{split}-{seed}-{i}"))
                 if len(out) == n:
                     return out
             size *= 4
+        self._found[split] = (len(out), None, size // 4)
         return out
+
+    def size(self, split: str) -> Optional[int]:
+        """None (a procedural task) unless a search found fewer distinct problems than it asked for."""
+        found = self._found.get(split)
+        return found[0] if found else None
+
+    def count(self, split: str, n: int, seed: int = 0) -> int:
+        return len(self.examples(split, n, seed))
+
+    def describe_split(self, split: str) -> str:
+        opts = f" ({', '.join(f'{k}={v}' for k, v in self.options.items())})" if self.options else ""
+        where = f"the {split} split of {self.name}{opts}"
+        found = self._found.get(split)
+        if found is None:
+            return where
+        k, total, draws = found
+        if total is None:  # PASSES enlargements, and neither n problems nor the end of the stream
+            return f"{where}, of which {draws:,} draws of its generator gave {k} distinct problems"
+        return (f"{where}, which holds {k} distinct problems (its options allow {total} in all, both splits: "
+                f"the generator's stream gave no new one in its last {draws:,} draws)")
 
     def _example(self, entry, id_: str) -> Example:
         answer = str(entry["answer"])

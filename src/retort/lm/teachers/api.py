@@ -37,6 +37,7 @@ class ApiTeacher(Teacher):
     capabilities = frozenset({"generate", "score"})
 
     def __init__(self, cfg):
+        check_key_env(cfg)
         self.cfg, self.api = cfg, cfg.api
         self.model_id = cfg.name.split(":", 1)[1]
         if not self.model_id:
@@ -52,7 +53,8 @@ class ApiTeacher(Teacher):
         return f"{self.name} at {self.api.base_url}"
 
     def pool(self, *, seed: int = 0, max_retries: Optional[int] = None) -> Pool:
-        key = os.environ.get(self.api.key_env) if self.api.key_env else None
+        name = key_variable(self.api)
+        key = os.environ[name] if name else None
         a = self.api
         return Pool(self.urls, key=key or None, max_in_flight=a.max_in_flight, rpm=a.rpm, tpm=a.tpm,
                     timeout_s=a.timeout_s, max_retries=a.max_retries if max_retries is None else max_retries,
@@ -173,7 +175,7 @@ class ApiTeacher(Teacher):
                         fails += 1
                         if res.final and res.kind in ("http 401", "http 403", "http 404"):
                             raise ApiError(f"{self.name}: the server refused a request ({res}); check "
-                                           f"teacher.name, teacher.api.base_url and the key in ${self.api.key_env}")
+                                           f"teacher.name, teacher.api.base_url and {_key_said(self.api)}")
                         if res.final and not answered:
                             # nothing has worked yet: a request the server refuses as it is (400, 422)
                             # is the config's fault, not this prompt's; stop before sending the rest
@@ -327,12 +329,26 @@ class ApiTeacher(Teacher):
 
 
 def check_key_env(cfg) -> None:
-    """A key variable named but unset is said once (local servers need none)."""
-    name = cfg.api.key_env
-    if name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        # the value is not repeated: it may be the key itself, put here by mistake
-        raise ConfigError("teacher.api.key_env: expected the *name* of an environment variable (letters, digits, "
-                          "_), e.g. OPENAI_API_KEY; the key itself is never put in a config")
+    """`teacher.api.key_env` names a variable that is set, the default, or nothing
+    (`retort.lm.config.check_key_env`; its value is never repeated: it may be the key itself)."""
+    from ..config import check_key_env as check
+
+    check(cfg.api.key_env)
 
 
-__all__ = ["PROBE", "ApiTeacher", "check_key_env"]
+def key_variable(api) -> Optional[str]:
+    """The name of the variable the key is read from, when it is set (what a manifest may record)."""
+    return api.key_env if api.key_env and api.key_env in os.environ else None
+
+
+def _key_said(api) -> str:
+    """Which key went with the requests, for a refusal (the name of its variable, never its value)."""
+    name = key_variable(api)
+    if name is not None:
+        return f"the key in ${name}"
+    if api.key_env:
+        return f"that no key was sent (${api.key_env} is not set)"
+    return "that no key was sent (teacher.api.key_env is empty)"
+
+
+__all__ = ["PROBE", "ApiTeacher", "check_key_env", "key_variable"]
