@@ -38,7 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _verdict import Ordering, restate, state  # noqa: E402
+from _verdict import Ordering, restate, state
 
 STUDENT = "cnn:8-16-32"
 

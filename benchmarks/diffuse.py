@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data_runs import sh, workdir  # noqa: E402
-from _verdict import Ordering, state  # noqa: E402
+from _verdict import Ordering, state
 
 ROOT = Path(__file__).resolve().parent.parent
 POINTS = ["train.steps=5000", "train.eval_every=0", "train.save_every=1000", "eval.n=2000"]

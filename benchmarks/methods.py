@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _verdict import Ordering, restate, state  # noqa: E402
+from _verdict import Ordering, restate, state
 
 W = "warm start: sft on teacher traces to 50% train accuracy"
 SFT = "warm start + 300 sft steps"

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _verdict import Ordering, restate, state  # noqa: E402
+from _verdict import Ordering, restate, state
 from _data_runs import EVAL, capture, fmt, manifest, save, sh, students, table, workdir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -180,7 +180,7 @@ def check(doc: str, results_dir: Path) -> list[str]:
                                         f"{', '.join(sorted(datas))}")
                     elif (claim, said) not in known:
                         problems.append(f"BENCHMARKS.md:{line}: {claim!r} says {said!r}; the JSON says "
-                                        f"{[v for c, v in known if c == claim][0]!r}")
+                                        f"{next(v for c, v in known if c == claim)!r}")
             skip = {0} | {i for i, h in enumerate(header) if h.startswith("target")}
             for line, cells in table["rows"]:
                 for cell in (c for i, c in enumerate(cells) if i not in skip):
@@ -202,7 +202,7 @@ def test_a_changed_number_is_caught(tmp_path):
     doc = ("## A section\n\nResults in `benchmarks/results/x.json`.\n\n"
            "| row | acc | t | mem |\n|---|---:|---:|---:|\n| a | {acc} | {t} | +{mem} GiB |\n\n"
            "| ordering | verdict |\n|---|---|\n| a > b | **{word}** |\n")
-    good = dict(acc="0.823", t="37.6 s", mem="4.89", word="unresolved")
+    good = {"acc": "0.823", "t": "37.6 s", "mem": "4.89", "word": "unresolved"}
     assert check(doc.format(**good), tmp_path) == []
     assert check(doc.format(**{**good, "acc": "0.808 ± 0.101"}), tmp_path) == []  # mean and std of the list
     for key, bad in (("acc", "0.833"), ("t", "37.8 s"), ("mem", "4.91"), ("acc", "0.808 ± 0.090")):
