@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _verdict import Ordering, restate, state
 from _data_runs import fmt, manifest, save, sh, students, table, workdir  # noqa: E402
+from _verdict import Ordering, restate, state
 
 ROOT = Path(__file__).resolve().parent.parent
 # the orderings BENCHMARKS.md states, judged by benchmarks/_verdict.py on the per-seed values, paired by seed
