@@ -74,6 +74,9 @@ def _kl(chain: str, arm: str, gen: int) -> tuple:
 VERDICTS = [
     *(Ordering(f"{key}: {a} {rel} {b} (§{src})", ("tables", key, "rows", a, "accuracy"), rel,
                ("tables", key, "rows", b, "accuracy")) for key, checks in ORDERINGS.items() for a, rel, b, src in checks),
+    # KD and DKD against plain CE on the same student (what the tables' discussion claims)
+    *(Ordering(f"{key}: {arm} > ce", ("tables", key, "rows", arm, "accuracy"), ">", ("tables", key, "rows", "ce", "accuracy"))
+      for key, (_, _, _, arms) in TABLES.items() for arm in arms if arm.startswith(("kd (CE", "dkd"))),
     Ordering("borup, weight decay 0.5: alpha=0 drifts from the base teacher (KL g5 > g1)",
              _kl("borup_regularised", "alpha=0.0", 4), ">", _kl("borup_regularised", "alpha=0.0", 0)),
     *(Ordering(f"borup, weight decay 0.5: KL g5 alpha={a} > alpha={b}", _kl("borup_regularised", f"alpha={a}", 4), ">",

@@ -126,7 +126,7 @@ def restate(path: str | Path, orderings: list[Ordering]) -> list[dict]:
 
 
 def _num(x: float) -> str:
-    return f"{x:.4g}" if abs(x) < 1000 else f"{x:.0f}"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
 def markdown(verdicts: list[dict]) -> str:

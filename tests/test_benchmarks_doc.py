@@ -148,7 +148,7 @@ def verdicts(obj) -> list[dict]:
 
 def check(doc: str, results_dir: Path) -> list[str]:
     """Every problem with the tables of `doc` against the results in `results_dir`, one line each."""
-    problems, cache = [], {}
+    problems, cache, pools = [], {}, {}
 
     def load(name):
         if name not in cache:
@@ -167,7 +167,10 @@ def check(doc: str, results_dir: Path) -> list[str]:
                 if data is None:
                     problems.append(f"{where}: names benchmarks/results/{name}.json, which does not exist")
             datas = {k: v for k, v in datas.items() if v is not None}
-            pool = sorted(set().union(*(candidates(d) for d in datas.values()))) if datas else []
+            key = tuple(sorted(datas))
+            if key not in pools:
+                pools[key] = sorted(set().union(*(candidates(d) for d in datas.values()))) if datas else []
+            pool = pools[key]
             header = [h.lower() for h in table["header"]]
             if "verdict" in header:
                 known = {(v["claim"], v["verdict"]) for d in datas.values() for v in verdicts(d)}
