@@ -10,11 +10,16 @@ The rule, for whoever adds a table:
   vocabulary sizes), in a column headed "target..." (the issue's goal, not a result) and inside
   `code spans` (commands, option values), must be a value of one
   of its sources as displayed: a number leaf of the JSON, or the mean or standard deviation of a
-  list of numbers, rounded to the digits shown ("0.823" matches 0.8234; "0.823 ± 0.038" needs both);
+  list of numbers, rounded to the digits shown ("0.823" matches 0.8234); "0.823 ± 0.038" must be the
+  mean and std of one list (or a stored [mean, std] pair, or a dict's "mean" and "std");
   "96.6%" matches 0.966 or 96.6; "1.79M" / "167k" / "4.89 GiB" / "548 MiB" / "6 min 30 s" are
   scaled; "8/8" and "0.586 / 0.660" are separate numbers.
+- A line `<!-- numbers: NAME.json KEY[/KEY...] ... -->` just before a table narrows its sources to
+  those parts of the file (a big results file holds almost every short number somewhere: a table
+  of one part should be checked against that part).
 - A table with a `verdict` column is a list of orderings (benchmarks/_verdict.py prints them): each
-  row's ordering must be one of its sources' `verdicts`, with the same verdict word.
+  row's ordering must be one of its sources' `verdicts`, with the same verdict word, and the row's
+  numbers (per-seed values, mean difference, standard error) must be that ordering's own.
 
 Pure text and JSON: no torch, no runs.
 """
@@ -38,6 +43,7 @@ SOURCE = re.compile(r"(?:benchmarks/)?results/([A-Za-z0-9_\-]+)\.json")
 NUMBER = re.compile(
     r"(?<![\w.])([-+−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?)"
     r"\s*(%|x\b|k\b|M\b|GiB\b|MiB\b|kB\b|min\b|s\b)?", re.IGNORECASE)
+NARROW = re.compile(r"<!-- numbers: (.*?) -->")
 SCALE = {"k": 1e3, "m": 1e6, "gib": 2**30, "mib": 2**20, "kb": 1e3}
 
 
@@ -68,13 +74,18 @@ def sections(text: str) -> list[dict]:
 
 def tables(sec: dict) -> list[dict]:
     """The markdown tables of a section: {line, header, rows: [(line number, cells)]}."""
-    found, cur = [], None
+    found, cur, narrow = [], None, None
     for i, line in sec["lines"]:
+        m = NARROW.match(line.strip())
+        if m:
+            narrow = m.group(1).split()
+            continue
         if line.startswith("|"):
             cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
             if cur is None:
-                cur = {"line": i, "header": cells, "rows": []}
+                cur = {"line": i, "header": cells, "rows": [], "narrow": narrow}
                 found.append(cur)
+                narrow = None
             elif not all(re.fullmatch(r":?-+:?", c) for c in cells):
                 cur["rows"].append((i, cells))
         else:
@@ -125,6 +136,33 @@ def candidates(data: dict) -> list[float]:
     return sorted(set(out))
 
 
+def pairs(obj, out: list | None = None) -> list[tuple[float, float]]:
+    """Every (mean, std) a JSON holds: a list's mean with its std, a [mean, std] pair, a dict's
+    "mean" and "std"."""
+    out = [] if out is None else out
+    if isinstance(obj, dict):
+        if isinstance(obj.get("mean"), (int, float)) and isinstance(obj.get("std"), (int, float)):
+            out.append((float(obj["mean"]), float(obj["std"])))
+        for v in obj.values():
+            pairs(v, out)
+    elif isinstance(obj, list):
+        nums = [float(v) for v in obj if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(nums) == len(obj) and len(nums) > 1:
+            out.extend([(statistics.mean(nums), statistics.stdev(nums)), (statistics.mean(nums), statistics.pstdev(nums))])
+            if len(nums) == 2:
+                out.append((nums[0], nums[1]))
+        for v in obj:
+            pairs(v, out)
+    return out
+
+
+PLUS_MINUS = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*(?:±|\+-)\s*(\d+(?:\.\d+)?)")
+
+
+def _half(text: str) -> float:
+    return 0.5 * 10 ** -(len(text.split(".")[1]) if "." in text else 0) * (1 + 1e-6) + 1e-12
+
+
 def found(value: float, half: float, text: str, pool: list[float]) -> bool:
     """Whether a shown number is some value of the (sorted) pool, rounded as shown."""
     tol = half * (1 + 1e-6) + 1e-12
@@ -146,9 +184,45 @@ def verdicts(obj) -> list[dict]:
     return []
 
 
+def narrowed(datas: dict, narrow: list[str] | None, where: str, problems: list[str]) -> list:
+    """The parts of the sources a table's numbers may come from: the whole files, or where a
+    `<!-- numbers: NAME.json KEY[/KEY...] ... -->` line precedes the table, the subtrees it names
+    (each KEY path applies to the last NAME.json before it)."""
+    if not narrow:
+        return list(datas.values())
+    out, name = [], None
+    for word in narrow:
+        if word.endswith(".json"):
+            name = word[:-5]
+            if name not in datas:
+                problems.append(f"{where}: narrows to {word}, which its section does not name")
+                return []
+            continue
+        node = datas.get(name) if name else None
+        for key in word.split("/"):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            problems.append(f"{where}: {name}.json has no {word!r}")
+        else:
+            out.append(node)
+    return out
+
+
+_POOLS: dict = {}
+
+
+def _pools(results_dir: str, names: tuple, narrow: tuple, parts: list) -> tuple[list, list]:
+    """The values and (mean, std) pairs of a table's sources, computed once per run of the tests."""
+    files = [Path(results_dir) / f"{n}.json" for n in names]
+    key = (results_dir, names, narrow, tuple(f.stat().st_mtime_ns if f.is_file() else 0 for f in files))
+    if key not in _POOLS:
+        _POOLS[key] = (sorted(set().union(*(candidates(d) for d in parts))), [p for d in parts for p in pairs(d)])
+    return _POOLS[key]
+
+
 def check(doc: str, results_dir: Path) -> list[str]:
     """Every problem with the tables of `doc` against the results in `results_dir`, one line each."""
-    problems, cache, pools = [], {}, {}
+    problems, cache = [], {}
 
     def load(name):
         if name not in cache:
@@ -167,10 +241,8 @@ def check(doc: str, results_dir: Path) -> list[str]:
                 if data is None:
                     problems.append(f"{where}: names benchmarks/results/{name}.json, which does not exist")
             datas = {k: v for k, v in datas.items() if v is not None}
-            key = tuple(sorted(datas))
-            if key not in pools:
-                pools[key] = sorted(set().union(*(candidates(d) for d in datas.values()))) if datas else []
-            pool = pools[key]
+            parts = narrowed(datas, table["narrow"], where, problems)
+            pool, pair_pool = _pools(str(results_dir), tuple(sorted(datas)), tuple(table["narrow"] or ()), parts)
             header = [h.lower() for h in table["header"]]
             if "verdict" in header:
                 known = {(v["claim"], v["verdict"]) for d in datas.values() for v in verdicts(d)}
@@ -185,10 +257,22 @@ def check(doc: str, results_dir: Path) -> list[str]:
                         problems.append(f"BENCHMARKS.md:{line}: {claim!r} says {said!r}; the JSON says "
                                         f"{next(v for c, v in known if c == claim)!r}")
             skip = {0} | {i for i, h in enumerate(header) if h.startswith("target")}
+            entries = {v["claim"]: v for d in datas.values() for v in verdicts(d)}
             for line, cells in table["rows"]:
+                row_pool = pool
+                if "verdict" in header and cells[0] in entries:  # an ordering's numbers: its own entry's
+                    row_pool = candidates(entries[cells[0]])
                 for cell in (c for i, c in enumerate(cells) if i not in skip):
+                    cell = re.sub(r"`[^`]*`", " ", cell).replace("**", "")
+                    for m in PLUS_MINUS.finditer(cell):  # "mean ± std": both, of one list
+                        mean, std = float(m.group(1)), float(m.group(2))
+                        hm, hs = _half(m.group(1)), _half(m.group(2))
+                        if not any(abs(a - mean) <= hm and abs(b - std) <= hs for a, b in pair_pool):
+                            problems.append(f"BENCHMARKS.md:{line}: {m.group(0)!r} is no mean ± std of "
+                                            f"{', '.join(f'results/{n}.json' for n in sorted(datas))}")
+                    cell = PLUS_MINUS.sub(" ", cell)
                     for value, half, text in numbers(cell):
-                        if not found(value, half, text, pool):
+                        if not found(value, half, text, row_pool):
                             problems.append(f"BENCHMARKS.md:{line}: {text!r} is in no value of "
                                             f"{', '.join(f'results/{n}.json' for n in sorted(datas))}")
     return problems
@@ -210,7 +294,7 @@ def test_a_changed_number_is_caught(tmp_path):
     assert check(doc.format(**{**good, "acc": "0.808 ± 0.101"}), tmp_path) == []  # mean and std of the list
     for key, bad in (("acc", "0.833"), ("t", "37.8 s"), ("mem", "4.91"), ("acc", "0.808 ± 0.090")):
         problems = check(doc.format(**{**good, key: bad}), tmp_path)
-        assert len(problems) == 1 and "is in no value" in problems[0], (key, problems)
+        assert len(problems) == 1 and ("is in no value" in problems[0] or "no mean ± std" in problems[0]), (key, problems)
     problems = check(doc.format(**{**good, "word": "holds"}), tmp_path)
     assert len(problems) == 1 and "the JSON says 'unresolved'" in problems[0]
     assert "names no benchmarks/results" in check(doc.replace("Results in `benchmarks/results/x.json`.", "")
@@ -289,3 +373,15 @@ def test_the_results_verdicts_are_the_rules():
             assert again == v["verdict"], (path.name, v["claim"], v["verdict"], again)
             seen += 1
     assert seen >= 50
+
+
+def test_a_small_slip_in_a_narrowed_table_is_caught():
+    """Within a big results file a table is checked against its own part: the ring teacher's old
+    "±" (over arms x seeds, 0.22) or a rounding slip (1.28 for 1.2745) no longer pass by coincidence."""
+    doc = DOC.read_text()
+    assert not [p for p in check(doc, RESULTS) if "ring" in p]
+    for good, bad in (("| 35 | 0.91 ± 0.27 |", "| 35 | 0.91 ± 0.22 |"), ("| 1 | 1.27 ± 0.36 |", "| 1 | 1.28 ± 0.36 |")):
+        assert doc.count(good) == 1, good
+        problems = check(doc.replace(good, bad), RESULTS)
+        assert any(bad.split("|")[2].split("±")[-1].strip() in p or bad.split("|")[2].split("±")[0].strip() in p
+                   for p in problems), (bad, problems)
