@@ -4,10 +4,11 @@ ordinary retort run directory under --work (a rerun skips what is finished)."""
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from pathlib import Path
+
+from _verdict import Ordering, state
 
 STEPS = ["train.steps=1500", "train.batch_size=64", "train.lr=3e-3", "train.eval_every=150", "train.log_every=500",
          "train.save_every=0"]
@@ -64,19 +65,42 @@ def _mean_std(v):
     return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
 
-def verdict(a: list[float], b: list[float], rel: str) -> dict:
-    """holds / does not hold / tie: the mean difference against twice its standard error."""
-    (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
-    diff = ma - mb
-    se = math.sqrt(sa**2 / len(a) + sb**2 / len(b))
-    tie = abs(diff) <= 2 * se
-    if rel == "~":
-        word = "holds (tie)" if tie else "does not hold"
-    elif rel == ">":
-        word = "holds" if diff > 2 * se else ("tie (does not hold strictly)" if tie else "does not hold")
-    else:  # >=
-        word = "tie (consistent)" if tie else ("holds" if diff > 0 else "does not hold")
-    return {"diff": diff, "se": se, "verdict": word}
+def _kl(chain: str, arm: str, gen: int) -> tuple:
+    return (chain, arm, "*", "kl", gen)
+
+
+# every ordering BENCHMARKS.md states about these tables, judged by benchmarks/_verdict.py (paired by seed):
+# the tables' on the last accuracy, the generation chains' on the KL to the base teacher (lower: less drift)
+VERDICTS = [
+    *(Ordering(f"{key}: {a} {rel} {b} (§{src})", ("tables", key, "rows", a, "accuracy"), rel,
+               ("tables", key, "rows", b, "accuracy")) for key, checks in ORDERINGS.items() for a, rel, b, src in checks),
+    # KD and DKD against plain CE on the same student (what the tables' discussion claims)
+    *(Ordering(f"{key}: {arm} > ce", ("tables", key, "rows", arm, "accuracy"), ">", ("tables", key, "rows", "ce", "accuracy"))
+      for key, (_, _, _, arms) in TABLES.items() for arm in arms if arm.startswith(("kd (CE", "dkd"))),
+    Ordering("borup, weight decay 0.5: alpha=0 drifts from the base teacher (KL g5 > g1)",
+             _kl("borup_regularised", "alpha=0.0", 4), ">", _kl("borup_regularised", "alpha=0.0", 0)),
+    *(Ordering(f"borup, weight decay 0.5: KL g5 alpha={a} > alpha={b}", _kl("borup_regularised", f"alpha={a}", 4), ">",
+               _kl("borup_regularised", f"alpha={b}", 4)) for a, b in ((0.0, 0.2), (0.2, 0.5), (0.5, 1.0))),
+    Ordering("recursive: unanchored (a=0), the KL grows (g10 > g1)", _kl("recursive", "a=0.0", 9), ">",
+             _kl("recursive", "a=0.0", 0)),
+    *(Ordering(f"recursive: KL g10 a={a} > a={b}", _kl("recursive", f"a={a}", 9), ">", _kl("recursive", f"a={b}", 9))
+      for a, b in ((0.0, 0.1), (0.1, 0.3), (0.3, 0.5))),
+    Ordering("recursive: accuracy g10 a=0.5 > a=0", ("recursive", "a=0.5", "*", "accuracy", 9), ">",
+             ("recursive", "a=0.0", "*", "accuracy", 9)),
+]
+
+
+def summarise(result: dict) -> dict:
+    """The generation chains' per-generation means over seeds (`chains`: accuracy, KL to the base
+    teacher, alpha) and every verdict, from the per-seed values: nothing is trained."""
+    result["chains"] = {chain: {arm: {k: [statistics.mean(g) for g in zip(*(r[k] for r in runs))]
+                                      for k in ("accuracy", "kl", "alpha") if all(None not in r.get(k, [None]) for r in runs)}
+                                for arm, runs in result[chain].items()}
+                        for chain in ("borup", "borup_regularised", "recursive") if chain in result}
+    for table in result.get("tables", {}).values():
+        table.pop("orderings", None)  # the verdicts of an older rule: `verdicts` replaces them
+    result["verdicts"] = state(result, VERDICTS)
+    return result
 
 
 def _train(overrides: list[str], out: Path) -> dict:
@@ -120,10 +144,7 @@ def tables(seeds, work: Path) -> dict:
             rows[arm]["teacher_accuracy"] = runs[0].get("teacher_accuracy")
             m, s = _mean_std(rows[arm]["accuracy"])
             print(f"{key:10s} {arm:28s} {m:.4f} +- {s:.4f}", flush=True)
-        checks = [{"a": a, "rel": rel, "b": b, "spec": src,
-                   **verdict(rows[a]["accuracy"], rows[b]["accuracy"], rel)} for a, rel, b, src in ORDERINGS[key]]
-        out[key] = {"dataset": data, "student": student, "teacher": teacher, "seeds": ss, "rows": rows,
-                    "orderings": checks}
+        out[key] = {"dataset": data, "student": student, "teacher": teacher, "seeds": ss, "rows": rows}
     return out
 
 
@@ -189,4 +210,4 @@ def methods(args) -> dict:
               "borup": borup_chains(seeds[:3], work), "borup_regularised": borup_chains(seeds[:3], work, weight_decay=0.5),
               "recursive": recursive_chains(seeds[:3], work)}
     result["wall_s"] = round(time.time() - t0, 1)
-    return result
+    return summarise(result)

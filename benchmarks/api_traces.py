@@ -3,6 +3,7 @@ sequential client, on the same server, same prompts, same sampling, in one run.
 
     python benchmarks/api_traces.py                # writes benchmarks/results/api_traces.json
     python benchmarks/api_traces.py --only kill    # one part: throughput | rerun | kill | kl
+    python benchmarks/api_traces.py --only throughput --reps 3 ...   # under `throughput_reps`, with verdicts
 
 Parts:
 - throughput: tokens/s (completion tokens from the server's `usage` / the client's own time
@@ -158,23 +159,57 @@ def throughput(root: Path, args) -> dict:
             # warm the server once (the first request loads kernels)
             run_sequential(url, model, ps[:2], max_tokens=max_tokens, temperature=1.0, seed=0)
             for rep in range(args.reps):
-                r = run_sequential(url, model, ps, max_tokens=max_tokens, temperature=1.0, seed=0)
-                rows.append({"client": "sequential", "concurrency": 1, "rep": rep, **r})
-                for c in args.concurrency:
-                    r = run_retort(root, url, model, n, concurrency=c, max_tokens=max_tokens, temperature=1.0)
-                    rows.append({"client": "retort", "concurrency": c, "rep": rep, **r})
-                    if not args.no_curator:
-                        r = run_curator(url, model, ps, concurrency=c, max_tokens=max_tokens, temperature=1.0,
-                                        seed=0)
-                        rows.append({"client": "curator", "concurrency": c, "rep": rep, **r})
+                # arms alternate: retort first in even (repetition + concurrency index), curator first in odd,
+                # the sequential client first in even repetitions and last in odd ones
+                if rep % 2 == 0:
+                    rows.append({"client": "sequential", "concurrency": 1, "rep": rep,
+                                 **run_sequential(url, model, ps, max_tokens=max_tokens, temperature=1.0, seed=0)})
+                for i, c in enumerate(args.concurrency):
+                    clients = ["retort"] + ([] if args.no_curator else ["curator"])
+                    for client in clients if (rep + i) % 2 == 0 else clients[::-1]:
+                        if client == "retort":
+                            r = run_retort(root, url, model, n, concurrency=c, max_tokens=max_tokens, temperature=1.0)
+                        else:
+                            r = run_curator(url, model, ps, concurrency=c, max_tokens=max_tokens, temperature=1.0,
+                                            seed=0)
+                        rows.append({"client": client, "concurrency": c, "rep": rep, "order": len(rows), **r})
                     print(server, rep, c, [f"{x['client']} {x['completion_tokens'] / x['seconds']:.0f}"
-                                           for x in rows[-2:]], flush=True)
+                                           for x in rows[-len(clients):]], flush=True)
+                if rep % 2 == 1:
+                    rows.append({"client": "sequential", "concurrency": 1, "rep": rep,
+                                 **run_sequential(url, model, ps, max_tokens=max_tokens, temperature=1.0, seed=0)})
         finally:
             stop(proc)
         for r in rows:
             r["tokens_per_s"] = r["completion_tokens"] / r["seconds"]
-        results[server] = {"prompts": n, "max_tokens": max_tokens, "rows": rows}
+        results[server] = {"prompts": n, "max_tokens": max_tokens, "rows": rows, "command": " ".join(sys.argv)}
     return results
+
+
+def summarise(part: dict) -> dict:
+    """Per server, client and concurrency: tokens/s of each repetition and their mean (`mean_tokens_per_s`);
+    with more than one repetition, retort vs curator at each concurrency judged by benchmarks/_verdict.py
+    (paired by repetition)."""
+    from _verdict import verdict
+
+    for server, res in part.items():
+        if not isinstance(res, dict) or "rows" not in res:
+            continue
+        cells: dict = {}
+        for r in res["rows"]:
+            cells.setdefault(f"{r['client']}|{r['concurrency']}", {})[r["rep"]] = r["tokens_per_s"]
+        res["summary"] = {key: {"tokens_per_s": [v[k] for k in sorted(v)], "mean_tokens_per_s": sum(v.values()) / len(v)}
+                          for key, v in cells.items()}
+        res["verdicts"] = []
+        for key, cell in res["summary"].items():
+            client, c = key.split("|")
+            other = res["summary"].get(f"curator|{c}")
+            if client == "retort" and other and len(cell["tokens_per_s"]) > 1:
+                v = verdict(cell["tokens_per_s"], other["tokens_per_s"], ">")
+                res["verdicts"].append({"claim": f"retort > curator in tokens/s ({server}, concurrency {c})",
+                                        "rel": ">", "ratio": cell["mean_tokens_per_s"] / other["mean_tokens_per_s"],
+                                        **v})
+    return part
 
 
 def rerun(root: Path, args) -> dict:
@@ -352,18 +387,32 @@ def main() -> None:
     ap.add_argument("--kl-prompts", type=int, default=16)
     ap.add_argument("--no-curator", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verdicts-only", action="store_true",
+                    help="recompute the throughput summaries and verdicts in --out from its rows; run nothing")
     args = ap.parse_args()
     import tempfile
 
     parts = args.only or ["throughput", "rerun", "kill", "kl"]
     path = Path(args.out)
     results = json.loads(path.read_text()) if path.is_file() else {}
+    if args.verdicts_only:
+        for key in ("throughput", "throughput_reps"):
+            if key in results:
+                summarise(results[key])
+        path.write_text(json.dumps(results, indent=1))
+        return
     with tempfile.TemporaryDirectory(prefix="api_bench_") as tmp:
         for part in parts:
             sub = Path(tmp) / part
             sub.mkdir()
-            results[part] = globals()[part](sub, args)
-            results[part]["command"] = " ".join(sys.argv)
+            if part == "throughput":  # repeated runs under their own key; each server's entry kept apart
+                key = "throughput_reps" if args.reps > 1 else "throughput"
+                results.setdefault(key, {}).update(throughput(sub, args))
+                summarise(results[key])
+                part = key
+            else:
+                results[part] = globals()[part](sub, args)
+                results[part]["command"] = " ".join(sys.argv)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=1))
             print(part, json.dumps(results[part])[:2000], flush=True)

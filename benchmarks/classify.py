@@ -18,10 +18,11 @@ build: run this part in an environment with the CUDA torch (it runs on a CPU), e
 
 `--part methods`: the methods table with retort alone (the spec's small reproductions,
 methods/other.md 1.5, 2.5, 4.5, 5.3): each arm the same student, schedule and data order, >= 5
-seeds on digits, 3 on MNIST and for the generation chains; each ordering a paper claims marked
-holds / does not hold / tie (within twice the standard error of the difference):
+seeds on digits, 3 on MNIST and for the generation chains; each ordering a paper claims judged by
+benchmarks/_verdict.py (holds / does not hold / unresolved), written under `verdicts`:
 
     python benchmarks/classify.py --part methods [--seeds 0,1,2,3,4] [--work /tmp/retort-classify-bench]
+    python benchmarks/classify.py --part methods --verdicts-only   # recompute the verdicts of the results file
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _verdict import Ordering, restate, state
+
 STUDENT = "cnn:8-16-32"
 
 
@@ -162,7 +166,17 @@ def part_torchdistill(args) -> dict:
               "torchdistill_": {k: stats("torchdistill", k) for k in ("seconds", "accuracy")}}
     result["time_ratio_retort_over_torchdistill"] = result["retort"]["seconds"]["mean"] / \
         result["torchdistill_"]["seconds"]["mean"]
+    result["verdicts"] = state(result, TORCHDISTILL_VERDICTS)
     return result
+
+
+# judged by benchmarks/_verdict.py, paired by seed
+TORCHDISTILL_VERDICTS = [
+    Ordering("retort kd takes less wall time than torchdistill KD", ("retort", "seconds", "values"), "<",
+             ("torchdistill_", "seconds", "values")),
+    Ordering("retort kd's accuracy >= torchdistill KD's", ("retort", "accuracy", "values"), ">=",
+             ("torchdistill_", "accuracy", "values")),
+]
 
 
 def main() -> None:
@@ -172,15 +186,24 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--work", default="/tmp/retort-classify-bench")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--verdicts-only", action="store_true",
+                    help="recompute the verdicts (and the methods part's chain means) of --out; run nothing")
     args = ap.parse_args()
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"classify_{args.part}.json")
+    if args.verdicts_only:
+        if args.part == "torchdistill":
+            restate(out, TORCHDISTILL_VERDICTS)
+        else:
+            from _classify_methods import summarise
+
+            out.write_text(json.dumps(summarise(json.loads(out.read_text())), indent=2))
+        return
     if args.part == "torchdistill":
         result = part_torchdistill(args)
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _classify_methods import methods
 
         result = methods(args)
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"classify_{args.part}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))

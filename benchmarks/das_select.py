@@ -12,6 +12,8 @@ each with plain sft, >= 3 seeds. Expected: (a) > (b) > (c).
 The student that scores (and is then trained) is the small preset warmed up briefly on the task's
 worked solutions (`--warm-steps`): a student that knows the format but not the task, as a
 pretrained base model does. Every step is the CLI a user runs; a rerun skips what is done.
+The orderings BENCHMARKS.md states (ORDERINGS) are judged by benchmarks/_verdict.py and written
+under `verdicts`; `--verdicts-only` recomputes them from a finished results file.
 """
 
 from __future__ import annotations
@@ -23,8 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data_runs import fmt, manifest, save, sh, students, table, workdir  # noqa: E402
+from _verdict import Ordering, restate, state
 
 ROOT = Path(__file__).resolve().parent.parent
+# the orderings BENCHMARKS.md states, judged by benchmarks/_verdict.py on the per-seed values, paired by seed
+ORDERINGS = [Ordering(claim, ("runs", a + "-{seed}", metric), rel, ("runs", b + "-{seed}", metric))
+             for claim, a, rel, b, metric in [
+                 ("teacher-guided (DAS) > random (§14.4, B 9)", "das", ">", "random", "accuracy"),
+                 ("random > the student's likeliest (§14.4, B 9)", "random", ">", "likeliest", "accuracy"),
+                 ("the likeliest's students write longer answers than DAS's", "likeliest", ">", "das", "mean_tokens"),
+             ]]
 
 
 def main() -> None:
@@ -43,7 +53,11 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--work", default="/tmp/retort-das")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "das_select.json"))
+    ap.add_argument("--verdicts-only", action="store_true", help="recompute the verdicts of --out; run nothing")
     args = ap.parse_args()
+    if args.verdicts_only:
+        restate(args.out, ORDERINGS)
+        return
     work, log = workdir(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
     task = [f"task.name={args.task}", *args.task_arg]
@@ -74,7 +88,7 @@ def main() -> None:
                 "das": manifest(p)["stats"].get("das")} for r, p in sets.items()}
     warm_eval = json.loads((warm / "summary.json").read_text())["eval"]
     save(args.out, {"seeds": seeds, "task": args.task, "warm_accuracy": warm_eval.get("accuracy"), "data": data,
-                    "runs": runs, "table": t})
+                    "runs": runs, "table": t, "verdicts": state({"seeds": seeds, "runs": runs}, ORDERINGS)})
 
     print(f"warm student (scorer and starting point): accuracy {warm_eval.get('accuracy'):.3f}")
     print("| selection | rows | trace tokens | DAS score of kept | student log-prob of kept | accuracy | "

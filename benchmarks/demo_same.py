@@ -6,7 +6,9 @@ the wall time of each (the arms alternate, old first in even repetitions, new fi
 `--old` is a checkout (its `src/` is put first on PYTHONPATH); the new arm is this repository.
 Each arm has its own RETORT_CACHE, filled by a first untimed `retort teacher` where the track has one
 (unless --cold), so the times compare the demo itself. Writes benchmarks/results/demo_same.json: per
-track and arm the wall times, and whether every number in results.json (times left out) agrees.
+track and arm the wall times, whether every number in results.json (times left out) agrees, and per
+track the verdict of benchmarks/_verdict.py on "the new code's demo takes as long as the old's" (paired
+by repetition; `--verdicts-only` recomputes it from a results file).
 """
 
 from __future__ import annotations
@@ -22,8 +24,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _verdict import Ordering, state
+
 TEACHERS = {"lm": [["teacher"]], "classify": [["teacher", "track=classify", "task.name=digits"]],
             "diffuse": [["teacher", "track=diffuse", "task.name=ring"], ["teacher", "track=diffuse", "task.name=digits"]]}
+
+
+def orderings(results: dict) -> list[Ordering]:
+    return [Ordering(f"{track}: the new code's demo takes as long as the old's", ("tracks", track, "seconds", "new"),
+                     "~", ("tracks", track, "seconds", "old")) for track in results["tracks"]]
 
 
 def _timeless(value):
@@ -58,7 +68,13 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="no teacher trained beforehand (times include it)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "demo_same.json"))
+    ap.add_argument("--verdicts-only", action="store_true", help="recompute the verdicts of --out; run nothing")
     a = ap.parse_args()
+    if a.verdicts_only:
+        done = json.loads(Path(a.out).read_text())
+        done["verdicts"] = state(done, orderings(done))
+        Path(a.out).write_text(json.dumps(done, indent=1))
+        return
     work = Path(a.work or tempfile.mkdtemp(prefix="demo-same-"))
     arms = {"old": Path(a.old).resolve() / "src", "new": ROOT / "src"}
     results: dict = {"command": " ".join(sys.argv), "tracks": {}}
@@ -71,7 +87,7 @@ def main() -> None:
         times: dict = {arm: [] for arm in arms}
         outs: dict = {arm: [] for arm in arms}
         for rep in range(a.reps):
-            order = list(arms) if rep % 2 == 0 else list(arms)[::-1]
+            order = list(arms) if rep % 2 == 0 else list(arms)[::-1]  # arms alternate
             for arm in order:
                 out = work / f"demo-{track}-{arm}-{rep}"
                 if out.exists():  # a demo reuses what it finds: every timed run starts from nothing
@@ -84,6 +100,7 @@ def main() -> None:
                                     "ratio_new_old": round(sum(times["new"]) / sum(times["old"]), 3),
                                     "results": scalars(outs["new"][0])}
         print(track, "same numbers:", same, "new/old time:", results["tracks"][track]["ratio_new_old"], flush=True)
+    results["verdicts"] = state(results, orderings(results))
     Path(a.out).write_text(json.dumps(results, indent=1))
 
 

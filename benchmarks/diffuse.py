@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data_runs import sh, workdir  # noqa: E402
+from _verdict import Ordering, state
 
 ROOT = Path(__file__).resolve().parent.parent
 POINTS = ["train.steps=5000", "train.eval_every=0", "train.save_every=1000", "eval.n=2000"]
@@ -112,6 +113,107 @@ SEQ = ["train.eval_every=0", "train.save_every=1000", "eval.n=2000"]
 HYBRID = {"ring": ["dmd2|2", "dmd2|4"], "digits": ["dmd2|2"]}
 
 
+
+def P(part: str, arm: str, metric: str) -> tuple:
+    """Where an arm's per-seed values of a metric are in results/diffuse.json."""
+    return (part, "arms", arm, "per_seed", "*", metric) if part != "hybrid" else \
+        ("hybrid", *arm.split("/"), "per_seed", "*", metric)
+
+
+H2, H4 = "dmd2, 2 steps", "dmd2, 4 steps"
+FIRST, SKIP = ", the teacher's first step instead of its own", ", its first step skipped"
+# the orderings BENCHMARKS.md states, judged by benchmarks/_verdict.py (lower SWD / FD is better)
+ORDERINGS = [
+    Ordering("ring: dmd2 1:1 (no TTUR) has a higher SWD than dmd2 (spec 6.5)", P("ring", "dmd2 1:1 (no TTUR)|1", "swd_ratio"),
+             ">", P("ring", "dmd2|1", "swd_ratio")),
+    Ordering("ring: dmd2 + GAN has no lower SWD than dmd2 (no GAN gain in 2-D, spec 6.5)",
+             P("ring", "dmd2 + GAN|1", "swd_ratio"), ">=", P("ring", "dmd2|1", "swd_ratio")),
+    Ordering("ring: dmd2 has a lower SWD than dmd", P("ring", "dmd2|1", "swd_ratio"), "<", P("ring", "dmd|1", "swd_ratio")),
+    Ordering("ring: dmd2 has a higher precision than dmd", P("ring", "dmd2|1", "precision"), ">",
+             P("ring", "dmd|1", "precision")),
+    Ordering("ring: phased_dmd 4 steps has a lower SWD than dmd2 4 steps (spec 9.5)",
+             P("ring", "phased_dmd (2 phases)|4", "swd_ratio"), "<", P("ring", "dmd2|4", "swd_ratio")),
+    Ordering("ring: phased_dmd 4 steps has a higher precision than dmd2 4 steps",
+             P("ring", "phased_dmd (2 phases)|4", "precision"), ">", P("ring", "dmd2|4", "precision")),
+    Ordering("ring: dmd2 2 steps has a lower SWD than 1 step", P("ring", "dmd2|2", "swd_ratio"), "<",
+             P("ring", "dmd2|1", "swd_ratio")),
+    Ordering("ring: dmd2 4 steps has a lower SWD than 1 step", P("ring", "dmd2|4", "swd_ratio"), "<",
+             P("ring", "dmd2|1", "swd_ratio")),
+    Ordering("ring: gdd-I has a lower SWD than gdd", P("ring", "gdd-I (frozen hidden weights)|1", "swd_ratio"), "<",
+             P("ring", "gdd|1", "swd_ratio")),
+    Ordering("grid: dmd2 1:1 (no TTUR) has a higher SWD than dmd2 (spec 6.5)",
+             P("grid", "dmd2 1:1 (no TTUR)|1", "swd_ratio"), ">", P("grid", "dmd2|1", "swd_ratio")),
+    Ordering("grid: dmd2 + GAN has no lower SWD than dmd2 (no GAN gain in 2-D)", P("grid", "dmd2 + GAN|1", "swd_ratio"),
+             ">=", P("grid", "dmd2|1", "swd_ratio")),
+    Ordering("grid: dmd2 has a lower SWD than dmd", P("grid", "dmd2|1", "swd_ratio"), "<", P("grid", "dmd|1", "swd_ratio")),
+    Ordering("grid: phased_dmd 4 steps has a lower SWD than dmd2 4 steps (spec 9.5)",
+             P("grid", "phased_dmd (2 phases)|4", "swd_ratio"), "<", P("grid", "dmd2|4", "swd_ratio")),
+    Ordering("grid: dmd2 2 steps has a lower SWD than 1 step", P("grid", "dmd2|2", "swd_ratio"), "<",
+             P("grid", "dmd2|1", "swd_ratio")),
+    Ordering("grid: dmd2 4 steps has a lower SWD than 1 step", P("grid", "dmd2|4", "swd_ratio"), "<",
+             P("grid", "dmd2|1", "swd_ratio")),
+    Ordering("grid: uni_instruct forward KL covers more modes than reverse KL, separate discriminator (spec 7.5)",
+             P("grid", "uni_instruct (forward KL), separate discriminator|1", "modes_covered"), ">",
+             P("grid", "uni_instruct (reverse KL), separate discriminator|1", "modes_covered")),
+    Ordering("grid: uni_instruct forward KL has a lower SWD than reverse KL, separate discriminator",
+             P("grid", "uni_instruct (forward KL), separate discriminator|1", "swd_ratio"), "<",
+             P("grid", "uni_instruct (reverse KL), separate discriminator|1", "swd_ratio")),
+    Ordering("skewed ring: forward KL recalls more light modes than reverse KL, separate discriminator (spec 7.5)",
+             P("skew", "uni_instruct (forward KL), separate discriminator|1", "light_recall"), ">",
+             P("skew", "uni_instruct (reverse KL), separate discriminator|1", "light_recall")),
+    Ordering("skewed ring: forward KL recalls more light modes than dmd2",
+             P("skew", "uni_instruct (forward KL), separate discriminator|1", "light_recall"), ">",
+             P("skew", "dmd2|1", "light_recall")),
+    Ordering("skewed ring: JS recalls more light modes than reverse KL, separate discriminator",
+             P("skew", "uni_instruct (JS), separate discriminator|1", "light_recall"), ">",
+             P("skew", "uni_instruct (reverse KL), separate discriminator|1", "light_recall")),
+    Ordering("skewed ring: reverse KL's precision >= forward KL's, separate discriminator",
+             P("skew", "uni_instruct (reverse KL), separate discriminator|1", "precision"), ">=",
+             P("skew", "uni_instruct (forward KL), separate discriminator|1", "precision")),
+    Ordering("classes: 5 students have a lower class SWD than 1 (spec 10.5)", P("classes", "msd, 5 students|1", "class_swd"),
+             "<", P("classes", "msd, 1 student (= dmd2)|1", "class_swd")),
+    Ordering("classes: 2 students have a lower class SWD than 1", P("classes", "msd, 2 students|1", "class_swd"), "<",
+             P("classes", "msd, 1 student (= dmd2)|1", "class_swd")),
+    Ordering("classes: 5 half-width fresh students have a higher class SWD than 5 copies",
+             P("classes", "msd, 5 students of half width (fresh)|1", "class_swd"), ">",
+             P("classes", "msd, 5 students|1", "class_swd")),
+    Ordering("hybrid, ring: the teacher's first step, then dmd2 (2 steps), has a lower SWD than the student alone (spec 11.5)",
+             P("hybrid", "ring/arms/" + H2 + FIRST, "swd_ratio"), "<", P("hybrid", "ring/arms/" + H2, "swd_ratio")),
+    Ordering("hybrid, ring: the teacher's first step, then dmd2 (4 steps), has a lower SWD than the student alone",
+             P("hybrid", "ring/arms/" + H4 + FIRST, "swd_ratio"), "<", P("hybrid", "ring/arms/" + H4, "swd_ratio")),
+    Ordering("hybrid, digits: the teacher's first step, then dmd2 (2 steps), has a lower FD than the student alone",
+             P("hybrid", "digits/arms/" + H2 + FIRST, "fd"), "<", P("hybrid", "digits/arms/" + H2, "fd")),
+    Ordering("hybrid, ring: skipping dmd2's (2 steps) first step raises the SWD",
+             P("hybrid", "ring/arms/" + H2 + SKIP, "swd_ratio"), ">", P("hybrid", "ring/arms/" + H2, "swd_ratio")),
+    Ordering("hybrid, ring: skipping dmd2's (4 steps) first step raises the SWD",
+             P("hybrid", "ring/arms/" + H4 + SKIP, "swd_ratio"), ">", P("hybrid", "ring/arms/" + H4, "swd_ratio")),
+    Ordering("hybrid, digits: skipping dmd2's (2 steps) first step raises the FD",
+             P("hybrid", "digits/arms/" + H2 + SKIP, "fd"), ">", P("hybrid", "digits/arms/" + H2, "fd")),
+    Ordering("hybrid, digits: dmd2 (2 steps) is less diverse within a class than the teacher",
+             P("hybrid", "digits/arms/" + H2, "within_class_diversity"), "<",
+             P("hybrid", "digits/arms/teacher", "within_class_diversity")),
+    Ordering("video: from the converged ODE init, DMD's sequences are more coherent than from the short one (LiveTalk 2)",
+             P("seq", "ode-converged then dmd|4", "coherent"), ">", P("seq", "ode-short then dmd|4", "coherent")),
+    Ordering("video: DMD raises coherence over its converged ODE init",
+             P("seq", "ode-converged then dmd|4", "coherent"), ">", P("seq", "ode-converged|4", "coherent")),
+    Ordering("video: DMD at lr 1e-5 is less coherent than at 1e-4 (LiveTalk 3)",
+             P("seq", "ode-converged then dmd at lr 1e-5|4", "coherent"), "<", P("seq", "ode-converged then dmd|4", "coherent")),
+    Ordering("video: DMD at lr 1e-5 has a lower whole-sequence SWD than at 1e-4",
+             P("seq", "ode-converged then dmd at lr 1e-5|4", "swd_ratio"), "<",
+             P("seq", "ode-converged then dmd|4", "swd_ratio")),
+    Ordering("video: the ODE student is less coherent late (frames 37-48) than early (1-12)",
+             P("seq", "ode-converged|4", "late_coherent"), "<", P("seq", "ode-converged|4", "coherent")),
+    Ordering("digits: dmd2 + GAN has a lower FD than dmd2 (spec 6.5)", P("digits", "dmd2 + GAN|1", "fd"), "<",
+             P("digits", "dmd2|1", "fd")),
+    Ordering("digits: dmd2 2 steps has a lower FD than 1 step", P("digits", "dmd2|2", "fd"), "<", P("digits", "dmd2|1", "fd")),
+    Ordering("digits: dmd2 4 steps has a lower FD than 1 step", P("digits4", "dmd2|4", "fd"), "<", P("digits", "dmd2|1", "fd")),
+    Ordering("digits: dmd2 exported as an EMA 0.99 has a lower FD than without", P("digits-ema", "dmd2, EMA 0.99 from step 200|1", "fd"),
+             "<", P("digits-ema", "dmd2|1", "fd")),
+    Ordering("digits: dmd2 exported as an EMA 0.999 has a lower FD than without",
+             P("digits-ema", "dmd2, EMA 0.999 from step 200|1", "fd"), "<", P("digits-ema", "dmd2|1", "fd")),
+]
+
+
 def mean_std(vals):
     vals = [v for v in vals if v is not None]
     if not vals:
@@ -160,14 +262,30 @@ def run_part(dataset: str, arms: dict, base: list[str], steps: list[int], seeds:
                                                                     if key.startswith("teacher")).items()
                                               if m not in ("points", "images", "sequences")}}  # samples: not kept
                     res_file.write_text(json.dumps(evals))
-                rows.setdefault(f"{arm}|{k}", []).append(evals[tag])
+                rows.setdefault(f"{arm}|{k}", []).append({**evals[tag], "seed": seed})
     first = next(iter(evals.values()))
     kind = "sequence" if "coherent" in first else "points" if "swd_ratio" in first else "images"
-    teacher_row = {m: mean_std([r["teacher"].get(m) for rs in rows.values() for r in rs]) for m in METRICS[kind]}
     table = {key: {**{m: mean_std([r.get(m) for r in rs]) for m in METRICS[kind] + ["train_time_s"]},
                    "nfe": rs[0]["nfe"], "per_seed": rs} for key, rs in rows.items()}
-    return {"kind": kind, "teacher": {**teacher_row, "nfe": next(iter(evals.values()))["teacher"]["nfe"],
-                                      "train_time_s": round(teacher_s, 1)}, "arms": table}
+    return {"kind": kind, "seeds": seeds, "teacher": {**teacher_row(table, kind), "nfe": first["teacher"]["nfe"],
+                                                      "train_time_s": round(teacher_s, 1)}, "arms": table}
+
+
+def teacher_row(arms: dict, kind: str) -> dict:
+    """The teacher's row: one value per seed, then mean and std over the seeds. The teacher is sampled
+    beside every arm with the seed's eval seed, so its evaluations of one seed are the same draw (its
+    timings aside): they are averaged within the seed, never counted once per arm (which would shrink
+    the std by sqrt(arms))."""
+    by_seed: dict = {}
+    for row in arms.values():
+        for i, r in enumerate(row["per_seed"]):
+            if "teacher" in r:
+                by_seed.setdefault(r.get("seed", i), []).append(r["teacher"])
+    per_seed = [{m: statistics.mean(t[m] for t in ts if t.get(m) is not None)
+                 for m in METRICS[kind] if any(t.get(m) is not None for t in ts)}
+                for _, ts in sorted(by_seed.items())]
+    return {**{m: mean_std([p.get(m) for p in per_seed]) for m in METRICS[kind]},
+            "per_seed": [{"seed": s, **p} for s, p in zip(sorted(by_seed), per_seed)]}
 
 
 def run_hybrid(seeds: list[int], work: Path, eval_n: dict) -> dict:
@@ -214,6 +332,8 @@ def run_hybrid(seeds: list[int], work: Path, eval_n: dict) -> dict:
                                   for g, r in got.items()}
                     res_file.write_text(json.dumps(evals))
                 for which, r in evals[tag].items():
+                    if which == "teacher" and key != arms[0]:
+                        continue  # the same teacher draw for every student of this seed: once per seed
                     label = {"teacher": "teacher", "student": f"{arm}, {k} steps",
                              "hybrid": f"{arm}, {k} steps, the teacher's first step instead of its own",
                              "skip": f"{arm}, {k} steps, its first step skipped"}[which]
@@ -223,6 +343,26 @@ def run_hybrid(seeds: list[int], work: Path, eval_n: dict) -> dict:
                                                        "nfe": rs[0]["nfe"], "per_seed": rs}
                                                for label, rs in rows.items()}}
     return out
+
+
+def summarise(results: dict) -> dict:
+    """Recompute, from the per-seed evaluations a results file holds, every teacher row (one value per
+    seed) and the verdicts; nothing is trained or sampled."""
+    for name, part in results.items():
+        if name in ("verdicts", "features"):
+            continue
+        if name == "hybrid":
+            for p in part.values():
+                t = p["arms"].get("teacher")
+                if t:  # a file written before the fix holds the teacher once per student: keep one per seed
+                    n = max(len(r["per_seed"]) for label, r in p["arms"].items() if label != "teacher")
+                    t["per_seed"] = t["per_seed"][:n]
+                    t.update({m: mean_std([r.get(m) for r in t["per_seed"]]) for m in METRICS[p["kind"]]
+                              + ["step1_spread", "step1_to_data"]})
+            continue
+        part["teacher"] = {**part["teacher"], **teacher_row(part["arms"], part["kind"])}
+    results["verdicts"] = state(results, [o for o in ORDERINGS if o.a[0] in results and o.b[0] in results])
+    return results
 
 
 def fmt(ms, digits=3):
@@ -261,7 +401,13 @@ def main() -> None:
     ap.add_argument("--steps", default="1,2,4", help="student step counts")
     ap.add_argument("--work", default="/tmp/retort-diffuse")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffuse.json"))
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="recompute the teacher rows and the verdicts of --out from its per-seed values; run nothing")
     args = ap.parse_args()
+    if args.summarise_only:
+        out = Path(args.out)
+        out.write_text(json.dumps(summarise(json.loads(out.read_text())), indent=1))
+        return
     work, log = workdir(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
     steps = [int(s) for s in args.steps.split(",")]
@@ -288,18 +434,27 @@ def main() -> None:
             part = run_part("ring-seq", SEQ_ARMS, SEQ, steps, seeds, work, log, 2000)
         elif dataset == "classes":
             part = run_part("classes", CLASS_ARMS, POINTS, steps, seeds, work, log, 5000)
+        elif dataset == "features":  # the digits FD's feature network (cached once, trained with seed 0)
+            from retort.diffuse.data import load_data
+            from retort.diffuse.evaluate import Features
+            from retort.paths import cache_dir
+            Features(load_data("digits"))
+            results["features"] = json.loads((cache_dir() / "diffuse-features-digits" / "info.json").read_text())
+            out.write_text(json.dumps(summarise(results), indent=1))
+            print(results["features"], flush=True)
+            continue
         elif dataset == "hybrid":
             for name, p in run_hybrid(seeds, work, {"ring": 5000, "digits": 2000}).items():
                 print(markdown(f"hybrid: {name}", p), flush=True)
                 results.setdefault("hybrid", {})[name] = p
-            out.write_text(json.dumps(results, indent=1))
+            out.write_text(json.dumps(summarise(results), indent=1))
             continue
         else:
             sys.exit(f"--part {dataset}: expected ring, grid, grid1, skew, classes, seq, digits, digits4, digits-ema, "
-                     "digits-long, digits-long-gan or hybrid")
+                     "digits-long, digits-long-gan, hybrid or features")
         results[dataset] = part
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1))
+        out.write_text(json.dumps(summarise(results), indent=1))
         print(markdown(dataset, part), flush=True)
 
 

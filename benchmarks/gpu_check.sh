@@ -3,6 +3,8 @@
 # under bf16 autocast (train.precision=auto), a student run, eval with sampling, traces with top-k,
 # and kd with the teacher online (fused loss under bf16) and offline.
 # Wheels for packages the GPU image lacks travel in .whl/ (omegaconf, antlr4-python3-runtime).
+# Writes $OUT/gpu_check.json (the figures BENCHMARKS.md's "The same on a GPU" prints): copy it to
+# benchmarks/results/gpu_check.json.
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -30,3 +32,21 @@ for mode in online offline; do
     eval.n=200 2>&1 | tail -3
   cp /tmp/gpu_kd_$mode/metrics.jsonl "$OUT"/gpu_kd_${mode}_metrics.jsonl
 done
+python3 - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+
+import torch, transformers
+
+out = Path(sys.argv[1])
+teacher = json.loads((out / "gpu_teacher.json").read_text())
+student = json.loads((out / "gpu_student_summary.json").read_text())
+result = {"command": "bash benchmarks/gpu_check.sh", "device": torch.cuda.get_device_name(0),
+          "torch": torch.__version__, "transformers": transformers.__version__,
+          "teacher": {k: teacher.get(k) for k in ("accuracy", "n", "steps", "train_time_s", "params")},
+          "student_solutions": {"steps": student.get("steps"), "train_time_s": student.get("train_time_s"),
+                                "accuracy": (student.get("eval") or {}).get("accuracy"),
+                                "n": (student.get("eval") or {}).get("n")}}
+(out / "gpu_check.json").write_text(json.dumps(result, indent=1))
+print(json.dumps(result, indent=1))
+PY

@@ -103,7 +103,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "losses.json"))
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--summarise-only", action="store_true", help="recompute the ratios of --out; run nothing")
     args = ap.parse_args()
+    if args.summarise_only:
+        done = json.loads(Path(args.out).read_text())
+        done["ratios"] = ratios(done["results"])
+        Path(args.out).write_text(json.dumps(done, indent=2))
+        return
     if args.child:
         impl, div, n, h, v = args.child
         print(json.dumps(child(impl, div, int(n), int(h), int(v), args.threads)))
@@ -115,8 +121,9 @@ def main() -> None:
         flops = 2 * args.n * args.hidden * v
         print(f"V={v}: one (N x H) @ (H x V) matmul {mm:.2f}s = {flops / mm / 1e9:.0f} GFLOP/s; floor (4 matmuls) {floor:.2f}s",
               flush=True)
-        for div in args.divergences:
-            for impl in args.impls:
+        for j, div in enumerate(args.divergences):
+            # one measurement per (V, divergence, impl): the impls' order alternates between the measurements
+            for impl in args.impls if (args.vocab.index(v) + j) % 2 == 0 else args.impls[::-1]:
                 cmd = [sys.executable, __file__, "--threads", str(args.threads), "--child", impl, div, str(args.n),
                        str(args.hidden), str(v)]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
@@ -130,7 +137,22 @@ def main() -> None:
                       f"+{r['extra_peak_bytes'] / 2**30:5.2f} GiB  loss {r['loss']:.6f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"command": " ".join(["python", "benchmarks/losses.py", *sys.argv[1:]]),
-                                          "results": results}, indent=2))
+                                          "results": results, "ratios": ratios(results)}, indent=2))
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """Per (V, divergence): retort's time over the floor and its extra peak memory over plain's, as
+    BENCHMARKS.md prints them."""
+    out = []
+    for r in results:
+        if r["impl"] != "retort":
+            continue
+        plain = next((p for p in results if p["impl"] == "plain" and p["vocab"] == r["vocab"]
+                      and p["divergence"] == r["divergence"]), None)
+        out.append({"vocab": r["vocab"], "divergence": r["divergence"],
+                    "retort_over_floor": r["seconds"] / r["floor_seconds"],
+                    "retort_mem_over_plain": r["extra_peak_bytes"] / plain["extra_peak_bytes"] if plain else None})
+    return out
 
 
 if __name__ == "__main__":

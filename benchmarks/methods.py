@@ -9,6 +9,10 @@ reused when the command is run again.
 
     python benchmarks/methods.py --seeds 0 1 2 [--methods sft_more,gkd,...] \\
         [--out runs/methods] [--json benchmarks/results/methods.json]
+    python benchmarks/methods.py --verdicts-only     # recompute the verdicts of the results file
+
+The orderings BENCHMARKS.md states (ORDERINGS) are judged by benchmarks/_verdict.py on the per-seed
+accuracies, paired by seed, and written under `verdicts`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,44 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _verdict import Ordering, restate, state
+
+W = "warm start: sft on teacher traces to 50% train accuracy"
+SFT = "warm start + 300 sft steps"
+GKD = "warm start + 300 gkd steps (on-policy JSD)"
+REDI = "warm start + 300 redi steps (16 pairs/step)"
+DPO = "warm start + 300 dpo steps (16 pairs/step)"
+SIMPO = "warm start + 300 simpo steps (16 pairs/step)"
+HIGH = "warm start + 300 sft steps, T=1 traces (random 1 of 4)"
+
+
+def _acc(label: str) -> tuple:
+    return ("rows", label, "accuracy")
+
+
+ORDERINGS = [Ordering(claim, _acc(a), rel, _acc(b)) for claim, a, rel, b in [
+    ("TSD-KD >= GKD (B)", "warm start + 300 tsd_kd steps", ">=", GKD),
+    ("GKD > SeqKD: gkd > sft_more (B)", GKD, ">", SFT),
+    ("OPSD > SFT on the same solutions (B)", "warm start + 300 opsd steps (self-distillation)", ">", SFT),
+    ("rkl_pg > the warm start", "warm start + 300 rkl_pg steps", ">", W),
+    ("rkl_pg < gkd", "warm start + 300 rkl_pg steps", "<", GKD),
+    ("REDI (alpha 0.8) > DPO (B)", REDI, ">", DPO),
+    ("DPO > SimPO", DPO, ">", SIMPO),
+    ("SimPO > sft_more (B: pair objectives > SFT)", SIMPO, ">", SFT),
+    ("REDI (alpha 0.8) > its alpha=0 control", REDI, ">", "warm start + 300 redi alpha=0 steps (= sft on the positives)"),
+    ("REDI (alpha 0.8) < the warm start", REDI, "<", W),
+    ("DPO < the warm start", DPO, "<", W),
+    ("SimPO < the warm start", SIMPO, "<", W),
+    ("DASD schedule > T=0.6 alone (B)", "... + 150 sft steps, T=1 traces (DASD schedule)", ">",
+     "warm start + 300 sft steps, T=0.6 traces"),
+    ("DASD schedule > T=1 alone (B)", "... + 150 sft steps, T=1 traces (DASD schedule)", ">", HIGH),
+    ("DAS (delta 1) > random 1 of 4 (B)", "warm start + 300 sft steps, T=1 traces (DAS 1 of 4)", ">", HIGH),
+    ("DAS (delta 0.25) > random 1 of 4 (B)", "warm start + 300 sft steps, T=1 traces (DAS 1 of 4, delta 0.25)", ">", HIGH),
+    ("mixed-policy >= sft_more (B)", "warm start + 300 sft steps, T=1 traces + mixed-policy", ">=", SFT),
+    ("curio_sft ~ sft_more in accuracy", "warm start + 300 curio_sft steps", "~", SFT),
+    ("chunk_sft < sft_more", "warm start + 300 chunk_sft steps", "<", SFT),
+]]
 
 
 def main() -> None:
@@ -29,7 +71,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/methods")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "methods.json"))
+    ap.add_argument("--verdicts-only", action="store_true", help="recompute the verdicts of --json; run nothing")
     args = ap.parse_args()
+    if args.verdicts_only:
+        restate(args.json, ORDERINGS)
+        return
     from rich.console import Console
 
     from retort.cli import _quiet_libraries
@@ -56,6 +102,8 @@ def main() -> None:
         tok = [r["mean_tokens"] for r in by_seed.values()]
         extra = {key: statistics.mean(r[key] for r in by_seed.values())
                  for key in ("pass@4", "mean_entropy") if all(key in r for r in by_seed.values())}
+        extra.update({f"{key}_per_seed": {str(s): r[key] for s, r in by_seed.items()}
+                      for key in ("pass@4", "mean_entropy") if all(key in r for r in by_seed.values())})
         table[label] = {"accuracy": {str(s): r["accuracy"] for s, r in by_seed.items()},
                         "mean": statistics.mean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                         "mean_tokens": statistics.mean(tok), **extra,
@@ -66,8 +114,9 @@ def main() -> None:
         print(f"{label:60s} {t['mean']:.3f} +- {t['std']:.3f}   {seeds}  {t['mean_tokens']:.1f}"
               f"  {t.get('pass@4', float('nan')):.3f}  {t.get('mean_entropy', float('nan')):.3f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"command": " ".join(["python", "benchmarks/methods.py", *sys.argv[1:]]),
-                                           "rows": table}, indent=2))
+    results = {"command": " ".join(["python", "benchmarks/methods.py", *sys.argv[1:]]), "rows": table}
+    results["verdicts"] = state(results, [o for o in ORDERINGS if o.a[1] in table and o.b[1] in table])
+    Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -313,6 +313,16 @@ def warm_start(a, work: Path, log: Path) -> tuple[Path, list[str]]:
     return run / "model", args
 
 
+def ratios(results: dict) -> dict:
+    """retort over TRL, as BENCHMARKS.md prints them (one run each: a measurement, not a verdict)."""
+    if "retort" not in results or "trl" not in results:
+        return {}
+    r, t = results["retort"], results["trl"]
+    return {"steps_per_s_retort_over_trl": r["steps_per_s"] / t["steps_per_s"],
+            "peak_rss_retort_over_trl": r["peak_rss_bytes"] / t["peak_rss_bytes"],
+            "order": list(results)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=40, help="optimizer steps on each side")
@@ -334,7 +344,13 @@ def main() -> None:
                     help="scratch dir (the warm-start student is cached here)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "onpolicy.json"))
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--summarise-only", action="store_true", help="recompute the ratios of --out; run nothing")
     a = ap.parse_args()
+    if a.summarise_only:
+        done = json.loads(Path(a.out).read_text())
+        done["ratios"] = ratios(done["results"])
+        Path(a.out).write_text(json.dumps(done, indent=2, default=str))
+        return
     if a.child:
         kind, spec_file = a.child
         print(json.dumps(CHILDREN[kind](json.loads(Path(spec_file).read_text()))))
@@ -379,7 +395,9 @@ def main() -> None:
     runs = work / f"run-{stamp}"
     runs.mkdir(parents=True)
     results: dict = {}
-    for side in a.sides:
+    # one run per side: the side that goes first alternates with --seed (even: as given, odd: reversed),
+    # so repetitions at seeds 0, 1, ... do not always time the same side first
+    for side in (a.sides if a.seed % 2 == 0 else a.sides[::-1]):
         out = runs / side
         if side == "retort":
             spec = {"threads": a.threads, "out": str(out),
@@ -437,7 +455,7 @@ def main() -> None:
         "retort_command": "python -m retort.cli train " + " ".join(
             retort_overrides(a, "WARM_START", "TEACHER", "RUN")),
         "trl_config": {k: v for k, v in trl_config_kwargs(a, "RUN").items()},
-        "results": results, "eval": acc}, indent=2, default=str))
+        "results": results, "eval": acc, "ratios": ratios(results)}, indent=2, default=str))
     print(f"wrote {a.out}")
 
 

@@ -12,6 +12,8 @@ teacher, which also learned the task's rewrite prompts (`retort teacher task.nam
 Every step is the CLI a user runs (printed as it goes); a rerun with the same --work skips what is
 done. Prints a markdown table: accuracy, tokens per answer, fidelity to the teacher, and the
 length/difficulty correlation of the students' answers, mean ± std over seeds.
+The orderings BENCHMARKS.md states (ORDERINGS) are judged by benchmarks/_verdict.py and written
+under `verdicts`; `--verdicts-only` recomputes them from a finished results file.
 """
 
 from __future__ import annotations
@@ -26,8 +28,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data_runs import fmt, manifest, save, sh, students, table, workdir  # noqa: E402
+from _verdict import Ordering, restate, state
 
 ROOT = Path(__file__).resolve().parent.parent
+# the orderings BENCHMARKS.md states, judged by benchmarks/_verdict.py on the per-seed values, paired by seed
+ORDERINGS = [Ordering(claim, ("runs", a + "-{seed}", metric), rel, ("runs", b + "-{seed}", metric))
+             for claim, a, rel, b, metric in [
+                 ("DAP > long traces in accuracy (B 6)", "dap", ">", "long", "accuracy"),
+                 ("DAP's answers are shorter than long's", "dap", "<", "long", "mean_tokens"),
+                 ("DAP > uniform at the same mean length (B 6)", "dap", ">", "uniform", "accuracy"),
+                 ("Retro-Search >= the originals in accuracy (B 11)", "retro", ">=", "long", "accuracy"),
+                 ("Retro-Search's answers are shorter than the originals' (B 11)", "retro", "<", "long", "mean_tokens"),
+                 ("the originals cut to the revisions' lengths < Retro-Search (§17.4)", "cut", "<", "retro", "accuracy"),
+             ]]
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
@@ -64,7 +77,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--work", default="/tmp/retort-shorten")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shorten.json"))
+    ap.add_argument("--verdicts-only", action="store_true", help="recompute the verdicts of --out; run nothing")
     args = ap.parse_args()
+    if args.verdicts_only:
+        restate(args.out, ORDERINGS)
+        return
     work, log = workdir(args.work)
     seeds = [int(s) for s in args.seeds.split(",")]
     times = {}
@@ -106,7 +123,8 @@ def main() -> None:
                                   "length_difficulty_corr"))
     save(args.out, {"seeds": seeds, "n_prompts": args.n_prompts, "steps": args.steps, "teacher": teacher,
                     "uniform_budget": budget, "data": data, "runs": runs, "table": t,
-                    "times_s": {k: round(v, 1) for k, v in times.items()}})
+                    "times_s": {k: round(v, 1) for k, v in times.items()},
+                    "verdicts": state({"seeds": seeds, "runs": runs}, ORDERINGS)})
     print("| data | rows | trace tokens | accuracy | tokens/answer | answer agreement | top-1 agreement | "
           "KL to teacher | corr(length, difficulty) |")
     print("|---|---|---|---|---|---|---|---|---|")

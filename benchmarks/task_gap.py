@@ -6,6 +6,8 @@ solutions (configs/student_*.yaml). Evaluates all three greedily on the same 100
 and prints wall times, parameter counts and accuracy by difficulty.
 
     python benchmarks/task_gap.py [--out benchmarks/results/task_gap.json] [--task modchain]
+    python benchmarks/task_gap.py --task rg:chain_sum --task-arg task.difficulty.max_digits=1 \
+        --task-arg task.difficulty.max_terms=5 --teacher-arg train.steps=2500 --out benchmarks/results/task_gap_rg.json
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "task_gap.json"))
     ap.add_argument("--task", default="modchain")
+    ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a task option for every run, e.g. task.difficulty.max_terms=5 (repeatable)")
+    ap.add_argument("--teacher-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="an option for the teacher only, e.g. train.steps=2500 (repeatable)")
     args = ap.parse_args()
+    task_args = [f"task.name={args.task}", *args.task_arg]
     work = Path(tempfile.mkdtemp(prefix="retort-gap-"))
     os.environ["RETORT_CACHE"] = str(work / "cache")  # a cold cache: the teacher trains from scratch
 
@@ -44,18 +51,18 @@ def main() -> None:
     console = Console(stderr=True)
     rows, times = [], {}
     t0 = time.time()
-    teacher_dir = ensure_teacher(overrides=[f"task.name={args.task}"], console=console)
+    teacher_dir = ensure_teacher(overrides=[*task_args, *args.teacher_arg], console=console)
     times["teacher"] = time.time() - t0
     final = EvalConfig(n=1000, seed=0, max_new_tokens=96, batch_size=200)
     models = [("teacher (preset:teacher, worked solutions)", str(teacher_dir))]
     for name in ("answers_only", "solutions"):
         cfg = ROOT / "configs" / f"student_{name}.yaml"
-        run = load_config(TrainRun, str(cfg), [f"out={work / name}", f"task.name={args.task}"])
+        run = load_config(TrainRun, str(cfg), [f"out={work / name}", *task_args])
         t0 = time.time()
         train(run, console=console)
         times[name] = time.time() - t0
         models.append((f"student (preset:student, {name.replace('_', ' ')})", str(work / name / "model")))
-    task = get_task(load_config(TrainRun, None, [f"task.name={args.task}"]).task)
+    task = get_task(load_config(TrainRun, None, task_args).task)
     for (label, path), key in zip(models, ["teacher", "answers_only", "solutions"]):
         model, tok = load_model(ModelConfig(name=path))
         res = evaluate(model, tok, task, final)
@@ -66,7 +73,7 @@ def main() -> None:
     for label, r in rows:
         print(f"{label}: params {r['params']}, train wall {r['train_wall_s']}s, accuracy {r['accuracy']:.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "task": args.task,
+    Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "task": args.task, "task_args": task_args,
                                           "cores": os.cpu_count(), **{l: r for l, r in rows}}, indent=2))
 
 

@@ -13,6 +13,8 @@ the teacher preset reached 0.335 accuracy in 1500 steps, too weak to be a teache
                                         [--smoke-steps 300] [--work /tmp/retort-teachers]
 
 Every step is the CLI a user runs; a rerun skips what is done.
+The orderings BENCHMARKS.md states (ORDERINGS) are judged by benchmarks/_verdict.py and written
+under `verdicts`; `--verdicts-only` recomputes them from a finished results file.
 """
 
 from __future__ import annotations
@@ -25,8 +27,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data_runs import EVAL, capture, fmt, manifest, save, sh, students, table, workdir  # noqa: E402
+from _verdict import Ordering, restate, state
 
 ROOT = Path(__file__).resolve().parent.parent
+# the orderings BENCHMARKS.md states, judged by benchmarks/_verdict.py on the per-seed accuracies, paired by seed
+ORDERINGS = [Ordering(claim, ("runs", a + "-{seed}", "accuracy"), rel, ("runs", b + "-{seed}", "accuracy"))
+             for claim, a, rel, b in [
+                 ("students of clean > of early", "clean", ">", "early"),
+                 ("students of early > of detours", "early", ">", "detours"),
+                 ("students of clean > of detours", "clean", ">", "detours"),
+                 ("students of the AM pool < of clean", "am", "<", "clean"),
+                 ("students of the AM pool > of detours", "am", ">", "detours"),
+             ]]
 
 
 def main() -> None:
@@ -37,7 +49,11 @@ def main() -> None:
     ap.add_argument("--smoke-steps", type=int, default=300)
     ap.add_argument("--work", default="/tmp/retort-teachers")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "teacher_choice.json"))
+    ap.add_argument("--verdicts-only", action="store_true", help="recompute the verdicts of --out; run nothing")
     args = ap.parse_args()
+    if args.verdicts_only:
+        restate(args.out, ORDERINGS)
+        return
     work, log = workdir(args.work)
     cache = Path(os.environ["RETORT_CACHE"])
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -98,7 +114,8 @@ def main() -> None:
             for k, p in sets.items()}
     save(args.out, {"seeds": seeds, "teachers": teachers, "teacher_benchmark": bench,
                     "by_teacher": stats.get("by_teacher"), "reference_ppl": stats.get("reference_ppl"), "smoke": smoke,
-                    "ded_ranking": ranking, "am_limits": limits, "runs": runs, "table": t, "data": data})
+                    "ded_ranking": ranking, "am_limits": limits, "runs": runs, "table": t, "data": data,
+                    "verdicts": state({"seeds": seeds, "runs": runs}, ORDERINGS)})
 
     print("| data | teacher's own accuracy | reference ppl | length entropy | rows | student accuracy | "
           "tokens/answer | answer agreement | top-1 agreement |")

@@ -39,11 +39,14 @@ def step_time(preset: str, batch: int, max_len: int, steps: int, threads: int, r
     return last["time"] / steps
 
 
-def measure(root: Path, cores: int) -> list[dict]:
+def measure(root: Path, cores: int, rows_done: int = 0) -> list[dict]:
     rows = []
-    for preset, batch, max_len, steps in CASES:
-        one = step_time(preset, batch, max_len, steps, 1, root)
-        all_ = step_time(preset, batch, max_len, steps, cores, root)
+    for i, (preset, batch, max_len, steps) in enumerate(CASES):
+        # which thread count is timed first alternates from case to case (and between idle and busy)
+        first, second = (1, cores) if (i + rows_done) % 2 == 0 else (cores, 1)
+        t = {first: step_time(preset, batch, max_len, steps, first, root)}
+        t[second] = step_time(preset, batch, max_len, steps, second, root)
+        one, all_ = t[1], t[cores]
         rows.append({"preset": preset, "batch": batch, "max_len": max_len, "s_per_step_1": round(one, 4),
                      f"s_per_step_{cores}": round(all_, 4), "speedup_of_all_cores": round(one / all_, 2)})
         print(rows[-1], flush=True)
@@ -58,7 +61,7 @@ def main() -> None:
         result["idle"] = measure(root, cores)
         busy = subprocess.Popen([sys.executable, "-c", BUSY])
         try:
-            result["busy"] = measure(root, cores)
+            result["busy"] = measure(root, cores, len(result["idle"]))
         finally:
             busy.kill()
     path = Path(__file__).parent / "results" / "threads.json"

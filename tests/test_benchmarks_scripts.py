@@ -1,0 +1,94 @@
+"""The benchmark scripts' bookkeeping, without running a benchmark: side-by-side arms alternate their
+order across repetitions (the measurements are replaced by stand-ins that record the order they were
+called in), and the diffusion teacher row counts one value per seed."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import statistics
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+
+    def load(name):
+        sys.modules.pop(name, None)
+        return importlib.import_module(name)
+
+    return load
+
+
+def test_api_traces_alternates_retort_and_curator(bench, monkeypatch, tmp_path):
+    api, anchors = bench("api_traces"), bench("_anchors_api")
+    calls = []
+
+    def fake(client):
+        def run(*args, **kw):
+            calls.append((client, kw.get("concurrency", 1)))
+            return {"seconds": 1.0, "completion_tokens": 10, "requests": 1}
+        return run
+
+    monkeypatch.setattr(api, "start_loopback", lambda delay: (None, "http://127.0.0.1:1"))
+    monkeypatch.setattr(api, "stop", lambda proc: None)
+    monkeypatch.setattr(api, "run_retort", fake("retort"))
+    monkeypatch.setattr(anchors, "run_curator", fake("curator"))
+    monkeypatch.setattr(anchors, "run_sequential", fake("sequential"))
+    args = SimpleNamespace(servers=["latency"], delay=0.0, prompts_latency=4, reps=4, concurrency=[16, 64],
+                           no_curator=False)
+    rows = api.throughput(tmp_path, args)["latency"]["rows"]
+    timed = calls[1:]  # the first call warms the server
+    firsts = {}
+    for rep in range(args.reps):
+        for c in args.concurrency:
+            pair = [r["client"] for r in rows if r["rep"] == rep and r["concurrency"] == c]
+            assert sorted(pair) == ["curator", "retort"]
+            firsts.setdefault(c, []).append(pair[0])
+    for c, first in firsts.items():  # each arm goes first in half of the repetitions, never twice running
+        assert first.count("retort") == first.count("curator") == 2, (c, first)
+        assert all(a != b for a, b in itertools.pairwise(first)), (c, first)
+    seq = [i for i, (client, _) in enumerate(timed) if client == "sequential"]
+    assert len(seq) == args.reps and seq[0] == 0 and seq[1] == len(timed) // 2 - 1  # first, then last
+    summary = api.summarise({"latency": {"rows": rows}})["latency"]
+    assert summary["summary"]["retort|64"]["tokens_per_s"] == [10.0] * args.reps
+    assert [v["verdict"] for v in summary["verdicts"]] == ["unresolved", "unresolved"]  # equal: no difference
+
+
+def test_threads_alternates_which_thread_count_goes_first(bench, monkeypatch, tmp_path):
+    threads = bench("threads")
+    calls = []
+    monkeypatch.setattr(threads, "step_time", lambda preset, b, n, s, t, root: calls.append((preset, t)) or 0.1 * t)
+    rows = threads.measure(tmp_path, 2) + threads.measure(tmp_path, 2, len(threads.CASES))
+    firsts = [calls[i][1] for i in range(0, len(calls), 2)]
+    assert firsts == [1, 2] * len(threads.CASES)  # idle then busy: alternating throughout
+    assert all(r["s_per_step_1"] == 0.1 and r["s_per_step_2"] == 0.2 for r in rows)  # each count in its column
+
+
+def test_diffuse_teacher_row_is_one_value_per_seed(bench):
+    diffuse = bench("diffuse")
+    teacher = [{"swd_ratio": v, "precision": 0.9} for v in (1.0, 2.0, 4.0)]  # the seeds' teacher draws
+    arms = {f"arm{a}|1": {"per_seed": [{"swd_ratio": 0.5, "teacher": t} for t in teacher]} for a in range(4)}
+    row = diffuse.teacher_row(arms, "points")
+    assert row["swd_ratio"] == (pytest.approx(7 / 3), pytest.approx(statistics.stdev([1.0, 2.0, 4.0])))
+    assert len(row["per_seed"]) == 3
+    # the results file: every teacher row's std is the std over its per-seed values (never over arms x seeds)
+    results = json.loads((ROOT / "benchmarks" / "results" / "diffuse.json").read_text())
+    for name, part in results.items():
+        if name in ("verdicts", "features", "hybrid"):
+            continue
+        per_seed = [p["fd" if part["kind"] == "images" else "swd_ratio"] for p in part["teacher"]["per_seed"]]
+        mean, std = part["teacher"]["fd" if part["kind"] == "images" else "swd_ratio"]
+        assert mean == pytest.approx(statistics.mean(per_seed)), name
+        assert len(per_seed) == len(next(iter(part["arms"].values()))["per_seed"]), name
+        assert std == pytest.approx(statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0), name
+    hybrid_teacher = results["hybrid"]["digits"]["arms"]["teacher"]
+    assert len(hybrid_teacher["per_seed"]) == 3
