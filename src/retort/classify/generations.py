@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..paths import atomic_write_text, output_dir
+from ..lock import holding
+from ..paths import atomic_write_text, entries, output_dir
 from .eval import metrics, predict
 from .models import check_fits, load, resolve
 
@@ -33,6 +34,7 @@ def _train_generation(run, out: Path, teacher: str, seed: int, method_args: dict
     return out / "model"
 
 
+@holding(lambda run, *_, **__: run.out)  # the chain's directory, one writer at a time
 def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None) -> dict:
     from .methods import METHODS
     from .methods.borup import alpha_hat
@@ -46,7 +48,7 @@ def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None
     if alpha_hat_search and run.method != "borup":
         raise ConfigError("--alpha-hat estimates borup's alpha; it needs method=borup")
     chain = output_dir(Path(run.out), "out")
-    if chain.is_dir() and any(p.name != "generations.json" and not p.name.startswith("gen-") for p in chain.iterdir()):
+    if chain.is_dir() and any(p.name != "generations.json" and not p.name.startswith("gen-") for p in entries(chain)):
         raise ConfigError(f"out={chain}: holds files that are not generations of a chain; choose a new or empty "
                           "directory")
     data = get_track(run.track).get_task(run.task)

@@ -6,7 +6,9 @@ writes one (the filters of `select`, `mixed`'s mixed-policy rows, `shorten`'s re
   but shards) is never touched, `--overwrite` or not;
 - a trace set already there is replaced only with `--overwrite`, except an unfinished one this
   same command (same arguments) was writing; a resumable command (`resume`) continues a set made
-  with the same arguments instead, finished or not (`open_output`).
+  with the same arguments instead, finished or not (`open_output`);
+- each of those commands holds `--out`'s lock while it runs (`retort.lock.holding`): a second
+  command writing the same `--out` is refused at once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from ... import __version__
 from ...errors import DataError
+from ...paths import entries
 from ..data.traces import TraceWriter, is_trace_set, remove_trace_set, trace_set_intruders
 
 
@@ -57,7 +60,7 @@ def _replaceable(out: str, params: dict | None, overwrite: bool, *, resume: bool
     `params` None (before the command's arguments are resolved) an unfinished set, or any set of
     a resumable command, is given the benefit of the doubt."""
     path = Path(out)
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists() or not entries(path):
         return False
     if not is_trace_set(path):
         others = trace_set_intruders(path)
