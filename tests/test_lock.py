@@ -144,7 +144,8 @@ def test_a_second_writer_is_refused_at_once_and_kill_9_frees_the_directory(tmp_p
             first.wait()
             assert (out / LOCK_FILE).is_file()  # what the killed holder left: a file nobody locks
             s.gate.set()
-            third = subprocess.run(_traces_cmd(out, s.url), env=_env(), capture_output=True, text=True, timeout=120)
+            third = subprocess.run(_traces_cmd(out, s.url), env=_env(), capture_output=True, text=True, timeout=120,
+                                   check=False)
         finally:
             for p in (first, second):
                 p.kill()
@@ -242,3 +243,20 @@ def test_readers_are_never_blocked(tmp_path, holder, capsys):
         assert main(argv) == 2
         cap = capsys.readouterr()
         _refusal(cap.out + cap.err, path, proc.pid)
+
+
+# ------------------------------------------------------------ the lock file is never content, never junk
+
+
+def test_a_lock_file_left_by_a_killed_writer_is_not_content_and_a_failed_run_leaves_nothing(tmp_path, capsys):
+    cls = ["train", "track=classify", "task.name=digits-3", "student.name=mlp:16", "train.steps=2",
+           "train.eval_every=0"]
+    d = tmp_path / "stale"
+    d.mkdir()
+    (d / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "gone", "since": "2020-01-01T00:00:00Z"}))
+    assert main([*cls, "method=ce", f"out={d}"]) == 0  # a new run: the directory counts as empty
+    assert (d / "model").is_dir() and not (d / LOCK_FILE).exists()
+    new = tmp_path / "new" / "run"
+    assert main([*cls, "method=kd", f"teacher.name={tmp_path / 'no-teacher'}", f"out={new}"]) == 2
+    assert not (tmp_path / "new").exists()  # the directories the lock made went with it
+    capsys.readouterr()

@@ -26,9 +26,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .errors import RetortError
 from .paths import LOCK_FILE, output_dir
