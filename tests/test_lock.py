@@ -243,6 +243,9 @@ def test_readers_are_never_blocked(tmp_path, holder, capsys):
         assert main(argv) == 2
         cap = capsys.readouterr()
         _refusal(cap.out + cap.err, path, proc.pid)
+    # an --out that is the input is refused as such, before curate would lock (write in) the input
+    assert main(["curate", str(traces), "--out", str(traces), "--correct"]) == 2
+    assert "--out must differ from the input" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------ the lock file is never content, never junk
