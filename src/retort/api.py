@@ -124,9 +124,13 @@ def _with_fields(overrides, fields) -> list[str]:
 
 def demo(track: str = DEFAULT_TRACK, out: Optional[str] = None, methods: Optional[Sequence[str]] = None,
          seed: int = 0, console=None) -> dict:
-    """`retort demo --track TRACK`: the track's embedded default end to end; returns its results."""
+    """`retort demo --track TRACK`: the track's embedded default end to end; returns its results. The
+    demo directory is held (`retort.lock`) for the whole demo: a second demo into it is refused."""
+    from .lock import hold
+
     t = get_track(track)
-    return t.demo(out or t.demo_out, console=console, methods=list(methods) if methods else None, seed=seed)
+    with hold(out or t.demo_out, "demo --out"):
+        return t.demo(out or t.demo_out, console=console, methods=list(methods) if methods else None, seed=seed)
 
 
 def report(inputs: Sequence[str], out: Optional[str] = None, title: str = "retort report") -> Path:

@@ -4,8 +4,10 @@ retort never deletes or overwrites what it did not create itself. Each command n
 (a run directory, a trace directory, a JSON or HTML file); these checks refuse, with one line naming
 the option and the path, an output that is an existing file where a directory is meant (or the
 reverse), or that lies under a file. What a command may replace inside its own output is decided by
-the command (a run's `config.yaml`, a trace set's manifest), never by a file name alone. Also where
-built-in teachers are cached (`cache_dir`, `teacher_dir`) and how `builtin:teacher` resolves.
+the command (a run's `config.yaml`, a trace set's manifest), never by a file name alone. A directory
+being written holds the writer's lock file (`LOCK_FILE`, `retort.lock`), which no check of what a
+directory holds counts (`entries`). Also where built-in teachers are cached (`cache_dir`,
+`teacher_dir`) and how `builtin:teacher` resolves.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def resolve_builtin(name: str, dataset: str, *, track: str, builtin, saved_file:
         raise ModelError(f"no trained teacher for {dataset} in {path.parent}; train it first: "
                          f"retort teacher track={track} task.name={dataset}")
     return str(path)
+
+
+# the lock of the command writing a directory (`retort.lock`): inside it, removed when the command ends
+LOCK_FILE = ".retort-lock"
+
+
+def entries(path) -> list[Path]:
+    """What directory `path` holds, its writer's lock file (`LOCK_FILE`) left out: a directory that
+    holds only a lock file (a writer's now, or one left by a writer killed with -9) is empty."""
+    return [p for p in Path(path).iterdir() if p.name != LOCK_FILE]
 
 
 def _parent_file(path: Path) -> Path | None:
@@ -106,7 +118,7 @@ RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "summary.json", "teacher.json", "
 def remove_run(out: Path) -> None:
     """What `--force` deletes: the entries a teacher run writes, and the directory if that empties
     it. Anything else in `out` (a user's file) stays, and so does the directory."""
-    if not (out / "config.yaml").is_file() and any(out.iterdir()):
+    if not (out / "config.yaml").is_file() and entries(out):
         raise ConfigError(f"teacher --force: {out} holds no retort run (no config.yaml); not deleting it")
     for name in RUN_ENTRIES:
         path = out / name
@@ -134,7 +146,7 @@ def marked_dir(out, option: str, marker: str, made_by: str, also_ours: bool = Fa
 
     root = output_dir(out, option)
     ours = (root / marker).is_file() or also_ours
-    if root.is_dir() and any(root.iterdir()) and not ours:
+    if root.is_dir() and entries(root) and not ours:
         shown = f"{option} {out}" if " " in option else f"{option}={out}"  # "demo --out D", "out=D"
         raise ConfigError(f"{shown}: the directory is not empty and no {made_by} made it (no {marker}); "
                           "choose a new or empty directory")

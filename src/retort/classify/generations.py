@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..paths import atomic_write_text, marked_dir
+from ..lock import holding
+from ..paths import atomic_write_text, entries, marked_dir
 from .eval import metrics, predict
 from .models import check_fits, load, resolve
 
@@ -32,9 +33,9 @@ CHAIN_MARKER = "chain.json"  # in OUT: a chain `retort generations` made (see `r
 def _older_chain(chain: Path) -> bool:
     """A chain made before CHAIN_MARKER: generation run directories (config.yaml in gen-K) and
     generations.json, nothing else."""
-    entries = list(chain.iterdir()) if chain.is_dir() else []
-    return any(p.name.startswith("gen-") and (p / "config.yaml").is_file() for p in entries) and \
-        all(p.name == "generations.json" or p.name.startswith("gen-") for p in entries)
+    held = entries(chain) if chain.is_dir() else []
+    return any(p.name.startswith("gen-") and (p / "config.yaml").is_file() for p in held) and \
+        all(p.name == "generations.json" or p.name.startswith("gen-") for p in held)
 
 
 def _train_generation(run, out: Path, teacher: str, seed: int, method_args: dict, console):
@@ -46,6 +47,7 @@ def _train_generation(run, out: Path, teacher: str, seed: int, method_args: dict
     return out / "model"
 
 
+@holding(lambda run, *_, **__: run.out)  # the chain's directory, one writer at a time
 def run_generations(run, n: int, *, alpha_hat_search: bool = False, console=None) -> dict:
     from .methods import METHODS
     from .methods.borup import alpha_hat

@@ -1,7 +1,8 @@
 """`retort traces`: the teacher samples N completions per prompt; each is verified by the task,
 scored (the teacher's log-prob of every sampled token, optionally its top-k), and stored as
 Parquet shards (`retort.lm.data.traces`). Progress is per shard: killed at any moment and rerun with
-the same arguments, the run continues and ends with exactly prompts x N rows.
+the same arguments, the run continues and ends with exactly prompts x N rows. A run, new or
+continued, holds the trace directory's lock (`retort.lock`): a second command writing it is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from .. import __version__, threads
 from .config import teacher_params
 from ..errors import ConfigError
+from ..lock import holding
 from .data import topk as topk_codec
 from .data.hashes import tokenizer_sha256, weights_sha256
 from .data.traces import SCHEMA, TraceWriter, check_target, read_traces
@@ -26,6 +28,7 @@ def _shard_seed(seed: int, index: int) -> int:
     return int(hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:8], 16)
 
 
+@holding(lambda run, *_, **__: run.out)
 def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

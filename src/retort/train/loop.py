@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,7 +22,8 @@ from ..config import save_config, saved_config_diff
 from .. import threads
 from ..errors import ConfigError, RetortError, require
 from ..contract import STUDENT, BatchPlan
-from ..paths import atomic_write_text
+from ..lock import hold
+from ..paths import atomic_write_text, entries
 from ..track import get_track, method_config
 from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
                          save_checkpoint, sharded, use_accelerate_state)
@@ -77,7 +80,7 @@ def _prepare_run_dir(run_dir: Path, run, resume: bool, log) -> bool:
     output_dir(run_dir, "out")
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():
-        if run_dir.is_dir() and any(run_dir.iterdir()):
+        if run_dir.is_dir() and entries(run_dir):
             raise ConfigError(f"out={run_dir}: the directory is not empty and holds no retort run (no config.yaml); "
                               "choose a new or empty directory")
         if resume:
@@ -128,21 +131,30 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
     run_dir = Path(run.out)
     wrote: list[Path] = []  # what this call created, the only files its cleanup may remove
     threads_before = torch.get_num_threads()
-    try:
-        return _train(run, resume=resume, evaluate=evaluate, console=console, wrote=wrote, announce_new=announce_new)
-    except Exception:
-        metrics = run_dir / "metrics.jsonl"
-        if wrote and latest_checkpoint(run_dir) is None and not (metrics.is_file() and metrics.stat().st_size):
-            for path in reversed(wrote):
-                if path.is_dir():
-                    if not any(path.iterdir()):
-                        path.rmdir()
-                else:
-                    path.unlink(missing_ok=True)
-        raise
-    finally:
-        torch.set_num_threads(threads_before)
-        threads.pin(0)
+    # one writer per run directory (`retort.lock`): the main process of this run holds it, and a
+    # directory the lock made is removed again when a failed new run leaves it empty
+    with hold(run_dir, "out") if _main_rank() else nullcontext():
+        try:
+            return _train(run, resume=resume, evaluate=evaluate, console=console, wrote=wrote,
+                          announce_new=announce_new)
+        except Exception:
+            metrics = run_dir / "metrics.jsonl"
+            if wrote and latest_checkpoint(run_dir) is None and not (metrics.is_file() and metrics.stat().st_size):
+                for path in reversed(wrote):
+                    if path.is_dir():
+                        if not any(path.iterdir()):
+                            path.rmdir()
+                    else:
+                        path.unlink(missing_ok=True)
+            raise
+        finally:
+            torch.set_num_threads(threads_before)
+            threads.pin(0)
+
+
+def _main_rank() -> bool:
+    """Whether this is the main process of the run (before the Accelerator exists: a launcher's RANK)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: list, announce_new: bool) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import ConfigError
+from ..lock import hold
 from ..paths import atomic_write_text, remove_run
 
 
@@ -37,7 +38,8 @@ def ensure_teacher(run, *, force: bool, console, report: Callable[[dict, float],
     """The model directory of the teacher `run` trains, training it first unless it is cached.
     `report(summary, seconds) -> info` measures the trained teacher (and may refuse it: the error
     leaves the run to resume); `info` is written to teacher.json. `cached(info)` / `trained(info)`:
-    the line the user reads in either case."""
+    the line the user reads in either case. A cached teacher is only read; training holds the
+    entry's lock (`retort.lock`), so a second command that would train it too is refused at once."""
     from .loop import train
 
     def say(msg: str) -> None:
@@ -49,12 +51,13 @@ def ensure_teacher(run, *, force: bool, console, report: Callable[[dict, float],
     if info is not None:
         say(f"teacher: cached in {out} ({cached(info)})")
         return out / "model"
-    if force and out.exists():
-        remove_run(out)
-    say(f"teacher: training {run.student.name} on {run.task.name} into {out} ({note})")
-    t0 = time.time()
-    summary = train(run, resume=True, evaluate=evaluate, console=console)
-    info = report(summary, round(time.time() - t0, 1))
-    atomic_write_text(out / "teacher.json", json.dumps(info, indent=2))
+    with hold(out, "out"):  # one writer per cache entry (`train` inside holds the same lock)
+        if force:
+            remove_run(out)
+        say(f"teacher: training {run.student.name} on {run.task.name} into {out} ({note})")
+        t0 = time.time()
+        summary = train(run, resume=True, evaluate=evaluate, console=console)
+        info = report(summary, round(time.time() - t0, 1))
+        atomic_write_text(out / "teacher.json", json.dumps(info, indent=2))
     say(f"teacher: {trained(info)}; cached in {out}")
     return out / "model"

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from ...errors import DataError
 from ..data.collate import encode_prompt, render_prompt
 from ..data.traces import SCHEMA, read_manifest, read_traces
-from .output import check_output, open_output
+from .output import check_output, holds_out, open_output
 from .progress import CurateProgress
 from .server import api_teacher
 from .stats import trace_stats
@@ -43,6 +43,7 @@ def _seed(seed: int, *keys) -> int:
     return int(hashlib.sha256(":".join(map(str, (seed, *keys))).encode()).hexdigest()[:8], 16)
 
 
+@holds_out
 def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", length_factor: float = 1.5,
                  cut_lo: float = 0.5, temperature: float | None = None, max_prompts: int = 0,
                  with_source: bool = False, shard_prompts: int = 256, batch_size: int = 64, seed: int = 0,

@@ -6,23 +6,44 @@ writes one (the filters of `select`, `mixed`'s mixed-policy rows, `shorten`'s re
   but shards) is never touched, `--overwrite` or not;
 - a trace set already there is replaced only with `--overwrite`, except an unfinished one this
   same command (same arguments) was writing; a resumable command (`resume`) continues a set made
-  with the same arguments instead, finished or not (`open_output`).
+  with the same arguments instead, finished or not (`open_output`);
+- each of those commands holds `--out`'s lock while it runs (`holds_out`): a second command
+  writing the same `--out` is refused at once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
 
 from ... import __version__
 from ...errors import DataError
+from ...lock import hold
+from ...paths import entries
 from ..data.traces import TraceWriter, is_trace_set, remove_trace_set, trace_set_intruders
+
+
+def holds_out(fn):
+    """Decorator of a curate command `fn(src, out, ...)`: it runs holding `out`'s lock
+    (`retort.lock`), taken once `out` is known to be neither the input nor inside it."""
+    @functools.wraps(fn)
+    def run(src, out, *args, **kwargs):
+        _check_paths(src, out)
+        with hold(out, "curate --out"):
+            return fn(src, out, *args, **kwargs)
+    return run
 
 
 def check_output(src: str, out: str, *, overwrite: bool = False, resume: bool = False) -> None:
     """Refuse, before any work is done, an --out that is the input, lies inside it, is a file, or
     holds anything `prepare_output` would refuse to replace."""
+    _check_paths(src, out)
+    _replaceable(out, None, overwrite, resume=resume)
+
+
+def _check_paths(src: str, out: str) -> None:
     from ...paths import output_dir
 
     output_dir(out, "curate --out")
@@ -31,7 +52,6 @@ def check_output(src: str, out: str, *, overwrite: bool = False, resume: bool = 
         raise DataError("curate: --out must differ from the input trace directory")
     if s in o.parents:
         raise DataError(f"curate: --out {out} lies inside the input trace directory {src}; choose a path outside it")
-    _replaceable(out, None, overwrite, resume=resume)
 
 
 def prepare_output(out: str, params: dict, *, overwrite: bool, resume: bool = False) -> None:
@@ -57,7 +77,7 @@ def _replaceable(out: str, params: dict | None, overwrite: bool, *, resume: bool
     `params` None (before the command's arguments are resolved) an unfinished set, or any set of
     a resumable command, is given the benefit of the doubt."""
     path = Path(out)
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists() or not entries(path):
         return False
     if not is_trace_set(path):
         others = trace_set_intruders(path)
@@ -79,4 +99,4 @@ def _replaceable(out: str, params: dict | None, overwrite: bool, *, resume: bool
     return True
 
 
-__all__ = ["check_output", "open_output", "prepare_output"]
+__all__ = ["check_output", "holds_out", "open_output", "prepare_output"]

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from ...errors import DataError
 from ..data.traces import read_manifest, read_traces
-from .output import check_output, open_output
+from .output import check_output, holds_out, open_output
 from .progress import CurateProgress
 from .stats import trace_stats
 
@@ -41,6 +41,7 @@ def parse_max_ppl(spec: str) -> dict:
     return out
 
 
+@holds_out
 def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens: Optional[int] = None,
                   first_k_correct: Optional[int] = None, pairs: Optional[int] = None,
                   das_student: Optional[str] = None, das_keep: int = 1, das_delta: float = 1.0,

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 from ...errors import DataError
 from ..data.traces import SCHEMA, is_trace_set, read_manifest, read_traces
 from ..rollout.revise import OpeningBan, Reviser
-from .output import check_output, open_output
+from .output import check_output, holds_out, open_output
 from .progress import CurateProgress
 from .server import api_teacher
 from .stats import trace_stats
@@ -152,6 +152,7 @@ def _max_new(manifest: dict) -> int:
     return int(manifest["params"].get("sampling", {}).get("max_new_tokens", 256))
 
 
+@holds_out
 def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = None, budget: int | None = None,
             template: str | None = None, reviser: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
             max_prompts: int = 0, seed: int = 0, batch_size: int = 64, shard_rows: int = 512,
@@ -229,6 +230,7 @@ def _counter(tok):
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
+@holds_out
 def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, partial: bool = False, tries: int = 2,
                  reviser: str | None = None, temperature: float = 0.6, top_p: float = 0.95, max_prompts: int = 0,
                  seed: int = 0, batch_size: int = 64, shard_rows: int = 512, overwrite: bool = False,
@@ -306,6 +308,7 @@ def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, parti
     return sink.finish("retro_counts", counts)
 
 
+@holds_out
 def truncate_like(src: str, out: str, like: str, *, overwrite: bool = False, console=None) -> dict:
     """The source's correct traces cut to the token count of the matching rows (prompt, sample) of
     `like` (e.g. Retro-Search's revisions), at a step boundary, the answer step kept: the baseline of

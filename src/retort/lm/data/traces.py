@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from ...config import diff_keys
 from ...errors import DataError
-from ...paths import sha256_file
+from ...paths import entries, sha256_file
 
 FORMAT = "retort-traces/2"
 MANIFEST = "manifest.json"
@@ -73,7 +73,7 @@ def shard_name(index: int) -> str:
 
 def trace_set_intruders(path: str | os.PathLike) -> list[str]:
     """Entries of directory `path` that a trace set does not hold (sub-directories, other files)."""
-    return sorted(e.name + ("/" if e.is_dir() else "") for e in Path(path).iterdir()
+    return sorted(e.name + ("/" if e.is_dir() else "") for e in entries(path)
                   if not (e.is_file() and OWN_FILE.match(e.name)))
 
 
@@ -90,13 +90,15 @@ def is_trace_set(path: str | os.PathLike) -> bool:
 
 def remove_trace_set(path: str | os.PathLike) -> None:
     """Delete a trace set that `is_trace_set` vouches for: its own files one by one, then the
-    (then empty) directory. Anything else in it is refused before a single file is removed."""
+    (then empty) directory; the lock of a command writing there stays, and with it the directory.
+    Anything else in it is refused before a single file is removed."""
     p = Path(path)
     if not is_trace_set(p):
         raise DataError(f"{p}: not a retort trace set (or it holds other files); refusing to delete it")
-    for entry in p.iterdir():
+    for entry in entries(p):
         entry.unlink()
-    p.rmdir()
+    if not any(p.iterdir()):  # else it holds the lock of the command replacing the set
+        p.rmdir()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -122,7 +124,7 @@ def check_target(out: str | os.PathLike) -> Path:
             ok = False
         if not ok:
             raise DataError(f"{manifest}: not a retort trace manifest; choose another output directory")
-    elif path.is_dir() and any(path.iterdir()):
+    elif path.is_dir() and entries(path):
         raise DataError(f"{path} exists and is not a trace directory (no {MANIFEST}); choose a new or empty one")
     return path
 
