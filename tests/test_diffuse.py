@@ -180,12 +180,40 @@ def test_a_digits_student_reloads_as_a_diffusers_model(tmp_path):
     (["task.name=ring", "method=nope"], "unknown"),
     (["task.name=ring", "student.name=unet"], "U-Net is for images"),
     (["task.name=grid", "method=dmd2", "teacher.name=RING"], "was trained on ring; the task is grid"),
+    (["task.name=ring", "method=uni_instruct", "teacher.name=RING", "method_args.sigma_init=100"],
+     "method_args.sigma_init=100.0: expected a level from 0.002 to 20.0"),
+    (["task.name=ring", "method=phased_dmd", "teacher.name=RING", "student.steps=3"],
+     "student.steps=3: phased_dmd needs a multiple of the 2 phases"),
 ])
 def test_bad_input_gets_one_clear_line(tmp_path, capsys, args, expect, ring_teacher):
     args = [a.replace("RING", str(ring_teacher)) for a in args]
     assert main(["train", "track=diffuse", f"out={tmp_path / 'x'}", "train.steps=2", *args]) == 2
     assert expect in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("steps,shown", [("[0]", "[0]"), ("[-1]", "[-1]"), ("[2,0]", "[2, 0]"), ("[1001]", "[1001]")])
+def test_eval_refuses_step_counts_that_are_not_counts(tmp_path, capsys, steps, shown):
+    """`steps=[0]` once sampled 1 step without a word, `steps=[-1]` ended in an IndexError in the sampler:
+    refused when the config is read, before any model is loaded or anything written."""
+    out = tmp_path / "eval.json"
+    assert main(["eval", "track=diffuse", "task.name=ring", f"steps={steps}", "-m", f"s={tmp_path / 'none'}",
+                 "--json", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"steps={shown}:" in err and "expected whole numbers from 1 to 1000" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_eval_step_counts_in_range_are_kept():
+    from retort.config import load_config
+    from retort.diffuse.config import DiffuseEvalRun
+    from retort.diffuse.evaluate import student_sampling
+    from retort.errors import ConfigError
+
+    assert load_config(DiffuseEvalRun, None, ["steps=[1,4,1000]"]).steps == [1, 4, 1000]
+    with pytest.raises(ConfigError, match=r"steps=\[0\]"):
+        DiffuseEvalRun(steps=[0])  # the Python API's dataclass checks the same
+    assert len(student_sampling({}, 4, 20.0)[0]) == 4 and len(student_sampling({}, None, 20.0)[0]) == 1
 
 
 @pytest.fixture(scope="module")

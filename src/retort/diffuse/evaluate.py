@@ -325,7 +325,7 @@ def student_sampling(meta: dict, steps: int | None, sigma_max: float):
         return [float(v) for v in s["sigmas"]], s.get("sampler", "renoise")
     if s.get("sampler") == "heun" and steps is not None:
         return karras(steps, sigma_max=sigma_max).tolist(), "heun"
-    return student_sigmas(steps or 1, sigma_max), "renoise"
+    return student_sigmas(1 if steps is None else steps, sigma_max), "renoise"
 
 
 # ---------------------------------------------------------------------------- during training
