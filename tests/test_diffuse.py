@@ -214,6 +214,11 @@ def test_eval_step_counts_in_range_are_kept():
     with pytest.raises(ConfigError, match=r"steps=\[0\]"):
         DiffuseEvalRun(steps=[0])  # the Python API's dataclass checks the same
     assert len(student_sampling({}, 4, 20.0)[0]) == 4 and len(student_sampling({}, None, 20.0)[0]) == 1
+    # a phased_dmd model: each expert at its own phase's levels, so a step count must fit the phases
+    phased = {"routed": {"students": 2, "bounds": [20.0, 2.0, 0.0]}}
+    assert student_sampling(phased, 2, 20.0) == ([pytest.approx(20.0), pytest.approx(2.0)], "renoise")
+    with pytest.raises(ConfigError, match="3 does not fit a phased_dmd model of 2 phases .*expected a multiple of 2"):
+        student_sampling(phased, 3, 20.0)
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +266,7 @@ def test_msd_needs_classes(tmp_path, capsys, ring_teacher):
     assert "has none" in capsys.readouterr().err
 
 
-def test_phased_dmd_trains_one_expert_per_phase(tmp_path, ring_teacher):
+def test_phased_dmd_trains_one_expert_per_phase(tmp_path, ring_teacher, capsys):
     from retort.diffuse.methods.phased_dmd import phase_levels
     from retort.diffuse.nets import Phased
 
@@ -279,6 +284,11 @@ def test_phased_dmd_trains_one_expert_per_phase(tmp_path, ring_teacher):
     rows = [json.loads(line) for line in (tmp_path / "phased" / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows if "phase" in r] == [0] * 10 + [1] * 10
     assert s["eval"]["nfe"] == 4
+    out = tmp_path / "eval.json"
+    assert main(["eval", "track=diffuse", "task.name=ring", "eval.n=100", "steps=[2,3]",
+                 "-m", f"p={tmp_path / 'phased' / 'model'}", "--json", str(out)]) == 2
+    assert f"-m {tmp_path / 'phased' / 'model'}: steps: 3 does not fit a phased_dmd model" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_eval_compares_teacher_and_students_with_hybrid_inference(tmp_path, ring_teacher):
