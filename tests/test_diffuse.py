@@ -341,3 +341,12 @@ def test_uni_instructs_separate_discriminator_leaves_the_fake_score_to_the_score
     # separate: the discriminator's loss weight does not reach the fake score; shared: it does
     assert torch.allclose(fake_grads("separate", 1.0), fake_grads("separate", 50.0))
     assert not torch.allclose(fake_grads("shared", 1.0), fake_grads("shared", 50.0))
+
+
+def test_a_denoiser_is_evaluated_with_its_own_sampler(tmp_path):
+    """`method=denoise` (the demo's `denoise` row) is measured during training as it is sampled after:
+    Heun at teacher.steps (NFE 2 steps - 1), not the students' re-noising sampler."""
+    cli("train", "track=diffuse", "task.name=ring", "method=denoise", "student.name=mlp:32-2", "teacher.steps=4",
+        f"out={tmp_path / 'd'}", "train.steps=2", "train.save_every=0", "eval.n=100")
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["eval"]["nfe"] == 7

@@ -351,8 +351,10 @@ def run_evaluator(run):
         ref = cache["ref"]
         was = model.training
         model.eval()
+        # the model's own sampler: a denoiser (method=denoise) integrates with Heun, a student re-noises
         s = sample(model, data, run.eval.n, sigmas=meta["sampling"]["sigmas"], seed=run.eval.seed,
-                   batch_size=run.eval.batch_size, frames=data.frames * run.eval.rollout if data.frames else None)
+                   sampler=meta["sampling"].get("sampler", "renoise"), batch_size=run.eval.batch_size,
+                   frames=data.frames * run.eval.rollout if data.frames else None)
         model.train(was)
         out = {**measure(s["x"], s["labels"], ref), "nfe": s["nfe"]}
         if run.eval.collapse != "off":
