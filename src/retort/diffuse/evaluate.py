@@ -327,7 +327,7 @@ def student_sampling(meta: dict, steps: int | None, sigma_max: float):
         return [float(v) for v in s["sigmas"]], s.get("sampler", "renoise")
     bounds = (meta.get("routed") or {}).get("bounds")
     if bounds and steps is not None:
-        from .methods.phased_dmd import phase_levels
+        from .sampling import phase_levels
 
         k = len(bounds) - 1
         if steps % k:
