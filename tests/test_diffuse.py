@@ -180,12 +180,45 @@ def test_a_digits_student_reloads_as_a_diffusers_model(tmp_path):
     (["task.name=ring", "method=nope"], "unknown"),
     (["task.name=ring", "student.name=unet"], "U-Net is for images"),
     (["task.name=grid", "method=dmd2", "teacher.name=RING"], "was trained on ring; the task is grid"),
+    (["task.name=ring", "method=uni_instruct", "teacher.name=RING", "method_args.sigma_init=100"],
+     "method_args.sigma_init=100.0: expected a level from 0.002 to 20.0"),
+    (["task.name=ring", "method=phased_dmd", "teacher.name=RING", "student.steps=3"],
+     "student.steps=3: phased_dmd needs a multiple of the 2 phases"),
 ])
 def test_bad_input_gets_one_clear_line(tmp_path, capsys, args, expect, ring_teacher):
     args = [a.replace("RING", str(ring_teacher)) for a in args]
     assert main(["train", "track=diffuse", f"out={tmp_path / 'x'}", "train.steps=2", *args]) == 2
     assert expect in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("steps,shown", [("[0]", "[0]"), ("[-1]", "[-1]"), ("[2,0]", "[2, 0]"), ("[1001]", "[1001]")])
+def test_eval_refuses_step_counts_that_are_not_counts(tmp_path, capsys, steps, shown):
+    """`steps=[0]` once sampled 1 step without a word, `steps=[-1]` ended in an IndexError in the sampler:
+    refused when the config is read, before any model is loaded or anything written."""
+    out = tmp_path / "eval.json"
+    assert main(["eval", "track=diffuse", "task.name=ring", f"steps={steps}", "-m", f"s={tmp_path / 'none'}",
+                 "--json", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"steps={shown}:" in err and "expected whole numbers from 1 to 1000" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_eval_step_counts_in_range_are_kept():
+    from retort.config import load_config
+    from retort.diffuse.config import DiffuseEvalRun
+    from retort.diffuse.evaluate import student_sampling
+    from retort.errors import ConfigError
+
+    assert load_config(DiffuseEvalRun, None, ["steps=[1,4,1000]"]).steps == [1, 4, 1000]
+    with pytest.raises(ConfigError, match=r"steps=\[0\]"):
+        DiffuseEvalRun(steps=[0])  # the Python API's dataclass checks the same
+    assert len(student_sampling({}, 4, 20.0)[0]) == 4 and len(student_sampling({}, None, 20.0)[0]) == 1
+    # a phased_dmd model: each expert at its own phase's levels, so a step count must fit the phases
+    phased = {"routed": {"students": 2, "bounds": [20.0, 2.0, 0.0]}}
+    assert student_sampling(phased, 2, 20.0) == ([pytest.approx(20.0), pytest.approx(2.0)], "renoise")
+    with pytest.raises(ConfigError, match="3 does not fit a phased_dmd model of 2 phases .*expected a multiple of 2"):
+        student_sampling(phased, 3, 20.0)
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +266,7 @@ def test_msd_needs_classes(tmp_path, capsys, ring_teacher):
     assert "has none" in capsys.readouterr().err
 
 
-def test_phased_dmd_trains_one_expert_per_phase(tmp_path, ring_teacher):
+def test_phased_dmd_trains_one_expert_per_phase(tmp_path, ring_teacher, capsys):
     from retort.diffuse.methods.phased_dmd import phase_levels
     from retort.diffuse.nets import Phased
 
@@ -251,6 +284,11 @@ def test_phased_dmd_trains_one_expert_per_phase(tmp_path, ring_teacher):
     rows = [json.loads(line) for line in (tmp_path / "phased" / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows if "phase" in r] == [0] * 10 + [1] * 10
     assert s["eval"]["nfe"] == 4
+    out = tmp_path / "eval.json"
+    assert main(["eval", "track=diffuse", "task.name=ring", "eval.n=100", "steps=[2,3]",
+                 "-m", f"p={tmp_path / 'phased' / 'model'}", "--json", str(out)]) == 2
+    assert f"-m {tmp_path / 'phased' / 'model'}: steps: 3 does not fit a phased_dmd model" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_eval_compares_teacher_and_students_with_hybrid_inference(tmp_path, ring_teacher):
@@ -303,3 +341,12 @@ def test_uni_instructs_separate_discriminator_leaves_the_fake_score_to_the_score
     # separate: the discriminator's loss weight does not reach the fake score; shared: it does
     assert torch.allclose(fake_grads("separate", 1.0), fake_grads("separate", 50.0))
     assert not torch.allclose(fake_grads("shared", 1.0), fake_grads("shared", 50.0))
+
+
+def test_a_denoiser_is_evaluated_with_its_own_sampler(tmp_path):
+    """`method=denoise` (the demo's `denoise` row) is measured during training as it is sampled after:
+    Heun at teacher.steps (NFE 2 steps - 1), not the students' re-noising sampler."""
+    cli("train", "track=diffuse", "task.name=ring", "method=denoise", "student.name=mlp:32-2", "teacher.steps=4",
+        f"out={tmp_path / 'd'}", "train.steps=2", "train.save_every=0", "eval.n=100")
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["eval"]["nfe"] == 7

@@ -1,6 +1,7 @@
 """The HTML report: built from hand-written fake run dirs, so it needs no model or training."""
 
 import base64
+import html
 import json
 import re
 
@@ -249,3 +250,77 @@ def test_fidelity_columns_appear_when_an_eval_measured_them(tmp_path):
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({"teacher": _eval(0.98, 41.0)}))
     assert "same answer as ref" not in write_report([plain], tmp_path / "p.html").read_text(encoding="utf-8")
+
+
+def _track_run(path, track, task, result, method="m"):
+    """A run directory of any track, as `retort train track=TRACK` leaves it."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(f"track: {track}\nmethod: {method}\ntask:\n  name: {task}\n")
+    (path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    (path / "summary.json").write_text(json.dumps({"steps": 1, "train_time_s": 3.0, "eval": result}))
+    return path
+
+
+def _comparison_tables(page):
+    """The comparison section's tables: (header cells, the first cell of each body row)."""
+    section = page.split("<h2>Comparison</h2>", 1)[1].split("<h2>", 1)[0]
+    tables = []
+    for t in re.findall(r"<table>(.*?)</table>", section, re.S):
+        trs = re.findall(r"<tr>(.*?)</tr>", t, re.S)
+        tables.append((re.findall(r"<th>(.*?)</th>", trs[0]), [re.findall(r"<td[^>]*>(.*?)</td>", tr)[0]
+                                                               for tr in trs[1:]]))
+    return tables
+
+
+def test_every_input_of_every_track_appears_in_its_kinds_table(tmp_path):
+    """Diffusion runs, classifier runs and eval files, and an LM eval file in one report: each input's
+    rows in the comparison table of its kind (once only the generators' table was shown), under a
+    heading naming the kind."""
+    points = {"swd": 0.1, "swd_ratio": 1.4, "mmd2": 0.001, "modes_covered": 8, "modes": 8, "recall": 1.0,
+              "precision": 0.98, "variance_ratio": 1.0, "nfe": 1}
+    classifier = {"accuracy": 0.93, "n": 359, "ece": 0.02, "nll": 0.2, "split": "test", "task": "digits"}
+    inputs = [
+        _track_run(tmp_path / "dmd2-ring", "diffuse", "ring", points),
+        _track_run(tmp_path / "ring-teacher", "diffuse", "ring", {}),  # a run with no evaluation yet
+        _track_run(tmp_path / "dmd2-digits", "diffuse", "digits", {"nonfinite": 1.0}),  # its samples all NaN
+        _track_run(tmp_path / "ce-digits", "classify", "digits", classifier),
+        _track_run(tmp_path / "kd-digits", "classify", "digits", {**classifier, "accuracy": 0.95}),
+    ]
+    lm = tmp_path / "lm-eval.json"
+    lm.write_text(json.dumps({"sft student": _eval(0.47, 12.5), "answers student": _eval(0.2, 3.0)}))
+    cls = tmp_path / "cls-eval.json"
+    cls.write_text(json.dumps({"resnet8": {**classifier, "accuracy": 0.9}}))
+    gen = tmp_path / "gen-eval.json"
+    gen.write_text(json.dumps({"teacher (exact), 35 NFE": {**points, "nfe": 35, "task": "ring"},
+                               "cd, 2 NFE": {**points, "nfe": 2, "task": "ring"}}))
+    page = write_report([*inputs, lm, cls, gen], tmp_path / "r.html").read_text(encoding="utf-8")
+    kinds = {"diffuse": "NFE", "classify": "ECE", "lm": "mean tokens / answer"}
+    expect = {"diffuse": {"dmd2-ring", "ring-teacher", "dmd2-digits (100.0% of samples not finite)",
+                          "teacher (exact), 35 NFE", "cd, 2 NFE"},
+              "classify": {"ce-digits", "kd-digits", "resnet8"},
+              "lm": {"sft student", "answers student"}}
+    tables = _comparison_tables(page)
+    for track, names in expect.items():
+        shown = {name for headers, first in tables if kinds[track] in headers for name in first}
+        assert shown == {html.escape(n) for n in names}, track
+    assert "Generators (track=diffuse, 5 model(s))" in page and "Classifiers (track=classify, 3 model(s))" in page
+    assert "Language models (track=lm, 2 model(s))" in page
+    # the digits run (no metrics) sits in the images table, the ring runs in the points table
+    assert any("FD" in h and first == ["dmd2-digits (100.0% of samples not finite)"] for h, first in tables)
+
+
+@pytest.mark.parametrize("track", ["lm", "classify", "diffuse"])
+def test_a_tracks_comparison_shows_every_row_it_is_given(track):
+    """The report contract: a track's sections show each of its rows, with or without metrics."""
+    from retort.report import Row
+    from retort.track import track_report
+
+    rows = [Row(name="not evaluated yet", eval={}), Row(name="odd one", eval={"loss": 1.0})]
+    parts = track_report(track).sections(rows, [])
+    comparison = "\n".join(parts.comparison)
+    assert all(r.name in comparison for r in rows)
+
+
+def test_a_single_track_page_has_no_kind_heading(tmp_path):
+    page = write_report([_run_dir(tmp_path / "sft")], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "(track=" not in page

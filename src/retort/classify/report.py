@@ -37,7 +37,7 @@ def _caption(rows) -> str:
 
 
 def sections(rows, runs) -> ReportParts:
-    parts = ReportParts(comparison=[_caption(rows), classifier_table(rows)])
+    parts = ReportParts(comparison=[_caption(rows), classifier_table(rows)], title="Classifiers")
     reliability = plots.reliability_diagram([(r.name, r.eval.get("reliability")) for r in rows])
     if reliability:
         parts.details += ["<h3>Calibration</h3>", img(reliability, "reliability diagram: accuracy vs confidence")]

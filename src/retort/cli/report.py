@@ -14,7 +14,8 @@ from ..options import CONTEXT, console
 @click.option("--title", default="retort report", show_default=True)
 def report(run_dirs, out, title):
     """One self-contained HTML page comparing runs (training run dirs, demo dirs, `retort eval --json`
-    files): table, loss curves, and each track's own sections (accuracy vs tokens, samples, ...)."""
+    files; any mix of tracks): a comparison table per kind of model, loss curves, and each track's own
+    sections (accuracy vs tokens, samples, ...)."""
     from .. import api
 
     path = api.report(list(run_dirs), out, title=title)

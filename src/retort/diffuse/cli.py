@@ -12,4 +12,5 @@ EVAL_OPTIONS = [
                       "distillation's hybrid inference), and show every model's first-step predictions for 16 "
                       "noises (its DT-visualisation: spread and distance to the data)."),
 ]
-DEMO_METHODS = "diffuse (default all): dmd2, dmd, cd (ring), dmd2-digits."
+DEMO_METHODS = ("diffuse (default dmd2,dmd,cd,dmd2-digits): dmd2, dmd, cd (ring), dmd2-digits; also denoise, gdd, "
+                "uni_instruct, phased_dmd (ring), msd (classes), onpolicy_dmd (ring-seq).")

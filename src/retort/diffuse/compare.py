@@ -57,18 +57,25 @@ def evaluate_models(run, targets: list[tuple[str, str]], say=lambda m: None,
     (diversity distillation's hybrid inference), and the teacher's and each student's first-step
     predictions (its DT-visualisation: `first_step`, on a model's first row)."""
     data = load_data(run.task.name)
+    # every model and its step counts checked before any sampling
+    models = []
+    for name_label, name in targets:
+        model, meta = load(resolve(name, data.name))
+        if meta.get("dataset") not in (None, data.name):
+            raise ConfigError(f"-m {name}: trained on {meta.get('dataset')}, not {data.name}")
+        try:
+            plan = [student_sampling(meta, k, data.sigma_max) for k in run.steps or [None]]
+        except ConfigError as e:
+            raise ConfigError(f"-m {name}: {e}") from None
+        models.append((name_label, name, model, plan))
     ref = Reference(data, run.eval.n, run.eval.seed)
     rows = {}
     dt = bool(hybrid_with_teacher) and data.kind != "sequence"
     label, row = teacher_row(run, data, ref, first=dt)
     rows[label] = row
     say(f"eval: {label}")
-    for name_label, name in targets:
-        model, meta = load(resolve(name, data.name))
-        if meta.get("dataset") not in (None, data.name):
-            raise ConfigError(f"-m {name}: trained on {meta.get('dataset')}, not {data.name}")
-        for i, k in enumerate(run.steps or [None]):
-            sigmas, sampler = student_sampling(meta, k, data.sigma_max)
+    for name_label, name, model, plan in models:
+        for i, (sigmas, sampler) in enumerate(plan):
             s = sample(model, data, run.eval.n, sigmas=sigmas, sampler=sampler, seed=run.eval.seed,
                        batch_size=run.eval.batch_size, frames=data.frames * run.eval.rollout if data.frames else None)
             key = f"{name_label}, {s['nfe']} NFE"

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from ..config import OptimConfig, param, section
+from ..errors import ConfigError
+
+# a student's sampling levels are `steps` of the 1000 training levels (`sampling.student_sigmas`): more would repeat
+MAX_STEPS = 1000
 
 
 @dataclass
@@ -80,7 +84,14 @@ class DiffuseEvalRun:
     out: Optional[str] = param(None, "write results JSON here (default: print only)")
     task: DiffuseDataConfig = section(DiffuseDataConfig, "the data")
     teacher: DiffuseTeacherConfig = section(DiffuseTeacherConfig, "the teacher row (at its full step count)")
-    steps: List[int] = param([], "step counts each student is sampled at (default: its own)")
+    steps: List[int] = param([], f"step counts each student is sampled at, each 1..{MAX_STEPS} (default: its own)")
     eval: DiffuseEvalConfig = section(DiffuseEvalConfig, "what to measure")
     track: str = param("diffuse", "the family of models (retort.track)", choices=["diffuse"])
     threads: int = param(0, "CPU threads for torch; 0 = torch's default", lo=0)
+
+    def __post_init__(self):
+        # the field is a list, which the per-field range check does not look inside
+        bad = [s for s in self.steps if not 1 <= s <= MAX_STEPS]
+        if bad:
+            raise ConfigError(f"steps={list(self.steps)}: {bad[0]} is not a step count; expected whole numbers "
+                              f"from 1 to {MAX_STEPS} (e.g. steps=[1,2,4]), or [] for each student's own")

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from ..errors import ConfigError
 from ..paths import atomic_write_text, cache_dir
 from .metrics import mmd2, mode_stats, sliced_wasserstein
 from .sampling import heun, karras, renoise
@@ -317,15 +318,25 @@ def collapse(metrics: dict, cfg, best: dict) -> str | None:
 
 
 def student_sampling(meta: dict, steps: int | None, sigma_max: float):
-    """(sigmas, sampler) of a saved model at `steps` (default its own)."""
+    """(sigmas, sampler) of a saved model at `steps` (default its own). Phased DMD's experts are
+    sampled at each phase's own levels, as they were trained: `steps` a multiple of the phases."""
     from .sampling import student_sigmas
 
     s = meta.get("sampling") or {}
     if steps is None and s.get("sigmas"):
         return [float(v) for v in s["sigmas"]], s.get("sampler", "renoise")
+    bounds = (meta.get("routed") or {}).get("bounds")
+    if bounds and steps is not None:
+        from .sampling import phase_levels
+
+        k = len(bounds) - 1
+        if steps % k:
+            raise ConfigError(f"steps: {steps} does not fit a phased_dmd model of {k} phases (each expert "
+                              f"samples its own phase); expected a multiple of {k}")
+        return [v for phase in phase_levels(bounds, steps) for v in phase], "renoise"
     if s.get("sampler") == "heun" and steps is not None:
         return karras(steps, sigma_max=sigma_max).tolist(), "heun"
-    return student_sigmas(steps or 1, sigma_max), "renoise"
+    return student_sigmas(1 if steps is None else steps, sigma_max), "renoise"
 
 
 # ---------------------------------------------------------------------------- during training
@@ -340,8 +351,10 @@ def run_evaluator(run):
         ref = cache["ref"]
         was = model.training
         model.eval()
+        # the model's own sampler: a denoiser (method=denoise) integrates with Heun, a student re-noises
         s = sample(model, data, run.eval.n, sigmas=meta["sampling"]["sigmas"], seed=run.eval.seed,
-                   batch_size=run.eval.batch_size, frames=data.frames * run.eval.rollout if data.frames else None)
+                   sampler=meta["sampling"].get("sampler", "renoise"), batch_size=run.eval.batch_size,
+                   frames=data.frames * run.eval.rollout if data.frames else None)
         model.train(was)
         out = {**measure(s["x"], s["labels"], ref), "nfe": s["nfe"]}
         if run.eval.collapse != "off":

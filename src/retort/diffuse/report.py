@@ -9,7 +9,7 @@ from ..report.html import esc, evaluated_on, fmt_float, fmt_int, fmt_params, img
 
 def generator_table(rows) -> str:
     """Generators: NFE and sampling time beside the distribution metrics of their kind."""
-    images = any("fd" in r.eval for r in rows)
+    images = any(_images(r) for r in rows)
     headers = ["model / run", "params", "NFE", *(["FD", "FD floor (real vs real)", "label entropy", "label match",
                                                   "within-class diversity"] if images else
                                                  ["SWD / noise floor", "MMD^2", "modes", "recall", "precision"]),
@@ -30,16 +30,32 @@ def generator_table(rows) -> str:
         if dt:
             fs = e.get("first_step") if isinstance(e.get("first_step"), dict) else {}
             vals += [fmt_float(fs.get("spread"), 3), fmt_float(fs.get("to_data"), 3)]
-        body.append([(esc(r.name), False), (esc(fmt_params(r.params)), True), (esc(fmt_int(e.get("nfe"))), True),
+        name = r.name if not num(e.get("nonfinite")) else f"{r.name} ({pct(e['nonfinite'])} of samples not finite)"
+        body.append([(esc(name), False), (esc(fmt_params(r.params)), True), (esc(fmt_int(e.get("nfe"))), True),
                      *[(esc(v), True) for v in vals], (esc(fmt_float(e.get("seconds_per_1k"), 3)), True),
                      (esc(fmt_float(r.train_time)), True), (esc(fmt_int(r.steps)), True)])
     return table(headers, body)
 
 
+# the image datasets (retort.diffuse.data; that module needs torch, which the report does not load)
+IMAGE_DATA = ("digits", "mnist")
+
+
+def _images(row) -> bool:
+    """Whether a row is an image generator: by its metrics, else (not measured yet, or its samples not
+    finite) by the data its eval or its run names."""
+    e = row.eval
+    if "fd" in e or "swd_ratio" in e:
+        return "fd" in e
+    task = (row.run.config.get("task") if row.run is not None else None) or {}
+    return (e.get("task") or (task.get("name") if isinstance(task, dict) else None)) in IMAGE_DATA
+
+
 def generator_tables(rows) -> list[str]:
-    """One table per kind of data (points, images): their metrics differ."""
-    points = [r for r in rows if "swd_ratio" in r.eval]
-    images = [r for r in rows if "fd" in r.eval]
+    """One table per kind of data (points, images): their metrics differ. A row without metrics is
+    in its kind's table too, its numbers "-"."""
+    images = [r for r in rows if _images(r)]
+    points = [r for r in rows if not _images(r)]
     return [generator_table(g) for g in (points, images) if g]
 
 
@@ -55,7 +71,7 @@ def _caption(rows) -> str:
 
 
 def sections(rows, runs) -> ReportParts:
-    parts = ReportParts(comparison=[_caption(rows), *generator_tables(rows)])
+    parts = ReportParts(comparison=[_caption(rows), *generator_tables(rows)], title="Generators")
     grid = plots.generator_samples([(r.name, r.eval) for r in rows])
     if grid:
         parts.details += ["<h3>Samples</h3>", img(grid, "samples of each generator")]

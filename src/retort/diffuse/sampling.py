@@ -8,6 +8,7 @@
   consistency models'): x0 = G(x, sigma_i), then x = x0 + sigma_{i+1} n with fresh noise; NFE = n.
 - `student_sigmas(n, sigma_max)`: the levels of an n-step student: DMD2's t = 999, 749, 499, 249 of
   1000 Karras levels for n = 4, generally t_i = 999 - i * 1000 / n.
+- `phase_levels(bounds, n)`: Phased DMD's levels, n / K Karras levels in each of its K phases.
 - `ode_states(denoiser, z, levels, substeps)`: the teacher's ODE trajectory from sigma_max z, its
   states at given levels and its end (the pairs an ODE initialisation regresses onto).
 - `hybrid(teacher, student, z, ...)`: diversity distillation's hybrid inference (Gandikota & Bau):
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
 from .nets import _per_row
 
 SIGMA_MIN = 0.002
@@ -39,6 +41,21 @@ def train_sigmas(sigma_max: float, n: int = 1000, sigma_min: float = SIGMA_MIN) 
 def student_sigmas(n_steps: int, sigma_max: float) -> list[float]:
     table = train_sigmas(sigma_max)
     return [float(table[999 - (i * 1000) // n_steps]) for i in range(n_steps)]
+
+
+def phase_levels(bounds: list[float], steps: int) -> list[list[float]]:
+    """The sampling levels of each phase: `steps / K` Karras levels from the phase's top down (its
+    bottom bound excluded; the last phase's bottom is 0, where the sampler ends)."""
+    k = len(bounds) - 1
+    if steps % k:
+        raise ConfigError(f"student.steps={steps}: phased_dmd needs a multiple of the {k} phases")
+    m = steps // k
+    out = []
+    for i in range(k):
+        lo = bounds[i + 1] if bounds[i + 1] > 0 else 0.002
+        out.append(karras(m + 1, sigma_min=lo, sigma_max=bounds[i])[:m].tolist() if m > 1 or bounds[i + 1] > 0
+                   else [bounds[i]])
+    return out
 
 
 def _call(model, x, sigma, labels, guidance: float):

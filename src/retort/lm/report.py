@@ -119,7 +119,7 @@ def _caption(rows) -> str:
 
 
 def sections(rows, runs) -> ReportParts:
-    parts = ReportParts(comparison=[_caption(rows), comparison_table(rows)])
+    parts = ReportParts(comparison=[_caption(rows), comparison_table(rows)], title="Language models")
     difficulty = difficulty_table(rows)
     if difficulty:
         parts.details += ["<h3>Accuracy by difficulty</h3>", difficulty]

@@ -24,11 +24,15 @@ EVAL_JSON_SHAPE = "an object of label -> eval results, as `retort eval --json` w
 @dataclass
 class ReportParts:
     """What a track adds to the page for its rows: under "Comparison" (caption, tables), the
-    detail sections after it (figures, breakdowns), and sections at the end (samples)."""
+    detail sections after it (figures, breakdowns), and sections at the end (samples). `title`
+    names the kind of model ("Classifiers"): the heading of the track's part of the comparison
+    when a report holds several tracks (none with one, so a single track's page is unchanged).
+    A track's comparison shows every row it is given."""
 
     comparison: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
     end: list[str] = field(default_factory=list)
+    title: str = ""
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Row:
     params: int | None = None
     run: Run | None = None
     source: str = ""  # the input dir it came from, to tell apart rows with the same name
-    track: str | None = None  # the track of the model (None: found from the result by `_track_of`)
+    track: str | None = None  # the track of the model: its run's config, else the one that claims its result
 
     @property
     def train_time(self):
@@ -126,9 +130,12 @@ def _run_row(run: Run, source: str) -> Row:
         # No final eval in summary.json (still training, or crashed): the last logged one stands in.
         last = run.evals[-1]
         result = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
-    track = run.config.get("track") if isinstance(run.config.get("track"), str) else None
-    return Row(name=run.name, eval=result, run=run, source=source, track=track,
+    return Row(name=run.name, eval=result, run=run, source=source, track=_config_track(run),
                params=_int_or_none(run.summary.get("params")))
+
+
+def _config_track(run: Run) -> str | None:
+    return run.config.get("track") if isinstance(run.config.get("track"), str) else None
 
 
 def _int_or_none(v) -> int | None:
@@ -150,7 +157,7 @@ def _load_eval_json(path: Path, source: str) -> list[Row]:
     # Every track's evaluation result is one its report module claims; anything else is some other JSON file, and
     # a table of "-" rows would hide that.
     if not (isinstance(results, dict) and results and
-            all(isinstance(r, dict) and _track_of(r) is not None for r in results.values())):
+            all(isinstance(r, dict) and _claimed(r) for r in results.values())):
         raise RetortError(f"{path}: not eval results (expected {EVAL_JSON_SHAPE})")
     return _result_rows(results, source)
 
@@ -185,6 +192,7 @@ def _load_demo(path: Path, source: str) -> tuple[list[Row], list[Run]]:
         if label is not None:
             taken.add(label)
             by_label[label].run = run
+            by_label[label].track = _config_track(run)
         runs.append(run)
     runs.sort(key=lambda r: r.path.name)
     return rows, runs
@@ -227,12 +235,15 @@ def load_inputs(run_dirs) -> tuple[list[Row], list[Run]]:
     for row in rows:
         if row.run is not None:
             row.run.name = row.name
+        if row.track is None:
+            row.track = _track_of(row.eval)
     _dedupe(runs, lambda r: r.path)
     return rows, runs
 
 
-def _track_of(result: dict) -> str | None:
-    """The track whose report module claims an eval result, or None. The default track is asked
+def _track_of(result: dict) -> str:
+    """The track whose report module claims an eval result; the default track when none does (a
+    result with no metrics, e.g. a run that has not evaluated yet). The default track is asked
     last: its claim is the broadest (any result with an accuracy), the others' are specific."""
     from ..track import DEFAULT_TRACK, TRACKS, track_report
 
@@ -240,23 +251,35 @@ def _track_of(result: dict) -> str | None:
         module = track_report(name)
         if module is not None and module.claims(result):
             return name
-    return None
+    return DEFAULT_TRACK
+
+
+def _claimed(result: dict) -> bool:
+    from ..track import TRACKS, track_report
+
+    return any(track_report(n) is not None and track_report(n).claims(result) for n in TRACKS)
 
 
 def track_parts(rows, runs) -> list[ReportParts]:
-    """Each track's sections for its rows, tracks in the order their first row came."""
+    """The rows grouped by their track (`Row.track`), each group with its track's sections, in the
+    order each track's first row came: every input's rows appear, one comparison per kind of model.
+    With several groups each comparison is headed by its kind."""
     from ..track import DEFAULT_TRACK, TRACKS, track_report
-    from .html import generic_table
+    from .html import esc, generic_table
 
     groups: dict[str, list[Row]] = {}
     for row in rows:
-        groups.setdefault(row.track or _track_of(row.eval) or DEFAULT_TRACK, []).append(row)
+        groups.setdefault(row.track or DEFAULT_TRACK, []).append(row)
     parts = []
     for name, group in groups.items():
         module = track_report(name) if name in TRACKS else None
         mine = [run for run in runs if any(r.run is run for r in group)]
-        parts.append(module.sections(group, mine) if module is not None else
-                     ReportParts(comparison=[generic_table(group)]))
+        part = module.sections(group, mine) if module is not None else \
+            ReportParts(comparison=[generic_table(group)])
+        if len(groups) > 1:
+            part.comparison.insert(0, f"<h3>{esc(part.title or 'Models')} (track={esc(name)}, "
+                                      f"{len(group)} model(s))</h3>")
+        parts.append(part)
     return parts
 
 

@@ -35,24 +35,9 @@ from ...contract import STUDENT, LossOut, Owned
 from ...errors import ConfigError
 from ...losses.diffuse import distribution_matching, edm_weight
 from ..nets import Phased
-from ..sampling import karras, renoise
+from ..sampling import phase_levels, renoise
 from ..targets import subinterval_denoiser_target
 from .base import DiffuseMethod
-
-
-def phase_levels(bounds: list[float], steps: int) -> list[list[float]]:
-    """The sampling levels of each phase: `steps / K` Karras levels from the phase's top down (its
-    bottom bound excluded; the last phase's bottom is 0, where the sampler ends)."""
-    k = len(bounds) - 1
-    if steps % k:
-        raise ConfigError(f"student.steps={steps}: phased_dmd needs a multiple of the {k} phases")
-    m = steps // k
-    out = []
-    for i in range(k):
-        lo = bounds[i + 1] if bounds[i + 1] > 0 else 0.002
-        out.append(karras(m + 1, sigma_min=lo, sigma_max=bounds[i])[:m].tolist() if m > 1 or bounds[i + 1] > 0
-                   else [bounds[i]])
-    return out
 
 
 class PhasedDMD(DiffuseMethod):

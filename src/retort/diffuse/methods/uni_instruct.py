@@ -34,8 +34,10 @@ import torch.nn.functional as F
 
 from ...config import param
 from ...contract import STUDENT, LossOut, Owned
+from ...errors import ConfigError
 from ...losses.diffuse import F_DIVERGENCES, edm_weight, f_weight, score_identity
 from ..nets import _per_row
+from ..sampling import SIGMA_MIN
 from .base import DiffuseMethod, frozen
 from .dm import FakeScore
 
@@ -89,6 +91,10 @@ class UniInstruct(DiffuseMethod):
 
     @classmethod
     def student_settings(cls, cfg, task, settings: dict) -> dict:
+        # outside the levels the teacher (and the fake score) were trained at
+        if cfg.sigma_init and not SIGMA_MIN <= cfg.sigma_init <= task.sigma_max:
+            raise ConfigError(f"method_args.sigma_init={cfg.sigma_init}: expected a level from {SIGMA_MIN} to "
+                              f"{task.sigma_max} ({task.name}'s sigma_max), or 0 for 5 sigma_data")
         if settings["steps"] != 1:
             return settings
         return {**settings, "sigmas": [cfg.sigma_init or 5 * task.sigma_data]}  # SiD's sigma_init
