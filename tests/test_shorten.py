@@ -298,6 +298,7 @@ def test_a_local_reviser_never_opens_its_next_step_with_a_banned_keyword(tmp_pat
 def test_detours_teacher_skills_write_the_longest_rendering_within_the_budget():
     t = get_task(TaskConfig(name="detours"))
     r = t.renderings(7, [(7, "+", 5, 2), (2, "*", 3, 6), (6, "-", 4, 2)])
+    assert t.renderings_for("Q:7+5*3-4\n") == r  # the rule the benchmark reads from a prompt
     assert r == ["7+5=2\n2*3=6\n6-4=2\ncheck 7+5=2 2*3=6 6-4=2\nA:2", "7+5=2\n2*3=6\n6-4=2\nA:2",
                  "7+5*3=6\n6-4=2\nA:2", "7+5*3-4=2\nA:2", "A:2"]
     assert t.fitting(r, 21) == "7+5=2\n2*3=6\n6-4=2\nA:2" and t.fitting(r, 20) == "7+5*3=6\n6-4=2\nA:2"
