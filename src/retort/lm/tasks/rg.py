@@ -114,7 +114,8 @@ class ReasoningGymTask(Task):
         self.name = f"{PREFIX}{generator}"
         self.description = f"reasoning-gym's {generator} ({config_cls.__name__}{self.options or ''})"
         if self.detours is not None:
-            self.description += f", detours rendering {own}"
+            knobs = {k: getattr(self.detours, k) for k in rg_detours.KNOBS}
+            self.description += ", detours rendering (" + ", ".join(f"{k}={v}" for k, v in knobs.items()) + ")"
             self.transitions = self.detours.transitions
             self.rewrite_templates = self.detours.rewrite_templates
         self._entries: dict[str, dict] = {}  # reference answer -> an entry with it (for score_answer)
