@@ -9,8 +9,16 @@ teacher, which also learned the task's rewrite prompts (`retort teacher task.nam
     python benchmarks/shorten.py [--seeds 0,1,2] [--n-prompts 12000] [--steps 1500]
                                  [--work /tmp/retort-shorten] [--out benchmarks/results/shorten.json]
 
-Every step is the CLI a user runs (printed as it goes); a rerun with the same --work skips what is
-done. Prints a markdown table: accuracy, tokens per answer, fidelity to the teacher, and the
+or on reasoning-gym's `chain_sum` in its detours rendering (`retort.lm.tasks.rg_detours`):
+
+    python benchmarks/shorten.py --task rg:chain_sum --task-arg task.difficulty.rendering=detours \
+        --task-arg task.difficulty.max_digits=1 --task-arg task.difficulty.max_terms=5 \
+        --teacher-arg train.steps=5000 --out benchmarks/results/shorten_rg.json
+
+DAP's budgets are each level's longest clean solution over the traces' problems (`--budgets` sets
+them); the uniform budget is the one whose renderings come closest to DAP's mean length. Every step
+is the CLI a user runs (printed as it goes); a rerun with the same --work skips what is done.
+Prints a markdown table: accuracy, tokens per answer, fidelity to the teacher, and the
 length/difficulty correlation of the students' answers, mean ± std over seeds.
 The orderings BENCHMARKS.md states (ORDERINGS) are judged by benchmarks/_verdict.py and written
 under `verdicts`; `--verdicts-only` recomputes them from a finished results file.
@@ -21,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -41,37 +48,43 @@ ORDERINGS = [Ordering(claim, ("runs", a + "-{seed}", metric), rel, ("runs", b + 
                  ("Retro-Search's answers are shorter than the originals' (B 11)", "retro", "<", "long", "mean_tokens"),
                  ("the originals cut to the revisions' lengths < Retro-Search (§17.4)", "cut", "<", "retro", "accuracy"),
              ]]
-OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
-def uniform_budget(traces: Path, want_mean: float) -> int:
-    """The one budget whose renderings (the teacher's rule) have the mean length closest to DAP's
-    over the same problems: the spec's "uniform-length rewrites at the same average length"."""
+def _problems(task, traces: Path) -> list[tuple[list[str], int]]:
+    """(renderings by the teacher's rule, difficulty) of each correct trace's problem."""
     import pyarrow.parquet as pq
 
-    from retort.lm.config import TaskConfig
-    from retort.lm.tasks import get_task
+    rows = pq.read_table(sorted(traces.glob("part-*.parquet")), columns=["prompt", "correct", "difficulty"]).to_pylist()
+    return [(task.renderings_for(r["prompt"]), r["difficulty"]) for r in rows if r["correct"]]
 
-    task = get_task(TaskConfig(name="detours"))
-    rows = pq.read_table(sorted(traces.glob("part-*.parquet")), columns=["prompt", "correct"]).to_pylist()
-    chains = []
-    for r in rows:
-        if not r["correct"]:
-            continue
-        nums = re.findall(r"[-+*]?\d", r["prompt"][2:])
-        start = int(nums[0])
-        value, chain = start, []
-        for tok in nums[1:]:
-            new = OPS[tok[0]](value, int(tok[1:])) % task.modulus
-            chain.append((value, tok[0], int(tok[1:]), new))
-            value = new
-        chains.append(task.renderings(start, chain))
-    best = min(range(3, 120), key=lambda b: abs(statistics.mean(len(task.fitting(r, b)) for r in chains) - want_mean))
-    return best
+
+def dap_budgets(task, traces: Path) -> str:
+    """Each level's longest clean solution (the steps and the answer, no detour, no re-check), as
+    `--budgets` takes them: DAP's rewrites are then the clean steps."""
+    longest = {}
+    for versions, difficulty in _problems(task, traces):
+        level = task.level(difficulty)
+        longest[level] = max(longest.get(level, 0), len(versions[1]))
+    return ",".join(f"{level}={longest[level]}" for level in ("easy", "medium", "hard") if level in longest)
+
+
+def uniform_budget(task, traces: Path, want_mean: float) -> int:
+    """The one budget whose renderings (the teacher's rule) have the mean length closest to DAP's
+    over the same problems: the spec's "uniform-length rewrites at the same average length"."""
+    chains = [versions for versions, _ in _problems(task, traces)]
+    return min(range(3, 120), key=lambda b: abs(statistics.mean(len(task.fitting(r, b)) for r in chains) - want_mean))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--task", default="detours", help="a task whose teacher learns rewrite prompts: detours, or "
+                                                      "rg:chain_sum with task.difficulty.rendering=detours")
+    ap.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a task option for every command, e.g. task.difficulty.rendering=detours (repeatable)")
+    ap.add_argument("--teacher-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="an option for `retort teacher` only, e.g. train.steps=5000 (repeatable)")
+    ap.add_argument("--budgets", default=None, help="DAP's budgets (easy=N,medium=N,hard=N); default: each "
+                                                    "level's longest clean solution")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n-prompts", type=int, default=12000)
     ap.add_argument("--steps", type=int, default=1500)
@@ -86,20 +99,29 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     times = {}
 
-    times["teacher"] = sh(["teacher", "task.name=detours"], log)
-    teacher = json.loads((Path(os.environ["RETORT_CACHE"]) / "teacher-detours" / "teacher.json").read_text())
+    task_args = [f"task.name={args.task}", *args.task_arg]
+    times["teacher"] = sh(["teacher", *task_args, *args.teacher_arg], log)
+    from retort.config import load_config
+    from retort.lm.config import TracesRun
+    from retort.lm.tasks import get_task
+
+    task = get_task(load_config(TracesRun, None, task_args).task)  # as `retort traces` reads the options
+    cache = Path(os.environ["RETORT_CACHE"]) / f"teacher-{args.task.replace(':', '-')}"
+    teacher = json.loads((cache / "teacher.json").read_text())
     traces = work / "traces"
-    times["traces"] = sh(["traces", "task.name=detours", "teacher.name=builtin:teacher-detours", f"out={traces}",
+    times["traces"] = sh(["traces", *task_args, f"teacher.name=builtin:teacher-{args.task}", f"out={traces}",
                           f"n_prompts={args.n_prompts}", "sampling.n=1", "sampling.temperature=1.0",
                           "sampling.max_new_tokens=192", "shard_prompts=500"], log)
     sets = {"long": traces}
     dap = work / "dap"
-    # the longest clean solution of each level (6 characters a step, 3 for the answer line)
+    # the longest clean solution of each level (detours: 6 characters a step, 3 for the answer line,
+    # easy=15,medium=27,hard=39)
+    budgets = args.budgets or dap_budgets(task, traces)
     times["dap"] = sh(["curate", str(traces), "--out", str(dap), "--rewrite", "dap",
-                       "--budgets", "easy=15,medium=27,hard=39", "--batch-size", "256"], log)
+                       "--budgets", budgets, "--batch-size", "256"], log)
     sets["dap"] = dap
     c = manifest(dap)["stats"]["rewrite_counts"]
-    budget = uniform_budget(traces, c["tokens_after"] / max(1, c["kept"]))
+    budget = uniform_budget(task, traces, c["tokens_after"] / max(1, c["kept"]))
     uniform = work / f"uniform{budget}"
     times["uniform"] = sh(["curate", str(traces), "--out", str(uniform), "--rewrite", "uniform",
                            "--budget", str(budget), "--batch-size", "256"], log)
@@ -116,14 +138,14 @@ def main() -> None:
         st = manifest(path)["stats"]
         data[name] = {"rows": st["rows"], "accuracy": st["accuracy"], "mean_tokens": st["tokens"]["mean"],
                       "counts": {k: v for k, v in st.items() if k.endswith("_counts")}}
-    base = ["task.name=detours", "student.name=preset:student", f"train.steps={args.steps}", "train.batch_size=32",
+    base = [*task_args, "student.name=preset:student", f"train.steps={args.steps}", "train.batch_size=32",
             "train.lr=2e-3", "train.warmup_steps=50", "train.save_every=500", "train.log_every=100"]
     runs = students(work, log, sets, seeds, base, times)
     t = table(runs, sets, seeds, ("accuracy", "mean_tokens", "agree_answer", "agree_top1", "kl_ref_model",
                                   "length_difficulty_corr"))
-    save(args.out, {"seeds": seeds, "n_prompts": args.n_prompts, "steps": args.steps, "teacher": teacher,
-                    "uniform_budget": budget, "data": data, "runs": runs, "table": t,
-                    "times_s": {k: round(v, 1) for k, v in times.items()},
+    save(args.out, {"seeds": seeds, "task": args.task, "task_args": args.task_arg, "n_prompts": args.n_prompts,
+                    "steps": args.steps, "teacher": teacher, "dap_budgets": budgets, "uniform_budget": budget,
+                    "data": data, "runs": runs, "table": t, "times_s": {k: round(v, 1) for k, v in times.items()},
                     "verdicts": state({"seeds": seeds, "runs": runs}, ORDERINGS)})
     print("| data | rows | trace tokens | accuracy | tokens/answer | answer agreement | top-1 agreement | "
           "KL to teacher | corr(length, difficulty) |")

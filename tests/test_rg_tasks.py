@@ -167,3 +167,104 @@ def test_a_generator_that_refuses_a_long_stream_says_so():
     with pytest.raises(ConfigError, match=r"task.name=rg:word_ladder: reasoning-gym's word_ladder refuses a stream "
                                           r"of 100000 problems \(Dataset size too large.*\); ask for fewer"):
         task("rg:word_ladder").examples("test", 5000, 0)
+
+
+DETOURS = {"max_digits": 1, "max_terms": 5, "rendering": "detours"}
+
+
+def _step_ok(line: str) -> bool:
+    left, result = line.split("=")
+    return str(eval(left)) == result  # noqa: S307 (digits and +/- only, made here)
+
+
+def test_the_detours_rendering_corrects_wrong_steps_after_wait_and_scores_by_the_generators_checker():
+    t = task(**DETOURS)
+    plain = task(max_digits=1, max_terms=5)
+    detoured = doubted = 0
+    for e, p in zip(t.examples("train", 200, 0), plain.examples("train", 200, 0)):
+        assert (e.prompt, e.answer, e.difficulty) == (p.prompt, p.answer, p.difficulty)  # only the solution differs
+        # reasoning-gym's own score_answer accepts the final answer
+        assert t.extract_answer(e.solution) == e.answer and t.score(e.solution, e.answer) == 1.0
+        *lines, check, last = e.solution.split("\n")
+        clean = p.solution.split("\n")[:-1]
+        assert last == f"A:{e.answer}" and check == "check " + " ".join(clean)
+        for line, right in zip(lines, clean, strict=True):
+            first, _, fixed = line.partition(" wait, ")
+            if fixed:  # a detour (a wrong result, then the right one) or a doubt (the right one twice)
+                assert fixed == right and _step_ok(right)
+                detoured += not _step_ok(first)
+                doubted += first == right
+                assert first.split("=")[0] == right.split("=")[0]
+            else:
+                assert line == right
+    assert detoured > 50 and doubted > 10  # 30% and 20% of ~600 steps
+    # no detours, doubts nor re-check: the default rendering, byte for byte
+    bare = task(**DETOURS, detour_pct=0, doubt_pct=0, recheck=0)
+    assert [e.solution for e in bare.examples("train", 20, 0)] == [e.solution for e in plain.examples("train", 20, 0)]
+    assert t.transitions == ("wait", "check") and set(t.rewrite_templates) == {"dap", "uniform"}
+    assert plain.transitions == () and plain.rewrite_templates == {} and plain.skill_examples(4) == []
+
+
+def test_the_detours_teachers_rewrite_skills_write_valid_shorter_traces():
+    from retort.lm.curate.trace_text import parse_rewrite
+
+    t = task(**DETOURS)
+    ex = t.skill_examples(60, seed=1)
+    assert len(ex) == 60 and ex[0].prompt.startswith("R:dap ") and ex[1].prompt.startswith("R:u")
+    assert [t.level(n) for n in (2, 3, 4, 5, 6)] == ["easy", "easy", "medium", "hard", "hard"]
+    shorter = 0
+    for e in ex:
+        mode = "dap" if e.prompt.startswith("R:dap") else "uniform"
+        level, text = parse_rewrite(e.solution, mode)
+        head, rest = e.prompt.split("\n", 1)
+        question = rest[:rest.index("problem:")] + rest[rest.index("problem:"):].split("\n", 1)[0] + "\n"
+        trace = rest[len(question):].removesuffix("\n=\n")
+        assert " wait, " not in text and t.score(text, e.answer) == 1.0 and t.score(trace, e.answer) == 1.0
+        steps = [s for line in text.split("\n")[:-1] for s in line.removeprefix("check ").split()]
+        assert len(text) <= len(trace) and all(_step_ok(s) for s in steps)  # never longer
+        assert text in t.renderings_for(question)
+        if mode == "dap":
+            assert level == t.level(e.difficulty)
+            budget = int(head.split()[1 + ("easy", "medium", "hard").index(level)][1:])
+        else:
+            budget = int(head[3:])
+        assert len(text) <= budget or text == f"A:{e.answer}"  # the answer alone when nothing fits
+        shorter += len(text) < len(trace) // 2
+    assert shorter > 10
+    # the skills of the test split are made of test problems
+    assert not {e.prompt for e in ex} & {e.prompt for e in t.skill_examples(60, seed=1, split="test")}
+    r = t.renderings_for("Answer on a last line A:<answer>.\nState the final answer to the following arithmetic "
+                         "problem: 4 - 1 - 7 + 2 =\n")
+    assert r == ["4-1=3\n3-7=-4\n-4+2=-2\ncheck 4-1=3 3-7=-4 -4+2=-2\nA:-2", "4-1=3\n3-7=-4\n-4+2=-2\nA:-2",
+                 "4-1-7=-4\n-4+2=-2\nA:-2", "4-1-7+2=-2\nA:-2", "A:-2"]
+    assert t.fitting(r, 22) == "4-1-7=-4\n-4+2=-2\nA:-2" and t.fitting(r, 2) == "A:-2"
+
+
+def test_the_detours_rendering_options_are_checked():
+    with pytest.raises(ConfigError, match=r"task.difficulty.rendering='loops': expected one of steps, detours"):
+        task(rendering="loops")
+    with pytest.raises(ConfigError, match=r"rendering='detours': expected one of steps for rg:leg_counting"):
+        task("rg:leg_counting", rendering="detours")
+    with pytest.raises(ConfigError, match=r"task.difficulty.detour_pct: an option of the detours rendering; "
+                                          r"add task.difficulty.rendering=detours"):
+        task(detour_pct=10)
+    with pytest.raises(ConfigError, match=r"task.difficulty.doubt_pct=101: expected an integer in \[0, 100\]"):
+        task(rendering="detours", doubt_pct=101)
+    with pytest.raises(ConfigError, match=r"valid: .*max_terms.*; retort's: rendering, detour_pct"):
+        task(max_term=3)
+
+
+def test_the_detours_teacher_learns_its_skills_beside_its_solutions(tmp_path):
+    from conftest import tiny_overrides
+
+    from retort.lm.config import TrainRun
+    from retort.lm.teacher import teacher_config
+    from retort.train import train
+
+    run = teacher_config(overrides=["task.name=rg:chain_sum", "task.difficulty.rendering=detours"])
+    assert (run.data.skills, run.data.max_len, run.eval.max_new_tokens) == (0.5, 320, 192)
+    assert teacher_config(overrides=["task.name=rg:chain_sum"]).data.skills == 0.0
+    ok = load_config(TrainRun, None, tiny_overrides(tmp_path / "d", steps=2, **{
+        "task.name": "rg:chain_sum", "task.difficulty.rendering": "detours", "task.difficulty.max_digits": 1,
+        "data.skills": 0.5, "data.max_len": 320}))
+    assert train(ok)["steps"] == 2

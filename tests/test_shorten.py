@@ -298,6 +298,7 @@ def test_a_local_reviser_never_opens_its_next_step_with_a_banned_keyword(tmp_pat
 def test_detours_teacher_skills_write_the_longest_rendering_within_the_budget():
     t = get_task(TaskConfig(name="detours"))
     r = t.renderings(7, [(7, "+", 5, 2), (2, "*", 3, 6), (6, "-", 4, 2)])
+    assert t.renderings_for("Q:7+5*3-4\n") == r  # the rule the benchmark reads from a prompt
     assert r == ["7+5=2\n2*3=6\n6-4=2\ncheck 7+5=2 2*3=6 6-4=2\nA:2", "7+5=2\n2*3=6\n6-4=2\nA:2",
                  "7+5*3=6\n6-4=2\nA:2", "7+5*3-4=2\nA:2", "A:2"]
     assert t.fitting(r, 21) == "7+5=2\n2*3=6\n6-4=2\nA:2" and t.fitting(r, 20) == "7+5*3=6\n6-4=2\nA:2"
@@ -332,3 +333,28 @@ def test_the_detours_teacher_learns_its_skills_beside_its_solutions(tmp_path):
     bad = load_config(TrainRun, None, tiny_overrides(tmp_path / "m", steps=2, **{"data.skills": 0.5}))
     with pytest.raises(DataError, match="no skill examples"):
         train(bad)
+
+
+def test_dap_on_chain_sums_detours_rendering_keeps_the_rewrites_its_teacher_learns(tmp_path, tok, monkeypatch):
+    pytest.importorskip("reasoning_gym")
+    spec = {"name": "rg:chain_sum", "difficulty": {"rendering": "detours", "max_digits": 1, "max_terms": 5}}
+    task = get_task(TaskConfig(**spec))
+    examples = [e for e in task.examples("train", 40, 0) if " wait, " in e.solution][:6]
+    rows = [{"prompt": e.prompt, "completion": e.solution, "reference": e.answer, "difficulty": e.difficulty}
+            for e in examples]
+    _trace_set(tmp_path / "src", rows, "preset:nano", task=spec, tok=tok)
+    budgets = {"easy": 21, "medium": 31, "hard": 41}
+    tpl = task.rewrite_templates["dap"]
+    # the teacher's learned rule (its skill targets): the level, then the longest rendering in budget
+    replies = {}
+    for e in examples:
+        level = task.level(e.difficulty)
+        replies[tpl.format(question=e.prompt, trace=e.solution, **budgets)] = \
+            f"D:{level}\n" + task.fitting(task.renderings_for(e.prompt), budgets[level])
+    monkeypatch.setattr(shorten, "Reviser", lambda *a, **k: Scripted(tok, replies))
+    c = shorten.rewrite(str(tmp_path / "src"), str(tmp_path / "dap"), budgets=budgets, template=tpl)["rewrite_counts"]
+    assert (c["kept"], c["rejected"], c["over_budget"]) == (len(rows), {}, 0)  # reasoning-gym's checker agrees
+    out = read_traces(tmp_path / "dap").to_pylist()
+    assert all(" wait, " not in r["completion"] and r["correct"] for r in out)
+    assert c["tokens_after"] < c["tokens_before"]
+    assert task.transitions == ("wait", "check")  # what --retro-search switches at on this set

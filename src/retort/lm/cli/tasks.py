@@ -25,7 +25,8 @@ def tasks(n):
 
     names = generators()
     click.echo(f"reasoning-gym: task.name=rg:GENERATOR, task.difficulty = the generator's options, its own "
-               f"answer checker; worked solutions for {', '.join(SOLVERS)}; "
+               f"answer checker; worked solutions for {', '.join(SOLVERS)} (chain_sum: "
+               "task.difficulty.rendering=detours for detours and rewrite skills, as the detours task); "
                + (f"{len(names)} generators: {', '.join(names)}" if names else "not installed (pip install 'retort[rg]')"))
 
 

@@ -13,6 +13,7 @@ solution) turns the problem into a chain of easy steps. That gap is what distill
 from __future__ import annotations
 
 import random
+import re
 from typing import Optional
 
 from ...errors import ConfigError
@@ -171,6 +172,17 @@ class Detours(ModChain):
             if text not in seen:
                 seen.append(text)
         return seen
+
+    def renderings_for(self, prompt: str) -> list[str]:
+        """The renderings of a prompt's solution ("Q:7+5*3-4\\n"), longest first."""
+        terms = re.findall(r"[-+*]?\d", prompt.removeprefix("Q:"))
+        start = value = int(terms[0])
+        chain = []
+        for term in terms[1:]:
+            new = OPS[term[0]](value, int(term[1:])) % self.modulus
+            chain.append((value, term[0], int(term[1:]), new))
+            value = new
+        return self.renderings(start, chain)
 
     @staticmethod
     def fitting(renderings: list[str], budget: int) -> str:

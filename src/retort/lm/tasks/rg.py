@@ -19,6 +19,10 @@ an unknown option is refused naming the valid ones.
 - Worked solutions, for teachers trained on them: generators whose solution retort can write step
   by step (`SOLVERS`: `chain_sum`, left to right, one line per operation); the others have answers
   only (train the teacher on another source, or distil from an API teacher).
+- Renderings (`task.difficulty.rendering`, retort's option beside the generator's): `steps` (the
+  default, above) or `detours` (`chain_sum`: wrong steps corrected after "wait", right ones
+  doubted, a re-check, and the rewrite skills its teacher learns for DAP and Retro-Search, as the
+  built-in `detours` task's; `retort.lm.tasks.rg_detours`, knobs `detour_pct`, `doubt_pct`, `recheck`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import random
 from typing import Optional
 
 from ...errors import ConfigError
+from . import rg_detours
 from .base import ANSWER_MARK, Example, Task, in_test_split
 
 PREFIX = "rg:"
@@ -64,6 +69,31 @@ def _chain_sum(entry) -> Optional[str]:
 SOLVERS = {"chain_sum": _chain_sum}
 # generator -> the metadata field that says how hard a problem is (an integer)
 DIFFICULTY = {"chain_sum": "num_terms", "basic_arithmetic": "num_terms", "leg_counting": "num_animals"}
+# task.difficulty.rendering: the renderings of worked solutions beside the default one line a step,
+# and the generators each applies to
+RENDERINGS = {"steps": None, "detours": ("chain_sum",)}
+# retort's own task options, checked here and never handed to the generator
+OWN = ("rendering", *rg_detours.KNOBS)
+
+
+def _rendering(generator: str, own: dict):
+    """The detours renderer `own` (retort's options of the task) asks for, or None for `steps`."""
+    name = own.pop("rendering", "steps")
+    if not isinstance(name, str) or name not in RENDERINGS or (RENDERINGS[name] is not None
+                                                               and generator not in RENDERINGS[name]):
+        fits = [r for r, gens in RENDERINGS.items() if gens is None or generator in gens]
+        raise ConfigError(f"task.difficulty.rendering={name!r}: expected one of {', '.join(fits)} for {PREFIX}{generator}"
+                          + (" (detours: chain_sum only)" if name == "detours" else ""))
+    if name == "steps":
+        if own:
+            raise ConfigError(f"task.difficulty.{min(own)}: an option of the detours rendering; "
+                              "add task.difficulty.rendering=detours")
+        return None
+    for key, value in own.items():
+        lo, hi = rg_detours.KNOBS[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ConfigError(f"task.difficulty.{key}={value!r}: expected an integer in [{lo}, {hi}]")
+    return rg_detours.ChainSumDetours(**own)
 
 
 class ReasoningGymTask(Task):
@@ -80,10 +110,12 @@ class ReasoningGymTask(Task):
                               + "; `retort tasks` lists them")
         _, config_cls = DATASETS[generator]
         fields = {f.name for f in dataclasses.fields(config_cls)} - {"seed", "size"}
+        own = {k: options.pop(k) for k in OWN if k in options}
         bad = sorted(set(options) - fields)
         if bad:
             raise ConfigError(f"task.difficulty.{bad[0]}: not an option of reasoning-gym's {generator}; "
-                              f"valid: {', '.join(sorted(fields))}")
+                              f"valid: {', '.join(sorted(fields))}; retort's: {', '.join(OWN)}")
+        self.detours = _rendering(generator, dict(own))
         try:
             config_cls(**options, seed=0, size=1).validate()
         except (AssertionError, ValueError, TypeError) as e:
@@ -91,6 +123,11 @@ class ReasoningGymTask(Task):
         self._rg, self.generator, self.options = rg, generator, dict(options)
         self.name = f"{PREFIX}{generator}"
         self.description = f"reasoning-gym's {generator} ({config_cls.__name__}{self.options or ''})"
+        if self.detours is not None:
+            knobs = {k: getattr(self.detours, k) for k in rg_detours.KNOBS}
+            self.description += ", detours rendering (" + ", ".join(f"{k}={v}" for k, v in knobs.items()) + ")"
+            self.transitions = self.detours.transitions
+            self.rewrite_templates = self.detours.rewrite_templates
         self._entries: dict[str, dict] = {}  # reference answer -> an entry with it (for score_answer)
         self._scorer = None
         self._drawn: dict = {}  # (split, n, seed) -> the examples of the last search
@@ -174,9 +211,54 @@ class ReasoningGymTask(Task):
         difficulty = entry["metadata"].get(key) if key else None
         # the format instruction first and the question last, next to where the answer starts (a
         # small model reads the operands from the end of the prompt)
-        return Example(id=id_, prompt=f"Answer on a last line {ANSWER_MARK}<answer>.\n" + entry["question"].strip() + "\n",
-                       answer=answer, solution=solver(entry) if solver else None,
+        solution = solver(entry) if solver else None
+        if solution is not None and self.detours is not None:
+            _, chain = rg_detours.chain_of(entry["metadata"]["expression"])
+            # seeded by the example, so a question repeated in a stream is written its own way each time
+            solution = self.detours.detoured(random.Random(f"{self.name}:detours:{id_}"), chain)
+        return Example(id=id_, prompt=self._prompt(entry), answer=answer, solution=solution,
                        difficulty=difficulty if isinstance(difficulty, int) else None)
+
+    @staticmethod
+    def _prompt(entry) -> str:
+        return f"Answer on a last line {ANSWER_MARK}<answer>.\n" + entry["question"].strip() + "\n"
+
+    def skill_examples(self, n: int, seed: int = 0, split: str = "train") -> list[Example]:
+        """With the detours rendering: `n` rewrite prompts with their targets, half DAP, half uniform,
+        on problems of `split` (`rg_detours`); none otherwise."""
+        if self.detours is None or n <= 0:
+            return []
+        rng = random.Random(f"{self.name}:skills:{split}:{seed}")
+        ds = self._dataset(rng.randrange(2**31), max(64, 2 * n * (10 if split == "test" else 1)))
+        out = []
+        for i in range(len(ds)):
+            entry = ds[i]
+            parsed = rg_detours.chain_of(entry["metadata"].get("expression", ""))
+            if parsed is None or in_test_split(entry["question"]) != (split == "test"):
+                continue
+            start, chain = parsed
+            text, target = self.detours.skill(rng, self._prompt(entry), start, chain, dap=len(out) % 2 == 0)
+            out.append(Example(f"{self.name}-skill-{seed}-{len(out)}", text, str(chain[-1][3]), target,
+                               len(chain) + 1))
+            if len(out) == n:
+                break
+        return out
+
+    @staticmethod
+    def fitting(renderings: list[str], budget: int) -> str:
+        """The longest rendering within `budget` characters, else the shortest (detours rendering)."""
+        return rg_detours.ChainSumDetours.fitting(renderings, budget)
+
+    def level(self, terms: int) -> str:
+        """The DAP level of a problem of `terms` terms (detours rendering)."""
+        return rg_detours.level(terms)
+
+    def renderings_for(self, prompt: str) -> list[str]:
+        """The renderings of a prompt's solution, longest first (detours rendering; the rewrite rule
+        its teacher learned): the expression is the prompt's last line, after its last colon."""
+        expression = prompt.strip().rsplit("\n", 1)[-1].rsplit(":", 1)[-1].rstrip("= ")
+        start, chain = rg_detours.chain_of(expression)
+        return self.detours.renderings(start, chain)
 
     def score(self, text: str, reference: str) -> float:
         """The generator's own score of the answer in `text` against `reference` (0 to 1)."""
