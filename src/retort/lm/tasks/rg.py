@@ -12,13 +12,19 @@ an unknown option is refused naming the valid ones.
   `max_terms: 2, max_digits: 1` has 200) end the search once the stream stops giving new ones (no
   new problem in as many draws as it took to find the ones seen, and at least `EXHAUSTED_AFTER`);
   the split then holds what was found (`size`, `describe_split` say how many), as a file's does.
-- The answer: the model writes it after retort's answer marker (`A:`), as for every task; the
-  text after the marker is handed to the generator's own `score_answer` with the problem's entry
-  (its reference answer and metadata). `verify` is a full score; `reward` is the score itself
-  (some generators give partial credit).
+- The prompt and the answer: reasoning-gym's own conventions by default: its default system
+  prompt (`reasoning_gym.utils.SYSTEM_PROMPTS["default"]`: think step by step, then the answer
+  between `<answer>` and `</answer>`), the question as the user turn, and the answer read by the
+  library's `extract_answer` (task.answer=tag; without a tag, the fallbacks of `answers`). Another
+  `task.answer` drops the system prompt (unless task.system is set) and puts that format's
+  instruction before the question (marker: "Answer on a last line A:<answer>.", retort's format
+  before this version). The answer read is handed to the generator's own `score_answer` with the
+  problem's entry (its reference answer and metadata). `verify` is a full score; `reward` is the
+  score itself (some generators give partial credit).
 - Worked solutions, for teachers trained on them: generators whose solution retort can write step
-  by step (`SOLVERS`: `chain_sum`, left to right, one line per operation); the others have answers
-  only (train the teacher on another source, or distil from an API teacher).
+  by step (`SOLVERS`: `chain_sum`, left to right, one line per operation, then the answer in the
+  task's format); the others have answers only (train the teacher on another source, or distil
+  from an API teacher).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import random
 from typing import Optional
 
 from ...errors import ConfigError
+from . import answers
 from .base import ANSWER_MARK, Example, Task, in_test_split
 
 PREFIX = "rg:"
@@ -67,10 +74,15 @@ DIFFICULTY = {"chain_sum": "num_terms", "basic_arithmetic": "num_terms", "leg_co
 
 
 class ReasoningGymTask(Task):
+    answer_mode = "tag"  # reasoning-gym's convention: <answer>...</answer>, asked for by its system prompt
+
     def __init__(self, generator: str, **options):
         from ...errors import require
 
         rg = require("reasoning_gym", "rg", f"task.name={PREFIX}{generator}")
+        from reasoning_gym.utils import SYSTEM_PROMPTS, extract_answer
+
+        self.default_system, self._rg_extract = SYSTEM_PROMPTS["default"], extract_answer
         from reasoning_gym.factory import DATASETS
 
         if generator not in DATASETS:
@@ -92,6 +104,7 @@ class ReasoningGymTask(Task):
         self.name = f"{PREFIX}{generator}"
         self.description = f"reasoning-gym's {generator} ({config_cls.__name__}{self.options or ''})"
         self._entries: dict[str, dict] = {}  # reference answer -> an entry with it (for score_answer)
+        self._by_prompt: dict[str, dict] = {}  # prompt -> its entry (the metadata of this very problem)
         self._scorer = None
         self._drawn: dict = {}  # (split, n, seed) -> the examples of the last search
         # split -> (distinct problems of it found, distinct problems in all or None, draws): a
@@ -166,36 +179,53 @@ class ReasoningGymTask(Task):
         return (f"{where}, which holds {k} distinct problems (its options allow {total} in all, both splits: "
                 f"the generator's stream gave no new one in its last {draws:,} draws)")
 
+    def default_template(self) -> str:
+        # another format than the system prompt's: its instruction first and the question last, next
+        # to where the answer starts (a small model reads the operands from the end of the prompt)
+        return "{question}" if self.answer_mode == "tag" else "{format}\n{question}\n"
+
     def _example(self, entry, id_: str) -> Example:
         answer = str(entry["answer"])
         self._entries[answer] = entry
         solver = SOLVERS.get(self.generator)
         key = DIFFICULTY.get(self.generator)
         difficulty = entry["metadata"].get(key) if key else None
-        # the format instruction first and the question last, next to where the answer starts (a
-        # small model reads the operands from the end of the prompt)
-        return Example(id=id_, prompt=f"Answer on a last line {ANSWER_MARK}<answer>.\n" + entry["question"].strip() + "\n",
-                       answer=answer, solution=solver(entry) if solver else None,
-                       difficulty=difficulty if isinstance(difficulty, int) else None)
+        ex = self.in_format(Example(id=id_, prompt=entry["question"].strip(), answer=answer,
+                                    solution=solver(entry) if solver else None,
+                                    difficulty=difficulty if isinstance(difficulty, int) else None))
+        self._by_prompt[str(ex.prompt)] = entry
+        return ex
 
-    def score(self, text: str, reference: str) -> float:
+    def extract_answer(self, text: str, question: Optional[str] = None) -> Optional[str]:
+        """tag: reasoning-gym's own `extract_answer` (the last <answer>...</answer>), then the
+        fallbacks of `answers.extract`; another format: `answers.extract`."""
+        if self.answer_mode == "tag":
+            got = self._rg_extract(text)
+            if got:
+                return got
+        return answers.extract(text, self.answer_mode, question, strict=self.strict)
+
+    def score(self, text: str, reference: str, question: Optional[str] = None) -> float:
         """The generator's own score of the answer in `text` against `reference` (0 to 1)."""
-        got = self.extract_answer(text)
+        got = self.extract_answer(text, question)
         if got is None:
             return 0.0
         if self._scorer is None:
             self._scorer = self._dataset(0, 1)
-        entry = self._entries.get(reference) or {"question": "", "answer": reference, "metadata": {}}
+        entry = (self._by_prompt.get(str(question)) if question is not None else None) or \
+            self._entries.get(reference) or {"question": "", "answer": reference, "metadata": {}}
+        if str(entry["answer"]) != str(reference):
+            entry = {"question": "", "answer": reference, "metadata": {}}
         try:
             return float(self._scorer.score_answer(answer=got, entry=entry))
         except Exception:  # a checker that needs metadata this entry lacks, or fails on odd text
             return 0.0
 
-    def verify(self, text: str, reference: str) -> bool:
-        return self.score(text, reference) >= 1.0
+    def verify(self, text: str, reference: str, question: Optional[str] = None) -> bool:
+        return self.score(text, reference, question) >= 1.0
 
-    def reward(self, text: str, reference: str) -> float:
-        return self.score(text, reference)
+    def reward(self, text: str, reference: str, question: Optional[str] = None) -> float:
+        return self.score(text, reference, question)
 
 
 def generators() -> list[str]:
