@@ -132,6 +132,8 @@ def _check_value(key: str, value, meta) -> None:
 def _yaml_word(value, choices):
     """A choice YAML 1.1 read as a boolean (`chat_template=off` is False to YAML) back as the word,
     when the field's choices have it."""
+    if isinstance(value, str) and value in ("True", "False") and choices and value not in choices:
+        value = value == "True"  # OmegaConf turned YAML's boolean into its Python name for a str field
     if not isinstance(value, bool) or not choices:
         return value
     for word in (("on", "yes", "true") if value else ("off", "no", "false")):

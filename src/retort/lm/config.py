@@ -26,7 +26,7 @@ class TaskConfig:
                                   "question alone in the task's own format, else '{format}\\n{question}'")
     system: Optional[str] = param(None, "a system message before every prompt (the chat template's system turn; "
                                   "without one, the text before the prompt). Unset: the task's own (reasoning-gym's "
-                                  "default system prompt for rg: tasks in their tag format, else none); empty: none")
+                                  "default system prompt for rg: tasks in their tag format, else none); none: no system message")
     answer: Optional[str] = param(None, "the answer format asked for and read: marker (a last line A:ANSWER), boxed "
                                   "(\\boxed{}), tag (<answer></answer>), final_number, last_line. Unset: the task's "
                                   "own (marker for built-in tasks, tag for rg:, the verifier's reading for files). "

@@ -203,9 +203,9 @@ def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = Non
                     reason = "unfinished"
                 elif mode == "dap" and level is None:
                     reason = "no_level"
-                elif task.extract_answer(text) != task.extract_answer(r["completion"]):
+                elif task.extract_answer(text, r.get("prompt")) != task.extract_answer(r["completion"], r.get("prompt")):
                     reason = "answer_changed"
-                elif not task.verify(text, r["reference"]):
+                elif not task.verify(text, r["reference"], r.get("prompt")):
                     reason = "unverified"
                 counts["traces"] += 1
                 if reason:
@@ -285,7 +285,7 @@ def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, parti
                     if pick is None:
                         counts["no_untaken_path"] += 1
                         continue
-                    ok = task.verify(prefix + pick.text, shard[i]["reference"])
+                    ok = task.verify(prefix + pick.text, shard[i]["reference"], shard[i].get("prompt"))
                     if value(len(steps(pick.text, sep)), ok, gamma) <= value(len(steps(texts[i][len(prefix):], sep)),
                                                                          True, gamma):
                         counts["wrong" if not ok else "not_shorter"] += 1

@@ -173,7 +173,9 @@ def load_tokenizer(cfg):
     """The tokenizer of a `ModelConfig`, without loading the weights (e.g. a big teacher's, to read
     its traces)."""
     if cfg.name.startswith("preset:"):
-        return char_tokenizer()
+        tok = char_tokenizer()
+        _chat_template(cfg, tok)
+        return tok
     from transformers import AutoTokenizer
 
     name, kwargs, _ = _resolve(cfg)

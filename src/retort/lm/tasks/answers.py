@@ -9,7 +9,8 @@
   limit) gives the text after it.
 - `final_number`: the last number of the completion that is not a number of the question restated
   (below).
-- `last_line`: the last non-empty line.
+- `last_line`: the last non-empty line (inside its `<answer>` tag or `\\boxed{}`, or after its
+  answer phrase, when it has one).
 
 Fallback order: a mode other than `marker` reads its own format first; when that finds nothing
 (and `task.strict` is off) the others are tried in the order `FALLBACK`: `tag`, `boxed`, an answer
@@ -52,6 +53,8 @@ _RESULT_CUE = re.compile(r"(?:=|\bequals?|\b(?:answer|result|sum|total|differenc
                          r"[\s:*$\\{(]*$", re.IGNORECASE)
 _PHRASE = re.compile(r"(?i:\banswer)\s*(?:is\s*:?|:)\s*|\bA:\s*|####\s*")
 _BOXED = re.compile(r"\\boxed\{")
+# a number that opens an answer, then its end, punctuation or words (not an operator: "3 + 2" is whole)
+_LEAD_NUMBER = re.compile(r"(-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)(?=\s*$|[.,;:!)]|\s+[A-Za-z(])")
 _TAG = re.compile(r"<answer>\s?(.*?)\s?</answer>", re.DOTALL)
 
 
@@ -103,13 +106,17 @@ def read_tag(text: str, question: Optional[str] = None) -> Optional[str]:
 
 
 def read_phrase(text: str, question: Optional[str] = None) -> Optional[str]:
-    """The rest of the line after the last answer phrase ("The answer is", "Answer:", "A:", "####")."""
+    """The rest of the line after the last answer phrase ("The answer is", "Answer:", "A:", "####"):
+    the number that opens it when words or a remark follow ("9 (checked)", "5 apples"), else all of
+    it ("Paris", "3x + 2")."""
     last = None
     for m in _PHRASE.finditer(text):
         last = m
     if last is None:
         return None
-    return _clean(text[last.end():].split("\n", 1)[0])
+    rest = text[last.end():].split("\n", 1)[0].strip().strip("*").strip()
+    lead = _LEAD_NUMBER.match(rest)
+    return _value(lead.group(1)) if lead else _clean(rest)
 
 
 def numbers(text: str) -> list[re.Match]:
@@ -140,7 +147,8 @@ def read_last_line(text: str, question: Optional[str] = None) -> Optional[str]:
     lines = [ln for ln in text.split("\n") if ln.strip()]
     if not lines:
         return None
-    return read_phrase(lines[-1]) or _clean(lines[-1])
+    last = lines[-1]
+    return read_tag(last) or read_boxed(last) or read_phrase(last) or _clean(last)
 
 
 READERS: dict[str, Callable[[str, Optional[str]], Optional[str]]] = {

@@ -108,7 +108,10 @@ class Task:
                 raise ConfigError(f"task.prompt={prompt!r}: a template takes {{question}} (required) and {{format}}; "
                                   f"got {', '.join('{' + f + '}' for f in sorted(fields)) or 'no field'}")
             self.template = prompt
-        self.system = self.default_system_for(self.answer_mode) if system is None else (system or None)
+        # "" or "none": no system message (an empty override reaches here as None, the task's own)
+        no_system = system is not None and system.strip().lower() in ("", "none")
+        self.system = self.default_system_for(self.answer_mode) if system is None else \
+            (None if no_system else system)
         self.strict = bool(strict)
         return self
 
