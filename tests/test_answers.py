@@ -265,3 +265,30 @@ def test_the_student_is_prompted_with_the_traces_system_message(tmp_path):
     assert tok.decode(p, skip_special_tokens=True) == "S.\n\nQ:1+2\n"
     p, _ = TraceEncoder({"params": {}}, cols, tok)(0)  # an older set: the prompt alone
     assert tok.decode(p, skip_special_tokens=True) == "Q:1+2\n"
+
+
+def test_a_trace_set_with_a_system_message_is_read_back_with_it(tmp_path):
+    """The teacher sampled with a system message: the student's prompts (`TraceEncoder`) carry it,
+    and the trace store finds the teacher's scores under those very prompt ids."""
+    from retort.lm.config import ModelConfig, TracesRun
+    from retort.lm.data.collate import TraceEncoder, encode_prompt
+    from retort.lm.data.traces import read_manifest, read_traces
+    from retort.lm.models import load_model
+    from retort.lm.teachers import TraceStoreTeacher
+    from retort.lm.traces import run_traces
+
+    out = tmp_path / "tr"
+    run_traces(load_config(TracesRun, None, [f"out={out}", "teacher.name=preset:nano", "n_prompts=4", "sampling.n=1",
+                                             "sampling.max_new_tokens=6", "sampling.topk=4", "task.system=Be brief.",
+                                             "task.answer=final_number"]))
+    manifest = read_manifest(out)
+    assert manifest["params"]["prompt_format"] == {"answer": "final_number", "strict": False, "system": "Be brief.",
+                                                  "template": "{format}\n{question}"}
+    cols = read_traces(out).to_pydict()
+    assert all(p.startswith("Answer with the number only.\nQ:") for p in cols["prompt"])  # the user text as rendered
+    _, tok = load_model(ModelConfig(name="preset:nano"))
+    enc = TraceEncoder(manifest, cols, tok)
+    p, c = enc(0)
+    assert p == encode_prompt(tok, Prompt(cols["prompt"][0], "Be brief."))
+    assert tok.decode(p, skip_special_tokens=True).startswith("Be brief.\n\nAnswer with the number only.\nQ:")
+    TraceStoreTeacher(str(out)).score([p], [list(cols["completion_ids"][0])])  # found: no "did not sample"
