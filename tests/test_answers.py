@@ -218,7 +218,7 @@ def test_eval_counts_answers_with_no_readable_answer_apart_from_wrong_ones(monke
     monkeypatch.setattr(run_mod, "generate", fake_generate)
     result = run_mod.evaluate(torch.nn.Linear(1, 1), None, task, EvalConfig(n=4, seed=0))
     assert result["accuracy"] == 0.25 and result["no_answer"] == 2 and result["no_answer_rate"] == 0.5
-    assert result["answer_format"] == "final_number"
+    assert result["answer_format"] == "final_number (else tag, boxed, 'answer is')"
     assert [s["answer"] for s in result["samples"]] == [examples[0].answer, None, None, "11"]
 
 
@@ -292,3 +292,19 @@ def test_a_trace_set_with_a_system_message_is_read_back_with_it(tmp_path):
     assert p == encode_prompt(tok, Prompt(cols["prompt"][0], "Be brief."))
     assert tok.decode(p, skip_special_tokens=True).startswith("Be brief.\n\nAnswer with the number only.\nQ:")
     TraceStoreTeacher(str(out)).score([p], [list(cols["completion_ids"][0])])  # found: no "did not sample"
+
+
+def test_retort_eval_shows_the_no_answer_share_and_how_answers_are_read(tmp_path, capsys, monkeypatch):
+    from retort.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "e.json"
+    rc = main(["eval", "model.name=preset:nano", "task.answer=boxed", "eval.n=4", "eval.max_new_tokens=4",
+               "--json", str(out)])
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
+    assert rc == 0, said
+    assert "eval: answers read as boxed (else tag, 'answer is', final_number)" in said
+    result = json.loads(out.read_text())["preset:nano"]
+    assert 0 <= result["no_answer"] <= 4 and result["no_answer_rate"] == result["no_answer"] / 4
+    assert "no_ans" in said and f"{result['no_answer_rate']:.3f}" in said

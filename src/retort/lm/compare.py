@@ -19,6 +19,7 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
     if task.size(run.eval.split) is not None:
         more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""
         console.print(f"eval: {n} prompts from {task.describe_split(run.eval.split)}{more}")
+    console.print(f"eval: answers read as {task.describe_format()}")
     rows = []
     cfg = replace(run.eval, n=n)
     reference = None

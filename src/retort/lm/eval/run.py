@@ -115,7 +115,7 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
         "accuracy": float(mean(correct)),
         "no_answer": int(sum(no_answer)),
         "no_answer_rate": float(mean(no_answer)),
-        "answer_format": getattr(task, "answer_mode", None),
+        "answer_format": task.describe_format() if hasattr(task, "describe_format") else None,
         "mean_tokens": float(mean(len(g[0].token_ids) for g in greedy)),
         "truncated": float(mean(g[0].finish_reason == "length" for g in greedy)),
         "by_difficulty": {str(k): float(mean(v)) for k, v in sorted(by_diff.items(), key=lambda kv: str(kv[0]))},

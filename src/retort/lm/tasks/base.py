@@ -138,6 +138,13 @@ class Task:
                 "system": self.system if "system" in vars(self) else self.default_system_for(self.answer_mode),
                 "template": self.template or self.default_template()}
 
+    def describe_format(self) -> str:
+        """How answers are read, for messages and results: "tag, then tag, boxed, ...", "marker"."""
+        if self.answer_mode == "marker" or self.strict:
+            return self.answer_mode + (" (strict)" if self.strict and self.answer_mode != "marker" else "")
+        rest = [m.replace("phrase", "'answer is'") for m in answers.FALLBACK if m != self.answer_mode]
+        return f"{self.answer_mode} (else {', '.join(rest)})"
+
     def in_format(self, ex: "Example") -> "Example":
         """`ex` with its prompt rendered and its worked solution's answer line in the task's format."""
         if self.template is None and not self.system and self.answer_mode == type(self).answer_mode == "marker":

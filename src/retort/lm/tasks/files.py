@@ -123,6 +123,9 @@ class FileTask(Task):
         self.answer = answer
         return self
 
+    def describe_format(self) -> str:
+        return super().describe_format() if self.answer else f"the {self.verifier} verifier's reading"
+
     def default_template(self) -> str:
         return "{question}"  # the file's prompt as its author wrote it
 
