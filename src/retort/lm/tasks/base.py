@@ -128,18 +128,23 @@ class Task:
         """The prompt of `question`: the template filled in, carrying the system message."""
         text = (self.template or self.default_template()).format(
             question=question, format=answers.INSTRUCTIONS[self.answer_mode])
-        system = self.system if "system" in vars(self) else self.default_system_for(self.answer_mode)
+        system = self._system()
         return Prompt(text, system) if system else text
+
+    def _system(self) -> Optional[str]:
+        # a task built without `configure` (TASKS[name]() in code) has its own system message
+        return self.system if "system" in vars(self) else self.default_system_for(self.answer_mode)
 
     def prompt_format(self) -> dict:
         """The prompt and answer format resolved (a trace set's manifest records it, so that the
         student learns the format the teacher was prompted with): answer, strict, system, template."""
         return {"answer": self.answer_mode, "strict": self.strict,
-                "system": self.system if "system" in vars(self) else self.default_system_for(self.answer_mode),
+                "system": self._system(),
                 "template": self.template or self.default_template()}
 
     def describe_format(self) -> str:
-        """How answers are read, for messages and results: "tag, then tag, boxed, ...", "marker"."""
+        """How answers are read, for messages and results: "marker", "boxed (strict)", "tag (else
+        boxed, 'answer is', final_number)"."""
         if self.answer_mode == "marker" or self.strict:
             return self.answer_mode + (" (strict)" if self.strict and self.answer_mode != "marker" else "")
         rest = [m.replace("phrase", "'answer is'") for m in answers.FALLBACK if m != self.answer_mode]
@@ -147,7 +152,7 @@ class Task:
 
     def in_format(self, ex: "Example") -> "Example":
         """`ex` with its prompt rendered and its worked solution's answer line in the task's format."""
-        if self.template is None and not self.system and self.answer_mode == type(self).answer_mode == "marker":
+        if self.template is None and not self._system() and self.answer_mode == type(self).answer_mode == "marker":
             return ex  # the task's own prompt and format: nothing to render
         solution = ex.solution
         if solution is not None and self.answer_mode != "marker":
