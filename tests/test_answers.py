@@ -246,6 +246,19 @@ def test_a_run_from_traces_takes_their_prompt_format(tmp_path):
         load_config(TrainRun, None, ["data.source=traces", f"data.traces={d}", "task.answer=tag"])
 
 
+def test_a_curated_set_hands_on_its_sources_format(tmp_path):
+    from retort.lm.tasks.base import manifest_format
+
+    fmt = {"answer": "tag", "strict": False, "system": "S.", "template": "{question}"}
+    d = tmp_path / "curated"
+    d.mkdir()
+    curated = {"params": {"source": "x", "source_params": {"source": "y", "source_params": {"prompt_format": fmt}}}}
+    (d / "manifest.json").write_text(json.dumps(curated))
+    assert manifest_format(curated) == fmt
+    run = load_config(TrainRun, None, ["data.source=traces", f"data.traces={d}"])
+    assert (run.task.answer, run.task.system) == ("tag", "S.")
+
+
 def test_traces_made_before_formats_keep_the_marker_format(tmp_path):
     d = _trace_dir(tmp_path, None)
     run = load_config(TrainRun, None, ["data.source=traces", f"data.traces={d}"])

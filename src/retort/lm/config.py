@@ -234,15 +234,14 @@ def adopt_trace_format(task: TaskConfig, traces: str) -> None:
     import json
     from pathlib import Path
 
-    from .tasks.base import LEGACY_FORMAT
+    from .tasks.base import LEGACY_FORMAT, manifest_format
 
     path = Path(traces) / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # not a trace set (yet): reading its rows says so
-    params = manifest.get("params") or {}
-    fmt = params.get("prompt_format") or dict(LEGACY_FORMAT)
+    fmt = manifest_format(manifest)
     mine = {"answer": task.answer, "strict": task.strict, "system": task.system, "template": task.prompt}
     if all(v in (None, False) for v in mine.values()):
         if fmt != LEGACY_FORMAT:

@@ -218,8 +218,14 @@ def task_params(cfg, task: "Task") -> dict:
 
 
 def manifest_format(manifest: dict) -> dict:
-    """The prompt format a trace set's teacher was prompted with (`LEGACY_FORMAT` for older sets)."""
-    return (manifest.get("params") or {}).get("prompt_format") or dict(LEGACY_FORMAT)
+    """The prompt format a trace set's teacher was prompted with: its params', or a curated set's
+    source's (`source_params`, at any depth); `LEGACY_FORMAT` for sets made before formats."""
+    params = manifest.get("params") or {}
+    while isinstance(params, dict) and params:
+        if params.get("prompt_format"):
+            return params["prompt_format"]
+        params = params.get("source_params")
+    return dict(LEGACY_FORMAT)
 
 
 def require_examples(task: Task, split: str, n: int, what: str, seed: int = 0) -> int:
