@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from ...errors import DataError
 from ..data.collate import encode_prompt, render_prompt
 from ..data.traces import SCHEMA, read_manifest, read_traces
+from ..tasks.base import Prompt, manifest_format
 from .output import check_output, open_output
 from .progress import CurateProgress
 from .server import api_teacher
@@ -72,6 +73,9 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
     table = read_traces(src)
     table = table.filter(pc.equal(table["correct"], True))
     cols = table.to_pydict()
+    # the prompts as the teacher was prompted (and the student learns them): with the set's system message
+    system = manifest_format(manifest)["system"]
+    cols["prompt"] = [Prompt(p, system) for p in cols["prompt"]]
     first: dict[str, int] = {}
     for i, pid in enumerate(cols["prompt_id"]):
         first.setdefault(pid, i)

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from ...errors import DataError
 from ..data.traces import SCHEMA, is_trace_set, read_manifest, read_traces
 from ..rollout.revise import OpeningBan, Reviser
+from ..tasks.base import Prompt, manifest_format
 from .output import check_output, open_output
 from .progress import CurateProgress
 from .server import api_teacher
@@ -81,7 +82,11 @@ def _source(src: str, max_prompts: int):
         table = table.take(keep)
     if not table.num_rows:
         raise DataError(f"{src}: no correct trace to shorten")
-    return manifest, table.to_pylist()
+    rows = table.to_pylist()
+    system = manifest_format(manifest)["system"]  # prompts as the teacher was prompted, system message included
+    for r in rows:
+        r["prompt"] = Prompt(r["prompt"], system)
+    return manifest, rows
 
 
 class _Out:
