@@ -128,10 +128,10 @@ def test_mixed_policy_rows_are_student_prefix_plus_verified_teacher_continuation
                sampling={"temperature": 1.0, "max_new_tokens": 12, "topk": 0})
 
     class AcceptAll:  # a controlled verifier: this test checks the data flow, not the arithmetic
-        def verify(self, text, ref):
+        def verify(self, text, ref, question=None):
             return True
 
-        def extract_answer(self, text):
+        def extract_answer(self, text, question=None):
             return None
 
     monkeypatch.setattr("retort.lm.tasks.get_task", lambda cfg: AcceptAll())

@@ -103,12 +103,13 @@ def test_results_table_fits_80_columns_and_shows_n_and_split():
 
     base = {"task": "modchain", "split": "test", "n": 200, "accuracy": 0.5, "mean_tokens": 12.25,
             "truncated": 0.0, "pass@8": 0.9, "maj@8": 0.6, "pass@1_sampled": 0.45,
-            "temperature": 0.8, "k": 8}
+            "temperature": 0.8, "k": 8, "no_answer": 12, "no_answer_rate": 0.06}
     rows = [("builtin:teacher", {**base, "by_difficulty": {"None": 0.5}}),
             ("runs/sft_on_teacher_traces/model", {**base, "n": 37, "by_difficulty": {"None": 0.25}})]
     text = _render(results_table(rows))
-    for header in ("model", "split", "n", "accuracy", "pass@8", "maj@8", "pass@1_sampled", "tokens"):
+    for header in ("model", "split", "n", "accuracy", "pass@8", "maj@8", "pass@1_sampled", "no_ans", "tokens"):
         assert header in text, (header, text)
+    assert "0.060" in text  # the share without an answer
     assert "None" not in text and "d=" not in text
     assert "200" in text and "37" in text and "test" in text
     assert max(len(line) for line in text.splitlines()) <= 80

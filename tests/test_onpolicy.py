@@ -81,7 +81,7 @@ def test_gate_keeps_exactly_the_verified_rollouts(tmp_path, monkeypatch):
     # the verifier is the task's; make it accept rollouts of even index only
     calls = []
 
-    def verify(text, ref):
+    def verify(text, ref, question=None):
         calls.append(text)
         return len(calls) % 2 == 1
 

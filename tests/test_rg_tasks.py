@@ -13,8 +13,8 @@ from retort.lm.tasks import get_task
 pytest.importorskip("reasoning_gym")
 
 
-def task(name="rg:chain_sum", **difficulty):
-    return get_task(TaskConfig(name=name, difficulty=difficulty))
+def task(name="rg:chain_sum", answer=None, **difficulty):
+    return get_task(TaskConfig(name=name, difficulty=difficulty, answer=answer))
 
 
 def test_examples_are_seeded_disjoint_and_carry_worked_solutions():
@@ -27,15 +27,31 @@ def test_examples_are_seeded_disjoint_and_carry_worked_solutions():
     assert not {e.prompt for e in test} & {e.prompt for e in t.examples("train", 300, 0)}
     for e in a:
         # the worked solution is the expression left to right, and the library's checker accepts it
-        assert e.solution.endswith(f"A:{e.answer}") and t.verify(e.solution, e.answer)
+        assert e.solution.endswith(f"\n<answer>{e.answer}</answer>") and t.verify(e.solution, e.answer, e.prompt)
         assert 2 <= e.difficulty <= 4
         nums = e.prompt.split("problem:")[1].split("=")[0].split()
         assert str(eval(" ".join(nums))) == e.answer  # noqa: S307 (digits and +/- only, made here)
+    # in retort's own format (task.answer=marker), the solution ends with the marker line instead
+    m = task(answer="marker", max_terms=4, max_digits=2).examples("train", 40, 0)
+    assert [x.solution.rsplit("\n", 1)[0] for x in m] == [x.solution.rsplit("\n", 1)[0] for x in a]
+    assert all(x.solution.endswith(f"\nA:{x.answer}") for x in m)
+
+
+def test_reasoning_gyms_own_prompt_and_answer_tags_by_default():
+    from reasoning_gym.utils import SYSTEM_PROMPTS
+
+    t = task()
+    e = t.examples("train", 1, 0)[0]
+    assert e.prompt.startswith("State the final answer") and e.prompt.system == SYSTEM_PROMPTS["default"]
+    assert t.verify(f"Let me add.\n<answer>{e.answer}</answer>", e.answer, e.prompt)
+    assert t.extract_answer(f"<answer> {e.answer} </answer> and <answer>x</answer>") == "x"  # the last tag
+    assert not t.verify(f"<answer>{int(e.answer) + 1}</answer>", e.answer, e.prompt)
 
 
 def test_the_generators_own_checker_scores_the_answer_after_the_marker():
-    t = task()
+    t = task(answer="marker")
     e = t.examples("train", 1, 0)[0]
+    assert e.prompt.startswith("Answer on a last line A:<answer>.\n") and getattr(e.prompt, "system", None) is None
     assert t.verify(f"thinking...\nA:{e.answer}", e.answer)
     assert not t.verify(f"A:{int(e.answer) + 1}", e.answer)
     assert not t.verify(e.answer, e.answer)  # no marker, no answer
@@ -46,7 +62,7 @@ def test_a_generator_without_a_solver_has_answers_only():
     t = task("rg:leg_counting")
     e = t.examples("train", 3, 0)[0]
     assert e.solution is None and isinstance(e.difficulty, int)
-    assert t.verify(f"A:{e.answer}", e.answer)
+    assert t.verify(f"<answer>{e.answer}</answer>", e.answer)
 
 
 def test_options_and_names_are_checked():
@@ -65,9 +81,18 @@ def test_traces_of_a_reasoning_gym_task(tmp_path):
     out = tmp_path / "tr"
     run_traces(load_config(TracesRun, None, [f"out={out}", "teacher.name=preset:nano", "task.name=rg:chain_sum",
                                              "task.difficulty.max_digits=1", "n_prompts=6", "sampling.n=2",
+                                             # reasoning-gym's system prompt is longer than nano's context
+                                             "task.system=Answer in <answer> tags.",
                                              "sampling.max_new_tokens=8", "shard_prompts=3"]))
     rows = read_traces(out).to_pylist()
-    assert len(rows) == 12 and all(r["prompt"].startswith("Answer on a last line A:") for r in rows)
+    assert len(rows) == 12 and all(r["prompt"].startswith("State the final answer") for r in rows)
+    from reasoning_gym.utils import SYSTEM_PROMPTS
+
+    from retort.lm.data.traces import read_manifest
+
+    fmt = read_manifest(out)["params"]["prompt_format"]  # what the student will be prompted with
+    assert fmt == {"answer": "tag", "strict": False, "system": "Answer in <answer> tags.", "template": "{question}"}
+    assert get_task(TaskConfig(name="rg:chain_sum")).prompt_format()["system"] == SYSTEM_PROMPTS["default"]
     assert all(r["correct"] is False or r["answer"] == r["reference"] for r in rows)
 
 
@@ -118,7 +143,7 @@ def test_a_generator_with_fewer_problems_than_asked_stops_early_and_says_how_man
     got = require_examples(t, split, n, "eval", seed=3)
     assert got == len(exist) == t.size(split)
     ex = t.examples(split, n, 3)
-    assert {e.prompt.split("\n")[1] for e in ex} == exist  # every one of them, each once
+    assert {e.prompt for e in ex} == exist  # every one of them, each once
     assert len(draws) < 50 * len(SMALL_QUESTIONS)  # stopped soon after the last new problem
     said = t.describe_split(split)
     assert f"which holds {len(exist)} distinct problems" in said and "allow 200 in all" in said

@@ -129,6 +129,19 @@ def _check_value(key: str, value, meta) -> None:
         raise ConfigError(f"{key}={value} is out of range; expected {left}{key.rsplit('.', 1)[-1]}{right}")
 
 
+def _yaml_word(value, choices):
+    """A choice YAML 1.1 read as a boolean (`chat_template=off` is False to YAML) back as the word,
+    when the field's choices have it."""
+    if isinstance(value, str) and value in ("True", "False") and choices and value not in choices:
+        value = value == "True"  # OmegaConf turned YAML's boolean into its Python name for a str field
+    if not isinstance(value, bool) or not choices:
+        return value
+    for word in (("on", "yes", "true") if value else ("off", "no", "false")):
+        if word in choices:
+            return word
+    return value
+
+
 def build(cls, data: dict, prefix: str = ""):
     """Instantiate dataclass `cls` from a plain dict, checking every field's declared range."""
     hints = _field_types(cls)
@@ -147,6 +160,7 @@ def build(cls, data: dict, prefix: str = ""):
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             value = build(hint, value or {}, key + ".")
         else:
+            value = _yaml_word(value, f.metadata.get("choices"))
             _check_value(key, value, f.metadata)
         kwargs[f.name] = value
     try:

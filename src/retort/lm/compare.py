@@ -47,6 +47,7 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
             with console.status(f"provenance of {label}'s sentences"):
                 rows[-1][1]["provenance"] = trace(model.eval(), tok, sources[0][0].eval(), sources[1][0].eval(), task,
                                                   cfg, delta=options.get("provenance_delta", 1.0))
+    console.print(f"eval: answers read as {task.describe_format()}")
     console.print(results_table(rows))
     if sources is not None:
         console.print(provenance_table(rows))

@@ -21,6 +21,25 @@ class TaskConfig:
                                  "of the prompt); 0: no split, train and test are the whole file. `retort eval` "
                                  "defaults to 0 (a file given for evaluation is evaluated whole)",
                                  lo=0.0, hi=1.0, hi_open=True)
+    prompt: Optional[str] = param(None, "the prompt template: {question} is the task's own question, {format} the "
+                                  "answer format's instruction (e.g. 'Answer with the number only.'). Unset: the "
+                                  "question alone in the task's own format, else '{format}\\n{question}'")
+    system: Optional[str] = param(None, "a system message before every prompt (the chat template's system turn; "
+                                  "without one, the text before the prompt). Unset: the task's own (reasoning-gym's "
+                                  "default system prompt for rg: tasks in their tag format, else none); none: no system message")
+    answer: Optional[str] = param(None, "the answer format asked for and read: marker (a last line A:ANSWER), boxed "
+                                  "(\\boxed{}), tag (<answer></answer>), final_number, last_line. Unset: the task's "
+                                  "own (marker for built-in tasks, tag for rg:, the verifier's reading for files). "
+                                  "Not found, the others are read in order tag, boxed, 'answer is'/'Answer:', final "
+                                  "number (marker: never)")
+    strict: bool = param(False, "read only the task.answer format, no fallbacks")
+
+
+    def __post_init__(self):
+        from .tasks.answers import MODES
+
+        if self.answer is not None and self.answer not in MODES:
+            raise ConfigError(f"task.answer={self.answer!r} is not allowed; expected one of: {', '.join(MODES)}")
 
 
 @dataclass
@@ -33,8 +52,9 @@ class ModelConfig:
     gguf_file: Optional[str] = param(None, "GGUF file name inside `name` (a directory or hub id)")
     dtype: str = param("float32", "weights dtype when loading", choices=["float32", "bfloat16", "float16", "auto"])
     trust_remote_code: bool = param(False, "run model code from the checkpoint (off unless you trust it)")
-    chat_template: str = param("auto", "wrap prompts in the tokenizer's chat template: auto = when it has one",
-                               choices=["auto", "off"])
+    chat_template: str = param("auto", "wrap prompts in the tokenizer's chat template: auto = when it has one, on = "
+                               "refuse a tokenizer without one, off = plain text (the system message, a blank line, "
+                               "the prompt)", choices=["auto", "on", "off"])
     keep_layers: int = param(0, "keep only this many evenly spaced decoder layers, initialised from the "
                                 "loaded ones (a layer-pruned student); 0 keeps all", lo=0)
 
@@ -203,6 +223,39 @@ class TrainRun:
     def __post_init__(self):
         if self.data.source == "traces" and not self.data.traces:
             raise ConfigError("data.source=traces needs data.traces=DIR (a `retort traces` output)")
+        if self.data.source == "traces":
+            adopt_trace_format(self.task, self.data.traces)
+
+
+def adopt_trace_format(task: TaskConfig, traces: str) -> None:
+    """The student learns the format its teacher's traces were prompted with: a run from a trace set
+    whose task.prompt / system / answer / strict are all unset takes the set's (its manifest's
+    `prompt_format`); one that sets any of them must set them as the set has them."""
+    import json
+    from pathlib import Path
+
+    from .tasks.base import LEGACY_FORMAT, manifest_format
+
+    path = Path(traces) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # not a trace set (yet): reading its rows says so
+    fmt = manifest_format(manifest)
+    mine = {"answer": task.answer, "strict": task.strict, "system": task.system, "template": task.prompt}
+    if all(v in (None, False) for v in mine.values()):
+        if fmt != LEGACY_FORMAT:
+            task.answer, task.strict, task.system, task.prompt = fmt["answer"], fmt["strict"], fmt["system"] or "", \
+                fmt["template"]
+        return
+    from .tasks import get_task
+
+    ours = get_task(task).prompt_format()
+    for key, cfg_key in (("answer", "answer"), ("strict", "strict"), ("system", "system"), ("template", "prompt")):
+        if ours[key] != fmt.get(key):
+            raise ConfigError(f"task.{cfg_key}: this run's is {ours[key]!r}, but the traces in {traces} were prompted "
+                              f"with {fmt.get(key)!r}; a student learns the format of its teacher's "
+                              "traces (leave task.prompt, system, answer and strict unset to take theirs)")
 
 
 @dataclass

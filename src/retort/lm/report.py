@@ -34,6 +34,9 @@ def comparison_table(rows) -> str:
     kl = any("kl_ref_model" in r.eval for r in rows)
     headers += [{"agree_answer": "same answer as ref", "agree_top1": "same top-1 token as ref"}[k] for k in fid]
     headers += ["KL(ref || model) / token"] if kl else []
+    # answers with nothing the task's answer format could read (a format failure, not a wrong answer)
+    no_answer = any("no_answer_rate" in r.eval for r in rows)
+    headers += ["no answer"] if no_answer else []
     headers += ["mean tokens / answer", "train time (s)", "steps"]
     body = []
     for r in rows:
@@ -44,6 +47,7 @@ def comparison_table(rows) -> str:
         cells += [(esc(pct(e.get("pass@1_sampled"))), True)] if sampled else []
         cells += [(esc(pct(e.get(k))), True) for k in fid]
         cells += [(esc(fmt_float(e.get("kl_ref_model"), 3)), True)] if kl else []
+        cells += [(esc(pct(e.get("no_answer_rate"))), True)] if no_answer else []
         cells += [(esc(fmt_float(e.get("mean_tokens"))), True), (esc(fmt_float(r.train_time)), True),
                   (esc(fmt_int(r.steps)), True)]
         body.append(cells)

@@ -21,6 +21,7 @@ from .data import topk as topk_codec
 from .data.hashes import tokenizer_sha256, weights_sha256
 from .data.traces import SCHEMA, TraceWriter, check_target, read_traces
 from .tasks import get_task, require_examples
+from .tasks.base import task_params
 from .teachers import check_capabilities, open_teacher
 
 
@@ -69,7 +70,7 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
     s, n = run.shard_prompts, run.sampling.n
     n_shards = ceil(len(examples) / s)
     shard_rows = {i: len(examples[i * s:(i + 1) * s]) * n * len(teachers) for i in range(n_shards)}
-    params = {"task": asdict(run.task), "teacher": teacher_params(run.teacher), "teacher_weights_sha256": identities[0],
+    params = {**task_params(run.task, task), "teacher": teacher_params(run.teacher), "teacher_weights_sha256": identities[0],
               "sampling": asdict(run.sampling), "split": run.split, "n_prompts": len(examples), "seed": run.seed,
               "shard_prompts": s}
     if run.teachers:
@@ -123,8 +124,8 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
                         "prompt_id": e.id, "sample_idx": t_i * n + j, "prompt": e.prompt, "completion": c.text,
                         "completion_ids": c.token_ids, "completion_logprobs": sc.logprobs[:len(c.token_ids)],
                         "topk": topk_codec.encode_scores(sc, min(sp.topk, len(tok))) if sp.topk else None,
-                        "answer": task.extract_answer(c.text), "reference": e.answer,
-                        "correct": task.verify(c.text, e.answer), "finish_reason": c.finish_reason,
+                        "answer": task.extract_answer(c.text, e.prompt), "reference": e.answer,
+                        "correct": task.verify(c.text, e.answer, e.prompt), "finish_reason": c.finish_reason,
                         "n_tokens": len(c.token_ids), "difficulty": e.difficulty,
                         "teacher": name, "teacher_sha256": ident,
                     })

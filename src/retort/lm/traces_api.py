@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import __version__
 from .config import teacher_params
+from .tasks.base import task_params
 from ..errors import ApiError, DataError
 from .data import topk as topk_codec
 from .data.hashes import tokenizer_sha256
@@ -85,7 +86,7 @@ class ApiTraces:
         self.sp, self.api = run.sampling, run.teacher.api
         self.shard_prompts, self.n = run.shard_prompts, self.sp.n
         self.n_shards = ceil(len(examples) / self.shard_prompts)
-        self.params = {"task": asdict(run.task), "teacher": teacher_params(run.teacher),
+        self.params = {**task_params(run.task, task), "teacher": teacher_params(run.teacher),
                        "teacher_weights_sha256": None, "sampling": asdict(self.sp), "split": run.split,
                        "n_prompts": len(examples), "seed": run.seed, "shard_prompts": self.shard_prompts}
         self.tok = self.teacher.tokenizer
@@ -152,8 +153,8 @@ class ApiTraces:
             reply.text = api.reasoning_template.format(reasoning=reply.reasoning, answer=answer_text)
         ids = teacher.tokens.ids(reply) if teacher.tokens is not None and reply.tokens is not None else None
         row = {"prompt_id": e.id, "prompt": e.prompt, "completion": reply.text, "reasoning": reply.reasoning,
-               "answer": task.extract_answer(answer_text), "reference": e.answer,
-               "correct": task.verify(answer_text, e.answer), "finish_reason": reply.finish_reason,
+               "answer": task.extract_answer(answer_text, e.prompt), "reference": e.answer,
+               "correct": task.verify(answer_text, e.answer, e.prompt), "finish_reason": reply.finish_reason,
                "difficulty": e.difficulty, "api_tokens": reply.tokens_json(), "topk": None,
                "teacher": self.run.teacher.name}
         if ids is not None:

@@ -21,11 +21,14 @@ def tasks(n):
             click.echo("  " + (ex.prompt + ex.solution).replace("\n", "\n    | ").rstrip())
     click.echo("file tasks: task.name=PATH.jsonl|.parquet (prompt, answer, optional solution, id); "
                "task.verifier=exact|numeric|math")
+    click.echo("answer formats: task.answer=marker|boxed|tag|final_number|last_line (built-in tasks: marker, "
+               "rg: tag under reasoning-gym's system prompt); task.prompt='{format}\\n{question}' (a template), "
+               "task.system (a system message; none: none), task.strict=true (no fallback formats)")
     from ..tasks.rg import SOLVERS, generators
 
     names = generators()
     click.echo(f"reasoning-gym: task.name=rg:GENERATOR, task.difficulty = the generator's options, its own "
-               f"answer checker; worked solutions for {', '.join(SOLVERS)} (chain_sum: "
+               f"prompt convention and answer checker; worked solutions for {', '.join(SOLVERS)} (chain_sum: "
                "task.difficulty.rendering=detours for detours and rewrite skills, as the detours task); "
                + (f"{len(names)} generators: {', '.join(names)}" if names else "not installed (pip install 'retort[rg]')"))
 

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from ...errors import DataError
 from ..data.collate import encode_prompt, render_prompt
 from ..data.traces import SCHEMA, read_manifest, read_traces
+from ..tasks.base import Prompt, manifest_format
 from .output import check_output, holds_out, open_output
 from .progress import CurateProgress
 from .server import api_teacher
@@ -73,6 +74,9 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
     table = read_traces(src)
     table = table.filter(pc.equal(table["correct"], True))
     cols = table.to_pydict()
+    # the prompts as the teacher was prompted (and the student learns them): with the set's system message
+    system = manifest_format(manifest)["system"]
+    cols["prompt"] = [Prompt(p, system) for p in cols["prompt"]]
     first: dict[str, int] = {}
     for i, pid in enumerate(cols["prompt_id"]):
         first.setdefault(pid, i)
@@ -130,7 +134,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
                 c = o[0]
                 ids, reason = (c.token_ids[:cap], "length") if len(c.token_ids) > cap else (c.token_ids, c.finish_reason)
                 text = s_tok.decode(ids, skip_special_tokens=True)
-                failed = reason == "length" or not task.verify(text, cols["reference"][i])
+                failed = reason == "length" or not task.verify(text, cols["reference"][i], cols["prompt"][i])
                 if (source == "truncated" and reason != "length") or (source == "failed" and not failed):
                     continue
                 if len(ids) < 2:
@@ -161,7 +165,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
             for (i, _), prefix, tp, prompt_ids, o in zip(picks, prefixes, t_prefix, t_prompts, conts):
                 c = o[0]
                 text = prefix + c.text
-                if c.finish_reason != "stop" or not task.verify(text, cols["reference"][i]):
+                if c.finish_reason != "stop" or not task.verify(text, cols["reference"][i], cols["prompt"][i]):
                     continue
                 ids = list(tp) + (c.token_ids or t_tok(c.text, add_special_tokens=False)["input_ids"])
                 kept.append((i, text, ids, prompt_ids))
@@ -184,7 +188,7 @@ def mixed_policy(src: str, out: str, student: str, *, source: str = "failed", le
                     "prompt": cols["prompt"][i], "completion": text, "completion_ids": ids,
                     "completion_logprobs": sc.logprobs[:len(ids)] if sc is not None else [],
                     "topk": encode_scores(sc, min(topk, len(t_tok))) if topk and sc is not None else None,
-                    "answer": task.extract_answer(text), "reference": cols["reference"][i], "correct": True,
+                    "answer": task.extract_answer(text, cols["prompt"][i]), "reference": cols["reference"][i], "correct": True,
                     "finish_reason": "stop", "n_tokens": len(ids), "difficulty": cols["difficulty"][i],
                 })
             counts["kept"] += len(kept)

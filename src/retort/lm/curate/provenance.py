@@ -64,7 +64,7 @@ def provenance(distilled, tok, teacher, base, task, cfg, *, delta: float = 1.0) 
             continue
         bounds = sentence_token_bounds(tok, o.token_ids, list(accumulate(len(p) for p in parts)))
         means = {name: sentence_means(lps[name][k].logprobs, bounds) for name in lps}
-        correct = task.verify(o.text, e.answer)
+        correct = task.verify(o.text, e.answer, e.prompt)
         counted = [(j, classify(t, s, d, delta)) for j, (t, s, d) in enumerate(zip(means["T"], means["S"], means["D"]))
                    if t is not None and s is not None and d is not None]
         for j, cat in counted:

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from ...errors import DataError
 from ..data.traces import SCHEMA, is_trace_set, read_manifest, read_traces
 from ..rollout.revise import OpeningBan, Reviser
+from ..tasks.base import Prompt, manifest_format
 from .output import check_output, holds_out, open_output
 from .progress import CurateProgress
 from .server import api_teacher
@@ -81,7 +82,11 @@ def _source(src: str, max_prompts: int):
         table = table.take(keep)
     if not table.num_rows:
         raise DataError(f"{src}: no correct trace to shorten")
-    return manifest, table.to_pylist()
+    rows = table.to_pylist()
+    system = manifest_format(manifest)["system"]  # prompts as the teacher was prompted, system message included
+    for r in rows:
+        r["prompt"] = Prompt(r["prompt"], system)
+    return manifest, rows
 
 
 class _Out:
@@ -204,9 +209,9 @@ def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = Non
                     reason = "unfinished"
                 elif mode == "dap" and level is None:
                     reason = "no_level"
-                elif task.extract_answer(text) != task.extract_answer(r["completion"]):
+                elif task.extract_answer(text, r.get("prompt")) != task.extract_answer(r["completion"], r.get("prompt")):
                     reason = "answer_changed"
-                elif not task.verify(text, r["reference"]):
+                elif not task.verify(text, r["reference"], r.get("prompt")):
                     reason = "unverified"
                 counts["traces"] += 1
                 if reason:
@@ -287,7 +292,7 @@ def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, parti
                     if pick is None:
                         counts["no_untaken_path"] += 1
                         continue
-                    ok = task.verify(prefix + pick.text, shard[i]["reference"])
+                    ok = task.verify(prefix + pick.text, shard[i]["reference"], shard[i].get("prompt"))
                     if value(len(steps(pick.text, sep)), ok, gamma) <= value(len(steps(texts[i][len(prefix):], sep)),
                                                                          True, gamma):
                         counts["wrong" if not ok else "not_shorter"] += 1

@@ -16,6 +16,7 @@ import torch
 
 from ...errors import DataError
 from ...losses.reduce import IGNORE  # re-exported: collators write it, losses skip it
+from ..tasks.base import Prompt, manifest_format, with_system
 
 
 @dataclass
@@ -42,24 +43,38 @@ class Encoded:
         return any(lab == IGNORE for lab in self.labels[self.prompt_len:])
 
 
+def _chat(tok, prompt: str, tokenize: bool):
+    """The chat template applied to the prompt's turns: its system message (a task's, carried by
+    the prompt: `tasks.Prompt`) and the user text. A template that refuses a system turn gets the
+    system message before the user text instead."""
+    system = getattr(prompt, "system", None)
+    user = {"role": "user", "content": str(prompt)}
+    if system:
+        try:
+            return tok.apply_chat_template([{"role": "system", "content": system}, user],
+                                           add_generation_prompt=True, tokenize=tokenize)
+        except Exception:  # jinja's TemplateError, raised by templates without a system role
+            user = {"role": "user", "content": with_system(prompt)}
+    return tok.apply_chat_template([user], add_generation_prompt=True, tokenize=tokenize)
+
+
 def encode_prompt(tok, prompt: str) -> list[int]:
-    """Prompt ids: the user turn of the tokenizer's chat template (with the generation prompt) when
-    it has one, else the text with the tokenizer's own special tokens (BOS for retort's presets)."""
+    """Prompt ids: the system and user turns of the tokenizer's chat template (with the generation
+    prompt) when it has one, else the text (after the system message, when the prompt has one)
+    with the tokenizer's own special tokens (BOS for retort's presets)."""
     if getattr(tok, "chat_template", None):
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      tokenize=True)
+        ids = _chat(tok, prompt, tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    return tok(prompt, add_special_tokens=True)["input_ids"]
+    return tok(with_system(prompt), add_special_tokens=True)["input_ids"]
 
 
 def render_prompt(tok, prompt: str) -> str:
     """The prompt as text, as the chat template renders it before the answer (with the generation
-    prompt), or as it is when the tokenizer has no template: what a server's completions endpoint
-    continues (a prefix of the answer may follow it)."""
+    prompt), or as it is (after its system message) when the tokenizer has no template: what a
+    server's completions endpoint continues (a prefix of the answer may follow it)."""
     if not getattr(tok, "chat_template", None):
-        return prompt
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                   tokenize=False)
+        return with_system(prompt)
+    text = _chat(tok, prompt, tokenize=False)
     bos = tok.bos_token
     # a completions endpoint adds BOS itself when the tokenizer does: the template's own would double it
     if bos and text.startswith(bos) and tok("", add_special_tokens=True)["input_ids"][:1] == [tok.bos_token_id]:
@@ -82,7 +97,7 @@ def encode_examples(tok, prompts: list[str], completions: list[str]) -> list[Enc
     if getattr(tok, "chat_template", None):
         ps = [encode_prompt(tok, p) for p in prompts]
     else:
-        ps = tok(prompts, add_special_tokens=True)["input_ids"]
+        ps = tok([with_system(p) for p in prompts], add_special_tokens=True)["input_ids"]
     cs = tok(completions, add_special_tokens=False)["input_ids"]
     eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
     return [Encoded(p + c + eos, [IGNORE] * len(p) + c + eos) for p, c in zip(ps, cs)]
@@ -100,6 +115,9 @@ class TraceEncoder:
 
         self.cols, self.tok = cols, tok
         self.same_vocab = manifest.get("tokenizer_sha256") == tokenizer_sha256(tok)
+        # the system message the teacher was prompted with (the manifest's answer format), so the
+        # student learns from the same prompt
+        self.system = manifest_format(manifest)["system"]
         self.eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
         self._prompts: dict[str, list[int]] = {}
 
@@ -114,7 +132,9 @@ class TraceEncoder:
 
     def __call__(self, i: int) -> tuple[list[int], list[int]]:
         cols, tok = self.cols, self.tok
-        p = self._prompts.setdefault(cols["prompt"][i], encode_prompt(tok, cols["prompt"][i]))
+        if cols["prompt"][i] not in self._prompts:
+            self._prompts[cols["prompt"][i]] = encode_prompt(tok, Prompt(cols["prompt"][i], self.system))
+        p = self._prompts[cols["prompt"][i]]
         c = cols["completion_ids"][i] if self.same_vocab else tok(cols["completion"][i], add_special_tokens=False)["input_ids"]
         return p, list(c) + (self.eos if cols["finish_reason"][i] == "stop" else [])
 

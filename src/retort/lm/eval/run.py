@@ -1,4 +1,6 @@
-"""`retort eval`: greedy pass@1, sampled pass@k and maj@k, completion length, accuracy by difficulty."""
+"""`retort eval`: greedy pass@1, sampled pass@k and maj@k, completion length, accuracy by difficulty,
+and how many answers had no answer the task could read (`no_answer`: a format failure, counted
+apart from wrong answers)."""
 
 from __future__ import annotations
 
@@ -41,13 +43,13 @@ def fidelity(model, tok, ref_model, ref_tok, ref_greedy: list, task, cfg, greedy
 
     from ..data.collate import encode_prompt
 
-    a = [task.extract_answer(g.text) for g in greedy]
-    b = [task.extract_answer(g.text) for g in ref_greedy]
+    prompts = [e.prompt for e in task.examples(cfg.split, cfg.n, cfg.seed)]
+    a = [task.extract_answer(g.text, p) for g, p in zip(greedy, prompts)]
+    b = [task.extract_answer(g.text, p) for g, p in zip(ref_greedy, prompts)]
     out = {"agree_answer": float(mean(x is not None and x == y for x, y in zip(a, b)))}
     if tok.get_vocab() != ref_tok.get_vocab():
         out["token_fidelity"] = "not computed: the two tokenizers differ"
         return out
-    prompts = [e.prompt for e in task.examples(cfg.split, cfg.n, cfg.seed)]
     eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
     top1, kls = [], []
     device = next(model.parameters()).device
@@ -96,7 +98,9 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
     prompts = [e.prompt for e in examples]
     greedy = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
                       batch_size=cfg.batch_size, progress=progress)
-    correct = [task.verify(g[0].text, e.answer) for g, e in zip(greedy, examples)]
+    correct = [task.verify(g[0].text, e.answer, e.prompt) for g, e in zip(greedy, examples)]
+    # no answer the task could read: the format failed, which is not the same as a wrong answer
+    no_answer = [task.extract_answer(g[0].text, e.prompt) is None for g, e in zip(greedy, examples)]
     by_diff: dict = defaultdict(list)
     len_by_diff: dict = defaultdict(list)
     for ok, e, g in zip(correct, examples, greedy):
@@ -109,6 +113,9 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
         # The report's params column reads this; counted here so an eval JSON carries it too.
         "params": sum(p.numel() for p in model.parameters()),
         "accuracy": float(mean(correct)),
+        "no_answer": int(sum(no_answer)),
+        "no_answer_rate": float(mean(no_answer)),
+        "answer_format": task.describe_format() if hasattr(task, "describe_format") else None,
         "mean_tokens": float(mean(len(g[0].token_ids) for g in greedy)),
         "truncated": float(mean(g[0].finish_reason == "length" for g in greedy)),
         "by_difficulty": {str(k): float(mean(v)) for k, v in sorted(by_diff.items(), key=lambda kv: str(kv[0]))},
@@ -116,7 +123,10 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
         "tokens_by_difficulty": {str(k): float(mean(v))
                                  for k, v in sorted(len_by_diff.items(), key=lambda kv: str(kv[0]))},
         "length_difficulty_corr": _corr([e.difficulty for e in examples], [len(g[0].token_ids) for g in greedy]),
-        "samples": [{"prompt": e.prompt, "completion": g[0].text, "reference": e.answer, "correct": ok}
+        "samples": [{"prompt": str(e.prompt), **({"system": e.prompt.system} if getattr(e.prompt, "system", None)
+                                                   else {}),
+                     "completion": g[0].text, "answer": task.extract_answer(g[0].text, e.prompt),
+                     "reference": e.answer, "correct": ok}
                     for e, g, ok in list(zip(examples, greedy, correct))[:n_samples_kept]],
     }
     if entropy:
@@ -139,11 +149,11 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
                            progress=progress)
         passk, maj, p1 = [], [], []
         for e, outs in zip(examples, sampled):
-            oks = [task.verify(o.text, e.answer) for o in outs]
+            oks = [task.verify(o.text, e.answer, e.prompt) for o in outs]
             passk.append(pass_at_k(len(oks), sum(oks), cfg.k))
             p1.append(pass_at_k(len(oks), sum(oks), 1))
-            vote = majority([task.extract_answer(o.text) for o in outs])
-            maj.append(vote is not None and task.verify(task.completion_of(vote), e.answer))
+            vote = majority([task.extract_answer(o.text, e.prompt) for o in outs])
+            maj.append(vote is not None and task.verify(task.completion_of(vote), e.answer, e.prompt))
         result.update({f"pass@{cfg.k}": float(mean(passk)), f"maj@{cfg.k}": float(mean(maj)),
                        "pass@1_sampled": float(mean(p1)),
                        "temperature": cfg.temperature, "k": cfg.k})
@@ -172,7 +182,7 @@ def _table(title: str, headers: list[str]):
     from rich.table import Table
 
     # No vertical rules, no edges: room for the model column in an 80-column terminal.
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     # The model column wraps; the rest are short numbers whose headers must stay whole, so they
     # never wrap and never get narrower than their header (an 80-column terminal cut them before).
     table.add_column(headers[0], overflow="fold")
@@ -190,13 +200,20 @@ def results_table(rows: list[tuple[str, dict]]):
     keyed = sorted(keyed, key=lambda k: (k.startswith("maj"), int(KEYED.match(k).group(1))))
     keys = ["accuracy", *keyed] + (["pass@1_sampled"] if any("pass@1_sampled" in r for _, r in rows) else [])
     fid = [k for k in ("agree_answer", "agree_top1", "kl_ref_model") if any(k in r for _, r in rows)]
-    table = _table("retort eval", ["model", "split", "n", *keys, "tokens", *fid])
-    table.caption = "tokens: mean completion tokens per answer (greedy)" + (
+    # the share of greedy answers with nothing the task's answer format could read (results from
+    # before it was counted have none: no column)
+    na = ["no_ans"] if any("no_answer_rate" in r for _, r in rows) else []
+    table = _table("retort eval", ["model", "split", "n", *keys, *na, "tokens", *fid])
+    table.caption = ("no_ans: share of greedy answers in which the task's answer format (task.answer) found no "
+                     "answer (counted as wrong; a format failure, not a wrong answer); " if na else "") + \
+        "tokens: mean completion tokens per answer (greedy)" + (
         "; agree_answer / agree_top1 / kl_ref_model: fidelity to the --fidelity-to model (same final answer; "
         "same top-1 token and KL(ref || model) per token on its greedy answers)" if fid else "")
     for name, r in rows:
         table.add_row(name, _fmt(r.get("split")), _fmt(r.get("n")),
-                      *[_fmt(r.get(k)) for k in keys], _fmt(r.get("mean_tokens")), *[_fmt(r.get(k)) for k in fid])
+                      *[_fmt(r.get(k)) for k in keys], *[_fmt(r.get("no_answer_rate")) for _ in na],
+                      _fmt(r.get("mean_tokens")),
+                      *[_fmt(r.get(k)) for k in fid])
     diffs = _difficulties(rows)
     if not diffs:
         return Group(table)

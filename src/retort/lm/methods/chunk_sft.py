@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from ...config import param
 from ..data.collate import IGNORE, Encoded, encode_prompt
 from ..data.text import sentences
-from ..data.traces import read_traces
+from ..data.traces import read_manifest, read_traces
+from ..tasks.base import Prompt, manifest_format
 from ...errors import ConfigError, DataError
 from .base import LossOut, OffPolicy, sequence_logps
 
@@ -87,7 +88,8 @@ class ChunkSFT(OffPolicy):
         if run.data.source == "traces":
             cols = read_traces(run.data.traces, columns=["prompt", "completion", "correct", "finish_reason"]).to_pydict()
             keep = [i for i, ok in enumerate(cols["correct"]) if ok or run.data.trace_filter == "all"]
-            return [(cols["prompt"][i], cols["completion"][i], cols["finish_reason"][i] == "stop")
+            system = manifest_format(read_manifest(run.data.traces))["system"]  # the teacher's prompt
+            return [(Prompt(cols["prompt"][i], system), cols["completion"][i], cols["finish_reason"][i] == "stop")
                     for i in keep[:run.data.n_train]]
         rows = self.ctx.train_rows()  # each distinct row once; examples() repeats a file task's rows
         return [(ex.prompt, ex.solution, True) for ex in rows if ex.solution]

@@ -9,6 +9,7 @@ from ...errors import DataError
 from ..data import topk as topk_codec
 from ..data.collate import Encoded, TraceEncoder, encode_within
 from ..data.traces import read_manifest, read_traces
+from ..tasks import Prompt
 
 
 def data_examples(ctx) -> list[Encoded]:
@@ -25,7 +26,7 @@ def data_examples(ctx) -> list[Encoded]:
         if not extra:
             raise DataError(f"data.skills={run.data.skills}: task {ctx.task.name} has no skill examples")
         rows = [r for pair in zip(rows, extra) for r in pair] + rows[len(extra):] + extra[len(rows):]
-    completions = [ex.answer_completion if run.data.source == "answers" else ex.solution for ex in rows]
+    completions = [ctx.task.completion_of(ex.answer) if run.data.source == "answers" else ex.solution for ex in rows]
     encoded = encode_within(tok, [ex.prompt for ex in rows], completions, run.data.max_len)
     out = []
     for enc, ex in zip(encoded, rows):
@@ -61,7 +62,7 @@ def trace_examples(data, tok, *, with_topk: bool = False, ctx=None) -> list[Enco
     out = []
     for i in keep:
         enc = encode.encoded(i)
-        enc.prompt, enc.answer = cols["prompt"][i], cols["reference"][i]
+        enc.prompt, enc.answer = Prompt(cols["prompt"][i], encode.system), cols["reference"][i]
         if with_topk:
             if cols["messages"][i] is not None:
                 raise DataError(f"{data.traces}: offline top-k is stored for single-turn rows only")

@@ -122,7 +122,7 @@ class Rollouts:
         new, correct, kept, lengths = [], 0, 0, 0
         for x, p, (comp,) in zip(items, prompts, outs):
             ids = comp.token_ids + (eos if comp.finish_reason == "stop" else [])
-            ok = x.answer is not None and self.ctx.task.verify(comp.text, x.answer)
+            ok = x.answer is not None and self.ctx.task.verify(comp.text, x.answer, x.prompt)
             keep = ok or not gate
             correct += ok
             kept += keep

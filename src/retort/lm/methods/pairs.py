@@ -18,6 +18,7 @@ from ..data.traces import read_manifest, read_traces
 from ...errors import ConfigError, DataError
 from .base import BatchPlan, OffPolicy, sequence_logps
 from ..data.collate import TraceEncoder
+from ..tasks import Prompt
 
 
 @dataclass
@@ -52,7 +53,7 @@ def pair_examples(data, tok, per_prompt: int) -> list[Pair]:
         (p, cw), (_, cl) = encode(good), encode(bad)
         if len(p) + max(len(cw), len(cl)) > data.max_len:
             continue
-        out.append(Pair(p + cw, [IGNORE] * len(p) + cw, prompt=cols["prompt"][good], answer=cols["reference"][good],
+        out.append(Pair(p + cw, [IGNORE] * len(p) + cw, prompt=Prompt(cols["prompt"][good], encode.system), answer=cols["reference"][good],
                         rejected=Encoded(p + cl, [IGNORE] * len(p) + cl)))
     if not out:
         raise DataError(f"{data.traces}: every pair is longer than data.max_len={data.max_len}")

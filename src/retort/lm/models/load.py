@@ -47,8 +47,7 @@ def _seeded_init(model, seed: int):
 def load_model(cfg, *, seed: int = 0, max_len: int = 512):
     """Return (model, tokenizer) for a `ModelConfig`."""
     model, tok = _load(cfg, seed=seed, max_len=max_len)
-    if getattr(cfg, "chat_template", "auto") == "off":
-        tok.chat_template = None
+    _chat_template(cfg, tok)
     if getattr(cfg, "keep_layers", 0):
         model = keep_layers(model, cfg.keep_layers)
     return model, tok
@@ -174,7 +173,9 @@ def load_tokenizer(cfg):
     """The tokenizer of a `ModelConfig`, without loading the weights (e.g. a big teacher's, to read
     its traces)."""
     if cfg.name.startswith("preset:"):
-        return char_tokenizer()
+        tok = char_tokenizer()
+        _chat_template(cfg, tok)
+        return tok
     from transformers import AutoTokenizer
 
     name, kwargs, _ = _resolve(cfg)
@@ -183,9 +184,19 @@ def load_tokenizer(cfg):
     except Exception as e:  # see _load: a damaged local file raises other types than OSError
         raise ModelError(f"could not load the tokenizer of {name!r}: {_first_line(e)}") from None
     _ensure_pad(tok, name)
-    if getattr(cfg, "chat_template", "auto") == "off":
-        tok.chat_template = None
+    _chat_template(cfg, tok)
     return tok
+
+
+def _chat_template(cfg, tok) -> None:
+    """`chat_template`: off drops the tokenizer's template (prompts go as plain text); on refuses a
+    tokenizer that has none."""
+    mode = getattr(cfg, "chat_template", "auto")
+    if mode == "off":
+        tok.chat_template = None
+    elif mode == "on" and not getattr(tok, "chat_template", None):
+        raise ModelError(f"chat_template=on: the tokenizer of {cfg.name!r} has no chat template; use "
+                         "chat_template=auto or off (prompts as plain text)")
 
 
 def _package_file(name: str) -> Path:

@@ -75,7 +75,8 @@ class _Procedural(Task):
                 if ex.prompt in seen:
                     continue
                 seen.add(ex.prompt)
-            out.append(Example(f"{self.name}-{split}-{seed}-{len(out)}", ex.prompt, ex.answer, ex.solution, steps))
+            out.append(self.in_format(Example(f"{self.name}-{split}-{seed}-{len(out)}", ex.prompt, ex.answer,
+                                              ex.solution, steps)))
         return out
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Optional
 
 from ...errors import ConfigError, DataError
+from . import answers
 from .base import Example, Task, in_test_split
-from .verify import VERIFIERS
+from .verify import COMPARE, VERIFIERS
 
 REQUIRED = ("prompt", "answer")
 OPTIONAL = ("solution", "id", "difficulty")
@@ -96,6 +97,7 @@ class FileTask(Task):
         self.path = path
         self._extract, self._verify = VERIFIERS[verifier]
         self.verifier = verifier
+        self.answer = None  # task.answer: None, the verifier reads the answer as it always has
         rows = read_rows(path)
         self.n_rows, self.test_fraction = len(rows), test_fraction
         share = max(1, round(1 / test_fraction)) if test_fraction > 0 else None
@@ -113,8 +115,19 @@ class FileTask(Task):
         if split == "train" and rows:
             random.Random(seed).shuffle(rows)
             # Unlimited like the procedural tasks: cycle through the rows for as many as asked.
-            return [rows[i % len(rows)] for i in range(n)] if rows else []
-        return rows[:n]
+            return [self.in_format(rows[i % len(rows)]) for i in range(n)] if rows else []
+        return [self.in_format(r) for r in rows[:n]]
+
+    def configure(self, prompt=None, system=None, answer=None, strict=False) -> "FileTask":
+        super().configure(prompt, system, answer, strict)
+        self.answer = answer
+        return self
+
+    def describe_format(self) -> str:
+        return super().describe_format() if self.answer else f"the {self.verifier} verifier's reading"
+
+    def default_template(self) -> str:
+        return "{question}"  # the file's prompt as its author wrote it
 
     def size(self, split: str) -> Optional[int]:
         return len(self._splits[split])
@@ -125,12 +138,19 @@ class FileTask(Task):
         return (f"the {split} split of {self.path} ({len(self._splits[split])} of its {self.n_rows} rows; "
                 f"task.test_fraction={self.test_fraction} holds out {len(self._splits['test'])} as the test split)")
 
-    def extract_answer(self, text: str) -> Optional[str]:
-        return self._extract(text)
+    def extract_answer(self, text: str, question: Optional[str] = None) -> Optional[str]:
+        if self.answer is None:
+            return self._extract(text, question)
+        return answers.extract(text, self.answer_mode, question, strict=self.strict)
 
     def completion_of(self, answer: str) -> str:
         # math-verify reads LaTeX: "A:1/2" or "A:\sqrt{2}" does not parse as the answer, \boxed{} does
-        return f"\\boxed{{{answer}}}" if self.verifier == "math" else super().completion_of(answer)
+        if self.answer is None and self.verifier == "math":
+            return f"\\boxed{{{answer}}}"
+        return super().completion_of(answer)
 
-    def verify(self, text: str, reference: str) -> bool:
-        return self._verify(text, reference)
+    def verify(self, text: str, reference: str, question: Optional[str] = None) -> bool:
+        if self.answer is None:
+            return self._verify(text, reference, question)
+        got = self.extract_answer(text, question)
+        return got is not None and COMPARE[self.verifier](got, reference)

@@ -12,13 +12,19 @@ an unknown option is refused naming the valid ones.
   `max_terms: 2, max_digits: 1` has 200) end the search once the stream stops giving new ones (no
   new problem in as many draws as it took to find the ones seen, and at least `EXHAUSTED_AFTER`);
   the split then holds what was found (`size`, `describe_split` say how many), as a file's does.
-- The answer: the model writes it after retort's answer marker (`A:`), as for every task; the
-  text after the marker is handed to the generator's own `score_answer` with the problem's entry
-  (its reference answer and metadata). `verify` is a full score; `reward` is the score itself
-  (some generators give partial credit).
+- The prompt and the answer: reasoning-gym's own conventions by default: its default system
+  prompt (`reasoning_gym.utils.SYSTEM_PROMPTS["default"]`: think step by step, then the answer
+  between `<answer>` and `</answer>`), the question as the user turn, and the answer read by the
+  library's `extract_answer` (task.answer=tag; without a tag, the fallbacks of `answers`). Another
+  `task.answer` drops the system prompt (unless task.system is set) and puts that format's
+  instruction before the question (marker: "Answer on a last line A:<answer>.", retort's format
+  before this version). The answer read is handed to the generator's own `score_answer` with the
+  problem's entry (its reference answer and metadata). `verify` is a full score; `reward` is the
+  score itself (some generators give partial credit).
 - Worked solutions, for teachers trained on them: generators whose solution retort can write step
-  by step (`SOLVERS`: `chain_sum`, left to right, one line per operation); the others have answers
-  only (train the teacher on another source, or distil from an API teacher).
+  by step (`SOLVERS`: `chain_sum`, left to right, one line per operation, then the answer in the
+  task's format); the others have answers only (train the teacher on another source, or distil
+  from an API teacher).
 - Renderings (`task.difficulty.rendering`, retort's option beside the generator's): `steps` (the
   default, above) or `detours` (`chain_sum`: wrong steps corrected after "wait", right ones
   doubted, a re-check, and the rewrite skills its teacher learns for DAP and Retro-Search, as the
@@ -32,7 +38,7 @@ import random
 from typing import Optional
 
 from ...errors import ConfigError
-from . import rg_detours
+from . import answers, rg_detours
 from .base import ANSWER_MARK, Example, Task, in_test_split
 
 PREFIX = "rg:"
@@ -97,10 +103,15 @@ def _rendering(generator: str, own: dict):
 
 
 class ReasoningGymTask(Task):
+    answer_mode = "tag"  # reasoning-gym's convention: <answer>...</answer>, asked for by its system prompt
+
     def __init__(self, generator: str, **options):
         from ...errors import require
 
         rg = require("reasoning_gym", "rg", f"task.name={PREFIX}{generator}")
+        from reasoning_gym.utils import SYSTEM_PROMPTS, extract_answer
+
+        self.default_system, self._rg_extract = SYSTEM_PROMPTS["default"], extract_answer
         from reasoning_gym.factory import DATASETS
 
         if generator not in DATASETS:
@@ -129,11 +140,24 @@ class ReasoningGymTask(Task):
             self.transitions = self.detours.transitions
             self.rewrite_templates = self.detours.rewrite_templates
         self._entries: dict[str, dict] = {}  # reference answer -> an entry with it (for score_answer)
+        self._by_prompt: dict[str, dict] = {}  # prompt -> its entry (the metadata of this very problem)
         self._scorer = None
         self._drawn: dict = {}  # (split, n, seed) -> the examples of the last search
         # split -> (distinct problems of it found, distinct problems in all or None, draws): a
         # search that ended with fewer than it asked for
         self._found: dict[str, tuple] = {}
+
+    def configure(self, prompt: Optional[str] = None, system: Optional[str] = None, answer: Optional[str] = None,
+                  strict: bool = False) -> "ReasoningGymTask":
+        """As `Task.configure`; the detours rendering is written in retort's answer format (its
+        solutions, rewrite skills and re-checks end on an `A:` line), so it takes task.answer=marker
+        by default and refuses another."""
+        if self.detours is not None:
+            if answer not in (None, "marker"):
+                raise ConfigError(f"task.answer={answer}: task.difficulty.rendering=detours writes its solutions and "
+                                  "rewrite skills in retort's answer format; use task.answer=marker (its default)")
+            answer = "marker"
+        return super().configure(prompt, system, answer, strict)
 
     def _dataset(self, seed: int, size: int):
         return self._rg.create_dataset(self.generator, seed=seed, size=size, **self.options)
@@ -203,25 +227,26 @@ class ReasoningGymTask(Task):
         return (f"{where}, which holds {k} distinct problems (its options allow {total} in all, both splits: "
                 f"the generator's stream gave no new one in its last {draws:,} draws)")
 
+    def default_template(self) -> str:
+        # another format than the system prompt's: its instruction first and the question last, next
+        # to where the answer starts (a small model reads the operands from the end of the prompt)
+        return "{question}" if self.answer_mode == "tag" else "{format}\n{question}\n"
+
     def _example(self, entry, id_: str) -> Example:
         answer = str(entry["answer"])
         self._entries[answer] = entry
         solver = SOLVERS.get(self.generator)
         key = DIFFICULTY.get(self.generator)
         difficulty = entry["metadata"].get(key) if key else None
-        # the format instruction first and the question last, next to where the answer starts (a
-        # small model reads the operands from the end of the prompt)
         solution = solver(entry) if solver else None
         if solution is not None and self.detours is not None:
             _, chain = rg_detours.chain_of(entry["metadata"]["expression"])
             # seeded by the example, so a question repeated in a stream is written its own way each time
             solution = self.detours.detoured(random.Random(f"{self.name}:detours:{id_}"), chain)
-        return Example(id=id_, prompt=self._prompt(entry), answer=answer, solution=solution,
-                       difficulty=difficulty if isinstance(difficulty, int) else None)
-
-    @staticmethod
-    def _prompt(entry) -> str:
-        return f"Answer on a last line {ANSWER_MARK}<answer>.\n" + entry["question"].strip() + "\n"
+        ex = self.in_format(Example(id=id_, prompt=entry["question"].strip(), answer=answer, solution=solution,
+                                    difficulty=difficulty if isinstance(difficulty, int) else None))
+        self._by_prompt[str(ex.prompt)] = entry
+        return ex
 
     def skill_examples(self, n: int, seed: int = 0, split: str = "train") -> list[Example]:
         """With the detours rendering: `n` rewrite prompts with their targets, half DAP, half uniform,
@@ -237,7 +262,7 @@ class ReasoningGymTask(Task):
             if parsed is None or in_test_split(entry["question"]) != (split == "test"):
                 continue
             start, chain = parsed
-            text, target = self.detours.skill(rng, self._prompt(entry), start, chain, dap=len(out) % 2 == 0)
+            text, target = self.detours.skill(rng, str(self.render(entry["question"].strip())), start, chain, dap=len(out) % 2 == 0)
             out.append(Example(f"{self.name}-skill-{seed}-{len(out)}", text, str(chain[-1][3]), target,
                                len(chain) + 1))
             if len(out) == n:
@@ -260,24 +285,36 @@ class ReasoningGymTask(Task):
         start, chain = rg_detours.chain_of(expression)
         return self.detours.renderings(start, chain)
 
-    def score(self, text: str, reference: str) -> float:
+    def extract_answer(self, text: str, question: Optional[str] = None) -> Optional[str]:
+        """tag: reasoning-gym's own `extract_answer` (the last <answer>...</answer>), then the
+        fallbacks of `answers.extract`; another format: `answers.extract`."""
+        if self.answer_mode == "tag":
+            got = self._rg_extract(text)
+            if got:
+                return got
+        return answers.extract(text, self.answer_mode, question, strict=self.strict)
+
+    def score(self, text: str, reference: str, question: Optional[str] = None) -> float:
         """The generator's own score of the answer in `text` against `reference` (0 to 1)."""
-        got = self.extract_answer(text)
+        got = self.extract_answer(text, question)
         if got is None:
             return 0.0
         if self._scorer is None:
             self._scorer = self._dataset(0, 1)
-        entry = self._entries.get(reference) or {"question": "", "answer": reference, "metadata": {}}
+        entry = (self._by_prompt.get(str(question)) if question is not None else None) or \
+            self._entries.get(reference) or {"question": "", "answer": reference, "metadata": {}}
+        if str(entry["answer"]) != str(reference):
+            entry = {"question": "", "answer": reference, "metadata": {}}
         try:
             return float(self._scorer.score_answer(answer=got, entry=entry))
         except Exception:  # a checker that needs metadata this entry lacks, or fails on odd text
             return 0.0
 
-    def verify(self, text: str, reference: str) -> bool:
-        return self.score(text, reference) >= 1.0
+    def verify(self, text: str, reference: str, question: Optional[str] = None) -> bool:
+        return self.score(text, reference, question) >= 1.0
 
-    def reward(self, text: str, reference: str) -> float:
-        return self.score(text, reference)
+    def reward(self, text: str, reference: str, question: Optional[str] = None) -> float:
+        return self.score(text, reference, question)
 
 
 def generators() -> list[str]:

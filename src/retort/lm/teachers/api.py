@@ -22,6 +22,7 @@ import re
 from typing import Callable, Iterable, Optional
 
 from ...errors import ApiError, ConfigError
+from ..tasks.base import with_system
 from .base import Teacher
 from .http import Failed, Malformed, Pool
 from .replies import Job, Reply, parse_chat, parse_completion, request_id, request_seed
@@ -72,8 +73,10 @@ class ApiTeacher(Teacher):
         if stop:
             body["stop"] = list(stop)
         if endpoint == "chat":
-            messages = ([{"role": "system", "content": a.system}] if a.system else []) + \
-                [{"role": "user", "content": prompt}]
+            # teacher.api.system, else the task's system message the prompt carries (`tasks.Prompt`)
+            system = a.system or getattr(prompt, "system", None)
+            messages = ([{"role": "system", "content": system}] if system else []) + \
+                [{"role": "user", "content": str(prompt)}]
             body["messages"] = messages
             if a.logprobs or topk:
                 body["logprobs"] = True
@@ -81,7 +84,7 @@ class ApiTeacher(Teacher):
                     body["top_logprobs"] = topk
             path = "/chat/completions"
         else:
-            body["prompt"] = prompt
+            body["prompt"] = with_system(prompt)  # a task's system message as text: no template here
             if a.logprobs or topk:
                 body["logprobs"] = topk or 0
             path = "/completions"

@@ -4,6 +4,7 @@ tokenizer a trace set's token ids are in (`trace_tokenizer`)."""
 from __future__ import annotations
 
 from ...errors import DataError
+from ..tasks.base import Prompt, manifest_format
 from .base import Teacher
 
 
@@ -36,8 +37,13 @@ class TraceStoreTeacher(Teacher):
                                           "finish_reason"]).to_pydict()
         self._rows: dict[tuple, int] = {}
         prompts: dict[str, tuple] = {}
+        # the prompts as the student's are encoded from the set (`TraceEncoder`): with the system
+        # message its teacher was prompted with
+        system = manifest_format(manifest)["system"]
         for i, (p, c) in enumerate(zip(cols["prompt"], cols["completion_ids"])):
-            key = prompts.setdefault(p, tuple(encode_prompt(tok, p)))
+            if p not in prompts:
+                prompts[p] = tuple(encode_prompt(tok, Prompt(p, system)))
+            key = prompts[p]
             self._rows[(key, tuple(c))] = i
         self._cols = cols
 
