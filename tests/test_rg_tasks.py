@@ -204,7 +204,7 @@ def _step_ok(line: str) -> bool:
 
 def test_the_detours_rendering_corrects_wrong_steps_after_wait_and_scores_by_the_generators_checker():
     t = task(**DETOURS)
-    plain = task(max_digits=1, max_terms=5)
+    plain = task(answer="marker", max_digits=1, max_terms=5)
     detoured = doubted = 0
     for e, p in zip(t.examples("train", 200, 0), plain.examples("train", 200, 0)):
         assert (e.prompt, e.answer, e.difficulty) == (p.prompt, p.answer, p.difficulty)  # only the solution differs
@@ -277,6 +277,10 @@ def test_the_detours_rendering_options_are_checked():
         task(rendering="detours", doubt_pct=101)
     with pytest.raises(ConfigError, match=r"valid: .*max_terms.*; retort's: rendering, detour_pct"):
         task(max_term=3)
+    # its solutions and skills end on an A: line: retort's answer format, by default and only
+    assert task(rendering="detours").answer_mode == "marker"
+    with pytest.raises(ConfigError, match=r"task.answer=tag: task.difficulty.rendering=detours .* use task.answer=marker"):
+        task(rendering="detours", answer="tag")
 
 
 def test_the_detours_teacher_learns_its_skills_beside_its_solutions(tmp_path):

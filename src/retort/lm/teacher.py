@@ -46,6 +46,10 @@ def teacher_config(config_file=None, overrides=None) -> TrainRun:
         base = {k: {**v, **SKILLED_DEFAULTS.get(k, {})} if isinstance(v, dict) else v
                 for k, v in TEACHER_DEFAULTS.items()}
         run = load_config(TrainRun, config_file, overrides, base=base)
+    if run.task.answer is None and run.task.name.startswith("rg:"):
+        # a built-in teacher is one of retort's small character models: it learns retort's answer
+        # format (the A: line), not reasoning-gym's system prompt and tags, which it cannot follow
+        run = replace(run, task=replace(run.task, answer="marker"))
     if not run.out:
         run = replace(run, out=str(builtin_teacher_dir(run.task.name)))
     return run
