@@ -172,3 +172,26 @@ def test_scores_kept_while_sampling_equal_the_teacher_forced_pass(topk):
             assert torch.allclose(torch.tensor(got.topk_tail), torch.tensor(w.topk_tail), atol=1e-4)
     hf = generate_ids(model, tok, prompts, max_new_tokens=4, engine="hf", scores=topk)
     assert all(o[0].scores is None for o in hf)  # only the fast engine keeps them; traces then score
+
+
+def test_gemma3_is_named_as_not_covered_and_auto_runs_it_with_generate():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    _, tok = load_model(ModelConfig(name="preset:nano"))
+    torch.manual_seed(5)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=128, sliding_window=8,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
+    why = fast.why_not(model)
+    assert why.startswith("architecture 'gemma3_text' is not Llama-shaped (q/k norms, four norms per block")
+    prompts = _prompts(3, vocab=len(tok))
+    with pytest.raises(ValueError, match="the fast engine needs a Llama-family model.*use engine=hf"):
+        generate_ids(model, tok, prompts, max_new_tokens=4, engine="fast")
+    auto = generate_ids(model, tok, prompts, max_new_tokens=6, engine="auto")
+    hf = generate_ids(model, tok, prompts, max_new_tokens=6, engine="hf")
+    assert [c[0].token_ids for c in auto] == [c[0].token_ids for c in hf]
+    # the families retort ships, as `retort models` shows them
+    assert fast.engine_for("qwen2").startswith("fast") and fast.engine_for("llama").startswith("fast")
+    assert fast.engine_for("gemma3_text").startswith("hf (transformers' generate; the fast engine does not cover "
+                                                     "gemma3_text: q/k norms")

@@ -12,7 +12,7 @@ bias, as `generate` does. Optionally (`scores`) it keeps the log-probs of what i
 
 It applies to `LlamaForCausalLM` and architectures with the same block (Mistral, Qwen2/Qwen3 and
 SmolLM are all `llama`-shaped when their config has no sliding window and, for Qwen3, no q/k
-norms — those are refused and go to `generate`). Greedy decoding gives the tokens of `generate`
+norms — those are refused and go to `generate`; `why_not` says why, e.g. for Gemma 3). Greedy decoding gives the tokens of `generate`
 (tested); sampling draws from the same distribution (temperature, top-p) with its own seeded RNG.
 A PEFT LoRA model (a `student.lora` run) is run through its base model, every projection's weight
 taken as base + B A * scaling (nothing added while its adapters are disabled); greedy tokens equal
@@ -30,6 +30,17 @@ from ... import threads as threads_setting
 import torch.nn.functional as F
 
 SUPPORTED = {"llama", "mistral", "qwen2"}
+# families retort ships (`retort models`) that this engine does not run, and why: `auto` uses hf
+_GEMMA3 = "q/k norms, four norms per block, sliding-window layers with their own rotary base"
+NOT_COVERED = {"gemma3": _GEMMA3, "gemma3_text": _GEMMA3}
+
+
+def engine_for(model_type: str) -> str:
+    """The engine `engine=auto` samples a `model_type` with, in words (for `retort models`)."""
+    if model_type in SUPPORTED:
+        return "fast (retort.lm.rollout.fast)"
+    why = NOT_COVERED.get(model_type, "not Llama-shaped")
+    return f"hf (transformers' generate; the fast engine does not cover {model_type}: {why})"
 
 
 def _base(model):
@@ -37,19 +48,33 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def supports(model) -> bool:
+def why_not(model) -> Optional[str]:
+    """None when the fast engine runs `model`, else why not, in a phrase (`generate_ids` names it
+    when `engine=fast` is asked for, and `retort models` shows it). Gemma 3 (q/k norms, four norms
+    per block, sliding-window layers with their own rotary base) is one such family: `auto` runs it
+    with transformers' `generate` (engine hf)."""
     model = _base(model)
     cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
-        return False
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) \
-            and cfg.model_type != "llama":
-        return False
+    kind = getattr(cfg, "model_type", None)
+    if cfg is None or kind not in SUPPORTED:
+        return (f"architecture {kind or type(model).__name__!r} is not Llama-shaped"
+                + (f" ({NOT_COVERED[kind]})" if kind in NOT_COVERED else "")
+                + f"; the fast engine runs {', '.join(sorted(SUPPORTED))}")
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and kind != "llama":
+        return f"{kind} with sliding-window attention"
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
-        return False
-    attn = inner.layers[0].self_attn
-    return not hasattr(attn, "q_norm") and getattr(cfg, "hidden_act", "silu") in ("silu", "gelu", "gelu_pytorch_tanh")
+        return f"{type(model).__name__} has no model.layers / rotary_emb"
+    if hasattr(inner.layers[0].self_attn, "q_norm"):
+        return f"{kind} with q/k norms"
+    act = getattr(cfg, "hidden_act", "silu")
+    if act not in ("silu", "gelu", "gelu_pytorch_tanh"):
+        return f"activation {act!r}"
+    return None
+
+
+def supports(model) -> bool:
+    return why_not(model) is None
 
 
 def _rms(x, norm):

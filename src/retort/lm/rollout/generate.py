@@ -73,7 +73,9 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
                         "or lower max_new_tokens")
     use_fast = engine == "fast" or (engine == "auto" and not stop and not processors and fast.supports(model))
     if use_fast and (stop or processors or not fast.supports(model)):
-        raise ValueError("the fast engine needs a Llama-family model, no stop strings and no logits processors")
+        why = fast.why_not(model) or ("stop strings" if stop else "logits processors")
+        raise ValueError(f"the fast engine needs a Llama-family model, no stop strings and no logits processors "
+                         f"({why}); use engine=hf (or auto, which picks hf here)")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
