@@ -43,5 +43,5 @@ def test_gemma3_loads_by_name_and_runs_on_generate():
     _need("gemma-3-270m")
     model, tok = load_model(ModelConfig(name="gemma-3-270m", chat_template="off"))
     assert model.config.model_type == "gemma3_text" and "not Llama-shaped" in fast.why_not(model)
-    out = generate(model, tok, ["The capital of France is"], max_new_tokens=8)  # engine=auto: hf
-    assert "Paris" in out[0][0].text
+    out = generate(model, tok, ["2 + 3 ="], max_new_tokens=4)  # engine=auto: hf
+    assert out[0][0].text.strip().startswith("5")  # a base model continues the text: " 5\n\n2 + 3 = 5"

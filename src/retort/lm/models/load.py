@@ -1,5 +1,6 @@
 """Load a teacher or student: built-in preset, the cached built-in teacher, a packaged model by name
-(`retort.lm.models.packaged`), a local HF directory, a GGUF file, or a hub id. Plus the teacher/student vocabulary check.
+(`retort.lm.models.packaged`), a local HF directory, a GGUF file, or a hub id. Plus the
+teacher/student vocabulary check.
 
 Model code from a checkpoint never runs unless `trust_remote_code=True` is asked for.
 """
