@@ -13,8 +13,9 @@ bias, as `generate` does. Optionally (`scores`) it keeps the log-probs of what i
 It applies to `LlamaForCausalLM` and architectures with the same block (Mistral, Qwen2/Qwen3 and
 SmolLM are all `llama`-shaped when their config has no sliding window and, for Qwen3, no q/k
 norms — those are refused and go to `generate`; `why_not` says why, e.g. for Gemma 3). Greedy
-decoding gives the tokens of `generate` (tested, also on the packaged Qwen2.5-Coder-0.5B); sampling draws from the same distribution (temperature, top-p) with its own seeded RNG.
-A PEFT LoRA model (a `student.lora` run) is run through its base model, every projection's weight
+decoding gives the tokens of `generate` (tested, also on the packaged Qwen2.5-Coder-0.5B);
+sampling draws from the same distribution (temperature, top-p) with its own seeded RNG. A PEFT
+LoRA model (a `student.lora` run) is run through its base model, every projection's weight
 taken as base + B A * scaling (nothing added while its adapters are disabled); greedy tokens equal
 `generate` on it too (tested).
 """
