@@ -172,3 +172,58 @@ def test_scores_kept_while_sampling_equal_the_teacher_forced_pass(topk):
             assert torch.allclose(torch.tensor(got.topk_tail), torch.tensor(w.topk_tail), atol=1e-4)
     hf = generate_ids(model, tok, prompts, max_new_tokens=4, engine="hf", scores=topk)
     assert all(o[0].scores is None for o in hf)  # only the fast engine keeps them; traces then score
+
+
+def _tiny_gemma3(tok, window=4):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(5)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, sliding_window=window,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"], query_pre_attn_scalar=24,
+        final_logit_softcapping=30.0, bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            # Gemma's norms start at zero weight: give them some; larger projections, so that every
+            # part of the block (the MLP's activation included) moves the greedy tokens
+            p.add_(torch.randn_like(p) * 0.5) if "norm" in name else p.mul_(6)
+    return model
+
+
+@pytest.mark.parametrize("window", [4, 64])
+def test_gemma3_greedy_tokens_equal_transformers_generate(window):
+    """Gemma 3 (the packaged gemma-3-270m's family): q/k norms, four norms per block, sliding-window
+    layers (a window of 4 is shorter than most prompts here, so it cuts in prefill and decode) with
+    their own rotary table, the final logit soft-cap."""
+    _, tok = load_model(ModelConfig(name="preset:nano"))
+    model = _tiny_gemma3(tok, window)
+    assert model.config.model_type == "gemma3_text" and fast.supports(model)
+    prompts = _prompts(vocab=len(tok))
+    hf = generate_ids(model, tok, prompts, max_new_tokens=16, engine="hf", batch_size=9)
+    ours = generate_ids(model, tok, prompts, max_new_tokens=16, engine="fast", batch_size=9)
+    assert [c[0].token_ids for c in ours] == [c[0].token_ids for c in hf]
+    assert len({tuple(c[0].token_ids) for c in hf}) > 3  # not one repeated answer
+
+
+def test_an_uncovered_architecture_is_named_and_auto_runs_it_with_generate():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tok = load_model(ModelConfig(name="preset:nano"))
+    torch.manual_seed(5)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tok), bos_token_id=1,
+                                       eos_token_id=2, pad_token_id=0)).eval()
+    assert fast.why_not(model) == "architecture 'gpt2' is not Llama-shaped; the fast engine runs " \
+                                  "gemma3_text, llama, mistral, qwen2"
+    prompts = _prompts(3, vocab=len(tok))
+    with pytest.raises(ValueError, match="the fast engine needs a Llama-family or Gemma 3 model.*'gpt2' is not Llama-shaped.*"
+                                         "use engine=hf"):
+        generate_ids(model, tok, prompts, max_new_tokens=4, engine="fast")
+    auto = generate_ids(model, tok, prompts, max_new_tokens=6, engine="auto")
+    hf = generate_ids(model, tok, prompts, max_new_tokens=6, engine="hf")
+    assert [c[0].token_ids for c in auto] == [c[0].token_ids for c in hf]
+    # the families retort ships, as `retort models` shows them
+    for family in ("llama", "qwen2", "gemma3_text"):
+        assert fast.engine_for(family).startswith("fast")
+    assert fast.engine_for("gemma3").startswith("hf (transformers' generate; the fast engine does not cover gemma3: "
+                                                "the multimodal")

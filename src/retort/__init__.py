@@ -8,13 +8,15 @@ few-step diffusion generators, behind one CLI and this Python API (`retort.api`)
 `import retort` gives the API's functions too (`retort.evaluate`, `retort.teacher`, ...), except
 `train` and `report`: `retort.train` and `retort.report` are the packages of the loop and the report.
 
-`retort.traces` and `retort.curate_traces` make and curate teacher traces for language models.
+`retort.traces` and `retort.curate_traces` make and curate teacher traces for language models;
+`retort.packaged_models()` lists the real models that load by name (`retort models`).
 """
 
 __version__ = "0.1.0"
 
 _API = ("train_config", "evaluate", "eval_config", "teacher", "teacher_config", "demo", "methods")
-_LM = {"traces": "retort.lm.api", "traces_config": "retort.lm.api", "curate_traces": "retort.lm.api"}
+_LM = {"traces": "retort.lm.api", "traces_config": "retort.lm.api", "curate_traces": "retort.lm.api",
+       "packaged_models": "retort.lm.api"}
 
 __all__ = ["api", *_API, *_LM]
 

@@ -38,3 +38,12 @@ def curate_traces(src: str, out: str, **filters) -> dict:
     from .curate import filter_traces
 
     return filter_traces(src, out, **filters)
+
+
+def packaged_models() -> list[dict]:
+    """`retort models`: each packaged real model (name, upstream model, size, licence, what it is good
+    for, the rollout engine that runs it, whether it is installed, the pip command that installs it)."""
+    from .models.packaged import catalogue
+    from .rollout.fast import engine_for
+
+    return [{**row, "engine": engine_for(row["family"])} for row in catalogue()]

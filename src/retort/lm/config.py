@@ -46,8 +46,9 @@ class TaskConfig:
 class ModelConfig:
     name: str = param(
         "preset:teacher",
-        "preset:NAME (built-in tiny Llama), builtin:teacher (the cached trained teacher), "
-        "a local HF directory, a .gguf file, or a hub id",
+        "preset:NAME (built-in tiny Llama), builtin:teacher (the cached trained teacher), a packaged "
+        "model by name (`retort models`: smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, gemma-3-270m), "
+        "a local HF directory, a .gguf file, pkg:MODULE/FILE, or a hub id",
     )
     gguf_file: Optional[str] = param(None, "GGUF file name inside `name` (a directory or hub id)")
     dtype: str = param("float32", "weights dtype when loading", choices=["float32", "bfloat16", "float16", "auto"])

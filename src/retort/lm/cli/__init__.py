@@ -1,15 +1,17 @@
-"""The language-model track's commands (`retort traces`, `retort curate`, `retort tasks`) and the
-options it adds to `retort eval`. Imports click only: the commands import the track when run."""
+"""The language-model track's commands (`retort traces`, `retort curate`, `retort tasks`, `retort
+models`) and the options it adds to `retort eval`. Imports click only: the commands import the
+track when run."""
 
 from __future__ import annotations
 
 import click
 
 from .curate import curate
+from .models import models
 from .tasks import tasks
 from .traces import traces
 
-COMMANDS = {"traces": traces, "curate": curate, "tasks": tasks}
+COMMANDS = {"traces": traces, "curate": curate, "tasks": tasks, "models": models}
 
 EVAL_OPTIONS = [
     click.Option(["--provenance"], metavar="TEACHER,BASE", help="Language models: also trace where each model's "

@@ -1,5 +1,6 @@
-"""Load a teacher or student: built-in preset, the cached built-in teacher, a local HF directory,
-a GGUF file, or a hub id. Plus the teacher/student vocabulary check.
+"""Load a teacher or student: built-in preset, the cached built-in teacher, a packaged model by name
+(`retort.lm.models.packaged`), a local HF directory, a GGUF file, or a hub id. Plus the
+teacher/student vocabulary check.
 
 Model code from a checkpoint never runs unless `trust_remote_code=True` is asked for.
 """
@@ -14,6 +15,7 @@ import torch
 
 from ...errors import ModelError, require
 from ...paths import cache_dir
+from .packaged import PACKAGED, gguf_path
 from .presets import char_tokenizer, preset_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -142,6 +144,8 @@ def _resolve(cfg) -> tuple[str, dict, bool]:
             raise ModelError(f"{name}: the built-in teacher is not trained yet ({path.parent}); "
                              f"run `retort teacher{hint}` first")
         name = str(path)
+    if name in PACKAGED:  # e.g. qwen2.5-coder-0.5b-instruct: verified (and joined) once, from its wheels
+        name = str(gguf_path(name))
     if name.startswith("pkg:"):
         name = str(_package_file(name))
     gguf_file = cfg.gguf_file

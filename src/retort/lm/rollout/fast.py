@@ -1,4 +1,4 @@
-"""A lean sampling loop for Llama-family decoders (the `fast` rollout engine).
+"""A lean sampling loop for Llama-family and Gemma 3 decoders (the `fast` rollout engine).
 
 `transformers`' `generate` spends most of a small model's decode step in Python: generation
 utilities, logits processors and several wrapper layers around every module call. For the models
@@ -12,9 +12,11 @@ bias, as `generate` does. Optionally (`scores`) it keeps the log-probs of what i
 
 It applies to `LlamaForCausalLM` and architectures with the same block (Mistral, Qwen2/Qwen3 and
 SmolLM are all `llama`-shaped when their config has no sliding window and, for Qwen3, no q/k
-norms — those are refused and go to `generate`). Greedy decoding gives the tokens of `generate`
-(tested); sampling draws from the same distribution (temperature, top-p) with its own seeded RNG.
-A PEFT LoRA model (a `student.lora` run) is run through its base model, every projection's weight
+norms — those are refused and go to `generate`; `why_not` says why), and Gemma 3's text decoder
+(q/k norms, sandwich norms, sliding-window layers, soft-capped logits). Greedy decoding gives the
+tokens of `generate` (tested, also on the packaged Qwen2.5-Coder-0.5B and Gemma-3-270m);
+sampling draws from the same distribution (temperature, top-p) with its own seeded RNG. A PEFT
+LoRA model (a `student.lora` run) is run through its base model, every projection's weight
 taken as base + B A * scaling (nothing added while its adapters are disabled); greedy tokens equal
 `generate` on it too (tested).
 """
@@ -29,7 +31,21 @@ import torch
 from ... import threads as threads_setting
 import torch.nn.functional as F
 
-SUPPORTED = {"llama", "mistral", "qwen2"}
+SUPPORTED = {"llama", "mistral", "qwen2", "gemma3_text"}
+# Gemma 3's text decoder: per-head q/k RMSNorms before the rotary embedding, four (1 + w) norms per
+# block (before and after attention and MLP), sliding-window layers with their own rotary table,
+# scaled embeddings (inside its embedding module) and an optional final logit soft-cap
+GEMMA3 = {"gemma3_text"}
+# families retort could meet that this engine does not run, and why: `auto` uses hf
+NOT_COVERED = {"gemma3": "the multimodal Gemma 3 wrapper (its text model, gemma3_text, is covered)"}
+
+
+def engine_for(model_type: str) -> str:
+    """The engine `engine=auto` samples a `model_type` with, in words (for `retort models`)."""
+    if model_type in SUPPORTED:
+        return "fast (retort.lm.rollout.fast)"
+    why = NOT_COVERED.get(model_type, "not Llama-shaped")
+    return f"hf (transformers' generate; the fast engine does not cover {model_type}: {why})"
 
 
 def _base(model):
@@ -37,19 +53,39 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def supports(model) -> bool:
+def why_not(model) -> Optional[str]:
+    """None when the fast engine runs `model`, else why not, in a phrase (`generate_ids` names it
+    when `engine=fast` is asked for); `engine=auto` then runs transformers' `generate` (engine hf)."""
     model = _base(model)
     cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
-        return False
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) \
-            and cfg.model_type != "llama":
-        return False
+    kind = getattr(cfg, "model_type", None)
+    if cfg is None or kind not in SUPPORTED:
+        return (f"architecture {kind or type(model).__name__!r} is not Llama-shaped"
+                + (f" ({NOT_COVERED[kind]})" if kind in NOT_COVERED else "")
+                + f"; the fast engine runs {', '.join(sorted(SUPPORTED))}")
+    if kind in GEMMA3:
+        if getattr(cfg, "attn_logit_softcapping", None) or getattr(cfg, "use_bidirectional_attention", False):
+            return f"{kind} with attention-logit soft-capping or bidirectional attention"
+    elif getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and kind != "llama":
+        return f"{kind} with sliding-window attention"
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
-        return False
-    attn = inner.layers[0].self_attn
-    return not hasattr(attn, "q_norm") and getattr(cfg, "hidden_act", "silu") in ("silu", "gelu", "gelu_pytorch_tanh")
+        return f"{type(model).__name__} has no model.layers / rotary_emb"
+    if hasattr(inner.layers[0].self_attn, "q_norm") and kind not in GEMMA3:
+        return f"{kind} with q/k norms"
+    act = _activation(cfg)
+    if act not in ("silu", "gelu", "gelu_pytorch_tanh"):
+        return f"activation {act!r}"
+    return None
+
+
+def _activation(cfg) -> str:
+    # Gemma 3's config names it hidden_activation (gelu_pytorch_tanh) and has no hidden_act
+    return getattr(cfg, "hidden_act", None) or getattr(cfg, "hidden_activation", None) or "silu"
+
+
+def supports(model) -> bool:
+    return why_not(model) is None
 
 
 def _rms(x, norm):
@@ -117,21 +153,25 @@ def _forward(model, wts: _Weights, ids, rope, key_bias, cache: _Cache, start: in
     `rope` = (cos, sin) at these positions, (B, 1, T, hd); `key_bias` (B, 1, T, start+T): 0 where a
     query may attend, -inf elsewhere."""
     inner, cfg = model.model, model.config
-    x = inner.embed_tokens(ids)
-    cos, sin = rope
+    x = inner.embed_tokens(ids)  # Gemma 3's embedding module scales by sqrt(hidden) itself
+    gemma = cfg.model_type in GEMMA3
     b, t, _ = x.shape
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", heads) or heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     end = start + t
     nq, nkv = heads * hd, kv_heads * hd
-    silu = getattr(cfg, "hidden_act", "silu") == "silu"
+    silu = _activation(cfg) == "silu"
     for i, (layer, (qkv_w, qkv_b, (o_w, o_b), gate_up, down)) in enumerate(zip(inner.layers, wts.layers)):
         attn = layer.self_attn
-        h = _rms(x, layer.input_layernorm)
+        kind = cfg.layer_types[i] if gemma else None
+        cos, sin = rope[kind] if gemma else rope
+        h = layer.input_layernorm(x) if gemma else _rms(x, layer.input_layernorm)
         qkv = F.linear(h, qkv_w, qkv_b)
         # rotary on q and k at once: (b, heads + kv_heads, t, hd)
         qk = qkv[..., :nq + nkv].view(b, t, heads + kv_heads, hd).transpose(1, 2)
+        if gemma:  # per-head RMSNorm of q and k before the rotation (never folded: fold=False)
+            qk = torch.cat([attn.q_norm(qk[:, :heads]), attn.k_norm(qk[:, heads:])], dim=1)
         # rotate_half(q), rotate_half(k): folded into the projection (rows after v), or computed
         rot = (qkv[..., nq + 2 * nkv:].view(b, t, heads + kv_heads, hd).transpose(1, 2) if fold_rotary
                else _rotate_half(qk))
@@ -146,17 +186,26 @@ def _forward(model, wts: _Weights, ids, rope, key_bias, cache: _Cache, start: in
             keys = keys.repeat_interleave(heads // kv_heads, dim=1)
             vals = vals.repeat_interleave(heads // kv_heads, dim=1)
         scale = getattr(attn, "scaling", None) or hd ** -0.5
-        o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=key_bias, scale=scale)
-        x = x + F.linear(o.transpose(1, 2).reshape(b, t, nq), o_w, o_b)
-        h = _rms(x, layer.post_attention_layernorm)
+        o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=key_bias[kind] if gemma else key_bias,
+                                           scale=scale)
+        o = F.linear(o.transpose(1, 2).reshape(b, t, nq), o_w, o_b)
+        if gemma:  # norms after attention and around the MLP
+            x = x + layer.post_attention_layernorm(o)
+            h = layer.pre_feedforward_layernorm(x)
+        else:
+            x = x + o
+            h = _rms(x, layer.post_attention_layernorm)
         mlp = layer.mlp
         if gate_up is not None:
             g, u = F.linear(h, gate_up).chunk(2, dim=-1)
-            x = x + F.linear((F.silu(g) if silu else mlp.act_fn(g)) * u, *down)
+            m = F.linear((F.silu(g) if silu else mlp.act_fn(g)) * u, *down)
         else:
-            x = x + mlp(h)
-    x = _rms(x[:, -1:], inner.norm)
-    return F.linear(x, *wts.head)[:, 0].float()
+            m = mlp(h)
+        x = x + (layer.post_feedforward_layernorm(m) if gemma else m)
+    x = inner.norm(x[:, -1:]) if gemma else _rms(x[:, -1:], inner.norm)
+    logits = F.linear(x, *wts.head)[:, 0].float()
+    cap = getattr(cfg, "final_logit_softcapping", None) if gemma else None
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @torch.no_grad()
@@ -218,19 +267,38 @@ def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
     positions = (key_mask[:, :width].long().cumsum(-1) - 1).clamp_min(0)
     next_pos = key_mask[:, :width].sum(-1, keepdim=True)
     eos = torch.tensor(sorted(eos_ids), device=device)
+    gemma = cfg.model_type in GEMMA3
+    fold = fold and not gemma  # q/k are normalised between the projection and the rotation
     wts = _Weights(model, heads, kv_heads, hd, fold)
     inner = model.model
     probe = torch.zeros((1, 1, cfg.hidden_size), dtype=dtype, device=device)
-    static_rope = getattr(inner.rotary_emb, "rope_type", "default") in ("default", "linear", "llama3")
-    if static_rope:  # cos/sin of every position once; the decode steps gather rows of the table
-        cos_t, sin_t = inner.rotary_emb(probe, torch.arange(total, device=device)[None])
-        cos_t, sin_t = cos_t[0], sin_t[0]
+    # Gemma 3: one rotary table per layer type (sliding layers have their own base)
+    kinds = sorted(set(cfg.layer_types)) if gemma else [None]
+    rope_types = getattr(inner.rotary_emb, "rope_type", "default")
+    rope_types = list(rope_types.values()) if isinstance(rope_types, dict) else [rope_types]
+    static_rope = all(r in ("default", "linear", "llama3") for r in rope_types)
 
-    def rope(pos):  # pos (B, T) -> cos, sin (B, 1, T, hd)
-        if static_rope:
-            return cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)
-        c, s = inner.rotary_emb(probe, pos)
-        return c.unsqueeze(1), s.unsqueeze(1)
+    def rotary(pos, kind):
+        return inner.rotary_emb(probe, pos, kind) if kind else inner.rotary_emb(probe, pos)
+
+    if static_rope:  # cos/sin of every position once; the decode steps gather rows of the table
+        tables = {k: tuple(c[0] for c in rotary(torch.arange(total, device=device)[None], k)) for k in kinds}
+
+    def rope(pos):  # pos (B, T) -> cos, sin (B, 1, T, hd), per layer type for Gemma 3
+        out = {}
+        for k in kinds:
+            c, s = (tables[k][0][pos], tables[k][1][pos]) if static_rope else rotary(pos, k)
+            out[k] = (c.unsqueeze(1), s.unsqueeze(1))
+        return out if gemma else out[None]
+
+    window = getattr(cfg, "sliding_window", None) if gemma else None
+
+    def biases(full, q_slots, end):  # Gemma 3: the sliding layers see only the last `window` slots
+        if not gemma:
+            return full
+        k_slots = torch.arange(end, device=device)
+        near = k_slots[None, :] > q_slots[:, None] - window  # (T, end), as transformers' sliding mask
+        return {"full_attention": full, "sliding_attention": full.masked_fill(~near, float("-inf"))}
 
     # prefill: causal and key padding; a row with no visible key (left padding) sees itself
     causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
@@ -238,7 +306,13 @@ def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
     mask = mask | ~mask.any(-1, keepdim=True)
     zero = torch.zeros((), dtype=dtype, device=device)
     neg = torch.tensor(float("-inf"), dtype=dtype, device=device)
-    logits = _forward(model, wts, ids, rope(positions), torch.where(mask, zero, neg), cache, 0, fold)
+    prefill_bias = torch.where(mask, zero, neg)
+    if gemma:  # a left-padding query that sees no key in the window sees itself, as above
+        slots = torch.arange(width, device=device)
+        sliding = mask & (slots[None, :] > slots[:, None] - window)
+        sliding = sliding | ~sliding.any(-1, keepdim=True)
+        prefill_bias = {"full_attention": prefill_bias, "sliding_attention": torch.where(sliding, zero, neg)}
+    logits = _forward(model, wts, ids, rope(positions), prefill_bias, cache, 0, fold)
     # decode: one query per row sees its real keys (the prompt without padding, every new slot)
     decode_bias = torch.where(key_mask, zero, neg)[:, None, None, :]
     out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -272,7 +346,8 @@ def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
         if step == max_new_tokens - 1 or bool(done.all()):
             break
         end = width + step + 1
-        logits = _forward(model, wts, tok[:, None], rope(next_pos), decode_bias[..., :end], cache, width + step, fold)
+        bias = biases(decode_bias[..., :end], torch.tensor([end - 1], device=device), end)
+        logits = _forward(model, wts, tok[:, None], rope(next_pos), bias, cache, width + step, fold)
         next_pos = next_pos + 1
     rows = out[:, :n].tolist()
     result = []

@@ -57,8 +57,8 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
                  stop: Optional[list[str]] = None, progress=None, engine: str = "auto",
                  scores: Optional[int] = None, processors=None) -> list[list[Completion]]:
     """`generate` from prompt token ids (already templated). engine: `hf` (transformers' `generate`),
-    `fast` (retort.lm.rollout.fast, Llama-family decoders, no stop strings) or `auto` (fast when it
-    applies). `scores=K`: when the fast engine samples, each Completion also carries the model's
+    `fast` (retort.lm.rollout.fast, Llama-family and Gemma 3 decoders, no stop strings) or `auto`
+    (fast when it applies). `scores=K`: when the fast engine samples, each Completion also carries the model's
     log-probs (and top-K) at its tokens, from the sampling pass (`fast.sample`); None otherwise.
     `processors(width)`: transformers logits processors for a batch whose prompts are left-padded
     to `width` tokens (the hf engine only)."""
@@ -73,7 +73,9 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
                         "or lower max_new_tokens")
     use_fast = engine == "fast" or (engine == "auto" and not stop and not processors and fast.supports(model))
     if use_fast and (stop or processors or not fast.supports(model)):
-        raise ValueError("the fast engine needs a Llama-family model, no stop strings and no logits processors")
+        why = fast.why_not(model) or ("stop strings" if stop else "logits processors")
+        raise ValueError(f"the fast engine needs a Llama-family or Gemma 3 model, no stop strings and no logits "
+                         f"processors ({why}); use engine=hf (or auto, which picks hf here)")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

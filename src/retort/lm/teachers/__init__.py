@@ -9,8 +9,9 @@ Capabilities (`Teacher.capabilities`):
   off-policy KD on its own traces, not for grading a student's rollouts).
 
 Kinds, chosen by `teacher.name` (`registry`): a model (`LocalTeacher`, `local`: preset,
-builtin:teacher, a directory, a .gguf file, pkg:, a hub id; all four capabilities), `traces:DIR`
-(`TraceStoreTeacher`, `store`: the log-probs and top-k `retort traces` stored: `score_stored`), and
+builtin:teacher, a packaged model by name, a directory, a .gguf file, pkg:, a hub id; all four
+capabilities), `traces:DIR` (`TraceStoreTeacher`, `store`: the log-probs and top-k `retort traces`
+stored: `score_stored`), and
 `openai:MODEL` (`ApiTeacher`, `api`: an OpenAI-compatible server, `teacher.api.*`: `generate`, and
 `score` where the server offers vLLM's `prompt_logprobs`).
 A method declares what it needs (`Method.teacher_needs`); `check_capabilities` stops a run before
