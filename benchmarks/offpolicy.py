@@ -12,6 +12,8 @@ run again (and a killed one resumes).
     python benchmarks/offpolicy.py --work runs/offpolicy --seeds 0 1 2   # writes benchmarks/results/offpolicy.json
     python benchmarks/offpolicy.py --summarise-only    # recompute means, stds and verdicts of --json; run nothing
 
+Both print the tables as BENCHMARKS.md shows them (`markdown`).
+
 The JSON holds, per row and seed, the greedy test accuracy, the accuracy by problem length
 (`by_difficulty`: the number of steps), tokens per answer and the training time from the run's
 `summary.json` (seconds of this machine, as busy as it was then: `note` says so); then per row the
@@ -29,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _verdict import Ordering, state
+from _verdict import markdown as verdicts_markdown
 
 METHODS = ("answers", "sft", "kd")
 SFT = "student: sft on teacher traces"
@@ -68,6 +71,36 @@ def summarise(results: dict) -> dict:
     return results
 
 
+LABELS = {"student: answers only": "answers only (600 steps)", SFT: "sft on the teacher's correct traces",
+          KD: "kd, forward KL on the teacher's stored top-8 (offline)"}
+
+
+def markdown(results: dict) -> str:
+    """The tables BENCHMARKS.md prints, from a summarised results JSON: accuracy per seed with mean
+    +- std, tokens per answer and train time; accuracy by problem length (mean over seeds); the
+    orderings."""
+    seeds = [str(s) for s in results["seeds"]]
+    rows = results["rows"]
+    lines = ["| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean +- std | tokens/answer | train time / run |",
+             "|---|" + "---:|" * (len(seeds) + 3)]
+    for label, row in rows.items():
+        accs = [f"{row['accuracy'][s]:.3f}" if s in row["accuracy"] else "-" for s in seeds]
+        spread = f"{row['mean']:.3f} +- {row['std']:.3f}" if len(row["accuracy"]) > 1 else "-"
+        tokens = statistics.mean(row["mean_tokens"].values())
+        low, high = row.get("train_time_s_range", [None, None])
+        time = "-" if low is None else f"{low:.0f} s" if round(low) == round(high) else f"{low:.0f}-{high:.0f} s"
+        lines.append(f"| {LABELS.get(label, label)} | {' | '.join(accs)} | {spread} | {tokens:.1f} | {time} |")
+    lengths = sorted({d for row in rows.values() for d in row["by_difficulty_mean"]}, key=lambda d: (len(d), d))
+    lines += ["", "| row, accuracy by problem length (mean over seeds) | "
+              + " | ".join(f"{d} steps" for d in lengths) + " |", "|---|" + "---:|" * len(lengths)]
+    for label, row in rows.items():
+        cells = [f"{row['by_difficulty_mean'][d]:.3f}" if d in row["by_difficulty_mean"] else "-" for d in lengths]
+        lines.append(f"| {LABELS.get(label, label)} | {' | '.join(cells)} |")
+    if results.get("verdicts"):
+        lines += ["", verdicts_markdown(results["verdicts"])]
+    return "\n".join(lines)
+
+
 def _write(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -86,6 +119,7 @@ def main() -> None:
     out = Path(args.json)
     if args.summarise_only:
         _write(out, json.loads(out.read_text()))
+        print(markdown(json.loads(out.read_text())))
         return
     from rich.console import Console
 
@@ -109,11 +143,7 @@ def main() -> None:
         rows = run_demo(str(seed_dir), console=console, methods=METHODS, seed=s)
         results["runs"][str(s)] = {label: {k: r[k] for k in KEPT if k in r} for label, r in rows.items()}
         _write(out, results)  # after every seed: a killed run keeps what it finished
-    for label, row in results["rows"].items():
-        per_seed = " ".join(f"{v:.3f}" for v in row["accuracy"].values())
-        console.print(f"{label:45s} {row['mean']:.3f} +- {row['std']:.3f}   {per_seed}")
-    for v in results["verdicts"]:
-        console.print(f"{v['claim']}: {v['verdict']} (diff {v['diff']:.3f}, se {v['se']})")
+    print(markdown(results))
 
 
 if __name__ == "__main__":

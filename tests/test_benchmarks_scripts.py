@@ -115,6 +115,10 @@ def test_offpolicy_summarise_only_rebuilds_rows_and_verdict(bench, monkeypatch, 
     assert row["by_difficulty_mean"]["6"] == pytest.approx(statistics.mean(sft) - 0.1)
     [v] = done["verdicts"]
     assert v["claim"].startswith("kd") and v["a"] == kd and v["b"] == sft and v["verdict"] == "unresolved"
+    table = offpolicy.markdown(done)  # what BENCHMARKS.md prints
+    assert "| sft on the teacher's correct traces | 0.984 | 0.970 | 0.784 | 0.913 +- 0.112 | 27.0 | 100-102 s |" in table
+    assert "| kd, forward KL on the teacher's stored top-8 (offline) | 1.000 | 0.880 |" in table  # by length
+    assert f"| {v['claim']} | 0.996 / 0.948 / 0.996 | 0.984 / 0.97 / 0.784 |" in table and "**unresolved**" in table
     # every seed agreeing resolves it; a single seed states no verdict at all
     made["runs"]["1"][offpolicy.SFT]["accuracy"] = 0.9
     path.write_text(json.dumps(made))
