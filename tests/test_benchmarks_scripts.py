@@ -92,3 +92,39 @@ def test_diffuse_teacher_row_is_one_value_per_seed(bench):
         assert std == pytest.approx(statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0), name
     hybrid_teacher = results["hybrid"]["digits"]["arms"]["teacher"]
     assert len(hybrid_teacher["per_seed"]) == 3
+
+
+def test_offpolicy_summarise_only_rebuilds_rows_and_verdict(bench, monkeypatch, tmp_path):
+    offpolicy = bench("offpolicy")
+    sft, kd = [0.984, 0.970, 0.784], [0.996, 0.948, 0.996]  # kd below sft in one seed, within 2 se
+
+    def run(acc, t):
+        return {"accuracy": acc, "by_difficulty": {"2": 1.0, "6": acc - 0.1}, "mean_tokens": 27.0, "train_time_s": t}
+
+    made = {"seeds": [0, 1, 2], "runs": {str(s): {offpolicy.SFT: run(sft[s], 100.0 + s), offpolicy.KD: run(kd[s], 150.0)}
+                                         for s in range(3)}}
+    path = tmp_path / "offpolicy.json"
+    path.write_text(json.dumps(made))
+    monkeypatch.setattr(sys, "argv", ["offpolicy.py", "--summarise-only", "--json", str(path)])
+    offpolicy.main()
+    done = json.loads(path.read_text())
+    row = done["rows"][offpolicy.SFT]
+    assert row["accuracy"] == {"0": 0.984, "1": 0.970, "2": 0.784}
+    assert row["mean"] == pytest.approx(statistics.mean(sft)) and row["std"] == pytest.approx(statistics.stdev(sft))
+    assert row["train_time_s_range"] == [100.0, 102.0]
+    assert row["by_difficulty_mean"]["6"] == pytest.approx(statistics.mean(sft) - 0.1)
+    [v] = done["verdicts"]
+    assert v["claim"].startswith("kd") and v["a"] == kd and v["b"] == sft and v["verdict"] == "unresolved"
+    table = offpolicy.markdown(done)  # what BENCHMARKS.md prints
+    assert "| sft on the teacher's correct traces | 0.984 | 0.970 | 0.784 | 0.913 +- 0.112 | 27.0 | 100-102 s |" in table
+    assert "| kd, forward KL on the teacher's stored top-8 (offline) | 1.000 | 0.880 |" in table  # by length
+    assert f"| {v['claim']} | 0.996 / 0.948 / 0.996 | 0.984 / 0.97 / 0.784 |" in table and "**unresolved**" in table
+    # every seed agreeing resolves it; a single seed states no verdict at all
+    made["runs"]["1"][offpolicy.SFT]["accuracy"] = 0.9
+    path.write_text(json.dumps(made))
+    offpolicy.main()
+    assert json.loads(path.read_text())["verdicts"][0]["verdict"] == "holds"
+    made["seeds"] = [0]
+    path.write_text(json.dumps(made))
+    offpolicy.main()
+    assert json.loads(path.read_text())["verdicts"] == []
