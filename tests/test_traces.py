@@ -156,6 +156,19 @@ def test_trace_stats_on_known_rows():
 
     assert s["teacher_ppl"] == pytest.approx(math.exp(9 / 8))
     assert s["teacher_ppl_correct"] == pytest.approx(math.e)
+    assert s["accuracy_by_difficulty"] == {"1": {"rows": 4, "accuracy": 0.25}}
+
+
+def test_trace_stats_accuracy_by_difficulty():
+    t = _table([{"prompt_id": "a", "sample_idx": 0, "correct": True, "n_tokens": 1, "difficulty": 3},
+                {"prompt_id": "b", "sample_idx": 0, "correct": True, "n_tokens": 1, "difficulty": 2},
+                {"prompt_id": "c", "sample_idx": 0, "correct": False, "n_tokens": 1, "difficulty": 3},
+                {"prompt_id": "d", "sample_idx": 0, "correct": False, "n_tokens": 1, "difficulty": None}])
+    by_d = trace_stats(t)["accuracy_by_difficulty"]
+    assert list(by_d) == ["2", "3"]  # easiest first; rows without a difficulty are left out
+    assert by_d == {"2": {"rows": 1, "accuracy": 1.0}, "3": {"rows": 2, "accuracy": 0.5}}
+    assert "accuracy_by_difficulty" not in trace_stats(_table([{"prompt_id": "a", "sample_idx": 0, "correct": True,
+                                                                "n_tokens": 1, "difficulty": None}]))
 
 
 def test_filters_make_a_new_trace_set(tmp_path):
