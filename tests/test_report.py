@@ -324,3 +324,16 @@ def test_a_tracks_comparison_shows_every_row_it_is_given(track):
 def test_a_single_track_page_has_no_kind_heading(tmp_path):
     page = write_report([_run_dir(tmp_path / "sft")], tmp_path / "r.html").read_text(encoding="utf-8")
     assert "(track=" not in page
+
+
+def test_a_run_evaluated_once_shows_its_value_not_a_one_point_curve(tmp_path):
+    once = _run_dir(tmp_path / "once", eval_rows=False)
+    with open(once / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 20, "eval/n": 200, "eval/accuracy": 0.375}) + "\n")
+    page = write_report([once], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert len(_images(page)) == 2  # the loss curve and accuracy-vs-tokens; no evaluation "curve"
+    assert "Evaluated once during training (no curve): once: accuracy 0.3750 at step 20" in page
+    twice = _run_dir(tmp_path / "twice")
+    page = write_report([once, twice], tmp_path / "r2.html").read_text(encoding="utf-8")
+    assert len(_images(page)) == 3  # twice's curve is drawn, once is named as text
+    assert "once: accuracy 0.3750 at step 20" in page and "twice: accuracy" not in page
