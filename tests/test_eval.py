@@ -178,3 +178,4 @@ def test_eval_stop_strings_end_answers_and_tokens_per_s_is_reported(tmp_path, ca
     assert "tok/s" in capsys.readouterr().err  # the table goes to stderr
     res = json.loads(out.read_text())["nano"]
     assert res["stop"] == ["\n\n", "Q:"] and res["tokens_per_s"] > 0
+    assert res["model"] == "preset:nano" and "model_dir" not in res  # a name, not a directory

@@ -4,6 +4,7 @@ optionally its fidelity to a reference model and the provenance of its answer se
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 
 def evaluate_models(run, targets: list, options: dict, console) -> dict:
@@ -40,6 +41,10 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
         ref = reference if reference is not None and label != fidelity_to else None
         with console.status(f"evaluating {label}"):
             rows.append((label, evaluate(model, tok, task, cfg, reference=ref)))
+        # which model this was, so that a report given its run directory too shows it once
+        rows[-1][1]["model"] = name
+        if Path(name).is_dir():
+            rows[-1][1]["model_dir"] = str(Path(name).resolve())
         if sources is not None:
             from .curate.provenance import provenance as trace
 
