@@ -16,6 +16,7 @@ from math import ceil
 from pathlib import Path
 
 from .. import __version__, threads
+from ..progress import ProgressLines
 from .config import teacher_params
 from ..errors import ConfigError
 from ..lock import holding
@@ -99,9 +100,12 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
                         TimeRemainingColumn(), disable=not interactive)
     t0, tokens = time.time(), 0
     sp = run.sampling
+    already = (n_shards - len(todo)) and sum(len(examples[i * s:(i + 1) * s]) for i in writer.done())
+    lines = ProgressLines(console, "traces", len(examples), "prompts", done=already, enabled=not interactive
+                          and console is not None)
+    rows_done = sum(writer.shard_rows.get(i, 0) for i in writer.done())
     with progress:
-        bar = progress.add_task("traces", total=len(examples), completed=(n_shards - len(todo)) and
-                                sum(len(examples[i * s:(i + 1) * s]) for i in writer.done()), rate="")
+        bar = progress.add_task("traces", total=len(examples), completed=already, rate="")
         for index in todo:
             shard = examples[index * s:(index + 1) * s]
             rows = []
@@ -143,8 +147,8 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
             writer.write_shard(index, rows)
             rate = f"{tokens / max(1e-9, time.time() - t0):.0f} tok/s"
             progress.update(bar, advance=len(shard), rate=rate)
-            if console is not None and not interactive:
-                console.print(f"traces: shard {index + 1}/{n_shards} written ({rate})")
+            rows_done += len(rows)
+            lines.advance(len(shard), f"{rows_done} rows, {rate}")
     from .curate import trace_stats
 
     writer.finish(trace_stats(read_traces(run.out, allow_incomplete=True)))
