@@ -155,6 +155,10 @@ class TraceWriter:
             diff = sorted(diff_keys(manifest.get("params", {}), self.params))
             if diff == ["n_prompts"] and plan is not None:
                 self.resized = self._resize(manifest, plan)
+            elif diff == ["n_prompts"]:  # an API teacher's set: its journals and ledger are per shard as planned
+                old = manifest["params"].get("n_prompts")
+                raise DataError(f"{self.dir} holds traces of n_prompts={old}; an API teacher's set keeps its size "
+                                f"(rerun with n_prompts={old}; `retort curate` uses its finished shards meanwhile)")
             elif diff:
                 raise DataError(f"{self.dir} holds traces made with other arguments (differ at {', '.join(diff)}); "
                                 "use another output directory or the same arguments to continue")
