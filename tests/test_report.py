@@ -347,6 +347,7 @@ def test_a_model_given_as_its_run_dir_and_in_an_eval_json_is_one_row(tmp_path):
                                                           model=str(run / "model"))}))
     rows, runs = load_inputs([run, same])
     assert [r.name for r in rows] == ["sft"] and len(runs) == 1
+    assert "tokens / s" not in write_report([run], tmp_path / "r0.html").read_text(encoding="utf-8")
     assert rows[0].eval["accuracy"] == 0.6 and rows[0].train_time == 130.6  # the JSON's numbers, the run's time
     # the label need not be the path: model_dir (what `retort eval` records) says which model it was
     labelled = tmp_path / "labelled.json"
@@ -359,6 +360,10 @@ def test_a_model_given_as_its_run_dir_and_in_an_eval_json_is_one_row(tmp_path):
     assert sorted(r.name for r in rows) == ["sft [other.json: n=50]", "sft [run's eval: n=200]"]
     page = write_report([run, other], tmp_path / "r.html").read_text(encoding="utf-8")
     assert "sft [other.json: n=50]" in page
+    speed = tmp_path / "speed.json"  # `retort eval` measures tokens/s: the report shows it
+    speed.write_text(json.dumps({"student": _eval(0.6, 20.0, tokens_per_s=123.4)}))
+    page = write_report([speed], tmp_path / "r3.html").read_text(encoding="utf-8")
+    assert "tokens / s" in page and "123.4" in page
     # another model in the same JSON stays its own row
     mixed = tmp_path / "mixed.json"
     mixed.write_text(json.dumps({str(run / "model"): _eval(0.6, 20.0), "builtin:teacher": _eval(0.9, 30.0)}))

@@ -193,6 +193,10 @@ class TraceWriter:
             if ids == want:
                 continue
             if ids[:len(want)] == want:  # cut by a lower n_prompts
+                for name in SCHEMA.names:  # a shard written before a column was added (messages): null
+                    if name not in table.column_names:
+                        table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+                table = table.select(SCHEMA.names)
                 keep = table.filter(pa.array([p in set(want) for p in table.column("prompt_id").to_pylist()]))
                 actions[key], dropped = keep, dropped + table.num_rows - keep.num_rows
             elif want[:len(ids)] == ids:  # a last shard a higher n_prompts fills further: redone
