@@ -275,3 +275,27 @@ def test_an_unfinished_set_is_usable_and_its_n_prompts_can_change_on_resume(tmp_
     with pytest.raises(DataError, match=r"differ at n_prompts, sampling.temperature"):  # not with another change
         run_traces(load_config(TracesRun, None, traces_args(out, n_prompts=4, **{"sampling.topk": 0,
                                                                                  "sampling.temperature": 0.5})))
+
+
+def test_a_resize_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    from retort.lm.data.traces import TraceWriter
+
+    out = tmp_path / "tr"
+    args = lambda n: load_config(TracesRun, None, traces_args(out, n_prompts=n, **{"sampling.topk": 0}))  # noqa: E731
+    run_traces(args(12))
+    full = read_traces(out)
+    real = TraceWriter.write_shard
+
+    def killed(self, index, rows, extra=None):
+        raise KeyboardInterrupt  # as if killed while the cut shard is rewritten
+
+    monkeypatch.setattr(TraceWriter, "write_shard", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_traces(args(6))
+    monkeypatch.setattr(TraceWriter, "write_shard", real)
+    run_traces(args(6))
+    small = read_traces(out)
+    assert small["prompt_id"].to_pylist() == full["prompt_id"].to_pylist()[:12]
+    assert small["completion"].to_pylist()[:8] == full["completion"].to_pylist()[:8]  # shard 0 kept
+    assert sorted(p.name for p in out.glob("part-*")) == ["part-00000.parquet", "part-00001.parquet"]
+    assert [r["to"] for r in read_manifest(out)["resized"]] == [6]

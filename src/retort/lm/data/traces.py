@@ -184,8 +184,8 @@ class TraceWriter:
         actions, dropped = {}, 0
         for key, info in sorted(manifest["shards"].items(), key=lambda kv: int(kv[0])):
             index, path = int(key), self.dir / info["file"]
-            if index not in plan:
-                actions[key], dropped = None, dropped + info["rows"]
+            if index not in plan or not path.is_file():
+                actions[key], dropped = None, dropped + (info["rows"] if index not in plan else 0)
                 continue
             table = pq.read_table(path)
             ids = list(dict.fromkeys(table.column("prompt_id").to_pylist()))
@@ -205,19 +205,21 @@ class TraceWriter:
                 raise DataError(f"{self.dir}: n_prompts={new} draws other prompts than the set's n_prompts={old} "
                                 f"(shard {index} differs), so its shards cannot be reused; use n_prompts={old} "
                                 "or another output directory")
+        # the manifest first, without the shards that change: killed before their files are, a rerun
+        # finds them unlisted and redoes them (`_adopt_unrecorded`: their row counts are not the plan's)
         self.manifest = manifest
-        for key, action in actions.items():
-            info = manifest["shards"].pop(key)
-            if action is None:
-                (self.dir / info["file"]).unlink(missing_ok=True)
-            else:
-                self.write_shard(int(key), action)
+        files = {key: manifest["shards"].pop(key)["file"] for key in actions}
         manifest["params"], manifest["complete"] = self.params, False
         manifest.pop("stats", None)
         change = {"from": old, "to": new, "dropped_rows": dropped,
                   "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         manifest.setdefault("resized", []).append(change)
         self._save()
+        for key, action in actions.items():
+            if action is None:
+                (self.dir / files[key]).unlink(missing_ok=True)
+            else:
+                self.write_shard(int(key), action)
         return change
 
     def _save(self) -> None:
