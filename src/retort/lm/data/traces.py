@@ -370,7 +370,9 @@ def read_traces(path: str | os.PathLike, *, verify: bool = True, allow_incomplet
     """All rows of a trace set, shards in order. Checks row counts (and checksums if `verify`)."""
     manifest = read_manifest(path)
     if not manifest.get("complete") and not allow_incomplete:
-        raise DataError(f"{path}: trace run is not finished; rerun the same `retort traces` command to complete it")
+        raise DataError(f"{path}: trace run is not finished; rerun the same `retort traces` command to complete it "
+                        "(a lower n_prompts ends it sooner), or use its finished shards: `retort curate "
+                        f"{path} --correct --out NEW_DIR`")
     tables = []
     for index in sorted(manifest["shards"], key=int):
         info = manifest["shards"][index]
