@@ -157,6 +157,16 @@ def test_b_rerun_of_a_finished_set_sends_nothing(tmp_path, capsys):
     assert _summary(_rows(out)) == before
 
 
+def test_b_an_api_sets_n_prompts_is_kept_on_resume_with_a_clear_refusal(tmp_path, capsys):
+    out = tmp_path / "t"
+    with ApiServer() as s:
+        assert _traces(capsys, out, s.url)[0] == 0
+        n = len(s.log)
+        rc, text = _traces(capsys, out, s.url, n_prompts=8)
+    assert rc == 2 and len(s.log) == n and read_manifest(out)["params"]["n_prompts"] == 12
+    assert "holds traces of n_prompts=12; an API teacher's set keeps its size (rerun with n_prompts=12" in text
+
+
 def test_b_greedy_asks_once_per_prompt_and_stores_it_n_times(tmp_path, capsys):
     out = tmp_path / "t"
     with ApiServer() as s:

@@ -153,3 +153,29 @@ def test_length_difficulty_correlation_is_pearsons_and_none_when_constant():
     assert _corr([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
     assert _corr([1, 2, 3, None], [1, 1, 1, 5]) is None  # constant lengths; the None difficulty left out
     assert _corr([2], [3]) is None
+
+
+def test_eval_stop_strings_end_answers_and_tokens_per_s_is_reported(tmp_path, capsys):
+    import json
+
+    from retort.cli import main
+
+    model, tok = load_model(ModelConfig(name="preset:nano"), seed=0)
+    cfg = dict(n=4, max_new_tokens=12, batch_size=4)
+    free = evaluate(model, tok, TASKS["modchain"](), EvalConfig(**cfg))
+    assert free["stop"] == [] and free["tokens_per_s"] > 0
+    first = free["samples"][0]["completion"]
+    assert len(first) > 3  # this untrained model rambles: something to stop
+    stop = first[:2]
+    stopped = evaluate(model, tok, TASKS["modchain"](), EvalConfig(**cfg, stop=[stop]))
+    got = stopped["samples"][0]["completion"]
+    assert stopped["stop"] == [stop] and first.startswith(got) and len(got) <= len(stop)
+    assert stopped["mean_tokens"] < free["mean_tokens"]
+    # through the command line: eval.stop=[...] in the dotted overrides, tok/s in the table and the JSON
+    out = tmp_path / "eval.json"
+    assert main(["eval", "-m", "nano=preset:nano", "--json", str(out), "eval.n=2", "eval.max_new_tokens=6",
+                 'eval.stop=["\\n\\n", "Q:"]']) == 0
+    assert "tok/s" in capsys.readouterr().err  # the table goes to stderr
+    res = json.loads(out.read_text())["nano"]
+    assert res["stop"] == ["\n\n", "Q:"] and res["tokens_per_s"] > 0
+    assert res["model"] == "preset:nano" and "model_dir" not in res  # a name, not a directory

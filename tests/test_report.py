@@ -324,3 +324,47 @@ def test_a_tracks_comparison_shows_every_row_it_is_given(track):
 def test_a_single_track_page_has_no_kind_heading(tmp_path):
     page = write_report([_run_dir(tmp_path / "sft")], tmp_path / "r.html").read_text(encoding="utf-8")
     assert "(track=" not in page
+
+
+def test_a_run_evaluated_once_shows_its_value_not_a_one_point_curve(tmp_path):
+    once = _run_dir(tmp_path / "once", eval_rows=False)
+    with open(once / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 20, "eval/n": 200, "eval/accuracy": 0.375}) + "\n")
+    page = write_report([once], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert len(_images(page)) == 2  # the loss curve and accuracy-vs-tokens; no evaluation "curve"
+    assert "Evaluated once during training (no curve): once: accuracy 0.3750 at step 20" in page
+    twice = _run_dir(tmp_path / "twice")
+    page = write_report([once, twice], tmp_path / "r2.html").read_text(encoding="utf-8")
+    assert len(_images(page)) == 3  # twice's curve is drawn, once is named as text
+    assert "once: accuracy 0.3750 at step 20" in page and "twice: accuracy" not in page
+
+
+def test_a_model_given_as_its_run_dir_and_in_an_eval_json_is_one_row(tmp_path):
+    run = _run_dir(tmp_path / "sft")
+    (run / "model").mkdir()
+    same = tmp_path / "eval.json"  # `retort eval -m RUN/model --json eval.json`: the run's final eval's setup
+    same.write_text(json.dumps({str(run / "model"): _eval(0.6, 20.0, params=350_000,
+                                                          model=str(run / "model"))}))
+    rows, runs = load_inputs([run, same])
+    assert [r.name for r in rows] == ["sft"] and len(runs) == 1
+    assert "tokens / s" not in write_report([run], tmp_path / "r0.html").read_text(encoding="utf-8")
+    assert rows[0].eval["accuracy"] == 0.6 and rows[0].train_time == 130.6  # the JSON's numbers, the run's time
+    # the label need not be the path: model_dir (what `retort eval` records) says which model it was
+    labelled = tmp_path / "labelled.json"
+    labelled.write_text(json.dumps({"student": _eval(0.6, 20.0, model_dir=str((run / "model").resolve()))}))
+    assert [r.name for r in load_inputs([run, labelled])[0]] == ["sft"]
+    # evaluated on other prompts: two rows, each saying how its evaluation differs
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({str(run / "model"): {**_eval(0.6, 20.0), "n": 50}}))
+    rows, _ = load_inputs([run, other])
+    assert sorted(r.name for r in rows) == ["sft [other.json: n=50]", "sft [run's eval: n=200]"]
+    page = write_report([run, other], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "sft [other.json: n=50]" in page
+    speed = tmp_path / "speed.json"  # `retort eval` measures tokens/s: the report shows it
+    speed.write_text(json.dumps({"student": _eval(0.6, 20.0, tokens_per_s=123.4)}))
+    page = write_report([speed], tmp_path / "r3.html").read_text(encoding="utf-8")
+    assert "tokens / s" in page and "123.4" in page
+    # another model in the same JSON stays its own row
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps({str(run / "model"): _eval(0.6, 20.0), "builtin:teacher": _eval(0.9, 30.0)}))
+    assert [r.name for r in load_inputs([run, mixed])[0]] == ["sft", "builtin:teacher"]

@@ -297,3 +297,21 @@ def test_the_detours_teacher_learns_its_skills_beside_its_solutions(tmp_path):
         "task.name": "rg:chain_sum", "task.difficulty.rendering": "detours", "task.difficulty.max_digits": 1,
         "data.skills": 0.5, "data.max_len": 320}))
     assert train(ok)["steps"] == 2
+
+
+def test_tasks_command_shows_a_generators_options_defaults_and_convention(capsys):
+    from retort.cli import main
+
+    assert main(["tasks", "rg:basic_arithmetic", "--n", "1"]) == 0
+    out = capsys.readouterr().out
+    # the config dataclass's fields with their defaults (read from reasoning-gym, not a copy)
+    from reasoning_gym.arithmetic.basic_arithmetic import BasicArithmeticDatasetConfig as C
+
+    assert f"max_terms = {C().max_terms!r}" in out and f"operators = {C().operators!r}" in out
+    assert "seed =" not in out and "size =" not in out  # retort's, set per split
+    assert "<answer>" in out and "task.answer=tag" in out  # the prompt/answer convention
+    assert "'num_terms'" in out and "example:" in out
+    assert main(["tasks", "rg:basic_arith"]) == 2
+    assert "close: basic_arithmetic" in capsys.readouterr().err
+    assert main(["tasks", "modchain", "--n", "1"]) == 0
+    assert "task.difficulty." in capsys.readouterr().out

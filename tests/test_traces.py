@@ -156,6 +156,19 @@ def test_trace_stats_on_known_rows():
 
     assert s["teacher_ppl"] == pytest.approx(math.exp(9 / 8))
     assert s["teacher_ppl_correct"] == pytest.approx(math.e)
+    assert s["accuracy_by_difficulty"] == {"1": {"rows": 4, "accuracy": 0.25}}
+
+
+def test_trace_stats_accuracy_by_difficulty():
+    t = _table([{"prompt_id": "a", "sample_idx": 0, "correct": True, "n_tokens": 1, "difficulty": 3},
+                {"prompt_id": "b", "sample_idx": 0, "correct": True, "n_tokens": 1, "difficulty": 2},
+                {"prompt_id": "c", "sample_idx": 0, "correct": False, "n_tokens": 1, "difficulty": 3},
+                {"prompt_id": "d", "sample_idx": 0, "correct": False, "n_tokens": 1, "difficulty": None}])
+    by_d = trace_stats(t)["accuracy_by_difficulty"]
+    assert list(by_d) == ["2", "3"]  # easiest first; rows without a difficulty are left out
+    assert by_d == {"2": {"rows": 1, "accuracy": 1.0}, "3": {"rows": 2, "accuracy": 0.5}}
+    assert "accuracy_by_difficulty" not in trace_stats(_table([{"prompt_id": "a", "sample_idx": 0, "correct": True,
+                                                                "n_tokens": 1, "difficulty": None}]))
 
 
 def test_filters_make_a_new_trace_set(tmp_path):
@@ -218,3 +231,71 @@ def test_sft_trains_on_traces_correct_only_by_default(tmp_path):
     bad = load_config(TrainRun, None, [f"out={tmp_path / 'r2'}", "data.source=traces", f"data.traces={tmp_path}"])
     with pytest.raises(DataError, match="not a trace directory"):
         train(bad)
+
+
+def test_an_unfinished_set_is_usable_and_its_n_prompts_can_change_on_resume(tmp_path, capsys):
+    from retort.cli import main
+
+    out = tmp_path / "tr"
+    run_traces(load_config(TracesRun, None, traces_args(out, **{"sampling.topk": 0})))  # 3 shards of 4 prompts
+    full = read_traces(out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / manifest["shards"].pop("2")["file"]).unlink()  # as if killed before the last shard
+    manifest["complete"] = False
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="not finished"):
+        read_traces(out)  # training still wants a finished set
+    assert main(["curate", str(out), "--stats"]) == 0
+    got = capsys.readouterr()
+    stats = json.loads(got.out)
+    assert stats["rows"] == 16 and stats["unfinished"] == {"prompts_planned": 12, "prompts": 8}
+    err = " ".join(got.err.split())  # rich wraps its lines
+    assert "its 2 of 3 finished shards, 16 rows holding 8 of the 12 planned prompts" in err
+    assert main(["curate", str(out), "--correct", "--out", str(tmp_path / "ok")]) == 0
+    assert "8 of the 12 planned prompts" in " ".join(capsys.readouterr().err.split())
+    assert read_traces(tmp_path / "ok").num_rows == sum(full["correct"].to_pylist()[:16])
+
+    # a lower n_prompts finishes the set at that size: shard 0 kept, shard 1 cut to 2 prompts
+    before = (out / "part-00000.parquet").stat().st_mtime_ns
+    run_traces(load_config(TracesRun, None, traces_args(out, n_prompts=6, **{"sampling.topk": 0})))
+    small = read_traces(out)
+    assert small.num_rows == 12 and small["prompt_id"].to_pylist() == full["prompt_id"].to_pylist()[:12]
+    assert small["completion"].to_pylist() == full["completion"].to_pylist()[:12]
+    assert (out / "part-00000.parquet").stat().st_mtime_ns == before  # not sampled again
+    m = read_manifest(out)
+    assert m["complete"] and m["params"]["n_prompts"] == 6 and m["stats"]["prompts"] == 6
+    assert [(r["from"], r["to"], r["dropped_rows"]) for r in m["resized"]] == [(12, 6, 4)]
+    # a higher one continues it: the cut shard is redone, one more is sampled
+    run_traces(load_config(TracesRun, None, traces_args(out, n_prompts=10, **{"sampling.topk": 0})))
+    grown = read_traces(out)
+    assert grown["prompt_id"].to_pylist() == full["prompt_id"].to_pylist()[:20]
+    # seeded per shard: the redone shard 1 is sampled as it first was (shard 2 now holds 2 prompts, not 4)
+    assert grown["completion"].to_pylist()[:16] == full["completion"].to_pylist()[:16]
+    assert [r["to"] for r in read_manifest(out)["resized"]] == [6, 10]
+    with pytest.raises(DataError, match=r"differ at n_prompts, sampling.temperature"):  # not with another change
+        run_traces(load_config(TracesRun, None, traces_args(out, n_prompts=4, **{"sampling.topk": 0,
+                                                                                 "sampling.temperature": 0.5})))
+
+
+def test_a_resize_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    from retort.lm.data.traces import TraceWriter
+
+    out = tmp_path / "tr"
+    args = lambda n: load_config(TracesRun, None, traces_args(out, n_prompts=n, **{"sampling.topk": 0}))  # noqa: E731
+    run_traces(args(12))
+    full = read_traces(out)
+    real = TraceWriter.write_shard
+
+    def killed(self, index, rows, extra=None):
+        raise KeyboardInterrupt  # as if killed while the cut shard is rewritten
+
+    monkeypatch.setattr(TraceWriter, "write_shard", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_traces(args(6))
+    monkeypatch.setattr(TraceWriter, "write_shard", real)
+    run_traces(args(6))
+    small = read_traces(out)
+    assert small["prompt_id"].to_pylist() == full["prompt_id"].to_pylist()[:12]
+    assert small["completion"].to_pylist()[:8] == full["completion"].to_pylist()[:8]  # shard 0 kept
+    assert sorted(p.name for p in out.glob("part-*")) == ["part-00000.parquet", "part-00001.parquet"]
+    assert [r["to"] for r in read_manifest(out)["resized"]] == [6]

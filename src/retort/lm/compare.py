@@ -4,6 +4,9 @@ optionally its fidelity to a reference model and the provenance of its answer se
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
+from ..progress import ProgressLines
 
 
 def evaluate_models(run, targets: list, options: dict, console) -> dict:
@@ -38,8 +41,15 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
     for label, name in targets:
         model, tok = load_model(replace(run.model, name=name))
         ref = reference if reference is not None and label != fidelity_to else None
+        # not a terminal: a line every 30 s or 10% of the prompts (greedy, then sampled when k > 1)
+        lines = ProgressLines(console, f"eval {label}", n * (2 if cfg.k > 1 else 1), "prompts")
         with console.status(f"evaluating {label}"):
-            rows.append((label, evaluate(model, tok, task, cfg, reference=ref)))
+            rows.append((label, evaluate(model, tok, task, cfg, reference=ref,
+                                         progress=lines.advance if lines.enabled else None)))
+        # which model this was, so that a report given its run directory too shows it once
+        rows[-1][1]["model"] = name
+        if Path(name).is_dir():
+            rows[-1][1]["model_dir"] = str(Path(name).resolve())
         if sources is not None:
             from .curate.provenance import provenance as trace
 

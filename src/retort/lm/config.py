@@ -195,6 +195,8 @@ class EvalConfig:
     max_new_tokens: int = param(128, "completion length limit", lo=1)
     batch_size: int = param(64, "prompts per generation batch", lo=1)
     seed: int = param(1234, "seed for the test prompts and sampling")
+    stop: List[str] = param([], "stop strings ending each answer (as well as EOS), e.g. eval.stop=['\\n\\n'] for a "
+                            "model that goes on past its answer")
     fidelity: bool = param(True, "train: also measure agreement with the run's teacher at each evaluation (same "
                            "answer, top-1 token, KL per token; `retort eval --fidelity-to`): the traces' teacher for "
                            "data.source=traces, else the method's teacher; a local model only")

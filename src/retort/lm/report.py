@@ -37,7 +37,9 @@ def comparison_table(rows) -> str:
     # answers with nothing the task's answer format could read (a format failure, not a wrong answer)
     no_answer = any("no_answer_rate" in r.eval for r in rows)
     headers += ["no answer"] if no_answer else []
-    headers += ["mean tokens / answer", "train time (s)", "steps"]
+    # greedy decoding speed where the evaluation measured it (its machine's: compare rows of one command)
+    speed = any("tokens_per_s" in r.eval for r in rows)
+    headers += ["mean tokens / answer", *(["tokens / s"] if speed else []), "train time (s)", "steps"]
     body = []
     for r in rows:
         e = r.eval
@@ -48,8 +50,9 @@ def comparison_table(rows) -> str:
         cells += [(esc(pct(e.get(k))), True) for k in fid]
         cells += [(esc(fmt_float(e.get("kl_ref_model"), 3)), True)] if kl else []
         cells += [(esc(pct(e.get("no_answer_rate"))), True)] if no_answer else []
-        cells += [(esc(fmt_float(e.get("mean_tokens"))), True), (esc(fmt_float(r.train_time)), True),
-                  (esc(fmt_int(r.steps)), True)]
+        cells += [(esc(fmt_float(e.get("mean_tokens"))), True)]
+        cells += [(esc(fmt_float(e.get("tokens_per_s"))), True)] if speed else []
+        cells += [(esc(fmt_float(r.train_time)), True), (esc(fmt_int(r.steps)), True)]
         body.append(cells)
     return table(headers, body)
 

@@ -1,7 +1,9 @@
 """`retort traces`: the teacher samples N completions per prompt; each is verified by the task,
 scored (the teacher's log-prob of every sampled token, optionally its top-k), and stored as
 Parquet shards (`retort.lm.data.traces`). Progress is per shard: killed at any moment and rerun with
-the same arguments, the run continues and ends with exactly prompts x N rows. A run, new or
+the same arguments, the run continues and ends with exactly prompts x N rows. Rerun with another
+`n_prompts` (and nothing else changed), a lower one ends the set at that size and a higher one
+continues it (the finished shards kept; the manifest's `resized` says so). A run, new or
 continued, holds the trace directory's lock (`retort.lock`): a second command writing it is refused.
 """
 
@@ -14,6 +16,7 @@ from math import ceil
 from pathlib import Path
 
 from .. import __version__, threads
+from ..progress import ProgressLines
 from .config import teacher_params
 from ..errors import ConfigError
 from ..lock import holding
@@ -81,7 +84,13 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
             # readers tokenise the text again (and offline KD from the set is refused)
             "tokenizer_sha256": toks[0] if len(set(toks)) == 1 else None, "vocab_size": len(tok),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    writer = TraceWriter(run.out, params, meta, shard_rows)
+    plan = {i: [e.id for e in examples[i * s:(i + 1) * s]] for i in range(n_shards)}
+    writer = TraceWriter(run.out, params, meta, shard_rows, plan=plan)
+    if console is not None and writer.resized:
+        r = writer.resized
+        console.print(f"traces: n_prompts {r['from']} -> {r['to']}: the set " + (
+            f"ends at {r['to']} prompts ({r['dropped_rows']} rows past them removed)" if r["to"] < r["from"]
+            else f"continues to {r['to']} prompts") + "; its manifest records the change (resized)")
     todo = [i for i in range(n_shards) if i not in writer.done()]
     if console is not None and len(todo) < n_shards:
         console.print(f"traces: {n_shards - len(todo)} of {n_shards} shards already in {run.out}; continuing")
@@ -91,9 +100,12 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
                         TimeRemainingColumn(), disable=not interactive)
     t0, tokens = time.time(), 0
     sp = run.sampling
+    already = (n_shards - len(todo)) and sum(len(examples[i * s:(i + 1) * s]) for i in writer.done())
+    lines = ProgressLines(console, "traces", len(examples), "prompts", done=already, enabled=not interactive
+                          and console is not None)
+    rows_done = sum(writer.shard_rows.get(i, 0) for i in writer.done())
     with progress:
-        bar = progress.add_task("traces", total=len(examples), completed=(n_shards - len(todo)) and
-                                sum(len(examples[i * s:(i + 1) * s]) for i in writer.done()), rate="")
+        bar = progress.add_task("traces", total=len(examples), completed=already, rate="")
         for index in todo:
             shard = examples[index * s:(index + 1) * s]
             rows = []
@@ -135,8 +147,8 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
             writer.write_shard(index, rows)
             rate = f"{tokens / max(1e-9, time.time() - t0):.0f} tok/s"
             progress.update(bar, advance=len(shard), rate=rate)
-            if console is not None and not interactive:
-                console.print(f"traces: shard {index + 1}/{n_shards} written ({rate})")
+            rows_done += len(rows)
+            lines.advance(len(shard), f"{rows_done} rows, {rate}")
     from .curate import trace_stats
 
     writer.finish(trace_stats(read_traces(run.out, allow_incomplete=True)))

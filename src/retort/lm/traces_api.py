@@ -27,6 +27,7 @@ from math import ceil
 from pathlib import Path
 
 from .. import __version__
+from ..progress import ProgressLines
 from .config import teacher_params
 from .tasks.base import task_params
 from ..errors import ApiError, DataError
@@ -281,7 +282,7 @@ class ApiTraces:
             await self.requests(pool)
 
     async def requests(self, pool) -> None:
-        """Send the requests, a progress bar (or a line every 10 s) showing the answers."""
+        """Send the requests, a progress bar (or `retort.progress` lines) showing the answers."""
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
@@ -290,7 +291,9 @@ class ApiTraces:
         progress = Progress(TextColumn("[bold]traces"), BarColumn(), MofNCompleteColumn(), TextColumn("answers"),
                             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
                             TimeRemainingColumn(), disable=not interactive)
-        last = {"t": time.time()}
+        # one row per answer: done/total answers (rows), their rate and the time left (`retort.progress`)
+        lines = ProgressLines(console, "traces", self.total, "answers", done=self.total - self.left,
+                              enabled=console is not None and not interactive)
         with progress:
             bar = progress.add_task("traces", total=self.total, completed=self.total - self.left, rate="")
 
@@ -298,12 +301,7 @@ class ApiTraces:
                 el = max(1e-9, time.time() - self.t0)
                 rate = f"{self.tokens / el:.0f} tok/s"
                 progress.update(bar, advance=k, rate=rate)
-                if console is not None and not interactive and time.time() - last["t"] > 10:
-                    last["t"] = time.time()
-                    got = self.received
-                    eta = (self.left - got) * el / got if got else float("nan")
-                    console.print(f"traces: {self.total - self.left + got}/{self.total} answers, {rate}, "
-                                  f"eta {eta:.0f} s")
+                lines.update(self.total - self.left + self.received, rate)
             self.advance = advance
             # shards already begun first, so their journals close early
             for index in self.todo:

@@ -198,6 +198,52 @@ def _load_demo(path: Path, source: str) -> tuple[list[Row], list[Run]]:
     return rows, runs
 
 
+# what makes two evaluations of one model comparable: the same prompts, read the same way
+EVAL_SETUP = ("task", "split", "n", "answer_format", "stop", "k", "temperature")
+
+
+def _model_dir(row: Row) -> Path | None:
+    """The model directory an eval-JSON row evaluated (`model_dir`, or a label that is a path)."""
+    for name in (row.eval.get("model_dir"), row.eval.get("model"), row.name):
+        if isinstance(name, str) and name and Path(name).is_dir():
+            return Path(name).resolve()
+    return None
+
+
+def _merge_same_models(rows: list[Row]) -> list[Row]:
+    """A model given both as its run directory and in an eval JSON (`retort eval -m RUN/model`) is
+    one row: the run's (curves, train time) with the eval JSON's result, when both evaluations
+    had the same setup (`EVAL_SETUP`). When they differ, both rows stay and their names say how
+    ("sft [run's eval: n=50]", "sft [eval.json: n=200]")."""
+    by_dir = {(r.run.path / "model").resolve(): r for r in rows if r.run is not None and (r.run.path / "model").is_dir()}
+    if not by_dir:
+        return rows
+    out, merged = [], set()
+    for row in rows:
+        if row.run is not None:
+            out.append(row)
+            continue
+        run_row = by_dir.get(_model_dir(row))
+        if run_row is None or id(run_row) in merged:
+            out.append(row)
+            continue
+        differ = [k for k in EVAL_SETUP if run_row.eval.get(k) != row.eval.get(k)
+                  and run_row.eval.get(k) is not None and row.eval.get(k) is not None]
+        if not differ:
+            run_row.eval = {**run_row.eval, **row.eval}
+            run_row.params = run_row.params if run_row.params is not None else row.params
+            merged.add(id(run_row))
+            continue
+        say = lambda r: ", ".join(f"{k}={r.eval.get(k)}" for k in differ)  # noqa: E731
+        label = row.name
+        row.name = f"{run_row.name} [{Path(row.source).name}: {say(row)}]"
+        run_row.name = f"{run_row.name} [run's eval: {say(run_row)}]"
+        row.eval = {**row.eval, "label": label}
+        merged.add(id(run_row))
+        out.append(row)
+    return out
+
+
 def _dedupe(items, source_of) -> None:
     seen: dict[str, int] = {}
     for item in items:
@@ -231,6 +277,7 @@ def load_inputs(run_dirs) -> tuple[list[Row], list[Run]]:
                               f"or results.json)")
         rows += new_rows
         runs += new_runs
+    rows = _merge_same_models(rows)
     _dedupe(rows, lambda r: r.source)
     for row in rows:
         if row.run is not None:

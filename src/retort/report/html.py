@@ -130,6 +130,7 @@ def render(rows, runs, title: str, inputs: list[str], parts: list) -> str:
     Sections with no data are left out rather than shown empty."""
     loss = plots.loss_curves([(run.name, run.train) for run in runs])
     evals = plots.eval_curves([(run.name, run.evals) for run in runs])
+    once = plots.single_evals([(run.name, run.evals) for run in runs])
     body = [f"<h1>{esc(title)}</h1>",
             f'<p class="sub">{len(rows)} model(s), {len(runs)} training run(s)</p>',
             "<h2>Comparison</h2>", *[x for p in parts for x in p.comparison]]
@@ -137,9 +138,13 @@ def render(rows, runs, title: str, inputs: list[str], parts: list) -> str:
     table_ = runs_table(runs)
     if table_:
         body += ["<h2>Training runs</h2>", table_]
-    if loss or evals:
+    if loss or evals or once:
         body += ["<h2>Training curves</h2>", img(loss, "training loss vs step"),
                  img(evals, "evaluation accuracy vs step")]
+    if once:  # one evaluation is a value, not a curve
+        body.append('<p class="sub">Evaluated once during training (no curve): '
+                    + "; ".join(f"{esc(name)}: accuracy {esc(fmt_float(value, 4))} at step {esc(fmt_int(step))}"
+                                for name, step, value in once) + "</p>")
     body += [x for p in parts for x in p.end]
 
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

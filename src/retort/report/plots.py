@@ -58,9 +58,9 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
 
 
 def _lines(curves: list[tuple[str, list[dict]]], key: str, ylabel: str, title: str,
-           log_if_positive: bool, marker: str | None = None) -> str | None:
+           log_if_positive: bool, marker: str | None = None, min_points: int = 1) -> str | None:
     series = [(name, *_series(rows, key)) for name, rows in curves]
-    series = [s for s in series if s[1]]
+    series = [s for s in series if len(s[1]) >= min_points]
     if not series:
         return None
     fig, ax = _figure()
@@ -82,9 +82,20 @@ def loss_curves(curves: list[tuple[str, list[dict]]]) -> str | None:
 
 
 def eval_curves(curves: list[tuple[str, list[dict]]]) -> str | None:
-    """eval/accuracy vs step, one line per run that logged evaluations."""
+    """eval/accuracy vs step, one line per run that logged at least two evaluations (a run
+    evaluated once has no curve: `single_evals` gives its value, shown as text)."""
     return _lines(curves, "eval/accuracy", "accuracy", "Evaluation accuracy during training",
-                  log_if_positive=False, marker="o")
+                  log_if_positive=False, marker="o", min_points=2)
+
+
+def single_evals(curves: list[tuple[str, list[dict]]], key: str = "eval/accuracy") -> list[tuple[str, float, float]]:
+    """(name, step, value) of each run that logged `key` exactly once: a point, not a curve."""
+    out = []
+    for name, rows in curves:
+        xs, ys = _series(rows, key)
+        if len(xs) == 1:
+            out.append((name, xs[0], ys[0]))
+    return out
 
 
 def reliability_diagram(models: list[tuple[str, list[dict]]]) -> str | None:

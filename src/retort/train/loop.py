@@ -20,6 +20,7 @@ import torch
 
 from ..config import save_config, saved_config_diff
 from .. import threads
+from ..progress import ProgressLines
 from ..errors import ConfigError, RetortError, require
 from ..contract import STUDENT, BatchPlan
 from ..lock import hold
@@ -256,6 +257,9 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     device = accelerator.device
     interactive = main and (console.is_terminal if console is not None else False)
     progress, bar = _progress(opt_cfg.steps, start_step, interactive)
+    # not a terminal: a line every 30 s or 10% of the steps (`retort.progress`), with loss and lr
+    lines = ProgressLines(console, "train", opt_cfg.steps, "steps", done=start_step,
+                          enabled=main and not interactive and console is not None)
     last_eval: dict = {}
     t0 = time.time()
     step = start_step
@@ -341,9 +345,9 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                 log.write(row)
                 if accelerator.log_with:
                     accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
-                if main and not interactive and console is not None:
-                    console.print(f"step {step}/{opt_cfg.steps} loss {global_loss:.4f} lr {row['lr']:.2e}")
             progress.update(bar, completed=step, info=f"loss {global_loss:.4f}")
+            if lines.enabled:
+                lines.update(step, f"loss {global_loss:.4f} lr {scheduler.get_last_lr()[0]:.2e}")
             if opt_cfg.eval_every and step % opt_cfg.eval_every == 0 and step < opt_cfg.steps:
                 res = run_eval(step)
                 acc = res["accuracy"]

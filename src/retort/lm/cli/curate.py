@@ -165,8 +165,15 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
         if not (show_stats or out):
             return
     if show_stats:
-        table = read_traces(traces_dir)
+        from ..data.traces import read_manifest, unfinished_note
+
+        table = read_traces(traces_dir, allow_incomplete=True)
         stats = trace_stats(table)
+        unfinished = unfinished_note(traces_dir, read_manifest(traces_dir), table)
+        if unfinished:  # on stderr: stdout stays the JSON
+            _console().print(f"curate --stats: {unfinished}")
+            stats["unfinished"] = {"prompts_planned": read_manifest(traces_dir)["params"].get("n_prompts"),
+                                   "prompts": stats.get("prompts", 0)}
         if ref_model:
             from ..curate.stats import reference_perplexity
 

@@ -22,7 +22,8 @@ def traces(config_file, batch_out, batch_in, overrides):
     retort traces -c configs/traces_smollm2.yaml sampling.topk=16
     retort traces teacher.name=openai:MODEL teacher.api.base_url=http://HOST:8000/v1 out=runs/api
     Rerun the same command after a crash: it continues where it stopped (an API teacher's
-    answers already received are never requested again).
+    answers already received are never requested again). With a local teacher, rerun with a
+    lower n_prompts to end the set at that size, or a higher one to continue it.
     """
     from ...config import load_config
     from ..config import TracesRun

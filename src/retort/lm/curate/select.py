@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import DataError
-from ..data.traces import read_manifest, read_traces
+from ..data.traces import read_manifest, read_traces, unfinished_note
 from .output import check_output, holds_out, open_output
 from .progress import CurateProgress
 from .stats import trace_stats
@@ -72,7 +72,10 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
         raise DataError(f"curate: --das-keep must be >= 1 and --das-delta >= 0 (got {das_keep}, {das_delta})")
     check_output(src, out, overwrite=overwrite)
     source = read_manifest(src)
-    table = read_traces(src)
+    table = read_traces(src, allow_incomplete=True)
+    unfinished = unfinished_note(src, source, table)
+    if unfinished and console is not None:
+        console.print(f"curate: {unfinished}")
     if teacher:
         names = table["teacher"].to_pylist() if "teacher" in table.column_names else []
         if teacher not in names:
@@ -137,6 +140,8 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
                           "keep": das_keep, "delta": das_delta, "rule": das_rule,
                           **({"seed": seed} if das_rule == "random" else {})}
     params = {"source": str(Path(src).resolve()), "source_params": source["params"], "filters": applied}
+    if unfinished:  # the source's finished shards only: say how many, in the new set's params
+        params["source_shards"] = sorted(int(i) for i in source["shards"])
     counts = {i: min(shard_rows, table.num_rows - i * shard_rows)
               for i in range(max(1, -(-table.num_rows // shard_rows)))}
     writer = open_output(out, params, source, overwrite=overwrite, shard_rows=counts)

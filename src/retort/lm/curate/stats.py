@@ -51,11 +51,25 @@ def trace_stats(table: pa.Table) -> dict:
     if "topk" in table.column_names and table.column("topk").null_count < rows:
         stats["topk_bytes_per_token_in_memory"] = table.column("topk").nbytes / max(1, int(lengths.sum()))
     stats["tokens"].update(length_spread(lengths))
+    if "difficulty" in table.column_names:
+        by_d = accuracy_by_difficulty(table.column("difficulty").to_pylist(), correct)
+        if by_d:
+            stats["accuracy_by_difficulty"] = by_d
     if "teacher" in table.column_names:
         names = [t for t in table.column("teacher").to_pylist() if t is not None]
         if len(set(names)) > 1:
             stats["by_teacher"] = by_teacher(table)
     return stats
+
+
+def accuracy_by_difficulty(difficulties, correct) -> dict:
+    """{difficulty: {"rows", "accuracy"}} in increasing difficulty, for rows whose task records one
+    (built-in tasks' knob, reasoning-gym's `DIFFICULTY` metadata); {} when none does."""
+    groups: dict = defaultdict(list)
+    for d, ok in zip(difficulties, correct):
+        if d is not None:
+            groups[d].append(bool(ok))
+    return {str(d): {"rows": len(v), "accuracy": float(np.mean(v))} for d, v in sorted(groups.items())}
 
 
 def length_spread(lengths) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -131,10 +132,15 @@ def check_target(out: str | os.PathLike) -> Path:
 
 class TraceWriter:
     """Write shards of a trace set resumably. `params` identify the run; `expected_rows(index)`
-    gives each shard's row count so a renamed-but-unrecorded shard can be checked and adopted."""
+    gives each shard's row count so a renamed-but-unrecorded shard can be checked and adopted.
 
-    def __init__(self, out: str | os.PathLike, params: dict, meta: dict, shard_rows: dict[int, int]):
+    `plan` (shard index -> the prompt ids it holds) lets a resume change `params["n_prompts"]` and
+    nothing else (`_resize`): a lower one finishes the set at that size, a higher one continues it."""
+
+    def __init__(self, out: str | os.PathLike, params: dict, meta: dict, shard_rows: dict[int, int],
+                 plan: Optional[dict[int, list[str]]] = None):
         self.dir = check_target(out)
+        self.resized: Optional[dict] = None  # {"from", "to", "dropped_rows"} when a resume changed n_prompts
         self.params = json.loads(json.dumps(params))
         self.shard_rows = shard_rows
         path = self.dir / MANIFEST
@@ -146,8 +152,14 @@ class TraceWriter:
             if manifest.get("format") != FORMAT:
                 raise DataError(f"{self.dir} holds traces in format {manifest.get('format')!r} (this retort writes "
                                 f"{FORMAT!r}); use another output directory, or delete it to sample again")
-            if manifest.get("params") != self.params:
-                diff = sorted(diff_keys(manifest.get("params", {}), self.params))
+            diff = sorted(diff_keys(manifest.get("params", {}), self.params))
+            if diff == ["n_prompts"] and plan is not None:
+                self.resized = self._resize(manifest, plan)
+            elif diff == ["n_prompts"]:  # an API teacher's set: its journals and ledger are per shard as planned
+                old = manifest["params"].get("n_prompts")
+                raise DataError(f"{self.dir} holds traces of n_prompts={old}; an API teacher's set keeps its size "
+                                f"(rerun with n_prompts={old}; `retort curate` uses its finished shards meanwhile)")
+            elif diff:
                 raise DataError(f"{self.dir} holds traces made with other arguments (differ at {', '.join(diff)}); "
                                 "use another output directory or the same arguments to continue")
             self.manifest = manifest
@@ -161,6 +173,54 @@ class TraceWriter:
             if m and m.group(3) and leftover.is_file():
                 leftover.unlink()
         self._adopt_unrecorded()
+
+    def _resize(self, manifest: dict, plan: dict[int, list[str]]) -> dict:
+        """Take over a set begun with another n_prompts: finished shards holding the prompts `plan`
+        puts there are kept, a shard cut by a lower n_prompts keeps its rows of the plan's prompts,
+        shards past the plan are removed (this writer's own files), and a last shard that a higher
+        n_prompts fills further is redone. Refused when the task draws other prompts at the new
+        size (then no shard could be reused). The manifest records the change (`resized`)."""
+        old, new = manifest["params"].get("n_prompts"), self.params["n_prompts"]
+        actions, dropped = {}, 0
+        for key, info in sorted(manifest["shards"].items(), key=lambda kv: int(kv[0])):
+            index, path = int(key), self.dir / info["file"]
+            if index not in plan or not path.is_file():
+                actions[key], dropped = None, dropped + (info["rows"] if index not in plan else 0)
+                continue
+            table = pq.read_table(path)
+            ids = list(dict.fromkeys(table.column("prompt_id").to_pylist()))
+            want = list(plan[index])
+            if ids == want:
+                continue
+            if ids[:len(want)] == want:  # cut by a lower n_prompts
+                for name in SCHEMA.names:  # a shard written before a column was added (messages): null
+                    if name not in table.column_names:
+                        table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+                table = table.select(SCHEMA.names)
+                keep = table.filter(pa.array([p in set(want) for p in table.column("prompt_id").to_pylist()]))
+                actions[key], dropped = keep, dropped + table.num_rows - keep.num_rows
+            elif want[:len(ids)] == ids:  # a last shard a higher n_prompts fills further: redone
+                actions[key] = None
+            else:
+                raise DataError(f"{self.dir}: n_prompts={new} draws other prompts than the set's n_prompts={old} "
+                                f"(shard {index} differs), so its shards cannot be reused; use n_prompts={old} "
+                                "or another output directory")
+        # the manifest first, without the shards that change: killed before their files are, a rerun
+        # finds them unlisted and redoes them (`_adopt_unrecorded`: their row counts are not the plan's)
+        self.manifest = manifest
+        files = {key: manifest["shards"].pop(key)["file"] for key in actions}
+        manifest["params"], manifest["complete"] = self.params, False
+        manifest.pop("stats", None)
+        change = {"from": old, "to": new, "dropped_rows": dropped,
+                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        manifest.setdefault("resized", []).append(change)
+        self._save()
+        for key, action in actions.items():
+            if action is None:
+                (self.dir / files[key]).unlink(missing_ok=True)
+            else:
+                self.write_shard(int(key), action)
+        return change
 
     def _save(self) -> None:
         _atomic_write_text(self.dir / MANIFEST, json.dumps(self.manifest, indent=1))
@@ -289,12 +349,30 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return manifest
 
 
+def unfinished_note(path: str | os.PathLike, manifest: dict, table: pa.Table) -> Optional[str]:
+    """For a set whose run has not finished (None once it has): how much of the plan its finished
+    shards hold, for commands that use them (`curate --stats`, `curate --correct`)."""
+    if manifest.get("complete"):
+        return None
+    params = manifest.get("params", {})
+    planned, per_shard = params.get("n_prompts"), params.get("shard_prompts")
+    prompts = len(set(table.column("prompt_id").to_pylist())) if "prompt_id" in table.column_names else 0
+    shards = len(manifest.get("shards", {}))
+    of = f" of the {planned} planned" if planned else ""
+    of_shards = f" of {-(-planned // per_shard)}" if planned and per_shard else ""
+    return (f"{path}: an unfinished trace set; using its {shards}{of_shards} finished shards, {table.num_rows} rows "
+            f"holding {prompts}{of} prompts (rerun its `retort traces` command to finish it, or with a lower "
+            "n_prompts to end it at that size)")
+
+
 def read_traces(path: str | os.PathLike, *, verify: bool = True, allow_incomplete: bool = False,
                 columns: Optional[Iterable[str]] = None) -> pa.Table:
     """All rows of a trace set, shards in order. Checks row counts (and checksums if `verify`)."""
     manifest = read_manifest(path)
     if not manifest.get("complete") and not allow_incomplete:
-        raise DataError(f"{path}: trace run is not finished; rerun the same `retort traces` command to complete it")
+        raise DataError(f"{path}: trace run is not finished; rerun the same `retort traces` command to complete it "
+                        "(a lower n_prompts ends it sooner), or use its finished shards: `retort curate "
+                        f"{path} --correct --out NEW_DIR`")
     tables = []
     for index in sorted(manifest["shards"], key=int):
         info = manifest["shards"][index]

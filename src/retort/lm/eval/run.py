@@ -1,10 +1,11 @@
 """`retort eval`: greedy pass@1, sampled pass@k and maj@k, completion length, accuracy by difficulty,
-and how many answers had no answer the task could read (`no_answer`: a format failure, counted
-apart from wrong answers)."""
+how many answers had no answer the task could read (`no_answer`: a format failure, counted
+apart from wrong answers), and the greedy decoding speed (`tokens_per_s`). `eval.stop`: stop strings."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 from statistics import mean
 
@@ -19,7 +20,7 @@ def teacher_answers(model, tok, task, cfg, *, progress=None) -> list:
     handed to `evaluate(..., reference=...)` for every other model)."""
     prompts = [e.prompt for e in task.examples(cfg.split, cfg.n, cfg.seed)]
     return [g[0] for g in generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                                   batch_size=cfg.batch_size, progress=progress)]
+                                   batch_size=cfg.batch_size, stop=list(cfg.stop) or None, progress=progress)]
 
 
 def load_reference(model_cfg, task, cfg, label: str, *, seed: int = 0, device=None) -> tuple:
@@ -96,8 +97,11 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
     (EOS step included for answers that stopped) — how much a method narrowed the distribution."""
     examples = task.examples(cfg.split, cfg.n, cfg.seed)
     prompts = [e.prompt for e in examples]
+    stop = list(getattr(cfg, "stop", None) or []) or None
+    t0 = time.perf_counter()
     greedy = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                      batch_size=cfg.batch_size, progress=progress)
+                      batch_size=cfg.batch_size, stop=stop, progress=progress)
+    seconds = time.perf_counter() - t0
     correct = [task.verify(g[0].text, e.answer, e.prompt) for g, e in zip(greedy, examples)]
     # no answer the task could read: the format failed, which is not the same as a wrong answer
     no_answer = [task.extract_answer(g[0].text, e.prompt) is None for g, e in zip(greedy, examples)]
@@ -118,6 +122,10 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
         "answer_format": task.describe_format() if hasattr(task, "describe_format") else None,
         "mean_tokens": float(mean(len(g[0].token_ids) for g in greedy)),
         "truncated": float(mean(g[0].finish_reason == "length" for g in greedy)),
+        # greedy decoding speed: completion tokens over the wall time of generating them (this machine,
+        # this batch size; a comparison between models evaluated in the same command)
+        "tokens_per_s": float(sum(len(g[0].token_ids) for g in greedy) / max(seconds, 1e-9)),
+        "stop": stop or [],
         "by_difficulty": {str(k): float(mean(v)) for k, v in sorted(by_diff.items(), key=lambda kv: str(kv[0]))},
         # answer length by difficulty, and their correlation (does the model spend more on harder problems?)
         "tokens_by_difficulty": {str(k): float(mean(v))
@@ -146,7 +154,7 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
     if cfg.k > 1:
         sampled = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                            top_p=cfg.top_p, num_samples=cfg.k, batch_size=cfg.batch_size, seed=cfg.seed,
-                           progress=progress)
+                           stop=stop, progress=progress)
         passk, maj, p1 = [], [], []
         for e, outs in zip(examples, sampled):
             oks = [task.verify(o.text, e.answer, e.prompt) for o in outs]
@@ -203,16 +211,20 @@ def results_table(rows: list[tuple[str, dict]]):
     # the share of greedy answers with nothing the task's answer format could read (results from
     # before it was counted have none: no column)
     na = ["no_ans"] if any("no_answer_rate" in r for _, r in rows) else []
-    table = _table("retort eval", ["model", "split", "n", *keys, *na, "tokens", *fid])
+    speed = ["tok/s"] if any("tokens_per_s" in r for _, r in rows) else []
+    table = _table("retort eval", ["model", "split", "n", *keys, *na, "tokens", *speed, *fid])
     table.caption = ("no_ans: share of greedy answers in which the task's answer format (task.answer) found no "
                      "answer (counted as wrong; a format failure, not a wrong answer); " if na else "") + \
         "tokens: mean completion tokens per answer (greedy)" + (
+        "; tok/s: greedy completion tokens per second of generation" if speed else "") + (
         "; agree_answer / agree_top1 / kl_ref_model: fidelity to the --fidelity-to model (same final answer; "
         "same top-1 token and KL(ref || model) per token on its greedy answers)" if fid else "")
     for name, r in rows:
         table.add_row(name, _fmt(r.get("split")), _fmt(r.get("n")),
                       *[_fmt(r.get(k)) for k in keys], *[_fmt(r.get("no_answer_rate")) for _ in na],
                       _fmt(r.get("mean_tokens")),
+                      *[f"{r['tokens_per_s']:.1f}" if isinstance(r.get("tokens_per_s"), float) else "-"
+                        for _ in speed],
                       *[_fmt(r.get(k)) for k in fid])
     diffs = _difficulties(rows)
     if not diffs:
