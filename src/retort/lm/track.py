@@ -70,12 +70,16 @@ class LMTrack(Track):
         from .eval import evaluate
         from .models.load import keep_layers
 
+        import torch
+
         model, tok = load_model(replace(run.student, keep_layers=0), seed=seed, max_len=max_len)
         task = get_task(run.task)
         cfg = replace(run.eval, n=min(run.eval.n, run.student.prune_check))
+        model.to("cuda" if torch.cuda.is_available() else "cpu")  # the loop places it for training later
         full = evaluate(model, tok, task, cfg, n_samples_kept=0)["accuracy"]
         model = keep_layers(model, run.student.keep_layers, tok, run.student.prune)
         pruned = evaluate(model, tok, task, cfg, n_samples_kept=0)["accuracy"]
+        model.to("cpu")
         kept = model.config.retort_kept_layers
         share = f"{pruned / full:.0%} of it" if full else "the full model scores 0"
         self._start_note = (f"the pruned copy ({len(kept)} of {model.config.retort_layers_before} layers of "
