@@ -76,14 +76,15 @@ class LMTrack(Track):
         task = get_task(run.task)
         cfg = replace(run.eval, n=min(run.eval.n, run.student.prune_check))
         model.to("cuda" if torch.cuda.is_available() else "cpu")  # the loop places it for training later
-        full = evaluate(model, tok, task, cfg, n_samples_kept=0)["accuracy"]
+        full_eval = evaluate(model, tok, task, cfg, n_samples_kept=0)
+        full, n = full_eval["accuracy"], full_eval["n"]  # a small file's split may hold fewer
         model = keep_layers(model, run.student.keep_layers, tok, run.student.prune)
         pruned = evaluate(model, tok, task, cfg, n_samples_kept=0)["accuracy"]
         model.to("cpu")
         kept = model.config.retort_kept_layers
         share = f"{pruned / full:.0%} of it" if full else "the full model scores 0"
         self._start_note = (f"the pruned copy ({len(kept)} of {model.config.retort_layers_before} layers of "
-                            f"{run.student.name}: {kept}) scores {pruned:.3f} on {cfg.n} {cfg.split} prompts of "
+                            f"{run.student.name}: {kept}) scores {pruned:.3f} on {n} {cfg.split} prompts of "
                             f"{run.task.name}, the full model {full:.3f} ({share}), before training")
         return model, tok
 
