@@ -252,3 +252,15 @@ def edm_denoising(pred, x0, sigma, sigma_data):
 
     return torch.stack([(s**2 + sigma_data**2) / (s * sigma_data) ** 2 * ((p - t) ** 2).mean()
                         for p, t, s in zip(pred.double(), x0.double(), sigma.double())])
+
+
+def hidden_rows(name, student, teacher):
+    """Per-row hidden-state loss, float64 by explicit loops: mean squared difference, or 1 - cosine. (N, D) -> (N,)."""
+    out = []
+    for s, t in zip(student.double().tolist(), teacher.double().tolist()):
+        if name == "mse":
+            out.append(sum((a - b) ** 2 for a, b in zip(s, t)) / len(s))
+        else:
+            dot = sum(a * b for a, b in zip(s, t))
+            out.append(1.0 - dot / (math.sqrt(sum(a * a for a in s)) * math.sqrt(sum(b * b for b in t))))
+    return torch.tensor(out, dtype=torch.float64)

@@ -56,8 +56,12 @@ class ModelConfig:
     chat_template: str = param("auto", "wrap prompts in the tokenizer's chat template: auto = when it has one, on = "
                                "refuse a tokenizer without one, off = plain text (the system message, a blank line, "
                                "the prompt)", choices=["auto", "on", "off"])
-    keep_layers: int = param(0, "keep only this many evenly spaced decoder layers, initialised from the "
-                                "loaded ones (a layer-pruned student); 0 keeps all", lo=0)
+    keep_layers: int = param(0, "keep only this many decoder layers, the first and last among them, initialised "
+                                "from the loaded ones (a layer-pruned student; see `prune`); 0 keeps all", lo=0)
+    prune: str = param("block", "keep_layers: which layers go: block = one contiguous block, placed where the "
+                       "pruned copy's next-token distributions on a short calibration text stay closest to the "
+                       "full model's (KL); even = evenly spaced layers kept",
+                       choices=["block", "even"])
 
 
 # the key variable an API teacher reads by default; unset, no key is sent (a local server needs none)
@@ -151,6 +155,9 @@ class LoraConfig:
 class StudentConfig(ModelConfig):
     """The model being trained: a `ModelConfig` plus optional LoRA adapters."""
 
+    prune_check: int = param(32, "keep_layers, a new training run: score the pruned copy and the model it was cut "
+                             "from on this many eval prompts before training, and say what share it keeps; 0: skip",
+                             lo=0)
     lora: LoraConfig = section(LoraConfig, "LoRA adapters (student.lora.r > 0 turns them on)")
 
 

@@ -55,8 +55,38 @@ class LMTrack(Track):
             return lora.resume(model, ckpt / "model"), tok
         if ckpt is not None:
             return load_model(ModelConfig(name=str(ckpt / "model"), dtype=run.student.dtype))
-        model, tok = load_model(run.student, seed=seed, max_len=max_len)
+        if run.student.keep_layers and run.student.prune_check:
+            model, tok = self._pruned_and_scored(run, seed, max_len)
+        else:
+            model, tok = load_model(run.student, seed=seed, max_len=max_len)
         return (lora.wrap(model, run.student.lora) if run.student.lora.r else model), tok
+
+    def _pruned_and_scored(self, run, seed: int, max_len: int):
+        """The pruned student of a new run, scored before training beside the model it was cut from
+        on `student.prune_check` eval prompts: whether the copy starts sane, said in one line
+        (`describe_student`) before step 0."""
+        from dataclasses import replace
+
+        from .eval import evaluate
+        from .models.load import keep_layers
+
+        import torch
+
+        model, tok = load_model(replace(run.student, keep_layers=0), seed=seed, max_len=max_len)
+        task = get_task(run.task)
+        cfg = replace(run.eval, n=min(run.eval.n, run.student.prune_check))
+        model.to("cuda" if torch.cuda.is_available() else "cpu")  # the loop places it for training later
+        full_eval = evaluate(model, tok, task, cfg, n_samples_kept=0)
+        full, n = full_eval["accuracy"], full_eval["n"]  # a small file's split may hold fewer
+        model = keep_layers(model, run.student.keep_layers, tok, run.student.prune)
+        pruned = evaluate(model, tok, task, cfg, n_samples_kept=0)["accuracy"]
+        model.to("cpu")
+        kept = model.config.retort_kept_layers
+        share = f"{pruned / full:.0%} of it" if full else "the full model scores 0"
+        self._start_note = (f"the pruned copy ({len(kept)} of {model.config.retort_layers_before} layers of "
+                            f"{run.student.name}: {kept}) scores {pruned:.3f} on {n} {cfg.split} prompts of "
+                            f"{run.task.name}, the full model {full:.3f} ({share}), before training")
+        return model, tok
 
     def param_counts(self, model) -> tuple[int, int]:
         return lora.param_counts(model)
@@ -65,10 +95,11 @@ class LMTrack(Track):
         return run.train.batch_size * run.data.max_len  # tokens
 
     def describe_student(self, run, trainable: int, total: int):
+        lines = [self.__dict__.pop("_start_note", None)]  # the pruned copy's score, from `load_student`
         if run.student.lora.r:
-            return (f"lora r={run.student.lora.r}: training {trainable:,} of {total:,} parameters "
-                    f"({100 * trainable / total:.2f}%)")
-        return None
+            lines.append(f"lora r={run.student.lora.r}: training {trainable:,} of {total:,} parameters "
+                         f"({100 * trainable / total:.2f}%)")
+        return "\n".join(line for line in lines if line) or None
 
     def context(self, run, task, processor, device, say):
         return MethodContext(

@@ -9,7 +9,8 @@
     L_t = kd_weight * T^2 * D(P_S^T(. | x, y_<t) || P_T^T(. | x, y_<t)) + ce_weight * CE(y_t)
   through the fused chunked path when the teacher has hidden states (`distill_tokens`: the logits
   never materialise), else the sparse path on the teacher's top-k (`sparse_topk_loss`, from traces
-  or from `teacher_topk_batch`); `distill` picks between them.
+  or from `teacher_topk_batch`); `distill` picks between them;
+- hidden-state KD at chosen layer pairs, alone or with that loss (`distill_hidden`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ...losses.fused import fused_linear_divergence
 from ..data.collate import IGNORE
 from ..models import check_vocab
 from .base import LossOut
-from .hidden import last_hidden, unwrap
+from .hidden import HIDDEN_LOSSES, all_hidden, hidden_state_loss, last_hidden, unwrap
 
 
 @dataclass
@@ -108,18 +109,24 @@ def teacher_topk_batch(teacher, batch, k: int) -> dict:
     return {**batch, "topk_ids": ids.to(device), "topk_logprobs": lps.to(device), "has_teacher": has.to(device)}
 
 
-def distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_weight=None) -> LossOut:
+def distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_weight=None, states=None) -> LossOut:
     """The fused divergence (+ CE) between the student on `batch` and the teacher (a `Teacher` with
     hidden states) on `teacher_batch` (default: the same ids) at the label positions of each, in
     order — the two may differ in their prompts (OPSD's privileged context) but must label the same
-    completion tokens. `c` is a `DivergenceConfig` with a `temperature`."""
+    completion tokens. `c` is a `DivergenceConfig` with a `temperature`. `states`: the two models'
+    last hidden states and the teacher's lm_head weight, where the caller has run both already."""
     labels = batch["labels"][:, 1:]
     sel = labels != IGNORE
-    hidden = last_hidden(model, batch)[:, :-1][sel]
     tb = batch if teacher_batch is None else teacher_batch
     t_sel = tb["labels"][:, 1:] != IGNORE
+    if states is not None:
+        hidden, t_hidden, t_weight = states
+    else:
+        hidden = last_hidden(model, batch)
+        with torch.no_grad():
+            t_hidden, t_weight = teacher.hidden(tb)
+    hidden = hidden[:, :-1][sel]
     with torch.no_grad():
-        t_hidden, t_weight = teacher.hidden(tb)
         t_hidden = t_hidden[:, :-1][t_sel]
     if t_hidden.shape[0] != hidden.shape[0]:
         raise ValueError(f"teacher batch labels {t_hidden.shape[0]} tokens, the student's {hidden.shape[0]}")
@@ -187,5 +194,27 @@ def distill(model, teacher: LazyTeacher, batch, c, *, student_vocab: int) -> Los
     return sparse_topk_loss(model, teacher_topk_batch(t, batch, k), c, student_vocab)
 
 
-__all__ = ["DivergenceConfig", "LazyTeacher", "TopkConfig", "default_of", "distill", "distill_tokens",
-           "sparse_topk_loss", "teacher_topk_batch"]
+def distill_hidden(model, teacher: LazyTeacher, batch, c, pairs, *, project=None) -> LossOut:
+    """Hidden-state KD at `pairs` (student layer, teacher layer; `retort.lm.methods.hidden`) plus,
+    where `c.kd_weight` or `c.ce_weight` is set, the token-level loss of `distill_tokens`, from one
+    forward pass of each model (the teacher a local model with hidden states):
+        L_t = hidden_weight * mean_pairs loss(P_i h_S^{s_i}, h_T^{t_i}) + (the `distill_tokens` terms)
+    `c` a `DivergenceConfig` with `temperature`, `hidden_loss` and `hidden_weight`; `project(states, i)`
+    the owned projection of pair i, None where the widths agree."""
+    t = teacher.open(model)
+    s_states = all_hidden(model, batch)
+    with torch.no_grad():
+        t_states = all_hidden(t, batch)
+    sel = batch["labels"][:, 1:] != IGNORE
+    h = hidden_state_loss(s_states, t_states, pairs, sel, HIDDEN_LOSSES[c.hidden_loss], project)
+    if c.kd_weight or c.ce_weight:
+        t_weight = unwrap(t.model).get_output_embeddings().weight
+        out = distill_tokens(model, t, batch, c, teacher.vocab, states=(s_states[-1], t_states[-1], t_weight))
+    else:
+        out = LossOut(h.new_zeros(()), int(sel.sum()), {})
+    n = out.count
+    return LossOut(out.loss + c.hidden_weight * h, n, {**out.metrics, "hidden": float(h.detach()) / max(1, n)})
+
+
+__all__ = ["DivergenceConfig", "LazyTeacher", "TopkConfig", "default_of", "distill", "distill_hidden",
+           "distill_tokens", "sparse_topk_loss", "teacher_topk_batch"]

@@ -51,13 +51,33 @@ def load_model(cfg, *, seed: int = 0, max_len: int = 512):
     model, tok = _load(cfg, seed=seed, max_len=max_len)
     _chat_template(cfg, tok)
     if getattr(cfg, "keep_layers", 0):
-        model = keep_layers(model, cfg.keep_layers)
+        model = keep_layers(model, cfg.keep_layers, tok, getattr(cfg, "prune", "block"))
     return model, tok
 
 
-def keep_layers(model, n: int):
-    """Prune a decoder to `n` evenly spaced layers (first and last kept), weights taken from the
-    layers kept: the same-vocabulary student of "layer-pruned copy of the teacher" recipes."""
+# What a pruned copy is judged on when choosing which layers to drop: a little prose and a little
+# worked arithmetic, the two things retort's students are asked for.
+CALIBRATION_TEXT = (
+    "The capital of France is Paris. It is known for the Eiffel Tower, its museums and its long history. "
+    "Rivers carry water from the mountains to the sea, and cities grew up along their banks.\n"
+    "Question: what is 17 + 25? To add them, add the ones: 7 + 5 = 12, write 2 and carry 1; then the tens: "
+    "1 + 2 + 1 = 4. The answer is 42.\n"
+    "Question: what is 6 * 7? Six sevens are 7 + 7 + 7 + 7 + 7 + 7 = 42. The answer is 42."
+)
+
+
+def keep_layers(model, n: int, tok=None, how: str = "block"):
+    """Prune a decoder to `n` of its layers, weights taken from the layers kept, always the first
+    and the last (n >= 2): the same-vocabulary student of "layer-pruned copy of the teacher" recipes.
+
+    `how="block"` (the default) drops one contiguous block of L - n layers, at the position where the
+    pruned copy's next-token distributions on `CALIBRATION_TEXT` (tokenised by `tok`) stay closest
+    to the full model's (mean KL(full || pruned)): deep models tolerate losing a run of adjacent
+    layers far better than every other layer (Gromov et al. 2024, The Unreasonable Ineffectiveness
+    of the Deeper Layers, arXiv:2403.17887, who place the block by the angular distance between its
+    input and output states; the KL asks the question of the outputs directly). Without `tok` the
+    block ends just before the last layer. `how="even"`: n evenly spaced layers, which on real
+    models starts broken (SmolLM2-135M at 10 of 30 layers: "usinessusiness...")."""
     import torch.nn as nn
 
     layers = getattr(getattr(model, "model", None), "layers", None)
@@ -66,17 +86,57 @@ def keep_layers(model, n: int):
     total = len(layers)
     if not 1 <= n <= total:
         raise ModelError(f"keep_layers={n}: the model has {total} layers; expected 1 <= keep_layers <= {total}")
-    keep = sorted({round(i * (total - 1) / max(1, n - 1)) for i in range(n)}) if n > 1 else [0]
+    if n == 1:
+        keep = [0]
+    elif how == "even":
+        keep = sorted({round(i * (total - 1) / (n - 1)) for i in range(n)})
+    else:
+        drop = total - n
+        starts = list(range(1, total - drop))  # the block never holds layer 0 or the last
+        if tok is not None and drop and len(starts) > 1:
+            ids = tok(CALIBRATION_TEXT, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+            with torch.no_grad():
+                full = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), -1)
+            losses = [_kl_without(model, layers, range(s, s + drop), ids, full) for s in starts]
+            start = starts[min(range(len(starts)), key=losses.__getitem__)]
+        else:
+            start = starts[-1]
+        keep = [i for i in range(total) if not start <= i < start + drop]
+    _set_layers(model, layers, keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    model.config.retort_kept_layers = keep
+    model.config.retort_layers_before = total
+    return model
+
+
+def _set_layers(model, layers, keep) -> None:
+    import torch.nn as nn
+
     model.model.layers = nn.ModuleList(layers[i] for i in keep)
     for new_idx, layer in enumerate(model.model.layers):
         attn = getattr(layer, "self_attn", None)
         if attn is not None and hasattr(attn, "layer_idx"):
             attn.layer_idx = new_idx  # KV-cache slots are indexed by position in the stack
     model.config.num_hidden_layers = len(keep)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in keep]
-    model.config.retort_kept_layers = keep
-    return model
+
+
+def _kl_without(model, layers, block, ids, full) -> float:
+    """Mean KL(full model || the model with the layers in `block` left out, then put back) of the
+    next-token distributions on `ids`; `full`: the full model's log-probs there."""
+    keep = [i for i in range(len(layers)) if i not in block]
+    types = getattr(model.config, "layer_types", None)
+    try:
+        _set_layers(model, layers, keep)
+        if types:
+            model.config.layer_types = [types[i] for i in keep]
+        with torch.no_grad():
+            pruned = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), -1)
+            return float((full.exp() * (full - pruned)).sum(-1).mean())
+    finally:
+        _set_layers(model, layers, range(len(layers)))
+        if types:
+            model.config.layer_types = types
 
 
 def _load(cfg, *, seed: int, max_len: int):
