@@ -12,6 +12,9 @@ of T. Both terms are logged (`kd`, `ce`, per token).
 The data are those of `sft` (worked solutions, answers, or teacher traces); the teacher is run
 online, and its logits never materialise: the fused chunked path takes its last hidden states and
 lm_head (`retort.losses.fused`).
+
+A teacher with another tokenizer (`method_args.cross_tokenizer=hybrid|uld|auto`) is distilled by
+character-aligned spans with ULD or GOLD's hybrid instead (`retort.lm.methods.cross_tokenizer`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from ...config import param
 from ...errors import ConfigError
 from .base import LossOut, OffPolicy
+from .cross_tokenizer import CrossTokenizerConfig, check_cross_config
 from .distill import DivergenceConfig, LazyTeacher, TopkConfig, distill, sparse_topk_loss
 from .examples import data_examples, trace_examples
 
@@ -34,7 +38,7 @@ class KD(OffPolicy):
     equation = "L = sum_t kd_weight * T^2 * D(P_S^T || P_T^T)_t + ce_weight * CE_t"
 
     @dataclass
-    class Config(TopkConfig, DivergenceConfig):
+    class Config(CrossTokenizerConfig, TopkConfig, DivergenceConfig):
         temperature: float = param(1.0, "softmax temperature of both models", lo=0.0, lo_open=True)
         teacher: str = param("online", "online: run the teacher model; offline: its top-k log-probs stored in "
                              "the traces (data.source=traces, made with sampling.topk=K)", choices=["online", "offline"])
@@ -45,7 +49,11 @@ class KD(OffPolicy):
         super().__init__(ctx, cfg)
         if cfg.kd_weight == 0 and cfg.ce_weight == 0:
             raise ConfigError("method_args: kd_weight and ce_weight are both 0; nothing to train")
-        self.run_teacher = LazyTeacher(ctx)
+        check_cross_config(cfg)
+        self.run_teacher = LazyTeacher(ctx, cfg.cross_tokenizer)
+        if cfg.teacher == "offline" and cfg.cross_tokenizer in ("uld", "hybrid"):
+            raise ConfigError(f"method_args.cross_tokenizer={cfg.cross_tokenizer} runs the teacher online; "
+                              "with method_args.teacher=offline it is not supported yet")
         if cfg.teacher == "offline":
             if ctx.run.data.source != "traces":
                 raise ConfigError("method_args.teacher=offline reads the teacher's top-k from traces: "

@@ -1,0 +1,156 @@
+"""Token-level distillation between a teacher and a student whose tokenizers differ, for `kd` and
+`gkd` (`method_args.cross_tokenizer`):
+
+1. the student's completion tokens are decoded to text, and the teacher tokenizes that text (and
+   the prompt's) itself: the teacher scores the same characters, in its own tokens;
+2. the two tokenizations are aligned by character offsets (`retort.lm.data.align`): each span of
+   text on which both tokenizations break groups the student tokens and the teacher tokens that
+   spell it;
+3. within a span of several tokens, the per-position distributions are merged as TRL's GOLD does
+   (the geometric mean: the sum of the log-probabilities, renormalised), and the span's student
+   and teacher distributions meet through `uld` (Boizard et al. 2024, arXiv:2402.12030) or
+   `hybrid` (GOLD: the forward KL over the tokens both vocabularies spell the same, ULD over the
+   rest; `retort.losses.uld`).
+
+Logged besides `kd` and `ce`: `spans_per_token` and `teacher_tokens_per_token` (per student label
+token: how much the two tokenizations differ; both 1 for identical tokenizers).
+
+Loss of a batch, summed over spans s (normalised by the student's label-token count, as `kd`):
+    L = kd_weight * T^2 * sum_s D(merge(P_S^T)_s, merge(P_T^T)_s) + ce_weight * sum_t CE(y_t)
+When the tokenizers are identical, every span is one token on each side and `hybrid` is exactly
+`kd` with forward_kl (tested); `uld` is then the sorted-probability L1 of each token's two
+distributions (0 where they agree; never above sum_v |P_S(v) - P_T(v)|).
+
+The teacher here is a model with hidden states (`kd` online, `gkd`); its logits are formed for the
+completion positions only, and the student's in full over its label tokens (one example at a time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...config import param
+from ...errors import ConfigError
+from ...losses.uld import hybrid_uld, uld
+from ..data.align import align_spans, encode_with_ends, token_ends
+from ..data.collate import IGNORE
+from .base import LossOut
+from .hidden import last_hidden, unwrap
+
+MODES = ["off", "auto", "uld", "hybrid"]
+
+
+@dataclass
+class CrossTokenizerConfig:
+    """Whether and how to distill across different tokenizers."""
+
+    cross_tokenizer: str = param(
+        "off", "teacher and student tokenizers differ: hybrid (exact KL on the tokens both vocabularies "
+        "share, ULD on the rest; TRL's GOLD), uld (sorted-probability distance, Boizard et al. 2024), "
+        "auto (hybrid when the vocabularies differ, else the same-tokenizer loss), off (refuse a mismatch)",
+        choices=MODES)
+    unmatched_weight: float = param(1.0, "cross_tokenizer=hybrid: weight of the ULD term over the tokens "
+                                    "the two vocabularies do not share", lo=0.0)
+
+
+def check_cross_config(cfg) -> None:
+    """Refuse a cross-tokenizer loss with a divergence it does not compute."""
+    if cfg.cross_tokenizer in ("uld", "hybrid", "auto") and cfg.divergence != "forward_kl":
+        raise ConfigError(
+            f"method_args.cross_tokenizer={cfg.cross_tokenizer} compares the two tokenizers' distributions "
+            f"by forward KL (hybrid, on shared tokens) and ULD; method_args.divergence={cfg.divergence} "
+            "does not apply: set method_args.divergence=forward_kl")
+
+
+def _span_logprobs(logprobs: torch.Tensor, spans: list[range]) -> torch.Tensor:
+    """One row per span: the row itself for a one-token span, else the sum of its rows'
+    log-probabilities renormalised (GOLD's geometric-mean merge)."""
+    owner = torch.empty(logprobs.shape[0], dtype=torch.long, device=logprobs.device)
+    for k, r in enumerate(spans):
+        owner[r.start:r.stop] = k
+    size = torch.tensor([len(r) for r in spans], device=logprobs.device)
+    merged = logprobs.new_zeros((len(spans), logprobs.shape[-1])).index_add(0, owner, logprobs)
+    multi = size > 1
+    if bool(multi.any()):
+        merged = torch.where(multi[:, None], torch.log_softmax(merged, dim=-1), merged)
+    return merged
+
+
+def _strip(ids: list[int], tok) -> list[int]:
+    """A prompt's ids without padding and BOS (the teacher adds its own)."""
+    drop = {tok.pad_token_id, tok.bos_token_id} - {None}
+    return [i for i in ids if i not in drop]
+
+
+def teacher_inputs(batch, student_tok, teacher_tok):
+    """Per row with label tokens: (row, label positions, teacher prompt ids, teacher completion ids,
+    spans) — the student's text re-tokenised for the teacher and the two aligned."""
+    rows = []
+    for i in range(batch["labels"].shape[0]):
+        pos = (batch["labels"][i] != IGNORE).nonzero().squeeze(-1)
+        if pos.numel() == 0:
+            continue
+        mask = batch["attention_mask"][i, :int(pos[0])].bool()
+        prompt = _strip(batch["input_ids"][i, :int(pos[0])][mask].tolist(), student_tok)
+        text, s_ends = token_ends(student_tok, batch["labels"][i, pos].tolist())
+        prompt_text = student_tok.decode(prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        t_prompt = teacher_tok(prompt_text, add_special_tokens=True)["input_ids"]
+        if not t_prompt:  # the teacher's first completion token needs a position before it
+            t_prompt = [teacher_tok.bos_token_id if teacher_tok.bos_token_id is not None else teacher_tok.eos_token_id]
+        t_comp, t_ends = encode_with_ends(teacher_tok, text)
+        rows.append((i, pos, t_prompt, t_comp, align_spans(s_ends, t_ends)))
+    return rows
+
+
+def cross_tokenizer_loss(model, teacher, batch, c, *, mode: str, student_tok, shared=None) -> LossOut:
+    """The cross-tokenizer loss (module docstring) of the student on `batch` against `teacher`
+    (a `Teacher` with hidden states and its own tokenizer). `mode`: uld | hybrid; `shared`: the
+    (student id, teacher id) pairs of `shared_vocab` (hybrid)."""
+    t_tok = teacher.tokenizer
+    rows = teacher_inputs(batch, student_tok, t_tok)
+    device = batch["input_ids"].device
+    s_weight = unwrap(model).get_output_embeddings().weight[:len(student_tok)]
+    hidden = last_hidden(model, batch)
+    scale = c.kd_weight * (c.temperature ** 2 if c.t_squared else 1.0)
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    kd_sum = ce_sum = 0.0
+    n = int((batch["labels"] != IGNORE).sum())
+    if not rows:
+        return LossOut(loss + 0.0 * hidden.sum(), 0, {"kd": 0.0, "ce": 0.0})
+    t_pad = t_tok.pad_token_id if t_tok.pad_token_id is not None else 0
+    width = max(len(p) + len(cm) for _, _, p, cm, _ in rows)
+    t_ids = torch.full((len(rows), width), t_pad, dtype=torch.long)
+    t_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (_, _, p, cm, _) in enumerate(rows):
+        t_ids[r, :len(p) + len(cm)] = torch.tensor(p + cm, dtype=torch.long)
+        t_mask[r, :len(p) + len(cm)] = 1
+    with torch.no_grad():
+        t_hidden, t_weight = teacher.hidden({"input_ids": t_ids.to(device), "attention_mask": t_mask.to(device)})
+        t_weight = t_weight[:len(t_tok)]
+    n_spans = n_teacher = 0
+    for r, (i, pos, p, cm, spans) in enumerate(rows):
+        if not spans:
+            continue
+        z_s = (hidden[i, pos - 1] @ s_weight.T).float()
+        at = torch.arange(len(p) - 1, len(p) + len(cm) - 1, device=device)
+        z_t = (t_hidden[r, at] @ t_weight.T).float()
+        ls = _span_logprobs(torch.log_softmax(z_s / c.temperature, -1), [s for s, _ in spans])
+        lt = _span_logprobs(torch.log_softmax(z_t / c.temperature, -1), [t for _, t in spans])
+        if mode == "hybrid":
+            kd = hybrid_uld(ls, lt, shared, unmatched_weight=c.unmatched_weight).sum()
+        else:
+            kd = uld(ls, lt).sum()
+        ce = (torch.nn.functional.cross_entropy(z_s, batch["labels"][i, pos], reduction="sum")
+              if c.ce_weight else z_s.new_zeros(()))
+        loss = loss + scale * kd + c.ce_weight * ce
+        kd_sum += float(kd.detach())
+        ce_sum += float(ce.detach())
+        n_spans += len(spans)
+        n_teacher += len(cm)
+    return LossOut(loss, n, {"kd": kd_sum / max(1, n), "ce": ce_sum / max(1, n),
+                             "spans_per_token": n_spans / max(1, n), "teacher_tokens_per_token": n_teacher / max(1, n)})
+
+
+__all__ = ["MODES", "CrossTokenizerConfig", "check_cross_config", "cross_tokenizer_loss", "teacher_inputs"]
