@@ -358,3 +358,24 @@ def test_kd_across_tokenizers_trains_and_the_loss_falls(tmp_path, mode):
     # the char teacher spells the student's `A:` (and digit pairs) in two tokens each
     assert all(r["spans_per_token"] == 1 and r["teacher_tokens_per_token"] > 1 for r in rows)
     assert rows[-1]["kd"] < 0.7 * rows[0]["kd"]
+
+
+def test_gkd_distills_the_students_rollouts_re_tokenised_for_the_teacher(tmp_path):
+    rows = _run(tmp_path, 20, **{"method": "gkd", "method_args.lmbda": 1.0, "method_args.max_new_tokens": 12,
+                                 "method_args.cross_tokenizer": "hybrid", "method_args.divergence": "forward_kl"})
+    assert all(r["on_policy"] == 1.0 for r in rows)
+    assert any(r["teacher_tokens_per_token"] > 1 for r in rows)  # the student did write its merged tokens
+    assert rows[-1]["kd"] < 0.7 * rows[0]["kd"]
+
+
+def test_gkd_refuses_teacher_sampling_across_tokenizers(tmp_path):
+    with pytest.raises(ConfigError, match="seq_kd"):
+        _run(tmp_path, 2, **{"method": "gkd", "method_args.seq_kd": True, "method_args.cross_tokenizer": "uld",
+                             "method_args.divergence": "forward_kl"})
+
+
+def test_auto_takes_the_cross_tokenizer_loss_only_when_the_vocabularies_differ(tmp_path):
+    rows = _run(tmp_path / "differ", 2, **{"method_args.cross_tokenizer": "auto"})
+    assert all(r["teacher_tokens_per_token"] > 1 for r in rows)
+    same = _run(tmp_path / "same", 2, **{"method_args.cross_tokenizer": "auto", "student.name": "preset:nano"})
+    assert all("teacher_tokens_per_token" not in r for r in same)
