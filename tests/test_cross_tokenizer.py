@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_overrides
 
 from retort.config import load_config
-from retort.errors import ConfigError, ModelError
+from retort.errors import ConfigError, DataError, ModelError
 from retort.lm.config import ModelConfig, TrainRun
 from retort.lm.data.align import (
     align_spans,
@@ -379,3 +379,23 @@ def test_auto_takes_the_cross_tokenizer_loss_only_when_the_vocabularies_differ(t
     assert all(r["teacher_tokens_per_token"] > 1 for r in rows)
     same = _run(tmp_path / "same", 2, **{"method_args.cross_tokenizer": "auto", "student.name": "preset:nano"})
     assert all("teacher_tokens_per_token" not in r for r in same)
+
+
+def test_a_multi_turn_row_is_refused():
+    student, tok, teacher = _models()
+    p, c = tok("Q:1")["input_ids"], tok("ab", add_special_tokens=False)["input_ids"]
+    batch = collate([Encoded(p + c + p + c, [-100] * len(p) + c + [-100] * len(p) + c)], tok.pad_token_id)
+    with pytest.raises(DataError, match="multi-turn"):
+        cross_tokenizer_loss(student, teacher, batch, KD.Config(), mode="uld", student_tok=tok)
+
+
+@pytest.mark.slow
+def test_alignment_real_byte_fallback_gemma_to_qwen(qwen, tmp_path_factory):
+    gemma = _packaged_tokenizer("gemma-3-270m", tmp_path_factory)  # ~15 s to read from its GGUF
+    ids = gemma("ꙮ 𓀀 the", add_special_tokens=False)["input_ids"]
+    assert gemma.convert_ids_to_tokens(ids)[:3] == ["<0xEA>", "<0x99>", "<0xAE>"]
+    spans = _spans(gemma, qwen, "ꙮ 𓀀 the\nx=12")
+    assert ("ꙮ", "ꙮ") in spans and spans[-2:] == [("1", "1"), ("2", "2")]
+    pairs = {tuple(p) for p in shared_vocab(gemma, qwen).tolist()}
+    assert (gemma.convert_tokens_to_ids("<0x0A>"), qwen.convert_tokens_to_ids("Ċ")) in pairs or \
+        (gemma.convert_tokens_to_ids("\n"), qwen.convert_tokens_to_ids("Ċ")) in pairs

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from ...config import param
-from ...errors import ConfigError
+from ...errors import ConfigError, DataError
 from ...losses.uld import hybrid_uld, uld
 from ..data.align import align_spans, encode_with_ends, token_ends
 from ..data.collate import IGNORE
@@ -92,6 +92,9 @@ def teacher_inputs(batch, student_tok, teacher_tok):
         pos = (batch["labels"][i] != IGNORE).nonzero().squeeze(-1)
         if pos.numel() == 0:
             continue
+        if int(pos[-1] - pos[0]) + 1 != pos.numel():
+            raise DataError("method_args.cross_tokenizer aligns one completion per row; this batch has a "
+                            "multi-turn row (masked tokens between trained ones): use single-turn data")
         mask = batch["attention_mask"][i, :int(pos[0])].bool()
         prompt = _strip(batch["input_ids"][i, :int(pos[0])][mask].tolist(), student_tok)
         text, s_ends = token_ends(student_tok, batch["labels"][i, pos].tolist())
