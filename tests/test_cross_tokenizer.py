@@ -399,3 +399,12 @@ def test_alignment_real_byte_fallback_gemma_to_qwen(qwen, tmp_path_factory):
     pairs = {tuple(p) for p in shared_vocab(gemma, qwen).tolist()}
     assert (gemma.convert_tokens_to_ids("<0x0A>"), qwen.convert_tokens_to_ids("Ċ")) in pairs or \
         (gemma.convert_tokens_to_ids("\n"), qwen.convert_tokens_to_ids("Ċ")) in pairs
+
+
+@pytest.mark.parametrize("text", ["The answer is 12345.", "café 日本語 🙂 ok", "  a\n\n b", "aé ꙮ the"])
+def test_offsets_and_decoded_prefixes_give_the_same_token_ends(smollm2, qwen, text):
+    from retort.lm.methods.cross_tokenizer import student_ends
+
+    for tok in (smollm2, qwen, _sp_byte_fallback_tokenizer()):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert student_ends(tok, ids) == token_ends(tok, ids)

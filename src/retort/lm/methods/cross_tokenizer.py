@@ -84,6 +84,18 @@ def _strip(ids: list[int], tok) -> list[int]:
     return [i for i in ids if i not in drop]
 
 
+def student_ends(tok, ids: list[int]) -> tuple[str, list[int]]:
+    """The text of the student's tokens `ids` and where each ends: from the tokenizer's offset
+    mapping when encoding that text gives back `ids` (the usual case, and linear), else by
+    decoding prefixes (`token_ends`: a rollout the tokenizer would have split otherwise)."""
+    text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if getattr(tok, "is_fast", False):
+        again, ends = encode_with_ends(tok, text)
+        if again == ids:
+            return text, ends
+    return token_ends(tok, ids, text)
+
+
 def teacher_inputs(batch, student_tok, teacher_tok):
     """Per row with label tokens: (row, label positions, teacher prompt ids, teacher completion ids,
     spans) — the student's text re-tokenised for the teacher and the two aligned."""
@@ -97,7 +109,7 @@ def teacher_inputs(batch, student_tok, teacher_tok):
                             "multi-turn row (masked tokens between trained ones): use single-turn data")
         mask = batch["attention_mask"][i, :int(pos[0])].bool()
         prompt = _strip(batch["input_ids"][i, :int(pos[0])][mask].tolist(), student_tok)
-        text, s_ends = token_ends(student_tok, batch["labels"][i, pos].tolist())
+        text, s_ends = student_ends(student_tok, batch["labels"][i, pos].tolist())
         prompt_text = student_tok.decode(prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         t_prompt = teacher_tok(prompt_text, add_special_tokens=True)["input_ids"]
         if not t_prompt:  # the teacher's first completion token needs a position before it
