@@ -186,8 +186,9 @@ def test_shared_vocab_undoes_space_and_byte_markers(smollm2):
     pairs = {tuple(p) for p in shared_vocab(sp, smollm2).tolist()}
     for s_tok, t_tok in (("▁the", "Ġthe"), ("<0x0A>", "Ċ"), ("a", "a"), ("▁", "Ġ")):
         assert (sp.convert_tokens_to_ids(s_tok), smollm2.convert_tokens_to_ids(t_tok)) in pairs
-    # a special token pairs only with one of the same name, never with its text
-    assert all(sp.convert_ids_to_tokens(s) != "</s>" for s, _ in pairs)
+    # a special token pairs only with one of the same name, never with its text; the EOS tokens pair
+    assert all(sp.convert_ids_to_tokens(s) != "<s>" for s, _ in pairs)
+    assert {t for s, t in pairs if s == sp.eos_token_id} == {smollm2.eos_token_id}
 
 
 def test_shared_vocab_of_identical_tokenizers_is_the_identity():
@@ -408,3 +409,14 @@ def test_offsets_and_decoded_prefixes_give_the_same_token_ends(smollm2, qwen, te
     for tok in (smollm2, qwen, _sp_byte_fallback_tokenizer()):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert student_ends(tok, ids) == token_ends(tok, ids)
+
+
+def test_the_students_eos_is_the_teachers_eos(smollm2, qwen):
+    from retort.lm.methods.cross_tokenizer import teacher_inputs
+
+    sp = _sp_byte_fallback_tokenizer()  # EOS "</s>": plain text to Qwen
+    batch = _batch(sp, [("Q: the", " is 12")])
+    [(_, pos, _, t_comp, spans)] = teacher_inputs(batch, sp, qwen)
+    assert t_comp[-1] == qwen.eos_token_id and qwen.decode(t_comp[:-1]) == " is 12"
+    assert spans[-1] == (range(len(pos) - 1, len(pos)), range(len(t_comp) - 1, len(t_comp)))
+    assert [sp.eos_token_id, qwen.eos_token_id] in shared_vocab(sp, qwen).tolist()

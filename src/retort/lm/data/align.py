@@ -66,7 +66,8 @@ def token_bytes(tokenizer) -> dict[int, bytes]:
 
 def shared_vocab(student_tok, teacher_tok) -> torch.Tensor:
     """(M, 2) long: rows of (student id, teacher id) spelling the same bytes, within both
-    tokenizers' sizes. One pair per text (the lowest ids, should a tokenizer spell a text twice)."""
+    tokenizers' sizes, and the two EOS tokens (whatever their names). One pair per text (the lowest
+    ids, should a tokenizer spell a text twice)."""
     s_size, t_size = len(student_tok), len(teacher_tok)
     by_text: dict[bytes, int] = {}
     for i, b in sorted(token_bytes(teacher_tok).items(), reverse=True):
@@ -77,6 +78,10 @@ def shared_vocab(student_tok, teacher_tok) -> torch.Tensor:
         if i < s_size and b in by_text and b not in seen:
             seen.add(b)
             pairs.append((i, by_text[b]))
+    # the two end-of-sequence tokens stand for the same event whatever their names
+    s_eos, t_eos = student_tok.eos_token_id, teacher_tok.eos_token_id
+    if s_eos is not None and t_eos is not None and all(s != s_eos and t != t_eos for s, t in pairs):
+        pairs.append((s_eos, t_eos))
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
 

@@ -2,7 +2,8 @@
 `gkd` (`method_args.cross_tokenizer`):
 
 1. the student's completion tokens are decoded to text, and the teacher tokenizes that text (and
-   the prompt's) itself: the teacher scores the same characters, in its own tokens;
+   the prompt's) itself: the teacher scores the same characters, in its own tokens; a final
+   student EOS becomes the teacher's EOS (a span of its own), not the text of the student's;
 2. the two tokenizations are aligned by character offsets (`retort.lm.data.align`): each span of
    text on which both tokenizations break groups the student tokens and the teacher tokens that
    spell it;
@@ -109,13 +110,21 @@ def teacher_inputs(batch, student_tok, teacher_tok):
                             "multi-turn row (masked tokens between trained ones): use single-turn data")
         mask = batch["attention_mask"][i, :int(pos[0])].bool()
         prompt = _strip(batch["input_ids"][i, :int(pos[0])][mask].tolist(), student_tok)
-        text, s_ends = student_ends(student_tok, batch["labels"][i, pos].tolist())
+        ids = batch["labels"][i, pos].tolist()
+        # the student's EOS is the teacher's EOS, not its text: one span of its own, at the end
+        eos = student_tok.eos_token_id is not None and teacher_tok.eos_token_id is not None \
+            and ids[-1] == student_tok.eos_token_id
+        text, s_ends = student_ends(student_tok, ids[:-1] if eos else ids)
         prompt_text = student_tok.decode(prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         t_prompt = teacher_tok(prompt_text, add_special_tokens=True)["input_ids"]
         if not t_prompt:  # the teacher's first completion token needs a position before it
             t_prompt = [teacher_tok.bos_token_id if teacher_tok.bos_token_id is not None else teacher_tok.eos_token_id]
         t_comp, t_ends = encode_with_ends(teacher_tok, text)
-        rows.append((i, pos, t_prompt, t_comp, align_spans(s_ends, t_ends)))
+        spans = align_spans(s_ends, t_ends)
+        if eos:
+            spans.append((range(len(ids) - 1, len(ids)), range(len(t_comp), len(t_comp) + 1)))
+            t_comp = t_comp + [teacher_tok.eos_token_id]
+        rows.append((i, pos, t_prompt, t_comp, spans))
     return rows
 
 
