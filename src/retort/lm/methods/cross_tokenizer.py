@@ -22,8 +22,10 @@ When the tokenizers are identical, every span is one token on each side and `hyb
 `kd` with forward_kl (tested); `uld` is then the sorted-probability L1 of each token's two
 distributions (0 where they agree; never above sum_v |P_S(v) - P_T(v)|).
 
-The teacher here is a model with hidden states (`kd` online, `gkd`); its logits are formed for the
-completion positions only, and the student's in full over its label tokens (one example at a time).
+Online (`kd`, `gkd`; `cross_tokenizer_loss`) the teacher is a model with hidden states; its logits
+are formed for the completion positions only, and the student's in full over its label tokens (one
+example at a time). Offline (`kd` with `teacher=offline`; `cross_tokenizer_topk_loss`) the teacher
+is its stored top-k along its own sampled ids, renormalised over the k (every other token ~0).
 """
 
 from __future__ import annotations
@@ -175,6 +177,73 @@ def cross_tokenizer_loss(model, teacher, batch, c, *, mode: str, student_tok, sh
         n_teacher += len(cm)
     return LossOut(loss, n, {"kd": kd_sum / max(1, n), "ce": ce_sum / max(1, n),
                              "spans_per_token": n_spans / max(1, n), "teacher_tokens_per_token": n_teacher / max(1, n)})
+
+
+def _teacher_topk_logprobs(ids, lps, vocab: int, temperature: float) -> torch.Tensor:
+    """(n, vocab) log-probs of a teacher known only by its top-k (`ids`, `lps`: (n, k)): the k
+    renormalised at `temperature` (the `drop` tail of `kd`), every other token at -1e4 rather than
+    -inf, so that a merged span whose positions list different tokens stays finite."""
+    z = torch.full((ids.shape[0], vocab), -1e4, dtype=torch.float32, device=ids.device)
+    z.scatter_(1, ids, torch.log_softmax(lps.float() / temperature, -1).masked_fill(lps <= -1e4, -1e4))
+    return z
+
+
+def cross_tokenizer_topk_loss(model, batch, c, *, mode: str, student_tok, teacher_tok, shared=None) -> LossOut:
+    """The cross-tokenizer loss against a teacher's stored top-k (offline: `teacher_ids`,
+    `teacher_topk_ids`, `teacher_topk_logprobs` in the batch, from `trace_examples(cross=...)`).
+    The teacher's completion is its own sampled ids; the student's labels are the same text in the
+    student's tokens; the two are aligned as online. A row whose two texts differ (a tokenizer
+    that does not round-trip the text) gets no KD term, counted in `unaligned_rows`."""
+    device = batch["input_ids"].device
+    s_weight = unwrap(model).get_output_embeddings().weight[:len(student_tok)]
+    hidden = last_hidden(model, batch)
+    scale = c.kd_weight * (c.temperature ** 2 if c.t_squared else 1.0)
+    loss = hidden.new_zeros((), dtype=torch.float32) + 0.0 * hidden.sum()
+    kd_sum = ce_sum = 0.0
+    n = int((batch["labels"] != IGNORE).sum())
+    n_spans = n_teacher = unaligned = 0
+    for i in range(batch["labels"].shape[0]):
+        pos = (batch["labels"][i] != IGNORE).nonzero().squeeze(-1)
+        if pos.numel() == 0:
+            continue
+        ids = batch["labels"][i, pos].tolist()
+        t_all = batch["teacher_ids"][i]
+        t_ids = t_all[t_all >= 0].tolist()
+        s_eos = bool(ids) and ids[-1] == student_tok.eos_token_id
+        t_eos = bool(t_ids) and t_ids[-1] == teacher_tok.eos_token_id
+        text, s_ends = student_ends(student_tok, ids[:-1] if s_eos else ids)
+        t_text, t_ends = student_ends(teacher_tok, t_ids[:-1] if t_eos else t_ids)
+        z_s = (hidden[i, pos - 1] @ s_weight.T).float()
+        if c.ce_weight:
+            ce = torch.nn.functional.cross_entropy(z_s, batch["labels"][i, pos], reduction="sum")
+            loss = loss + c.ce_weight * ce
+            ce_sum += float(ce.detach())
+        spans = align_spans(s_ends, t_ends) if t_text == text else []
+        if t_text != text:
+            unaligned += 1
+            continue
+        if s_eos and t_eos:
+            spans.append((range(len(ids) - 1, len(ids)), range(len(t_ids) - 1, len(t_ids))))
+        if not spans:
+            continue
+        lt_rows = _teacher_topk_logprobs(batch["teacher_topk_ids"][i, :len(t_ids)],
+                                         batch["teacher_topk_logprobs"][i, :len(t_ids)], len(teacher_tok), c.temperature)
+        # a span with a teacher position that has no stored row gets no teacher term
+        has = batch["teacher_topk_logprobs"][i, :len(t_ids)].max(-1).values > -1e4
+        spans = [(s, t) for s, t in spans if bool(has[t.start:t.stop].all())]
+        if not spans:
+            continue
+        ls = _span_logprobs(torch.log_softmax(z_s / c.temperature, -1), [s for s, _ in spans])
+        lt = _span_logprobs(lt_rows, [t for _, t in spans])
+        kd = hybrid_uld(ls, lt, shared, unmatched_weight=c.unmatched_weight).sum() if mode == "hybrid" \
+            else uld(ls, lt).sum()
+        loss = loss + scale * kd
+        kd_sum += float(kd.detach())
+        n_spans += len(spans)
+        n_teacher += len(t_ids)
+    return LossOut(loss, n, {"kd": kd_sum / max(1, n), "ce": ce_sum / max(1, n),
+                             "spans_per_token": n_spans / max(1, n), "teacher_tokens_per_token": n_teacher / max(1, n),
+                             "unaligned_rows": float(unaligned)})
 
 
 __all__ = ["MODES", "CrossTokenizerConfig", "check_cross_config", "cross_tokenizer_loss", "teacher_inputs"]

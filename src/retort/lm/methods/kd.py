@@ -14,7 +14,8 @@ online, and its logits never materialise: the fused chunked path takes its last 
 lm_head (`retort.losses.fused`).
 
 A teacher with another tokenizer (`method_args.cross_tokenizer=hybrid|uld|auto`) is distilled by
-character-aligned spans with ULD or GOLD's hybrid instead (`retort.lm.methods.cross_tokenizer`).
+character-aligned spans with ULD or GOLD's hybrid instead (`retort.lm.methods.cross_tokenizer`),
+online, or offline from the traces' top-k in the teacher's own tokens.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from dataclasses import dataclass
 
 from ...config import param
 from ...errors import ConfigError
+from ..data.align import shared_vocab
 from .base import LossOut, OffPolicy
-from .cross_tokenizer import CrossTokenizerConfig, check_cross_config
+from .cross_tokenizer import CrossTokenizerConfig, check_cross_config, cross_tokenizer_topk_loss
 from .distill import DivergenceConfig, LazyTeacher, TopkConfig, distill, sparse_topk_loss
-from .examples import data_examples, trace_examples
+from .examples import data_examples, teacher_tokenizer, trace_examples
 
 
 class KD(OffPolicy):
@@ -51,9 +53,7 @@ class KD(OffPolicy):
             raise ConfigError("method_args: kd_weight and ce_weight are both 0; nothing to train")
         check_cross_config(cfg)
         self.run_teacher = LazyTeacher(ctx, cfg.cross_tokenizer)
-        if cfg.teacher == "offline" and cfg.cross_tokenizer in ("uld", "hybrid"):
-            raise ConfigError(f"method_args.cross_tokenizer={cfg.cross_tokenizer} runs the teacher online; "
-                              "with method_args.teacher=offline it is not supported yet")
+        self.offline_teacher = None  # (tokenizer, shared pairs) of the traces' teacher, across tokenizers
         if cfg.teacher == "offline":
             if ctx.run.data.source != "traces":
                 raise ConfigError("method_args.teacher=offline reads the teacher's top-k from traces: "
@@ -63,7 +63,8 @@ class KD(OffPolicy):
 
     def examples(self):
         if self.cfg.teacher == "offline":
-            return trace_examples(self.ctx.run.data, self.ctx.tokenizer, with_topk=True, ctx=self.ctx)
+            return trace_examples(self.ctx.run.data, self.ctx.tokenizer, with_topk=True, ctx=self.ctx,
+                                  cross=self.cfg.cross_tokenizer)
         return data_examples(self.ctx)
 
     def teacher_needs(self) -> tuple:
@@ -71,6 +72,14 @@ class KD(OffPolicy):
         return () if self.cfg.teacher == "offline" else ({"hidden"}, {"score"}, {"score_stored"})
 
     def loss(self, model, batch) -> LossOut:
+        if self.cfg.teacher == "offline" and "teacher_ids" in batch:  # the top-k in the teacher's own tokens
+            if self.offline_teacher is None:
+                t_tok = teacher_tokenizer(self.ctx.run.data)
+                self.offline_teacher = (t_tok, shared_vocab(self.ctx.tokenizer, t_tok))
+            t_tok, shared = self.offline_teacher
+            mode = self.cfg.cross_tokenizer if self.cfg.cross_tokenizer in ("uld", "hybrid") else "hybrid"
+            return cross_tokenizer_topk_loss(model, batch, self.cfg, mode=mode, student_tok=self.ctx.tokenizer,
+                                             teacher_tok=t_tok, shared=shared)
         if self.cfg.teacher == "offline":  # the top-k the traces hold, collated into the batch
             return sparse_topk_loss(model, batch, self.cfg, len(self.ctx.tokenizer))
         return distill(model, self.run_teacher, batch, self.cfg, student_vocab=len(self.ctx.tokenizer))
