@@ -450,3 +450,56 @@ def test_offline_topk_of_another_tokenizer_is_refused_naming_the_option(tmp_path
     with pytest.raises(Exception, match="method_args.cross_tokenizer=hybrid"):
         _run(tmp_path, 2, **{"data.source": "traces", "data.traces": traces, "data.trace_filter": "all",
                              "method_args.teacher": "offline"})
+
+
+class _ScoresOnly(LocalTeacher):
+    """A teacher that scores but has no hidden states, as a server is (a controlled stand-in)."""
+
+    kind = "server stand-in"
+    capabilities = frozenset({"score"})
+
+
+def test_a_scoring_teacher_with_every_token_in_its_topk_gives_the_online_loss():
+    from transformers import LlamaForCausalLM
+
+    from retort.lm.methods.cross_tokenizer import cross_tokenizer_scored_loss
+
+    student, tok, _ = _models()
+    t_tok = _digit_pair_tokenizer()
+    torch.manual_seed(3)
+    t_model = LlamaForCausalLM(preset_config("nano", len(t_tok)))
+    batch = _batch(tok, [("3+4=", "7 and 12"), ("Q: 10*2? A:", " 2048")])
+    c = KD.Config(divergence="forward_kl", ce_weight=0.2, temperature=1.3)
+    pairs = shared_vocab(tok, t_tok)
+    for mode in ("hybrid", "uld"):
+        online = cross_tokenizer_loss(student, LocalTeacher("t", t_model, t_tok), batch, c, mode=mode,
+                                      student_tok=tok, shared=pairs)
+        scored = cross_tokenizer_scored_loss(student, _ScoresOnly("t", t_model, t_tok), batch, c, mode=mode,
+                                             student_tok=tok, shared=pairs, k=len(t_tok))
+        assert scored.count == online.count
+        assert scored.loss.item() == pytest.approx(online.loss.item(), rel=1e-4)
+        assert scored.metrics["unaligned_rows"] == 0
+        # a narrower top-k is another, still finite, loss
+        narrow = cross_tokenizer_scored_loss(student, _ScoresOnly("t", t_model, t_tok), batch, c, mode=mode,
+                                             student_tok=tok, shared=pairs, k=5)
+        assert torch.isfinite(narrow.loss) and narrow.loss.item() != pytest.approx(online.loss.item(), rel=1e-3)
+
+
+def test_distill_takes_the_scored_path_for_a_teacher_without_hidden_states():
+    from types import SimpleNamespace
+
+    from transformers import LlamaForCausalLM
+
+    from retort.lm.methods.distill import LazyTeacher, distill
+
+    student, tok, _ = _models()
+    t_tok = _digit_pair_tokenizer()
+    t_model = LlamaForCausalLM(preset_config("nano", len(t_tok)))
+    batch = _batch(tok, [("3+4=", "7 and 12")])
+    c = KD.Config(divergence="forward_kl", cross_tokenizer="auto", topk=len(t_tok))
+    want = distill(student, LazyTeacher(SimpleNamespace(load_teacher=lambda: LocalTeacher("t", t_model, t_tok),
+                                                        tokenizer=tok), "auto"), batch, c, student_vocab=len(tok))
+    lazy = LazyTeacher(SimpleNamespace(load_teacher=lambda: _ScoresOnly("t", t_model, t_tok), tokenizer=tok), "auto")
+    got = distill(student, lazy, batch, c, student_vocab=len(tok))
+    assert lazy.cross == "hybrid" and "unaligned_rows" in got.metrics and "unaligned_rows" not in want.metrics
+    assert got.loss.item() == pytest.approx(want.loss.item(), rel=1e-4)

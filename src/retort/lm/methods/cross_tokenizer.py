@@ -246,4 +246,30 @@ def cross_tokenizer_topk_loss(model, batch, c, *, mode: str, student_tok, teache
                              "unaligned_rows": float(unaligned)})
 
 
+def cross_tokenizer_scored_loss(model, teacher, batch, c, *, mode: str, student_tok, shared=None, k: int) -> LossOut:
+    """The cross-tokenizer loss against a teacher that scores but has no hidden states (a server:
+    `teacher.name=openai:MODEL` with a checked `teacher.api.tokenizer`): the student's text is
+    re-tokenised for it as online, it gives its top-`k` at each of its tokens (`Teacher.score`),
+    and the loss is the offline one on them (`cross_tokenizer_topk_loss`)."""
+    rows = teacher_inputs(batch, student_tok, teacher.tokenizer)
+    b = batch["labels"].shape[0]
+    width = max([len(cm) for *_, cm, _ in rows] or [1])
+    ids = torch.full((b, width), -1, dtype=torch.long)
+    t_ids = torch.zeros((b, width, k), dtype=torch.long)
+    t_lp = torch.full((b, width, k), -1e4, dtype=torch.float32)
+    scores = teacher.score([p for _, _, p, _, _ in rows], [cm for _, _, _, cm, _ in rows], topk=k) if rows else []
+    for (i, _, _, cm, _), sc in zip(rows, scores):
+        ids[i, :len(cm)] = torch.tensor(cm, dtype=torch.long)
+        n = min(len(cm), len(sc.topk_ids))
+        kk = min([len(r) for r in sc.topk_ids[:n]] or [0])
+        if n and kk:  # a position the teacher gave no row for gets no teacher term
+            t_ids[i, :n, :kk] = torch.as_tensor(sc.topk_ids, dtype=torch.long)[:n, :kk]
+            t_lp[i, :n, :kk] = torch.as_tensor(sc.topk_logprobs, dtype=torch.float32)[:n, :kk]
+    device = batch["input_ids"].device
+    scored = {**batch, "teacher_ids": ids.to(device), "teacher_topk_ids": t_ids.to(device),
+              "teacher_topk_logprobs": t_lp.to(device)}
+    return cross_tokenizer_topk_loss(model, scored, c, mode=mode, student_tok=student_tok,
+                                     teacher_tok=teacher.tokenizer, shared=shared)
+
+
 __all__ = ["MODES", "CrossTokenizerConfig", "check_cross_config", "cross_tokenizer_loss", "teacher_inputs"]

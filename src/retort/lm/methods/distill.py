@@ -25,7 +25,7 @@ from ...losses.fused import fused_linear_divergence
 from ..data.collate import IGNORE
 from ..models import check_vocab
 from .base import LossOut
-from .cross_tokenizer import cross_tokenizer_loss
+from .cross_tokenizer import cross_tokenizer_loss, cross_tokenizer_scored_loss
 from .hidden import last_hidden, unwrap
 
 
@@ -92,10 +92,10 @@ class LazyTeacher:
                             "(or uld, or auto)") if self.mode == "off" else ""
                     self.vocab = check_vocab(s_tok, t_tok, unwrap(model), t_model, hint=hint).size
                 else:
-                    if "hidden" not in teacher.capabilities:
-                        raise ModelError(f"method_args.cross_tokenizer={self.mode} needs a teacher model run "
-                                         f"online (one with hidden states); teacher {teacher.name} "
-                                         f"({teacher.kind}) has none")
+                    if not {"hidden", "score"} & teacher.capabilities:
+                        raise ModelError(f"method_args.cross_tokenizer={self.mode} needs a teacher that scores any "
+                                         f"text (a model, or a server); teacher {teacher.name} ({teacher.kind}) "
+                                         "scores only its own traces: use method_args.teacher=offline")
                     if self.cross == "hybrid":
                         from ..data.align import shared_vocab
 
@@ -206,9 +206,12 @@ def distill(model, teacher: LazyTeacher, batch, c, *, student_vocab: int) -> Los
     most `c.topk` per position, and at most what the teacher has: a trace store, what it stored).
     `student_vocab` is the student tokenizer's size (the sparse path's logit columns)."""
     t = teacher.open(model)
-    if teacher.cross is not None:
+    if teacher.cross is not None and "hidden" in t.capabilities:
         return cross_tokenizer_loss(model, t, batch, c, mode=teacher.cross, student_tok=teacher.ctx.tokenizer,
                                     shared=teacher.shared)
+    if teacher.cross is not None:
+        return cross_tokenizer_scored_loss(model, t, batch, c, mode=teacher.cross, student_tok=teacher.ctx.tokenizer,
+                                           shared=teacher.shared, k=min(c.topk, t.max_topk or c.topk))
     if "hidden" in t.capabilities:
         return distill_tokens(model, t, batch, c, teacher.vocab)
     k = min(c.topk, t.max_topk or c.topk)
