@@ -264,3 +264,29 @@ def hidden_rows(name, student, teacher):
             dot = sum(a * b for a, b in zip(s, t))
             out.append(1.0 - dot / (math.sqrt(sum(a * a for a in s)) * math.sqrt(sum(b * b for b in t))))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def uld(student_logits_row, teacher_logits_row, temperature=1.0):
+    """ULD (Boizard et al. 2024): L1 between the two probability lists sorted descending, the shorter
+    padded with zeros. One position, float64, written out."""
+    ps = sorted((float(x) for x in _dist(student_logits_row, temperature)), reverse=True)
+    pt = sorted((float(x) for x in _dist(teacher_logits_row, temperature)), reverse=True)
+    n = max(len(ps), len(pt))
+    ps += [0.0] * (n - len(ps))
+    pt += [0.0] * (n - len(pt))
+    return sum(abs(a - b) for a, b in zip(ps, pt))
+
+
+def hybrid_uld(student_logits_row, teacher_logits_row, pairs, unmatched_weight=1.0, temperature=1.0):
+    """GOLD's hybrid: forward-KL terms over the (student id, teacher id) `pairs`, plus
+    `unmatched_weight` * ULD over the ids in no pair. One position, float64."""
+    ps = [float(x) for x in _dist(student_logits_row, temperature)]
+    pt = [float(x) for x in _dist(teacher_logits_row, temperature)]
+    matched = sum(pt[t] * (math.log(pt[t]) - math.log(ps[s])) for s, t in pairs)
+    s_in, t_in = {s for s, _ in pairs}, {t for _, t in pairs}
+    rs = sorted((p for i, p in enumerate(ps) if i not in s_in), reverse=True)
+    rt = sorted((p for i, p in enumerate(pt) if i not in t_in), reverse=True)
+    n = max(len(rs), len(rt))
+    rs += [0.0] * (n - len(rs))
+    rt += [0.0] * (n - len(rt))
+    return matched + unmatched_weight * sum(abs(a - b) for a, b in zip(rs, rt))

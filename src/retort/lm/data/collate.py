@@ -27,6 +27,9 @@ class Encoded:
     # tokens, in order; positions without a row get none
     topk_ids: Optional[Sequence[Sequence[int]]] = None      # (positions, k): lists or an array
     topk_logprobs: Optional[Sequence[Sequence[float]]] = None
+    # cross-tokenizer offline KD: the teacher's own completion ids, which the top-k rows follow
+    # instead of the label tokens (the student's tokens of the same text)
+    teacher_ids: Optional[Sequence[int]] = None
     # what on-policy methods need besides the ids: the prompt text, the reference answer (to verify
     # a rollout) and a worked solution (OPSD's privileged context), when the source has them
     prompt: Optional[str] = None
@@ -239,7 +242,9 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :n] = torch.tensor(x.labels)
         mask[i, :n] = 1
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if any(x.topk_ids is not None for x in items):
+    if any(x.teacher_ids is not None for x in items):
+        batch.update(_teacher_rows(items))
+    elif any(x.topk_ids is not None for x in items):
         k = max(len(x.topk_ids[0]) for x in items if x.topk_ids is not None and len(x.topk_ids))
         t_ids = torch.zeros((len(items), width, k), dtype=torch.long)
         # -inf-like filler: a position without teacher rows is masked out by `has_teacher`
@@ -254,6 +259,24 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
             has[i, pos] = True
         batch.update(topk_ids=t_ids, topk_logprobs=t_lp, has_teacher=has)
     return batch
+
+
+def _teacher_rows(items: list[Encoded]) -> dict[str, torch.Tensor]:
+    """`teacher_ids` (B, W) padded with -1 and the top-k rows along them, `teacher_topk_ids` and
+    `teacher_topk_logprobs` (B, W, k; -1e4 where a position has no row)."""
+    width = max(len(x.teacher_ids or []) for x in items)
+    k = max((len(x.topk_ids[0]) for x in items if x.topk_ids is not None and len(x.topk_ids)), default=1)
+    ids = torch.full((len(items), width), -1, dtype=torch.long)
+    t_ids = torch.zeros((len(items), width, k), dtype=torch.long)
+    t_lp = torch.full((len(items), width, k), -1e4, dtype=torch.float32)
+    for i, x in enumerate(items):
+        n = len(x.teacher_ids or [])
+        ids[i, :n] = torch.as_tensor(list(x.teacher_ids or []), dtype=torch.long)
+        if x.topk_ids is not None and len(x.topk_ids):
+            rows = min(n, len(x.topk_ids))
+            t_ids[i, :rows] = torch.as_tensor(np.asarray(x.topk_ids), dtype=torch.long)[:rows]
+            t_lp[i, :rows] = torch.as_tensor(np.asarray(x.topk_logprobs), dtype=torch.float32)[:rows]
+    return {"teacher_ids": ids, "teacher_topk_ids": t_ids, "teacher_topk_logprobs": t_lp}
 
 
 def bucketed_order(lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 50) -> list[list[int]]:

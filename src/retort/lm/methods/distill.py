@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import torch
 
 from ...config import param
+from ...errors import ModelError
 from ...losses.divergences import DIVERGENCES
 from ...losses.fused import fused_linear_divergence
 from ..data.collate import IGNORE
 from ..models import check_vocab
 from .base import LossOut
+from .cross_tokenizer import cross_tokenizer_loss, cross_tokenizer_scored_loss
 from .hidden import HIDDEN_LOSSES, all_hidden, hidden_state_loss, last_hidden, unwrap
 
 
@@ -62,12 +64,20 @@ def default_of(config, name: str, default, doc: str | None = None, **bounds):
 class LazyTeacher:
     """The run's `Teacher` (retort.lm.teachers), opened on first use. `vocab` is then the number of
     vocabulary columns it shares with the student (checked by `retort.lm.models.check_vocab`), or
-    None for a teacher without a tokenizer."""
+    None for a teacher without a tokenizer.
 
-    def __init__(self, ctx):
+    `cross_tokenizer` (`retort.lm.methods.cross_tokenizer`): uld | hybrid takes the cross-tokenizer
+    path whatever the two vocabularies; auto takes hybrid only when they differ; off refuses a
+    mismatch (naming the option). `cross` is then the loss taken (None: the same-tokenizer one) and
+    `shared` hybrid's (student id, teacher id) pairs."""
+
+    def __init__(self, ctx, cross_tokenizer: str = "off"):
         self.ctx = ctx
         self.teacher = None
         self.vocab = None
+        self.mode = cross_tokenizer
+        self.cross = None
+        self.shared = None
 
     def open(self, model):
         """The teacher; `model` is the student (for the vocabulary check on first use)."""
@@ -75,7 +85,22 @@ class LazyTeacher:
             teacher = self.ctx.load_teacher()
             if teacher.tokenizer is not None:
                 t_model = getattr(teacher, "model", None)
-                self.vocab = check_vocab(self.ctx.tokenizer, teacher.tokenizer, unwrap(model), t_model).size
+                s_tok, t_tok = self.ctx.tokenizer, teacher.tokenizer
+                differ = s_tok.get_vocab() != t_tok.get_vocab()
+                self.cross = {"uld": "uld", "hybrid": "hybrid", "auto": "hybrid" if differ else None}.get(self.mode)
+                if self.cross is None:
+                    hint = ("; kd and gkd distill across tokenizers with method_args.cross_tokenizer=hybrid "
+                            "(or uld, or auto)") if self.mode == "off" else ""
+                    self.vocab = check_vocab(s_tok, t_tok, unwrap(model), t_model, hint=hint).size
+                else:
+                    if not {"hidden", "score"} & teacher.capabilities:
+                        raise ModelError(f"method_args.cross_tokenizer={self.mode} needs a teacher that scores any "
+                                         f"text (a model, or a server); teacher {teacher.name} ({teacher.kind}) "
+                                         "scores only its own traces: use method_args.teacher=offline")
+                    if self.cross == "hybrid":
+                        from ..data.align import shared_vocab
+
+                        self.shared = shared_vocab(s_tok, t_tok)
             self.teacher = teacher
         return self.teacher
 
@@ -188,6 +213,12 @@ def distill(model, teacher: LazyTeacher, batch, c, *, student_vocab: int) -> Los
     most `c.topk` per position, and at most what the teacher has: a trace store, what it stored).
     `student_vocab` is the student tokenizer's size (the sparse path's logit columns)."""
     t = teacher.open(model)
+    if teacher.cross is not None and "hidden" in t.capabilities:
+        return cross_tokenizer_loss(model, t, batch, c, mode=teacher.cross, student_tok=teacher.ctx.tokenizer,
+                                    shared=teacher.shared)
+    if teacher.cross is not None:
+        return cross_tokenizer_scored_loss(model, t, batch, c, mode=teacher.cross, student_tok=teacher.ctx.tokenizer,
+                                           shared=teacher.shared, k=min(c.topk, t.max_topk or c.topk))
     if "hidden" in t.capabilities:
         return distill_tokens(model, t, batch, c, teacher.vocab)
     k = min(c.topk, t.max_topk or c.topk)

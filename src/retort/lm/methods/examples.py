@@ -42,9 +42,12 @@ def data_examples(ctx) -> list[Encoded]:
     return ctx.cycle(out)
 
 
-def trace_examples(data, tok, *, with_topk: bool = False, ctx=None) -> list[Encoded]:
+def trace_examples(data, tok, *, with_topk: bool = False, ctx=None, cross: str = "off") -> list[Encoded]:
     """Training pairs from a trace set (`TraceEncoder`): correct-only by default. Rows longer than
-    `data.max_len` are dropped, counted through `ctx.dropped` when a method context is given."""
+    `data.max_len` are dropped, counted through `ctx.dropped` when a method context is given.
+    `cross` (a `method_args.cross_tokenizer`): with the top-k of a teacher of another tokenizer
+    (or uld/hybrid whatever the tokenizer), each row keeps the teacher's own completion ids, which
+    its top-k rows follow (`Encoded.teacher_ids`)."""
     manifest = read_manifest(data.traces)
     columns = ["prompt", "completion", "completion_ids", "correct", "finish_reason", "reference", "messages"]
     if with_topk:
@@ -59,16 +62,23 @@ def trace_examples(data, tok, *, with_topk: bool = False, ctx=None) -> list[Enco
         raise DataError(f"{data.traces}: no traces pass data.trace_filter={data.trace_filter} "
                         f"({table.num_rows} rows, none correct); try data.trace_filter=all")
     encode = TraceEncoder(manifest, cols, tok)
-    out = []
+    out, t_tok = [], None
     for i in keep:
         enc = encode.encoded(i)
         enc.prompt, enc.answer = Prompt(cols["prompt"][i], encode.system), cols["reference"][i]
         if with_topk:
             if cols["messages"][i] is not None:
                 raise DataError(f"{data.traces}: offline top-k is stored for single-turn rows only")
-            if not encode.same_vocab:
-                raise DataError(f"{data.traces}: offline top-k needs the teacher's tokenizer (the student's differs)")
+            if not encode.same_vocab and cross == "off":
+                raise DataError(f"{data.traces}: offline top-k needs the teacher's tokenizer (the student's differs); "
+                                "or distill across tokenizers with method_args.cross_tokenizer=hybrid (or uld, auto)")
             enc.topk_ids, enc.topk_logprobs = topk_codec.decode(cols["topk"][i])
+            if cross in ("uld", "hybrid") or (cross == "auto" and not encode.same_vocab):
+                if t_tok is None:
+                    t_tok = teacher_tokenizer(data, manifest)
+                t_eos = t_tok.eos_token_id
+                stop = cols["finish_reason"][i] == "stop" and t_eos is not None
+                enc.teacher_ids = list(cols["completion_ids"][i]) + ([t_eos] if stop else [])
         if len(enc.input_ids) <= data.max_len:
             out.append(enc)
     if ctx is not None and out:
@@ -78,4 +88,12 @@ def trace_examples(data, tok, *, with_topk: bool = False, ctx=None) -> list[Enco
     return out
 
 
-__all__ = ["data_examples", "trace_examples"]
+def teacher_tokenizer(data, manifest: dict | None = None):
+    """The tokenizer a trace set's token ids are in (`trace_tokenizer`)."""
+    from ..teachers.store import trace_tokenizer
+
+    manifest = read_manifest(data.traces) if manifest is None else manifest
+    return trace_tokenizer(manifest, data.traces, purpose="its top-k across tokenizers")
+
+
+__all__ = ["data_examples", "teacher_tokenizer", "trace_examples"]

@@ -21,6 +21,10 @@ the final normed states), checked against both models before step 0 (`retort.lm.
 The data are those of `sft` (worked solutions, answers, or teacher traces); the teacher is run
 online, and its logits never materialise: the fused chunked path takes its last hidden states and
 lm_head (`retort.losses.fused`).
+
+A teacher with another tokenizer (`method_args.cross_tokenizer=hybrid|uld|auto`) is distilled by
+character-aligned spans with ULD or GOLD's hybrid instead (`retort.lm.methods.cross_tokenizer`),
+online, or offline from the traces' top-k in the teacher's own tokens.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from dataclasses import dataclass
 
 from ...config import param
 from ...errors import ConfigError
+from ..data.align import shared_vocab
 from .base import LossOut, OffPolicy, Owned
+from .cross_tokenizer import CrossTokenizerConfig, check_cross_config, cross_tokenizer_topk_loss
 from .distill import DivergenceConfig, LazyTeacher, TopkConfig, distill, distill_hidden, sparse_topk_loss
+from .examples import data_examples, teacher_tokenizer, trace_examples
 from .hidden import HIDDEN_LOSSES, LayerProjections, check_layer_pairs, parse_layer_pairs
-from .examples import data_examples, trace_examples
 
 
 class KD(OffPolicy):
@@ -44,7 +50,7 @@ class KD(OffPolicy):
     equation = "L = sum_t kd_weight * T^2 * D(P_S^T || P_T^T)_t + ce_weight * CE_t"
 
     @dataclass
-    class Config(TopkConfig, DivergenceConfig):
+    class Config(CrossTokenizerConfig, TopkConfig, DivergenceConfig):
         temperature: float = param(1.0, "softmax temperature of both models", lo=0.0, lo_open=True)
         teacher: str = param("online", "online: run the teacher model; offline: its top-k log-probs stored in "
                              "the traces (data.source=traces, made with sampling.topk=K)", choices=["online", "offline"])
@@ -74,7 +80,12 @@ class KD(OffPolicy):
         if self.pairs and cfg.teacher == "offline":
             raise ConfigError("method_args.hidden needs the teacher's hidden states: teacher=online (a local "
                               "model), not offline traces")
-        self.run_teacher = LazyTeacher(ctx)
+        if self.pairs and cfg.cross_tokenizer != "off":
+            raise ConfigError(f"method_args.hidden with cross_tokenizer={cfg.cross_tokenizer}: hidden-state pairs "
+                              "match the two models token by token, which needs one tokenizer; use one or the other")
+        check_cross_config(cfg)
+        self.run_teacher = LazyTeacher(ctx, cfg.cross_tokenizer)
+        self.offline_teacher = None  # (tokenizer, shared pairs) of the traces' teacher, across tokenizers
         if cfg.teacher == "offline":
             if ctx.run.data.source != "traces":
                 raise ConfigError("method_args.teacher=offline reads the teacher's top-k from traces: "
@@ -84,7 +95,8 @@ class KD(OffPolicy):
 
     def examples(self):
         if self.cfg.teacher == "offline":
-            return trace_examples(self.ctx.run.data, self.ctx.tokenizer, with_topk=True, ctx=self.ctx)
+            return trace_examples(self.ctx.run.data, self.ctx.tokenizer, with_topk=True, ctx=self.ctx,
+                                  cross=self.cfg.cross_tokenizer)
         return data_examples(self.ctx)
 
     def owned(self) -> dict:
@@ -110,6 +122,14 @@ class KD(OffPolicy):
         return () if self.cfg.teacher == "offline" else ({"hidden"}, {"score"}, {"score_stored"})
 
     def loss(self, model, batch) -> LossOut:
+        if self.cfg.teacher == "offline" and "teacher_ids" in batch:  # the top-k in the teacher's own tokens
+            if self.offline_teacher is None:
+                t_tok = teacher_tokenizer(self.ctx.run.data)
+                self.offline_teacher = (t_tok, shared_vocab(self.ctx.tokenizer, t_tok))
+            t_tok, shared = self.offline_teacher
+            mode = self.cfg.cross_tokenizer if self.cfg.cross_tokenizer in ("uld", "hybrid") else "hybrid"
+            return cross_tokenizer_topk_loss(model, batch, self.cfg, mode=mode, student_tok=self.ctx.tokenizer,
+                                             teacher_tok=t_tok, shared=shared)
         if self.cfg.teacher == "offline":  # the top-k the traces hold, collated into the batch
             return sparse_topk_loss(model, batch, self.cfg, len(self.ctx.tokenizer))
         if self.pairs:

@@ -318,7 +318,9 @@ class VocabMap:
     size: int
 
 
-def check_vocab(student_tok, teacher_tok, student_model=None, teacher_model=None) -> VocabMap:
+def check_vocab(student_tok, teacher_tok, student_model=None, teacher_model=None, *, hint: str = "") -> VocabMap:
+    """The vocabulary the two share (`VocabMap`), or ModelError when the tokenizers differ (`hint`
+    appended to its message: how the caller's method gets past it) or an output layer is short."""
     s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
     if s != t:
         only_s = sorted(set(s.items()) - set(t.items()), key=lambda kv: kv[1])[:3]
@@ -326,7 +328,7 @@ def check_vocab(student_tok, teacher_tok, student_model=None, teacher_model=None
         raise ModelError(
             f"teacher and student tokenizers differ ({len(t)} vs {len(s)} tokens; e.g. student has "
             f"{only_s}, teacher has {only_t}); token-level methods need the same vocabulary "
-            "(sequence-level methods such as sft on traces do not)"
+            f"(sequence-level methods such as sft on traces do not){hint}"
         )
     size = len(s)
     for role, m in (("student", student_model), ("teacher", teacher_model)):
