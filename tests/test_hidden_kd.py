@@ -150,6 +150,8 @@ def test_resume_with_the_projection_equals_an_uninterrupted_run(tmp_path, monkey
     ({"method_args.hidden": "1:4"}, r"method_args.hidden=.*base-60"),
     ({"method_args.hidden": "1:2,", "method_args.teacher": "offline", "data.source": "traces",
       "data.traces": "nowhere"}, r"needs the teacher's hidden states"),
+    ({"method_args.hidden": "1:2,", "method_args.cross_tokenizer": "hybrid"},
+     r"method_args.hidden with cross_tokenizer=hybrid: .*needs one tokenizer"),
 ])
 def test_bad_layer_pairs_get_one_clear_message_and_no_run(tmp_path, args, match):
     teacher = _wide_teacher(tmp_path / "t")
