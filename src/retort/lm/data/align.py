@@ -18,7 +18,7 @@ import torch
 
 
 @lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
+def byte_decoder() -> dict[str, int]:
     """The inverse of GPT-2's bytes_to_unicode: printable stand-in -> byte."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -50,7 +50,7 @@ def token_bytes(tokenizer) -> dict[int, bytes]:
     byte_level = "ByteLevel" in kinds
     fallback = "ByteFallback" in kinds
     specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    decoder = _byte_decoder()
+    decoder = byte_decoder()
     out = {}
     for tok, i in tokenizer.get_vocab().items():
         if tok in specials:

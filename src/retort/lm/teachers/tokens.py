@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..data.align import byte_decoder
+
 
 @dataclass
 class Tok:
@@ -28,19 +30,6 @@ class Tok:
     top: list = field(default_factory=list)
 
 
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet (printable stand-ins for the 256 bytes), inverted."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
 class TokenMap:
     """Token strings/bytes of a server's answers -> ids of the served model's tokenizer `tok`."""
 
@@ -48,7 +37,7 @@ class TokenMap:
         self.tok = tok
         spec = json.loads(tok.backend_tokenizer.to_str()) if hasattr(tok, "backend_tokenizer") else {}
         byte_level = "ByteLevel" in json.dumps(spec.get("decoder") or {})
-        dec = _byte_decoder()
+        dec = byte_decoder()
         special = set(tok.all_special_ids)
         self.bytes_of: list[Optional[bytes]] = []
         self.by_bytes: dict[bytes, int] = {}
