@@ -101,3 +101,11 @@ def test_config_teacher_prints_the_teachers_defaults(capsys):
     assert main(["config", "eval"]) == 0
     out = capsys.readouterr().out
     assert "task.test_fraction = 0.0" in out and "model.name = 'builtin:teacher'" in out
+
+
+def test_python_dash_m_retort_is_the_retort_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "retort", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "train" in out.stdout and "Usage" in out.stdout
