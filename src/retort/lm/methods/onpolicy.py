@@ -55,9 +55,9 @@ class RolloutConfig:
     top_p: float = param(1.0, "nucleus sampling of the rollouts", lo=0.0, hi=1.0, lo_open=True)
     max_new_tokens: int = param(96, "longest rollout (a rollout cut here gets no EOS label)", lo=1)
     gate: bool = param(False, "KEPO quality gate: distil only on rollouts whose answer the task verifies")
-    engine: str = param("auto", "rollout engine: auto (fast for Llama-family models, else hf), fast, hf "
-                        "(transformers' generate), or vllm (GPU; pip install 'retort[vllm]', vLLM >= 0.9.1; weights pushed "
-                        "each optimizer step)", choices=["auto", "fast", "hf", "vllm"])
+    engine: str = param("auto", "rollout engine: auto (fast for Llama, Mistral, Qwen2 and Gemma 3 text decoders, "
+                        "else hf), fast, hf (transformers' generate), or vllm (GPU; pip install 'retort[vllm]', "
+                        "vLLM >= 0.9.1; weights pushed each optimizer step)", choices=["auto", "fast", "hf", "vllm"])
     vllm_gpu_memory: float = param(0.3, "share of GPU memory vLLM may take (engine=vllm)", lo=0.05, hi=0.95)
 
 
