@@ -103,6 +103,24 @@ class ModChain(_Procedural):
         return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
 
 
+def detour_lines(rng: random.Random, chain, clean: list[str], detour_pct: int, doubt_pct: int, recheck: int,
+                 wrong) -> list[str]:
+    """The solution lines of `chain` (steps (a, op, x, b), written `clean`) with detours (a wrong
+    result, `wrong(rng, b)`, corrected after "wait,"), doubts (a right step repeated after "wait,")
+    and the re-check line: the detours rendering of the built-in task and of rg:chain_sum."""
+    lines = []
+    for (a, op, x, b), line in zip(chain, clean):
+        if rng.randrange(100) < detour_pct:
+            lines.append(f"{a}{op}{x}={wrong(rng, b)} wait, {line}")
+        elif rng.randrange(100) < doubt_pct:
+            lines.append(f"{line} wait, {line}")
+        else:
+            lines.append(line)
+    if recheck:
+        lines.append("check " + " ".join(clean))
+    return lines
+
+
 class Detours(ModChain):
     """modchain whose worked solutions wander, as long reasoning traces do: a step is first written
     with a wrong result, then "wait," and the correct one (`detour_pct` percent of the steps); a
@@ -136,18 +154,8 @@ class Detours(ModChain):
         return next(name for top, name in cls.LEVELS if steps <= top)
 
     def _detoured(self, rng: random.Random, chain, clean: list[str]) -> list[str]:
-        lines = []
-        for (a, op, x, b), line in zip(chain, clean):
-            if rng.randrange(100) < self.detour_pct:
-                wrong = (b + rng.randrange(1, self.modulus)) % self.modulus
-                lines.append(f"{a}{op}{x}={wrong} wait, {line}")
-            elif rng.randrange(100) < self.doubt_pct:
-                lines.append(f"{line} wait, {line}")
-            else:
-                lines.append(line)
-        if self.recheck:
-            lines.append("check " + " ".join(clean))
-        return lines
+        return detour_lines(rng, chain, clean, self.detour_pct, self.doubt_pct, self.recheck,
+                            wrong=lambda rng, b: (b + rng.randrange(1, self.modulus)) % self.modulus)
 
     def _problem(self, rng: random.Random, steps: int) -> Example:
         start, chain = self._chain(rng, steps)

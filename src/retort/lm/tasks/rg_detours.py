@@ -23,7 +23,7 @@ import random
 from typing import Optional
 
 from .base import ANSWER_MARK
-from .builtin import Detours
+from .builtin import Detours, detour_lines
 
 # the rendering's options (task.difficulty) -> (lo, hi), beside the generator's own
 KNOBS = {"detour_pct": (0, 100), "doubt_pct": (0, 100), "recheck": (0, 1)}
@@ -71,18 +71,8 @@ class ChainSumDetours:
 
     def detoured(self, rng: random.Random, chain: Chain) -> str:
         """The solution with detours, doubts and the re-check, ending with the answer line."""
-        clean = self.clean(chain)
-        lines = []
-        for (a, op, x, b), line in zip(chain, clean):
-            if rng.randrange(100) < self.detour_pct:
-                wrong = b + rng.randint(1, 9) * rng.choice((-1, 1))
-                lines.append(f"{a}{op}{x}={wrong} wait, {line}")
-            elif rng.randrange(100) < self.doubt_pct:
-                lines.append(f"{line} wait, {line}")
-            else:
-                lines.append(line)
-        if self.recheck:
-            lines.append("check " + " ".join(clean))
+        lines = detour_lines(rng, chain, self.clean(chain), self.detour_pct, self.doubt_pct, self.recheck,
+                             wrong=lambda rng, b: b + rng.randint(1, 9) * rng.choice((-1, 1)))
         return "\n".join(lines + [f"{ANSWER_MARK}{chain[-1][3]}"])
 
     def renderings(self, start: int, chain: Chain) -> list[str]:
