@@ -225,7 +225,7 @@ class GroupPolicy(OffPolicy):
         if c.beta > 0:
             with torch.no_grad():
                 ref = torch.zeros(sel.shape)
-                ref[sel] = completion_logps(self.reference(), batch, c.temperature).float().cpu()
+                ref[sel] = completion_logps(self.reference(), self._device(batch), c.temperature).float().cpu()
             batch["ref_logps"] = ref
         n = len(samples)
         stats.update({
