@@ -154,6 +154,24 @@ def test_grpo_loss_and_gradient_match_the_objective_in_float64(tmp_path, monkeyp
     assert 0 < out.metrics["clip_fraction"] < 1
 
 
+def test_completion_logps_chunked_equals_whole_with_its_gradient(tmp_path, monkeypatch):
+    method, student, _ = _method(tmp_path, "grpo")
+    _script(method, monkeypatch, COMPLETIONS, REWARDS)
+    batch = method.group_batch(method.examples()[:3], chunk=0, seed=0)
+    grads = []
+    for chunk in (None, 5):
+        lp, ent = completion_logps(student, batch, 0.7, entropy=True, chunk=chunk)
+        (lp * torch.arange(lp.numel())).sum().backward()
+        grads.append(([p.grad.clone() for p in student.parameters()], lp.detach(), ent))
+        student.zero_grad()
+    (g1, lp1, e1), (g2, lp2, e2) = grads
+    assert lp1.numel() > 5
+    torch.testing.assert_close(lp1, lp2)
+    torch.testing.assert_close(e1, e2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
 def test_policy_pieces_on_hand_numbers():
     adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0]), 2, "group")
     assert adv[:2].tolist() == pytest.approx([0.5 / (math.sqrt(0.5) + 1e-4), -0.5 / (math.sqrt(0.5) + 1e-4)])

@@ -104,23 +104,35 @@ class Sample:
     behaviour_ids: list | None = None
 
 
-def completion_logps(model, batch: dict, temperature: float, *, entropy: bool = False):
+def _chunk_logps(hidden, weight, labels, temperature: float):
+    z = hidden @ weight.T.to(hidden.dtype)
+    z = z.to(torch.promote_types(z.dtype, torch.float32)) / temperature
+    logz = torch.log_softmax(z, -1)
+    return logz.gather(1, labels[:, None])[:, 0], (-(logz.exp() * logz).sum(-1)).detach()
+
+
+def completion_logps(model, batch: dict, temperature: float, *, entropy: bool = False, chunk: int | None = None):
     """log pi(y_t) at every label token of `batch`, in order (N,), float32 at least, from the model's
     last hidden states and output embedding at `temperature`; with `entropy`, also the entropy of
-    each of those N distributions (no gradient)."""
+    each of those N distributions (no gradient). The logits are formed a chunk of rows at a time and,
+    under autograd, recomputed in backward (activation checkpointing): memory stays at one chunk's
+    logits, not N x vocabulary (`chunk` rows; default from the vocabulary size)."""
+    from torch.utils.checkpoint import checkpoint
+
     sel = batch["labels"][:, 1:] != IGNORE
     labels = batch["labels"][:, 1:][sel]
     hidden = last_hidden(model, batch)[:, :-1][sel]
     weight = unwrap(model).get_output_embeddings().weight
-    z = hidden @ weight.T.to(hidden.dtype)
-    z = z.to(torch.promote_types(z.dtype, torch.float32)) / temperature
-    logz = torch.log_softmax(z, -1)
-    lp = logz.gather(1, labels[:, None])[:, 0]
-    if not entropy:
-        return lp
-    with torch.no_grad():
-        ent = -(logz.exp() * logz).sum(-1)
-    return lp, ent
+    step = chunk or max(16, (1 << 22) // weight.shape[0])
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    lps, ents = [], []
+    for start in range(0, max(1, labels.shape[0]), step):
+        args = (hidden[start:start + step], weight, labels[start:start + step], temperature)
+        lp, ent = checkpoint(_chunk_logps, *args, use_reentrant=False) if grad else _chunk_logps(*args)
+        lps.append(lp)
+        ents.append(ent)
+    lp, ent = torch.cat(lps), torch.cat(ents)
+    return (lp, ent) if entropy else lp
 
 
 class GroupPolicy(OffPolicy):
