@@ -362,3 +362,33 @@ def test_grpo_from_the_cli_and_both_in_retort_methods(tmp_path):
     assert len(rows) == 2 and all("solved_none" in r and "entropy" in r for r in rows)
     assert (out / "model" / "model.safetensors").is_file()
     assert "grpo" in proc.stdout and "kepo" in proc.stdout
+
+
+def test_kepo_hints_from_a_trace_set_are_the_prompts_correct_trace(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from retort.lm.config import TracesRun
+    from retort.lm.data.traces import read_traces, sha256_file
+    from retort.lm.traces import run_traces
+
+    out = tmp_path / "traces"
+    run_traces(load_config(TracesRun, None, [f"out={out}", "teacher.name=preset:nano", "n_prompts=4",
+                                             "sampling.n=2", "sampling.max_new_tokens=8"]))
+    manifest = json.loads((out / "manifest.json").read_text())
+    for info in manifest["shards"].values():  # the verifier's verdicts scripted: the second sample is correct
+        t = pq.read_table(out / info["file"])
+        flags = [i == 1 for i in t["sample_idx"].to_pylist()]
+        pq.write_table(t.set_column(t.schema.get_field_index("correct"), "correct", pa.array(flags)), out / info["file"])
+        info["sha256"] = sha256_file(out / info["file"])
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    cols = read_traces(out, columns=["prompt", "completion", "sample_idx"]).to_pydict()
+    want = {p: c for p, c, i in zip(cols["prompt"], cols["completion"], cols["sample_idx"]) if i == 1}
+    method, _, _ = _method(tmp_path, "kepo", hints="traces", hint_traces=str(out), hint_share=1.0, lambda_kd=0.0)
+    assert method.teacher_needs() == ()
+    items = [x for x in method.examples() if str(x.prompt) in want]
+    assert items
+    for x in items:
+        assert method.hint(x) == first_part(want[str(x.prompt)], 1.0)
+    with pytest.raises(ConfigError, match="hint_traces=DIR"):
+        _method(tmp_path / "b", "kepo", hints="traces")
