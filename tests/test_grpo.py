@@ -286,10 +286,13 @@ def test_kepo_hint_is_the_first_part_and_asked_of_the_teacher_once(tmp_path, mon
     teacher = method.run_teacher.open(student)
     asked = []
     monkeypatch.setattr(teacher, "generate", lambda prompts, **kw: asked.append(prompts) or
-                        [[Completion("3 + 4 = 7\nA: 7", [], "stop")]])
-    item = method.examples()[0]
-    assert method.hint(item) == method.hint(item) == "3 + 4 = 7\nA: 7"
-    assert len(asked) == 1 and method.state_dict()["hints"] == {str(item.prompt): "3 + 4 = 7\nA: 7"}
+                        [[Completion(f"{len(p)}\nA: 7", [], "stop")] for p in prompts])
+    item, other = method.examples()[:2]
+    want = [f"{len(item.prompt)}\nA: 7", f"{len(other.prompt)}\nA: 7"]
+    assert method.hints_for([item, other, item]) == [want[0], want[1], want[0]]
+    assert method.hint(item) == want[0] and method.hint(other) == want[1]
+    assert asked == [[item.prompt, other.prompt]]  # one call for both prompts, then the cache
+    assert method.state_dict()["hints"] == {str(item.prompt): want[0], str(other.prompt): want[1]}
     assert method.teacher_needs() == ({"hidden", "generate"}, {"score", "generate"})
 
 

@@ -113,23 +113,25 @@ class KEPO(GroupPolicy):
     # ------------------------------------------------------------------ hints
     def hint(self, item) -> str | None:
         """The cached hint of `item`'s prompt (first part), made on first use."""
-        key = str(item.prompt)
-        if key not in self._hints:
-            self._hints[key] = self._make_hint(item)
-        return self._hints[key]
+        return self.hints_for([item])[0]
 
-    def _make_hint(self, item) -> str | None:
+    def hints_for(self, items) -> list:
+        """The cached hints of `items`' prompts; the missing ones made now (a teacher's in one call)."""
         c = self.cfg
-        if c.hints == "solution":
-            full = item.solution
-        elif c.hints == "traces":
-            full = self._trace_hints().get(str(item.prompt))
-        else:
-            teacher = self.run_teacher.open(self.ctx.student())
-            (comp, *_), = teacher.generate([item.prompt], max_new_tokens=c.hint_max_tokens, temperature=0.0,
-                                           num_samples=1)
-            full = comp.text
-        return first_part(full, c.hint_share) if full and full.strip() else None
+        missing = list({str(x.prompt): x for x in items if str(x.prompt) not in self._hints}.values())
+        if missing:
+            if c.hints == "solution":
+                full = [x.solution for x in missing]
+            elif c.hints == "traces":
+                full = [self._trace_hints().get(str(x.prompt)) for x in missing]
+            else:
+                teacher = self.run_teacher.open(self.ctx.student())
+                outs = teacher.generate([x.prompt for x in missing], max_new_tokens=c.hint_max_tokens,
+                                        temperature=0.0, num_samples=1)
+                full = [out[0].text for out in outs]
+            for x, text in zip(missing, full):
+                self._hints[str(x.prompt)] = first_part(text, c.hint_share) if text and text.strip() else None
+        return [self._hints[str(x.prompt)] for x in items]
 
     def _trace_hints(self) -> dict:
         if self._traces is None:
@@ -151,10 +153,9 @@ class KEPO(GroupPolicy):
         before = len(zero)
         hinted, rounds = 0, 0
         todo = {}
-        if c.hints != "none":
+        if c.hints != "none" and zero:
             tok = self.ctx.tokenizer
-            for i in zero:
-                h = self.hint(items[i])
+            for i, h in zip(zero, self.hints_for([items[i] for i in zero])):
                 if h is not None:
                     p = items[i].prompt
                     text = c.hint_template.format(prompt=p, hint=h)
