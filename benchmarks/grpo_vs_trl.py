@@ -31,6 +31,11 @@ update per batch of rollouts (num_iterations 1), sampling at `temperature`, top_
 `--threads` torch threads. retort's own filter of all-solved / none-solved groups is off
 (`filter_groups=false`: TRL has none, and it changes the token average).
 
+Not matched (each library's own design): the order prompts are drawn in (retort: length-bucketed
+windows of its data; TRL: a seeded permutation, each prompt repeated G times), and the sampler
+(retort's own engine, `retort.lm.rollout.fast`, against transformers' `generate`), so the rollouts
+differ and the reward curves agree only in distribution: hence the "~" orderings, judged over seeds.
+
 Measured per arm and seed: the mean reward of each step's rollouts (the curve; retort's `reward`
 metric, TRL's `reward` log), its mean over the run and over the last half, and steps per second from
 the end of the first optimizer step to the end of the last (model loading and the first step's
