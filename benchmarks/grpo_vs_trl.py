@@ -136,6 +136,16 @@ def child_retort(spec: dict) -> dict:
             "command": "python -m retort.cli train " + " ".join(spec["overrides"])}
 
 
+def trl_reward(task, by_prompt: dict):
+    """TRL's reward function (called with the batch's `prompts` and `completions` texts, and more by
+    keyword): retort's verifier of `task`, each prompt's example looked up in `by_prompt`."""
+
+    def reward(prompts, completions, **kw):
+        return [float(task.reward(c, by_prompt[p].answer, by_prompt[p].prompt)) for p, c in zip(prompts, completions)]
+
+    return reward
+
+
 def child_trl(spec: dict) -> dict:
     _setup_child(spec["threads"])
     import torch
@@ -162,11 +172,7 @@ def child_trl(spec: dict) -> dict:
     bad = [i for i, (x, y) in enumerate(zip(ids(prompts), want)) if x != y]
     if bad:
         raise SystemExit(f"prompt tokenisation differs on {len(bad)}/{len(prompts)} prompts, e.g. {prompts[bad[0]]!r}")
-    by_prompt = {p: e for p, e in zip(prompts, examples)}
-
-    def reward(prompts, completions, **kw):
-        return [float(task.reward(c, by_prompt[p].answer, by_prompt[p].prompt)) for p, c in zip(prompts, completions)]
-
+    reward = trl_reward(task, dict(zip(prompts, examples)))
     dataset = Dataset.from_dict({"prompt": prompts})
     student = AutoModelForCausalLM.from_pretrained(spec["student"], dtype=torch.float32)
 

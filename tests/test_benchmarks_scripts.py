@@ -158,3 +158,16 @@ def test_grpo_vs_trl_alternates_arms_and_states_its_verdicts(bench, monkeypatch,
     # the reward curves differ the same way at every seed: "~" does not hold (the rule of _verdict)
     assert [v["verdict"] for v in res["verdicts"]] == ["holds", "does not hold", "does not hold"]
     assert [v["verdict"] for v in grpo.restate(out, grpo.ORDERINGS)] == ["holds", "does not hold", "does not hold"]
+
+
+def test_grpo_vs_trl_rewards_trl_with_retorts_verifier(bench):
+    from retort.lm.config import TaskConfig
+    from retort.lm.tasks import get_task
+
+    grpo = bench("grpo_vs_trl")
+    task = get_task(TaskConfig(name="modchain"))
+    ex = task.examples("train", 2, 0)
+    reward = grpo.trl_reward(task, {"<s>" + str(e.prompt): e for e in ex})
+    got = reward(prompts=["<s>" + str(e.prompt) for e in ex] * 2,
+                 completions=[e.solution for e in ex] + ["A: nonsense", ""], completion_ids=[[]] * 4, trainer_state=None)
+    assert got == [1.0, 1.0, 0.0, 0.0]
