@@ -324,8 +324,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     student, how = prepare_student(a, work)
     print(f"student: {student} ({how})", flush=True)
-    runs = work / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-    runs.mkdir(parents=True)
+    runs = Path(tempfile.mkdtemp(prefix=f"run-{time.strftime('%Y%m%d-%H%M%S')}-", dir=work))
     results: dict = {"command": " ".join(["python", "benchmarks/grpo_vs_trl.py", *sys.argv[1:]]),
                      "settings": {k: v for k, v in vars(a).items() if k != "child"}, "student": str(student),
                      "student_made_by": how, "cores": os.cpu_count(), "runs": {}, "order": {}}
