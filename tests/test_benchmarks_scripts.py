@@ -128,3 +128,46 @@ def test_offpolicy_summarise_only_rebuilds_rows_and_verdict(bench, monkeypatch, 
     path.write_text(json.dumps(made))
     offpolicy.main()
     assert json.loads(path.read_text())["verdicts"] == []
+
+
+def test_grpo_vs_trl_alternates_arms_and_states_its_verdicts(bench, monkeypatch, tmp_path):
+    grpo = bench("grpo_vs_trl")
+    calls = []
+
+    def child(kind, spec, threads, log):
+        calls.append(kind)
+        fast = kind == "retort"
+        return {"steps": 4, "steps_per_s": 2.0 if fast else 1.0, "reward": [0.1, 0.2, 0.3, 0.4 if fast else 0.5]}
+
+    monkeypatch.setattr(grpo, "run_child", child)
+    monkeypatch.setattr(grpo, "prepare_student", lambda a, work: (tmp_path / "student", "stand-in"))
+    out = tmp_path / "grpo.json"
+    monkeypatch.setattr(sys, "argv", ["grpo_vs_trl.py", "--reps", "4", "--work", str(tmp_path / "w"), "--out", str(out),
+                                      "--sides", "retort"])
+    grpo.main()
+    assert calls == ["retort"] * 4
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", ["grpo_vs_trl.py", "--reps", "4", "--work", str(tmp_path / "w"), "--out", str(out),
+                                      "--sides", "retort", "trl"])
+    monkeypatch.setitem(sys.modules, "trl", SimpleNamespace(GRPOTrainer=object, __version__="stand-in"))
+    grpo.main()
+    assert calls == ["retort", "trl", "trl", "retort"] * 2  # each arm first in every other repetition
+    res = json.loads(out.read_text())
+    assert res["per_seed"]["speedup"] == {str(s): 2.0 for s in range(4)}
+    assert res["per_seed"]["retort"]["reward_last_half"]["0"] == pytest.approx(0.35)
+    # the reward curves differ the same way at every seed: "~" does not hold (the rule of _verdict)
+    assert [v["verdict"] for v in res["verdicts"]] == ["holds", "does not hold", "does not hold"]
+    assert [v["verdict"] for v in grpo.restate(out, grpo.ORDERINGS)] == ["holds", "does not hold", "does not hold"]
+
+
+def test_grpo_vs_trl_rewards_trl_with_retorts_verifier(bench):
+    from retort.lm.config import TaskConfig
+    from retort.lm.tasks import get_task
+
+    grpo = bench("grpo_vs_trl")
+    task = get_task(TaskConfig(name="modchain"))
+    ex = task.examples("train", 2, 0)
+    reward = grpo.trl_reward(task, {"<s>" + str(e.prompt): e for e in ex})
+    got = reward(prompts=["<s>" + str(e.prompt) for e in ex] * 2,
+                 completions=[e.solution for e in ex] + ["A: nonsense", ""], completion_ids=[[]] * 4, trainer_state=None)
+    assert got == [1.0, 1.0, 0.0, 0.0]
