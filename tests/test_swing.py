@@ -36,6 +36,11 @@ def test_each_row_is_tempered_at_its_own_swung_temperature():
     lp_s = torch.log_softmax(s.double() / tau.double()[:, None], -1)
     ref = tau.double() ** 2 * (lp_t.exp() * (lp_t - lp_s)).sum(-1)
     assert torch.allclose(per_row.double(), ref, rtol=1e-5)
+    # the methods' default: the student at the base temperature, only the teacher's target swung
+    base = swing_kd(s, t, temperature=tau, student_temperature=2.0)
+    lp_s2 = torch.log_softmax(s.double() / 2.0, -1)
+    assert torch.allclose(base.double(), 4.0 * (lp_t.exp() * (lp_t - lp_s2)).sum(-1), rtol=1e-5)
+    assert torch.equal(base[[0, 4]], per_row[[0, 4]])  # rho = 0: the same either way
 
 
 def test_noise_moves_the_target_by_a_few_percent_whatever_the_vocabulary():
@@ -211,8 +216,10 @@ def _lm_method(tmp_path, name, **cfg):
     return cls(ctx, cls.Config(**cfg)), student, tok
 
 
-def test_lm_token_temperature_is_the_spec_function_of_rho(tmp_path):
-    swing, student, _ = _lm_method(tmp_path, "swing", noise=0.0, temperature=1.5, rise=6.0)
+@pytest.mark.parametrize("student_temperature", ["base", "swung"])
+def test_lm_token_temperature_is_the_spec_function_of_rho(tmp_path, student_temperature):
+    swing, student, _ = _lm_method(tmp_path, "swing", noise=0.0, temperature=1.5, rise=6.0,
+                                   student_temperature=student_temperature)
     batch = next(swing.batches(BatchPlan(0, 1, 1, 4, 0, 0)))
     g = torch.Generator().manual_seed(3)
     batch["rho"] = torch.rand(batch["rho"].shape, generator=g).round(decimals=2)  # a constructed rho per token
@@ -223,8 +230,9 @@ def test_lm_token_temperature_is_the_spec_function_of_rho(tmp_path):
         zt = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
     sel = batch["labels"][:, 1:] != -100
     tau = 1.5 + 6.0 * batch["rho"][:, 1:][sel].double()
-    lp_s, lp_t = torch.log_softmax(zs[sel] / tau[:, None], -1), torch.log_softmax(zt[sel] / tau[:, None], -1)
-    want = (tau ** 2 * (lp_t.exp() * (lp_t - lp_s)).sum(-1)).sum()
+    s = tau if student_temperature == "swung" else torch.full_like(tau, 1.5)  # the student's temperature
+    lp_s, lp_t = torch.log_softmax(zs[sel] / s[:, None], -1), torch.log_softmax(zt[sel] / tau[:, None], -1)
+    want = (s ** 2 * (lp_t.exp() * (lp_t - lp_s)).sum(-1)).sum()
     assert out.count == int(sel.sum()) and float(out.loss.detach()) == pytest.approx(float(want), rel=1e-5)
 
 
@@ -249,7 +257,7 @@ def test_lm_noise_is_seeded_by_the_micro_batch(tmp_path):
     assert batch["rho"].gt(0).any()  # the built-in task's digits
     a, b = swing.loss(student, batch), swing.loss(student, batch)
     assert torch.equal(a.loss, b.loss)
-    assert float(swing.loss(student, {**batch, "noise_seed": 5}).loss) != float(a.loss)
+    assert float(swing.loss(student, {**batch, "noise_seed": 5}).loss.detach()) != float(a.loss.detach())
     a.loss.backward()  # the chunks' noise is drawn again identically when checkpoint recomputes them
     assert torch.isfinite(student.lm_head.weight.grad).all()
 

@@ -6,10 +6,13 @@ methods/other.md §3.2 (tagged [I] there), not the paper's equations:
     tau_i = tau_0 + rise * rho_i                     rho_i in [0, 1]: how likely item i is private
     q_i   = softmax(z_i^T / tau_i)
     q~_i  = max(q_i + eta_i, 0) / sum_v max(q_i + eta_i, 0),   eta_i ~ N(0, sigma^2 I),  sigma = noise / V
-    L_i   = tau_i^2 * D(softmax(z_i^S / tau_i) || q~_i)          D = forward KL: KL(q~_i || p_S^{tau_i})
+    L_i   = s_i^2 * D(softmax(z_i^S / s_i) || q~_i)              D = forward KL: KL(q~_i || p_S^{s_i})
 
 A higher temperature flattens the teacher's distribution where the item is private (the "swing");
-the noise keeps the transferred knowledge from being exact. `noise` is sigma in units of the uniform
+the noise keeps the transferred knowledge from being exact. s_i is the student's temperature: the
+spec writes tau_i (both sides swung); the methods default to the base temperature tau_0, so that the
+flattened target is what the student learns to output (both sides at a high tau tend to matching the
+logits, which transfers what the teacher memorised: see the methods' docstrings). `noise` is sigma in units of the uniform
 probability 1/V, so the target's expected total-variation change, about a third of `noise`, does not
 depend on the vocabulary size (0.2: about 0.07, the spec's 0.05-0.1).
 
@@ -57,22 +60,25 @@ def noisy_target_logprobs(teacher_logits: torch.Tensor, temperature: Temperature
 
 
 def swing_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: Temperature,
-             eta: torch.Tensor | None = None, divergence: str = "forward_kl", beta: float = 0.5,
-             alpha: float = 0.1, t_squared: bool = True) -> torch.Tensor:
-    """tau^2 * D(P_S^tau || q~) per item, with tau a number or one per item (`(...)`, e.g.
-    `swing_temperature(rho, ...)`). student_logits, teacher_logits: (..., V); eta: (..., V) or None.
+             eta: torch.Tensor | None = None, student_temperature: Temperature | None = None,
+             divergence: str = "forward_kl", beta: float = 0.5, alpha: float = 0.1,
+             t_squared: bool = True) -> torch.Tensor:
+    """s^2 * D(P_S^s || q~) per item, with q~ the teacher's target at `temperature` tau (a number or one
+    per item, `(...)`, e.g. `swing_temperature(rho, ...)`) and s = `student_temperature` (default: tau).
+    student_logits, teacher_logits: (..., V); eta: (..., V) or None.
     `divergence` names one of `retort.losses.divergences.DIVERGENCES` (forward_kl: KL(q~ || p_S), the
     spec's; jsd's `beta` weighs the teacher, the skew KLs' `alpha` the mixture), so with tau constant
     and eta None this is `kd`'s per-token term (and with forward_kl, `hinton_kd`) exactly.
     Returns (...)."""
-    ls = _tempered(student_logits, temperature)
+    t_s = temperature if student_temperature is None else student_temperature
+    ls = _tempered(student_logits, t_s)
     lt = noisy_target_logprobs(teacher_logits, temperature, eta)
     fn = DIVERGENCES[divergence]
     value = fn(ls, lt, beta) if divergence == "jsd" else fn(ls, lt, alpha) if divergence.startswith("skew") \
         else fn(ls, lt)
     if not t_squared:
         return value
-    t = temperature.float() if torch.is_tensor(temperature) else temperature
+    t = t_s.float() if torch.is_tensor(t_s) else t_s
     return t**2 * value
 
 

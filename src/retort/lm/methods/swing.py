@@ -9,10 +9,16 @@ noise. Per completion token t (the position that predicts it):
 
     tau_t = temperature + rise * rho_t
     q~_t  = normalize(max(softmax(z_t^T / tau_t) + eta_t, 0)),    eta_t ~ N(0, (noise / V)^2 I)
-    L_t   = kd_weight * tau_t^2 * D(P_S^{tau_t} || q~_t) + ce_weight * [rho_t < ce_below] CE(y_t)
+    L_t   = kd_weight * s_t^2 * D(P_S^{s_t} || q~_t) + ce_weight * [rho_t < ce_below] CE(y_t)
 
 D is forward KL(q~ || P_S) by default (the spec's; any of `kd`'s divergences but those that go
-infinite where the noise empties a class). With rho = 0 everywhere and noise = 0 it is `kd`'s loss
+infinite where the noise empties a class). s_t is the student's temperature: `temperature` on every
+token by default (`student_temperature=base`: only the teacher's target swings, flattened where
+the token is private), or tau_t (`swung`: the spec's literal L = tau^2 KL(q~ || P_S^tau)). Why base:
+with both sides at a high tau the KD term tends to matching the logits themselves (Hinton et al.'s
+high-temperature limit), which passes on what the teacher memorised instead of shielding it; on
+digits with private rows relabelled (benchmarks/swing_digits.py) `swung` students reproduced more
+of the teacher's memorised labels than `kd`'s, `base` students fewer. With rho = 0 everywhere and noise = 0 it is `kd`'s loss
 at T = `temperature` (tested). Both models' logits are formed chunk by chunk from their last hidden
 states and recomputed in backward, so memory stays at one chunk's logits; a chunk's noise comes
 from a generator seeded by (run seed, micro-batch, chunk), so it is drawn again identically in
@@ -48,8 +54,9 @@ class Swing(OffPolicy):
     name = "swing"
     paper = ("Li et al. 2022, Swing Distillation: A Privacy-Preserving Knowledge Distillation Framework, "
              "arXiv:2212.08349 (the spec's reconstruction from the abstract)")
-    equation = ("L = sum_t kd_weight * tau_t^2 * D(P_S^tau_t || q~_t) + ce_weight * [rho_t < ce_below] CE_t,  "
-                "tau_t = T + rise * rho_t,  q~_t = normalize(max(P_T^tau_t + eta_t, 0))")
+    equation = ("L = sum_t kd_weight * s_t^2 * D(P_S^s_t || q~_t) + ce_weight * [rho_t < ce_below] CE_t,  "
+                "q~_t = normalize(max(P_T^tau_t + eta_t, 0)),  tau_t = T + rise * rho_t,  s_t = T (base) or tau_t "
+                "(swung)")
 
     @dataclass
     class Config(DivergenceConfig):
@@ -62,6 +69,10 @@ class Swing(OffPolicy):
                              "~0.07, the spec's 0.05-0.1); 0: none", lo=0.0)
         pii: str = param(DEFAULT_RULES, "the detector's rules and the rho each gives, RULE[:SCORE] comma-separated; "
                          f"rules: {', '.join(RULES)} (retort.lm.data.pii); leave digit out for numeric tasks")
+        student_temperature: str = param("base", "the student's temperature in the KD term: base (T on every "
+                                         "token: only the teacher's targets swing) or swung (tau_t, as the "
+                                         "teacher's: the spec's literal loss, which transfers more of what the "
+                                         "teacher memorised)", choices=["base", "swung"])
         ce_below: float = param(0.5, "cross-entropy (ce_weight) only on tokens whose rho is below this: a private "
                                 "token's own label is private too", lo=0.0)
 
@@ -127,6 +138,7 @@ def swing_tokens(model, teacher, batch, c, vocab: int, *, seed: int = 0) -> Loss
     lab = labels[sel]
     weight = unwrap(model).get_output_embeddings().weight
     extra = {"divergence": c.divergence, "beta": c.beta, "alpha": c.alpha, "t_squared": c.t_squared}
+    swung = c.student_temperature == "swung"
     base = (seed * 1_000_003 + int(batch.get("noise_seed", 0))) * 1_009
 
     def chunk_loss(h, w, th, tw, tau_c, rho_c, lab_c, noise_seed):
@@ -137,7 +149,8 @@ def swing_tokens(model, teacher, batch, c, vocab: int, *, seed: int = 0) -> Loss
             if c.noise > 0:  # drawn again, identically, when checkpoint recomputes the chunk in backward
                 g = torch.Generator(device=z.device).manual_seed(int(noise_seed))
                 eta = target_noise(zt.shape, c.noise, g)
-        kd = swing_kd(z, zt, temperature=tau_c, eta=eta, **extra).sum()
+        kd = swing_kd(z, zt, temperature=tau_c, eta=eta, student_temperature=tau_c if swung else c.temperature,
+                      **extra).sum()
         if c.ce_weight:
             ce_rows = torch.nn.functional.cross_entropy(z, lab_c, reduction="none")
             ce = torch.where(rho_c < c.ce_below, ce_rows, torch.zeros_like(ce_rows)).sum()
