@@ -299,3 +299,21 @@ def test_both_tracks_list_swing_with_its_paper(capsys):
         assert main(["methods", "--track", track]) == 0
         out = capsys.readouterr().out
         assert "swing:" in out and "2212.08349" in out and "method_args.rise" in out and "method_args.noise" in out
+
+
+@pytest.mark.slow
+def test_the_digits_check_runs_at_a_tiny_size(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    sys.modules.pop("swing_digits", None)
+    bench = importlib.import_module("swing_digits")
+    result = bench.run(SimpleNamespace(work=str(tmp_path), share=0.1, seeds=[0], steps=3, teacher_steps=3,
+                                       student="mlp:8"))
+    assert list(result["rows"]) == list(bench.ARMS) and set(result["summary"]) == set(bench.ARMS)
+    row = result["rows"]["swing (target T 2->10, noise 0.2)"]
+    assert 0.07 < row["n_private"][0] / row["n_train"][0] < 0.13  # 10% of the rows, less the validation split's
+    assert all(0 <= v[0] <= 1 for k, v in row.items() if not k.startswith("n_"))
+    rho = np.load(tmp_path / "digits-private.npz")["private"]
+    assert rho.dtype == bool and 0.09 < rho.mean() < 0.11
