@@ -12,9 +12,9 @@ A higher temperature flattens the teacher's distribution where the item is priva
 the noise keeps the transferred knowledge from being exact. s_i is the student's temperature: the
 spec writes tau_i (both sides swung); the methods default to the base temperature tau_0, so that the
 flattened target is what the student learns to output (both sides at a high tau tend to matching the
-logits, which transfers what the teacher memorised: see the methods' docstrings). `noise` is sigma in units of the uniform
-probability 1/V, so the target's expected total-variation change, about a third of `noise`, does not
-depend on the vocabulary size (0.2: about 0.07, the spec's 0.05-0.1).
+logits, which transfers what the teacher memorised: see the methods' docstrings). `noise` is sigma
+in units of the uniform probability 1/V, so the target's expected total-variation change, about a
+third of `noise`, does not depend on the vocabulary size (0.2: about 0.07, the spec's 0.05-0.1).
 
 Functions follow `retort.losses.divergences`: student first, teacher second, float32 inside, one
 value per item (`(...)` for inputs `(..., V)`), no masking and no averaging.

@@ -35,9 +35,9 @@ class Swing(ClassifyMethod):
     name = "swing"
     paper = ("Swing Distillation: A Privacy-Preserving Knowledge Distillation Framework (Li, Wu, Dong, Wu, Bian, "
              "Xiong 2022, arXiv 2212.08349); the spec's reconstruction from the abstract")
-    equation = ("L = ce_weight * [rho < ce_below] CE(y, p_S) + kd_weight * s^2 KL(q~ || p_S^s),  q~ = normalize(max("
-                "softmax(z_T / tau) + eta, 0)),  tau = T + rise * rho,  eta ~ N(0, (noise / C)^2),  s = T (base) or tau "
-                "(swung)")
+    equation = ("L = ce_weight * [rho < ce_below] CE(y, p_S) + kd_weight * s^2 KL(q~ || p_S^s),  "
+                "q~ = normalize(max(softmax(z_T / tau) + eta, 0)),  tau = T + rise * rho,  eta ~ N(0, (noise / C)^2),  "
+                "s = T (base) or tau (swung)")
 
     @dataclass
     class Config:

@@ -18,11 +18,11 @@ the token is private), or tau_t (`swung`: the spec's literal L = tau^2 KL(q~ || 
 with both sides at a high tau the KD term tends to matching the logits themselves (Hinton et al.'s
 high-temperature limit), which passes on what the teacher memorised instead of shielding it; on
 digits with private rows relabelled (benchmarks/swing_digits.py) `swung` students reproduced more
-of the teacher's memorised labels than `kd`'s, `base` students fewer. With rho = 0 everywhere and noise = 0 it is `kd`'s loss
-at T = `temperature` (tested). Both models' logits are formed chunk by chunk from their last hidden
-states and recomputed in backward, so memory stays at one chunk's logits; a chunk's noise comes
-from a generator seeded by (run seed, micro-batch, chunk), so it is drawn again identically in
-backward and after a resume.
+of the teacher's memorised labels than `kd`'s, `base` students fewer. With rho = 0 everywhere and
+noise = 0 it is `kd`'s loss at T = `temperature` (tested). Both models' logits are formed chunk by
+chunk from their last hidden states and recomputed in backward, so memory stays at one chunk's
+logits; a chunk's noise comes from a generator seeded by (run seed, micro-batch, chunk), so it is
+drawn again identically in backward and after a resume.
 """
 
 from __future__ import annotations
@@ -33,12 +33,7 @@ import torch
 
 from ...config import param
 from ...errors import ConfigError
-from ...losses.swing import (
-    infinite_with_noise,
-    swing_kd,
-    swing_temperature,
-    target_noise,
-)
+from ...losses.swing import infinite_with_noise, swing_kd, swing_temperature, target_noise
 from ..data.collate import IGNORE, collate
 from ..data.pii import DEFAULT_RULES, RULES, parse_rules, token_scores
 from .base import LossOut, OffPolicy
