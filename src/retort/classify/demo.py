@@ -20,8 +20,10 @@ DEMO_RUNS = {
     "dkd": ("dkd (alpha=1, beta=8)", ["method=dkd"]),
     "pld": ("pld (Plackett-Luce)", ["method=pld"]),
     "lelp": ("lelp (S=2 subclasses)", ["method=lelp", "method_args.S=2"]),
+    # digits marks no row private: swing is kd at T=2 with noisy soft targets here
+    "swing": ("swing (T=2, noise 0.2; no private rows)", ["method=swing"]),
 }
-DEFAULT_METHODS = list(DEMO_RUNS)
+DEFAULT_METHODS = ["ce", "kd", "dkd", "pld", "lelp"]
 # name -> (label, generations, overrides): the self-distillation methods as a short chain of
 # `retort generations` from the built-in teacher (each generation the students' schedule; seeds
 # seed+1, seed+2), shown by their last generation, its agreement and KL taken with the built-in

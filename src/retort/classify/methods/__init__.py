@@ -8,7 +8,8 @@ from .kd import KD
 from .lelp import LELP
 from .pld import PLD
 from .recursive import Recursive
+from .swing import Swing
 
-METHODS = {m.name: m for m in (CE, KD, DKD, PLD, LELP, Borup, Recursive)}
+METHODS = {m.name: m for m in (CE, KD, DKD, PLD, LELP, Borup, Recursive, Swing)}
 
 __all__ = ["METHODS", "ClassifyContext", "ClassifyMethod"]

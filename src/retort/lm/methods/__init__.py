@@ -19,9 +19,10 @@ from .opsd import OPSD
 from .redi import REDI
 from .rkl_pg import RKLPG
 from .sft import SFT
+from .swing import Swing
 from .tsd_kd import TSDKD
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT, ChunkSFT,
-                                                    GRPO, KEPO)}
+                                                                 GRPO, KEPO, Swing)}
 
 __all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy", "Owned"]
