@@ -333,3 +333,30 @@ def test_the_cli_lists_and_runs_talking_and_refuses_a_bad_layer_in_one_line(tmp_
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "teacher layer 3 is its last" in err, err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_maps(tmp_path):
+    """The student and the maps are each called several times per micro-batch (DDP-wrapped on two
+    processes): two processes at grad_accum 1 give one process's loss curve at grad_accum 2."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    teacher = _save(tmp_path, "student")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = str(Path(__file__).parent.parent / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    base = {"method": "talking", "teacher.name": teacher, "train.batch_size": 4, "eval.n": 2}
+    one = tiny_overrides(tmp_path / "one", steps=4, **{**base, "train.grad_accum": 2})
+    two = tiny_overrides(tmp_path / "two", steps=4, **{**base, "train.grad_accum": 1})
+    cli = [sys.executable, "-m", "retort.cli", "train"]
+    subprocess.run([*cli, *one], check=True, env=env, capture_output=True)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                "-m", "retort.cli", "train", *two]
+    proc = subprocess.run(launcher, check=False, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    la = [r["loss"] for r in _rows(SimpleNamespace(out=tmp_path / "one"))]
+    lb = [r["loss"] for r in _rows(SimpleNamespace(out=tmp_path / "two"))]
+    assert len(la) == len(lb) == 4 and all(a == pytest.approx(b, rel=1e-5) for a, b in zip(la, lb)), (la, lb)
