@@ -3,7 +3,6 @@ teaching a small Llama of another width (2 layers, width 64) that shares its tok
 bridge the widths, and the teacher's layers 16..30 run on the student's messages."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
