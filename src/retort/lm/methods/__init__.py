@@ -20,9 +20,10 @@ from .redi import REDI
 from .rkl_pg import RKLPG
 from .sft import SFT
 from .swing import Swing
+from .talking import Talking
 from .tsd_kd import TSDKD
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT, ChunkSFT,
-                                                                 GRPO, KEPO, Swing)}
+                                                                 GRPO, KEPO, Swing, Talking)}
 
 __all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy", "Owned"]
