@@ -7,7 +7,6 @@ teacher-provenance warning, and epsilon in `retort eval` and the report."""
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -185,12 +184,16 @@ def test_an_expected_batch_larger_than_the_data_is_refused():
 
 
 def test_sigkill_then_resume_under_dp_is_exact(tmp_path):
-    cli = [sys.executable, "-m", "retort.cli", "train", *[a for a in CLS if not a.startswith("train.save_every")],
-           "train.steps=30", "train.save_every=3", "privacy.noise_multiplier=1.0", "data.augment=flip_crop"]
-    subprocess.run([*cli, f"out={tmp_path / 'ref'}"], check=True, env=_env(), capture_output=True)
-    assert kill_while_training([*cli, "--resume", f"out={tmp_path / 'cut'}"], _env(), tmp_path / "cut",
-                               targets=("step-0000006",)) == 1
-    subprocess.run([*cli, "--resume", f"out={tmp_path / 'cut'}"], check=True, env=_env(), capture_output=True)
+    """The uninterrupted run and the resume in this process, the killed run in its own."""
+    args = [*[a for a in CLS if not a.startswith("train.save_every")], "train.steps=30", "train.save_every=3",
+            "privacy.noise_multiplier=1.0", "data.augment=flip_crop"]
+    assert main(["train", *args, f"out={tmp_path / 'ref'}"]) == 0
+    cut = f"out={tmp_path / 'cut'}"
+    assert kill_while_training([sys.executable, "-m", "retort.cli", "train", "--resume", *args, cut], _env(),
+                               tmp_path / "cut", targets=("step-0000006",)) == 1
+    state = json.loads(sorted((tmp_path / "cut" / "ckpt").glob("step-*/state.json"))[-1].read_text())
+    assert state["privacy"]["accountant"]["history"] and state["privacy"]["noise_rng"]
+    assert main(["train", "--resume", *args, cut]) == 0
     a = load_file(tmp_path / "ref" / "model" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -198,8 +201,6 @@ def test_sigkill_then_resume_under_dp_is_exact(tmp_path):
     assert pa == pb and pa["steps"] == 30
     ra, rb = _rows(tmp_path / "ref"), _rows(tmp_path / "cut")
     assert [(r["loss"], r["epsilon"]) for r in ra if "loss" in r] == [(r["loss"], r["epsilon"]) for r in rb if "loss" in r]
-    state = json.loads(sorted((tmp_path / "cut" / "ckpt").glob("step-*/state.json"))[-1].read_text())
-    assert state["privacy"]["accountant"]["history"] and state["privacy"]["noise_rng"]
 
 
 # ------------------------------------------------------------------ refusals

@@ -69,11 +69,11 @@ def refuse(run, model: torch.nn.Module, method, world: int) -> None:
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ConfigError(f"privacy.*: Opacus cannot train this student privately: {str(errors[0]).splitlines()[0]}")
+    method.private_records()  # the method refuses here where its loss is not one term per record
     owned = method.owned()
     if owned:
         raise ConfigError(f"privacy.*: method {run.method} trains {', '.join(owned)} beside the student on the "
                           "same records, outside DP-SGD; it cannot train under privacy.*")
-    method.private_records()  # the method refuses here where its loss is not one term per record
 
 
 def _gn_hint(run) -> str:
