@@ -200,7 +200,8 @@ class Method:
         raise NotImplementedError
 
     def count(self, batch: dict) -> int:
-        """Label tokens by default (next-token prediction: labels shifted by one, -100 masked)."""
+        """Label tokens by default (next-token prediction: labels shifted by one, -100 masked). Under
+        `privacy.*` the loop does not divide by it (the DPOptimizer divides by the expected batch)."""
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def loss(self, model, batch: dict) -> LossOut:
