@@ -143,6 +143,21 @@ def test_each_records_gradient_is_clipped_before_the_sum():
     assert private.steps_taken == 1  # the accountant's step hook ran once
 
 
+def test_an_empty_draw_is_a_step_of_noise_alone():
+    """A Poisson draw may hold no record: the step still adds the noise (std sigma C, divided by the
+    expected batch) and counts for the accountant, as Opacus's data loader makes it."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(50, 40)
+    before = [p.detach().clone() for p in model.parameters()]
+    private = _private(records=100, batch=5, noise=2.0, clip=3.0)
+    opt = private.wrap(model, torch.optim.SGD(model.parameters(), lr=1.0))
+    private.before_step()  # no micro-batch: no backward at all
+    opt.step()
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+    assert step.std().item() == pytest.approx(2.0 * 3.0 / 5, rel=0.05)
+    assert private.steps_taken == 1 and private.epsilon() > 0
+
+
 def test_a_loss_that_bypasses_the_hooks_is_refused():
     """A loss reading a layer's weight directly (as the fused LM loss reads lm_head) escapes
     per-sample clipping; the first step's check refuses it instead of training unclipped."""
