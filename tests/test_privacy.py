@@ -158,6 +158,23 @@ def test_an_empty_draw_is_a_step_of_noise_alone():
     assert private.steps_taken == 1 and private.epsilon() > 0
 
 
+def test_secret_noise_is_not_the_seeds():
+    """privacy.secret_noise: two runs with one seed draw different noise (the config cannot regenerate it);
+    without it, the same."""
+    def step(secret):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        cfg = PrivacyConfig(noise_multiplier=1.0, secret_noise=secret)
+        private = Private(cfg, records=50, batch_size=5, grad_accum=1, steps=3, seed=0, device=torch.device("cpu"))
+        opt = private.wrap(model, torch.optim.SGD(model.parameters(), lr=1.0))
+        private.before_step()
+        opt.step()
+        return model.weight.detach().clone()
+
+    assert torch.equal(step(False), step(False))
+    assert not torch.equal(step(True), step(True))
+
+
 def test_a_loss_that_bypasses_the_hooks_is_refused():
     """A loss reading a layer's weight directly (as the fused LM loss reads lm_head) escapes
     per-sample clipping; the first step's check refuses it instead of training unclipped."""

@@ -110,6 +110,11 @@ class PrivacyConfig:
     poisson: bool = param(True, "Poisson sampling (Opacus's semantics, variable batch size; what the accountant "
                           "assumes); false: fixed-size batches drawn without replacement each step, for which the "
                           "reported epsilon is the usual approximation, not a proof")
+    secret_noise: bool = param(False, "seed the noise and the Poisson draws from the OS's randomness instead of "
+                               "`seed`, so whoever holds config.yaml can regenerate neither (the accountant assumes "
+                               "both secret), and draw the noise with Opacus's secure_mode (robust to "
+                               "floating-point attacks); a resume stays exact through the checkpoint's generator "
+                               "state, so keep checkpoints private. For a model you release")
     teacher_public: bool = param(False, "declare that the teacher never saw the private records (a public pretrained "
                                  "model); without it `retort train` warns that the teacher's provenance is unknown")
 

@@ -30,6 +30,7 @@ What the loop does with it, in order:
 from __future__ import annotations
 
 import base64
+import secrets
 import warnings
 from collections.abc import Iterator
 
@@ -133,8 +134,12 @@ class Private:
         self.accountant = create_accountant(cfg.accountant)
         # the two random streams DP-SGD needs, apart from the run's others: which records each step
         # draws, and the noise; both carried by checkpoints (`state`)
-        self.sample_gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)
-        self.noise_gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 29)
+        # (with secret_noise both from the OS: the accountant's amplification by sampling assumes no
+        # one knows which records a step drew, and the noise must not be regenerable from the config)
+        seeds = (secrets.randbits(63), secrets.randbits(63)) if cfg.secret_noise else \
+            (seed * 1_000_003 + 17, seed * 1_000_003 + 29)
+        self.sample_gen = torch.Generator().manual_seed(seeds[0])
+        self.noise_gen = torch.Generator(device=device).manual_seed(seeds[1])
         self.hooks = None
         self.optimizer = None
         self.checked = False
@@ -155,7 +160,7 @@ class Private:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
                                      max_grad_norm=self.cfg.max_grad_norm, expected_batch_size=self.expected_batch,
-                                     loss_reduction="mean", generator=self.noise_gen)
+                                     loss_reduction="mean", generator=self.noise_gen, secure_mode=self.cfg.secret_noise)
         self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
         return self.optimizer
 
@@ -237,6 +242,7 @@ class Private:
                 "max_grad_norm": self.cfg.max_grad_norm, "sample_rate": self.sample_rate,
                 "steps": self.steps_taken, "accountant": self.cfg.accountant,
                 "target_epsilon": self.cfg.target_epsilon, "poisson": self.cfg.poisson,
+                "secret_noise": self.cfg.secret_noise,
                 "expected_batch_size": self.expected_batch, "records": self.records,
                 "unit": "one training record (a row the method reads); the guarantee covers the student's "
                         "weights, not the teacher, the data it generated, the eval set or the logged metrics"}
