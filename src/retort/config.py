@@ -85,6 +85,50 @@ class OptimConfig:
 
 
 
+@dataclass
+class PrivacyConfig:
+    """DP-SGD for the student (`retort.train.private`, through Opacus): off unless `target_epsilon` or
+    `noise_multiplier` is set. Each training record (a row the method reads: an image, an example, a
+    trace) is in a step's batch with probability q = train.batch_size * train.grad_accum / |train|
+    (Poisson sampling); its gradient is clipped to `max_grad_norm`, Gaussian noise of std
+    noise_multiplier * max_grad_norm is added to the sum, and the sum is divided by the expected batch.
+    The guarantee covers the student's weights with respect to those records, nothing else (README,
+    "Privacy")."""
+
+    target_epsilon: Optional[float] = param(None, "the epsilon to spend over train.steps: the noise multiplier is "
+                                            "chosen (by the accountant) to reach it; or set noise_multiplier",
+                                            lo=0.0, lo_open=True)
+    noise_multiplier: Optional[float] = param(None, "sigma: noise std over max_grad_norm, fixed; epsilon is then what "
+                                              "the accountant reports (instead of target_epsilon)", lo=0.0)
+    delta: Optional[float] = param(None, "delta of (epsilon, delta)-DP (default: 1 / the number of private "
+                                   "records; 1e-5 or below is the usual choice for a release)", lo=0.0, hi=1.0,
+                                   lo_open=True, hi_open=True)
+    max_grad_norm: float = param(1.0, "C: every record's gradient is clipped to this L2 norm (over all the "
+                                 "student's trainable weights)", lo=0.0, lo_open=True)
+    accountant: str = param("rdp", "the privacy accountant (Opacus's): rdp (Renyi DP, Mironov et al.) or prv "
+                            "(privacy random variables, Gopi et al.; tighter)", choices=["rdp", "prv"])
+    poisson: bool = param(True, "Poisson sampling (Opacus's semantics, variable batch size; what the accountant "
+                          "assumes); false: fixed-size batches drawn without replacement each step, for which the "
+                          "reported epsilon is the usual approximation, not a proof")
+    secret_noise: bool = param(False, "seed the noise and the Poisson draws from the OS's randomness instead of "
+                               "`seed`, so whoever holds config.yaml can regenerate neither (the accountant assumes "
+                               "both secret), and draw the noise with Opacus's secure_mode (robust to "
+                               "floating-point attacks); a resume stays exact through the checkpoint's generator "
+                               "state, so keep checkpoints private. For a model you release")
+    teacher_public: bool = param(False, "declare that the teacher never saw the private records (a public pretrained "
+                                 "model); without it `retort train` warns that the teacher's provenance is unknown")
+
+    def __post_init__(self):
+        if self.target_epsilon is not None and self.noise_multiplier is not None:
+            raise ConfigError(f"privacy.target_epsilon={self.target_epsilon} and privacy.noise_multiplier="
+                              f"{self.noise_multiplier}: set one (the noise is chosen for the epsilon, or the "
+                              "epsilon follows from the noise)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.target_epsilon is not None or self.noise_multiplier is not None
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -12,7 +12,8 @@ it unconditionally: hooks the track calls before the method is built (classmetho
 config: `check_task`, `default_student`, `prepare_student`, `student_settings`), what it asks of a
 teacher (`teacher_needs`, `needs_teacher_weights`), its own trainable modules (`owned`) and which
 optimizers step when (`trains`), the step counter (`on_step`), the student it may read (`bind`,
-`student`), and state carried across a resume (`state_dict`, `load_state_dict`).
+`student`), state carried across a resume (`state_dict`, `load_state_dict`), and DP-SGD's
+records (`private_records`, `records_batch`: the batches of a run with `privacy.*` set).
 
 Nothing here knows what a student is; each track's methods share a base in its `methods/base.py`.
 """
@@ -24,6 +25,7 @@ from typing import Callable, Collection, Iterator, Optional
 
 import torch
 
+from .errors import ConfigError
 from .losses.reduce import IGNORE
 
 STUDENT = "student"  # the student's name among the optimizers (`Method.trains`); owned modules use theirs
@@ -181,8 +183,25 @@ class Method:
     def batches(self, plan: BatchPlan) -> Iterator[dict]:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ DP-SGD (`privacy.*`)
+    def private_records(self) -> int:
+        """Under `privacy.*` (`retort.train.private`): how many private training records the method
+        reads (the rows of its data: an image, an example, a trace), which Poisson sampling draws each
+        step's batch from instead of `batches`. Only where `loss` sums one term per record of its
+        batch and no term reads two records (the per-record gradient is what DP-SGD clips), and one
+        record is one row (not several examples cut from it). Refuse with a ConfigError saying why
+        (the default): the loop asks before step 0."""
+        raise ConfigError(f"privacy.*: method {self.name} does not train under DP-SGD: its batches are not built "
+                          "from single private records (it defines no private_records)")
+
+    def records_batch(self, rows: torch.Tensor) -> dict:
+        """Under `privacy.*`: the micro-batch of records `rows` (indices into 0 .. private_records() - 1,
+        at least one), as `batches` yields them."""
+        raise NotImplementedError
+
     def count(self, batch: dict) -> int:
-        """Label tokens by default (next-token prediction: labels shifted by one, -100 masked)."""
+        """Label tokens by default (next-token prediction: labels shifted by one, -100 masked). Under
+        `privacy.*` the loop does not divide by it (the DPOptimizer divides by the expected batch)."""
         return int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def loss(self, model, batch: dict) -> LossOut:

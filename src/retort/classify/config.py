@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from ..config import OptimConfig, param, section
+from ..config import OptimConfig, PrivacyConfig, param, section
 
 
 @dataclass
@@ -20,7 +20,8 @@ class DatasetConfig:
 
 @dataclass
 class ClassifierConfig:
-    name: str = param("mlp:32", "mlp:H1-H2, cnn[:C1-C2-H], resnet20/32/56/110, resnet8x4/32x4, timm:NAME, "
+    name: str = param("mlp:32", "mlp:H1-H2, cnn[:C1-C2-H], resnet20/32/56/110, resnet8x4/32x4 (:gn for GroupNorm, e.g. "
+                      "resnet20:gn, for DP-SGD), timm:NAME, "
                       "torchvision:NAME, ccexam:mnist, builtin:teacher (the cached teacher `retort teacher "
                       "track=classify` trains for the dataset), or a saved retort classifier directory")
 
@@ -75,5 +76,7 @@ class ClassifyRun:
     train: OptimConfig = section(OptimConfig, "optimisation and logging", steps=2000, batch_size=64, lr=3e-3,
                                  warmup_steps=0, weight_decay=1e-4, eval_every=200, save_every=500)
     eval: ClassifyEvalConfig = section(ClassifyEvalConfig, "evaluation on the validation and test splits")
+    privacy: PrivacyConfig = section(PrivacyConfig, "DP-SGD for the student (off unless privacy.target_epsilon or "
+                                     "privacy.noise_multiplier is set; README, Privacy)")
     track: str = param("classify", "the family of students (retort.track)", choices=["classify"])
     threads: int = param(0, "CPU threads for torch; 0 = auto", lo=0)

@@ -75,6 +75,7 @@ def evaluate_models(run, targets: list[tuple[str, str]], fidelity_to: str | None
     """`retort eval track=classify`: each (label, model name) on `run.eval.split`: accuracy, ECE,
     NLL, the reliability bins, and agreement and KL with the model labelled `fidelity_to`."""
     from ..errors import ConfigError
+    from ..train.private import model_privacy
     from .data import load_dataset
     from .models import check_fits, load, resolve
 
@@ -94,6 +95,9 @@ def evaluate_models(run, targets: list[tuple[str, str]], fidelity_to: str | None
         r.update({"reliability": reliability(z, y, run.eval.ece_bins), "task": data.name, "split": run.eval.split})
         if ref is not None and label != fidelity_to:
             r["fidelity_to"] = fidelity_to
+        private = model_privacy(dict(targets)[label])  # a student trained under privacy.*: its epsilon
+        if private is not None:
+            r["epsilon"], r["privacy"] = private["epsilon"], private
         rows.append((label, r))
     return rows
 
@@ -104,7 +108,7 @@ def results_table(rows: dict, title: str = "digits, test split"):
 
     cols = [("model", None, None), ("accuracy", "accuracy", "{:.4f}"), ("acc @ best val", "test_at_best_val", "{:.4f}"),
             ("ECE", "ece", "{:.4f}"), ("NLL", "nll", "{:.3f}"), ("agree w/ teacher", "agree_top1", "{:.4f}"),
-            ("train s", "train_time_s", "{:.0f}")]
+            ("ε (DP)", "epsilon", "{:.2f}"), ("train s", "train_time_s", "{:.0f}")]
     cols = [c for c in cols if c[1] is None or any(r.get(c[1]) is not None for r in rows.values())]
     table = Table(title=title)
     for head, _, _ in cols:

@@ -51,16 +51,22 @@ class MLP(nn.Module):
         return self.head(self.embed(x))
 
 
+def _norm(kind: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm with min(32, C) groups (what opacus's ModuleValidator.fix puts in its
+    place): per-example statistics, so a ResNet can train under DP-SGD."""
+    return nn.GroupNorm(min(32, channels), channels) if kind == "gn" else nn.BatchNorm2d(channels)
+
+
 class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, norm: str = "bn"):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = _norm(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = _norm(norm, cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -71,20 +77,21 @@ class _Block(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs as in "Deep Residual Learning" section 4.2 (He et al. 2016) and
     the RepDistiller/mdistiller zoo: basic blocks, three stages of n blocks at widths (16, 32, 64)
-    (x4: (64, 128, 256) after a 32-wide stem), global average pooling, one linear layer."""
+    (x4: (64, 128, 256) after a 32-wide stem), global average pooling, one linear layer. `norm`: bn
+    (BatchNorm, the paper's) or gn (GroupNorm, `resnet20:gn`, for DP-SGD)."""
 
-    def __init__(self, depth: int, n_classes: int, in_ch: int = 3, widths=(16, 16, 32, 64)):
+    def __init__(self, depth: int, n_classes: int, in_ch: int = 3, widths=(16, 16, 32, 64), norm: str = "bn"):
         super().__init__()
         if (depth - 2) % 6:
             raise ConfigError(f"resnet{depth}: depth must be 6n+2")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_ch, widths[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.bn1 = _norm(norm, widths[0])
         stages, cin = [], widths[0]
         for i, cout in enumerate(widths[1:]):
             blocks = []
             for j in range(n):
-                blocks.append(_Block(cin, cout, 2 if (i > 0 and j == 0) else 1))
+                blocks.append(_Block(cin, cout, 2 if (i > 0 and j == 0) else 1, norm))
                 cin = cout
             stages.append(nn.Sequential(*blocks))
         self.layers = nn.Sequential(*stages)
@@ -154,14 +161,14 @@ def build(spec: str, input_shape, n_classes: int, subclasses: int = 1) -> nn.Mod
             raise ConfigError(f"cnn needs image inputs (C, H, W); this data has shape {shape}: use mlp:...")
         c1, c2, hid = _widths(arg, 3, [32, 64, 128], "cnn")
         return CNN(shape, n_classes, c1, c2, hid)
-    m = re.fullmatch(r"resnet(\d+)(x4)?", spec)
+    m = re.fullmatch(r"resnet(\d+)(x4)?(:gn)?", spec)
     if m:
-        depth, x4 = int(m.group(1)), bool(m.group(2))
+        depth, x4, norm = int(m.group(1)), bool(m.group(2)), "gn" if m.group(3) else "bn"
         if depth not in CIFAR_DEPTHS and not ((depth - 2) % 6 == 0 and depth > 2):
             raise ConfigError(f"{spec}: CIFAR ResNets have depth 6n+2 ({', '.join(map(str, CIFAR_DEPTHS))})")
         if len(shape) != 3:
             raise ConfigError(f"{spec} needs image inputs (C, H, W); this data has shape {shape}")
-        return CifarResNet(depth, n_classes, shape[0], (32, 64, 128, 256) if x4 else (16, 16, 32, 64))
+        return CifarResNet(depth, n_classes, shape[0], (32, 64, 128, 256) if x4 else (16, 16, 32, 64), norm)
     if kind == "timm":
         timm = require("timm", "classify", f"student {spec}")
         try:
@@ -178,7 +185,7 @@ def build(spec: str, input_shape, n_classes: int, subclasses: int = 1) -> nn.Mod
         except (ValueError, KeyError) as e:
             raise ConfigError(f"{spec}: {e}") from None
     raise ConfigError(f"model {spec!r}: unknown; expected mlp:H1-H2, cnn[:C1-C2-H], resnet20/32/56/110, "
-                      "resnet8x4/resnet32x4, timm:NAME, torchvision:NAME, ccexam:mnist or a saved retort classifier")
+                      "resnet8x4/resnet32x4 (GroupNorm: resnet20:gn), timm:NAME, torchvision:NAME, ccexam:mnist or a saved retort classifier")
 
 
 def ccexam_mnist() -> tuple[nn.Module, dict]:

@@ -13,6 +13,8 @@ def classifier_table(rows) -> str:
     with the best validation accuracy, calibration, and agreement with the run's teacher."""
     headers = ["model / run", "params", "test n", "accuracy (last)", "accuracy at best val (step)", "ECE", "NLL",
                "same top-1 as teacher", "KL(teacher || model)", "train time (s)", "steps"]
+    private = any(num(r.eval.get("epsilon")) for r in rows)  # students trained under DP-SGD (privacy.*)
+    headers += ["ε (DP)"] if private else []
     body = []
     for r in rows:
         e = r.eval
@@ -23,7 +25,7 @@ def classifier_table(rows) -> str:
                      (esc(pct(e.get("accuracy"))), True), (esc(best), True), (esc(fmt_float(e.get("ece"), 4)), True),
                      (esc(fmt_float(e.get("nll"), 3)), True), (esc(pct(e.get("agree_top1"))), True),
                      (esc(fmt_float(e.get("kl_teacher"), 3)), True), (esc(fmt_float(r.train_time)), True),
-                     (esc(fmt_int(r.steps)), True)])
+                     (esc(fmt_int(r.steps)), True)] + ([(esc(fmt_float(r.eval.get("epsilon"), 2)), True)] if private else []))
     return table(headers, body)
 
 

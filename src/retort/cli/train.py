@@ -39,4 +39,6 @@ def print_summary(out, run_dir, summary):
         return
     ev = summary.get("eval") or {}
     acc = f", accuracy {ev['accuracy']:.3f} on {ev.get('n', '?')} {ev.get('split', 'test')} {ev.get('unit', 'prompts')}" if "accuracy" in ev else ""
-    out.print(f"done: {summary['steps']} steps in {summary['train_time_s']:.0f}s{acc}; model in {run_dir}/model")
+    dp = summary.get("privacy") or {}
+    private = f", (ε={dp['epsilon']:.2f}, δ={dp['delta']:.1e})-DP" if "epsilon" in dp else ""
+    out.print(f"done: {summary['steps']} steps in {summary['train_time_s']:.0f}s{acc}{private}; model in {run_dir}/model")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from ..config import OptimConfig, param, section
+from ..config import OptimConfig, PrivacyConfig, param, section
 from ..errors import ConfigError
 
 # a student's sampling levels are `steps` of the 1000 training levels (`sampling.student_sigmas`): more would repeat
@@ -73,6 +73,8 @@ class DiffuseRun:
                                  batch_size=256, lr=1e-4, warmup_steps=0, schedule="constant", weight_decay=0.01,
                                  beta2=0.999, clip_grad=10.0, eval_every=500, save_every=500, log_every=50)
     eval: DiffuseEvalConfig = section(DiffuseEvalConfig, "evaluation (distribution metrics, collapse detectors)")
+    privacy: PrivacyConfig = section(PrivacyConfig, "DP-SGD for the student (off unless privacy.target_epsilon or "
+                                     "privacy.noise_multiplier is set; README, Privacy)")
     track: str = param("diffuse", "the family of students (retort.track)", choices=["diffuse"])
     threads: int = param(0, "CPU threads for torch; 0 = auto", lo=0)
 

@@ -11,6 +11,7 @@ from ..progress import ProgressLines
 
 def evaluate_models(run, targets: list, options: dict, console) -> dict:
     from ..errors import ConfigError
+    from ..train.private import model_privacy
     from .eval import evaluate, results_table
     from .models import check_vocab, load_model
     from .tasks import get_task, require_examples
@@ -50,6 +51,9 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
         rows[-1][1]["model"] = name
         if Path(name).is_dir():
             rows[-1][1]["model_dir"] = str(Path(name).resolve())
+            private = model_privacy(name)  # a student trained under privacy.*: its epsilon
+            if private is not None:
+                rows[-1][1].update(epsilon=private["epsilon"], privacy=private)
         if sources is not None:
             from .curate.provenance import provenance as trace
 

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from ..config import OptimConfig, param, section
+from ..config import OptimConfig, PrivacyConfig, param, section
 from ..errors import ConfigError
 
 @dataclass
@@ -226,6 +226,8 @@ class TrainRun:
     data: DataConfig = section(DataConfig, "training data")
     train: OptimConfig = section(OptimConfig, "optimisation and logging")
     eval: EvalConfig = section(EvalConfig, "periodic and final evaluation")
+    privacy: PrivacyConfig = section(PrivacyConfig, "DP-SGD for the student (off unless privacy.target_epsilon or "
+                                     "privacy.noise_multiplier is set; README, Privacy)")
     track: str = param("lm", "the family of students (retort.track): lm = language models", choices=["lm"])
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)

@@ -40,6 +40,8 @@ def comparison_table(rows) -> str:
     # greedy decoding speed where the evaluation measured it (its machine's: compare rows of one command)
     speed = any("tokens_per_s" in r.eval for r in rows)
     headers += ["mean tokens / answer", *(["tokens / s"] if speed else []), "train time (s)", "steps"]
+    private = any("epsilon" in r.eval for r in rows)  # students trained under DP-SGD (privacy.*)
+    headers += ["ε (DP)"] if private else []
     body = []
     for r in rows:
         e = r.eval
@@ -53,6 +55,7 @@ def comparison_table(rows) -> str:
         cells += [(esc(fmt_float(e.get("mean_tokens"))), True)]
         cells += [(esc(fmt_float(e.get("tokens_per_s"))), True)] if speed else []
         cells += [(esc(fmt_float(r.train_time)), True), (esc(fmt_int(r.steps)), True)]
+        cells += [(esc(fmt_float(e.get("epsilon"), 2)), True)] if private else []
         body.append(cells)
     return table(headers, body)
 

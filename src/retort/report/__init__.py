@@ -130,6 +130,9 @@ def _run_row(run: Run, source: str) -> Row:
         # No final eval in summary.json (still training, or crashed): the last logged one stands in.
         last = run.evals[-1]
         result = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
+    private = run.summary.get("privacy")
+    if isinstance(private, dict) and "epsilon" in private:  # trained under DP-SGD (privacy.*)
+        result.setdefault("epsilon", private["epsilon"])
     return Row(name=run.name, eval=result, run=run, source=source, track=_config_track(run),
                params=_int_or_none(run.summary.get("params")))
 

@@ -26,6 +26,7 @@ from ..contract import STUDENT, BatchPlan
 from ..lock import hold
 from ..paths import atomic_write_text, entries
 from ..track import get_track, method_config
+from . import private as dp
 from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
                          save_checkpoint, sharded, use_accelerate_state)
 from .ema import WeightEMA
@@ -204,9 +205,20 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     ctx = track.context(run, task, tok, accelerator.device, say)
     method = track.methods[run.method](ctx, mcfg)
     track.check_method(run, method)
+    private = None
+    if dp.enabled(run):  # DP-SGD (retort.train.private): refused before step 0 where it cannot be
+        dp.refuse(run, model, method, accelerator.num_processes)
+        warning = dp.teacher_warning(run, method)
+        if warning:
+            say(warning)
+        private = dp.Private(run.privacy, records=method.private_records(), batch_size=opt_cfg.batch_size,
+                             grad_accum=opt_cfg.grad_accum, steps=opt_cfg.steps, seed=run.seed,
+                             device=accelerator.device)
 
     optimizer = make_optimizer(model.named_parameters(), opt_cfg)
     scheduler = make_scheduler(optimizer, opt_cfg)
+    if private is not None:  # Opacus's per-sample hooks on the student, its DPOptimizer around the optimizer
+        optimizer = private.wrap(model, optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     method.bind(lambda: accelerator.unwrap_model(model))
     ema = None
@@ -233,6 +245,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
         start_step, tokens_seen = state["step"], state.get("tokens", 0)
         time_before, ended_early = state.get("train_time_s", 0.0), state.get("stopped_early", False)
         load_method_state(ckpt, method, owned, accelerator.unwrap_model)
+        if private is not None:
+            private.load_state(state.get("privacy"), str(ckpt))
         if ema is not None and not ema.load(ckpt):
             raise ConfigError(f"--resume: {ckpt} holds no weight average (train.ema); it was saved without one")
         say(f"resuming {run_dir} from step {start_step} ({ckpt.name})")
@@ -252,7 +266,11 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     plan = BatchPlan(accelerator.process_index, accelerator.num_processes, opt_cfg.grad_accum,
                      opt_cfg.batch_size, start_step, run.seed)
     method.on_step(start_step)
-    batches = method.batches(plan)
+    if private is None:
+        batches = method.batches(plan)
+        steps = iter(lambda: [next(batches) for _ in range(opt_cfg.grad_accum)], None)
+    else:  # one Poisson draw of the private records per step, in micro-batches of at most batch_size
+        steps = private.steps(method)
     world = accelerator.num_processes
     device = accelerator.device
     interactive = main and (console.is_terminal if console is not None else False)
@@ -273,7 +291,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
         save_checkpoint(run_dir, step_now, accelerator=accelerator, model=model, optimizer=optimizer,
                         save_model=lambda m, path, full: track.save_checkpoint_model(m, tok, path, full),
                         scheduler=scheduler, keep=opt_cfg.keep_checkpoints, method=method, owned=owned,
-                        state={"tokens": tokens_seen, "train_time_s": elapsed(), "stopped_early": stopped_early},
+                        state={"tokens": tokens_seen, "train_time_s": elapsed(), "stopped_early": stopped_early,
+                               **({"privacy": private.state()} if private is not None else {})},
                         extra=ema.save if ema is not None else None)
 
     def run_eval(step_now):
@@ -294,13 +313,16 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     model.train()
     with progress:
         while step < opt_cfg.steps and not stopped_early:
-            micro = [next(batches) for _ in range(opt_cfg.grad_accum)]
+            micro = next(steps)
             micro = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
             local_count = sum(method.count(b) for b in micro)
             counts = accelerator.reduce(torch.tensor([float(local_count)], device=device), "sum")
             # Every micro-batch's summed loss is divided by the *global* count; DDP averages
-            # gradients over processes, so multiply by world to get the global-mean gradient.
+            # gradients over processes, so multiply by world to get the global-mean gradient. Under
+            # DP-SGD the sum itself: the DPOptimizer clips each record's gradient and divides by the
+            # expected batch (a count that depends on the draw would itself leak).
             denom = max(float(counts.item()), 1.0)
+            scale = 1.0 if private is not None else world / denom
             loss_sum = torch.zeros((), device=device)
             metric_sums: dict[str, float] = {}
             for i, b in enumerate(micro):
@@ -308,7 +330,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                 ctx_mgr = accelerator.no_sync(model) if not sync and world > 1 else _null()
                 with ctx_mgr, accelerator.autocast():
                     out = method.loss(model, b)
-                    accelerator.backward(out.loss * (world / denom))
+                    accelerator.backward(out.loss * scale)
                 loss_sum += out.loss.detach().float()
                 for k, v in out.metrics.items():
                     metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
@@ -319,8 +341,12 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                     f"step {step + 1}: loss is {global_loss}; stopping. Last good checkpoint: "
                     f"{last if last else 'none (no checkpoint was saved yet)'}. Try a lower train.lr or train.clip_grad"
                 )
-            grad_norm = (accelerator.clip_grad_norm_(model.parameters(), opt_cfg.clip_grad)
-                         if opt_cfg.clip_grad > 0 else torch.tensor(float("nan")))
+            if private is not None:  # per-record clipping and noise are the DPOptimizer's, not the loop's
+                private.before_step()
+                grad_norm = torch.tensor(float("nan"))
+            else:
+                grad_norm = (accelerator.clip_grad_norm_(model.parameters(), opt_cfg.clip_grad)
+                             if opt_cfg.clip_grad > 0 else torch.tensor(float("nan")))
             stepping = method.trains(step)  # the others skip this step (a two time-scale rule)
             for name, (module, opt, sched) in [(STUDENT, (model, optimizer, scheduler)), *owned.items()]:
                 if name in stepping:
@@ -341,7 +367,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
             if step % opt_cfg.log_every == 0 or step == opt_cfg.steps:
                 row = {"step": step, "loss": global_loss, "lr": scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm), "tokens": tokens_seen, "time": elapsed(),
-                       **{k: v / len(micro) for k, v in metric_sums.items()}}
+                       **{k: v / max(1, len(micro)) for k, v in metric_sums.items()},
+                       **({"epsilon": private.epsilon()} if private is not None else {})}
                 log.write(row)
                 if accelerator.log_with:
                     accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
@@ -378,12 +405,17 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
                "stopped_early": stopped_early, **({"stop_reason": last_eval["stop"]} if last_eval.get("stop") else {}),
                "eval": last_eval, "main_process": main,
                "trainable_params": trainable, "params": n_params, "threads": torch.get_num_threads(),
-               **({"ema": opt_cfg.ema, "ema_start": opt_cfg.ema_start} if ema is not None else {})}
+               **({"ema": opt_cfg.ema, "ema_start": opt_cfg.ema_start} if ema is not None else {}),
+               **({"privacy": private.summary()} if private is not None else {})}
+    if private is not None:
+        private.close()
     full = accelerator.get_state_dict(model) if sharded(accelerator) else None  # every process joins the gather
     if main:
         if ema is not None:  # the student is its average (the checkpoints keep the raw weights too)
             ema.copy_to(accelerator.unwrap_model(model))
         track.export(accelerator.unwrap_model(model), tok, run_dir / "model", full)
+        if private is not None:  # the model carries its guarantee wherever it is copied (`retort eval`)
+            atomic_write_text(run_dir / "model" / "privacy.json", json.dumps(summary["privacy"], indent=2))
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if accelerator.log_with:
         accelerator.end_training()

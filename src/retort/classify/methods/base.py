@@ -97,13 +97,28 @@ class ClassifyMethod(Method):
             for e in needed:
                 m = epochs == e
                 idx[m] = orders[e][pos[m] % n]
-            x = self.x[idx]
-            if augment:
-                x = flip_crop(x, torch.Generator().manual_seed(plan.seed * 7_919 + k))
-            batch = {"x": x, "y": self.y[idx], "idx": idx}
-            if self.uses_teacher:
-                batch["teacher_logits"] = self._teacher_logits(x.to(self.ctx.device), idx, augment)
-            yield batch
+            yield self._batch(idx, torch.Generator().manual_seed(plan.seed * 7_919 + k) if augment else None)
+
+    def _batch(self, idx: torch.Tensor, augment: Optional[torch.Generator]) -> dict:
+        """The rows `idx` of the training split (augmented with `augment`'s draws, given one)."""
+        x = self.x[idx]
+        if augment is not None:
+            x = flip_crop(x, augment)
+        batch = {"x": x, "y": self.y[idx], "idx": idx}
+        if self.uses_teacher:
+            batch["teacher_logits"] = self._teacher_logits(x.to(self.ctx.device), idx, augment is not None)
+        return batch
+
+    # ------------------------------------------------------------------ DP-SGD (privacy.*)
+    def private_records(self) -> int:
+        """Every row of the training split is one private record (the loss is a sum over images)."""
+        return len(self.y)
+
+    def records_batch(self, rows: torch.Tensor) -> dict:
+        augment = None
+        if self.ctx.run.data.augment == "flip_crop":  # a function of the step and the rows: exact on resume
+            augment = torch.Generator().manual_seed(self.ctx.run.seed * 7_919 + 1_000_003 * (self.step + 1) + int(rows[0]))
+        return self._batch(rows, augment)
 
     def count(self, batch: dict) -> int:
         return len(batch["y"])

@@ -191,6 +191,11 @@ class LELP(ClassifyMethod):
             return (pc[:, :, None] * self.projection.nearest_centroid(h)).flatten(1)
         return subclass_targets(self.projection(h), logits, self.cfg.tau, self.cfg.beta)
 
+    def private_records(self) -> int:
+        raise ConfigError("privacy.*: method lelp cannot train under DP-SGD: its subclass targets come from "
+                          "projections fitted to the whole training set's embeddings, so every record's target "
+                          "depends on the others")
+
     def loss(self, model, batch) -> LossOut:
         target = self._batch_targets(batch)
         z = model.subclass_logits(batch["x"]).float()

@@ -94,6 +94,13 @@ class DiffuseMethod(Method):
                 batch["x_real"] = data.real(B, g, labels)[0]
             yield batch
 
+    def private_records(self) -> int:
+        from ...errors import ConfigError
+
+        raise ConfigError(f"privacy.*: the diffusion track does not train under DP-SGD (method {self.name}): its "
+                          "batches are noise and teacher samples, not private records, and its distribution-matching "
+                          "losses mix the samples of a batch")
+
     def count(self, batch: dict) -> int:
         return len(batch["z"])
 

@@ -212,7 +212,8 @@ def results_table(rows: list[tuple[str, dict]]):
     # before it was counted have none: no column)
     na = ["no_ans"] if any("no_answer_rate" in r for _, r in rows) else []
     speed = ["tok/s"] if any("tokens_per_s" in r for _, r in rows) else []
-    table = _table("retort eval", ["model", "split", "n", *keys, *na, "tokens", *speed, *fid])
+    eps = ["ε (DP)"] if any("epsilon" in r for _, r in rows) else []  # students trained under privacy.*
+    table = _table("retort eval", ["model", "split", "n", *keys, *na, "tokens", *speed, *fid, *eps])
     table.caption = ("no_ans: share of greedy answers in which the task's answer format (task.answer) found no "
                      "answer (counted as wrong; a format failure, not a wrong answer); " if na else "") + \
         "tokens: mean completion tokens per answer (greedy)" + (
@@ -225,7 +226,7 @@ def results_table(rows: list[tuple[str, dict]]):
                       _fmt(r.get("mean_tokens")),
                       *[f"{r['tokens_per_s']:.1f}" if isinstance(r.get("tokens_per_s"), float) else "-"
                         for _ in speed],
-                      *[_fmt(r.get(k)) for k in fid])
+                      *[_fmt(r.get(k)) for k in fid], *[_fmt(r.get("epsilon")) for _ in eps])
     diffs = _difficulties(rows)
     if not diffs:
         return Group(table)

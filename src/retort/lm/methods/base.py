@@ -123,6 +123,21 @@ class OffPolicy(Method):
         for _, items in self.example_batches(plan):
             yield collate(items, pad)
 
+    # ------------------------------------------------------------------ DP-SGD (privacy.*)
+    def private_records(self) -> int:
+        """The distinct examples: each is one private record (`ctx.cycle` repeats a finite task's
+        rows up to data.n_train; under DP each is drawn on its own, never twice as two records)."""
+        return len(self._records())
+
+    def records_batch(self, rows: torch.Tensor) -> dict:
+        records = self._records()
+        return collate([records[i] for i in rows.tolist()], self.ctx.tokenizer.pad_token_id)
+
+    def _records(self) -> list[Encoded]:
+        if getattr(self, "_private", None) is None:
+            self._private = list({id(x): x for x in self.examples()}.values())
+        return self._private
+
     def example_batches(self, plan: BatchPlan) -> Iterator[tuple[int, list[Encoded]]]:
         """(chunk index, examples) of each micro-batch, in the order described above."""
         data = self.examples()

@@ -127,6 +127,10 @@ class ChunkSFT(OffPolicy):
     def count(self, batch) -> int:
         return int(((batch["labels"][:, 1:] != IGNORE).sum(-1) > 0).sum())
 
+    def private_records(self) -> int:
+        raise ConfigError("privacy.*: method chunk_sft cannot train under DP-SGD: every rationale becomes several "
+                          "examples (its chunks), so one record would be drawn as many")
+
     def loss(self, model, batch) -> LossOut:
         logp, n_tok = sequence_logps(model, batch)
         has = n_tok > 0

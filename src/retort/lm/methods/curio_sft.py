@@ -135,6 +135,12 @@ class CurioSFT(OffPolicy):
         self._forwards += 1
         return self._ref
 
+    def private_records(self) -> int:
+        from ...errors import ConfigError
+
+        raise ConfigError("privacy.*: method curio_sft cannot train under DP-SGD: its reference model is a copy of "
+                          "the student that Opacus's per-sample hooks would also see")
+
     def loss(self, model, batch) -> LossOut:
         c = self.cfg
         labels = batch["labels"][:, 1:]

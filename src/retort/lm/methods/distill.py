@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ...config import param
-from ...errors import ModelError
+from ...errors import ConfigError, ModelError
 from ...losses.divergences import DIVERGENCES
 from ...losses.fused import fused_linear_divergence
 from ..data.collate import IGNORE
@@ -165,6 +165,36 @@ def distill_tokens(model, teacher, batch, c, vocab, *, teacher_batch=None, row_w
     return LossOut(loss, n, {"kd": float(kd) / max(1, n), "ce": float(ce) / max(1, n)})
 
 
+def distill_logits(model, teacher, batch, c, vocab) -> LossOut:
+    """The loss of `distill_tokens` from the student's full logits, its output layer called as a
+    module: the path under DP-SGD (`privacy.*`), where Opacus's per-sample gradient hooks must see
+    every use of the student's weights, and the fused path reads the output layer's weight
+    directly. Costs the (tokens x vocabulary) logits the fused path avoids."""
+    labels = batch["labels"][:, 1:]
+    sel = labels != IGNORE
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][sel]
+    with torch.no_grad():
+        t_hidden, t_weight = teacher.hidden(batch)
+        t_logits = t_hidden[:, :-1][sel].float() @ t_weight.float().T
+    cols = vocab or min(logits.shape[-1], t_logits.shape[-1])
+    z, zt = logits[:, :cols].float(), t_logits[:, :cols]
+    T = c.temperature
+    fn = DIVERGENCES[c.divergence]
+    extra = (c.beta,) if c.divergence == "jsd" else (c.alpha,) if c.divergence.startswith("skew") else ()
+    kd = fn(torch.log_softmax(z / T, -1), torch.log_softmax(zt / T, -1), *extra).sum()
+    ce = torch.nn.functional.cross_entropy(z, labels[sel], reduction="sum") if c.ce_weight else z.new_zeros(())
+    scale = T ** 2 if c.t_squared else 1.0
+    n = int(sel.sum())
+    return LossOut(c.kd_weight * scale * kd + c.ce_weight * ce, n,
+                   {"kd": float(kd.detach()) / max(1, n), "ce": float(ce.detach()) / max(1, n)})
+
+
+def private_run(ctx) -> bool:
+    """Whether the run trains under DP-SGD (`privacy.*`)."""
+    cfg = getattr(ctx.run, "privacy", None)
+    return bool(cfg is not None and cfg.enabled)
+
+
 def sparse_topk_loss(model, batch, c, vocab: int) -> LossOut:
     """KD against a teacher's top-k (`topk_ids`, `topk_logprobs`, `has_teacher` in the batch: stored
     in traces, or from `teacher_topk_batch`). Student logits are formed chunk by chunk and
@@ -213,6 +243,11 @@ def distill(model, teacher: LazyTeacher, batch, c, *, student_vocab: int) -> Los
     most `c.topk` per position, and at most what the teacher has: a trace store, what it stored).
     `student_vocab` is the student tokenizer's size (the sparse path's logit columns)."""
     t = teacher.open(model)
+    if private_run(teacher.ctx):
+        if teacher.cross is not None or "hidden" not in t.capabilities:
+            raise ConfigError(f"privacy.*: kd under DP-SGD needs a local teacher model with the student's tokenizer "
+                              f"(its logits on the batch); teacher {t.name} ({t.kind}) has none")
+        return distill_logits(model, t, batch, c, teacher.vocab)
     if teacher.cross is not None and "hidden" in t.capabilities:
         return cross_tokenizer_loss(model, t, batch, c, mode=teacher.cross, student_tok=teacher.ctx.tokenizer,
                                     shared=teacher.shared)
@@ -248,4 +283,4 @@ def distill_hidden(model, teacher: LazyTeacher, batch, c, pairs, *, project=None
 
 
 __all__ = ["DivergenceConfig", "LazyTeacher", "TopkConfig", "default_of", "distill", "distill_hidden",
-           "distill_tokens", "sparse_topk_loss", "teacher_topk_batch"]
+           "distill_logits", "distill_tokens", "private_run", "sparse_topk_loss", "teacher_topk_batch"]

@@ -121,6 +121,17 @@ class KD(OffPolicy):
         # offline reads the top-k from the data; online: the fused path, or the sparse one from scores
         return () if self.cfg.teacher == "offline" else ({"hidden"}, {"score"}, {"score_stored"})
 
+    def private_records(self) -> int:
+        """Under DP-SGD: the online teacher on the student's tokenizer, through the student's full
+        logits (`distill_logits`); the offline top-k, cross-tokenizer and hidden-state paths are refused."""
+        what = ("method_args.teacher=offline" if self.cfg.teacher == "offline" else
+                f"method_args.cross_tokenizer={self.cfg.cross_tokenizer}" if self.cfg.cross_tokenizer != "off" else
+                "method_args.hidden" if self.pairs else None)
+        if what:
+            raise ConfigError(f"privacy.*: kd with {what} cannot train under DP-SGD (its loss reads the student's "
+                              "output layer outside the module Opacus hooks); use the online teacher alone")
+        return super().private_records()
+
     def loss(self, model, batch) -> LossOut:
         if self.cfg.teacher == "offline" and "teacher_ids" in batch:  # the top-k in the teacher's own tokens
             if self.offline_teacher is None:

@@ -164,6 +164,10 @@ class OnPolicy(OffPolicy):
     def batches(self, plan: BatchPlan) -> Iterator[dict]:
         return self.rollouts.batches(self.example_batches(plan), plan)
 
+    def private_records(self) -> int:
+        raise ConfigError(f"privacy.*: method {self.name} cannot train under DP-SGD here: on-policy rollouts are not "
+                          "drawn from Poisson-sampled records (use sft or kd)")
+
     def rollout(self, items: list[Encoded], model, *, seed: int, gate: bool) -> tuple[list[Encoded], dict]:
         return self.rollouts.rollout(items, model, seed=seed, gate=gate)
 

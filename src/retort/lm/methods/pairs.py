@@ -88,6 +88,10 @@ class PairMethod(OffPolicy):
     def count(self, batch) -> int:
         return int(batch["n_pairs"])
 
+    def private_records(self) -> int:
+        raise ConfigError(f"privacy.*: method {self.name} cannot train under DP-SGD: its loss compares a chosen and "
+                          "a rejected answer, so a term reads two rows (pair losses are not supported)")
+
     def logps(self, model, batch):
         """((logp_w, |y_w|), (logp_l, |y_l|)) for the pairs of the batch."""
         lp, n = sequence_logps(model, batch)
