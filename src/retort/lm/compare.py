@@ -38,8 +38,14 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
             raise ConfigError(f"--provenance {provenance!r}: expected TEACHER,BASE_STUDENT (two model names)")
         sources = [load_model(replace(run.model, name=x)) for x in names]
         check_vocab(sources[0][1], sources[1][1])
-    for label, name in targets:
-        model, tok = load_model(replace(run.model, name=name))
+    thresholds = {k: options.get(k) for k in ("lambda_depth", "lambda_step") if options.get(k) is not None}
+    loaded = [(label, name, *load_model(replace(run.model, name=name))) for label, name in targets]
+    if thresholds and not any(hasattr(m, "set_thresholds") for _, _, m, _ in loaded):
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in thresholds)
+        raise ConfigError(f"{flags}: no System-1.5 student (a method=system15 run's model) among the models evaluated")
+    for label, name, model, tok in loaded:
+        if thresholds and hasattr(model, "set_thresholds"):
+            model.set_thresholds(**thresholds)
         ref = reference if reference is not None and label != fidelity_to else None
         # not a terminal: a line every 30 s or 10% of the prompts (greedy, then sampled when k > 1)
         lines = ProgressLines(console, f"eval {label}", n * (2 if cfg.k > 1 else 1), "prompts")

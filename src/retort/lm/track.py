@@ -47,6 +47,11 @@ class LMTrack(Track):
         require_examples(task, run.eval.split, run.eval.n, "the run's evaluation", run.eval.seed)
 
     def load_student(self, run, ckpt, seed: int):
+        model, tok = self._load_student(run, ckpt, seed)
+        # the method's own form of the student (System-1.5's routed student), before the optimizer sees it
+        return self.methods[run.method].prepare_student(model, self.method_config(run), get_task(run.task), seed), tok
+
+    def _load_student(self, run, ckpt, seed: int):
         lora.check_available(run.student.lora)
         max_len = max(512, run.data.max_len)
         if ckpt is not None and run.student.lora.r:

@@ -16,8 +16,10 @@ from .opsd import OPSD
 from .redi import REDI
 from .rkl_pg import RKLPG
 from .sft import SFT
+from .system15 import System15
 from .tsd_kd import TSDKD
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT, ChunkSFT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT, ChunkSFT,
+                                                                   System15)}
 
 __all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy", "Owned"]
