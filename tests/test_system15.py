@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from rich.console import Console
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
@@ -19,8 +20,6 @@ from retort.lm.models.system15 import System15ForCausalLM, register
 from retort.lm.tasks import get_task
 from retort.losses.latent import language_to_latent_loss, shortcut_loss
 from retort.losses.reduce import IGNORE
-
-from conftest import tiny_overrides
 
 PROMPTS = ["Q:1+2\n", "Q:3*4-5+6\n", "Q:7-8*9\n"]
 
@@ -293,3 +292,24 @@ def test_stage2_needs_a_stage1_model_and_the_flags_need_a_system15_model(tmp_pat
 def test_a_source_without_a_cot_is_refused(tmp_path, capsys, source):
     rc = main(["train", *tiny_overrides(tmp_path / "r", steps=2, method="system15", **{"data.source": source})])
     assert rc == 2 and "data.source=solutions" in capsys.readouterr().err
+
+
+def test_benchmark_script_runs_at_tiny_size(tmp_path, monkeypatch):
+    """benchmarks/system15.py end to end at a tiny size: every row, the curve and the verdicts."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    sys.modules.pop("system15", None)
+    bench = importlib.import_module("system15")
+    out = tmp_path / "out.json"
+    res = bench.main(["--seeds", "0", "--student", "preset:nano", "--steps", "2", "--stage2-steps", "2",
+                      "--latent-steps", "2", "--n-train", "8", "--eval-n", "3", "--max-new-tokens", "4",
+                      "--depth", "0.5,1", "--step", "0.5", "--train-arg", "train.batch_size=4",
+                      "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert json.loads(out.read_text())["runs"] == res["runs"]
+    assert set(res["runs"]) == {"cot-0", "nocot-0", "latent-0", "s15-d0.5-s0.5-0", "s15-d1-s0.5-0"}
+    assert res["runs"]["s15-d1-s0.5-0"]["layers_per_token"] == 0  # lambda_depth=1: adapters only
+    assert res["runs"]["latent-0"]["layers_per_token"] == res["runs"]["cot-0"]["layers_per_token"] == 1
+    assert len(res["verdicts"]) == len(bench.ORDERINGS)
+    assert all(v["verdict"] in ("holds", "does not hold", "unresolved") for v in res["verdicts"])
