@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _verdict import Ordering, restate, state  # noqa: E402
+from _verdict import Ordering, restate, state
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("accuracy", "mean_tokens", "layers_per_token", "layer_runs_per_prompt", "steps_skipped", "wall_s")
@@ -88,6 +88,10 @@ def curve(runs: dict, seeds: list[int], names: list[str]) -> dict:
             vals = [runs[f"{name}-{s}"][key] for s in seeds if runs[f"{name}-{s}"].get(key) is not None]
             out[name][key] = [statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0] if vals else None
     return out
+
+
+def _cell(v, f: str) -> str:
+    return "-" if v is None else f"{v[0]:{f}} ± {v[1]:{f}}"
 
 
 def main(argv=None) -> dict:
@@ -160,9 +164,10 @@ def main(argv=None) -> dict:
     print("|---|---|---|---|---|---|---|")
     for name in names:
         c = result["curve"][name]
-        cell = lambda k, f=".3f": "-" if c[k] is None else f"{c[k][0]:{f}} ± {c[k][1]:{f}}"  # noqa: E731
-        print(f"| {name} | {cell('accuracy')} | {cell('mean_tokens', '.1f')} | {cell('layers_per_token', '.2f')} | "
-              f"{cell('layer_runs_per_prompt', '.1f')} | {cell('steps_skipped', '.2f')} | {cell('wall_s', '.2f')} |")
+        cells = [_cell(c[k], f) for k, f in (("accuracy", ".3f"), ("mean_tokens", ".1f"), ("layers_per_token", ".2f"),
+                                              ("layer_runs_per_prompt", ".1f"), ("steps_skipped", ".2f"),
+                                              ("wall_s", ".2f"))]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     return result
 
 
