@@ -71,6 +71,27 @@ def test_threshold_zero_is_bitwise_the_base_model():
     assert torch.equal(ours, theirs[:, :ours.shape[1]])
 
 
+def test_qwen2_students_too_bitwise_at_threshold_zero():
+    """A Qwen2 decoder (biased attention projections, grouped KV heads) through the same stack."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    base = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        tie_word_embeddings=True)).eval()
+    model = System15ForCausalLM.wrap(base, latent_steps=0).eval()
+    _scramble(model, 4)
+    ids = torch.randint(3, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding
+    with torch.no_grad():
+        assert torch.equal(model.token_forward(ids, None, lam=0.0)[0], base(input_ids=ids).logits)
+    ours = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, pad_token_id=0, eos_token_id=1)
+    theirs = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                           eos_token_id=1)
+    assert torch.equal(ours, theirs[:, :ours.shape[1]])
+
+
 def test_threshold_zero_never_reads_the_shortcut_modules():
     tok, _, model = _pair(latent_steps=3)
     batch = _batch(tok)

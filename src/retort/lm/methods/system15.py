@@ -65,8 +65,8 @@ class System15(OffPolicy):
                            "to-shortcut (student.name = a stage-1 run's model)", lo=1, hi=2)
         latent_steps: int = param(6, "k, the continuous thoughts before the answer (stage 1; stage 2 keeps the "
                                   "stage-1 model's)", lo=0)
-        adapter_rank: int = param(16, "rank of each layer's adapter (the depth shortcut)", lo=1)
-        router_hidden: int = param(16, "hidden width of each router (FFN + sigmoid)", lo=1)
+        adapter_rank: int = param(16, "stage 1: rank of each layer's adapter (the depth shortcut)", lo=1)
+        router_hidden: int = param(16, "stage 1: hidden width of each router (FFN + sigmoid)", lo=1)
         teacher_weight: float = param(1.0, "stage 1: weight of the CE of the pass reading the CoT", lo=0.0)
         align_weight: float = param(1.0, "stage 1: weight of the hidden-state alignment", lo=0.0)
         hidden_weight: float = param(1.0, "stage 2: weight of the MSE to the full path's states", lo=0.0)
