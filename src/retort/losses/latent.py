@@ -10,10 +10,13 @@ with h_l the output of layer l at the token just before the answer value (the ':
 the latent pass (student) and in the pass reading the written-out CoT (teacher, the same model).
 
 Stage 2, full path to shortcut:
-    L2 = CE_student(answer) + hidden_weight * [ mean_{p,l} MSE(h_S,p,l, sg(h_T,p,l)) + mean_j MSE(z_S,j, sg(z_T,j)) ]
+    L2 = CE_student(answer) + hidden_weight * [ mean_{p,l} nMSE(h_S,p,l, sg(h_T,p,l)) + mean_j nMSE(z_S,j, sg(z_T,j)) ]
          + sparsity * [ mean_{p,l} (1 - w_p,l) + mean_j (1 - s_j) ]
 over the generated positions p (latent steps and answer tokens) and layers l; z_j the latent step
 outputs; w the depth routers' weights, s the step router's; the teacher is the full path (w = s = 0).
+nMSE(s, t) = mean_d (s - t)^2 / (var_d(t) + eps): the spec's MSE divided by the teacher state's
+spread (retort's choice, as stage 1 divides by its std), so the term means the same for a tiny
+preset and a real model whose residual stream is hundreds of times larger.
 The sparsity term is the pressure that makes the routers exit at all (the full path is the teacher).
 """
 
@@ -41,6 +44,12 @@ def latent_align(student, teacher, eps: float = 1e-6) -> torch.Tensor:
     return ((student.float() - t).abs().mean(-1) / (t.std(-1) + eps)).mean(-1)
 
 
+def normalised_mse(student, teacher, eps: float = 1e-6) -> torch.Tensor:
+    """mean_d (s - t)^2 / (var_d(t) + eps) over the last dimension, float32; the teacher detached."""
+    t = teacher.detach().float()
+    return (student.float() - t).pow(2).mean(-1) / (t.var(-1) + eps)
+
+
 def language_to_latent_loss(student_logits, answer_labels, teacher_logits, teacher_labels, student_states,
                             teacher_states, *, teacher_weight: float = 1.0, align_weight: float = 1.0):
     """Stage 1 per example. student_logits (B, m, V) / answer_labels (B, m): the latent pass on the
@@ -62,14 +71,14 @@ def shortcut_loss(student_logits, answer_labels, student_states, teacher_states,
     ce = token_ce_mean(student_logits, answer_labels)
     m = position_mask.float()
     n = m.sum(-1).clamp_min(1) * student_states.shape[2]
-    mse = (student_states.float() - teacher_states.detach().float()).pow(2).mean(-1)  # (B, P, L)
+    mse = normalised_mse(student_states, teacher_states)  # (B, P, L)
     hidden = (mse * m[..., None]).sum((-1, -2)) / n
     if student_latent.shape[1]:
-        hidden = hidden + (student_latent.float() - teacher_latent.detach().float()).pow(2).mean(-1).mean(-1)
+        hidden = hidden + normalised_mse(student_latent, teacher_latent).mean(-1)
     depth = ((1 - w.float()) * m[..., None]).sum((-1, -2)) / n
     step = (1 - s.float()).mean(-1) if s.shape[1] else torch.zeros_like(depth)
     loss = ce + hidden_weight * hidden + sparsity * (depth + step)
     return loss, {"ce_student": ce, "hidden": hidden, "keep_depth": depth, "keep_step": step}
 
 
-__all__ = ["language_to_latent_loss", "latent_align", "shortcut_loss", "token_ce_mean"]
+__all__ = ["language_to_latent_loss", "latent_align", "normalised_mse", "shortcut_loss", "token_ce_mean"]

@@ -57,7 +57,7 @@ class System15(OffPolicy):
     paper = ("System-1.5 Reasoning: Traversal in Language and Latent Spaces with Dynamic Shortcuts (Wang et al., "
              "NeurIPS 2025, arXiv:2505.18962); stage-1 terms from CODI (Shen et al., arXiv:2502.21074)")
     equation = ("stage 1: CE_latent(answer) + b CE_CoT + g (1/L) sum_l |h_S,l - sg h_T,l| / std(h_T,l); stage 2: "
-                "CE_shortcut(answer) + c MSE(h_S, sg h_full) + rho [mean(1 - w) + mean(1 - s)]")
+                "CE_shortcut(answer) + c MSE(h_S, sg h_full) / var(h_full) + rho [mean(1 - w) + mean(1 - s)]")
 
     @dataclass
     class Config:
@@ -69,7 +69,8 @@ class System15(OffPolicy):
         router_hidden: int = param(16, "stage 1: hidden width of each router (FFN + sigmoid)", lo=1)
         teacher_weight: float = param(1.0, "stage 1: weight of the CE of the pass reading the CoT", lo=0.0)
         align_weight: float = param(1.0, "stage 1: weight of the hidden-state alignment", lo=0.0)
-        hidden_weight: float = param(1.0, "stage 2: weight of the MSE to the full path's states", lo=0.0)
+        hidden_weight: float = param(1.0, "stage 2: weight of the MSE to the full path's states (over their "
+                                     "variance)", lo=0.0)
         sparsity: float = param(0.1, "stage 2: weight of the pressure mean(1 - w) + mean(1 - s) that makes the "
                                 "routers take shortcuts", lo=0.0)
         lambda_depth: float = param(0.5, "inference: a layer is shortcut where its router's w > 1 - lambda_depth "
