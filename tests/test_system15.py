@@ -300,6 +300,24 @@ def test_two_stage_chain_save_load_and_eval(tmp_path):
     assert "layers/tok" in text and "skipped" in text and "wall s" in text
 
 
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    """Stage 1 stopped after its step-2 checkpoint and resumed: the same weights at step 4 as a run
+    never stopped (the checkpoint's model is a System-1.5 student, taken as it is)."""
+    import shutil
+
+    args = {"method": "system15", "method_args.latent_steps": 2, "data.n_train": 16, "eval.n": 2,
+            "eval.max_new_tokens": 2, "train.save_every": 2, "train.lr": 0.01}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["train", *tiny_overrides(whole, steps=4, **args)]) == 0
+    assert main(["train", *tiny_overrides(cut, steps=4, **args)]) == 0
+    shutil.rmtree(cut / "model")
+    shutil.rmtree(cut / "ckpt" / "step-0000004")
+    (cut / "summary.json").unlink()
+    assert main(["train", *tiny_overrides(cut, steps=4, **args), "--resume"]) == 0
+    a, b = _params(whole / "model"), _params(cut / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_stage2_needs_a_stage1_model_and_the_flags_need_a_system15_model(tmp_path, capsys):
     rc = main(["train", *tiny_overrides(tmp_path / "r", steps=2, method="system15", **{"method_args.stage": 2})])
     err = capsys.readouterr().err
