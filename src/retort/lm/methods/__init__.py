@@ -20,6 +20,6 @@ from .system15 import System15
 from .tsd_kd import TSDKD
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT, ChunkSFT,
-                                                                   System15)}
+                                                        System15)}
 
 __all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy", "Owned"]
