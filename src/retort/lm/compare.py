@@ -39,8 +39,14 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
             raise ConfigError(f"--provenance {provenance!r}: expected TEACHER,BASE_STUDENT (two model names)")
         sources = [load_model(replace(run.model, name=x)) for x in names]
         check_vocab(sources[0][1], sources[1][1])
+    thresholds = {k: options.get(k) for k in ("lambda_depth", "lambda_step") if options.get(k) is not None}
+    if thresholds and not any(_system15(name) for _, name in targets):
+        flags = " and ".join(f"--{k.replace('_', '-')}" for k in thresholds)
+        raise ConfigError(f"{flags}: no System-1.5 student (a method=system15 run's model) among the models evaluated")
     for label, name in targets:
         model, tok = load_model(replace(run.model, name=name))
+        if thresholds and hasattr(model, "set_thresholds"):  # the System-1.5 student's lambda_depth / lambda_step
+            model.set_thresholds(**thresholds)
         ref = reference if reference is not None and label != fidelity_to else None
         # not a terminal: a line every 30 s or 10% of the prompts (greedy, then sampled when k > 1)
         lines = ProgressLines(console, f"eval {label}", n * (2 if cfg.k > 1 else 1), "prompts")
@@ -66,6 +72,18 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
     if sources is not None:
         console.print(provenance_table(rows))
     return {label: r for label, r in rows}
+
+
+def _system15(name: str) -> bool:
+    """Whether `name` is a saved System-1.5 student (its config.json's model type), weights unread."""
+    import json
+
+    from .models.system15 import MODEL_TYPE
+
+    try:
+        return json.loads((Path(name) / "config.json").read_text()).get("model_type") == MODEL_TYPE
+    except (OSError, ValueError):
+        return False
 
 
 def provenance_table(rows):

@@ -9,6 +9,7 @@ from .methods import METHODS, MethodContext
 from .models import load_model, lora, save_model
 from .tasks import get_task, require_examples
 from .teachers import check_capabilities, open_teacher
+from ..contract import Method
 from ..track import Track
 
 
@@ -47,6 +48,14 @@ class LMTrack(Track):
         require_examples(task, run.eval.split, run.eval.n, "the run's evaluation", run.eval.seed)
 
     def load_student(self, run, ckpt, seed: int):
+        model, tok = self._load_student(run, ckpt, seed)
+        cls = self.methods[run.method]
+        if cls.prepare_student.__func__ is Method.prepare_student.__func__:
+            return model, tok
+        # the method's own form of the student (System-1.5's routed student), before the optimizer sees it
+        return cls.prepare_student(model, self.method_config(run), get_task(run.task), seed), tok
+
+    def _load_student(self, run, ckpt, seed: int):
         lora.check_available(run.student.lora)
         max_len = max(512, run.data.max_len)
         if ckpt is not None and run.student.lora.r:

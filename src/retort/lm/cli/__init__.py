@@ -19,6 +19,12 @@ EVAL_OPTIONS = [
                  "this teacher and this student before distillation (model names; the same vocabulary)."),
     click.Option(["--provenance-delta"], type=click.FloatRange(min=0), default=1.0, show_default=True,
                  help="With --provenance: nats of mean log-prob difference that make a category."),
+    click.Option(["--lambda-depth"], type=click.FloatRange(0, 1), default=None,
+                 help="System-1.5 students (method=system15): a layer takes its adapter shortcut where its router "
+                      "says w > 1 - this (0: every layer, 1: adapters only). Default: the model's own."),
+    click.Option(["--lambda-step"], type=click.FloatRange(0, 1), default=None,
+                 help="System-1.5 students: a latent step is skipped where its router says s > 1 - this (0: every "
+                      "step). Default: the model's own."),
 ]
 
 DEMO_METHODS = ("lm (default answers,sft): answers, sft, kd (from scratch); 300 steps on from a shared sft warm "

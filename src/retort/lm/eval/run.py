@@ -1,6 +1,7 @@
 """`retort eval`: greedy pass@1, sampled pass@k and maj@k, completion length, accuracy by difficulty,
 how many answers had no answer the task could read (`no_answer`: a format failure, counted
-apart from wrong answers), and the greedy decoding speed (`tokens_per_s`). `eval.stop`: stop strings."""
+apart from wrong answers), the greedy decoding speed (`tokens_per_s`, `wall_s`) and the compute used
+(`compute_used`: decoder layers per generated token). `eval.stop`: stop strings."""
 
 from __future__ import annotations
 
@@ -98,6 +99,9 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
     examples = task.examples(cfg.split, cfg.n, cfg.seed)
     prompts = [e.prompt for e in examples]
     stop = list(getattr(cfg, "stop", None) or []) or None
+    metered = hasattr(model, "compute_used")  # a model that counts its own compute (the System-1.5 student)
+    if metered:
+        model.reset_compute()
     t0 = time.perf_counter()
     greedy = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
                       batch_size=cfg.batch_size, stop=stop, progress=progress)
@@ -125,6 +129,7 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
         # greedy decoding speed: completion tokens over the wall time of generating them (this machine,
         # this batch size; a comparison between models evaluated in the same command)
         "tokens_per_s": float(sum(len(g[0].token_ids) for g in greedy) / max(seconds, 1e-9)),
+        "wall_s": round(seconds, 3),  # the greedy pass, this machine (compare models of one command)
         "stop": stop or [],
         "by_difficulty": {str(k): float(mean(v)) for k, v in sorted(by_diff.items(), key=lambda kv: str(kv[0]))},
         # answer length by difficulty, and their correlation (does the model spend more on harder problems?)
@@ -137,6 +142,7 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
                      "reference": e.answer, "correct": ok}
                     for e, g, ok in list(zip(examples, greedy, correct))[:n_samples_kept]],
     }
+    result.update(compute_used(model, result["mean_tokens"]))
     if entropy:
         from ..data.collate import encode_prompt
         from ..rollout.score import score
@@ -166,6 +172,20 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
                        "pass@1_sampled": float(mean(p1)),
                        "temperature": cfg.temperature, "k": cfg.k})
     return result
+
+
+def compute_used(model, mean_tokens: float) -> dict:
+    """Decoder-layer runs over the generated positions of the greedy pass: `layers_per_token` and
+    `layer_runs_per_prompt`, as the model counted them (the System-1.5 student: `compute_used`, with
+    latent steps run and skipped), else every layer for every generated token."""
+    if hasattr(model, "compute_used"):
+        used = model.compute_used()
+        used["layer_runs_per_prompt"] = used["layers_per_token"] * used.pop("positions_per_prompt")
+        return used
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if not isinstance(layers, int):
+        return {}
+    return {"layers_per_token": float(layers), "layers_total": layers, "layer_runs_per_prompt": layers * mean_tokens}
 
 
 def _fmt(v) -> str:
@@ -213,11 +233,18 @@ def results_table(rows: list[tuple[str, dict]]):
     na = ["no_ans"] if any("no_answer_rate" in r for _, r in rows) else []
     speed = ["tok/s"] if any("tokens_per_s" in r for _, r in rows) else []
     eps = ["ε (DP)"] if any("epsilon" in r for _, r in rows) else []  # students trained under privacy.*
-    table = _table("retort eval", ["model", "split", "n", *keys, *na, "tokens", *speed, *fid, *eps])
+    # compute, where a model in the table counts its own (System-1.5: layers per token, latent steps skipped)
+    used = [k for k, h in (("layers_per_token", "layers/tok"), ("steps_skipped", "skipped"), ("wall_s", "wall s"))
+            if any("latent_steps" in r for _, r in rows)]
+    heads = {"layers_per_token": "layers/tok", "steps_skipped": "skipped", "wall_s": "wall s"}
+    table = _table("retort eval", ["model", "split", "n", *keys, *na, "tokens", *speed, *[heads[k] for k in used],
+                                   *fid, *eps])
     table.caption = ("no_ans: share of greedy answers in which the task's answer format (task.answer) found no "
                      "answer (counted as wrong; a format failure, not a wrong answer); " if na else "") + \
         "tokens: mean completion tokens per answer (greedy)" + (
         "; tok/s: greedy completion tokens per second of generation" if speed else "") + (
+        "; layers/tok: decoder layers run per generated position; skipped: latent steps skipped per prompt; "
+        "wall s: seconds of the greedy pass" if used else "") + (
         "; agree_answer / agree_top1 / kl_ref_model: fidelity to the --fidelity-to model (same final answer; "
         "same top-1 token and KL(ref || model) per token on its greedy answers)" if fid else "")
     for name, r in rows:
@@ -226,6 +253,7 @@ def results_table(rows: list[tuple[str, dict]]):
                       _fmt(r.get("mean_tokens")),
                       *[f"{r['tokens_per_s']:.1f}" if isinstance(r.get("tokens_per_s"), float) else "-"
                         for _ in speed],
+                      *[_fmt(r.get(k)) for k in used],
                       *[_fmt(r.get(k)) for k in fid], *[_fmt(r.get("epsilon")) for _ in eps])
     diffs = _difficulties(rows)
     if not diffs:

@@ -20,10 +20,11 @@ from .redi import REDI
 from .rkl_pg import RKLPG
 from .sft import SFT
 from .swing import Swing
+from .system15 import System15
 from .talking import Talking
 from .tsd_kd import TSDKD
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT, ChunkSFT,
-                                                                 GRPO, KEPO, Swing, Talking)}
+                                                                 GRPO, KEPO, Swing, Talking, System15)}
 
 __all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy", "Owned"]

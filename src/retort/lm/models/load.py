@@ -148,6 +148,9 @@ def _load(cfg, *, seed: int, max_len: int):
         model = LlamaForCausalLM(preset_config(cfg.name.split(":", 1)[1], len(tok), max_len))
         return model.to(DTYPES[cfg.dtype] if cfg.dtype != "auto" else torch.float32), tok
     name, kwargs, local = _resolve(cfg)
+    from .system15 import register
+
+    register()  # retort's own model types (the System-1.5 student) load through AutoModelForCausalLM
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=DTYPES[cfg.dtype], **kwargs)
