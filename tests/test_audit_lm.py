@@ -2,6 +2,7 @@
 known, a tiny LM trained on a canary 20 times (near-maximal exposure) beside one never shown it
 (exposure near chance), membership inference from a training run's own rows, and the refusals."""
 
+import itertools
 import json
 import math
 from types import SimpleNamespace
@@ -32,7 +33,7 @@ def _reference_log_perplexity(table: torch.Tensor, ids: list[int]) -> float:
     """-sum_t log softmax(table[ids[t]])[ids[t+1]], in float64 with plain Python."""
     t = table.double()
     total = 0.0
-    for a, b in zip(ids, ids[1:]):
+    for a, b in itertools.pairwise(ids):
         row = t[a].tolist()
         m = max(row)
         total -= row[b] - (m + math.log(sum(math.exp(v - m) for v in row)))
@@ -104,7 +105,7 @@ def test_a_canary_seen_20_times_is_exposed_and_an_unseen_one_is_not(tmp_path, ca
     assert main(["audit", "canaries", "--format", "my pin is {secret}.", "--length", "3", "--repeats", "20",
                  "--controls", "1", "--into", str(tmp_path / "filler.txt"), "--out", str(corpus)]) == 0
     manifest = str(corpus) + ".canaries.json"
-    fmt, canaries = read_manifest(manifest)
+    _, canaries = read_manifest(manifest)
     inserted = next(c["secret"] for c in canaries if c["repeats"] == 20)
     lines = corpus.read_text().splitlines()
     clean = [x for x in lines if not x.startswith("my pin")]

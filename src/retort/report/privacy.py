@@ -12,13 +12,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import ReportParts, Row, Run
 from .html import esc, fmt_float, img, table
 
 INF_LABEL = "∞ (no DP)"
 
 
-def _epsilon(run: Run | None):
+def _epsilon(run):
     privacy = run.summary.get("privacy") if run is not None else None
     eps = privacy.get("epsilon") if isinstance(privacy, dict) else None
     return float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else None
@@ -31,8 +30,8 @@ def _same(a, b) -> bool:
         return False
 
 
-def _join(rows: list[Row], runs: list[Run], audit_files: dict[str, dict]) -> list[tuple[str, Row | None, dict]]:
-    """(name, its row or None, its audit result) for every audit found."""
+def _join(rows: list, runs: list, audit_files: dict[str, dict]) -> list[tuple]:
+    """(name, its `Row` or None, its audit result) for every audit found (rows, runs: `retort.report`'s)."""
     out, taken = [], set()
     for run in runs:
         from ..audit import AUDIT_FILE, read_results
@@ -66,6 +65,7 @@ def utility_vs_epsilon(points: list[tuple[str, float | None, float]]) -> str | N
                    label=_label(f"{i + 1}: {name}"))
         ax.annotate(str(i + 1), (inf_x if eps is None else eps, util), textcoords="offset points", xytext=(4, 4),
                     fontsize="small")
+    ax.minorticks_off()  # the log axis's own minor labels (4x10^0) would crowd the budgets'
     ticks = sorted({*finite, inf_x})
     ax.set_xticks(ticks)
     ax.set_xticklabels([INF_LABEL if t == inf_x else f"{t:g}" for t in ticks])
@@ -76,12 +76,12 @@ def utility_vs_epsilon(points: list[tuple[str, float | None, float]]) -> str | N
     return _data_uri(fig)
 
 
-def privacy_part(rows: list[Row], runs: list[Run], audit_files: dict[str, dict]) -> ReportParts | None:
-    """The section, or None when no input has an audit or a privacy budget."""
+def privacy_section(rows: list, runs: list, audit_files: dict[str, dict]) -> list[str]:
+    """The section's HTML pieces; none when no input has an audit or a privacy budget."""
     audits = _join(rows, runs, audit_files)
     private = [r for r in rows if _epsilon(r.run) is not None]
     if not audits and not private:
-        return None
+        return []
     details = ["<h2>Privacy</h2>"]
     if audits:
         repeats = sorted({k for _, _, a in audits for k in ((a.get("canaries") or {}).get("by_repeats") or {})},
@@ -100,14 +100,14 @@ def privacy_part(rows: list[Row], runs: list[Run], audit_files: dict[str, dict])
                          (esc(fmt_float(can.get("max_exposure"), 2)), True), (esc(fmt_float(loss.get("auc"), 3)), True),
                          (esc(fmt_float(loss.get("tpr@fpr=0.01"), 3)), True),
                          (esc(fmt_float(loss.get("tpr@fpr=0.001"), 3)), True), (esc(fmt_float(ref.get("auc"), 3)), True)])
-        details += ['<p class="sub">Canary exposure (Carlini et al. 2019): log2 |candidate space| - log2 rank of the '
+        details += [('<p class="sub">Canary exposure (Carlini et al. 2019): log2 |candidate space| - log2 rank of the '
                     "true secret, in bits, mean over the canaries inserted that many times (unseen: never inserted; "
                     "max exposure: a secret ranked first). MIA: loss-threshold membership inference, training rows "
                     "vs held-out rows (AUC 0.5 = chance); ref.: calibrated by a reference model. "
-                    "'-' where not measured.</p>", table(heads, body)]
+                    "'-' where not measured.</p>"), table(heads, body)]
     points = [(r.name, _epsilon(r.run), r.eval.get("accuracy")) for r in rows if r.run is not None]
     points = [p for p in points if isinstance(p[2], (int, float)) and math.isfinite(p[2])]
     fig = utility_vs_epsilon(points)
     if fig:
         details.append(img(fig, "utility vs privacy budget epsilon"))
-    return ReportParts(details=details)
+    return details
