@@ -146,6 +146,29 @@ def test_a_training_run_is_audited_on_its_own_rows_and_the_result_lands_in_it(tm
     assert result["run_dir"] == str(run) and result["model"] == str(run / "model")
 
 
+def test_canaries_in_a_file_task_are_scored_after_the_prompt_the_run_trained_them_with(tmp_path, one_thread):
+    rng = np.random.default_rng(1)
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("".join(json.dumps({"prompt": f"Write note {i}.", "answer": "-",
+                                         "solution": FILLER[i % 4].format(rng.integers(10, 99))}) + "\n"
+                             for i in range(60)))
+    corpus = tmp_path / "private.jsonl"
+    assert main(["audit", "canaries", "--format", "account {secret}", "--length", "3", "--repeats", "20",
+                 "--into", str(notes), "--out", str(corpus), "--field", "solution",
+                 "--row", '{"prompt": "Write the account note.", "answer": "-"}']) == 0
+    run = tmp_path / "run"
+    assert main(["train", *tiny_overrides(run, steps=80, **{"train.batch_size": 16, "train.lr": 3e-3}),
+                 f"task.name={corpus}", "task.test_fraction=0.2", "data.n_train=1000", "eval.n=4"]) == 0
+    assert main(["audit", "-m", str(run), "--canaries", str(corpus) + ".canaries.json"]) == 0
+    result = json.loads((run / "audit.json").read_text())["models"][str(run)]
+    can = result["canaries"]
+    assert can["prompt"] == "Write the account note." and can["method"] == "exact"
+    exposure = {r["repeats"]: r["exposure"] for r in can["results"]}
+    assert exposure[20] > 0.8 * can["max_exposure"] > exposure[0], exposure
+    # members: the file's train split as the run encoded it (canary rows among them), non-members its test split
+    assert result["mia"]["loss"]["members"] > 40 and result["mia"]["loss"]["nonmembers"] > 0
+
+
 def test_bad_audit_input_gets_one_clear_line(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *tiny_overrides(run, steps=2)]) == 0

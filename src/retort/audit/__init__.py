@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from .canaries import read_manifest, write_corpus
+from .canaries import canary_prompt, read_manifest, write_corpus
 from .exposure import CanaryFormat, exposures
 from .mia import loss_attack, reference_attack
 
@@ -29,6 +29,7 @@ __all__ = [
     "AUDIT_FILE",
     "KIND",
     "CanaryFormat",
+    "canary_prompt",
     "canary_result",
     "exposures",
     "loss_attack",

@@ -110,11 +110,21 @@ def write_corpus(out: str, fmt: CanaryFormat, *, repeats: Sequence[int] = (1, 5,
     man = {"kind": KIND, "format": fmt.format, "alphabet": fmt.alphabet, "length": fmt.length,
            "space_size": fmt.size, "canaries": canaries, "corpus": str(out_p), "source": source,
            "source_records": len(records), "records": len(rows), "field": field if out_p.suffix == ".jsonl" else None,
-           "seed": seed}
+           "row": (row or {}) if out_p.suffix == ".jsonl" else None, "seed": seed}
     atomic_write_text(out_p, text)
     atomic_write_text(man_p, json.dumps(man, indent=2))
     man["manifest"] = str(man_p)
     return man
+
+
+def canary_prompt(path: str) -> str | None:
+    """The prompt canary rows were written with (`--row '{"prompt": ...}'` with `--field` another
+    field than `text`): a model trained on prompt + completion is scored on the canary as that
+    prompt's completion, as it saw it. None: the canary is scored as text on its own."""
+    man = json.loads(Path(path).read_text(encoding="utf-8"))
+    row, field = man.get("row") or {}, man.get("field")
+    prompt = row.get("prompt") if isinstance(row, dict) else None
+    return prompt if isinstance(prompt, str) and field not in (None, "text", "prompt") else None
 
 
 def read_manifest(path: str) -> tuple[CanaryFormat, list[dict]]:

@@ -62,12 +62,17 @@ def text_row(tok, text: str) -> Encoded:
     return Encoded(list(ids), [IGNORE] + list(ids[1:]))
 
 
-def log_perplexity_fn(model, tok, batch_size: int):
-    """texts -> the summed NLL of each (Carlini et al.'s log-perplexity, nats)."""
+def log_perplexity_fn(model, tok, batch_size: int, prompt: str | None = None):
+    """texts -> the summed NLL of each (Carlini et al.'s log-perplexity, nats); with `prompt`, of
+    each as that prompt's completion (encoded as training encodes prompt + completion)."""
+    from .data.collate import encode_examples
+
     pad = tok.pad_token_id or 0
 
     def fn(texts: list[str]) -> np.ndarray:
-        return nll_sums(model, [text_row(tok, t) for t in texts], batch_size=batch_size, pad_id=pad)[0]
+        rows = [text_row(tok, t) for t in texts] if prompt is None else \
+            encode_examples(tok, [prompt] * len(texts), list(texts))
+        return nll_sums(model, rows, batch_size=batch_size, pad_id=pad)[0]
     return fn
 
 
@@ -165,6 +170,7 @@ def _teacher_of(run_dir: Path | None, label: str) -> str:
 def audit_models(run, targets: list, options: dict, console) -> dict:
     """label -> audit result (`retort.audit`) of each (label, name) target."""
     from ..audit import (
+        canary_prompt,
         canary_result,
         exposures,
         loss_attack,
@@ -172,6 +178,7 @@ def audit_models(run, targets: list, options: dict, console) -> dict:
         reference_attack,
         run_privacy,
     )
+    from ..progress import ProgressLines
     from .models import load_model
 
     opts = {"canaries": None, "members": None, "nonmembers": None, "reference": None, "n": 1000,
@@ -195,11 +202,14 @@ def audit_models(run, targets: list, options: dict, console) -> dict:
         if canaries is not None:
             fmt, items = canaries
             how = "exactly" if fmt.size <= opts["max_exact"] else f"by a skew-normal fit to {opts['samples']} samples"
+            # not a terminal: a line every 30 s or 10% of the candidates (a 10**6 sweep is long on a CPU)
+            lines = ProgressLines(console, f"exposure {label}", fmt.size, "candidates")
             with console.status(f"{label}: ranking {fmt.size:,} canary candidates {how}"):
-                ranked = exposures(fmt, [c["secret"] for c in items], log_perplexity_fn(model, tok, opts["batch_size"]),
+                ranked = exposures(fmt, [c["secret"] for c in items],
+                                   log_perplexity_fn(model, tok, opts["batch_size"], canary_prompt(opts["canaries"])),
                                    max_exact=opts["max_exact"], n_samples=opts["samples"], seed=opts["seed"],
-                                   batch_size=opts["batch_size"])
-            result["canaries"] = canary_result(fmt, items, ranked)
+                                   batch_size=opts["batch_size"], progress=lines.update if lines.enabled else None)
+            result["canaries"] = {**canary_result(fmt, items, ranked), "prompt": canary_prompt(opts["canaries"])}
         mia_rows = None
         if opts["members"] is not None:
             max_len = max(512, getattr(getattr(model, "config", None), "max_position_embeddings", 512) or 512)
