@@ -188,3 +188,11 @@ def test_bad_audit_input_gets_one_clear_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err, (args, err)
     assert not (run / "audit.json").exists()
+    # a file task trained whole (task.test_fraction=0) has no held-out rows to compare with
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": str(i)}) + "\n" for i in range(20)))
+    whole = tmp_path / "whole"
+    assert main(["train", *tiny_overrides(whole, steps=1), f"task.name={rows}", "task.test_fraction=0",
+                 "data.source=answers", "eval.n=2"]) == 0
+    assert main(["audit", "-m", str(whole)]) == 2
+    assert "no held-out rows: task.test_fraction=0" in capsys.readouterr().err

@@ -134,6 +134,9 @@ def run_rows(run_dir: Path, tok, n: int, seed: int) -> tuple[list[Encoded], list
     if cfg.data.source == "traces":
         raise ConfigError(f"{run_dir}: trained on traces ({cfg.data.traces}), which have no held-out rows of the "
                           "same kind: pass --members FILE --nonmembers FILE")
+    if getattr(task, "test_fraction", None) == 0:
+        raise DataError(f"{run_dir}: no held-out rows: task.test_fraction=0 trained on the whole of "
+                        f"{cfg.task.name}; pass --members FILE --nonmembers FILE")
     members = _dedupe(data_examples(MethodContext(run=cfg, task=task, tokenizer=tok)))
     got = task.count("test", n, seed)
     if got == 0:
@@ -141,9 +144,12 @@ def run_rows(run_dir: Path, tok, n: int, seed: int) -> tuple[list[Encoded], list
                         "task.test_fraction=0 trains on the whole file); pass --nonmembers FILE")
     test = [ex for ex in task.examples("test", got, seed) if cfg.data.source == "answers" or ex.solution is not None]
     completions = [task.completion_of(ex.answer) if cfg.data.source == "answers" else ex.solution for ex in test]
-    nonmembers = [e for e in encode_within(tok, [ex.prompt for ex in test], completions, cfg.data.max_len) if e]
+    seen = {tuple(m.input_ids) for m in members}  # a row in both splits (a duplicate in a file) is a member
+    nonmembers = [e for e in encode_within(tok, [ex.prompt for ex in test], completions, cfg.data.max_len)
+                  if e and tuple(e.input_ids) not in seen]
     if not nonmembers:
-        raise DataError(f"{run_dir}: no held-out rows of {task.describe_split('test')} fit data.max_len")
+        raise DataError(f"{run_dir}: no held-out rows: every row of {task.describe_split('test')} is a training row "
+                        "too, or longer than data.max_len")
     what = f"data.source={cfg.data.source} of task {cfg.task.name}"
     return members, nonmembers, f"training rows ({what})", f"{task.describe_split('test')} ({what})"
 
