@@ -141,7 +141,7 @@ def run_rows(run_dir: Path, tok, n: int, seed: int) -> tuple[list[Encoded], list
     got = task.count("test", n, seed)
     if got == 0:
         raise DataError(f"{run_dir}: no held-out rows: {task.describe_split('test')} is empty (for a file task, "
-                        "task.test_fraction=0 trains on the whole file); pass --nonmembers FILE")
+                        "task.test_fraction=0 trains on the whole file); pass --members FILE --nonmembers FILE")
     test = [ex for ex in task.examples("test", got, seed) if cfg.data.source == "answers" or ex.solution is not None]
     completions = [task.completion_of(ex.answer) if cfg.data.source == "answers" else ex.solution for ex in test]
     seen = {tuple(m.input_ids) for m in members}  # a row in both splits (a duplicate in a file) is a member
