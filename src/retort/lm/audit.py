@@ -70,8 +70,11 @@ def log_perplexity_fn(model, tok, batch_size: int, prompt: str | None = None):
     pad = tok.pad_token_id or 0
 
     def fn(texts: list[str]) -> np.ndarray:
-        rows = [text_row(tok, t) for t in texts] if prompt is None else \
-            encode_examples(tok, [prompt] * len(texts), list(texts))
+        if prompt is None:  # one batched tokenizer call: a sweep tokenizes up to 10**6 texts
+            rows = [Encoded(list(ids), [IGNORE] + list(ids[1:]))
+                    for ids in tok(list(texts), add_special_tokens=True)["input_ids"]]
+        else:
+            rows = encode_examples(tok, [prompt] * len(texts), list(texts))
         return nll_sums(model, rows, batch_size=batch_size, pad_id=pad)[0]
     return fn
 
@@ -197,6 +200,9 @@ def audit_models(run, targets: list, options: dict, console) -> dict:
     results, ref_cache = {}, {}
     for label, name in targets:
         run_dir = Path(name) if is_run_dir(name) else None
+        if run_dir is None and opts["members"] is None and canaries is None:  # before loading anything
+            raise ConfigError(f"{label}: a model without its run directory: pass --members FILE --nonmembers FILE "
+                              "(its training rows and held-out rows) and/or --canaries MANIFEST")
         model_name = str(run_dir / "model") if run_dir else name
         with console.status(f"loading {label}"):
             model, tok = load_model(replace(run.model, name=model_name), seed=opts["seed"])
@@ -223,9 +229,6 @@ def audit_models(run, targets: list, options: dict, console) -> dict:
                         opts["members"], opts["nonmembers"])
         elif run_dir is not None:
             mia_rows = run_rows(run_dir, tok, opts["n"], opts["seed"])
-        elif canaries is None:
-            raise ConfigError(f"{label}: a model without its run directory: pass --members FILE --nonmembers FILE "
-                              "(its training rows and held-out rows) and/or --canaries MANIFEST")
         if mia_rows is not None:
             members, nonmembers = _sample(mia_rows[0], opts["n"], opts["seed"]), _sample(mia_rows[1], opts["n"],
                                                                                       opts["seed"] + 1)
