@@ -161,3 +161,11 @@ def test_write_corpus_without_a_source_holds_the_canaries_only(tmp_path):
     man = write_corpus(str(tmp_path / "c.txt"), CanaryFormat("pin {secret}", 4), repeats=[3], controls=0)
     lines = (tmp_path / "c.txt").read_text().splitlines()
     assert lines == [f"pin {man['canaries'][0]['secret']}"] * 3
+
+
+def test_the_python_api_writes_a_canary_corpus(tmp_path):
+    import retort
+
+    man = retort.canaries(str(tmp_path / "c.txt"), "pin {secret}", 4, repeats=[2], controls=1, seed=3)
+    assert man["manifest"] == str(tmp_path / "c.txt.canaries.json") and man["records"] == 2
+    assert read_manifest(man["manifest"])[1] == man["canaries"]
