@@ -146,3 +146,12 @@ def test_the_shipped_chain_is_math_then_a_second_family_and_one_tiny_stage_runs(
     assert main(args) == 0
     rows = _rows(out)
     assert len(rows) == 2 and all(r["max_new_tokens"] == 8 and r["temperature"] in (0.6, 0.8, 1.0, 1.2) for r in rows)
+
+
+def test_retort_methods_shows_the_new_options_with_their_defaults(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for line in ("method_args.length_stages = []", "method_args.probe_temperatures = [0.6, 0.8, 1.0, 1.2]",
+                 "method_args.reward = 'verifier'", "method_args.target_entropy = 0.0"):
+        assert line in out
+    assert "MISSING" not in out

@@ -15,7 +15,13 @@ from retort.lm.config import ModelConfig, TaskConfig, TrainRun
 from retort.lm.curate import mind
 from retort.lm.curate.stats import trace_stats
 from retort.lm.data.traces import SCHEMA, TraceWriter, read_traces
-from retort.lm.data.turns import mind_reward, parse_turns, read_turns, render_turns, turn_stats
+from retort.lm.data.turns import (
+    mind_reward,
+    parse_turns,
+    read_turns,
+    render_turns,
+    turn_stats,
+)
 from retort.lm.eval.run import turn_metrics
 from retort.lm.models import load_model
 from retort.lm.rollout.generate import Completion
@@ -188,3 +194,22 @@ def test_curate_then_sft_then_grpo_with_the_mind_reward_then_eval(tmp_path):
     assert len(logged) == 2
     # the verifier's rewards are 0 or 1; a student this young writes (nearly) no well-formed turns: -1
     assert all(-1.0 <= r["reward"] < 0 for r in logged), logged
+
+
+def test_eval_reports_turns_when_answers_are_in_the_turn_format(monkeypatch, task):
+    from types import SimpleNamespace
+
+    from retort.lm.eval import run as eval_run
+
+    model, tok = load_model(ModelConfig(name="preset:nano"))
+    answers = [render_turns(["a", "b", "c"], ["A:1", "A:2", "A:3"]), render_turns(["a"], ["A:3"])]
+    monkeypatch.setattr(eval_run, "generate", lambda model, tok, prompts, **kw: [
+        [Completion(answers[i % 2], tok(answers[i % 2], add_special_tokens=False)["input_ids"], "stop")]
+        for i in range(len(prompts))])
+    cfg = SimpleNamespace(split="test", n=4, seed=0, max_new_tokens=8, batch_size=4, k=1)
+    result = eval_run.evaluate(model, tok, task, cfg)
+    assert (result["turns"], result["turn_format"]) == (2.0, 1.0)
+    assert result["first_answer_tokens"] == len("<think>\na\n</think>")
+    monkeypatch.setattr(eval_run, "generate", lambda model, tok, prompts, **kw: [
+        [Completion("A:3", [1, 2, 3], "stop")] for _ in prompts])
+    assert "turns" not in eval_run.evaluate(model, tok, task, cfg)  # answers without turns: no turn metrics
