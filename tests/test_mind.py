@@ -147,7 +147,7 @@ def test_multi_turn_asks_the_teacher_for_each_prefix_answer_and_joins_unanswered
         render_turns(["1+1=2"], ["A:2"])]
     assert all(r["correct"] and r["n_tokens"] == len(r["completion"]) for r in rows)
     c = stats["multi_turn_counts"]
-    assert (c["traces"], c["written"], c["turns"], c["joined"], c["no_final_answer"]) == (3, 2, 4, 0, 1)
+    assert (c["traces"], c["written"], c["turns"], c["joined"], c["skipped"]) == (3, 2, 4, 0, 1)
     # the teacher cannot answer the first prefix: that unit is joined to the next
     script.replies.pop("9-8=9\nA:")
     mind.multi_turn(str(tmp_path / "src"), str(tmp_path / "out2"), unit_steps=0)
@@ -179,6 +179,9 @@ def test_curate_then_sft_then_grpo_with_the_mind_reward_then_eval(tmp_path):
     _trace_set(tmp_path / "src", rows, tok)
     assert main(["curate", str(tmp_path / "src"), "--out", str(tmp_path / "mind"), "--multi-turn",
                  "--intermediate", "last-result"]) == 0
+    curated = read_traces(tmp_path / "mind").to_pylist()
+    assert len(curated) == 16 and all(read_turns(r["completion"], task, r["prompt"]) for r in curated)
+    assert sum(len(parse_turns(r["completion"])) for r in curated) > 16  # detours' wait/check: several turns
     sft = load_config(TrainRun, None, tiny_overrides(tmp_path / "sft", steps=6, **{
         "method": "sft", "task.name": "detours", "data.source": "traces", "data.traces": str(tmp_path / "mind"),
         "train.lr": 0.01, "train.warmup_steps": 0, "eval.n": 4}))

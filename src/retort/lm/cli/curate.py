@@ -136,7 +136,8 @@ RULES = (
         help="With --mixed-policy: sampling temperature of student and teacher (default: the traces'); "
         "with --rewrite (default 0, greedy) and --retro-search (default 0.6): the reviser's.")
 @option(NEW, "--max-prompts", type=click.IntRange(min=0), default=0, show_default=True,
-        help="With --mixed-policy, --rewrite, --retro-search: use at most this many prompts (0: all).")
+        help="With --mixed-policy, --rewrite, --retro-search, --multi-turn: use at most this many prompts "
+        "(0: all).")
 @option(OUTPUT, "--out", type=click.Path(), help="Write the filtered trace set here.")
 @option(OUTPUT, "--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
         "holding a retort trace set and nothing else; never the input).")
@@ -206,8 +207,8 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
         c = stats["multi_turn_counts"]
         _console().print(f"curate: {c['written']} of {c['traces']} traces in turns ({c['turns']} turns; "
                          f"{c['joined']} units joined for want of an answer, {c['rejected']} rejected, "
-                         f"{c['no_final_answer']} without a final answer); tokens {c['tokens_before']} -> "
-                         f"{c['tokens_after']}; written to {out}")
+                         f"{c['skipped']} without a final answer step or a step before it); tokens "
+                         f"{c['tokens_before']} -> {c['tokens_after']}; written to {out}")
         return
     if out and (rewrite or retro_search or truncate_like):
         from ..curate import shorten

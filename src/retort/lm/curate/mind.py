@@ -15,7 +15,8 @@ spec §18.2 steps 1-4): each correct trace rewritten in the turn format of `reto
    - `last-result`: a rule, for the built-in tiny tasks whose tiny teacher cannot be asked: the
      last number written after `=` in the prefix. Chosen explicitly, never by fallback.
    A prefix whose answer cannot be read (neither way) is no turn boundary: its unit is joined to
-   the next (counted, `joined`). a_K is the trace's own final answer.
+   the next (counted, `joined`). a_K is the trace's own final answer. A trace without a final
+   answer step, or with nothing before it, is skipped (counted, `skipped`).
 4. The turns written with `render_turns`, each answer in the task's format; a row whose turn text
    the task's verifier does not accept is dropped (counted).
 
@@ -127,7 +128,7 @@ def multi_turn(src: str, out: str, *, intermediate: str = "teacher", unit_steps:
                              "reviser": rv.name if rv is not None else None, "max_prompts": max_prompts,
                              "seed": seed, "shard_rows": shard_rows}}
     sink = _Out(src, out, manifest, params, overwrite, rows, shard_rows, tok, None, batch_size)
-    counts = sink.counts("multi_turn_counts", {"traces": 0, "written": 0, "no_final_answer": 0, "rejected": 0,
+    counts = sink.counts("multi_turn_counts", {"traces": 0, "written": 0, "skipped": 0, "rejected": 0,
                                                "turns": 0, "joined": 0, "tokens_before": 0, "tokens_after": 0})
     count = _counter(tok)
     max_new = min(answer_tokens, _max_new(manifest))
@@ -142,7 +143,7 @@ def multi_turn(src: str, out: str, *, intermediate: str = "teacher", unit_steps:
                 body, final = split_answer(r["completion"], task, r["prompt"], sep)
                 units = segment(body, keywords, sep, unit_steps) if final is not None else []
                 if final is None or not units:
-                    counts["no_final_answer"] += 1
+                    counts["skipped"] += 1
                     continue
                 plans.append((r, units, final))
             asks = [(i, k) for i, (_, units, _) in enumerate(plans) for k in range(1, len(units))]
