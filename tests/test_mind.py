@@ -164,6 +164,13 @@ def test_multi_turn_from_the_cli_with_the_rule_and_its_conflicts(tmp_path, capsy
     assert parse_turns(row["completion"]) == [("9-8=9", "A:9"), ("wait, 9-8=1\n1*9=9", "A:9"), ("9-1=8", "A:8"),
                                               ("check 9-8=1 1*9=9 9-1=8", "A:8")]
     assert "1 of 1 traces in turns (4 turns" in capsys.readouterr().err
+    # the real teacher (preset:nano, untrained) writes each prefix's answer: whatever it writes after "A:" is
+    # read as one (or the unit is joined), the final answer stays the trace's
+    assert main(["curate", str(tmp_path / "src"), "--out", str(tmp_path / "teacher"), "--multi-turn",
+                 "--unit-steps", "2", "--answer-tokens", "4"]) == 0
+    (row,) = read_traces(tmp_path / "teacher").to_pylist()
+    turns = read_turns(row["completion"], get_task(TaskConfig(name="detours")))
+    assert turns and turns[-1] == ("check 9-8=1 1*9=9 9-1=8", "A:8") and row["correct"]
     assert main(["curate", str(tmp_path / "src"), "--out", str(tmp_path / "x"), "--multi-turn", "--correct"]) == 2
     assert main(["curate", str(tmp_path / "src"), "--out", str(tmp_path / "x"), "--answer-cue", "A:"]) == 2
     assert not (tmp_path / "x").exists()

@@ -160,6 +160,10 @@ class GRPO(GroupPolicy):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self.curriculum is not None and "curriculum" in state:
+            if state["curriculum"]["stage"] >= len(self.curriculum.stages):
+                raise ConfigError(f"--resume: the checkpoint is in length stage {state['curriculum']['stage']}, "
+                                  f"past method_args.length_stages={self.curriculum.stages}; resume with the stages "
+                                  "the run began with")
             self.curriculum.load_state_dict(state["curriculum"])
             self.cfg = replace(self.cfg, max_new_tokens=self.curriculum.cap)
         if "probe" in state:
