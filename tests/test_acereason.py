@@ -85,6 +85,9 @@ def test_the_probe_samples_the_student_at_each_temperature_and_keeps_the_nearest
     assert method.probe_temperature(seed=0) == 1.0  # the same probe again: the middle one's own entropy
     with pytest.raises(ConfigError, match="length_stages"):
         _grpo(tmp_path, length_stages=[16, 8])
+    staged, _ = _grpo(tmp_path, length_stages=[8, 16])
+    with pytest.raises(ConfigError, match="past method_args.length_stages"):  # resumed with fewer stages
+        staged.load_state_dict({"curriculum": {"stage": 2, "history": []}})
     with pytest.raises(ConfigError, match="probe_temperatures"):
         _grpo(tmp_path, target_entropy=0.3, probe_temperatures=[])
 
