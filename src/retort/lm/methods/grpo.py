@@ -103,7 +103,7 @@ class GRPO(GroupPolicy):
         return batch
 
     def probe_temperature(self, seed: int) -> float:
-        """Pick this stage's temperature (the class docstring) and set it; returns it."""
+        """Pick this stage's temperature (`target_entropy`, module docstring) and sample at it; returns it."""
         c, tok = self.cfg, self.ctx.tokenizer
         seen, items = set(), []
         for x in self.examples():
@@ -140,9 +140,10 @@ class GRPO(GroupPolicy):
         sums = torch.tensor([sum(r for r, _ in self._seen), sum(n for _, n in self._seen), len(self._seen)],
                             dtype=torch.float64)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sums = sums.to(self.ctx.device)  # NCCL reduces no CPU tensor
             torch.distributed.all_reduce(sums)  # every process takes the same step to the next stage
         self._seen = []
-        reward, length, n = sums.tolist()
+        reward, length, n = sums.cpu().tolist()
         if self.curriculum.observe(reward / n, length / n):
             self.cfg = replace(self.cfg, max_new_tokens=self.curriculum.cap)
             self.ctx.say(f"grpo: step {step}: reward and length plateaued; stage {self.stage}, max_new_tokens "
