@@ -20,7 +20,8 @@ EXPECTED_GROUPS = {
                   "--probe-n"],
     "New traces": ["--mixed-policy", "--mixed-from", "--cut-lo", "--length-factor", "--with-source", "--rewrite",
                    "--budgets", "--budget", "--rewrite-template", "--retro-search", "--gamma", "--transitions",
-                   "--retro-partial", "--retro-tries", "--truncate-like", "--reviser", "--teacher-url",
+                   "--retro-partial", "--retro-tries", "--truncate-like", "--multi-turn", "--intermediate",
+                   "--unit-steps", "--answer-cue", "--answer-tokens", "--reviser", "--teacher-url",
                    "--temperature", "--max-prompts"],
     "Output": ["--out", "--overwrite", "--seed", "--batch-size", "-h"],
 }
@@ -47,6 +48,8 @@ BROKEN = {
         "curate: --rewrite makes new traces (from the correct ones); run the filters in a separate curate step"),
     "curate: --budget goes with --rewrite uniform": (
         [*OUT, "--rewrite", "dap", "--budget", "5"], "curate: --budget goes with --rewrite uniform"),
+    "curate: --answer-cue goes with --multi-turn": (
+        [*OUT, "--retro-search", "--answer-cue", "A:"], "curate: --answer-cue goes with --multi-turn"),
     "curate: --mixed-policy makes new traces; run the filters in a separate curate step": (
         [*OUT, "--stats", "--mixed-policy", "S", "--das", "S"],
         "curate: --mixed-policy makes new traces; run the filters in a separate curate step"),
@@ -104,7 +107,8 @@ def test_every_rule_refuses_with_its_message_before_reading_anything(tmp_path, c
     ["--out", "o", "--max-ppl", "5", "--ref-model", "R", "--teacher", "T"],
     ["--out", "o", "--mixed-policy", "S", "--with-source", "--template-ngram", "5"],
     ["--out", "o", "--rewrite", "uniform", "--budget", "9"], ["--out", "o", "--retro-search", "--gamma", "0.5"],
-    ["--out", "o", "--truncate-like", "D", "--stats"], ["--select-teacher", "S", "--out", "o", "--diverse", "2"],
+    ["--out", "o", "--truncate-like", "D", "--stats"],
+    ["--out", "o", "--multi-turn", "--intermediate", "last-result", "--unit-steps", "0", "--answer-cue", "=>"], ["--select-teacher", "S", "--out", "o", "--diverse", "2"],
 ])
 def test_allowed_combinations_pass_the_rules(args):
     ctx = curate.make_context("curate", ["traces", *args])

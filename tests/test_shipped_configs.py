@@ -9,14 +9,16 @@ from retort.config import load_config, peek_track
 from retort.lm.config import EvalRun, TracesRun
 from retort.track import get_track
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent / "configs"
+# the top level, and the chains of runs kept in a folder of their own (configs/acereason: one run per stage)
+CONFIGS = sorted([*ROOT.glob("*.yaml"), *ROOT.glob("acereason/*.yaml")])
 
 
 def test_there_are_configs():
     assert CONFIGS
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_config_loads(path):
     header = path.read_text().splitlines()[0]
     assert header.startswith("# retort "), f"{path.name} must start with the command that runs it"

@@ -25,7 +25,8 @@ def _methods():
             for mname, cls in track.methods.items():
                 click.echo(f"{mname}: {cls.paper}\n  {cls.equation}")
                 for f in dataclasses.fields(cls.Config):
-                    click.echo(f"  method_args.{f.name} = {f.default!r}  {f.metadata.get('doc', '')}")
+                    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # a list's
+                    click.echo(f"  method_args.{f.name} = {default!r}  {f.metadata.get('doc', '')}")
     return methods
 
 

@@ -20,7 +20,7 @@ from .grouped import GroupedCommand, excludes, needs, one_at_most, one_of, optio
 STATS, FILTERS, SELECTION, NEW, OUTPUT = GROUPS = ("Statistics", "Filters", "Selection", "New traces", "Output")
 
 # Each makes a new trace set (in this order in messages); "filters" in the rules: what drops or selects rows.
-MAKERS = ("--mixed-policy", "--rewrite", "--retro-search", "--truncate-like")
+MAKERS = ("--mixed-policy", "--rewrite", "--retro-search", "--truncate-like", "--multi-turn")
 FILTER_OPTIONS = ("--correct", "--max-tokens", "--first-k-correct", "--pairs", "--das", "--drop-templates",
                   "--diverse", "--max-ppl", "--teacher")
 
@@ -37,6 +37,7 @@ RULES = (
     excludes(MAKERS[1:], FILTER_OPTIONS,
              "curate: {opt} makes new traces (from the correct ones); run the filters in a separate curate step"),
     needs("--budget", "--rewrite=uniform", "curate: --budget goes with --rewrite uniform"),
+    needs("--answer-cue", "--multi-turn", "curate: --answer-cue goes with --multi-turn"),
     excludes("--mixed-policy", FILTER_OPTIONS,
              "curate: --mixed-policy makes new traces; run the filters in a separate curate step"),
 )
@@ -105,7 +106,7 @@ RULES = (
         "answer in fewer steps.")
 @option(NEW, "--gamma", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9, show_default=True,
         help="With --retro-search: value gamma^steps of a way to the right answer.")
-@option(NEW, "--transitions", metavar="WORDS", help="With --retro-search: comma-separated words that open a "
+@option(NEW, "--transitions", metavar="WORDS", help="With --retro-search, --multi-turn: comma-separated words that open a "
         "new thought (default: the task's, else Wait, But wait, Alternatively, Hmm, ...).")
 @option(NEW, "--retro-partial", is_flag=True, help="With --retro-search: stop at a trace's first revision "
         "(Retro-Search-Partial).")
@@ -114,15 +115,29 @@ RULES = (
         "keyword in its first step is taken).")
 @option(NEW, "--truncate-like", metavar="DIR", type=click.Path(), help="The correct traces cut (at a step "
         "boundary, the answer kept) to the length of the matching rows of DIR: the baseline of equal length.")
-@option(NEW, "--reviser", metavar="MODEL", help="With --rewrite / --retro-search: the model that rewrites or "
+@option(NEW, "--multi-turn", is_flag=True, help="MinD's turn format: each correct trace cut into thinking units "
+        "(at thought switches and every --unit-steps steps), each followed by the answer its prefix reached, "
+        "written <think>u1</think> a1 <think>u2</think> a2 ... (for sft, then grpo method_args.reward=mind_turns).")
+@option(NEW, "--intermediate", type=click.Choice(["teacher", "last-result"]), default="teacher", show_default=True,
+        help="With --multi-turn: who writes each prefix's answer: the teacher (it continues the prefix after the "
+        "answer cue), or the rule 'the last number after =' (for the built-in tiny tasks).")
+@option(NEW, "--unit-steps", type=click.IntRange(min=0), default=4, show_default=True,
+        help="With --multi-turn: a unit of more steps is cut at step boundaries into pieces of this many (0: "
+        "cut at thought switches only).")
+@option(NEW, "--answer-cue", metavar="TEXT", help="With --multi-turn --intermediate teacher: the text after the "
+        "prefix that asks for its answer (default: the task's answer opener, e.g. 'A:' or '\\boxed{').")
+@option(NEW, "--answer-tokens", type=click.IntRange(min=1), default=16, show_default=True,
+        help="With --multi-turn --intermediate teacher: longest intermediate answer the teacher writes.")
+@option(NEW, "--reviser", metavar="MODEL", help="With --rewrite / --retro-search / --multi-turn: the model that rewrites or "
         "continues (default: the traces' teacher; another local model needs the same tokenizer).")
-@option(NEW, "--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search on traces of an "
+@option(NEW, "--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search, --multi-turn on traces of an "
         "API teacher (openai:MODEL): the server's /v1 URL, when it is no longer where the traces were made.")
 @option(NEW, "--temperature", type=click.FloatRange(min=0), default=None,
         help="With --mixed-policy: sampling temperature of student and teacher (default: the traces'); "
         "with --rewrite (default 0, greedy) and --retro-search (default 0.6): the reviser's.")
 @option(NEW, "--max-prompts", type=click.IntRange(min=0), default=0, show_default=True,
-        help="With --mixed-policy, --rewrite, --retro-search: use at most this many prompts (0: all).")
+        help="With --mixed-policy, --rewrite, --retro-search, --multi-turn: use at most this many prompts "
+        "(0: all).")
 @option(OUTPUT, "--out", type=click.Path(), help="Write the filtered trace set here.")
 @option(OUTPUT, "--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
         "holding a retort trace set and nothing else; never the input).")
@@ -135,7 +150,7 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
            drop_templates, template_ngram, template_max, diverse, pairs, das_student, das_keep, das_delta, das_rule,
            select_student, smoke_steps, probe_n, mixed_student, mixed_from, cut_lo, length_factor, with_source,
            rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions, retro_partial, retro_tries,
-           truncate_like, reviser, teacher_url, temperature, max_prompts, out, overwrite, seed, batch_size):
+           truncate_like, multi_turn, intermediate, unit_steps, answer_cue, answer_tokens, reviser, teacher_url, temperature, max_prompts, out, overwrite, seed, batch_size):
     """Statistics of a trace set; filters, selections, rewrites and revisions into a new one.
 
     \b
@@ -149,6 +164,7 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
     retort curate runs/traces --out runs/dap --rewrite dap --budgets easy=300,medium=700,hard=1500
     retort curate runs/traces --out runs/retro --retro-search --gamma 0.9
     retort curate runs/traces --out runs/cut --truncate-like runs/retro
+    retort curate runs/traces --out runs/mind --multi-turn --intermediate teacher
 
     Conflicting options are refused before any trace is read.
     """
@@ -180,6 +196,20 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
             stats["reference_ppl"] = {"model": ref_model, **reference_perplexity(table, ref_model,
                                                                                  batch_size=batch_size)}
         click.echo(json.dumps(stats, indent=2))
+    if out and multi_turn:
+        from ..curate.mind import multi_turn as mind
+
+        words = [w.strip() for w in transitions.split(",") if w.strip()] if transitions else None
+        stats = mind(traces_dir, out, intermediate=intermediate, unit_steps=unit_steps, keywords=words,
+                     cue=answer_cue, answer_tokens=answer_tokens, reviser=reviser, max_prompts=max_prompts,
+                     seed=seed, batch_size=batch_size, overwrite=overwrite, teacher_url=teacher_url,
+                     console=_console())
+        c = stats["multi_turn_counts"]
+        _console().print(f"curate: {c['written']} of {c['traces']} traces in turns ({c['turns']} turns; "
+                         f"{c['joined']} units joined for want of an answer, {c['rejected']} rejected, "
+                         f"{c['skipped']} without a final answer step or a step before it); tokens "
+                         f"{c['tokens_before']} -> {c['tokens_after']}; written to {out}")
+        return
     if out and (rewrite or retro_search or truncate_like):
         from ..curate import shorten
 

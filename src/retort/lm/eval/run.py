@@ -1,7 +1,8 @@
 """`retort eval`: greedy pass@1, sampled pass@k and maj@k, completion length, accuracy by difficulty,
 how many answers had no answer the task could read (`no_answer`: a format failure, counted
-apart from wrong answers), the greedy decoding speed (`tokens_per_s`, `wall_s`) and the compute used
-(`compute_used`: decoder layers per generated token). `eval.stop`: stop strings."""
+apart from wrong answers), the greedy decoding speed (`tokens_per_s`, `wall_s`), the compute used
+(`compute_used`: decoder layers per generated token), and for answers in MinD's turn format their
+turns and tokens before the first intermediate answer (`turn_metrics`). `eval.stop`: stop strings."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections import defaultdict
 from statistics import mean
 
+from ..data.turns import CLOSE
 from ..rollout.generate import generate
 from .metrics import majority, pass_at_k
 
@@ -91,6 +93,22 @@ def _corr(xs, ys):
     return float(sxy / (sxx * syy) ** 0.5) if sxx > 0 and syy > 0 else None
 
 
+def turn_metrics(tok, texts: list[str]) -> dict:
+    """MinD's metrics over greedy answers (`retort.lm.data.turns.turn_stats`): the mean turns of the
+    answers in the turn format, their share (`turn_format`), and the mean tokens before the first
+    intermediate answer (`first_answer_tokens`, every answer; the whole answer when it has none)."""
+    from ..data.turns import turn_stats
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    stats = [turn_stats(t, count) for t in texts]
+    ok = [s for s in stats if s["well_formed"]]
+    return {"turns": float(mean(s["turns"] for s in ok)) if ok else 0.0,
+            "turn_format": float(mean(s["well_formed"] for s in stats)),
+            "first_answer_tokens": float(mean(s["first_answer_tokens"] for s in stats))}
+
+
 def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, entropy: bool = False,
              reference=None) -> dict:
     """Evaluate on `cfg.n` prompts of `cfg.split`. Returns a JSON-ready dict. `entropy`: also the
@@ -143,6 +161,8 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
                     for e, g, ok in list(zip(examples, greedy, correct))[:n_samples_kept]],
     }
     result.update(compute_used(model, result["mean_tokens"]))
+    if any(CLOSE in g[0].text for g in greedy):  # answers in MinD's turn format: turns, time to first answer
+        result.update(turn_metrics(tok, [g[0].text for g in greedy]))
     if entropy:
         from ..data.collate import encode_prompt
         from ..rollout.score import score
