@@ -193,6 +193,9 @@ def command(limits: Limits) -> list[str]:
     return args + ["--", str(_interpreter()), "-I", "-u", "-c", BOOT]
 
 
+DEFAULT = Limits()
+
+
 class _Reader(threading.Thread):
     """Reads a pipe to its end, keeping the first `limit` bytes."""
 
@@ -214,7 +217,7 @@ class _Reader(threading.Thread):
         return self.kept.decode("utf-8", errors="replace")
 
 
-def run(code: str, limits: Limits = Limits(), *, cells: tuple = ()) -> Result:
+def run(code: str, limits: Limits = DEFAULT, *, cells: tuple = ()) -> Result:
     """Run `code` in a fresh sandbox (module docstring); `cells`, code that ran before in the same
     session, is replayed first with its output discarded. Raises `SandboxError` when the sandbox
     itself cannot start (nothing ran)."""
@@ -295,7 +298,7 @@ def _kill(proc) -> None:
 _checked: dict = {}
 
 
-def check(limits: Limits = Limits()) -> None:
+def check(limits: Limits = DEFAULT) -> None:
     """Refuse now, in one line (`SandboxError`), when the sandbox cannot start here; once per process."""
     if "ok" in _checked:
         return
@@ -316,7 +319,7 @@ class Session:
     earlier cells (their time counts against its limits), and what they do at random or with the
     clock may differ on replay."""
 
-    def __init__(self, limits: Limits = Limits()):
+    def __init__(self, limits: Limits = DEFAULT):
         self.limits, self.cells = limits, []
 
     def run(self, code: str) -> Result:
