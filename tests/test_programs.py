@@ -127,7 +127,9 @@ def test_dynamic_exemplars_and_pal_prompt(tmp_path, monkeypatch):
     assert rnd.for_question("Q:5\n") == rnd.for_question("Q:5\n") and len(set(rnd.for_question("Q:5\n"))) == 2
     prompt = pal_prompt("Q:9-9-9-9-7\n", [pool[i] for i in dyn.for_question("Q:9-9-9-9-7\n")])
     assert prompt.index("Q:9-9-9-9-9") < prompt.index("Q:9-9-9-9-8") < prompt.index("Question: Q:9-9-9-9-7")
-    assert prompt.endswith("```python\n") and "x=9\nprint(x)" in prompt and pal_prompt("Q:1\n", []) == "Q:1\n"
+    assert prompt.endswith("```python\n") and "x=9\nprint(x)" in prompt and pal_prompt("Q:1\n", [], native=True) == "Q:1\n"
+    assert pal_prompt("What is 2+2?", []) == "Write a Python program that prints the answer to the last question.\n\n" \
+        "Question: What is 2+2?\n```python\n"
 
     # a pool from a program trace set: its correct rows only
     ex = _progs(2)

@@ -288,9 +288,9 @@ class ProgramConfig:
                        "until one prints the answer", lo=1)
     temperature: float = param(0.5, "sampling temperature of the tries after the first (the paper's 0.5)",
                                lo=0.0, lo_open=True)
-    exemplars: int = param(0, "solved questions shown before each question (PAL prompt; the paper's k=8); 0: the "
-                           "question alone, for a teacher trained to answer with programs (the built-in progs task)",
-                           lo=0)
+    exemplars: int = param(0, "solved questions shown before each question in the PAL prompt (the paper's k=8); 0: "
+                           "the instruction and the question alone (for the built-in progs task, whose teacher is "
+                           "trained to answer with programs: the question alone)", lo=0)
     select: str = param("dynamic", "which solved questions: dynamic = the most similar (TF-IDF cosine, scikit-learn), "
                         "static = the same first ones for every question, random = drawn per question",
                         choices=["dynamic", "static", "random"])
@@ -328,7 +328,8 @@ class TracesRun:
     sampling: SamplingConfig = section(SamplingConfig, "how completions are sampled")
     program: str = param("none", "python: the teacher writes a program per question, run in the sandbox; a row "
                          "keeps the program as its completion, correct when its output is the answer (the "
-                         "`programs` section)", choices=["none", "python"])
+                         "`programs` section; one row per question: sampling.n and sampling.temperature are not used, "
+                         "programs.tries and programs.temperature are)", choices=["none", "python"])
     programs: ProgramConfig = section(ProgramConfig, "program=python: tries, exemplars, the sandbox's limits")
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)

@@ -39,10 +39,11 @@ from .tasks.programs import as_program, extract_program, output_answer
 PAL_HEAD = "Write a Python program that prints the answer to the last question.\n\n"
 
 
-def pal_prompt(question: str, exemplars: list[tuple[str, str]]) -> str:
+def pal_prompt(question: str, exemplars: list[tuple[str, str]], *, native: bool = False) -> str:
     """The PAL prompt: each solved question and its program in a fenced block, then the question
-    and an open fence. With no exemplars, the question alone (a model trained on programs)."""
-    if not exemplars:
+    and an open fence (the program goes there; the block's end closes it). `native` with no
+    exemplars: the question alone, for a model trained to answer it with a program (progs)."""
+    if native and not exemplars:
         return question
     shots = "".join(f"Question: {q.strip()}\n```python\n{p.strip()}\n```\n\n" for q, p in exemplars)
     return f"{PAL_HEAD}{shots}Question: {str(question).strip()}\n```python\n"
@@ -117,6 +118,7 @@ def run_program_traces(run, task, examples, console=None) -> Path:
     ptask = as_program(task, cfg)  # the sandbox refuses here, before the teacher is loaded
     pool = exemplar_pool(run, ptask)
     chooser = Exemplars(pool, cfg.exemplars, cfg.select, run.seed)
+    native = getattr(ptask.inner, "program", None) == "python"  # the task's own answers are programs
     import torch
 
     teacher = open_teacher(run.teacher, seed=run.seed, device="cuda" if torch.cuda.is_available() else "cpu")
@@ -136,7 +138,7 @@ def run_program_traces(run, task, examples, console=None) -> Path:
     for index in todo:
         shard = examples[index * s:(index + 1) * s]
         shown = {e.id: chooser.for_question(e.prompt) for e in shard}
-        prompts = {e.id: pal_prompt(e.prompt, [pool[i] for i in shown[e.id]]) for e in shard}
+        prompts = {e.id: pal_prompt(e.prompt, [pool[i] for i in shown[e.id]], native=native) for e in shard}
         last, pending = {}, list(shard)
         for attempt in range(cfg.tries):
             outs = teacher.generate([prompts[e.id] for e in pending], max_new_tokens=sp.max_new_tokens,
