@@ -295,18 +295,20 @@ def _kill(proc) -> None:
         pass
 
 
-_checked: dict = {}
+_checked: set = set()
 
 
 def check(limits: Limits = DEFAULT) -> None:
-    """Refuse now, in one line (`SandboxError`), when the sandbox cannot start here; once per process."""
-    if "ok" in _checked:
+    """Refuse now, in one line (`SandboxError`), when the sandbox cannot start here; a bwrap that
+    worked once is not tried again in this process."""
+    key = shutil.which("bwrap")
+    if key in _checked:
         return
     res = run("print(6 * 7)", limits)
     if res.stdout.strip() != "42":
         raise SandboxError(f"the sandbox cannot start: a trial run printed {res.stdout.strip()[:80]!r} "
                            f"(exit {res.exit_code}; {res.stderr.strip()[-200:]!r}); {REFUSAL}")
-    _checked["ok"] = True
+    _checked.add(key)
 
 
 class Session:
