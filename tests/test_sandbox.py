@@ -246,3 +246,8 @@ def test_commands_refuse_in_one_line_and_write_nothing(monkeypatch, tmp_path, ca
     said = [line for line in err if "cannot start" in line]
     assert len(said) == 2 and all("retort never runs code without it" in line for line in said), err
     assert not out.exists()
+    # training on the program toy is refused before step 0 (its evaluation runs programs)
+    run = tmp_path / "run"
+    assert main(["train", "task.name=progs", "student.name=preset:nano", "train.steps=1", "data.n_train=4",
+                 f"out={run}"]) == 2
+    assert "cannot start" in capsys.readouterr().err and not run.exists()

@@ -63,6 +63,10 @@ class LMTrack(Track):
 
     def check_eval(self, task, run) -> None:
         require_examples(task, run.eval.split, run.eval.n, "the run's evaluation", run.eval.seed)
+        if getattr(task, "program", None) == "python" or (run.data.source == "traces" and _program_set(run.data.traces)):
+            from ..sandbox import check
+
+            check()  # its evaluation runs programs: refused now, not after training
 
     def load_student(self, run, ckpt, seed: int):
         lora.check_available(run.student.lora)
