@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from retort.sandbox import Limits, SandboxError, Session, check, run
+from retort.sandbox import Limits, SandboxError, Session, check, run, seccomp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,6 +174,20 @@ def test_child_left_running_is_killed_with_the_snippet():
 def test_limits_cannot_be_raised():
     res = run("import resource\nresource.setrlimit(resource.RLIMIT_NPROC, (10000, 10000))", QUICK)
     assert res.exit_code == 1 and "ValueError" in res.stderr, res
+
+
+@needs_sandbox
+@pytest.mark.skipif(not seccomp.supported(), reason="the seccomp filter is for x86-64")
+def test_seccomp_refuses_kernel_surface_calls_only():
+    res = run("import ctypes, errno, subprocess, threading\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+              "for nr, args in [(101, (0, 0, 0, 0)), (272, (0x10000000,)), (321, (0, 0, 0)), (425, (1, 0)),"
+              " (250, (0, 0))]:\n"
+              "    print(libc.syscall(nr, *args), errno.errorcode[ctypes.get_errno()])\n"
+              "print(subprocess.run(['/bin/echo', 'spawned'], capture_output=True, text=True).stdout.strip())\n"
+              "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+              "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])", QUICK)
+    assert res.ok, res
+    assert res.stdout.splitlines() == ["-1 EPERM"] * 5 + ["spawned", "thread", "2"]
 
 
 @needs_sandbox
