@@ -99,7 +99,7 @@ class Result:
 # unbuffered: what was printed before a kill still comes back): reads its request from stdin, drops root, sets
 # the limits, replays the session's earlier cells with their output discarded, then runs the snippet.
 BOOT = r"""
-import json, os, resource, sys, traceback
+import json, os, resource, sys
 req = json.loads(sys.stdin.buffer.read())
 sys.stdin.close()
 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
@@ -116,6 +116,8 @@ def _run(src, name):
     except SystemExit:
         raise
     except BaseException as e:
+        import traceback  # only on error: its imports would cost every call
+
         sys.stdout.flush()
         traceback.print_exception(type(e), e, e.__traceback__.tb_next)
         sys.stderr.flush()
