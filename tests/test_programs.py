@@ -95,7 +95,7 @@ def test_traces_resample_until_correct(tmp_path, monkeypatch):
     monkeypatch.setattr("retort.lm.teachers.open_teacher", lambda *a, **k: teacher)
     out = tmp_path / "pt"
     assert main(["traces", "task.name=progs", "program=python", "n_prompts=3", "programs.tries=4",
-                 "programs.timeout_s=2", f"out={out}"]) == 0
+                 "programs.timeout_s=1", f"out={out}"]) == 0
     rows = {r["prompt"]: r for r in read_traces(out).to_pylist()}
     info = {q: json.loads(r["program"]) for q, r in rows.items()}
     assert [rows[e.prompt]["correct"] for e in ex] == [True, True, False]
@@ -107,6 +107,13 @@ def test_traces_resample_until_correct(tmp_path, monkeypatch):
     assert temps == [0.0, 0.5, 0.5, 0.5] and [t for q, t in teacher.asked if q == ex[0].prompt] == [0.0]
     m = read_manifest(out)
     assert m["params"]["program"] == "python" and m["stats"]["program_tries"]["max"] == 4
+    # rerun when finished: nothing is asked again; with other tries: refused, naming the key
+    asked = len(teacher.asked)
+    assert main(["traces", "task.name=progs", "program=python", "n_prompts=3", "programs.tries=4",
+                 "programs.timeout_s=1", f"out={out}"]) == 0
+    assert len(teacher.asked) == asked and read_traces(out).num_rows == 3
+    assert main(["traces", "task.name=progs", "program=python", "n_prompts=3", "programs.tries=2",
+                 "programs.timeout_s=1", f"out={out}"]) == 2
     # a student of the set is evaluated during training by running its programs, whatever the task
     seen = []
     monkeypatch.setattr("retort.lm.eval.evaluate", lambda model, tok, task, cfg, **_: seen.append(task) or {})
