@@ -8,6 +8,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,15 @@ def test_refuses_without_namespaces(monkeypatch, tmp_path):
     assert msg.startswith("the sandbox cannot start: bwrap: No permissions to create new namespace")
     assert msg.endswith("retort never runs code without it") and "\n" not in msg
     assert not marker.exists()
+
+
+def test_refuses_an_interpreter_that_would_show_the_home_directory(monkeypatch, tmp_path):
+    _fake_bwrap(tmp_path, monkeypatch, "exit 1\n")  # refused before bwrap runs, wherever bwrap is
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(sys, "prefix", str(home))  # e.g. a virtual environment made in the home directory itself
+    with pytest.raises(SandboxError, match="holds the home directory"):
+        run("print(1)")
 
 
 def test_commands_refuse_in_one_line_and_write_nothing(monkeypatch, tmp_path, capsys):

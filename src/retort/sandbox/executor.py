@@ -153,6 +153,13 @@ def _ro_paths() -> list[str]:
     for p in sorted({os.path.abspath(p) for p in want}, key=len):
         if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in paths):
             paths.append(p)
+    home = os.path.abspath(Path.home())
+    for p in paths:
+        if p == "/" or home == p or home.startswith(p.rstrip("/") + "/"):
+            # binding it would show the snippet the home directory (keys, tokens), read-only or not
+            raise SandboxError(f"the sandbox cannot start: the Python interpreter lives in {p}, which holds the home "
+                               f"directory {home}; run retort from a virtual environment or Python installed "
+                               f"elsewhere; {REFUSAL}")
     return paths
 
 
