@@ -187,9 +187,12 @@ def test_seccomp_refuses_kernel_surface_calls_only():
               "    print(libc.syscall(nr, *args), errno.errorcode[ctypes.get_errno()])\n"
               "print(subprocess.run(['/bin/echo', 'spawned'], capture_output=True, text=True).stdout.strip())\n"
               "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
-              "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])", QUICK)
+              "print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
+              # clone(CLONE_NEWUSER | SIGCHLD): a new user namespace, refused; a plain fork goes on
+              "r = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)\nif r == 0:\n    import os; os._exit(0)\n"
+              "print(r, errno.errorcode[ctypes.get_errno()])", QUICK)
     assert res.ok, res
-    assert res.stdout.splitlines() == ["-1 EPERM"] * 5 + ["spawned", "thread", "2"]
+    assert res.stdout.splitlines() == ["-1 EPERM"] * 5 + ["spawned", "thread", "2", "-1 EPERM"]
 
 
 @needs_sandbox
@@ -276,3 +279,19 @@ def test_commands_refuse_in_one_line_and_write_nothing(monkeypatch, tmp_path, ca
     assert main(["train", "task.name=progs", "student.name=preset:nano", "train.steps=1", "data.n_train=4",
                  f"out={run}"]) == 2
     assert "cannot start" in capsys.readouterr().err and not run.exists()
+
+
+def test_older_bwrap_without_disable_userns(monkeypatch, tmp_path):
+    """bwrap < 0.8 has no --disable-userns (Ubuntu 22.04 ships 0.6): the command leaves it out
+    (the seccomp filter refuses new user namespaces anyway); 0.8 gets it."""
+    from retort.sandbox import executor
+
+    monkeypatch.setattr(executor, "_as_root", lambda: False)
+    for said, expect in (("bubblewrap 0.6.1", False), ("bubblewrap 0.8.0", True)):
+        fake = tmp_path / said.replace(" ", "-") / "bwrap"
+        fake.parent.mkdir()
+        fake.write_text(f"#!/bin/sh\necho '{said}'\n")
+        fake.chmod(0o755)
+        monkeypatch.setenv("PATH", str(fake.parent))
+        args = executor.command(Limits())
+        assert ("--disable-userns" in args) is expect and "--unshare-user" in args
