@@ -171,3 +171,13 @@ def test_grpo_vs_trl_rewards_trl_with_retorts_verifier(bench):
     got = reward(prompts=["<s>" + str(e.prompt) for e in ex] * 2,
                  completions=[e.solution for e in ex] + ["A: nonsense", ""], completion_ids=[[]] * 4, trainer_state=None)
     assert got == [1.0, 1.0, 0.0, 0.0]
+@pytest.mark.skipif(__import__("shutil").which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+def test_sandbox_overhead_runs_both_arms_alternating(bench, tmp_path):
+    """benchmarks/sandbox.py at a tiny size: both arms really run (each checks its output), in
+    alternating order, and the JSON holds every measurement."""
+    sandbox = bench("sandbox")
+    out = tmp_path / "sandbox.json"
+    result = sandbox.main(["--reps", "2", "--calls", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert [r["arm"] for r in result["rows"]] == ["sandbox", "subprocess", "subprocess", "sandbox"]
+    assert all(r["ms_per_call"] > 0 for r in result["rows"]) and result["ratio"] > 0

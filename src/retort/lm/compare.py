@@ -18,6 +18,10 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
 
     fidelity_to, provenance = options.get("fidelity_to"), options.get("provenance")
     task = get_task(run.task)
+    if run.program == "python" or getattr(task, "program", None) == "python":
+        from .tasks.programs import as_program
+
+        task = as_program(task, run.programs)
     n = require_examples(task, run.eval.split, run.eval.n, "eval", run.eval.seed)
     targets = targets or [(run.model.name, run.model.name)]
     if task.size(run.eval.split) is not None:

@@ -282,6 +282,36 @@ class SamplingConfig:
 
 
 @dataclass
+class ProgramConfig:
+    """Program distillation (`program=python`; Jie & Lu, arXiv 2305.18170): how the teacher's
+    programs are sampled, prompted and run."""
+
+    tries: int = param(4, "programs sampled per question at most: the first greedy, the others at `temperature`, "
+                       "until one prints the answer", lo=1)
+    temperature: float = param(0.5, "sampling temperature of the tries after the first (the paper's 0.5)",
+                               lo=0.0, lo_open=True)
+    exemplars: int = param(0, "solved questions shown before each question in the PAL prompt (the paper's k=8); 0: "
+                           "the instruction and the question alone (for the built-in progs task, whose teacher is "
+                           "trained to answer with programs: the question alone)", lo=0)
+    select: str = param("dynamic", "which solved questions: dynamic = the most similar (TF-IDF cosine, scikit-learn), "
+                        "static = the same first ones for every question, random = drawn per question",
+                        choices=["dynamic", "static", "random"])
+    pool: Optional[str] = param(None, "exemplars > 0: a trace set made with program=python whose correct rows are "
+                                "the solved questions; unset: the task's own worked solutions (train split) when "
+                                "they are programs")
+    pool_size: int = param(1000, "solved questions read into the pool at most", lo=1)
+    timeout_s: float = param(10.0, "wall-clock seconds one program may run", lo=0.0, lo_open=True)
+    cpu_s: int = param(5, "CPU seconds one program may use", lo=1)
+    memory_mb: int = param(2048, "address space one program may use (MB)", lo=64)
+    workers: int = param(2, "programs run at once (one sandbox each)", lo=1)
+
+    def limits(self):
+        from ..sandbox import Limits
+
+        return Limits(timeout_s=self.timeout_s, cpu_s=self.cpu_s, memory_mb=self.memory_mb)
+
+
+@dataclass
 class TracesRun:
     """`retort traces`: the teacher samples completions of task prompts; each is verified and stored."""
 
@@ -298,6 +328,11 @@ class TracesRun:
                                 "settings apply to each): every teacher samples every prompt, sampling.n times; "
                                 "rows record which one (columns teacher, teacher_sha256). Empty: teacher.name alone")
     sampling: SamplingConfig = section(SamplingConfig, "how completions are sampled")
+    program: str = param("none", "python: the teacher writes a program per question, run in the sandbox; a row "
+                         "keeps the program as its completion, correct when its output is the answer (the "
+                         "`programs` section; one row per question: sampling.n and sampling.temperature are not used, "
+                         "programs.tries and programs.temperature are)", choices=["none", "python"])
+    programs: ProgramConfig = section(ProgramConfig, "program=python: tries, exemplars, the sandbox's limits")
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
 
@@ -311,6 +346,10 @@ class EvalRun:
                                test_fraction=0.0)
     model: ModelConfig = section(ModelConfig, "the model evaluated", name="builtin:teacher")
     eval: EvalConfig = section(EvalConfig, "what and how to evaluate")
+    program: str = param("none", "python: each answer is a program, run in the sandbox; its printed output is "
+                         "checked (a program-distilled student)", choices=["none", "python"])
+    programs: ProgramConfig = section(ProgramConfig, "program=python: the sandbox's limits (timeout_s, cpu_s, "
+                                      "memory_mb, workers)")
     track: str = param("lm", "the family of models (retort.track): lm = language models", choices=["lm"])
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)

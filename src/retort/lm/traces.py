@@ -54,6 +54,10 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
                           "with teacher.name=openai:MODEL into a set of its own")
     if api and run.teachers:
         raise ConfigError("teachers=[...] with teacher.name=openai:...: name the models in teachers, or one API teacher")
+    if run.program == "python":
+        from .traces_programs import run_program_traces
+
+        return run_program_traces(run, task, examples, console)
     if api:
         from .traces_api import run_api_traces
 

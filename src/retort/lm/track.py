@@ -13,6 +13,17 @@ from ..contract import Method
 from ..track import Track
 
 
+def _program_set(traces) -> bool:
+    """Whether the trace set at `traces` was made with `program=python` (its rows are programs)."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads((Path(traces) / "manifest.json").read_text())["params"].get("program") == "python"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 class LMTrack(Track):
     name = "lm"
     methods = METHODS
@@ -22,13 +33,20 @@ class LMTrack(Track):
 
     def train_evaluator(self, run):
         """`retort.lm.eval.evaluate`, plus fidelity to the run's teacher when it has a local one
-        (`eval.fidelity`; the teacher and its greedy answers loaded at the first evaluation)."""
+        (`eval.fidelity`; the teacher and its greedy answers loaded at the first evaluation). A
+        student of a program trace set (`traces program=python`) is evaluated by running its programs."""
         from .eval import evaluate
 
         name = fidelity_reference(run)
         cache: dict = {}
+        programs = run.data.source == "traces" and _program_set(run.data.traces)
 
         def ev(model, tok, task):
+            if programs and getattr(task, "program", None) != "python":
+                from .config import ProgramConfig
+                from .tasks.programs import as_program
+
+                task = cache.setdefault("program_task", as_program(task, ProgramConfig()))
             if name is None:
                 return evaluate(model, tok, task, run.eval)
             if "ref" not in cache:
@@ -46,6 +64,10 @@ class LMTrack(Track):
 
     def check_eval(self, task, run) -> None:
         require_examples(task, run.eval.split, run.eval.n, "the run's evaluation", run.eval.seed)
+        if getattr(task, "program", None) == "python" or (run.data.source == "traces" and _program_set(run.data.traces)):
+            from ..sandbox import check
+
+            check()  # its evaluation runs programs: refused now, not after training
 
     def load_student(self, run, ckpt, seed: int):
         model, tok = self._load_student(run, ckpt, seed)

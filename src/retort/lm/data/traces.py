@@ -59,6 +59,9 @@ SCHEMA = pa.schema([
     # teachers (`retort traces teachers=[...]`) keeps them apart; null in shards written before
     ("teacher", pa.string()),
     ("teacher_sha256", pa.string()),
+    # a program-distillation row (`retort traces program=python`): JSON {output, exit_code, timed_out,
+    # error, tries, exemplars} of the program in `completion`; null otherwise
+    ("program", pa.string()),
 ])
 
 

@@ -124,6 +124,8 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
     greedy = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
                       batch_size=cfg.batch_size, stop=stop, progress=progress)
     seconds = time.perf_counter() - t0
+    if hasattr(task, "prepare"):  # answers that are programs: run them all, a few sandboxes at a time
+        task.prepare([g[0].text for g in greedy])
     correct = [task.verify(g[0].text, e.answer, e.prompt) for g, e in zip(greedy, examples)]
     # no answer the task could read: the format failed, which is not the same as a wrong answer
     no_answer = [task.extract_answer(g[0].text, e.prompt) is None for g, e in zip(greedy, examples)]
@@ -181,6 +183,8 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
         sampled = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                            top_p=cfg.top_p, num_samples=cfg.k, batch_size=cfg.batch_size, seed=cfg.seed,
                            stop=stop, progress=progress)
+        if hasattr(task, "prepare"):
+            task.prepare([o.text for outs in sampled for o in outs])
         passk, maj, p1 = [], [], []
         for e, outs in zip(examples, sampled):
             oks = [task.verify(o.text, e.answer, e.prompt) for o in outs]

@@ -242,7 +242,51 @@ class VarChain(_Procedural):
         return Example("", prompt, answer, "\n".join(lines) + f"\nA:{answer}", steps)
 
 
-BUILTIN = {ModChain.name: ModChain, VarChain.name: VarChain, Detours.name: Detours}
+class Programs(ModChain):
+    """modchain whose worked solutions are Python programs (program distillation's toy): one
+    assignment per operation, then the result printed: "Q:7+5*3\n" -> "x=7\nx=(x+5)%10\nx=(x*3)%10\n
+    print(x)". Answers are read by running the program in the sandbox (`tasks.programs`), so the
+    built-in teacher trained on this task writes programs, and a student learns them from it."""
+
+    name = "progs"
+    description = "modchain answered by a Python program that prints the result (run in the sandbox)"
+    knobs = {k: v for k, v in ModChain.knobs.items() if k != "per_line"}
+    program = "python"
+
+    def _runner(self):
+        if "_run" not in vars(self):
+            from .programs import ProgramTask
+
+            self._run = ProgramTask(self)
+        return self._run
+
+    def extract_answer(self, text: str, question: Optional[str] = None) -> Optional[str]:
+        return self._runner().extract_answer(text, question)
+
+    def verify(self, text: str, reference: str, question: Optional[str] = None) -> bool:
+        return self._runner().verify(text, reference, question)
+
+    def prepare(self, texts) -> None:
+        self._runner().prepare(texts)
+
+    def check_answer(self, got: str, reference: str) -> bool:
+        """Whether a program's printed answer is the reference (`ProgramTask.verify`)."""
+        return got.strip() == reference.strip()
+
+    def completion_of(self, answer: str) -> str:
+        return f"print({answer!r})"
+
+    def describe_format(self) -> str:
+        return self._runner().describe_format()
+
+    def _problem(self, rng: random.Random, steps: int) -> Example:
+        start, chain = self._chain(rng, steps)
+        prompt, _ = self._written(start, chain)
+        lines = [f"x={start}"] + [f"x=(x{op}{x})%{self.modulus}" for _, op, x, _ in chain] + ["print(x)"]
+        return Example("", prompt, str(chain[-1][3]), "\n".join(lines), steps)
+
+
+BUILTIN = {ModChain.name: ModChain, VarChain.name: VarChain, Detours.name: Detours, Programs.name: Programs}
 
 
 def builtin_task(name: str, difficulty: Optional[dict] = None) -> Task:
