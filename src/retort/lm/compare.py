@@ -18,7 +18,9 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
     fidelity_to, provenance = options.get("fidelity_to"), options.get("provenance")
     task = get_task(run.task)
     n = require_examples(task, run.eval.split, run.eval.n, "eval", run.eval.seed)
-    targets = targets or [(run.model.name, run.model.name)]
+    lorid = options.get("lorid")
+    if not lorid:
+        targets = targets or [(run.model.name, run.model.name)]
     if task.size(run.eval.split) is not None:
         more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""
         console.print(f"eval: {n} prompts from {task.describe_split(run.eval.split)}{more}")
@@ -57,11 +59,35 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
             with console.status(f"provenance of {label}'s sentences"):
                 rows[-1][1]["provenance"] = trace(model.eval(), tok, sources[0][0].eval(), sources[1][0].eval(), task,
                                                   cfg, delta=options.get("provenance_delta", 1.0))
+    if lorid:
+        rows += _lorid_rows(run, cfg, task, options, console)
     console.print(f"eval: answers read as {task.describe_format()}")
     console.print(results_table(rows))
     if sources is not None:
         console.print(provenance_table(rows))
     return {label: r for label, r in rows}
+
+
+def _lorid_rows(run, cfg, task, options, console) -> list:
+    """`--lorid IR,KG,DR`: LoRID's three adapters on one base (`retort.lm.eval.lorid`): the consistency
+    iteration and its two ablations, as rows `lorid`, `lorid:ir`, `lorid:dr`."""
+    from .eval.lorid import evaluate_lorid
+    from .eval.lorid_runs import open_lorid
+
+    with console.status("loading LoRID's base and its three adapters"):
+        adapters, tok, templates, paths = open_lorid(options["lorid"])
+    lines = ProgressLines(console, "eval lorid", cfg.n, "prompts")
+    with console.status("LoRID: consistency iteration, then IR alone and DR alone"):
+        out = evaluate_lorid(adapters, tok, task, cfg, rounds=options.get("lorid_rounds", 20),
+                             temperature=options.get("lorid_temperature", 1.5), top_p=options.get("lorid_top_p", 0.9),
+                             fallback=options.get("lorid_fallback", "majority"), templates=templates,
+                             progress=lines.advance if lines.enabled else None)
+    r = out["lorid"]
+    r["adapters"] = {role: str(Path(p).resolve()) for role, p in paths.items()}
+    console.print(f"lorid: accuracy {r['accuracy']:.3f}, mean iterations {r['mean_iterations']:.2f} (at most "
+                  f"{r['rounds']}), IR and DR agreed on {r['agreed']:.0%}; IR alone {out['lorid:ir']['accuracy']:.3f}, "
+                  f"DR alone {out['lorid:dr']['accuracy']:.3f} (greedy)")
+    return list(out.items())
 
 
 def provenance_table(rows):
