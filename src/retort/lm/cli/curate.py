@@ -40,8 +40,9 @@ RULES = (
     needs("--budget", "--rewrite=uniform", "curate: --budget goes with --rewrite uniform"),
     needs(("--knowledge-rule", "--knowledge-template"), "--knowledge",
           "curate: {opt} goes with --knowledge"),
-    excludes("--knowledge-rule", ("--knowledge-template", "--reviser", "--teacher-url"),
-             "curate --knowledge-rule writes the knowledge by the task's rule, not by a teacher: drop {of}"),
+    excludes(("--knowledge-template", "--reviser", "--teacher-url"), "--knowledge-rule",
+             "curate: {opt} is for a teacher that writes the knowledge; --knowledge-rule writes it by the task's "
+             "rule: pass one or the other"),
     excludes("--mixed-policy", FILTER_OPTIONS,
              "curate: --mixed-policy makes new traces; run the filters in a separate curate step"),
 )
