@@ -6,6 +6,7 @@ nano preset, then `retort eval --lorid`), with the bad inputs it refuses."""
 import json
 import re
 from dataclasses import asdict
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -271,3 +272,22 @@ def test_lorid_end_to_end_through_the_cli_and_its_refusals(tmp_path, capsys):
     refused(f"{ir},{kg},{full}", r"trained every weight \(student.lora.r=0\)")
     other = _train(tmp_path, "other", tmp_path / "know" / "dr", "seed=1")
     refused(f"{ir},{kg},{other}", r"must sit on one base.*seed=1")
+
+
+@pytest.mark.slow
+def test_the_lorid_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch):
+    import sys
+
+    _trace_set(tmp_path / "traces", n=16, teacher="preset:nano")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    sys.modules.pop("lorid", None)
+    import lorid as bench
+
+    out = tmp_path / "lorid.json"
+    res = bench.main(["--traces", str(tmp_path / "traces"), "--student", "preset:nano", "--base-steps", "2",
+                      "--seeds", "0", "--steps", "2", "--batch-size", "4", "--rank", "2", "--rounds", "2",
+                      "--eval-n", "4", "--max-new-tokens", "10", "--work", str(tmp_path / "work"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["runs"] == res["runs"] and set(saved["runs"]) == {"0"}
+    assert all(1 <= r["mean_iterations"] <= 2 for r in saved["runs"].values())
+    assert [v["claim"] for v in saved["verdicts"]] == [o.claim for o in bench.ORDERINGS]
