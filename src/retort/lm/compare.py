@@ -19,6 +19,10 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
     task = get_task(run.task)
     n = require_examples(task, run.eval.split, run.eval.n, "eval", run.eval.seed)
     lorid = options.get("lorid")
+    defaults = {"lorid_rounds": 20, "lorid_temperature": 1.5, "lorid_top_p": 0.9, "lorid_fallback": "majority"}
+    stray = [k for k, v in defaults.items() if options.get(k, v) != v]
+    if stray and not lorid:
+        raise ConfigError(f"--{stray[0].replace('_', '-')} goes with --lorid IR,KG,DR")
     if not lorid:
         targets = targets or [(run.model.name, run.model.name)]
     if task.size(run.eval.split) is not None:
