@@ -25,6 +25,11 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
         raise ConfigError(f"--{stray[0].replace('_', '-')} goes with --lorid IR,KG,DR")
     if not lorid:
         targets = targets or [(run.model.name, run.model.name)]
+    else:  # opened first: a bad --lorid is refused before any model is evaluated
+        from .eval.lorid_runs import open_lorid
+
+        with console.status("loading LoRID's base and its three adapters"):
+            lorid = open_lorid(lorid)
     if task.size(run.eval.split) is not None:
         more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""
         console.print(f"eval: {n} prompts from {task.describe_split(run.eval.split)}{more}")
@@ -64,7 +69,7 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
                 rows[-1][1]["provenance"] = trace(model.eval(), tok, sources[0][0].eval(), sources[1][0].eval(), task,
                                                   cfg, delta=options.get("provenance_delta", 1.0))
     if lorid:
-        rows += _lorid_rows(run, cfg, task, options, console)
+        rows += _lorid_rows(lorid, cfg, task, options, console)
     console.print(f"eval: answers read as {task.describe_format()}")
     console.print(results_table(rows))
     if sources is not None:
@@ -72,14 +77,13 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
     return {label: r for label, r in rows}
 
 
-def _lorid_rows(run, cfg, task, options, console) -> list:
-    """`--lorid IR,KG,DR`: LoRID's three adapters on one base (`retort.lm.eval.lorid`): the consistency
-    iteration and its two ablations, as rows `lorid`, `lorid:ir`, `lorid:dr`."""
+def _lorid_rows(opened, cfg, task, options, console) -> list:
+    """`--lorid IR,KG,DR` (`opened`: what `open_lorid` gave): LoRID's three adapters on one base
+    (`retort.lm.eval.lorid`): the consistency iteration and its two ablations, as rows `lorid`,
+    `lorid:ir`, `lorid:dr`."""
     from .eval.lorid import evaluate_lorid
-    from .eval.lorid_runs import open_lorid
 
-    with console.status("loading LoRID's base and its three adapters"):
-        adapters, tok, templates, paths = open_lorid(options["lorid"])
+    adapters, tok, templates, paths = opened
     lines = ProgressLines(console, "eval lorid", cfg.n, "prompts")
     with console.status("LoRID: consistency iteration, then IR alone and DR alone"):
         out = evaluate_lorid(adapters, tok, task, cfg, rounds=options.get("lorid_rounds", 20),
