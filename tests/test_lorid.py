@@ -5,6 +5,7 @@ nano preset, then `retort eval --lorid`), with the bad inputs it refuses."""
 
 import json
 import re
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -241,7 +242,8 @@ def test_lorid_end_to_end_through_the_cli_and_its_refusals(tmp_path, capsys):
     _trace_set(tmp_path / "traces", n=16, teacher="preset:nano")
     assert main(["curate", str(tmp_path / "traces"), "--out", str(tmp_path / "know"), "--knowledge",
                  "--knowledge-rule"]) == 0
-    runs = {r: _train(tmp_path, r, tmp_path / "know" / r) for r in ("ir", "kg", "dr")}
+    # IR learns the traces themselves (DIR/ir holds the same rows); KG and DR their knowledge sets
+    runs = {r: _train(tmp_path, r, tmp_path / ("traces" if r == "ir" else f"know/{r}")) for r in ("ir", "kg", "dr")}
     for r in runs.values():
         assert (r / "adapter" / "adapter_model.safetensors").is_file() and (r / "model").is_dir()
     spec = ",".join(str(r) for r in runs.values())
@@ -264,7 +266,10 @@ def test_lorid_end_to_end_through_the_cli_and_its_refusals(tmp_path, capsys):
     ir, kg, dr = (str(r) for r in runs.values())
     assert main(["eval", "--lorid-rounds", "5", "eval.n=2"]) == 2
     assert "--lorid-rounds goes with --lorid IR,KG,DR" in capsys.readouterr().err
-    refused(f"{ir},{ir},{dr}", r"the KG run .* was trained on the IR rows .*--knowledge")
+    refused(f"{ir},{ir},{dr}", r"the KG run .* was trained on no knowledge rows .*--knowledge")
+    refused(f"{kg},{kg},{dr}", r"the IR run .* was trained on the KG rows")
+    shutil.copytree(dr, tmp_path / "no-adapter", ignore=shutil.ignore_patterns("adapter"))
+    refused(f"{ir},{kg},{tmp_path / 'no-adapter'}", r"the DR run .* has no adapter/")
     refused(f"{ir},{kg}", r"expected IR,KG,DR")
     refused(f"{ir},{kg},{tmp_path / 'nothing'}", r"the DR run .* not a retort run directory")
     full = tmp_path / "full"
