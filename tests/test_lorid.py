@@ -255,7 +255,11 @@ def test_lorid_end_to_end_through_the_cli_and_its_refusals(tmp_path, capsys):
     lor = res["lorid"]
     assert lor["n"] == 4 and 1 <= lor["mean_iterations"] <= 3 and 0 <= lor["accuracy"] <= 1
     assert all(len(s["ir_answers"]) == s["rounds"] for s in lor["samples"])
-    assert "mean iterations" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "mean iterations" in err and "note" not in err  # trained and evaluated on modchain
+    assert main(["eval", "--lorid", spec, "--lorid-rounds", "1", "task.name=vars", "eval.n=2"]) == 0
+    assert "the adapters were trained on task modchain; evaluating them on vars" in \
+        " ".join(capsys.readouterr().err.split())
 
     def refused(spec, match):
         capsys.readouterr()

@@ -30,6 +30,10 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
 
         with console.status("loading LoRID's base and its three adapters"):
             lorid = open_lorid(lorid)
+        trained = lorid[4]
+        if trained.name != run.task.name:
+            console.print(f"eval --lorid: note: the adapters were trained on task {trained.name}; evaluating them "
+                          f"on {run.task.name} (task.name=... to change)")
     if task.size(run.eval.split) is not None:
         more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""
         console.print(f"eval: {n} prompts from {task.describe_split(run.eval.split)}{more}")
@@ -83,7 +87,7 @@ def _lorid_rows(opened, cfg, task, options, console) -> list:
     `lorid:ir`, `lorid:dr`."""
     from .eval.lorid import evaluate_lorid
 
-    adapters, tok, templates, paths = opened
+    adapters, tok, templates, paths, _ = opened
     lines = ProgressLines(console, "eval lorid", cfg.n, "prompts")
     with console.status("LoRID: consistency iteration, then IR alone and DR alone"):
         out = evaluate_lorid(adapters, tok, task, cfg, rounds=options.get("lorid_rounds", 20),

@@ -23,13 +23,13 @@ which `retort.lm.eval.lorid_runs` reads back, so training and evaluation prompt 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import mean
 
 from ..rollout.generate import generate
 from ..tasks.base import Prompt
+from .metrics import majority
 
 KG_TEMPLATE = "Please output the knowledge needed to solve the question step by step.\nQuestion: {question}\n\nKnowledge: "
 DR_TEMPLATE = ("Please reason step by step based on the given question and knowledge, and output the final "
@@ -62,16 +62,6 @@ class Outcome:
     knowledge: list = field(default_factory=list)
 
 
-def _most_frequent(answers: list, among=None) -> str | None:
-    """The most frequent non-None answer (of those in `among`, when given); ties: the first seen."""
-    seen = [a for a in answers if a is not None and (among is None or a in among)]
-    if not seen:
-        return None
-    counts = Counter(seen)
-    top = max(counts.values())
-    return next(a for a in seen if counts[a] == top)
-
-
 def consistency(questions: list, sample: Callable, extract: Callable, *, rounds: int = 20,
                 fallback: str = "majority", templates: dict | None = None, progress=None) -> list[Outcome]:
     """LoRID's iteration over `questions` (task prompts), batched: each round samples every
@@ -102,7 +92,7 @@ def consistency(questions: list, sample: Callable, extract: Callable, *, rounds:
             o.knowledge.append(k)
             common = {x for x in o.ir if x is not None} & {x for x in o.dr if x is not None}
             if common:
-                o.answer, o.agreed = _most_frequent(_interleaved(o), common), True
+                o.answer, o.agreed = majority([x for x in _interleaved(o) if x in common]), True
             else:
                 still.append(i)
         if progress is not None:
@@ -111,7 +101,7 @@ def consistency(questions: list, sample: Callable, extract: Callable, *, rounds:
     if progress is not None and open_:
         progress(len(open_))
     for i in open_:
-        out[i].answer = _most_frequent(_interleaved(out[i])) if fallback == "majority" else None
+        out[i].answer = majority(_interleaved(out[i])) if fallback == "majority" else None
     return out
 
 

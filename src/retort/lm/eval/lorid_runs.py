@@ -73,7 +73,8 @@ def _base_key(run) -> dict:
 
 
 def open_lorid(spec: str, *, device=None):
-    """(Adapters holding ir/kg/dr on one base, tokenizer, {"kg": template, "dr": template}, {role: run dir})."""
+    """(Adapters holding ir/kg/dr on one base, tokenizer, {"kg": template, "dr": template}, {role: run dir},
+    the IR run's task config)."""
     import torch
 
     paths = parse_spec(spec)
@@ -97,7 +98,7 @@ def open_lorid(spec: str, *, device=None):
     base, tok = load_model(run.student, seed=run.seed, max_len=max(512, run.data.max_len))
     base.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     adapters = Adapters(base, {role: adapter for role, (_, adapter, _) in opened.items()})
-    return adapters, tok, templates, paths
+    return adapters, tok, templates, paths, run.task
 
 
 __all__ = ["open_lorid", "parse_spec"]
