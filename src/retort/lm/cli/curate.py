@@ -3,7 +3,7 @@
 This module owns the command line of curation: the options in their five help groups, the rules that
 refuse a conflicting combination of them (`RULES`, checked before any trace is read), and the dispatch
 to `retort.lm.curate` (statistics, `filter_traces`, `ded.select_teacher`, `mixed.mixed_policy`, and
-`shorten.rewrite` / `retro_search` / `truncate_like`) with the lines it prints. The curation itself
+`shorten.rewrite` / `retro_search` / `truncate_like`, `knowledge.knowledge`) with the lines it prints. The curation itself
 lives in `retort.lm.curate`; the grouped help and the rule checker in `grouped.py`."""
 
 from __future__ import annotations
