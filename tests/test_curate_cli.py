@@ -21,7 +21,8 @@ EXPECTED_GROUPS = {
     "New traces": ["--mixed-policy", "--mixed-from", "--cut-lo", "--length-factor", "--with-source", "--rewrite",
                    "--budgets", "--budget", "--rewrite-template", "--retro-search", "--gamma", "--transitions",
                    "--retro-partial", "--retro-tries", "--truncate-like", "--multi-turn", "--intermediate",
-                   "--unit-steps", "--answer-cue", "--answer-tokens", "--reviser", "--teacher-url",
+                   "--unit-steps", "--answer-cue", "--answer-tokens", "--knowledge", "--knowledge-rule",
+                   "--knowledge-template", "--reviser", "--teacher-url",
                    "--temperature", "--max-prompts"],
     "Output": ["--out", "--overwrite", "--seed", "--batch-size", "-h"],
 }
@@ -50,6 +51,13 @@ BROKEN = {
         [*OUT, "--rewrite", "dap", "--budget", "5"], "curate: --budget goes with --rewrite uniform"),
     "curate: --answer-cue goes with --multi-turn": (
         [*OUT, "--retro-search", "--answer-cue", "A:"], "curate: --answer-cue goes with --multi-turn"),
+    "curate: {opt} goes with --knowledge": (
+        [*OUT, "--knowledge-rule"], "curate: --knowledge-rule goes with --knowledge"),
+    ("curate: {opt} is for a teacher that writes the knowledge; --knowledge-rule writes it by the task's rule: "
+     "pass one or the other"): (
+        [*OUT, "--knowledge", "--knowledge-rule", "--reviser", "M"],
+        ("curate: --reviser is for a teacher that writes the knowledge; --knowledge-rule writes it by the task's "
+         "rule: pass one or the other")),
     "curate: --mixed-policy makes new traces; run the filters in a separate curate step": (
         [*OUT, "--stats", "--mixed-policy", "S", "--das", "S"],
         "curate: --mixed-policy makes new traces; run the filters in a separate curate step"),

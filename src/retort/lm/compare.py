@@ -23,7 +23,22 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
 
         task = as_program(task, run.programs)
     n = require_examples(task, run.eval.split, run.eval.n, "eval", run.eval.seed)
-    targets = targets or [(run.model.name, run.model.name)]
+    lorid = options.get("lorid")
+    defaults = {"lorid_rounds": 20, "lorid_temperature": 1.5, "lorid_top_p": 0.9, "lorid_fallback": "majority"}
+    stray = [k for k, v in defaults.items() if options.get(k, v) != v]
+    if stray and not lorid:
+        raise ConfigError(f"--{stray[0].replace('_', '-')} goes with --lorid IR,KG,DR")
+    if not lorid:
+        targets = targets or [(run.model.name, run.model.name)]
+    else:  # opened first: a bad --lorid is refused before any model is evaluated
+        from .eval.lorid_runs import open_lorid
+
+        with console.status("loading LoRID's base and its three adapters"):
+            lorid = open_lorid(lorid)
+        trained = lorid[4]
+        if trained.name != run.task.name:
+            console.print(f"eval --lorid: note: the adapters were trained on task {trained.name}; evaluating them "
+                          f"on {run.task.name} (task.name=... to change)")
     if task.size(run.eval.split) is not None:
         more = f" (eval.n={run.eval.n} asks for more than there are)" if n < run.eval.n else ""
         console.print(f"eval: {n} prompts from {task.describe_split(run.eval.split)}{more}")
@@ -71,6 +86,8 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
             with console.status(f"provenance of {label}'s sentences"):
                 rows[-1][1]["provenance"] = trace(model.eval(), tok, sources[0][0].eval(), sources[1][0].eval(), task,
                                                   cfg, delta=options.get("provenance_delta", 1.0))
+    if lorid:
+        rows += _lorid_rows(lorid, cfg, task, options, console)
     console.print(f"eval: answers read as {task.describe_format()}")
     console.print(results_table(rows))
     if sources is not None:
@@ -88,6 +105,27 @@ def _system15(name: str) -> bool:
         return json.loads((Path(name) / "config.json").read_text()).get("model_type") == MODEL_TYPE
     except (OSError, ValueError):
         return False
+
+
+def _lorid_rows(opened, cfg, task, options, console) -> list:
+    """`--lorid IR,KG,DR` (`opened`: what `open_lorid` gave): LoRID's three adapters on one base
+    (`retort.lm.eval.lorid`): the consistency iteration and its two ablations, as rows `lorid`,
+    `lorid:ir`, `lorid:dr`."""
+    from .eval.lorid import evaluate_lorid
+
+    adapters, tok, templates, paths, _ = opened
+    lines = ProgressLines(console, "eval lorid", cfg.n, "prompts")
+    with console.status("LoRID: consistency iteration, then IR alone and DR alone"):
+        out = evaluate_lorid(adapters, tok, task, cfg, rounds=options.get("lorid_rounds", 20),
+                             temperature=options.get("lorid_temperature", 1.5), top_p=options.get("lorid_top_p", 0.9),
+                             fallback=options.get("lorid_fallback", "majority"), templates=templates,
+                             progress=lines.advance if lines.enabled else None)
+    r = out["lorid"]
+    r["adapters"] = {role: str(Path(p).resolve()) for role, p in paths.items()}
+    console.print(f"lorid: accuracy {r['accuracy']:.3f}, mean iterations {r['mean_iterations']:.2f} (at most "
+                  f"{r['rounds']}), IR and DR agreed on {r['agreed']:.0%}; IR alone {out['lorid:ir']['accuracy']:.3f}, "
+                  f"DR alone {out['lorid:dr']['accuracy']:.3f} (greedy)")
+    return list(out.items())
 
 
 def provenance_table(rows):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .config import EvalRun, ModelConfig, TracesRun, TrainRun
 from ..errors import ModelError
 from .methods import METHODS, MethodContext
@@ -151,8 +153,12 @@ class LMTrack(Track):
         processor.save_pretrained(path)
 
     def export(self, model, processor, path, state_dict=None) -> None:
-        # LoRA: the adapters merged in, in place (the run is over): a plain model for `retort eval`
+        # LoRA: the adapters merged in, in place (the run is over): a plain model for `retort eval`;
+        # the adapter alone first, beside it (RUN_DIR/adapter), for several adapters on one base
+        # (`retort eval --lorid`)
         if state_dict is None:
+            if lora.is_lora(model):
+                self.save_checkpoint_model(model, processor, Path(path).parent / "adapter")
             save_model(lora.merge(model), processor, path)
             return
         if lora.is_lora(model):  # merging needs the whole weights in one process

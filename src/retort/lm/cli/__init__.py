@@ -25,6 +25,19 @@ EVAL_OPTIONS = [
     click.Option(["--lambda-step"], type=click.FloatRange(0, 1), default=None,
                  help="System-1.5 students: a latent step is skipped where its router says s > 1 - this (0: every "
                       "step). Default: the model's own."),
+    click.Option(["--lorid"], metavar="IR,KG,DR", help="Language models: LoRID's consistency iteration with three "
+                 "LoRA runs on one base (intuitive reasoner, knowledge generator, deep reasoner; each an sft run on "
+                 "`curate --knowledge` rows): sample IR, KG then DR until IR's and DR's answers agree; accuracy, "
+                 "mean iterations, and IR alone / DR alone (greedy)."),
+    click.Option(["--lorid-rounds"], type=click.IntRange(min=1), default=20, show_default=True,
+                 help="With --lorid: rounds at most per question."),
+    click.Option(["--lorid-temperature"], type=click.FloatRange(min=0, min_open=True), default=1.5,
+                 show_default=True, help="With --lorid: sampling temperature of the three (the paper's)."),
+    click.Option(["--lorid-top-p"], type=click.FloatRange(min=0, max=1, min_open=True), default=0.9,
+                 show_default=True, help="With --lorid: nucleus sampling of the three (the paper's)."),
+    click.Option(["--lorid-fallback"], type=click.Choice(["majority", "none"]), default="majority",
+                 show_default=True, help="With --lorid: the answer when IR and DR never agree: the most frequent "
+                 "of all their answers, or none (scored wrong, as the released code does)."),
 ]
 
 DEMO_METHODS = ("lm (default answers,sft): answers, sft, kd (from scratch); 300 steps on from a shared sft warm "

@@ -3,7 +3,7 @@
 This module owns the command line of curation: the options in their five help groups, the rules that
 refuse a conflicting combination of them (`RULES`, checked before any trace is read), and the dispatch
 to `retort.lm.curate` (statistics, `filter_traces`, `ded.select_teacher`, `mixed.mixed_policy`, and
-`shorten.rewrite` / `retro_search` / `truncate_like`) with the lines it prints. The curation itself
+`shorten.rewrite` / `retro_search` / `truncate_like`, `knowledge.knowledge`) with the lines it prints. The curation itself
 lives in `retort.lm.curate`; the grouped help and the rule checker in `grouped.py`."""
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from pathlib import Path
 import click
 
 from ...errors import RetortError
-from ...options import CONTEXT, console as _console
+from ...options import CONTEXT
+from ...options import console as _console
 from .grouped import GroupedCommand, excludes, needs, one_at_most, one_of, option
 
 STATS, FILTERS, SELECTION, NEW, OUTPUT = GROUPS = ("Statistics", "Filters", "Selection", "New traces", "Output")
 
 # Each makes a new trace set (in this order in messages); "filters" in the rules: what drops or selects rows.
-MAKERS = ("--mixed-policy", "--rewrite", "--retro-search", "--truncate-like", "--multi-turn")
+MAKERS = ("--mixed-policy", "--rewrite", "--retro-search", "--truncate-like", "--multi-turn", "--knowledge")
 FILTER_OPTIONS = ("--correct", "--max-tokens", "--first-k-correct", "--pairs", "--das", "--drop-templates",
                   "--diverse", "--max-ppl", "--teacher")
 
@@ -38,6 +39,11 @@ RULES = (
              "curate: {opt} makes new traces (from the correct ones); run the filters in a separate curate step"),
     needs("--budget", "--rewrite=uniform", "curate: --budget goes with --rewrite uniform"),
     needs("--answer-cue", "--multi-turn", "curate: --answer-cue goes with --multi-turn"),
+    needs(("--knowledge-rule", "--knowledge-template"), "--knowledge",
+          "curate: {opt} goes with --knowledge"),
+    excludes(("--knowledge-template", "--reviser", "--teacher-url"), "--knowledge-rule",
+             "curate: {opt} is for a teacher that writes the knowledge; --knowledge-rule writes it by the task's "
+             "rule: pass one or the other"),
     excludes("--mixed-policy", FILTER_OPTIONS,
              "curate: --mixed-policy makes new traces; run the filters in a separate curate step"),
 )
@@ -128,16 +134,24 @@ RULES = (
         "prefix that asks for its answer (default: the task's answer opener, e.g. 'A:' or '\\boxed{').")
 @option(NEW, "--answer-tokens", type=click.IntRange(min=1), default=16, show_default=True,
         help="With --multi-turn --intermediate teacher: longest intermediate answer the teacher writes.")
-@option(NEW, "--reviser", metavar="MODEL", help="With --rewrite / --retro-search / --multi-turn: the model that rewrites or "
-        "continues (default: the traces' teacher; another local model needs the same tokenizer).")
-@option(NEW, "--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search, --multi-turn on traces of an "
+@option(NEW, "--knowledge", is_flag=True, help="LoRID's rows: the teacher writes the knowledge each correct "
+        "trace uses; --out DIR gets DIR/ir (question -> trace), DIR/kg (question -> knowledge) and DIR/dr "
+        "(question + knowledge -> trace), one sft LoRA run each, then `retort eval --lorid`.")
+@option(NEW, "--knowledge-rule", is_flag=True, help="With --knowledge: write it by the task's rule instead of a "
+        "teacher (built-in tasks modchain, detours, vars; their tiny teachers cannot write it).")
+@option(NEW, "--knowledge-template", type=click.Path(dir_okay=False), help="With --knowledge: a text file holding "
+        "the prompt to the teacher, with {question} and {rationale} (default: LoRID's, asking for a JSON list).")
+@option(NEW, "--reviser", metavar="MODEL", help="With --rewrite / --retro-search / --multi-turn / --knowledge: the "
+        "model that rewrites, continues or writes knowledge (default: the traces' teacher; another local model "
+        "needs the same tokenizer).")
+@option(NEW, "--teacher-url", metavar="URL", help="With --mixed-policy, --rewrite, --retro-search, --multi-turn, --knowledge on traces of an "
         "API teacher (openai:MODEL): the server's /v1 URL, when it is no longer where the traces were made.")
 @option(NEW, "--temperature", type=click.FloatRange(min=0), default=None,
         help="With --mixed-policy: sampling temperature of student and teacher (default: the traces'); "
-        "with --rewrite (default 0, greedy) and --retro-search (default 0.6): the reviser's.")
+        "with --rewrite (default 0, greedy), --retro-search (default 0.6) and --knowledge (default 0.2): the reviser's.")
 @option(NEW, "--max-prompts", type=click.IntRange(min=0), default=0, show_default=True,
-        help="With --mixed-policy, --rewrite, --retro-search, --multi-turn: use at most this many prompts "
-        "(0: all).")
+        help="With --mixed-policy, --rewrite, --retro-search, --multi-turn, --knowledge: use at most this many "
+        "prompts (0: all).")
 @option(OUTPUT, "--out", type=click.Path(), help="Write the filtered trace set here.")
 @option(OUTPUT, "--overwrite", is_flag=True, help="Replace the trace set already in --out (only ever a directory "
         "holding a retort trace set and nothing else; never the input).")
@@ -150,7 +164,8 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
            drop_templates, template_ngram, template_max, diverse, pairs, das_student, das_keep, das_delta, das_rule,
            select_student, smoke_steps, probe_n, mixed_student, mixed_from, cut_lo, length_factor, with_source,
            rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions, retro_partial, retro_tries,
-           truncate_like, multi_turn, intermediate, unit_steps, answer_cue, answer_tokens, reviser, teacher_url, temperature, max_prompts, out, overwrite, seed, batch_size):
+           truncate_like, multi_turn, intermediate, unit_steps, answer_cue, answer_tokens, knowledge, knowledge_rule,
+           knowledge_template, reviser, teacher_url, temperature, max_prompts, out, overwrite, seed, batch_size):
     """Statistics of a trace set; filters, selections, rewrites and revisions into a new one.
 
     \b
@@ -165,6 +180,7 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
     retort curate runs/traces --out runs/retro --retro-search --gamma 0.9
     retort curate runs/traces --out runs/cut --truncate-like runs/retro
     retort curate runs/traces --out runs/mind --multi-turn --intermediate teacher
+    retort curate runs/traces --out runs/know --knowledge --knowledge-rule   # LoRID's ir/kg/dr rows
 
     Conflicting options are refused before any trace is read.
     """
@@ -209,6 +225,26 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
                          f"{c['joined']} units joined for want of an answer, {c['rejected']} rejected, "
                          f"{c['skipped']} without a final answer step or a step before it); tokens "
                          f"{c['tokens_before']} -> {c['tokens_after']}; written to {out}")
+        return
+    if out and knowledge:
+        from ..curate.knowledge import knowledge as write_knowledge
+
+        template = None
+        if knowledge_template:
+            try:
+                template = Path(knowledge_template).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise RetortError(f"curate --knowledge-template {knowledge_template}: cannot read it ({e})") from None
+        stats = write_knowledge(traces_dir, out, rule=knowledge_rule, template=template, reviser=reviser,
+                                temperature=0.2 if temperature is None else temperature, max_prompts=max_prompts,
+                                seed=seed, batch_size=batch_size, overwrite=overwrite, teacher_url=teacher_url,
+                                console=_console())
+        c = stats["knowledge_counts"]
+        rejected = ", ".join(f"{k} {v}" for k, v in sorted(c["rejected"].items())) or "none"
+        how = "by the task's rule" if knowledge_rule else f"by the teacher ({c['not_json']} not a JSON list)"
+        _console().print(f"curate: knowledge for {c['kept']} of {c['traces']} traces, written {how} (rejected: "
+                         f"{rejected}); {out}/ir, {out}/kg, {out}/dr: train one LoRA sft run on each, then "
+                         "retort eval --lorid IR_RUN,KG_RUN,DR_RUN")
         return
     if out and (rewrite or retro_search or truncate_like):
         from ..curate import shorten
