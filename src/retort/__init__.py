@@ -6,7 +6,8 @@ few-step diffusion generators, behind one CLI and this Python API (`retort.api`)
     results = api.evaluate(["kd=runs/kd/model"], track="classify", task={"name": "digits"})
 
 `import retort` gives the API's functions too (`retort.evaluate`, `retort.teacher`, ...), except
-`train` and `report`: `retort.train` and `retort.report` are the packages of the loop and the report.
+`train`, `report` and `audit`: `retort.train`, `retort.report` and `retort.audit` are the packages of
+the loop, the report and the privacy audits (`api.audit`; `retort.canaries` writes a canary corpus).
 
 `retort.traces` and `retort.curate_traces` make and curate teacher traces for language models;
 `retort.packaged_models()` lists the real models that load by name (`retort models`).
@@ -14,7 +15,7 @@ few-step diffusion generators, behind one CLI and this Python API (`retort.api`)
 
 __version__ = "0.1.0"
 
-_API = ("train_config", "evaluate", "eval_config", "teacher", "teacher_config", "demo", "methods")
+_API = ("train_config", "evaluate", "eval_config", "teacher", "teacher_config", "demo", "methods", "canaries")
 _LM = {"traces": "retort.lm.api", "traces_config": "retort.lm.api", "curate_traces": "retort.lm.api",
        "packaged_models": "retort.lm.api"}
 

@@ -93,6 +93,51 @@ def evaluate(models: Sequence[str] = (), *, run=None, console=None, config_file:
     return results
 
 
+def audit(models: Sequence[str] = (), *, canaries: Optional[str] = None, members: Optional[str] = None,
+          nonmembers: Optional[str] = None, reference: Optional[str] = None, n: int = 1000,
+          max_exact: int = 10 ** 6, samples: int = 10 ** 5, seed: int = 0, out: Optional[str] = None,
+          console=None, config_file: Optional[str] = None, overrides: Sequence[str] = (), **fields) -> dict:
+    """`retort audit`: canary exposure (`canaries`: a manifest `canaries()` wrote) and membership
+    inference (members vs non-members; `reference`: a model, or "teacher", that calibrates the
+    attack) of each model in `models` (-m values: a run directory or a model); returns label ->
+    result (`retort.audit`). Written to `out`, else each run directory's audit.json."""
+    from . import threads
+    from .audit import AUDIT_FILE, write_results
+    from .options import targets
+    from .paths import output_file
+
+    track, run = _load("eval", config_file, overrides, fields)
+    threads.pin(run.threads)
+    if out:
+        output_file(out, "--out")  # checked before any work
+    if console is None:
+        from rich.console import Console
+
+        console = Console(quiet=True)
+    options = {"canaries": canaries, "members": members, "nonmembers": nonmembers, "reference": reference, "n": n,
+               "max_exact": max_exact, "samples": samples, "seed": seed}
+    results = track.audit(run, targets(models), options, console)
+    if out:
+        write_results(out, results)
+        console.print(f"audit: {out}")
+    for label, result in results.items():
+        if not out and result.get("run_dir"):
+            write_results(Path(result["run_dir"]) / AUDIT_FILE, {label: result})
+            console.print(f"audit: {Path(result['run_dir']) / AUDIT_FILE}")
+    return results
+
+
+def canaries(out: str, format: str, length: int, *, alphabet: str = "0123456789", repeats: Sequence[int] = (1, 5, 20),
+             per_repeat: int = 1, controls: int = 1, source: Optional[str] = None, field: str = "text",
+             row: Optional[dict] = None, seed: int = 0, manifest: Optional[str] = None) -> dict:
+    """`retort audit canaries`: `source`'s records (or none) with canaries of `format` inserted
+    `repeats` times each, written to `out`, and their manifest; returns the manifest."""
+    from .audit import CanaryFormat, write_corpus
+
+    return write_corpus(out, CanaryFormat(format, length, alphabet), repeats=list(repeats), per_repeat=per_repeat,
+                        controls=controls, source=source, field=field, row=row, seed=seed, manifest=manifest)
+
+
 def teacher_config(config_file: Optional[str] = None, overrides: Sequence[str] = (), **fields):
     """The run config `retort teacher` trains the built-in teacher with."""
     track = get_track(_track_name(config_file, overrides, fields))

@@ -28,6 +28,7 @@ track" lists them, and a test checks the two agree):
 | `save_checkpoint_model(...)`, `export(...)` | the model part of a checkpoint; the final model a user loads |
 | `train_evaluator(run)` | the evaluation a training run does during and after training |
 | `evaluate(run, targets, options, console)` | `retort eval`: the models side by side, printed; label -> result |
+| `audit(run, targets, options, console)` | `retort audit`: canary exposure and membership inference per model (`retort.audit`) |
 | `teacher_config(config_file, overrides)`, `ensure_teacher(...)` | `retort teacher`: the built-in teacher's run config; train it once and cache it |
 | `demo(out, console, methods, seed)`, `demo_out` | `retort demo --track NAME` |
 | `config_classes()` | command -> config class, for `retort config` |
@@ -165,6 +166,14 @@ class Track:
         from .errors import ConfigError
 
         raise ConfigError(f"track={self.name}: no evaluation command")
+
+    def audit(self, run, targets: list, options: dict, console) -> dict:
+        """`retort audit`: what each model of `targets` ([(label, name)]; a name may be a run
+        directory) leaks, on `run` (an `eval_config`); label -> result (`retort.audit`'s shape).
+        `options`: canaries, members, nonmembers, reference, n, max_exact, samples, seed."""
+        from .errors import ConfigError
+
+        raise ConfigError(f"track={self.name}: no audit (language models and classifiers have one)")
 
     def results_json(self, results: dict) -> str:
         """How `retort eval --json` writes the results (indented JSON by default)."""

@@ -111,6 +111,11 @@ class ClassifyTrack(Track):
         console.print(results_table(rows, f"{run.task.name}, {run.eval.split} split"))
         return rows
 
+    def audit(self, run, targets, options, console):
+        from .audit import audit_models
+
+        return audit_models(run, targets, options, console)
+
     def teacher_config(self, config_file=None, overrides=None):
         from .teacher import teacher_config
 

@@ -18,7 +18,7 @@ from ..options import CONTEXT
 
 # core command -> module (in this package) defining it
 CORE = {"train": "train", "eval": "evaluate", "teacher": "teacher", "demo": "demo", "report": "report",
-        "methods": "catalogue", "config": "catalogue"}
+        "methods": "catalogue", "config": "catalogue", "audit": "audit"}
 
 
 class _Commands(click.Group):

@@ -136,6 +136,11 @@ class LMTrack(Track):
 
         return evaluate_models(run, targets, options, console)
 
+    def audit(self, run, targets, options, console):
+        from .audit import audit_models
+
+        return audit_models(run, targets, options, console)
+
     def teacher_config(self, config_file=None, overrides=None):
         from .teacher import teacher_config
 

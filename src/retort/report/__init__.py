@@ -340,7 +340,16 @@ def write_report(run_dirs, out, title: str = "retort report") -> Path:
     if not run_dirs:
         raise RetortError("report: no run directories given")
     out = output_file(out, "report -o")  # before reading anything
-    rows, runs = load_inputs(run_dirs)
-    page = render(rows, runs, title=title, inputs=[str(d) for d in run_dirs], parts=track_parts(rows, runs))
+    from ..audit import read_results
+    from .privacy import privacy_section
+
+    audits = {str(d): read_results(d) for d in run_dirs if str(d).lower().endswith(".json") and Path(d).is_file()}
+    audits = {d: r for d, r in audits.items() if r is not None}  # `retort audit --out` files
+    rows, runs = load_inputs([d for d in run_dirs if str(d) not in audits])
+    parts = track_parts(rows, runs)
+    privacy = privacy_section(rows, runs, audits)
+    if privacy:
+        parts.append(ReportParts(details=privacy))
+    page = render(rows, runs, title=title, inputs=[str(d) for d in run_dirs], parts=parts)
     atomic_write_text(out, page)
     return out
