@@ -17,7 +17,7 @@ from retort.cli import main
 from retort.config import load_config
 from retort.errors import ConfigError
 from retort.lm.config import ModelConfig, TrainRun
-from retort.lm.data.collate import IGNORE, collate
+from retort.lm.data.collate import IGNORE, Encoded, collate
 from retort.lm.methods import METHODS
 from retort.lm.methods.base import MethodContext
 from retort.lm.models import load_model, save_model
@@ -79,8 +79,6 @@ def test_the_loss_is_the_per_record_jsd_of_a_float64_reference(tmp_path, record_
     # two records of different lengths, the second with a longer prefix: labels on the continuations only
     ids = [[5, 9, 12, 7, 3, 30, 8], [4, 11, 6, 22, 19]]
     labels = [[IGNORE, IGNORE, 12, 7, 3, 30, 8], [IGNORE, IGNORE, IGNORE, 22, 19]]
-    from retort.lm.data.collate import Encoded
-
     batch = collate([Encoded(i, lab) for i, lab in zip(ids, labels)], pad)
     out = m.loss(student, batch)
     assert float(out.loss.detach()) == pytest.approx(_reference(student, teacher, batch, 0.3, 0.5, record_mean), rel=1e-5)
@@ -120,6 +118,10 @@ def test_prefix_and_continuation_per_record(tmp_path):
     ref = off.records_batch(rows)
     assert all(torch.equal(ref["input_ids"][j, :len(records[r].input_ids)], torch.tensor(records[r].input_ids))
                for j, r in enumerate(rows.tolist()))
+    pad = m.ctx.tokenizer.pad_token_id
+    sampled = Encoded([7, 8, 9, 5, pad, 6], [IGNORE, IGNORE, 9, 5, pad, 6])
+    assert m.cut_at_pad(sampled) == Encoded([7, 8, 9, 5], [IGNORE, IGNORE, 9, 5])  # a sampled pad ends it
+    assert m.cut_at_pad(records[1]) == records[1]
     half, _ = _method(tmp_path, "dp_opd", lmbda=0.5)
     draws = [[half.on_policy(i) for i in range(16)] for half.step in range(3)]
     assert draws == [[half.on_policy(i) for i in range(16)] for half.step in range(3)]  # repeatable (resume)

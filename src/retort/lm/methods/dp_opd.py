@@ -115,11 +115,21 @@ class DPOPD(OffPolicy):
             seed = random.Random(f"{self.ctx.run.seed}:dp_opd:rollout:{self.step}:{rows.tolist()}").randrange(2 ** 31)
             new, more = self.rollouts.rollout([items[j] for j in sampled], self.ctx.student(), seed=seed, gate=False)
             for j, x in zip(sampled, new):
-                items[j] = x
+                items[j] = self.cut_at_pad(x)
             stats["rollout_tokens"] = more["rollout_tokens"]
         batch = collate(items, self.ctx.tokenizer.pad_token_id)
         batch["stats"] = stats
         return batch
+
+    def cut_at_pad(self, item: Encoded) -> Encoded:
+        """A sampled continuation ends before its first padding token: the pad id is not text, and
+        Opacus's per-sample embedding gradient, unlike autograd's, does not zero the padding row, so
+        a sampled pad token would leave the per-record gradients off their sum (refused at step 0)."""
+        pad = self.ctx.tokenizer.pad_token_id
+        start = item.prompt_len
+        ids = item.input_ids
+        cut = next((t for t in range(start, len(ids)) if ids[t] == pad), len(ids))
+        return item if cut == len(ids) else replace(item, input_ids=ids[:max(cut, 1)], labels=item.labels[:max(cut, 1)])
 
     def count(self, batch: dict) -> int:
         """Records (each one term of the loss)."""
