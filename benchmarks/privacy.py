@@ -202,7 +202,11 @@ def corpus(work: Path, tiny: bool, canaries: bool = False) -> dict:
         write_notes(str(d), n_private=n, n_public=n, seed=0)
         # held-out private notes (another seed of the same private stream): the perplexity set
         (d / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in notes(2000, seed=1, public=False)))
-    paths = {"private": str(d / "private.jsonl"), "public": str(d / "public.jsonl"), "heldout": str(d / "heldout.jsonl")}
+    paths = {"private": str(d / "private.jsonl"), "public": str(d / "public.jsonl"), "heldout": str(d / "heldout.jsonl"),
+             "members": str(d / "members.jsonl"), "nonmembers": str(d / "nonmembers.jsonl")}
+    for key, src in (("members", "private"), ("nonmembers", "heldout")):  # membership inference: 200 rows each
+        if not Path(paths[key]).exists():
+            Path(paths[key]).write_text("".join(Path(paths[src]).read_text().splitlines(True)[:200]))
     if canaries:
         man = d / "canaried.jsonl.canaries.json"
         if not man.exists():
@@ -302,7 +306,8 @@ def part_swing(work: Path, seeds, tiny: bool) -> dict:
             out = work / "swing" / f"{method}-s{s}"
             train(out, _lm(paths["canaried"], preset, s, steps, batch, 3e-3,
                            [f"method={method}", f"teacher.name={teacher}"]))
-            res = audit({method: out}, out.with_suffix(".audit.json"), canaries=paths["manifest"])[method]["canaries"]["by_repeats"]
+            res = audit({method: out}, out.with_suffix(".audit.json"), canaries=paths["manifest"],
+                        members=paths["members"], nonmembers=paths["nonmembers"])[method]["canaries"]["by_repeats"]
             exposure[str(s)] = res
             ppl[str(s)] = perplexity(out / "model", paths["public"], 64 if tiny else 2000)
         rows[method] = {"exposure_by_repeats": exposure, "public_perplexity": ppl,
@@ -325,15 +330,11 @@ def part_audits(work: Path, seeds, tiny: bool) -> dict:
         train(seen, _lm(paths["canaried"], preset, s, steps, 16, 3e-3, ["method=sft"]))
         never = work / "audits" / f"plain-s{s}"
         train(never, _lm(paths["private"], preset, s, steps, 16, 3e-3, ["method=sft"]))
-        exp = audit({"seen": seen, "never": never}, work / "audits" / f"exposure-s{s}.json", canaries=paths["manifest"])
+        exp = audit({"seen": seen, "never": never}, work / "audits" / f"exposure-s{s}.json", canaries=paths["manifest"],
+                    members=paths["members"], nonmembers=paths["nonmembers"])
         # MIA: members are 200 private notes; the overfit model sees only them, many times; the
         # other model sees only public notes (disjoint from the members)
-        small = work / "audits" / "members.jsonl"
-        if not small.exists():
-            small.write_text("".join(Path(paths["private"]).read_text().splitlines(True)[:200]))
-        holdout = work / "audits" / "nonmembers.jsonl"
-        if not holdout.exists():
-            holdout.write_text("".join(Path(paths["private"]).read_text().splitlines(True)[-200:]))
+        small, holdout = Path(paths["members"]), Path(paths["nonmembers"])
         overfit = work / "audits" / f"overfit-s{s}"
         train(overfit, _lm(str(small), preset, s, 8 if tiny else 4000, 16, 3e-3,
                            ["method=sft"]))
