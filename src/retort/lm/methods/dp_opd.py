@@ -46,7 +46,7 @@ class DPOPD(OffPolicy):
     distilled per record (module docstring)."""
 
     name = "dp_opd"
-    paper = "Khadem et al. 2026, Differentially Private On-Policy Distillation (DP-OPD), arXiv:2604.04461"
+    paper = "Differentially Private On-Policy Distillation (DP-OPD), arXiv:2604.04461"
     equation = ("y_i ~ p_S(.|x_i) w.p. lmbda else the reference; l_i = mean_t kd_weight * T^2 * JSD_beta(P_T || P_S)_t "
                 "+ ce_weight * CE_t; DP-SGD on sum_i l_i")
 
