@@ -181,3 +181,33 @@ def test_sandbox_overhead_runs_both_arms_alternating(bench, tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert [r["arm"] for r in result["rows"]] == ["sandbox", "subprocess", "subprocess", "sandbox"]
     assert all(r["ms_per_call"] > 0 for r in result["rows"]) and result["ratio"] > 0
+
+
+def test_privacy_mnist_table_epsilons_and_orderings(bench):
+    """Opacus's README epsilons are the classic RDP conversion of its flags (q = 0.004, 250 steps an
+    epoch); its accountant (retort's) converts more tightly; the orderings read the results' paths."""
+    privacy = bench("privacy")
+    for label, sigma, _, epochs, _, eps, _, _ in privacy.MNIST_ROWS[1:]:
+        steps = round(epochs / privacy.SAMPLE_RATE)
+        assert privacy.classic_epsilon(sigma, privacy.SAMPLE_RATE, steps) == pytest.approx(eps, abs=0.005), label
+        assert privacy.opacus_epsilon(sigma, privacy.SAMPLE_RATE, steps) < eps
+    per = lambda *v: {str(i): x for i, x in enumerate(v)}
+    rows = {f"{m}|eps{e}": {"perplexity": per(*[base + e_off for e_off in (0.0, 0.1, 0.2)])}
+            for e in privacy.EPS_DPOPD for m, base in (("dp_opd", 10.0), ("kd", 11.0), ("sft", 12.0))}
+    results = {"seeds": [0, 1, 2], "dpopd": {"rows": rows, "gap_sft_minus_dp_opd": {
+        "eps2": per(3.0, 3.1, 3.2), "eps8": per(1.0, 1.1, 1.2)}}}
+    verdicts = privacy.state(results, privacy.orderings(results))
+    assert [v["verdict"] for v in verdicts] == ["holds"] * 5
+
+
+@pytest.mark.slow  # every part at its tiny size: a few minutes of CPU
+def test_privacy_benchmark_runs_every_part_tiny(tmp_path):
+    import subprocess
+
+    out = tmp_path / "p.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "privacy.py"), "--tiny", "--work", str(tmp_path / "w"),
+                    "--json", str(out)], check=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
+    res = json.loads(out.read_text())
+    assert set(res) >= {"mnist", "dpkd", "dpopd", "swing", "audits", "cost", "verdicts"}
+    assert all(r["eps_equal"] for r in res["mnist"]["rows"].values() if "eps_equal" in r)
+    assert set(res["dpopd"]["rows"]) == {f"{m}|eps{e}" for m in ("dp_opd", "kd", "sft") for e in (2, 8)}

@@ -67,7 +67,11 @@ def refuse(run, model: torch.nn.Module, method, world: int) -> None:
                           "your own model)")
     from opacus.validators import ModuleValidator
 
-    errors = ModuleValidator.validate(model, strict=False)
+    # the loop trains the student in train mode; one loaded from a checkpoint (--resume) comes in
+    # eval mode, which Opacus's validator would refuse on its own
+    training = model.training
+    errors = ModuleValidator.validate(model.train(), strict=False)
+    model.train(training)
     if errors:
         raise ConfigError(f"privacy.*: Opacus cannot train this student privately: {str(errors[0]).splitlines()[0]}")
     method.private_records()  # the method refuses here where its loss is not one term per record

@@ -10,6 +10,7 @@ tokens), `hidden` (last hidden states) and `pairs` (trace pairs).
 from .base import BatchPlan, LossOut, Method, MethodContext, OffPolicy, Owned
 from .chunk_sft import ChunkSFT
 from .curio_sft import CurioSFT
+from .dp_opd import DPOPD
 from .dpo import DPO, SimPO
 from .gkd import GKD
 from .grpo import GRPO
@@ -25,6 +26,6 @@ from .talking import Talking
 from .tsd_kd import TSDKD
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, KD, GKD, RKLPG, OPSD, TSDKD, REDI, DPO, SimPO, CurioSFT, ChunkSFT,
-                                                                 GRPO, KEPO, Swing, Talking, System15)}
+                                                                 GRPO, KEPO, Swing, Talking, System15, DPOPD)}
 
 __all__ = ["BatchPlan", "LossOut", "METHODS", "Method", "MethodContext", "OffPolicy", "Owned"]

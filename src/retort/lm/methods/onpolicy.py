@@ -166,7 +166,7 @@ class OnPolicy(OffPolicy):
 
     def private_records(self) -> int:
         raise ConfigError(f"privacy.*: method {self.name} cannot train under DP-SGD here: on-policy rollouts are not "
-                          "drawn from Poisson-sampled records (use sft or kd)")
+                          "drawn from Poisson-sampled records (use dp_opd, DP-OPD, or sft, kd)")
 
     def rollout(self, items: list[Encoded], model, *, seed: int, gate: bool) -> tuple[list[Encoded], dict]:
         return self.rollouts.rollout(items, model, seed=seed, gate=gate)
