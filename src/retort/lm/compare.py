@@ -21,6 +21,10 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
         from .tasks.programs import as_program
 
         task = as_program(task, run.programs)
+    if run.agent.kind == "code" or getattr(task, "agent", None) is not None:
+        if run.program == "python":
+            raise ConfigError("agent=code and program=python: one way of answering at a time")
+        task.agent = replace(run.agent, kind="code")  # calc is answered as an agent whatever agent.kind says
     n = require_examples(task, run.eval.split, run.eval.n, "eval", run.eval.seed)
     targets = targets or [(run.model.name, run.model.name)]
     if task.size(run.eval.split) is not None:
