@@ -175,3 +175,60 @@ def test_answer_reader_reads_only_the_tasks_own_format():
     task = get_task(TaskConfig(name="calc"))
     read = answer_reader(task)
     assert read("A:42", "Q:6*7\n") == "42" and read("maybe 42", "Q:6*7\n") is None
+
+
+def test_an_api_teacher_gets_the_conversation_through_its_chat_endpoint(tmp_path, capsys):
+    from apiserver import ApiServer
+
+    from retort.config import load_config
+    from retort.lm.config import TracesRun
+    from retort.lm.rollout.agent import Conversation
+    from retort.lm.teachers.api import ApiTeacher
+
+    teacher = ApiTeacher(load_config(TracesRun, None, ["teacher.name=openai:m",
+                                                       "teacher.api.base_url=http://127.0.0.1:9/v1"]).teacher)
+    msgs = [{"role": "system", "content": "act"}, {"role": "user", "content": "Q:1+2"},
+            {"role": "assistant", "content": "```python\nprint(1+2)\n```"}, {"role": "tool", "content": "3"}]
+    path, body = teacher.body(Conversation(msgs, "Thought: "), max_tokens=8, temperature=0.0, top_p=1.0, seed=0)
+    assert path == "/chat/completions" and body["messages"] == [*msgs, {"role": "assistant", "content": "Thought: "}]
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    # a server that never writes code: every step a parse error, so each episode runs its 2 steps
+    with ApiServer() as s:
+        out = tmp_path / "api"
+        assert main(["traces", "agent=code", "task.name=calc", "n_prompts=2", "agent.max_steps=2",
+                     "teacher.name=openai:m", f"teacher.api.base_url={s.url}", f"out={out}"]) == 0, \
+            capsys.readouterr().err
+        asked = [e for e in s.log if e.get("path", "").endswith("/chat/completions")]
+    assert len(asked) == 4  # 2 questions x 2 steps
+    for r in read_traces(out).to_pylist():
+        rec = json.loads(r["agent"])
+        assert (rec["steps"], rec["parse_errors"], rec["hit_max_steps"], r["correct"]) == (2, 2, True, False)
+        # calc's teacher is trained on the format: no system turn (agent.system=auto)
+        assert [m["role"] for m in json.loads(r["messages"])] == ["user", "assistant", "tool", "assistant", "tool"]
+
+
+def test_ftp_reads_the_first_paragraph_from_a_cot_trace_set(tmp_path, scripted, capsys):
+    from retort.lm.data.traces import SCHEMA, TraceWriter
+
+    task = get_task(TaskConfig(name="calc", difficulty={"steps_min": 2, "steps_max": 2}))
+    prompts = [str(e.prompt) for e in task.examples("train", 6)]
+    cot = tmp_path / "cot"
+    writer = TraceWriter(cot, {"teacher": {"name": "scripted"}}, {}, {0: 6})
+    writer.write_shard(0, [{**{k: None for k in SCHEMA.names}, "prompt_id": f"p{i}", "sample_idx": 0, "prompt": p,
+                            "completion": f"Step {i} first.\nStill first.\n\nSecond.", "completion_ids": [],
+                            "completion_logprobs": [], "correct": True} for i, p in enumerate(prompts)])
+    writer.finish({})
+    out = tmp_path / "ftp"
+    assert main(traces_args(out, "agent.first_thought=cot", f"agent.cot={cot}")) == 0, capsys.readouterr().err
+    for r in read_traces(out).to_pylist():
+        i = prompts.index(r["prompt"])
+        first = json.loads(r["messages"])[1]["content"]
+        assert first.startswith(f"Thought: Step {i} first.\nStill first.\n\n```python\n")
+    missing = tmp_path / "cot2"
+    writer = TraceWriter(missing, {"teacher": {"name": "scripted"}}, {}, {0: 0})
+    writer.write_shard(0, [])
+    writer.finish({})
+    assert main(traces_args(tmp_path / "x", "agent.first_thought=cot", f"agent.cot={missing}")) == 2
+    assert "no CoT answer to 6 of the questions" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(traces_args(tmp_path / "y", f"agent.cot={cot}")) == 2
+    assert "agent.first_thought=cot" in capsys.readouterr().err and not (tmp_path / "y").exists()

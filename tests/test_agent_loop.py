@@ -116,3 +116,23 @@ def test_conversation_ids_are_the_training_rendering_up_to_the_next_turn():
     ids = conversation_ids(tok, msgs[:3])
     assert full.input_ids[:len(ids)] == ids and full.labels[len(ids) - 1] == IGNORE != full.labels[len(ids)]
     assert conversation_ids(tok, msgs[:3], "Thought: ")[len(ids):] == tok("Thought: ", add_special_tokens=False)["input_ids"]
+
+
+def test_sft_on_calc_solutions_trains_the_assistant_turns_of_its_conversations():
+    from types import SimpleNamespace
+
+    from retort.lm.config import DataConfig, ModelConfig, TaskConfig
+    from retort.lm.data.collate import IGNORE
+    from retort.lm.methods.examples import data_examples
+    from retort.lm.models import load_model
+    from retort.lm.tasks import get_task
+
+    _, tok = load_model(ModelConfig(name="preset:nano"))
+    task = get_task(TaskConfig(name="calc", difficulty={"steps_min": 2, "steps_max": 2}))
+    rows = task.examples("train", 3)
+    ctx = SimpleNamespace(run=SimpleNamespace(data=DataConfig(source="solutions", max_len=160), seed=0), tokenizer=tok,
+                          task=task, train_rows=lambda: rows, dropped=lambda *a: None, cycle=lambda xs: xs)
+    for enc, ex in zip(data_examples(ctx), rows):
+        trained = tok.decode([t for t in enc.labels if t != IGNORE])
+        assert trained == "".join(m["content"] + "</s>" for m in ex.messages if m["role"] == "assistant")
+        assert ex.messages[1]["content"] in tok.decode(enc.input_ids)  # the observation is there, masked

@@ -32,21 +32,27 @@ from .rollout.agent import first_thought, run_episodes, sandbox_executor, teache
 from .tasks.base import task_params
 
 
-def cot_answers(run, teacher, shard) -> dict:
-    """The teacher's CoT answer to each question of `shard` (prompt id -> text): the first row of
-    `agent.cot` (a trace set) with the same prompt, else a greedy answer sampled now."""
-    cfg, sp = run.agent, run.sampling
-    if cfg.cot:
-        t = read_traces(cfg.cot, columns=["prompt", "completion"]).to_pydict()
-        by_prompt: dict = {}
-        for p, c in zip(t["prompt"], t["completion"]):
-            by_prompt.setdefault(p, c)
-        missing = [e for e in shard if str(e.prompt) not in by_prompt]
-        if missing:
-            raise DataError(f"agent.cot={cfg.cot}: no CoT answer to {len(missing)} of the questions, e.g. "
-                            f"{str(missing[0].prompt)[:60]!r}; make it with `retort traces` on the same task, split and "
-                            "n_prompts")
-        return {e.id: by_prompt[str(e.prompt)] for e in shard}
+def stored_cot(path, examples) -> dict:
+    """prompt id -> the first CoT answer of trace set `path` (`agent.cot`) to the same prompt, for
+    every question of `examples` (read before anything is written: a missing one is refused)."""
+    t = read_traces(path, columns=["prompt", "completion"]).to_pydict()
+    by_prompt: dict = {}
+    for p, c in zip(t["prompt"], t["completion"]):
+        by_prompt.setdefault(p, c)
+    missing = [e for e in examples if str(e.prompt) not in by_prompt]
+    if missing:
+        raise DataError(f"agent.cot={path}: no CoT answer to {len(missing)} of the questions, e.g. "
+                        f"{str(missing[0].prompt)[:60]!r}; make it with `retort traces` on the same task, split and "
+                        "n_prompts")
+    return {e.id: by_prompt[str(e.prompt)] for e in examples}
+
+
+def cot_answers(run, teacher, shard, stored=None) -> dict:
+    """The teacher's CoT answer to each question of `shard` (prompt id -> text): from `stored`
+    (`stored_cot`), else a greedy answer sampled now."""
+    if stored is not None:
+        return {e.id: stored[e.id] for e in shard}
+    sp = run.sampling
     outs = teacher.generate([e.prompt for e in shard], max_new_tokens=sp.max_new_tokens, temperature=0.0,
                             num_samples=1, batch_size=run.batch_size, seed=sp.seed)
     return {e.id: o[0].text for e, o in zip(shard, outs)}
@@ -63,6 +69,9 @@ def run_agent_traces(run, task, examples, console=None) -> Path:
     if run.teacher.name.startswith("openai:") and run.teacher.api.endpoint != "chat":
         raise ConfigError("agent=code with an API teacher sends conversations: teacher.api.endpoint=chat")
     cfg, sp = run.agent, run.sampling
+    if cfg.cot and cfg.first_thought != "cot":
+        raise ConfigError(f"agent.cot={cfg.cot}: the CoT answers are read for agent.first_thought=cot")
+    stored = stored_cot(cfg.cot, examples) if cfg.cot else None
     execute = sandbox_executor(cfg.limits(), cfg.observation_chars)  # refused here before the teacher loads
     device = "cpu"
     if not run.teacher.name.startswith("openai:"):
@@ -90,7 +99,7 @@ def run_agent_traces(run, task, examples, console=None) -> Path:
         shard = examples[index * s:(index + 1) * s]
         prefixes = None
         if cfg.first_thought == "cot":
-            cots = cot_answers(run, teacher, shard)
+            cots = cot_answers(run, teacher, shard, stored)
             prefixes = [first_thought(cots[e.id]) for e in shard]
         episodes = run_episodes([e.prompt for e in shard], policy, execute, max_steps=cfg.max_steps,
                                 answer_of=answer_reader(task), prefixes=prefixes, system=system, workers=cfg.workers)
@@ -138,4 +147,4 @@ def run_agent_traces(run, task, examples, console=None) -> Path:
     return Path(run.out)
 
 
-__all__ = ["cot_answers", "run_agent_traces"]
+__all__ = ["cot_answers", "run_agent_traces", "stored_cot"]
