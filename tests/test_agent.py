@@ -167,6 +167,7 @@ def test_eval_agent_code_with_sag_reports_the_agent_metrics(tmp_path, capsys):
     for key in ("accuracy", "agent_steps", "parse_error_rate", "exec_error_rate", "hit_max_steps", "sag_survivors"):
         assert key in r
     assert 1 <= r["agent_steps"] <= 2 and r["samples"][0]["messages"][0]["role"] == "user"
+    assert r["samples"][0]["completion"].startswith("[assistant] ")  # the episode as text, for the report
     assert main(["eval", "-m", "nano=preset:nano", "task.name=calc", "eval.n=2", "eval.k=2", "agent=code"]) == 2
     assert "eval.k=2 with agent=code" in capsys.readouterr().err
 

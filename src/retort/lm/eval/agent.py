@@ -38,7 +38,13 @@ def is_correct(task, final: Optional[str], example) -> bool:
     return final is not None and task.verify(task.completion_of(str(final)), example.answer, example.prompt)
 
 
-def summary(episodes, tok=None) -> dict:
+def transcript(messages: list) -> str:
+    """The turns after the question, each headed by its role: an episode as one text."""
+    first = next((i for i, m in enumerate(messages) if m["role"] == "user"), -1) + 1
+    return "\n".join(f"[{m['role']}] {m['content']}" for m in messages[first:])
+
+
+def summary(episodes) -> dict:
     """The agent metrics of a list of `rollout.agent.Episode`s."""
     steps = sum(e.steps for e in episodes)
     out = {"agent_steps": float(mean(e.steps for e in episodes)) if episodes else 0.0,
@@ -86,10 +92,11 @@ def evaluate_agent(model, tok, task, cfg, agent, *, progress=None, n_samples_kep
         "agent": {"max_steps": agent.max_steps, "sag": agent.sag},
         **summary(episodes),
         "by_difficulty": {k: float(mean(v)) for k, v in sorted(by_diff.items())},
-        "samples": [{"prompt": str(e.prompt), "messages": ep.messages, "answer": ep.final, "reference": e.answer,
-                     "correct": ok, **ep.record()}
+        # `completion`: the episode as text (what a report shows), `messages`: the turns themselves
+        "samples": [{"prompt": str(e.prompt), "completion": transcript(ep.messages), "messages": ep.messages,
+                     "answer": ep.final, "reference": e.answer, "correct": ok, **ep.record()}
                     for e, ep, ok in list(zip(examples, episodes, correct))[:n_samples_kept]],
     }
 
 
-__all__ = ["agent_system", "answer_reader", "evaluate_agent", "is_correct", "summary"]
+__all__ = ["agent_system", "answer_reader", "evaluate_agent", "is_correct", "summary", "transcript"]
