@@ -95,7 +95,7 @@ def test_traces_resample_until_correct(tmp_path, monkeypatch):
     monkeypatch.setattr("retort.lm.teachers.open_teacher", lambda *a, **k: teacher)
     out = tmp_path / "pt"
     assert main(["traces", "task.name=progs", "program=python", "n_prompts=3", "programs.tries=4",
-                 "programs.timeout_s=1", f"out={out}"]) == 0
+                 "programs.timeout_s=4", f"out={out}"]) == 0
     rows = {r["prompt"]: r for r in read_traces(out).to_pylist()}
     info = {q: json.loads(r["program"]) for q, r in rows.items()}
     assert [rows[e.prompt]["correct"] for e in ex] == [True, True, False]
@@ -110,10 +110,10 @@ def test_traces_resample_until_correct(tmp_path, monkeypatch):
     # rerun when finished: nothing is asked again; with other tries: refused, naming the key
     asked = len(teacher.asked)
     assert main(["traces", "task.name=progs", "program=python", "n_prompts=3", "programs.tries=4",
-                 "programs.timeout_s=1", f"out={out}"]) == 0
+                 "programs.timeout_s=4", f"out={out}"]) == 0
     assert len(teacher.asked) == asked and read_traces(out).num_rows == 3
     assert main(["traces", "task.name=progs", "program=python", "n_prompts=3", "programs.tries=2",
-                 "programs.timeout_s=1", f"out={out}"]) == 2
+                 "programs.timeout_s=4", f"out={out}"]) == 2
     # a student of the set is evaluated during training by running its programs, whatever the task
     seen = []
     monkeypatch.setattr("retort.lm.eval.evaluate", lambda model, tok, task, cfg, **_: seen.append(task) or {})
@@ -170,7 +170,7 @@ def test_eval_runs_the_students_programs(tmp_path, monkeypatch, capsys):
         [Completion(answers[p], [1, 2], "stop")] for p in prompts])
     out = tmp_path / "eval.json"
     assert main(["eval", "task.name=progs", "program=python", "model.name=preset:nano", "eval.n=3",
-                 "programs.timeout_s=1", f"out={out}"]) == 0
+                 "programs.timeout_s=4", f"out={out}"]) == 0
     r = json.loads(out.read_text())["preset:nano"]
     assert r["accuracy"] == pytest.approx(1 / 3) and r["no_answer"] == 1  # the loop was stopped: no answer
     assert "python program" in r["answer_format"]

@@ -34,8 +34,10 @@ and dropped, so a flood cannot block the snippet on a full pipe and then time ou
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -163,6 +165,17 @@ def _ro_paths() -> list[str]:
     return paths
 
 
+@functools.lru_cache(maxsize=4)
+def _version(bwrap: str) -> tuple:
+    """bwrap's version, (0, 8, 0) for "bubblewrap 0.8.0"; () when it does not say."""
+    try:
+        said = subprocess.run([bwrap, "--version"], check=False, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", said)
+    return tuple(int(x) for x in m.groups() if x is not None) if m else ()
+
+
 def _as_root() -> bool:
     return os.geteuid() == 0
 
@@ -180,7 +193,8 @@ def command(limits: Limits) -> list[str]:
         # needs only setuid/setgid to become nobody, after which it holds no capability at all
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
-        args += ["--unshare-user", "--disable-userns"]
+        # (the seccomp filter refuses new user namespaces too; --disable-userns is bwrap >= 0.8's)
+        args += ["--unshare-user"] + (["--disable-userns"] if _version(bwrap) >= (0, 8) else [])
     made: set[str] = set()
     for path in _ro_paths():
         # parents made world-traversable (bwrap would make them 0700 when root, and the bootstrap

@@ -1,7 +1,8 @@
 """The sandbox's seccomp filter: system calls a snippet has no use for, and that widen the kernel's
 attack surface, fail with EPERM (the list follows Docker's default profile where it blocks calls
 outright: tracing other processes, kernel keyrings, mounts and namespaces, BPF, perf, userfaultfd,
-io_uring, modules, kexec, clocks, swap, reboot); `clone3` fails with ENOSYS so that the C library
+io_uring, modules, kexec, clocks, swap, reboot; a new user namespace by `clone`, `unshare` or
+`setns`, whatever bwrap's version); `clone3` fails with ENOSYS so that the C library
 falls back to `clone` (as under Docker). x86-64 only (other architectures run without the filter:
 their system call numbers differ); x32 system calls are refused, and a foreign architecture's
 calls kill the process.
@@ -28,10 +29,12 @@ BLOCKED = {
     "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
 }
 ENOSYS_CALLS = {"clone3": 435}
+CLONE = 56
+CLONE_NEWUSER = 0x10000000  # clone() with it would make a user namespace (unshare and setns are blocked)
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_BIT = 0x40000000
-LD_W_ABS, JEQ_K, JGE_K, RET_K = 0x20, 0x15, 0x35, 0x06
+LD_W_ABS, JEQ_K, JGE_K, JSET_K, RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 RET_ALLOW, RET_KILL_PROCESS, RET_ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
 
 
@@ -48,7 +51,11 @@ def program() -> bytes:
     ops = [_op(LD_W_ABS, 4),  # seccomp_data.arch
            _op(JEQ_K, AUDIT_ARCH_X86_64, 1, 0), _op(RET_K, RET_KILL_PROCESS),
            _op(LD_W_ABS, 0),  # seccomp_data.nr
-           _op(JGE_K, X32_BIT, 0, 1), _op(RET_K, RET_ERRNO | errno.EPERM)]
+           _op(JGE_K, X32_BIT, 0, 1), _op(RET_K, RET_ERRNO | errno.EPERM),
+           # clone(flags, ...) with CLONE_NEWUSER: refused; any other clone (fork, threads) goes on
+           _op(JEQ_K, CLONE, 0, 3), _op(LD_W_ABS, 16),  # seccomp_data.args[0], low 32 bits (x86-64)
+           _op(JSET_K, CLONE_NEWUSER, 0, 1), _op(RET_K, RET_ERRNO | errno.EPERM),
+           _op(LD_W_ABS, 0)]
     for nr in sorted(BLOCKED.values()):
         ops += [_op(JEQ_K, nr, 0, 1), _op(RET_K, RET_ERRNO | errno.EPERM)]
     for nr in ENOSYS_CALLS.values():
