@@ -136,3 +136,20 @@ def test_sft_on_calc_solutions_trains_the_assistant_turns_of_its_conversations()
         trained = tok.decode([t for t in enc.labels if t != IGNORE])
         assert trained == "".join(m["content"] + "</s>" for m in ex.messages if m["role"] == "assistant")
         assert ex.messages[1]["content"] in tok.decode(enc.input_ids)  # the observation is there, masked
+
+
+def test_agent_config_takes_the_shorthand_on_the_command_line_and_in_yaml(tmp_path):
+    import pytest
+
+    from retort.config import load_config
+    from retort.errors import ConfigError
+    from retort.lm.config import EvalRun, TracesRun
+
+    assert load_config(TracesRun, None, ["agent=code", "agent.max_steps=3"]).agent.kind == "code"
+    (tmp_path / "a.yaml").write_text("agent: code\n")
+    run = load_config(EvalRun, str(tmp_path / "a.yaml"), ["agent.sag=4"])
+    assert (run.agent.kind, run.agent.sag, run.agent.max_steps) == ("code", 4, 5)
+    with pytest.raises(ConfigError, match="agent.kind='cot' is not allowed; expected one of: none, code"):
+        load_config(TracesRun, None, ["agent=cot"])
+    with pytest.raises(ConfigError, match="unknown key 'agent.steps'; valid keys under 'agent': kind, max_steps"):
+        load_config(TracesRun, None, ["agent.steps=3"])
