@@ -233,3 +233,31 @@ def test_ftp_reads_the_first_paragraph_from_a_cot_trace_set(tmp_path, scripted, 
     assert "no CoT answer to 6 of the questions" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(traces_args(tmp_path / "y", f"agent.cot={cot}")) == 2
     assert "agent.first_thought=cot" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_a_run_that_failed_mid_way_continues_from_its_finished_shards(tmp_path, scripted, capsys):
+    out = tmp_path / "resume"
+    real = scripted.generate
+    asked = []
+
+    def failing(prompts, **kw):
+        asked.append({str(p) for p in prompts})
+        if not asked[-1] & asked[0]:  # the first call of shard 2 (other questions than shard 1's) fails
+            raise RuntimeError("the server went away")
+        return real(prompts, **kw)
+
+    scripted.generate = failing
+    with pytest.raises(RuntimeError):
+        main(traces_args(out))
+    assert len(read_traces(out, allow_incomplete=True)) == 3  # shard 1 is whole and kept
+    first, again = asked[0], []
+
+    def recording(prompts, **kw):
+        again.append({str(p) for p in prompts})
+        return real(prompts, **kw)
+
+    scripted.generate = recording
+    assert main(traces_args(out)) == 0, capsys.readouterr().err
+    rows = read_traces(out).to_pylist()
+    assert len(rows) == 6 and len({r["prompt_id"] for r in rows}) == 6 and all(r["correct"] for r in rows)
+    assert again and not any(a & first for a in again)  # shard 1's questions are not asked again
