@@ -153,3 +153,4 @@ def test_agent_config_takes_the_shorthand_on_the_command_line_and_in_yaml(tmp_pa
         load_config(TracesRun, None, ["agent=cot"])
     with pytest.raises(ConfigError, match="unknown key 'agent.steps'; valid keys under 'agent': kind, max_steps"):
         load_config(TracesRun, None, ["agent.steps=3"])
+

@@ -34,3 +34,24 @@ def test_builtin_teacher_acts_and_a_student_learns_to(tmp_path, monkeypatch):
                  "-m", f"student={student / 'model'}", "--json", str(evaluated)]) == 0
     r = json.loads(evaluated.read_text())["student"]
     assert r["agent"]["sag"] == 4 and r["accuracy"] > 0.3 and r["agent_steps"] >= 1
+
+
+def test_real_chat_templates_generate_where_training_trains_and_mask_tool_turns():
+    from retort.lm.config import ModelConfig
+    from retort.lm.data.collate import IGNORE, encode_messages
+    from retort.lm.models import load_tokenizer
+    from retort.lm.models.packaged import PACKAGED, installed
+    from retort.lm.rollout.agent import conversation_ids
+
+    names = [n for n in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct") if installed(PACKAGED[n])]
+    if not names:
+        pytest.skip("no packaged chat model installed (`retort models` prints the install commands)")
+    msgs = [{"role": "system", "content": "act"}, {"role": "user", "content": "Q:2*3"},
+            {"role": "assistant", "content": "```python\nprint(2*3)\n```"}, {"role": "tool", "content": "6"},
+            {"role": "assistant", "content": "```python\nfinal_answer(6)\n```"}]
+    for name in names:
+        tok = load_tokenizer(ModelConfig(name=name))
+        full, ids = encode_messages(tok, msgs), conversation_ids(tok, msgs[:4])
+        assert full.input_ids[:len(ids)] == ids and full.labels[len(ids)] != IGNORE, name
+        trained = tok.decode([t for t in full.labels if t != IGNORE])
+        assert "print(2*3)" in trained and "final_answer(6)" in trained and "6<" not in trained, name
