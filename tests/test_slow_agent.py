@@ -1,6 +1,7 @@
 """Agent distillation end to end with the built-in teacher (slow: it trains the teacher of the calc
 toy to >= 95% test accuracy as an agent, every action run in the sandbox, on the CPU): teacher ->
-agent traces -> the paper's filter -> sft -> eval agent=code with SAG."""
+agent traces -> the paper's filter -> sft -> eval agent=code with SAG; and the packaged chat models'
+templates render a conversation for generation exactly as training renders it (slow: they load)."""
 
 import json
 import shutil
