@@ -14,7 +14,7 @@ from retort.lm.cli.grouped import GroupedCommand, GroupedOption, needs
 
 EXPECTED_GROUPS = {
     "Statistics": ["--stats", "--ref-model"],
-    "Filters": ["--correct", "--max-tokens", "--first-k-correct", "--teacher", "--max-ppl", "--drop-templates",
+    "Filters": ["--correct", "--agent-filter", "--max-tokens", "--first-k-correct", "--teacher", "--max-ppl", "--drop-templates",
                 "--template-ngram", "--template-max", "--diverse", "--pairs"],
     "Selection": ["--das", "--das-keep", "--das-delta", "--das-rule", "--select-teacher", "--smoke-steps",
                   "--probe-n"],

@@ -22,8 +22,10 @@ def test_builtin_tasks_are_deterministic_and_splits_disjoint(name):
     assert not {e.prompt for e in task.examples("train", 3000, seed=5)} & {e.prompt for e in test}
 
 
-# a task answered by programs (progs) is checked by running them: tests/test_programs.py
-@pytest.mark.parametrize("name", [n for n in TASKS if getattr(TASKS[n], "program", None) is None])
+# a task answered by programs (progs) is checked by running them: tests/test_programs.py; one answered
+# by an agent (calc): tests/test_agent.py
+@pytest.mark.parametrize("name", [n for n in TASKS if getattr(TASKS[n], "program", None) is None
+                                  and getattr(TASKS[n], "agent", None) is None])
 def test_worked_solutions_verify_and_answers_do_not_leak(name):
     task = TASKS[name]()
     for ex in task.examples("train", 200, 0):

@@ -232,6 +232,19 @@ def _read_yaml(path: str) -> dict:
     return data
 
 
+def _shorthands(cls, data: dict) -> dict:
+    """A section whose class names a `shorthand` field takes a plain value for it: `agent=code`
+    (override or YAML `agent: code`) is `agent.kind=code`."""
+    hints = _field_types(cls)
+    out = dict(data)
+    for key, value in data.items():
+        hint = hints.get(key)
+        short = getattr(hint, "shorthand", None) if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+        if short and not isinstance(value, dict):
+            out[key] = {short: value}
+    return out
+
+
 def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] = None, base: Optional[dict] = None,
                 values: Optional[dict] = None):
     """Resolve `cls` defaults <- `base` <- YAML file <- dotted `overrides` (`train.lr=1e-4`) <- `values`
@@ -240,13 +253,13 @@ def load_config(cls, path: Optional[str] = None, overrides: Optional[list[str]] 
     if base:
         layers.append(("defaults", base, None))
     if path:
-        layers.append((path, _read_yaml(path), None))
+        layers.append((path, _shorthands(cls, _read_yaml(path)), None))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
         key, _, value = item.partition("=")
-        layers.append((f"override {item!r}", OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"])),
-                       key.strip()))
+        layers.append((f"override {item!r}", _shorthands(cls, OmegaConf.to_container(
+            OmegaConf.from_dotlist([f"{key}={value}"]))), key.strip()))
     if values:
         layers.append(("arguments", values, None))
     merged = OmegaConf.structured(cls)

@@ -37,6 +37,7 @@ def command(name="eval"):
         retort eval -m builtin:teacher -m runs/sft/model eval.k=8 eval.temperature=0.8
         retort eval -m teacher=builtin:teacher -m sft=runs/sft/model --fidelity-to teacher
         retort eval -m sft=runs/sft/model --provenance builtin:teacher,preset:student
+        retort eval task.name=calc agent=code agent.sag=4 -m student=runs/agent-student/model
         retort eval track=classify task.name=mnist -m teacher=ccexam:mnist -m kd=runs/kd/model --fidelity-to teacher
         retort eval track=diffuse task.name=digits -m dmd2=runs/dmd2/model steps=[1,2,4] --hybrid 1
         """

@@ -22,6 +22,10 @@ def evaluate_models(run, targets: list, options: dict, console) -> dict:
         from .tasks.programs import as_program
 
         task = as_program(task, run.programs)
+    if run.agent.kind == "code" or getattr(task, "agent", None) is not None:
+        if run.program == "python":
+            raise ConfigError("agent=code and program=python: one way of answering at a time")
+        task.agent = replace(run.agent, kind="code")  # calc is answered as an agent whatever agent.kind says
     n = require_examples(task, run.eval.split, run.eval.n, "eval", run.eval.seed)
     lorid = options.get("lorid")
     defaults = {"lorid_rounds": 20, "lorid_temperature": 1.5, "lorid_top_p": 0.9, "lorid_fallback": "majority"}

@@ -312,6 +312,45 @@ class ProgramConfig:
 
 
 @dataclass
+class AgentConfig:
+    """Agent distillation (`agent=code`; Kang et al., arXiv 2505.17612): the CodeAct loop of
+    `retort.lm.rollout.agent` with a sandboxed Python tool. `agent=code` is short for `agent.kind=code`."""
+
+    shorthand = "kind"  # `agent=code` on the command line or in YAML sets this field (retort.config)
+
+    kind: str = param("none", "code: the model acts in a CodeAct loop (thought, a ```python action, the sandbox's "
+                      "output as a tool turn, ...) until it calls final_answer(x) or max_steps; rows are "
+                      "conversations (`messages`)", choices=["none", "code"])
+    max_steps: int = param(5, "actions per question at most (an episode that reaches it is marked hit_max_steps)",
+                           lo=1)
+    first_thought: str = param("none", "cot: first-thought prefix (FTP): step 1 continues 'Thought: ' + the first "
+                               "paragraph of the teacher's own CoT answer to the question (traces)",
+                               choices=["none", "cot"])
+    cot: Optional[str] = param(None, "first_thought=cot: a trace set of the same teacher's CoT answers (made by "
+                               "`retort traces` on the same prompts); unset: the teacher answers each question "
+                               "greedily first")
+    sag: int = param(1, "self-consistent action generation (SAG, eval): actions sampled per step; those that fail "
+                     "to parse or run are dropped and the majority by execution output is taken (1: greedy)", lo=1)
+    sag_temperature: float = param(0.4, "sag > 1: sampling temperature of the actions (the authors' 0.4)", lo=0.0,
+                                   lo_open=True)
+    sag_top_p: float = param(0.8, "sag > 1: nucleus sampling of the actions (the authors' 0.8)", lo=0.0, hi=1.0,
+                             lo_open=True)
+    system: str = param("auto", "the system turn: auto = the CodeAct instruction for a task whose own answers are "
+                        "not actions (none for the built-in calc task, whose teacher is trained on them); none; or "
+                        "the text itself")
+    observation_chars: int = param(1000, "printed output kept in a tool turn (the rest cut, its length said)", lo=1)
+    timeout_s: float = param(10.0, "wall-clock seconds one action may run (sandbox)", lo=0.0, lo_open=True)
+    cpu_s: int = param(5, "CPU seconds one action may use (sandbox)", lo=1)
+    memory_mb: int = param(2048, "address space one action may use, MB (sandbox)", lo=64)
+    workers: int = param(2, "actions run at once (one sandbox each)", lo=1)
+
+    def limits(self):
+        from ..sandbox import Limits
+
+        return Limits(timeout_s=self.timeout_s, cpu_s=self.cpu_s, memory_mb=self.memory_mb)
+
+
+@dataclass
 class TracesRun:
     """`retort traces`: the teacher samples completions of task prompts; each is verified and stored."""
 
@@ -333,6 +372,9 @@ class TracesRun:
                          "`programs` section; one row per question: sampling.n and sampling.temperature are not used, "
                          "programs.tries and programs.temperature are)", choices=["none", "python"])
     programs: ProgramConfig = section(ProgramConfig, "program=python: tries, exemplars, the sandbox's limits")
+    agent: AgentConfig = section(AgentConfig, "agent=code: agent traces (CodeAct, a sandboxed Python tool); one "
+                                 "greedy episode per question (sampling.n and sampling.temperature are not used; "
+                                 "sampling.max_new_tokens is per step)")
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)
 
@@ -350,6 +392,8 @@ class EvalRun:
                          "checked (a program-distilled student)", choices=["none", "python"])
     programs: ProgramConfig = section(ProgramConfig, "program=python: the sandbox's limits (timeout_s, cpu_s, "
                                       "memory_mb, workers)")
+    agent: AgentConfig = section(AgentConfig, "agent=code: the model runs as an agent in the sandbox (max_steps, "
+                                 "sag; eval.max_new_tokens is per step)")
     track: str = param("lm", "the family of models (retort.track): lm = language models", choices=["lm"])
     threads: int = param(0, "CPU threads for torch; 0 = auto: one thread while the model and batch are small "
                             "(many tiny ops), torch's default (one per core) above; set 1 on a busy machine", lo=0)

@@ -54,6 +54,10 @@ def run_traces(run, console=None, *, batch_out=None, batch_in=None) -> Path:
                           "with teacher.name=openai:MODEL into a set of its own")
     if api and run.teachers:
         raise ConfigError("teachers=[...] with teacher.name=openai:...: name the models in teachers, or one API teacher")
+    if run.agent.kind == "code":
+        from .traces_agent import run_agent_traces
+
+        return run_agent_traces(run, task, examples, console)
     if run.program == "python":
         from .traces_programs import run_program_traces
 

@@ -26,6 +26,22 @@ def _program_set(traces) -> bool:
         return False
 
 
+def _agent_of(traces):
+    """The `AgentConfig` a trace set made with `agent=code` was made with (None: not an agent set)."""
+    import json
+    from pathlib import Path
+
+    from .config import AgentConfig
+
+    try:
+        params = json.loads((Path(traces) / "manifest.json").read_text())["params"].get("agent")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(params, dict) or params.get("kind") != "code":
+        return None
+    return AgentConfig(**{k: v for k, v in params.items() if k in AgentConfig.__dataclass_fields__})
+
+
 class LMTrack(Track):
     name = "lm"
     methods = METHODS
@@ -42,8 +58,11 @@ class LMTrack(Track):
         name = fidelity_reference(run)
         cache: dict = {}
         programs = run.data.source == "traces" and _program_set(run.data.traces)
+        agent = _agent_of(run.data.traces) if run.data.source == "traces" else None
 
         def ev(model, tok, task):
+            if agent is not None:  # a student of agent traces is evaluated as an agent, as its teacher acted
+                task.agent = agent
             if programs and getattr(task, "program", None) != "python":
                 from .config import ProgramConfig
                 from .tasks.programs import as_program
@@ -66,7 +85,8 @@ class LMTrack(Track):
 
     def check_eval(self, task, run) -> None:
         require_examples(task, run.eval.split, run.eval.n, "the run's evaluation", run.eval.seed)
-        if getattr(task, "program", None) == "python" or (run.data.source == "traces" and _program_set(run.data.traces)):
+        if getattr(task, "program", None) == "python" or (run.data.source == "traces" and _program_set(run.data.traces)) \
+                or getattr(task, "agent", None) or (run.data.source == "traces" and _agent_of(run.data.traces)):
             from ..sandbox import check
 
             check()  # its evaluation runs programs: refused now, not after training

@@ -23,7 +23,7 @@ STATS, FILTERS, SELECTION, NEW, OUTPUT = GROUPS = ("Statistics", "Filters", "Sel
 # Each makes a new trace set (in this order in messages); "filters" in the rules: what drops or selects rows.
 MAKERS = ("--mixed-policy", "--rewrite", "--retro-search", "--truncate-like", "--multi-turn", "--knowledge")
 FILTER_OPTIONS = ("--correct", "--max-tokens", "--first-k-correct", "--pairs", "--das", "--drop-templates",
-                  "--diverse", "--max-ppl", "--teacher")
+                  "--diverse", "--max-ppl", "--teacher", "--agent-filter")
 
 # Conflicts, refused in this order before any work: the first broken rule is the error (exit status 2).
 RULES = (
@@ -56,6 +56,8 @@ RULES = (
 @option(STATS, "--ref-model", metavar="MODEL", help="With --stats: also the perplexity of each teacher's traces "
         "under this reference model (AM's source comparison); with --max-ppl: the model it is measured under.")
 @option(FILTERS, "--correct", is_flag=True, help="Keep only verified-correct traces (rejection sampling).")
+@option(FILTERS, "--agent-filter", is_flag=True, help="Agent traces (traces agent=code): keep the episodes agent "
+        "distillation trains on: correct, with no parse or execution error, under agent.max_steps.")
 @option(FILTERS, "--max-tokens", type=click.IntRange(min=1), help="Drop completions longer than this.")
 @option(FILTERS, "--first-k-correct", type=click.IntRange(min=1), help="Keep the first K correct samples per prompt.")
 @option(FILTERS, "--teacher", "only_teacher", metavar="NAME", help="Keep only the rows this teacher sampled (a set "
@@ -160,7 +162,7 @@ RULES = (
 @option(OUTPUT, "--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
         help="Sequences per forward pass when a model scores or samples (--das, --mixed-policy, --rewrite, "
         "--retro-search).")
-def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_correct, only_teacher, max_ppl,
+def curate(traces_dir, show_stats, ref_model, correct, agent_filter, max_tokens, first_k_correct, only_teacher, max_ppl,
            drop_templates, template_ngram, template_max, diverse, pairs, das_student, das_keep, das_delta, das_rule,
            select_student, smoke_steps, probe_n, mixed_student, mixed_from, cut_lo, length_factor, with_source,
            rewrite, budgets, budget, rewrite_template, retro_search, gamma, transitions, retro_partial, retro_tries,
@@ -181,6 +183,7 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
     retort curate runs/traces --out runs/cut --truncate-like runs/retro
     retort curate runs/traces --out runs/mind --multi-turn --intermediate teacher
     retort curate runs/traces --out runs/know --knowledge --knowledge-rule   # LoRID's ir/kg/dr rows
+    retort curate runs/agent --out runs/agent_ok --agent-filter    # traces agent=code
 
     Conflicting options are refused before any trace is read.
     """
@@ -292,7 +295,7 @@ def curate(traces_dir, show_stats, ref_model, correct, max_tokens, first_k_corre
         _console().print(f"curate: {m['kept']} mixed-policy rows ({m['eligible']} of {m['student_rollouts']} student "
                          f"answers cut, {m['kept']} continuations verified); {stats['rows']} rows written to {out}")
     elif out:
-        stats = filter_traces(traces_dir, out, correct_only=correct, max_tokens=max_tokens,
+        stats = filter_traces(traces_dir, out, correct_only=correct, agent_filter=agent_filter, max_tokens=max_tokens,
                               first_k_correct=first_k_correct, pairs=pairs, das_student=das_student,
                               das_keep=das_keep, das_delta=das_delta, das_rule=das_rule, seed=seed,
                               batch_size=batch_size, overwrite=overwrite,

@@ -21,6 +21,7 @@ def traces(config_file, batch_out, batch_in, overrides):
     retort traces out=runs/traces n_prompts=2000 sampling.n=4 sampling.temperature=0.8
     retort traces -c configs/traces_smollm2.yaml sampling.topk=16
     retort traces teacher.name=openai:MODEL teacher.api.base_url=http://HOST:8000/v1 out=runs/api
+    retort traces agent=code task.name=calc teacher.name=builtin:teacher-calc out=runs/agent  # CodeAct episodes
     Rerun the same command after a crash: it continues where it stopped (an API teacher's
     answers already received are never requested again). With a local teacher, rerun with a
     lower n_prompts to end the set at that size, or a higher one to continue it.

@@ -42,7 +42,8 @@ def parse_max_ppl(spec: str) -> dict:
 
 
 @holds_out
-def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens: Optional[int] = None,
+def filter_traces(src: str, out: str, *, correct_only: bool = False, agent_filter: bool = False,
+                  max_tokens: Optional[int] = None,
                   first_k_correct: Optional[int] = None, pairs: Optional[int] = None,
                   das_student: Optional[str] = None, das_keep: int = 1, das_delta: float = 1.0,
                   das_rule: str = "das", seed: int = 0,
@@ -55,9 +56,9 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
     best-scoring traces per prompt under that student, after the other filters.
     `out` must be new or empty; a trace set there is replaced only with `overwrite` (`retort.lm.curate.output`)."""
     if not (correct_only or max_tokens or first_k_correct or pairs is not None or das_student or templates
-            or diverse or max_ppl or teacher):
-        raise DataError("curate: name at least one filter (--teacher, --correct, --max-tokens, --first-k-correct, "
-                        "--pairs, --das, --max-ppl, --drop-templates, --diverse)")
+            or diverse or max_ppl or teacher or agent_filter):
+        raise DataError("curate: name at least one filter (--teacher, --correct, --agent-filter, --max-tokens, "
+                        "--first-k-correct, --pairs, --das, --max-ppl, --drop-templates, --diverse)")
     if max_ppl and not ppl_model:
         raise DataError("curate --max-ppl: name the reference model the perplexity is measured under (--ref-model)")
     if diverse is not None and (pairs is not None or das_student or first_k_correct):
@@ -82,6 +83,11 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
             raise DataError(f"curate --teacher {teacher}: no row of {src} was sampled by it (its teachers: "
                             f"{', '.join(sorted(set(n for n in names if n))) or 'not recorded'})")
         table = table.filter(pa.array([n == teacher for n in names]))
+    selection = {}
+    if agent_filter:
+        from .agent import agent_clean
+
+        table, selection["agent_filter"] = agent_clean(src, table)
     if correct_only:
         table = table.filter(pc.equal(table["correct"], True))
     if max_tokens is not None:
@@ -102,7 +108,6 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
             raise DataError(f"curate --pairs: no prompt in {src} has both a correct and an incorrect trace "
                             "(sample more per prompt: sampling.n >= 2)")
         table = table.take(pa.array(sorted(i for pair in matched for i in pair), type=pa.int64()))
-    selection = {}
     if max_ppl:
         table, selection["max_ppl"] = _ppl_filter(src, table, max_ppl, ppl_model, batch_size)
     if templates:
@@ -129,6 +134,8 @@ def filter_traces(src: str, out: str, *, correct_only: bool = False, max_tokens:
     applied = {**({"teacher": teacher} if teacher else {}), "correct_only": correct_only, "max_tokens": max_tokens,
                "first_k_correct": first_k_correct,
                "pairs": pairs}
+    if agent_filter:
+        applied["agent_filter"] = selection["agent_filter"]
     if max_ppl:
         applied["max_ppl"] = selection["max_ppl"]
     if templates:

@@ -62,6 +62,9 @@ SCHEMA = pa.schema([
     # a program-distillation row (`retort traces program=python`): JSON {output, exit_code, timed_out,
     # error, tries, exemplars} of the program in `completion`; null otherwise
     ("program", pa.string()),
+    # an agent row (`retort traces agent=code`): JSON {steps, parse_errors, exec_errors, hit_max_steps,
+    # final_answer, first_thought} of the episode in `messages`; null otherwise
+    ("agent", pa.string()),
 ])
 
 

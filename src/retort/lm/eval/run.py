@@ -114,6 +114,13 @@ def evaluate(model, tok, task, cfg, *, progress=None, n_samples_kept: int = 5, e
     """Evaluate on `cfg.n` prompts of `cfg.split`. Returns a JSON-ready dict. `entropy`: also the
     model's mean next-token entropy (nats, temperature 1) over the tokens of its greedy answers
     (EOS step included for answers that stopped) — how much a method narrowed the distribution."""
+    agent = getattr(task, "agent", None)
+    if agent is not None:  # answered by running the model as an agent (`eval.agent`; calc, or agent=code)
+        from ..config import AgentConfig
+        from .agent import evaluate_agent
+
+        return evaluate_agent(model, tok, task, cfg, agent if isinstance(agent, AgentConfig) else AgentConfig(kind=agent),
+                              progress=progress, n_samples_kept=n_samples_kept)
     examples = task.examples(cfg.split, cfg.n, cfg.seed)
     prompts = [e.prompt for e in examples]
     stop = list(getattr(cfg, "stop", None) or []) or None
@@ -256,13 +263,14 @@ def results_table(rows: list[tuple[str, dict]]):
     # before it was counted have none: no column)
     na = ["no_ans"] if any("no_answer_rate" in r for _, r in rows) else []
     speed = ["tok/s"] if any("tokens_per_s" in r for _, r in rows) else []
+    agent = ["steps", "parse_err", "exec_err", "max_steps"] if any("agent_steps" in r for _, r in rows) else []
     eps = ["ε (DP)"] if any("epsilon" in r for _, r in rows) else []  # students trained under privacy.*
     # compute, where a model in the table counts its own (System-1.5: layers per token, latent steps skipped)
     used = [k for k, h in (("layers_per_token", "layers/tok"), ("steps_skipped", "skipped"), ("wall_s", "wall s"))
             if any("latent_steps" in r for _, r in rows)]
     heads = {"layers_per_token": "layers/tok", "steps_skipped": "skipped", "wall_s": "wall s"}
     table = _table("retort eval", ["model", "split", "n", *keys, *na, "tokens", *speed, *[heads[k] for k in used],
-                                   *fid, *eps])
+                                   *fid, *eps, *agent])
     table.caption = ("no_ans: share of greedy answers in which the task's answer format (task.answer) found no "
                      "answer (counted as wrong; a format failure, not a wrong answer); " if na else "") + \
         "tokens: mean completion tokens per answer (greedy)" + (
@@ -278,7 +286,12 @@ def results_table(rows: list[tuple[str, dict]]):
                       *[f"{r['tokens_per_s']:.1f}" if isinstance(r.get("tokens_per_s"), float) else "-"
                         for _ in speed],
                       *[_fmt(r.get(k)) for k in used],
-                      *[_fmt(r.get(k)) for k in fid], *[_fmt(r.get("epsilon")) for _ in eps])
+                      *[_fmt(r.get(k)) for k in fid], *[_fmt(r.get("epsilon")) for _ in eps],
+                      *[_fmt(r.get(k)) for k in ("agent_steps", "parse_error_rate", "exec_error_rate",
+                                                  "hit_max_steps")][:len(agent)])
+    if agent:
+        table.caption += ("; agent (agent=code): steps per episode, parse / execution errors per step, share that "
+                          "hit agent.max_steps; tokens: the assistant turns'")
     diffs = _difficulties(rows)
     if not diffs:
         return Group(table)

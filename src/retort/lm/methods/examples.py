@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ...errors import DataError
 from ..data import topk as topk_codec
-from ..data.collate import Encoded, TraceEncoder, encode_within
+from ..data.collate import Encoded, TraceEncoder, encode_messages, encode_within
 from ..data.traces import read_manifest, read_traces
 from ..tasks import Prompt
 
@@ -28,6 +28,13 @@ def data_examples(ctx) -> list[Encoded]:
         rows = [r for pair in zip(rows, extra) for r in pair] + rows[len(extra):] + extra[len(rows):]
     completions = [ctx.task.completion_of(ex.answer) if run.data.source == "answers" else ex.solution for ex in rows]
     encoded = encode_within(tok, [ex.prompt for ex in rows], completions, run.data.max_len)
+    if run.data.source == "solutions":  # worked solutions that are conversations (an agent's): by their roles
+        for i, ex in enumerate(rows):
+            if ex.messages:
+                system = getattr(ex.prompt, "system", None)
+                enc = encode_messages(tok, [*([{"role": "system", "content": system}] if system else []),
+                                            {"role": "user", "content": str(ex.prompt)}, *ex.messages])
+                encoded[i] = enc if len(enc.input_ids) <= run.data.max_len else None
     out = []
     for enc, ex in zip(encoded, rows):
         if enc is not None:

@@ -11,8 +11,11 @@ from ...errors import ConfigError
 from .answers import MODES as ANSWER_MODES
 from .base import ANSWER_MARK, Example, Prompt, Task, require_examples
 from .builtin import BUILTIN as TASKS
+from .calc import Calc
 from .files import FileTask
 from .verify import VERIFIERS
+
+TASKS[Calc.name] = Calc  # in its own module (it builds on builtin's); a built-in task like the others
 
 
 def get_task(cfg) -> Task:

@@ -53,6 +53,9 @@ class Example:
     answer: str
     solution: Optional[str] = None
     difficulty: Optional[int] = None
+    # a worked solution that is a conversation (the turns after the prompt: assistant / tool), for a
+    # task answered by an agent (`calc`); `sft` on solutions trains its assistant turns only
+    messages: Optional[list] = None
 
     @property
     def answer_completion(self) -> str:

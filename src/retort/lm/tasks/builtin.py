@@ -76,7 +76,7 @@ class _Procedural(Task):
                     continue
                 seen.add(ex.prompt)
             out.append(self.in_format(Example(f"{self.name}-{split}-{seed}-{len(out)}", ex.prompt, ex.answer,
-                                              ex.solution, steps)))
+                                              ex.solution, steps, ex.messages)))
         return out
 
 

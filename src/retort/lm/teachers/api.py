@@ -77,6 +77,12 @@ class ApiTeacher(Teacher):
             system = a.system or getattr(prompt, "system", None)
             messages = ([{"role": "system", "content": system}] if system else []) + \
                 [{"role": "user", "content": str(prompt)}]
+            turns = getattr(prompt, "messages", None)  # a whole conversation (`rollout.agent.Conversation`)
+            if turns is not None:
+                messages = list(turns)
+                if getattr(prompt, "prefix", ""):  # a partial assistant turn, continued (vLLM's option)
+                    messages.append({"role": "assistant", "content": prompt.prefix})
+                    body.update(continue_final_message=True, add_generation_prompt=False)
             body["messages"] = messages
             if a.logprobs or topk:
                 body["logprobs"] = True
@@ -84,6 +90,9 @@ class ApiTeacher(Teacher):
                     body["top_logprobs"] = topk
             path = "/chat/completions"
         else:
+            if getattr(prompt, "messages", None) is not None:
+                raise ConfigError("a conversation (agent=code) goes to a server through its chat endpoint: set "
+                                  "teacher.api.endpoint=chat")
             body["prompt"] = with_system(prompt)  # a task's system message as text: no template here
             if a.logprobs or topk:
                 body["logprobs"] = topk or 0
