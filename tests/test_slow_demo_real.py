@@ -1,0 +1,49 @@
+"""`retort demo --real --size tiny` end to end on the real packaged models (Qwen2.5-Coder-0.5B-Instruct
+teacher, SmolLM2-135M-Instruct students): traces, correct ones, sft and cross-tokenizer kd, the
+evaluation of all four side by side and the report; run again, everything finished is reused."""
+
+import json
+
+import pytest
+
+from retort.cli import main
+from retort.lm.demo_real import MODELS, STUDENT, TEACHER
+from retort.lm.models.packaged import PACKAGED, installed
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _needs_the_models():
+    pytest.importorskip("gguf")
+    pytest.importorskip("reasoning_gym")
+    pytest.importorskip("peft")
+    for name in (TEACHER, STUDENT):
+        if not installed(PACKAGED[name]):
+            pytest.skip(f"{name} is not installed ({PACKAGED[name].pip})")
+
+
+def test_real_demo_tiny_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--real", "--size", "tiny", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "report.html").is_file() and "<html" in (out / "report.html").read_text()[:2000].lower()
+    rows = json.loads((out / "eval.json").read_text())
+    assert list(rows) == list(MODELS)
+    for label, r in rows.items():
+        assert r["n"] == 8 and 0 <= r["accuracy"] <= 1 and 0 <= r["no_answer_rate"] <= 1, label
+        assert r["model"] == {"teacher": TEACHER, "student": STUDENT}.get(label, str(out / label / "model"))
+    for run in ("sft", "kd"):
+        assert (out / run / "summary.json").is_file() and (out / run / "model").is_dir()
+    kd_log = (out / "kd" / "metrics.jsonl").read_text()
+    assert '"spans_per_token"' in kd_log  # the cross-tokenizer loss ran
+    for label in MODELS:  # the completions, for a human reading the log (pytest -s)
+        for s in rows[label].get("samples", [])[:3]:
+            print(f"{label}: {s}")
+
+    # run again: every step is finished, nothing is redone (no step line printed)
+    stamp = (out / "eval.json").stat().st_mtime_ns
+    assert main(["demo", "--real", "--size", "tiny", "--out", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert "demo --real [" not in again and "demo --real [" in printed
+    assert json.loads((out / "eval.json").read_text()) == rows and (out / "eval.json").stat().st_mtime_ns >= stamp
