@@ -10,7 +10,7 @@ from retort.cli import main
 from retort.lm.demo_real import MODELS, STUDENT, TEACHER
 from retort.lm.models.packaged import PACKAGED, installed
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # two real models, on a shared 2-core machine
 
 
 @pytest.fixture(autouse=True)
