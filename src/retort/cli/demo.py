@@ -26,8 +26,8 @@ def command(name="demo"):
                   "SmolLM2-135M-Instruct students by sft and by cross-tokenizer kd, evaluation and report "
                   "[default --out: runs/demo_real].")
     @click.option("--size", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
-                  help="With --real: full (about 30 minutes on 2 cores) or tiny (a smoke test: 8 prompts, 2 steps, "
-                  "8 test problems).")
+                  help="With --real: full (sized for about 30 minutes on 2 quiet cores: an estimate, not yet timed "
+                  "there) or tiny (a smoke test: 8 prompts, 2 steps, 8 test problems).")
     def demo(track_name, out, methods, seed, real, size):
         """The embedded default end to end: built-in teacher, (teacher traces,) students, evaluation
         side by side, and an HTML report (OUT/report.html). `--real`: the same with real models."""
