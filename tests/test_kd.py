@@ -135,3 +135,7 @@ def test_offline_kd_reads_the_topk_of_a_curated_set(tmp_path):
     _, tok = load_model(ModelConfig(name=str(tmp_path / "t")))
     rows = trace_examples(DataConfig(source="traces", traces=str(curated), trace_filter="all"), tok, with_topk=True)
     assert len({r.prompt for r in rows}) == 4  # every curated row, its top-k read
+    from retort.lm.data.traces import read_manifest
+    from retort.lm.teachers.store import trace_tokenizer
+
+    assert len(trace_tokenizer(read_manifest(curated), curated, purpose="a test")) == len(tok)  # its source's teacher
