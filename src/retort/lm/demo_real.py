@@ -188,7 +188,7 @@ def _evaluate(step: Step, root: Path, run, evaluate_models, console, say) -> dic
     results = {}
     for label, name in targets:
         cache = root / "eval" / f"{label}.json"
-        key = {"model": name, "eval": step.overrides, "weights": _weights_key(name)}
+        key = {"model": name, "eval": list(step.overrides), "weights": _weights_key(name)}  # as JSON reads it back
         saved = json.loads(cache.read_text()) if cache.is_file() else {}
         if saved.get("key") != key:
             say(f"evaluating {label} ({name})")
