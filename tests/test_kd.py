@@ -117,3 +117,25 @@ def test_offline_kd_trains_from_topk_traces(tmp_path):
     with pytest.raises(ConfigError, match="data.source=traces"):
         train(load_config(TrainRun, None, tiny_overrides(tmp_path / "x", **{"method": "kd",
                                                                              "method_args.teacher": "offline"})))
+
+
+def test_offline_kd_reads_the_topk_of_a_curated_set(tmp_path):
+    """A curated set (`retort curate --out`) keeps its source's sampling parameters under
+    `source_params`: offline kd finds the top-k there (it stopped with KeyError 'sampling')."""
+    from retort.lm.config import DataConfig, TracesRun
+    from retort.lm.curate import filter_traces
+    from retort.lm.methods.examples import trace_examples
+    from retort.lm.traces import run_traces
+
+    traces, curated = tmp_path / "tr", tmp_path / "cur"
+    run_traces(load_config(TracesRun, None, [f"out={traces}", f"teacher.name={_teacher(tmp_path / 't')}",
+                                             "n_prompts=4", "shard_prompts=4", "sampling.max_new_tokens=6",
+                                             "sampling.topk=4"]))
+    filter_traces(str(traces), str(curated), max_tokens=64)
+    _, tok = load_model(ModelConfig(name=str(tmp_path / "t")))
+    rows = trace_examples(DataConfig(source="traces", traces=str(curated), trace_filter="all"), tok, with_topk=True)
+    assert len({r.prompt for r in rows}) == 4  # every curated row, its top-k read
+    from retort.lm.data.traces import read_manifest
+    from retort.lm.teachers.store import trace_tokenizer
+
+    assert len(trace_tokenizer(read_manifest(curated), curated, purpose="a test")) == len(tok)  # its source's teacher

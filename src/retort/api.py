@@ -168,12 +168,22 @@ def _with_fields(overrides, fields) -> list[str]:
 
 
 def demo(track: str = DEFAULT_TRACK, out: Optional[str] = None, methods: Optional[Sequence[str]] = None,
-         seed: int = 0, console=None) -> dict:
+         seed: int = 0, console=None, real: Optional[str] = None) -> dict:
     """`retort demo --track TRACK`: the track's embedded default end to end; returns its results. The
-    demo directory is held (`retort.lock`) for the whole demo: a second demo into it is refused."""
+    demo directory is held (`retort.lock`) for the whole demo: a second demo into it is refused.
+    `real="full"|"tiny"` (`retort demo --real`): the language-model track's real-model demo instead
+    (`retort.lm.demo_real`: packaged Qwen teacher, SmolLM2 students) at that size."""
     from .lock import hold
 
     t = get_track(track)
+    if real is not None:
+        from .errors import ConfigError
+
+        if not getattr(t, "real_demo_out", None) or methods:
+            raise ConfigError("demo --real: the language-model track's real-model demo (no --track other than lm, "
+                              "no --methods: it trains sft and cross-tokenizer kd)")
+        with hold(out or t.real_demo_out, "demo --out"):
+            return t.demo(out or t.real_demo_out, console=console, seed=seed, real=real)
     with hold(out or t.demo_out, "demo --out"):
         return t.demo(out or t.demo_out, console=console, methods=list(methods) if methods else None, seed=seed)
 

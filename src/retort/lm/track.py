@@ -48,6 +48,7 @@ class LMTrack(Track):
     run_config = TrainRun
     eval_config = EvalRun
     demo_out = "runs/demo"
+    real_demo_out = "runs/demo_real"  # `retort demo --real`
 
     def train_evaluator(self, run):
         """`retort.lm.eval.evaluate`, plus fidelity to the run's teacher when it has a local one
@@ -208,7 +209,11 @@ class LMTrack(Track):
 
         return ensure_teacher(config_file, overrides, force=force, console=console)
 
-    def demo(self, out, console=None, methods=None, seed=0):
+    def demo(self, out, console=None, methods=None, seed=0, real=None):
+        if real is not None:  # `retort demo --real`: packaged real models, at size `real`
+            from .demo_real import run_real_demo
+
+            return run_real_demo(out, console=console, size=real, seed=seed)
         from .demo import run_demo
 
         return run_demo(out, console=console, methods=methods or ["answers", "sft"], seed=seed)

@@ -58,7 +58,10 @@ def trace_examples(data, tok, *, with_topk: bool = False, ctx=None, cross: str =
     manifest = read_manifest(data.traces)
     columns = ["prompt", "completion", "completion_ids", "correct", "finish_reason", "reference", "messages"]
     if with_topk:
-        if not manifest["params"]["sampling"].get("topk"):
+        sampled = manifest["params"]
+        while "sampling" not in sampled and isinstance(sampled.get("source_params"), dict):
+            sampled = sampled["source_params"]  # a curated set (`retort curate --correct`) keeps its source's
+        if not sampled.get("sampling", {}).get("topk"):
             raise DataError(f"{data.traces}: traces have no teacher top-k (made without sampling.topk); "
                             "rerun `retort traces` with sampling.topk=K, or use the online teacher")
         columns.append("topk")

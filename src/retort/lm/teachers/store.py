@@ -93,7 +93,10 @@ def trace_tokenizer(manifest: dict, path, *, purpose: str):
     from ..config import ModelConfig
     from ..models import load_tokenizer
 
-    t = dict(manifest["params"]["teacher"])
+    params = manifest["params"]
+    while "teacher" not in params and isinstance(params.get("source_params"), dict):
+        params = params["source_params"]  # a curated set: its source's teacher
+    t = dict(params["teacher"])
     api = t.pop("api", None)
     if api is not None:
         tmap = manifest.get("token_map") or {}
