@@ -190,8 +190,9 @@ def distill_logits(model, teacher, batch, c, vocab) -> LossOut:
 
 
 def private_run(ctx) -> bool:
-    """Whether the run trains under DP-SGD (`privacy.*`)."""
-    cfg = getattr(ctx.run, "privacy", None)
+    """Whether the run trains under DP-SGD (`privacy.*`); a context without a run (a loss called
+    outside the loop) is not private."""
+    cfg = getattr(getattr(ctx, "run", None), "privacy", None)
     return bool(cfg is not None and cfg.enabled)
 
 
