@@ -404,6 +404,7 @@ def test_cifar_archives_read_arrays_only(tmp_path):
         load_dataset(_cfg(f"cifar10:{tmp_path}", 0.0))
 
 
+@pytest.mark.slow  # the whole demo; every demo method runs at a tiny size in the default tier
 def test_the_classify_demo_and_its_report(tmp_path, monkeypatch):
     monkeypatch.setenv("RETORT_CACHE", str(tmp_path / "cache"))
     assert main(["demo", "--track", "classify", "--methods", "ce,lelp", "--out", str(tmp_path / "d")]) == 0
@@ -493,6 +494,7 @@ def test_classify_sigkill_then_resume_is_bitwise_equal(teacher_dir, tmp_path):
         [r["loss"] for r in _metrics(tmp_path / "ref") if "loss" in r]
 
 
+@pytest.mark.slow  # two processes: the loop's own test_train covers it in the default tier
 def test_classify_two_processes_match_one(teacher_dir, tmp_path):
     import math
     import subprocess

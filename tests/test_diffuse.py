@@ -44,6 +44,7 @@ def test_teacher_network_fits_the_exact_ring(ring_teacher):
     assert "EDM" in meta["parameterisation"]
 
 
+@pytest.mark.slow  # a learning check; each method trains and resumes in the default tier
 def test_dmd2_one_step_student_learns_the_ring(tmp_path, ring_teacher):
     s = _train(tmp_path / "dmd2", ring_teacher, "method=dmd2", "train.steps=1000", "train.eval_every=250",
                "method_args.fake_lr=4e-4")

@@ -76,7 +76,8 @@ def _cli(*args):
 
 @pytest.mark.parametrize("method, extra", [
     ("curio_sft", {"method_args.sync_every": 2, "method_args.mixup": 0.5, "method_args.top_k": 16}),
-    ("test_critic", {}),
+    # the owned critic also resumes exactly in test_diffuse and test_hidden_kd (default tier)
+    pytest.param("test_critic", {}, marks=pytest.mark.slow),
 ])
 def test_kill_then_resume_is_bitwise_equal_with_method_state(tmp_path, method, extra):
     common = tiny_overrides("X", steps=18, **{"method": method, "train.save_every": 3, "data.n_train": 200,
