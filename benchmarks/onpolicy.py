@@ -61,6 +61,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _child  # noqa: E402
+
 SIDES = ("retort", "trl")
 
 
@@ -273,19 +276,7 @@ CHILDREN = {"retort": child_retort, "trl": child_trl, "eval": child_eval}
 
 
 def run_child(kind: str, spec: dict, threads: int, log: Path) -> dict:
-    # CPU only on both sides (TRL runs with use_cpu=True); the same thread count everywhere
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    spec_file = log.with_suffix(".spec.json")
-    spec_file.write_text(json.dumps(spec))
-    with log.open("w") as fh:
-        proc = subprocess.run([sys.executable, __file__, "--child", kind, str(spec_file)], check=False,
-                              stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text().strip().splitlines()[-15:])
-        raise SystemExit(f"{kind} child failed (status {proc.returncode}); log {log}:\n{tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _child.run_child(__file__, kind, spec, threads, log)
 
 
 # --------------------------------------------------------------------------- preparation

@@ -54,3 +54,44 @@ def kill_while_training(cmd, env, run_dir, targets=("step-0000006", "step-000001
             kills += 1
         proc.wait()
     return kills
+
+
+def peaked_teacher(path, seed=123):
+    """A random nano model with peaked distributions (every weight x4, so some samples stop), saved
+    like any checkpoint: a controlled teacher that is not the student's initialisation. Made once per
+    path; returns the path as a string."""
+    from pathlib import Path
+
+    from retort.lm.config import ModelConfig
+    from retort.lm.models import load_model, save_model
+
+    if not (Path(path) / "config.json").exists():
+        model, tok = load_model(ModelConfig(name="preset:nano"), seed=seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(4)
+        save_model(model, tok, path)
+    return str(path)
+
+
+def lm_method(tmp_path, name, overrides=None, *, student_seed=5, teacher=True, **cfg):
+    """An LM method object built as the loop builds it, on a nano student (seed `student_seed`) and,
+    with `teacher`, the peaked teacher; returns (method, student, tokenizer)."""
+    from retort.config import load_config
+    from retort.lm.config import ModelConfig, TrainRun
+    from retort.lm.methods import METHODS
+    from retort.lm.methods.base import MethodContext
+    from retort.lm.models import load_model
+    from retort.lm.tasks import get_task
+    from retort.lm.teachers import LocalTeacher
+
+    over = {"method": name, **(overrides or {})}
+    if teacher:
+        over["teacher.name"] = peaked_teacher(tmp_path / "teacher")
+    run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", **over))
+    student, tok = load_model(ModelConfig(name="preset:nano"), seed=student_seed)
+    ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok, student=lambda: student,
+                        load_teacher=lambda: LocalTeacher("t", *load_model(run.teacher)),
+                        load_initial_student=lambda: load_model(ModelConfig(name="preset:nano"), seed=student_seed))
+    cls = METHODS[name]
+    return cls(ctx, cls.Config(**cfg)), student, tok

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import reference
 import torch
-from conftest import tiny_overrides
+from conftest import peaked_teacher, tiny_overrides
 
 from retort.config import load_config
 from retort.errors import ConfigError, DataError, ModelError
@@ -326,18 +326,10 @@ def _student_dir(path):
     return str(path)
 
 
-def _teacher_dir(path):
-    model, tok = load_model(ModelConfig(name="preset:nano"), seed=123)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4)
-    save_model(model, tok, path)
-    return str(path)
-
 
 def _run(tmp_path, steps, **args):
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", steps=steps, **{
-        "method": "kd", "teacher.name": _teacher_dir(tmp_path / "t"), "student.name": _student_dir(tmp_path / "s"),
+        "method": "kd", "teacher.name": peaked_teacher(tmp_path / "t"), "student.name": _student_dir(tmp_path / "s"),
         "seed": 1, "train.lr": 0.02, "train.batch_size": 8, "data.n_train": 64, **args}))
     train(run)
     return [json.loads(line) for line in (Path(run.out) / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
@@ -435,7 +427,7 @@ def _topk_traces(tmp_path, teacher):
 
 @pytest.mark.parametrize("mode", ["hybrid", "uld"])
 def test_offline_kd_across_tokenizers_from_the_teachers_topk(tmp_path, mode):
-    traces = _topk_traces(tmp_path, _teacher_dir(tmp_path / "t0"))
+    traces = _topk_traces(tmp_path, peaked_teacher(tmp_path / "t0"))
     rows = _run(tmp_path, 25, **{"data.source": "traces", "data.traces": traces, "data.trace_filter": "all",
                                  "method_args.teacher": "offline", "method_args.cross_tokenizer": mode})
     assert any(r["teacher_tokens_per_token"] > 1 for r in rows)
@@ -446,7 +438,7 @@ def test_offline_kd_across_tokenizers_from_the_teachers_topk(tmp_path, mode):
 
 
 def test_offline_topk_of_another_tokenizer_is_refused_naming_the_option(tmp_path):
-    traces = _topk_traces(tmp_path, _teacher_dir(tmp_path / "t0"))
+    traces = _topk_traces(tmp_path, peaked_teacher(tmp_path / "t0"))
     with pytest.raises(Exception, match="method_args.cross_tokenizer=hybrid"):
         _run(tmp_path, 2, **{"data.source": "traces", "data.traces": traces, "data.trace_filter": "all",
                              "method_args.teacher": "offline"})

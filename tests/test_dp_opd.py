@@ -10,45 +10,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kill_while_training, tiny_overrides
+from conftest import kill_while_training, lm_method, peaked_teacher, tiny_overrides
 from safetensors.torch import load_file
 
 from retort.cli import main
-from retort.config import load_config
 from retort.errors import ConfigError
-from retort.lm.config import ModelConfig, TrainRun
+from retort.lm.config import ModelConfig
 from retort.lm.data.collate import IGNORE, Encoded, collate
-from retort.lm.methods import METHODS
-from retort.lm.methods.base import MethodContext
-from retort.lm.models import load_model, save_model
-from retort.lm.tasks import get_task
-from retort.lm.teachers import LocalTeacher
+from retort.lm.models import load_model
 
 pytest.importorskip("opacus")
 
 
-def _teacher(path):
-    """A random nano model with peaked distributions (a controlled teacher, not the student's init)."""
-    model, tok = load_model(ModelConfig(name="preset:nano"), seed=123)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4)
-    save_model(model, tok, path)
-    return str(path)
-
 
 def _method(tmp_path, name, private=True, **cfg):
-    teacher = tmp_path / "teacher"
-    if not teacher.exists():
-        _teacher(teacher)
     extra = {"privacy.noise_multiplier": 1.0} if private else {}
-    run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", **{"method": name, "teacher.name": str(teacher),
-                                                                         "data.n_train": 16, **extra}))
-    student, tok = load_model(ModelConfig(name="preset:nano"), seed=5)
-    ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok,
-                        load_teacher=lambda: LocalTeacher("t", *load_model(run.teacher)), student=lambda: student)
-    cls = METHODS[name]
-    return cls(ctx, cls.Config(**cfg)), student
+    method, student, _ = lm_method(tmp_path, name, {"data.n_train": 16, **extra}, **cfg)
+    return method, student
 
 
 def _reference(student, teacher, batch, beta, ce_weight, record_mean):
@@ -140,9 +118,7 @@ def test_dp_opd_needs_privacy_and_gkd_under_privacy_points_to_it(tmp_path, capsy
 
 
 def _args(tmp_path, steps, **extra):
-    teacher = tmp_path / "teacher"
-    if not teacher.exists():
-        _teacher(teacher)
+    teacher = peaked_teacher(tmp_path / "teacher")
     return ["train", *tiny_overrides(None, steps=steps, **{
         "method": "dp_opd", "teacher.name": str(teacher), "privacy.noise_multiplier": 0.9, "train.lr": 0.01,
         "data.n_train": 32, "method_args.prefix_tokens": 2, "method_args.max_new_tokens": 6, "threads": 1,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import lm_method, tiny_overrides
 from safetensors.torch import load_file
 
 from retort.config import load_config
@@ -19,41 +19,20 @@ from retort.errors import ConfigError
 from retort.lm.config import ModelConfig, TrainRun
 from retort.lm.data.collate import IGNORE, Encoded, collate, encode_prompt
 from retort.lm.methods import METHODS
-from retort.lm.methods.base import MethodContext
 from retort.lm.methods.groups import completion_logps
 from retort.lm.methods.kepo import first_part
-from retort.lm.models import load_model, save_model
+from retort.lm.models import load_model
 from retort.lm.rollout.generate import Completion
-from retort.lm.tasks import get_task
 from retort.lm.tasks.base import Task
-from retort.lm.teachers import LocalTeacher
 from retort.losses.policy import clipped_surrogate, group_advantages, k3_kl
 from retort.train import train
 
 G = 4
 
 
-def _teacher(path):
-    """A random nano model with peaked distributions (a controlled teacher), saved like a checkpoint."""
-    model, tok = load_model(ModelConfig(name="preset:nano"), seed=123)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4)
-    save_model(model, tok, path)
-    return str(path)
-
 
 def _method(tmp_path, name, *, teacher=False, **cfg):
-    over = {"method": name}
-    if teacher:
-        over["teacher.name"] = _teacher(tmp_path / "teacher")
-    run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", **over))
-    student, tok = load_model(ModelConfig(name="preset:nano"), seed=5)
-    ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok, student=lambda: student,
-                        load_teacher=lambda: LocalTeacher("t", *load_model(run.teacher)),
-                        load_initial_student=lambda: load_model(ModelConfig(name="preset:nano"), seed=5))
-    cls = METHODS[name]
-    return cls(ctx, cls.Config(**{"num_generations": G, **cfg})), student, tok
+    return lm_method(tmp_path, name, teacher=teacher, **{"num_generations": G, **cfg})
 
 
 def _script(method, monkeypatch, completions, rewards):

@@ -3,14 +3,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import peaked_teacher, tiny_overrides
 
-from conftest import tiny_overrides
-from retort.lm.teachers import LocalTeacher
 from retort.config import load_config
-from retort.lm.config import ModelConfig, TrainRun
 from retort.errors import ConfigError
+from retort.lm.config import ModelConfig, TrainRun
 from retort.lm.methods.hidden import last_hidden
-from retort.lm.models import load_model, save_model
+from retort.lm.models import load_model
+from retort.lm.teachers import LocalTeacher
 from retort.train import train
 
 
@@ -22,19 +22,10 @@ def test_last_hidden_is_what_the_lm_head_reads():
     assert torch.allclose(model.get_output_embeddings()(h), full, atol=1e-5)
 
 
-def _teacher(path):
-    """A random nano model with peaked distributions, saved like any checkpoint (a controlled teacher)."""
-    model, tok = load_model(ModelConfig(name="preset:nano"), seed=123)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4)
-    save_model(model, tok, path)
-    return str(path)
-
 
 def _kd_rows(tmp_path, steps, **args):
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", steps=steps, **{
-        "method": "kd", "teacher.name": _teacher(tmp_path / "t"), "seed": 1, "train.lr": 0.02,
+        "method": "kd", "teacher.name": peaked_teacher(tmp_path / "t"), "seed": 1, "train.lr": 0.02,
         "train.batch_size": 8, "data.n_train": 128, **args}))
     train(run)
     return [json.loads(l) for l in (Path(run.out) / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
@@ -82,7 +73,7 @@ def test_offline_full_vocab_topk_equals_online_kd(tmp_path):
     from retort.lm.tasks import get_task
     from retort.lm.traces import run_traces
 
-    teacher = _teacher(tmp_path / "t")
+    teacher = peaked_teacher(tmp_path / "t")
     traces = tmp_path / "tr"
     run_traces(load_config(TracesRun, None, [f"out={traces}", f"teacher.name={teacher}", "n_prompts=6",
                                              "shard_prompts=3", "sampling.n=1", "sampling.max_new_tokens=8",
@@ -108,7 +99,7 @@ def test_offline_kd_trains_from_topk_traces(tmp_path):
     from retort.lm.traces import run_traces
 
     traces = tmp_path / "tr"
-    run_traces(load_config(TracesRun, None, [f"out={traces}", f"teacher.name={_teacher(tmp_path / 't')}",
+    run_traces(load_config(TracesRun, None, [f"out={traces}", f"teacher.name={peaked_teacher(tmp_path / 't')}",
                                              "n_prompts=16", "shard_prompts=8", "sampling.n=2",
                                              "sampling.max_new_tokens=10", "sampling.topk=8"]))
     rows = _kd_rows(tmp_path / "s", 30, **{"data.source": "traces", "data.traces": str(traces),
@@ -128,7 +119,7 @@ def test_offline_kd_reads_the_topk_of_a_curated_set(tmp_path):
     from retort.lm.traces import run_traces
 
     traces, curated = tmp_path / "tr", tmp_path / "cur"
-    run_traces(load_config(TracesRun, None, [f"out={traces}", f"teacher.name={_teacher(tmp_path / 't')}",
+    run_traces(load_config(TracesRun, None, [f"out={traces}", f"teacher.name={peaked_teacher(tmp_path / 't')}",
                                              "n_prompts=4", "shard_prompts=4", "sampling.max_new_tokens=6",
                                              "sampling.topk=4"]))
     filter_traces(str(traces), str(curated), max_tokens=64)

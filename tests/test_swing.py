@@ -10,14 +10,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import lm_method, peaked_teacher, tiny_overrides
 
-from conftest import tiny_overrides
 from retort.cli import main
 from retort.config import load_config
 from retort.contract import BatchPlan
 from retort.errors import ConfigError, DataError
 from retort.losses.classify import hinton_kd
-from retort.losses.swing import noisy_target_logprobs, swing_kd, swing_temperature, target_noise
+from retort.losses.swing import (
+    noisy_target_logprobs,
+    swing_kd,
+    swing_temperature,
+    target_noise,
+)
 
 # ------------------------------------------------------------------ the loss
 
@@ -185,35 +190,9 @@ def test_classifier_swing_trains_on_private_rows_and_resumes_with_the_same_noise
 # ------------------------------------------------------------------ language-model track
 
 
-def _lm_teacher(path):
-    from retort.lm.config import ModelConfig
-    from retort.lm.models import load_model, save_model
-
-    model, tok = load_model(ModelConfig(name="preset:nano"), seed=123)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4)
-    save_model(model, tok, path)
-    return str(path)
-
 
 def _lm_method(tmp_path, name, **cfg):
-    from retort.lm.config import ModelConfig, TrainRun
-    from retort.lm.methods import METHODS
-    from retort.lm.methods.base import MethodContext
-    from retort.lm.models import load_model
-    from retort.lm.tasks import get_task
-    from retort.lm.teachers import LocalTeacher
-
-    teacher = tmp_path / "t"
-    if not teacher.exists():
-        _lm_teacher(teacher)
-    run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", **{"method": name, "teacher.name": teacher}))
-    student, tok = load_model(ModelConfig(name="preset:nano"), seed=9)
-    ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok,
-                        load_teacher=lambda: LocalTeacher("t", *load_model(run.teacher)))
-    cls = METHODS[name]
-    return cls(ctx, cls.Config(**cfg)), student, tok
+    return lm_method(tmp_path, name, student_seed=9, **cfg)
 
 
 @pytest.mark.parametrize("student_temperature", ["base", "swung"])
@@ -266,7 +245,7 @@ def test_lm_swing_trains_and_a_resume_draws_the_same_noise(tmp_path, monkeypatch
     from retort.lm.config import TrainRun
     from retort.train import train
 
-    teacher = _lm_teacher(tmp_path / "t")
+    teacher = peaked_teacher(tmp_path / "t")
     over = {"method": "swing", "teacher.name": teacher, "seed": 1, "train.lr": 0.02, "train.batch_size": 8,
             "data.n_train": 64, "train.save_every": 4, "eval.n": 2}
     train(load_config(TrainRun, None, tiny_overrides(tmp_path / "ref", steps=8, **over)))

@@ -37,15 +37,15 @@ from math import ceil
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ...errors import DataError
 from ...paths import entries
-from ..data.traces import SCHEMA, read_manifest, read_traces, remove_trace_set
+from ..data.traces import SCHEMA, read_traces, remove_trace_set
 from ..eval.lorid import DR_TEMPLATE, KG_TEMPLATE, ROLES, dr_prompt, kg_prompt
-from ..tasks.base import Prompt, manifest_format
+from ..tasks.base import Prompt
 from .output import holds_out, open_output
 from .progress import CurateProgress
+from .revision import correct_rows, max_new_tokens
 from .server import api_teacher
 from .stats import trace_stats
 
@@ -94,31 +94,6 @@ def parse_knowledge(text: str) -> tuple[str, bool]:
     return text.strip(), False
 
 
-def _source(src: str, max_prompts: int):
-    manifest = read_manifest(src)
-    if "teacher" not in manifest["params"] or "task" not in manifest["params"]:
-        raise DataError(f"{src}: the manifest does not name the teacher and task that made it; curate --knowledge "
-                        "reads a set `retort traces` wrote (or one filtered from it)")
-    table = read_traces(src)
-    table = table.filter(pc.equal(table["correct"], True))
-    if "messages" in table.column_names:
-        table = table.filter(pc.is_null(table["messages"]))
-    if max_prompts:
-        keep, seen = [], set()
-        for i, pid in enumerate(table["prompt_id"].to_pylist()):
-            if pid in seen or len(seen) < max_prompts:
-                seen.add(pid)
-                keep.append(i)
-        table = table.take(keep)
-    if not table.num_rows:
-        raise DataError(f"{src}: no correct single-turn trace to write knowledge for")
-    system = manifest_format(manifest)["system"]
-    rows = table.to_pylist()
-    for r in rows:
-        r["prompt"] = Prompt(r["prompt"], system)
-    return manifest, rows
-
-
 def _outputs(src: str, out: str, manifest: dict, params: dict, overwrite: bool) -> dict:
     """role -> the writer of DIR/role. `out` holds nothing but (some of) ir/, kg/, dr/."""
     others = [e.name for e in entries(Path(out)) if e.name not in ROLES or not e.is_dir()] \
@@ -160,7 +135,8 @@ def knowledge(src: str, out: str, *, rule: bool = False, template: str | None = 
     if rule and (reviser or teacher_url):
         raise DataError("curate --knowledge-rule writes the knowledge by the task's rule; --reviser and --teacher-url "
                         "name a teacher to write it: pass one or the other")
-    manifest, rows = _source(src, max_prompts)
+    manifest, rows = correct_rows(src, max_prompts, reads="curate --knowledge", single_turn=True,
+                                  nothing="no correct single-turn trace to write knowledge for")
     teacher = manifest["params"]["teacher"]
     task = get_task(TaskConfig(**manifest["params"]["task"]))
     if rule:
@@ -188,7 +164,7 @@ def knowledge(src: str, out: str, *, rule: bool = False, template: str | None = 
     writers = _outputs(src, out, manifest, params, overwrite)
     counts = dict(writers["kg"].manifest.get("knowledge_counts") or
                   {"traces": 0, "kept": 0, "not_json": 0, "rejected": {}})
-    max_new = int(manifest["params"].get("sampling", {}).get("max_new_tokens", 256))
+    max_new = max_new_tokens(manifest)
     with CurateProgress(console, "knowledge", len(rows), "traces") as bar:
         for index in range(ceil(len(rows) / shard_rows)):
             shard = rows[index * shard_rows:(index + 1) * shard_rows]

@@ -34,7 +34,13 @@ from ...errors import DataError
 from ..data.turns import render_turns
 from .output import holds_out
 from .progress import CurateProgress
-from .shorten import _counter, _max_new, _Out, _server, _source
+from .revision import (
+    RescoredOutput,
+    correct_rows,
+    max_new_tokens,
+    revising_server,
+    token_counter,
+)
 from .trace_text import TRANSITIONS, step_sep, steps, switch_points
 
 INTERMEDIATE = ("teacher", "last-result")
@@ -108,7 +114,8 @@ def multi_turn(src: str, out: str, *, intermediate: str = "teacher", unit_steps:
 
     if intermediate not in INTERMEDIATE:
         raise DataError(f"curate --intermediate {intermediate!r}: expected one of {', '.join(INTERMEDIATE)}")
-    manifest, rows = _source(src, max_prompts)
+    manifest, rows = correct_rows(src, max_prompts, reads="curate --multi-turn",
+                                  nothing="no correct trace to split into turns")
     task = get_task(TaskConfig(**manifest["params"]["task"]))
     keywords = tuple(keywords or task.transitions or TRANSITIONS)
     sep = step_sep(r["completion"] for r in rows[:200])
@@ -117,7 +124,7 @@ def multi_turn(src: str, out: str, *, intermediate: str = "teacher", unit_steps:
     if intermediate == "teacher":
         from ..rollout.revise import Reviser
 
-        rv = Reviser(src, manifest, name=reviser, api=_server(src, manifest, reviser, teacher_url))
+        rv = Reviser(src, manifest, name=reviser, api=revising_server(src, manifest, reviser, teacher_url))
         tok = rv.tok
     elif "api" in manifest["params"]["teacher"]:
         tok = api_teacher(src, manifest, teacher_url).tokenizer
@@ -127,11 +134,11 @@ def multi_turn(src: str, out: str, *, intermediate: str = "teacher", unit_steps:
                              "cue": cue, "answer_tokens": answer_tokens, "step_sep": sep,
                              "reviser": rv.name if rv is not None else None, "max_prompts": max_prompts,
                              "seed": seed, "shard_rows": shard_rows}}
-    sink = _Out(src, out, manifest, params, overwrite, rows, shard_rows, tok, None, batch_size)
+    sink = RescoredOutput(src, out, manifest, params, overwrite, rows, shard_rows, tok, None, batch_size)
     counts = sink.counts("multi_turn_counts", {"traces": 0, "written": 0, "skipped": 0, "rejected": 0,
                                                "turns": 0, "joined": 0, "tokens_before": 0, "tokens_after": 0})
-    count = _counter(tok)
-    max_new = min(answer_tokens, _max_new(manifest))
+    count = token_counter(tok)
+    max_new = min(answer_tokens, max_new_tokens(manifest))
     with CurateProgress(console, "multi-turn", len(rows), "traces") as bar:
         for index, shard, done in sink.shards():
             if done:

@@ -30,22 +30,36 @@ the same command after a crash and it continues.
 from __future__ import annotations
 
 import json
-from math import ceil
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from ...errors import DataError
-from ..data.traces import SCHEMA, is_trace_set, read_manifest, read_traces
+from ..data.traces import is_trace_set, read_traces
 from ..rollout.revise import OpeningBan, Reviser
-from ..tasks.base import Prompt, manifest_format
-from .output import check_output, holds_out, open_output
+from .output import holds_out
 from .progress import CurateProgress
+from .revision import (
+    RescoredOutput,
+    correct_rows,
+    max_new_tokens,
+    revising_server,
+    token_counter,
+)
 from .server import api_teacher
-from .stats import trace_stats
-from .trace_text import (DAP_TEMPLATE, DEFAULT_BUDGETS, LEVELS, TRANSITIONS, UNIFORM_TEMPLATE, cut_to,
-                         opens_with_switch, parse_budgets, parse_rewrite, step_sep, steps, switch_points, value)
+from .trace_text import (
+    DAP_TEMPLATE,
+    DEFAULT_BUDGETS,
+    LEVELS,
+    TRANSITIONS,
+    UNIFORM_TEMPLATE,
+    cut_to,
+    opens_with_switch,
+    parse_budgets,
+    parse_rewrite,
+    step_sep,
+    steps,
+    switch_points,
+    value,
+)
 
 
 def declared_templates(teacher_name: str) -> dict:
@@ -66,97 +80,6 @@ def declared_templates(teacher_name: str) -> dict:
         return {}
 
 
-def _source(src: str, max_prompts: int):
-    manifest = read_manifest(src)
-    if "teacher" not in manifest["params"] or "task" not in manifest["params"]:
-        raise DataError(f"{src}: the manifest does not name the teacher and task that made it (a curated set made "
-                        "by --mixed-policy or a rewrite? shorten the set `retort traces` wrote)")
-    table = read_traces(src)
-    table = table.filter(pc.equal(table["correct"], True))
-    if max_prompts:
-        keep, seen = [], set()
-        for i, pid in enumerate(table["prompt_id"].to_pylist()):
-            if pid in seen or len(seen) < max_prompts:
-                seen.add(pid)
-                keep.append(i)
-        table = table.take(keep)
-    if not table.num_rows:
-        raise DataError(f"{src}: no correct trace to shorten")
-    rows = table.to_pylist()
-    system = manifest_format(manifest)["system"]  # prompts as the teacher was prompted, system message included
-    for r in rows:
-        r["prompt"] = Prompt(r["prompt"], system)
-    return manifest, rows
-
-
-class _Out:
-    """The output trace set: shards of `shard` source rows, resumable, re-scored by the teacher."""
-
-    def __init__(self, src, out, manifest, params, overwrite, rows, shard, tok, scorer, batch_size):
-        check_output(src, out, resume=True)
-        self.params = {"source": str(Path(src).resolve()), "source_params": manifest["params"], **params,
-                       "teacher": manifest["params"]["teacher"], "task": manifest["params"]["task"],
-                       "sampling": manifest["params"].get("sampling", {})}
-        self.writer = open_output(out, self.params, manifest, overwrite=overwrite, resume=True)
-        self.rows, self.shard, self.out = rows, shard, out
-        # scorer: the local teacher that re-scores the new completions (None: text and ids only)
-        self.tok, self.scorer, self.batch_size = tok, scorer, batch_size
-        self.topk = int(self.params["sampling"].get("topk") or 0)
-
-    def shards(self):
-        for index in range(ceil(len(self.rows) / self.shard)):
-            yield index, self.rows[index * self.shard:(index + 1) * self.shard], index in self.writer.done()
-
-    def counts(self, key: str, start: dict) -> dict:
-        return dict(self.writer.manifest.get(key) or start)
-
-    def write(self, index: int, rows: list[dict], texts: list[str], key: str, counts: dict) -> None:
-        """Source rows with new completions (`texts`), tokenised and re-scored by the teacher when
-        it is the local reviser (a server, or another reviser: text and ids only)."""
-        from ..data.collate import encode_prompt
-        from ..data.topk import encode_scores
-        from ..rollout.score import score
-
-        tok = self.tok
-        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        scored = [None] * len(rows)
-        if self.scorer is not None and rows:
-            eos = [tok.eos_token_id] if self.topk and tok.eos_token_id is not None else []
-            scored = score(self.scorer, [encode_prompt(tok, r["prompt"]) for r in rows], [i + eos for i in ids],
-                           topk=self.topk, batch_size=self.batch_size, pad_id=tok.pad_token_id or 0)
-        out = []
-        for r, text, i, sc in zip(rows, texts, ids, scored):
-            row = {k: r.get(k) for k in SCHEMA.names}
-            row.update(completion=text, completion_ids=i,
-                       completion_logprobs=sc.logprobs[:len(i)] if sc is not None else [],
-                       topk=encode_scores(sc, min(self.topk, len(tok))) if self.topk and sc is not None else None,
-                       finish_reason="stop", n_tokens=len(i), reasoning=None,
-                       api_tokens=None)
-            out.append(row)
-        self.writer.manifest[key] = counts
-        self.writer.write_shard(index, pa.Table.from_pylist(out, schema=SCHEMA))
-
-    def finish(self, key: str, counts: dict) -> dict:
-        self.writer.finish({**trace_stats(read_traces(self.out, allow_incomplete=True)), key: counts})
-        return self.writer.manifest["stats"]
-
-
-def _server(src: str, manifest: dict, reviser: str | None, teacher_url: str | None):
-    """The server that revises the traces: the set's own (`openai:MODEL`, where `teacher_url` may
-    move it), unless a local `reviser` is named; None for a local reviser."""
-    if reviser is None:
-        return api_teacher(src, manifest, teacher_url, "a rewrite or revision continues or replaces the traces")
-    if teacher_url:
-        raise DataError(f"curate --teacher-url: {src} was sampled from a local teacher "
-                        f"({manifest['params']['teacher']['name']})")
-    return None
-
-
-def _max_new(manifest: dict) -> int:
-    """A rewrite or continuation may be as long as the traces could be."""
-    return int(manifest["params"].get("sampling", {}).get("max_new_tokens", 256))
-
-
 @holds_out
 def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = None, budget: int | None = None,
             template: str | None = None, reviser: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
@@ -174,7 +97,7 @@ def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = Non
     if mode == "dap" and budget:
         raise DataError("curate --budget goes with --rewrite uniform; DAP takes a budget per level (--budgets)")
     budgets = budgets or dict(DEFAULT_BUDGETS)
-    manifest, rows = _source(src, max_prompts)
+    manifest, rows = correct_rows(src, max_prompts, reads="shortening", nothing="no correct trace to shorten")
     if template is None:
         template = declared_templates(manifest["params"]["teacher"]["name"]).get(mode) if not reviser else None
         template = template or (DAP_TEMPLATE if mode == "dap" else UNIFORM_TEMPLATE)
@@ -183,15 +106,15 @@ def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = Non
     if missing:
         raise DataError(f"curate --rewrite-template: the {mode} prompt must hold {{{'}, {'.join(missing)}}}")
     task = get_task(TaskConfig(**manifest["params"]["task"]))
-    rv = Reviser(src, manifest, name=reviser, api=_server(src, manifest, reviser, teacher_url))
-    max_new = _max_new(manifest)
+    rv = Reviser(src, manifest, name=reviser, api=revising_server(src, manifest, reviser, teacher_url))
+    max_new = max_new_tokens(manifest)
     params = {"rewrite": {"mode": mode, "budgets": budgets if mode == "dap" else None, "budget": budget,
                           "template": template, "reviser": rv.name, "temperature": temperature, "top_p": top_p,
                           "max_prompts": max_prompts, "seed": seed, "shard_rows": shard_rows}}
-    sink = _Out(src, out, manifest, params, overwrite, rows, shard_rows, rv.tok, rv.scorer(), batch_size)
+    sink = RescoredOutput(src, out, manifest, params, overwrite, rows, shard_rows, rv.tok, rv.scorer(), batch_size)
     counts = sink.counts("rewrite_counts", {"traces": 0, "kept": 0, "rejected": {}, "over_budget": 0,
                                             "levels": {}, "tokens_before": 0, "tokens_after": 0})
-    count = _counter(rv.tok)
+    count = token_counter(rv.tok)
     with CurateProgress(console, f"rewrite {mode}", len(rows), "traces") as bar:
         for index, shard, done in sink.shards():
             if done:
@@ -231,10 +154,6 @@ def rewrite(src: str, out: str, *, mode: str = "dap", budgets: dict | None = Non
     return sink.finish("rewrite_counts", counts)
 
 
-def _counter(tok):
-    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
-
-
 @holds_out
 def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, partial: bool = False, tries: int = 2,
                  reviser: str | None = None, temperature: float = 0.6, top_p: float = 0.95, max_prompts: int = 0,
@@ -246,20 +165,20 @@ def retro_search(src: str, out: str, *, gamma: float = 0.9, keywords=None, parti
 
     if not 0 < gamma < 1:
         raise DataError(f"curate --gamma: expected 0 < gamma < 1, got {gamma}")
-    manifest, rows = _source(src, max_prompts)
+    manifest, rows = correct_rows(src, max_prompts, reads="shortening", nothing="no correct trace to shorten")
     task = get_task(TaskConfig(**manifest["params"]["task"]))
     keywords = tuple(keywords or task.transitions or TRANSITIONS)
     sep = step_sep(r["completion"] for r in rows[:200])
-    rv = Reviser(src, manifest, name=reviser, api=_server(src, manifest, reviser, teacher_url))
-    max_new = _max_new(manifest)
+    rv = Reviser(src, manifest, name=reviser, api=revising_server(src, manifest, reviser, teacher_url))
+    max_new = max_new_tokens(manifest)
     params = {"retro_search": {"gamma": gamma, "keywords": list(keywords), "partial": partial, "tries": tries,
                                "step_sep": sep, "reviser": rv.name, "temperature": temperature, "top_p": top_p,
                                "max_prompts": max_prompts, "seed": seed, "shard_rows": shard_rows}}
-    sink = _Out(src, out, manifest, params, overwrite, rows, shard_rows, rv.tok, rv.scorer(), batch_size)
+    sink = RescoredOutput(src, out, manifest, params, overwrite, rows, shard_rows, rv.tok, rv.scorer(), batch_size)
     counts = sink.counts("retro_counts", {"traces": 0, "revised_traces": 0, "switches": 0, "rollouts": 0,
                                           "no_untaken_path": 0, "wrong": 0, "not_shorter": 0, "revisions": 0,
                                           "tokens_before": 0, "tokens_after": 0})
-    count = _counter(rv.tok)
+    count = token_counter(rv.tok)
     with CurateProgress(console, "retro-search", len(rows), "traces") as bar:
         for index, shard, done in sink.shards():
             if done:
@@ -321,7 +240,7 @@ def truncate_like(src: str, out: str, like: str, *, overwrite: bool = False, con
     from ..config import ModelConfig
     from ..models import load_tokenizer
 
-    manifest, rows = _source(src, 0)
+    manifest, rows = correct_rows(src, 0, reads="shortening", nothing="no correct trace to shorten")
     if not is_trace_set(like):
         raise DataError(f"curate --truncate-like {like}: not a retort trace set")
     target = {(r["prompt_id"], r["sample_idx"]): r["n_tokens"]
@@ -334,12 +253,12 @@ def truncate_like(src: str, out: str, like: str, *, overwrite: bool = False, con
         else None
     if tok is None:
         tok = api_teacher(src, manifest, None).tokenizer
-    count = _counter(tok)
+    count = token_counter(tok)
     sep = step_sep(r["completion"] for r in rows[:200])
     params = {"truncate_like": {"like": str(Path(like).resolve()), "step_sep": sep}}
 
     # rows re-tokenised, not re-scored: a cut trace is text the teacher never wrote as it is
-    sink = _Out(src, out, manifest, params, overwrite, rows, 4096, tok, None, 64)
+    sink = RescoredOutput(src, out, manifest, params, overwrite, rows, 4096, tok, None, 64)
     counts = sink.counts("truncate_counts", {"traces": 0, "cut": 0, "tokens_before": 0, "tokens_after": 0})
     with CurateProgress(console, "truncate", len(rows), "traces") as bar:
         for index, shard, done in sink.shards():
