@@ -375,8 +375,25 @@ def part_cost(work: Path, seeds, tiny: bool) -> dict:
                 per[arm][str(s)] = {"s_per_step": summ["train_time_s"] / summ["steps"], "maxrss_mib": info.get("maxrss_mib"),
                                     "wall_s": time.time() - t0}
         ratio = {s: per["dp"][s]["s_per_step"] / per["nodp"][s]["s_per_step"] for s in per["dp"]}
-        out[name] = {**per, "dp_over_nodp": ratio}
+        out[name] = cost_summary({**per, "dp_over_nodp": ratio})
     return out
+
+
+def cost_summary(case: dict) -> dict:
+    """A cost case with, per arm, the per-seed seconds per step and peak RSS as lists in seed order
+    with their mean and std, and the per-seed DP/no-DP ratio likewise (what BENCHMARKS.md shows)."""
+    def stats(values):
+        values = [v for v in values if v is not None]
+        return {"values": values, "mean": statistics.mean(values) if values else None,
+                "std": statistics.stdev(values) if len(values) > 1 else None}
+
+    seeds = sorted(case["dp"], key=int)
+    case = {k: v for k, v in case.items() if k != "summary"}
+    case["summary"] = {
+        **{arm: {key: stats([case[arm][s][key] for s in seeds]) for key in ("s_per_step", "maxrss_mib")}
+           for arm in ("dp", "nodp")},
+        "dp_over_nodp": stats([case["dp_over_nodp"][s] for s in seeds])}
+    return case
 
 
 # ------------------------------------------------------------------ verdicts and main
@@ -414,11 +431,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", default="runs/privacy", help="run directories (finished runs are reused)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "privacy.json"))
     ap.add_argument("--tiny", action="store_true", help="every part at a size that runs in minutes (plumbing only)")
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="recompute the summaries and verdicts of --json from its per-seed values; run nothing")
     a = ap.parse_args(argv)
     seeds = a.seeds or ([0] if a.tiny else [0, 1, 2])
     work = Path(a.work)
     path = Path(a.json)
     results = json.loads(path.read_text()) if path.exists() else {}
+    if a.summarise_only:
+        if "cost" in results:
+            results["cost"] = {name: cost_summary(case) for name, case in results["cost"].items()}
+        results["verdicts"] = state(results, orderings(results))
+        path.write_text(json.dumps(results, indent=1))
+        return results
     results.update(seeds=seeds, tiny=a.tiny)
     for part in a.part or PARTS:
         results[part] = globals()[f"part_{part}"](work, seeds, a.tiny)
