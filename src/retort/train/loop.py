@@ -366,7 +366,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
             if step % opt_cfg.log_every == 0 or step == opt_cfg.steps:
                 row = {"step": step, "loss": global_loss, "lr": scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm), "tokens": tokens_seen, "time": elapsed(),
-                       **{k: v / max(1, len(micro)) for k, v in metric_sums.items()},
+                       **_mean_metrics(accelerator, metric_sums, len(micro)),
                        **({"epsilon": private.epsilon()} if private is not None else {})}
                 log.write(row)
                 if accelerator.log_with:
@@ -420,6 +420,20 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return summary
+
+
+def _mean_metrics(accelerator, sums: dict, n_micro: int) -> dict:
+    """A step's method metrics averaged over the micro-batches of every process, so that 2
+    processes log what 1 process with twice the accumulation logs. Called on every process."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([(sums, n_micro)])  # objects, not tensors: a process may lack a key
+        sums, n_micro = {}, sum(n for _, n in parts)
+        for part, _ in parts:
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + v
+    return {k: v / max(1, n_micro) for k, v in sums.items()}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
