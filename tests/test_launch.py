@@ -102,8 +102,10 @@ def test_multi_node_template_is_two_machines_through_torchrun():
     ({"ACCELERATE_USE_FSDP": "true"}, ("FSDP (ACCELERATE_USE_FSDP=true, from an accelerate config such as "
      "configs/accelerate/fsdp.yaml) needs CUDA GPUs")),
     ({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
-     "accelerate launch --cpu started this as a lone process"),
-], ids=["deepspeed", "fsdp", "accelerate-cpu-lone-process"])
+     "accelerate launch started this as a lone process"),
+    ({"ACCELERATE_USE_CPU": "False", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+     "accelerate launch started this as a lone process"),
+], ids=["deepspeed", "fsdp", "accelerate-cpu-lone-process", "accelerate-lone-process"])
 def test_train_refuses_what_the_launcher_asked_and_this_machine_cannot_do(tmp_path, capsys, monkeypatch, env, expect):
     import torch
 
@@ -136,6 +138,8 @@ def test_deepspeed_with_gpus_still_refuses_accumulation_it_would_step_through(tm
     refuse(run, env={"ACCELERATE_USE_FSDP": "true"}, cuda=True, deepspeed=False)  # FSDP on GPUs runs
     # torchrun sets WORLD_SIZE and LOCAL_RANK: a launched process, not a lone one
     refuse(run, env={"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "h", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, cuda=False)
+    refuse(run, env={"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "h", "PMI_SIZE": "2"}, cuda=False)  # under MPI
+    refuse(run, env={"MASTER_ADDR": "h"}, cuda=False)  # a MASTER_ADDR of the user's own, no accelerate launcher
 
 
 def test_main_rank_reads_torchrun_and_mpi_ranks():

@@ -4,10 +4,12 @@
 WORLD_SIZE, MASTER_ADDR; ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED and the FSDP_* settings from
 an accelerate config file). Several of their combinations do something other than what the user
 asked without a word: accelerate trains FSDP and DeepSpeed only on GPUs (on a CPU it falls back to
-plain data parallel with every weight on every process), and `accelerate launch --cpu` on several
-machines starts one lone process per machine and leaves the rest to MPI. `refuse` turns each into
-one line before anything is written; `check_shared_out` refuses a run whose processes do not all
-see the run directory the main process writes (on several nodes `out` must be a shared path).
+plain data parallel with every weight on every process), and `accelerate launch` without
+--multi_gpu (`--cpu` included) starts one lone process per machine however many it was asked for.
+`refuse` turns each into one line before anything is written; `check_shared_out` refuses a run
+whose processes do not all see the run directory the main process writes (on several nodes `out`
+must be a shared path). `fit_deepspeed` gives DeepSpeed the micro-batch size it cannot read off a
+DataLoader here.
 """
 
 from __future__ import annotations
@@ -73,16 +75,17 @@ def refuse(run, *, env: Mapping[str, str] = os.environ, cuda: bool | None = None
             "CUDA GPUs: accelerate shards only over accelerator devices, and on this CPU-only machine it would "
             "train unsharded without saying so. Launch without the FSDP config (torchrun, or accelerate launch "
             "--multi_gpu) for plain data parallel")
-    if (_flag(env, "ACCELERATE_USE_CPU") and env.get("MASTER_ADDR")
-            and _first_int(env, WORLD_VARS, 1) == 1 and "LOCAL_RANK" not in env):
-        # `accelerate launch --cpu` with several processes or machines runs the script once per
-        # machine and expects MPI (--mpirun_hostfile) to start the others: each machine would
-        # train a run of its own
+    if "ACCELERATE_USE_CPU" in env and env.get("MASTER_ADDR") and _first_int(env, WORLD_VARS, 1) == 1 \
+            and "LOCAL_RANK" not in env:
+        # accelerate's simple launcher (the one without --multi_gpu or a config naming it) marks its
+        # process with ACCELERATE_USE_CPU and sets MASTER_ADDR only when asked for several
+        # processes or machines, which it does not start itself: with --cpu it leaves them to MPI
         raise ConfigError(
-            "accelerate launch --cpu started this as a lone process (MASTER_ADDR is set, WORLD_SIZE is not): "
-            "its CPU launcher starts one process per machine and leaves the others to MPI (--mpirun_hostfile). "
-            "Use `accelerate launch --multi_gpu ...` (torchrun underneath; retort trains on the CPU with gloo where "
-            "there is no GPU) or torchrun; unset MASTER_ADDR for a one-process run")
+            "accelerate launch started this as a lone process (MASTER_ADDR is set, WORLD_SIZE is not): without "
+            "--multi_gpu its launcher starts one process per machine, and with --cpu leaves the others to MPI "
+            "(--mpirun_hostfile), so each machine would train alone. Use `accelerate launch --multi_gpu ...` "
+            "(torchrun underneath; retort trains on the CPU over gloo where there is no GPU) or torchrun; unset "
+            "MASTER_ADDR for a one-process run")
 
 
 def check_shared_out(accelerator, run_dir: Path) -> None:
