@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from contextlib import nullcontext
@@ -26,6 +25,7 @@ from ..contract import STUDENT, BatchPlan
 from ..lock import hold
 from ..paths import atomic_write_text, entries
 from ..track import get_track, method_config
+from . import launch
 from . import private as dp
 from .checkpoint import (latest_checkpoint, load_method_state, load_training_state, resumable_checkpoint,
                          save_checkpoint, sharded, use_accelerate_state)
@@ -130,12 +130,13 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
     say so when `resume` finds no run (the user asked for --resume; the demo and teacher resume by
     default and need not).
     """
+    launch.refuse(run)  # FSDP/DeepSpeed without GPUs, a lone process of a multi-machine launch
     run_dir = Path(run.out)
     wrote: list[Path] = []  # what this call created, the only files its cleanup may remove
     threads_before = torch.get_num_threads()
     # one writer per run directory (`retort.lock`): the main process of this run holds it, and a
     # directory the lock made is removed again when a failed new run leaves it empty
-    with hold(run_dir, "out") if _main_rank() else nullcontext():
+    with hold(run_dir, "out") if launch.main_rank() else nullcontext():
         try:
             return _train(run, resume=resume, evaluate=evaluate, console=console, wrote=wrote,
                           announce_new=announce_new)
@@ -152,11 +153,6 @@ def train(run, *, resume: bool = False, evaluate: Optional[Callable] = None, con
         finally:
             torch.set_num_threads(threads_before)
             threads.pin(0)
-
-
-def _main_rank() -> bool:
-    """Whether this is the main process of the run (before the Accelerator exists: a launcher's RANK)."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: list, announce_new: bool) -> dict:
@@ -219,6 +215,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
     scheduler = make_scheduler(optimizer, opt_cfg)
     if private is not None:  # Opacus's per-sample hooks on the student, its DPOptimizer around the optimizer
         optimizer = private.wrap(model, optimizer)
+    launch.fit_deepspeed(accelerator, opt_cfg.batch_size)
     model, optimizer = accelerator.prepare(model, optimizer)
     method.bind(lambda: accelerator.unwrap_model(model))
     ema = None
@@ -258,6 +255,8 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
             wrote += [run_dir / "config.yaml", run_dir / "metrics.jsonl"]
         save_config(run, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        launch.check_shared_out(accelerator, run_dir)  # every process writes its part of each checkpoint here
     final_ckpt = ckpt is not None and (start_step >= opt_cfg.steps or ended_early)
     log = MetricsLog(run_dir / "metrics.jsonl", start_step if ckpt is not None else None, main, final=final_ckpt)
     if accelerator.log_with:
@@ -367,7 +366,7 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
             if step % opt_cfg.log_every == 0 or step == opt_cfg.steps:
                 row = {"step": step, "loss": global_loss, "lr": scheduler.get_last_lr()[0],
                        "grad_norm": float(grad_norm), "tokens": tokens_seen, "time": elapsed(),
-                       **{k: v / max(1, len(micro)) for k, v in metric_sums.items()},
+                       **_mean_metrics(accelerator, metric_sums, len(micro)),
                        **({"epsilon": private.epsilon()} if private is not None else {})}
                 log.write(row)
                 if accelerator.log_with:
@@ -421,6 +420,20 @@ def _train(run, *, resume: bool, evaluate: Optional[Callable], console, wrote: l
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return summary
+
+
+def _mean_metrics(accelerator, sums: dict, n_micro: int) -> dict:
+    """A step's method metrics averaged over the micro-batches of every process, so that 2
+    processes log what 1 process with twice the accumulation logs. Called on every process."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([(sums, n_micro)])  # objects, not tensors: a process may lack a key
+        sums, n_micro = {}, sum(n for _, n in parts)
+        for part, _ in parts:
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + v
+    return {k: v / max(1, n_micro) for k, v in sums.items()}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
