@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, tiny_overrides
+from conftest import free_port, peaked_teacher, tiny_overrides
 from safetensors.torch import load_file
 
-from retort.lm.config import ModelConfig
-from retort.lm.models import load_model, save_model
 from retort.lock import hold
 from retort.paths import LOCK_FILE
 
@@ -55,19 +53,9 @@ def _env():
     return env
 
 
-def _teacher(path: Path) -> str:
-    """A random nano model with peaked distributions (a controlled teacher)."""
-    if not path.is_dir():
-        model, tok = load_model(ModelConfig(name="preset:nano"), seed=123)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(4)
-        save_model(model, tok, path)
-    return str(path)
-
 
 def _args(out: Path, method: str, teacher: Path, grad_accum: int) -> list[str]:
-    extra = {"method": "kd", "teacher.name": _teacher(teacher), "train.lr": 0.02} if method == "kd" else {}
+    extra = {"method": "kd", "teacher.name": peaked_teacher(teacher), "train.lr": 0.02} if method == "kd" else {}
     return tiny_overrides(out, steps=6, **{"train.batch_size": 4, "train.grad_accum": grad_accum,
                                            "train.save_every": 3, "data.n_train": 96, "eval.n": 2, "seed": 1, **extra})
 
