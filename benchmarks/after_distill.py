@@ -299,9 +299,12 @@ def markdown(part: str, tab: dict) -> str:
 
 
 PARTS = {"grpo": part_grpo, "order": part_order, "mind": part_mind, "rg": lambda b, seeds: part_grpo(b, seeds, True)}
-# per part: (--n-prompts, --sft-steps, --rl-steps, --rl-batch-size, --max-new-tokens, --eval-max-new-tokens)
-SIZES = {"grpo": (4000, 2000, 150, 32, 96, 96), "order": (4000, 2000, 100, 32, 96, 128),
-         "mind": (4000, 2000, 100, 32, 192, 256), "rg": (400, 150, 40, 16, 128, 160)}
+# per part, the defaults of: --n-prompts, --sft-steps, --batch-size, --lr, --rl-steps, --rl-batch-size, --rl-lr,
+# --max-new-tokens, --eval-max-new-tokens (rg: LoRA rates, as configs/sft_smollm2_student.yaml)
+SIZE_KEYS = ("n_prompts", "sft_steps", "batch_size", "lr", "rl_steps", "rl_batch_size", "rl_lr", "max_new_tokens",
+             "eval_max_new_tokens")
+SIZES = {"grpo": (4000, 2000, 32, 2e-3, 150, 32, 5e-4, 96, 96), "order": (4000, 2000, 32, 2e-3, 100, 32, 5e-4, 96, 128),
+         "mind": (4000, 2000, 32, 2e-3, 100, 32, 5e-4, 192, 256), "rg": (400, 150, 8, 2e-4, 40, 16, 1e-4, 128, 160)}
 
 
 def main(argv=None) -> dict | None:
@@ -324,12 +327,12 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--sft-steps", type=int, default=None, help="most steps of the distilling sft")
     ap.add_argument("--sft-stop", type=float, default=0.5, help="stop the distilling sft at this train accuracy "
                                                                 "(0: never)")
-    ap.add_argument("--batch-size", type=int, default=32, help="sft batch size")
-    ap.add_argument("--lr", type=float, default=2e-3, help="sft learning rate")
+    ap.add_argument("--batch-size", type=int, default=None, help="sft batch size")
+    ap.add_argument("--lr", type=float, default=None, help="sft learning rate")
     ap.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: 16 for rg, else 0: full)")
     ap.add_argument("--rl-steps", type=int, default=None, help="optimizer steps of every RL run (and stage)")
     ap.add_argument("--rl-batch-size", type=int, default=None, help="completions per RL step (a multiple of 8)")
-    ap.add_argument("--rl-lr", type=float, default=5e-4)
+    ap.add_argument("--rl-lr", type=float, default=None)
     ap.add_argument("--mind-sft-steps", type=int, default=300)
     ap.add_argument("--intermediate", default="teacher", choices=["teacher", "last-result"],
                     help="part mind: who writes each prefix's answer (curate --multi-turn --intermediate)")
@@ -344,9 +347,7 @@ def main(argv=None) -> dict | None:
     if args.verdicts_only:
         restate(args.out, ORDERINGS[args.part])
         return None
-    sizes = dict(zip(("n_prompts", "sft_steps", "rl_steps", "rl_batch_size", "max_new_tokens",
-                      "eval_max_new_tokens"), SIZES[args.part]))
-    for k, v in sizes.items():
+    for k, v in zip(SIZE_KEYS, SIZES[args.part]):
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.lora_r is None:
