@@ -93,7 +93,7 @@ ORDERINGS = {
                  _seeded("sft_mind", "mean_tokens"), ">", _seeded("original", "mean_tokens")),
         Ordering("SFT+GRPO-MinD uses fewer tokens than the original (tokens per answer; §18.4)",
                  _seeded("grpo_mind", "mean_tokens"), "<", _seeded("original", "mean_tokens")),
-        Ordering(f"SFT+GRPO-MinD's accuracy within {MIND_TOLERANCE:.0%} of the original's "
+        Ordering(f"SFT+GRPO-MinD's accuracy within {MIND_TOLERANCE * 100:.0f} points of the original's "
                  "(original minus it < the tolerance; §18.4)", ("runs", "{seed}", "accuracy_gap"), "<",
                  ("tolerance",)),
         Ordering("SFT+GRPO-MinD answers in fewer turns than SFT-MinD (the turn-count reward; §18.2)",
@@ -265,6 +265,12 @@ def part_mind(b: Bench, seeds: list[int]) -> dict:
             f"train.lr={a.rl_lr}"])
         models = {"original": original, "sft_mind": sft_mind, "grpo_mind": grpo_mind}
         ev = b.evaluate(f"eval-mind-{seed}", models, task_args, a.eval_max_new_tokens)
+        for row in ev.values():
+            # eval reports turns only when some answer has one; none: retort's own values for no
+            # well-formed answer (turns 0, turn_format 0, the whole answer before a first answer)
+            row.setdefault("turns", 0.0)
+            row.setdefault("turn_format", 0.0)
+            row.setdefault("first_answer_tokens", row["mean_tokens"])
         run = {row: {**ev[row], **(run_means(path) if row == "grpo_mind" else {})} for row, path in models.items()}
         run["accuracy_gap"] = ev["original"]["accuracy"] - ev["grpo_mind"]["accuracy"]
         runs[str(seed)] = run
@@ -285,7 +291,7 @@ def table(part: str, runs: dict) -> dict:
 
 COLUMNS = {"grpo": ("accuracy", "mean_tokens", "solved_none", "zero_groups_before", "reward"),
            "order": ("modchain", "vars", "mean"),
-           "mind": ("accuracy", "mean_tokens", "turns", "first_answer_tokens", "reward"),
+           "mind": ("accuracy", "mean_tokens", "turns", "turn_format", "first_answer_tokens", "reward"),
            "rg": ("accuracy", "mean_tokens", "solved_none", "zero_groups_before", "reward")}
 
 

@@ -172,6 +172,9 @@ def test_mind_part_sfts_the_original_on_turns_then_grpo_with_the_turn_reward(ben
     # tokens: SFT-MinD > original > SFT+GRPO-MinD (§18.4); accuracy within 2 points; fewer turns after grpo
     assert result["tolerance"] == [0.02] * 3
     assert result["runs"]["2"]["accuracy_gap"] == pytest.approx(0.005)
+    # a row whose answers hold no turn: retort's values for no well-formed answer, not a gap in the JSON
+    assert {k: result["runs"]["0"]["original"][k] for k in ("turns", "turn_format", "first_answer_tokens")} == {
+        "turns": 0.0, "turn_format": 0.0, "first_answer_tokens": 40.0}
     assert [v["verdict"] for v in result["verdicts"]] == ["holds"] * 4
     path = tmp_path / "mind.json"
     saved = json.loads(path.read_text())
