@@ -364,7 +364,8 @@ def main(argv=None) -> dict | None:
     found = PARTS[args.part](Bench(args), seeds)
     settings = {k: getattr(args, k) for k in ("n_prompts", "sft_steps", "sft_stop", "batch_size", "lr", "lora_r",
                                               "rl_steps", "rl_batch_size", "rl_lr", "max_new_tokens", "eval_n",
-                                              "eval_max_new_tokens", "trace_filter", "task_arg")}
+                                              "eval_max_new_tokens", "trace_filter", "task_arg", "traces",
+                                              "teacher", "student")}
     if args.part == "mind":
         settings.update(mind_sft_steps=args.mind_sft_steps, intermediate=args.intermediate)
     result = {"part": args.part, "seeds": seeds, "settings": settings, **found}
