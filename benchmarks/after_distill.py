@@ -331,8 +331,8 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--trace-filter", default="correct", choices=["correct", "all"], help="the traces sft learns")
     ap.add_argument("--n-prompts", type=int, default=None)
     ap.add_argument("--sft-steps", type=int, default=None, help="most steps of the distilling sft")
-    ap.add_argument("--sft-stop", type=float, default=0.5, help="stop the distilling sft at this train accuracy "
-                                                                "(0: never)")
+    ap.add_argument("--sft-stop", type=float, default=None, help="stop the distilling sft at this train accuracy "
+                                                                 "(0: never; default 0.5, rg: 0)")
     ap.add_argument("--batch-size", type=int, default=None, help="sft batch size")
     ap.add_argument("--lr", type=float, default=None, help="sft learning rate")
     ap.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: 16 for rg, else 0: full)")
@@ -356,6 +356,8 @@ def main(argv=None) -> dict | None:
     for k, v in zip(SIZE_KEYS, SIZES[args.part]):
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.sft_stop is None:  # a pretrained student learns the format in its few steps: no early stop
+        args.sft_stop = 0.0 if args.part == "rg" else 0.5
     if args.lora_r is None:
         args.lora_r = 16 if args.part == "rg" else 0
     if args.part == "rg" and not args.task_arg:

@@ -195,6 +195,7 @@ def test_rg_part_uses_the_real_student_with_lora_and_the_qwen_traces_as_hints(be
     for c in trains.values():
         assert "student.lora.r=16" in c and "task.difficulty.max_terms=3" in c
     assert _arg(trains["sft-0"], "student.name") == "smollm2-135m-instruct"
+    assert _arg(trains["sft-0"], "train.lr") == "0.0002" and _arg(trains["sft-0"], "train.stop_at_accuracy") is None
     kepo = trains["kepo-1"]
     assert "method_args.lambda_kd=0" in kepo and "method_args.hints=traces" in kepo
     assert _arg(kepo, "method_args.hint_traces") == str(tmp_path / "w" / "traces-rg_chain_sum")
