@@ -29,15 +29,19 @@ AceReason's ordering and MinD add to a student that was first distilled by sft o
     python benchmarks/after_distill.py --part grpo|order|mind|rg [--seeds 0,1,2] [--work /tmp/retort-after]
                                        [--out benchmarks/results/after_distill_PART.json]
 
-Sizes (options; defaults below). Estimated from the quiet machine's logged rate of the built-in
-teacher's sft (about 6 steps/s) and from short reduced runs of this script under heavy contention
-(nice 19, a load of ~5 on 2 cores: every rate 5-10x slower, scaled back), so each is an estimate:
-`grpo` ~1-1.5 h (a teacher and 4000 traces ~5 min, per seed an sft to 50% ~3 min, three RL runs of
---rl-steps 150 at ~0.5-1 step/s ~10 min, one eval of 4 models ~1 min), `order` ~1-1.5 h (two
-teachers, two trace sets, per seed two sfts and four RL stages of 100 steps), `mind` ~1.5 h
-(the detours teacher learns its rewrite skills too: 3000 steps ~10 min; longer answers), `rg` ~3-4 h
-(Qwen traces of 400 prompts ~30 min; per seed an sft of 150 LoRA steps ~10 min, two RL runs of
-40 steps at ~10-15 s a step ~20 min, one eval ~10 min).
+Sizes (options; per-part defaults in SIZES) are estimates, not measurements of a full run. Seen on
+this 2-core machine under heavy contention (nice 19, load ~5, every rate several times below a quiet
+machine's: the cached built-in teacher's own sft logged ~6 steps/s quiet): preset:student sft ~0.6
+steps/s (with its accuracy checks), grpo ~0.45, grpo + KD and kepo ~0.17 (the teacher's pass), traces
+~5 prompts/s, an eval of 4 models x 300 problems ~1 min. Scaled by a quiet factor of 3-5: `grpo`
+~1-1.5 h (traces of 4000 prompts; per seed an sft of at most 2000 steps that stops at 50% train
+accuracy, three RL runs of 150 steps, one eval), `order` ~1-1.5 h (two teachers and trace sets; per
+seed two sfts and four RL stages of 100 steps, two evals), `mind` ~1.5 h (the detours teacher also
+learns its rewrite skills: 3000 steps; 256-token answers). `rg` ~3-4 h is the least certain: the
+packaged teacher and student are real (Qwen2.5-Coder-0.5B's GGUF, SmolLM2-135M), one LoRA grpo step
+of 16 rollouts took ~100 s under that contention; defaults 400 traces, per seed 150 sft steps and two
+RL runs of 40 steps, 32-token answers (`task.answer=final_number`: asked for reasoning-gym's tags the
+0.5B teacher closed none of 8 answers within 64 tokens).
 
 Every step is the CLI a user runs (printed as it goes); a rerun with the same --work skips what is
 done (a teacher already cached under $RETORT_CACHE, else WORK/cache, is reused). `--traces
@@ -310,7 +314,7 @@ PARTS = {"grpo": part_grpo, "order": part_order, "mind": part_mind, "rg": lambda
 SIZE_KEYS = ("n_prompts", "sft_steps", "batch_size", "lr", "rl_steps", "rl_batch_size", "rl_lr", "max_new_tokens",
              "eval_max_new_tokens")
 SIZES = {"grpo": (4000, 2000, 32, 2e-3, 150, 32, 5e-4, 96, 96), "order": (4000, 2000, 32, 2e-3, 100, 32, 5e-4, 96, 128),
-         "mind": (4000, 2000, 32, 2e-3, 100, 32, 5e-4, 192, 256), "rg": (400, 150, 8, 2e-4, 40, 16, 1e-4, 128, 160)}
+         "mind": (4000, 2000, 32, 2e-3, 100, 32, 5e-4, 192, 256), "rg": (400, 150, 8, 2e-4, 40, 16, 1e-4, 32, 32)}
 
 
 def main(argv=None) -> dict | None:
@@ -320,7 +324,8 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--task", default="modchain", help="part grpo: the built-in task")
     ap.add_argument("--task-arg", action="append", default=[], help="part grpo/rg: a task override (repeatable)")
     ap.add_argument("--rg-task", default="rg:chain_sum", help="part rg: the reasoning-gym task (with --task-arg "
-                    "for its difficulty; default task.difficulty.max_terms=3 task.difficulty.max_digits=1)")
+                    "for its difficulty and format; default task.difficulty.max_terms=3 task.difficulty.max_digits=1 "
+                    "task.answer=final_number)")
     ap.add_argument("--student", default=None, help="the student distilled first (default preset:student; rg: "
                                                     "smollm2-135m-instruct)")
     ap.add_argument("--teacher", default=None, help="a teacher model to use as it is (default: the task's built-in "
@@ -361,7 +366,9 @@ def main(argv=None) -> dict | None:
     if args.lora_r is None:
         args.lora_r = 16 if args.part == "rg" else 0
     if args.part == "rg" and not args.task_arg:
-        args.task_arg = ["task.difficulty.max_terms=3", "task.difficulty.max_digits=1"]
+        # the number alone: in reasoning-gym's tag format the 0.5B teacher rarely closes its answer
+        # within 64 tokens (0 of 8), and 256-token rollouts of the student would not fit the hours
+        args.task_arg = ["task.difficulty.max_terms=3", "task.difficulty.max_digits=1", "task.answer=final_number"]
     seeds = [int(s) for s in args.seeds.split(",")]
     found = PARTS[args.part](Bench(args), seeds)
     settings = {k: getattr(args, k) for k in ("n_prompts", "sft_steps", "sft_stop", "batch_size", "lr", "lora_r",

@@ -193,7 +193,7 @@ def test_rg_part_uses_the_real_student_with_lora_and_the_qwen_traces_as_hints(be
     trains = cli.trains()
     assert sorted(trains) == ["grpo-0", "grpo-1", "kepo-0", "kepo-1", "sft-0", "sft-1"]
     for c in trains.values():
-        assert "student.lora.r=16" in c and "task.difficulty.max_terms=3" in c
+        assert "student.lora.r=16" in c and "task.difficulty.max_terms=3" in c and "task.answer=final_number" in c
     assert _arg(trains["sft-0"], "student.name") == "smollm2-135m-instruct"
     assert _arg(trains["sft-0"], "train.lr") == "0.0002" and _arg(trains["sft-0"], "train.stop_at_accuracy") is None
     kepo = trains["kepo-1"]
