@@ -74,10 +74,13 @@ class LMTrack(Track):
             if "ref" not in cache:
                 from dataclasses import replace
 
-                from .eval import load_reference
+                from .eval import reference
 
-                cache["ref"] = load_reference(replace(run.teacher, name=name), task, run.eval, "teacher",
-                                              seed=run.seed, device=next(model.parameters()).device)
+                # the run's own teacher where its method has it open (`open_teacher` shares it): a
+                # second copy of its weights would be the run's peak memory (issue 29)
+                teacher = open_teacher(replace(run.teacher, name=name), seed=run.seed,
+                                       device=next(model.parameters()).device)
+                cache["ref"] = reference("teacher", teacher.model, teacher.tokenizer, task, run.eval)
             return evaluate(model, tok, task, run.eval, reference=cache["ref"])
         return ev
 
