@@ -97,6 +97,8 @@ class LMTrack(Track):
 
     def load_student(self, run, ckpt, seed: int):
         model, tok = self._load_student(run, ckpt, seed)
+        if run.student.grad_checkpointing:
+            _checkpoint_layers(model, run)
         cls = self.methods[run.method]
         if cls.prepare_student.__func__ is Method.prepare_student.__func__:
             return model, tok
@@ -226,6 +228,24 @@ class LMTrack(Track):
 
 
 TRACK = LMTrack()
+
+
+def _checkpoint_layers(model, run) -> None:
+    """`student.grad_checkpointing`: the decoder layers' activations recomputed in the backward
+    (non-reentrant, so a LoRA student's frozen inputs need no gradient)."""
+    from ..errors import ConfigError
+
+    base = model.get_base_model() if lora.is_lora(model) else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"student.grad_checkpointing: {type(base).__name__} does not support gradient checkpointing")
+    if getattr(getattr(run, "privacy", None), "enabled", False):
+        raise ConfigError("student.grad_checkpointing with privacy.*: Opacus's per-sample hooks would see every "
+                          "recomputed layer twice; train under DP-SGD without it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def fidelity_reference(run):
