@@ -6,7 +6,7 @@ with a teacher online, against what the run cannot do without, the model sum:
 
 Target: peak RSS <= 1.5x the model sum.
 
-    python benchmarks/real_memory.py [--size real|tiny] [--cases xtok,same] [--steps 20] [--batch 8] \
+    python benchmarks/real_memory.py [--size real|tiny] [--cases xtok,xtok_ckpt,same] [--steps 4] [--batch 8] \
         [--max-len 192] [--work /tmp/retort-real-memory] [--out benchmarks/results/real_memory.json]
 
 Cases (`--size real`: the packaged models, `retort models`; `--size tiny`: built-in presets, a test):
@@ -15,6 +15,8 @@ Cases (`--size real`: the packaged models, `retort models`; `--size tiny`: built
   (`method_args.cross_tokenizer=hybrid`, GOLD's hybrid, plus half the CE: configs/kd_xtok_qwen_smollm2.yaml),
   on the worked solutions of reasoning-gym's `chain_sum` (2 to 6 terms; `basic_arithmetic`, the task of
   `retort demo --real`, has no worked solutions: its student learns the teacher's traces);
+- `xtok_ckpt`: `xtok` with `student.grad_checkpointing=true` (the student's layers recompute their
+  activations in the backward instead of keeping them);
 - `same`: SmolLM2-135M-Instruct teaching a 10-layer pruned copy of itself (`student.keep_layers=10`),
   one tokenizer, the fused path (`retort.losses.fused`).
 Both models are loaded as retort loads them: the GGUF files de-quantised by transformers to
@@ -23,7 +25,10 @@ loaded fp32 tensors, not of the 4-bit files). Each step is `--batch` sequences o
 `--max-len` student tokens; the run saves a checkpoint halfway, evaluates at the end (`eval.n=8`,
 16 new tokens, with fidelity to the teacher: the default) and exports the student, as a user's run does.
 
-Per case, two child processes, one after the other:
+Four steps by default: the peak comes by the second or third (AdamW's state is made at the first; the
+batches' lengths differ), and one step of the real `xtok` case takes 1-2 minutes on 2 shared cores.
+
+Per case, two child processes, one after the other (the first once per pair of models):
 1. the probe: imports what `retort train` imports (python + torch + transformers + retort's training
    modules) and records its RSS then (`baseline_rss`), then loads both models through retort's own
    loaders and counts their parameters (unique tensors: tied embeddings once) and bytes by dtype,
@@ -60,6 +65,10 @@ CASES = {
                  "student": ["student.name=smollm2-135m-instruct"],
                  "method": [*KD, "method_args.cross_tokenizer=hybrid", "method_args.ce_weight=0.5"],
                  "task": RG_TASK},
+        "xtok_ckpt": {"teacher": ["teacher.name=qwen2.5-coder-0.5b-instruct"],
+                      "student": ["student.name=smollm2-135m-instruct", "student.grad_checkpointing=true"],
+                      "method": [*KD, "method_args.cross_tokenizer=hybrid", "method_args.ce_weight=0.5"],
+                      "task": RG_TASK},
         "same": {"teacher": ["teacher.name=smollm2-135m-instruct"],
                  "student": ["student.name=smollm2-135m-instruct", "student.keep_layers=10",
                              "student.prune_check=0"],
@@ -70,6 +79,10 @@ CASES = {
         "xtok": {"teacher": ["teacher.name=preset:teacher"], "student": ["student.name=preset:student"],
                  "method": [*KD, "method_args.cross_tokenizer=hybrid", "method_args.ce_weight=0.5"],
                  "task": ["task.name=modchain"]},
+        "xtok_ckpt": {"teacher": ["teacher.name=preset:teacher"],
+                      "student": ["student.name=preset:student", "student.grad_checkpointing=true"],
+                      "method": [*KD, "method_args.cross_tokenizer=hybrid", "method_args.ce_weight=0.5"],
+                      "task": ["task.name=modchain"]},
         "same": {"teacher": ["teacher.name=preset:teacher"], "student": ["student.name=preset:student"],
                  "method": [*KD, "method_args.ce_weight=0.5"], "task": ["task.name=modchain"]},
     },
@@ -204,12 +217,13 @@ def timeline(samples: list, lines: list) -> dict:
             "per_second": [[t, r] for t, r in sorted(per.items())]}
 
 
-def measure_case(name: str, case: dict, a, work: Path) -> dict:
+def measure_case(name: str, case: dict, a, work: Path, probes: dict) -> dict:
     out = work / name
     overrides = train_overrides(case, a, str(out))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.setdefault("RETORT_CACHE", os.environ.get("RETORT_CACHE", str(Path.home() / ".cache" / "retort")))
-    counts = probe(overrides, env)
+    key = json.dumps([case["teacher"], case["student"]])  # the same two models: counted once
+    counts = probes[key] = probes.get(key) or probe(overrides, env)
     sums = model_sum(counts)
     argv = [sys.executable, "-m", "retort", "train", *overrides]
     run = measured_run(argv, env)
@@ -236,8 +250,8 @@ def measure_case(name: str, case: dict, a, work: Path) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(CASES), default="real")
-    ap.add_argument("--cases", default="xtok,same", help="comma-separated: xtok, same")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cases", default="xtok,xtok_ckpt,same", help="comma-separated: xtok, xtok_ckpt, same")
+    ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=192)
     ap.add_argument("--work", default=None, help="run directories (default: a temporary directory)")
@@ -249,12 +263,13 @@ def main(argv=None) -> dict:
         ap.error(f"--cases: {', '.join(unknown)}; choose from {', '.join(CASES[a.size])}")
     results: dict = {"size": a.size, "steps": a.steps, "batch": a.batch, "max_len": a.max_len,
                      "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "cases": {}}
+    probes: dict = {}
     with tempfile.TemporaryDirectory(prefix="retort-real-memory-") as tmp:
         work = Path(a.work) if a.work else Path(tmp)
         for name in names:
             if (work / name).exists():
                 raise SystemExit(f"real_memory: {work / name} exists; pass another --work (runs are not resumed here)")
-            res = measure_case(name, CASES[a.size][name], a, work)
+            res = measure_case(name, CASES[a.size][name], a, work, probes)
             results["cases"][name] = res
             gib = 2 ** 30
             print(f"{name}: peak RSS {res['peak_rss_bytes'] / gib:.2f} GiB, model sum "
