@@ -2,7 +2,7 @@
 
     python benchmarks/real_memory_profile.py marks OUT.json -- OVERRIDES...   # `retort train OVERRIDES`
     python benchmarks/real_memory_profile.py activations OUT.json --student smollm2-135m-instruct \
-        --batch 8 --len 192 [--ckpt]
+        --batch 8 --len 192
 
 - `marks`: runs `retort train` in this process with its RSS sampled every 0.1 s and marked at each
   phase (models loaded, the teacher opened, each loss forward with its graph alive, backward,
@@ -12,7 +12,7 @@
 - `activations`: what the student's forward keeps for the backward (torch's saved-tensor hooks,
   each storage once, the weights excluded) on a random batch of `--batch` x `--len` tokens, by the
   last dimension of the tensors kept (1536: SmolLM2's MLP, 576: its hidden states, 64: attention
-  heads), with `--ckpt` under `student.grad_checkpointing`.
+  heads), without and with `student.grad_checkpointing`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,14 @@ def _per_second(samples: list) -> list:
     return [[t, r] for t, r in sorted(per.items())]
 
 
-def activations(out: str, student: str, batch: int, length: int, ckpt: bool) -> dict:
+def activations(out: str, student: str, batch: int, length: int) -> dict:
+    res = {"student": student, "batch": batch, "len": length,
+           "plain": _kept(student, batch, length, False), "grad_checkpointing": _kept(student, batch, length, True)}
+    _write(out, res)
+    return res
+
+
+def _kept(student: str, batch: int, length: int, ckpt: bool) -> dict:
     import torch
 
     from retort.config import load_config
@@ -134,13 +141,10 @@ def activations(out: str, student: str, batch: int, length: int, ckpt: bool) -> 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
     total = sum(kept.values())
-    res = {"student": student, "grad_checkpointing": ckpt, "batch": batch, "len": length,
-           "saved_for_backward_bytes": total, "per_token_bytes": round(total / (batch * length)),
-           "by_last_dim_bytes": dict(by_width.most_common())}
     print(f"{student} {batch}x{length}{' grad_checkpointing' if ckpt else ''}: {total / 2 ** 30:.3f} GiB kept for "
           f"the backward ({total / (batch * length) / 2 ** 10:.0f} KiB per token)")
-    _write(out, res)
-    return res
+    return {"saved_for_backward_bytes": total, "per_token_bytes": round(total / (batch * length)),
+            "by_last_dim_bytes": dict(by_width.most_common())}
 
 
 def _write(out: str, res: dict) -> None:
@@ -162,11 +166,10 @@ def main(argv=None):
     a.add_argument("--student", default="smollm2-135m-instruct")
     a.add_argument("--batch", type=int, default=8)
     a.add_argument("--len", type=int, default=192)
-    a.add_argument("--ckpt", action="store_true")
     args = ap.parse_args(argv)
     if args.what == "marks":
         return marks(args.out, rest)
-    return activations(args.out, args.student, args.batch, args.len, args.ckpt)
+    return activations(args.out, args.student, args.batch, args.len)
 
 
 if __name__ == "__main__":
