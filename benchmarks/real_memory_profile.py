@@ -9,7 +9,8 @@
   optimizer step, the fidelity reference, the evaluation, the export), so the JSON says which phase
   reached which RSS. tracemalloc does not see torch's allocations; RSS does (glibc keeps freed
   heap pages, so RSS after a phase is that phase's high-water mark, not what is live).
-- `activations`: what the student's forward keeps for the backward (torch's saved-tensor hooks,
+- `activations`: what the student's forward (as the kd losses run it: last hidden states, logits
+  for the last position only) keeps for the backward (torch's saved-tensor hooks,
   each storage once, the weights excluded) on a random batch of `--batch` x `--len` tokens, by the
   last dimension of the tensors kept (1536: SmolLM2's MLP, 576: its hidden states, 64: attention
   heads), without and with `student.grad_checkpointing`.
@@ -139,7 +140,8 @@ def _kept(student: str, batch: int, length: int, ckpt: bool) -> dict:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+        # as retort's distillation losses run it (`last_hidden`): the last hidden states, no full logits
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True, logits_to_keep=1)
     total = sum(kept.values())
     print(f"{student} {batch}x{length}{' grad_checkpointing' if ckpt else ''}: {total / 2 ** 30:.3f} GiB kept for "
           f"the backward ({total / (batch * length) / 2 ** 10:.0f} KiB per token)")
