@@ -21,6 +21,7 @@ from retort.lm.data.align import (
     token_ends,
 )
 from retort.lm.data.collate import Encoded, collate
+from retort.lm.methods import cross_tokenizer as ct
 from retort.lm.methods.cross_tokenizer import cross_tokenizer_loss
 from retort.lm.methods.distill import distill_tokens
 from retort.lm.methods.kd import KD
@@ -307,6 +308,67 @@ def test_a_different_tokenizer_splits_spans_and_still_trains():
     out.loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
 
+
+def _saved_for_backward(loss) -> list:
+    """Every tensor the autograd graph of `loss` holds for its backward (each once)."""
+    seen, out, stack, done = set(), [], [loss.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in done:
+            continue
+        done.add(fn)
+        for name in dir(fn):
+            if name.startswith("_saved_"):
+                value = getattr(fn, name, None)
+                for t in value if isinstance(value, (tuple, list)) else [value]:
+                    if torch.is_tensor(t) and id(t) not in seen:
+                        seen.add(id(t))
+                        out.append(t)
+        stack += [f for f, _ in fn.next_functions]
+    return out
+
+
+def test_the_loss_keeps_one_student_vocabulary_gradient_per_label_token_for_the_backward(monkeypatch):
+    """Across tokenizers the graph keeps, of everything as wide as a vocabulary, only dL/dz of the
+    student's logits (tokens x student vocabulary): no teacher-vocabulary or padded-ULD tensor, no
+    log-softmax, sort or span merge of any row (issue 29: with Qwen's 151,936 tokens they were
+    several MB per label token of a real run's peak). Gradient and value as before, within float error."""
+    student, tok, _ = _models()
+    t_tok = _digit_pair_tokenizer()
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    teacher = LocalTeacher("t", LlamaForCausalLM(preset_config("nano", len(t_tok))).requires_grad_(False), t_tok)
+    batch = _batch(tok, [("3+4=", "7 and 12"), ("Q: 10*2? A:", " 2048")])
+    c = KD.Config(divergence="forward_kl", ce_weight=0.5)
+    for mode in ("hybrid", "uld"):
+        out = cross_tokenizer_loss(student, teacher, batch, c, mode=mode, student_tok=tok,
+                                   shared=shared_vocab(tok, t_tok))
+        weights = {p.untyped_storage().data_ptr() for p in student.parameters()}  # (the lm_head, transposed)
+        wide = [t for t in _saved_for_backward(out.loss) if t.dim() and t.shape[-1] >= len(tok)
+                and t.untyped_storage().data_ptr() not in weights]
+        assert sum(t.numel() for t in wide) <= out.count * len(tok), [tuple(t.shape) for t in wide]
+        assert all(t.shape[-1] == len(tok) for t in wide)
+        grads = torch.autograd.grad(out.loss, list(student.parameters()))
+        # against the row losses kept whole in one graph (the loss before issue 29): same value, same gradient
+        with monkeypatch.context() as m:
+            m.setattr(ct, "_row_loss", _whole_row_loss)
+            want = cross_tokenizer_loss(student, teacher, batch, c, mode=mode, student_tok=tok,
+                                        shared=shared_vocab(tok, t_tok))
+        assert want.loss.item() == pytest.approx(out.loss.item(), rel=1e-6)
+        assert sum(t.numel() for t in _saved_for_backward(want.loss) if t.dim() and t.shape[-1] >= len(tok)
+                   and t.untyped_storage().data_ptr() not in weights) > 3 * out.count * len(tok)  # as it was
+        for g, w in zip(grads, torch.autograd.grad(want.loss, list(student.parameters()))):
+            assert torch.allclose(g, w, atol=1e-7, rtol=1e-5)
+
+
+def _whole_row_loss(z_s, z_t, labels, spans, c, mode, shared, scale):
+    """A row's loss with its whole graph kept, from the public pieces (the reference above)."""
+    ls = ct._span_logprobs(torch.log_softmax(z_s / c.temperature, -1), [s for s, _ in spans])
+    lt = ct._span_logprobs(torch.log_softmax(z_t / c.temperature, -1), [t for _, t in spans])
+    kd = (hybrid_uld(ls, lt, shared, unmatched_weight=c.unmatched_weight) if mode == "hybrid" else uld(ls, lt)).sum()
+    ce = torch.nn.functional.cross_entropy(z_s, labels, reduction="sum")
+    return scale * kd + c.ce_weight * ce, kd.detach(), ce.detach()
 
 # ---------------------------------------------------------------- configuration and the CLI path
 

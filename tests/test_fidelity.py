@@ -92,6 +92,46 @@ def test_training_runs_with_a_teacher_report_fidelity_to_it(tmp_path):
     assert "agree_top1" not in final_eval("kd_off", method="kd", **{"teacher.name": str(t), "eval.fidelity": False})
 
 
+def test_a_runs_fidelity_evaluation_uses_its_open_teacher_not_a_second_copy(tmp_path, monkeypatch):
+    """kd's online teacher and the final evaluation's fidelity reference are one model in memory:
+    the teacher's weights are loaded once (issue 29: the second copy was a real run's peak RSS)."""
+    from conftest import tiny_overrides
+
+    from retort.lm.models import load
+
+    loaded, real = [], load._load
+    monkeypatch.setattr(load, "_load", lambda cfg, **kw: loaded.append(cfg.name) or real(cfg, **kw))
+    assert main(["train", *tiny_overrides(tmp_path / "kd", steps=2, method="kd",
+                                          **{"teacher.name": "preset:teacher"})]) in (0, None)
+    summary = json.loads((tmp_path / "kd" / "summary.json").read_text())["eval"]
+    assert summary["fidelity_to"] == "teacher" and summary["kl_ref_model"] > 0
+    assert loaded.count("preset:teacher") == 1, loaded
+
+
+def test_an_open_teacher_is_shared_only_while_held_and_only_for_the_same_model(tmp_path):
+    import gc
+    import weakref
+
+    from retort.lm.teachers import open_teacher
+
+    a = open_teacher(ModelConfig(name="preset:nano"), seed=0)
+    assert open_teacher(ModelConfig(name="preset:nano"), seed=0) is a
+    assert open_teacher(ModelConfig(name="preset:nano"), seed=1) is not a  # another preset draw
+    assert open_teacher(ModelConfig(name="preset:nano", dtype="bfloat16"), seed=0) is not a
+    d = tmp_path / "t"
+    m, tok = load_model(ModelConfig(name="preset:nano"), seed=3)
+    m.save_pretrained(d)
+    tok.save_pretrained(d)
+    b = open_teacher(ModelConfig(name=str(d)))
+    assert open_teacher(ModelConfig(name=str(d))) is b
+    load_model(ModelConfig(name="preset:student"), seed=3)[0].save_pretrained(d)  # another model in its place
+    assert open_teacher(ModelConfig(name=str(d))) is not b
+    held = weakref.ref(a.model)
+    del a
+    gc.collect()
+    assert held() is None  # nothing holds it: the registry does not keep a teacher alive
+
+
 def test_the_reference_of_a_run_is_its_traces_teacher_else_its_methods_teacher(tmp_path):
     from retort.config import load_config
     from retort.lm.config import TracesRun, TrainRun

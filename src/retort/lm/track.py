@@ -74,10 +74,13 @@ class LMTrack(Track):
             if "ref" not in cache:
                 from dataclasses import replace
 
-                from .eval import load_reference
+                from .eval import reference
 
-                cache["ref"] = load_reference(replace(run.teacher, name=name), task, run.eval, "teacher",
-                                              seed=run.seed, device=next(model.parameters()).device)
+                # the run's own teacher where its method has it open (`open_teacher` shares it): a
+                # second copy of its weights would be the run's peak memory (issue 29)
+                teacher = open_teacher(replace(run.teacher, name=name), seed=run.seed,
+                                       device=next(model.parameters()).device)
+                cache["ref"] = reference("teacher", teacher.model, teacher.tokenizer, task, run.eval)
             return evaluate(model, tok, task, run.eval, reference=cache["ref"])
         return ev
 
@@ -94,6 +97,8 @@ class LMTrack(Track):
 
     def load_student(self, run, ckpt, seed: int):
         model, tok = self._load_student(run, ckpt, seed)
+        if run.student.grad_checkpointing:
+            _checkpoint_layers(model, run)
         cls = self.methods[run.method]
         if cls.prepare_student.__func__ is Method.prepare_student.__func__:
             return model, tok
@@ -223,6 +228,24 @@ class LMTrack(Track):
 
 
 TRACK = LMTrack()
+
+
+def _checkpoint_layers(model, run) -> None:
+    """`student.grad_checkpointing`: the decoder layers' activations recomputed in the backward
+    (non-reentrant, so a LoRA student's frozen inputs need no gradient)."""
+    from ..errors import ConfigError
+
+    base = model.get_base_model() if lora.is_lora(model) else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"student.grad_checkpointing: {type(base).__name__} does not support gradient checkpointing")
+    if getattr(getattr(run, "privacy", None), "enabled", False):
+        raise ConfigError("student.grad_checkpointing with privacy.*: Opacus's per-sample hooks would see every "
+                          "recomputed layer twice; train under DP-SGD without it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def fidelity_reference(run):

@@ -32,7 +32,12 @@ def load_reference(model_cfg, task, cfg, label: str, *, seed: int = 0, device=No
     from ..models import load_model
 
     model, tok = load_model(model_cfg, seed=seed)
-    model = (model if device is None else model.to(device)).eval()
+    return reference(label, (model if device is None else model.to(device)), tok, task, cfg)
+
+
+def reference(label: str, model, tok, task, cfg) -> tuple:
+    """The fidelity reference of a model already loaded (a run's own teacher): as `load_reference`."""
+    model = model.eval()
     return label, model, tok, teacher_answers(model, tok, task, cfg)
 
 

@@ -24,7 +24,8 @@ distributions (0 where they agree; never above sum_v |P_S(v) - P_T(v)|).
 
 Online (`kd`, `gkd`; `cross_tokenizer_loss`) the teacher is a model with hidden states; its logits
 are formed for the completion positions only, and the student's in full over its label tokens (one
-example at a time). Offline (`kd` with `teacher=offline`; `cross_tokenizer_topk_loss`) the teacher
+example at a time, each differentiated down to its logits before the next: what stays for the
+backward is one (tokens x student vocabulary) gradient per example, `_row_loss`). Offline (`kd` with `teacher=offline`; `cross_tokenizer_topk_loss`) the teacher
 is its stored top-k along its own sampled ids, renormalised over the k (every other token ~0).
 """
 
@@ -161,22 +162,45 @@ def cross_tokenizer_loss(model, teacher, batch, c, *, mode: str, student_tok, sh
             continue
         z_s = (hidden[i, pos - 1] @ s_weight.T).float()
         at = torch.arange(len(p) - 1, len(p) + len(cm) - 1, device=device)
-        z_t = (t_hidden[r, at] @ t_weight.T).float()
-        ls = _span_logprobs(torch.log_softmax(z_s / c.temperature, -1), [s for s, _ in spans])
-        lt = _span_logprobs(torch.log_softmax(z_t / c.temperature, -1), [t for _, t in spans])
-        if mode == "hybrid":
-            kd = hybrid_uld(ls, lt, shared, unmatched_weight=c.unmatched_weight).sum()
-        else:
-            kd = uld(ls, lt).sum()
-        ce = (torch.nn.functional.cross_entropy(z_s, batch["labels"][i, pos], reduction="sum")
-              if c.ce_weight else z_s.new_zeros(()))
-        loss = loss + scale * kd + c.ce_weight * ce
+        with torch.no_grad():
+            z_t = (t_hidden[r, at] @ t_weight.T).float()
+        # The row's loss is differentiated here, down to its logits (`_row_loss`), and joins the
+        # batch's graph as <z_s, dL/dz_s>, which keeps one (tokens x student vocabulary) gradient
+        # per row: the log-softmaxes, the span merges and ULD's sorted, padded (tokens x teacher
+        # vocabulary) tensors of every row would otherwise all stay alive until the backward.
+        row, kd, ce = _row_loss(z_s, z_t, batch["labels"][i, pos], spans, c, mode, shared, scale)
+        loss = loss + row
         kd_sum += float(kd.detach())
         ce_sum += float(ce.detach())
         n_spans += len(spans)
         n_teacher += len(cm)
     return LossOut(loss, n, {"kd": kd_sum / max(1, n), "ce": ce_sum / max(1, n),
                              "spans_per_token": n_spans / max(1, n), "teacher_tokens_per_token": n_teacher / max(1, n)})
+
+
+def _row_loss(z_s, z_t, labels, spans, c, mode: str, shared, scale: float):
+    """(loss, kd, ce) of one row from its student logits `z_s` (label positions x student
+    vocabulary) and teacher logits `z_t`. `loss` has the row's value and, where `z_s` needs a
+    gradient, the row's gradient through `z_s` only (the surrogate <z_s, g> with g = dL/dz_s
+    computed now): the row's intermediate tensors are freed before the next row's are made."""
+    def value(z):
+        ls = _span_logprobs(torch.log_softmax(z / c.temperature, -1), [s for s, _ in spans])
+        lt = _span_logprobs(torch.log_softmax(z_t / c.temperature, -1), [t for _, t in spans])
+        if mode == "hybrid":
+            kd = hybrid_uld(ls, lt, shared, unmatched_weight=c.unmatched_weight).sum()
+        else:
+            kd = uld(ls, lt).sum()
+        ce = torch.nn.functional.cross_entropy(z, labels, reduction="sum") if c.ce_weight else z.new_zeros(())
+        return scale * kd + c.ce_weight * ce, kd.detach(), ce.detach()
+
+    if not z_s.requires_grad:
+        return value(z_s)
+    z = z_s.detach().requires_grad_(True)
+    with torch.enable_grad():
+        total, kd, ce = value(z)
+        (g,) = torch.autograd.grad(total, z)
+    surrogate = (z_s * g).sum()
+    return total.detach() + (surrogate - surrogate.detach()), kd, ce
 
 
 def _teacher_topk_logprobs(ids, lps, vocab: int, temperature: float) -> torch.Tensor:

@@ -1,9 +1,13 @@
 """Teacher kinds by name: `teacher.name` picks one (`KINDS`: `traces:DIR`, `openai:MODEL`; anything
 else is a local model), what it can do is known without loading it (`capabilities_of`), a method's
-needs are checked before step 0 (`check_capabilities`), and `open_teacher` loads it."""
+needs are checked before step 0 (`check_capabilities`), and `open_teacher` loads it, once per
+process while it is in use (a training run's fidelity evaluation gets the run's own teacher, not
+a second copy of its weights)."""
 
 from __future__ import annotations
 
+import weakref
+from pathlib import Path
 from typing import Optional
 
 from ...errors import ConfigError
@@ -54,10 +58,39 @@ def open_teacher(cfg, *, seed: int = 0, device="cpu") -> Teacher:
         return KINDS[kind](cfg)
     if kind is not None:
         return KINDS[kind](cfg.name.split(":", 1)[1])
+    key = _open_key(cfg, seed, device)
+    teacher = _OPEN.get(key)
+    if teacher is not None:
+        return teacher
     from ..models import load_model
 
     model, tok = load_model(cfg, seed=seed)
-    return LocalTeacher(cfg.name, model.to(device).eval().requires_grad_(False), tok)
+    teacher = LocalTeacher(cfg.name, model.to(device).eval().requires_grad_(False), tok)
+    _OPEN[key] = teacher
+    return teacher
+
+
+# The local teachers open in this process, while something holds them (a method, an evaluator):
+# frozen, so sharing one is safe, and a 0.5B teacher is 2.5 GB of fp32 weights that a run's final
+# evaluation (fidelity to the teacher) would otherwise load a second time beside the first.
+_OPEN: weakref.WeakValueDictionary[tuple, LocalTeacher] = weakref.WeakValueDictionary()
+
+
+def _open_key(cfg, seed: int, device) -> tuple:
+    """What makes two opened teachers the same: the whole model config, the seed (a preset's
+    weights), the device, and for a model on disk its files' sizes and times (retrained in place:
+    another teacher)."""
+    import torch
+
+    path = Path(cfg.name).expanduser()
+    if cfg.name.startswith("builtin:"):  # builtin:teacher[-TASK], as retort.lm.models.load resolves it
+        from ..models.load import builtin_teacher_dir
+
+        path = builtin_teacher_dir(cfg.name.split(":", 1)[1].removeprefix("teacher").removeprefix("-")
+                                   or "modchain") / "model"
+    files = sorted(path.iterdir()) if path.is_dir() else [path] if path.is_file() else []
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+    return repr(cfg), seed, str(torch.device(device)), stamp
 
 
 __all__ = ["KINDS", "capabilities_of", "check_capabilities", "open_teacher"]
