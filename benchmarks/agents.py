@@ -7,12 +7,14 @@ The arms (the same student preset, steps, batch, learning rate and number of que
 student; seed S trains every student with `seed=S` and evaluates it on the test questions of
 `eval.seed=1234+S`):
 
-    cot            sft on the teacher's plain CoT answers (correct ones), evaluated as it answers
+    cot            sft on the teacher's plain CoT answers (correct ones; on the toy the worked
+                   arithmetic, see below), evaluated as it answers
     agent          sft on the teacher's agent episodes that pass `curate --agent-filter` (correct, no
                    parse or execution error, under max_steps), evaluated as a greedy agent (`eval agent=code`)
     agent_sag      the same student evaluated with SAG (`agent.sag=4`)
     agent_ftp      sft on the filtered episodes of the same teacher seeded with its first thought
-                   (`agent.first_thought=cot agent.cot=` the cot arm's traces), greedy agent
+                   (`agent.first_thought=cot`, the first paragraph of the teacher's CoT answer; on the
+                   toy, see below), greedy agent
     agent_ftp_sag  that student with SAG (`agent.sag=4`): the paper's agent + FTP + SAG
     program        sft on (question, program) from `traces program=python` (correct programs),
                    evaluated by running its programs (`eval program=python`)
@@ -25,15 +27,17 @@ student; seed S trains every student with `seed=S` and evaluates it on the test 
 `--part toy` (the built-in toys and teachers; ~1 hour on 2 quiet cores at the defaults, an estimate):
   * agent rows on `calc` (left-to-right + - * on 4-digit numbers) with its built-in teacher
     (`retort teacher task.name=calc`), which acts: it prints partial results and calls
-    final_answer, and writes no thought. It has no CoT, so the CoT teacher is another one of the
-    same preset and recipe (`preset:teacher`, 1500 steps of 32, lr 1e-3, as `retort teacher`
-    trains the built-in ones) trained with `retort train` on calc's train questions whose worked
-    solutions are the arithmetic written out as text ("3733+7043=10776 / 10776*4433=47770008 /
-    A:47770008", a JSONL file this script writes from calc's train split, `WORK/calc-cot-*.jsonl`):
-    the teacher's CoT is what that model writes (it cannot multiply 4-digit numbers in its head;
-    its correct answers are the cot arm's rows). FTP's first thought is the first paragraph of
-    that CoT (all of it: it has no blank line), so on the toy the FTP rows are the calc teacher's
-    actions after a "Thought: <the CoT teacher's answer>" it was never trained to read.
+    final_answer, and writes no thought. It has no CoT of its own, so the cot arm learns the worked
+    arithmetic as text, on the same questions ("3733+7043=10776 / 10776*4433=47770008 /
+    A:47770008", every line right; a JSONL file this script writes from calc's train split,
+    `WORK/calc-cot.jsonl`, trained with `data.source=solutions`): the CoT of a teacher that
+    never errs, the strongest CoT baseline there is, so the comparison is the student's (can it
+    multiply 4-digit numbers in its head, or call the tool). FTP's first thought is the calc
+    teacher's own greedy answer to the question (`agent.first_thought=cot` with `agent.cot` unset),
+    which is its first action: "Thought: ```python print(...)```", so on the toy FTP changes the
+    form of the first turn, not what it plans. (A CoT teacher of the same preset trained on the
+    arithmetic as text writes wrong arithmetic, and its answers as first thoughts broke the calc
+    teacher, never trained on thoughts: 0 of 200 episodes correct in a trial, nothing to train on.)
   * program vs CoT on modchain's questions: `progs` (modchain answered by a program, its built-in
     teacher `builtin:teacher-progs`) against modchain's own built-in teacher's CoT
     (`builtin:teacher`); the `program_cot` row is that CoT student, evaluated on `modchain`.
@@ -55,7 +59,7 @@ model, `pip install 'retort[gguf,rg,peft]'`, and SmolLM2-135M-Instruct students 
     python benchmarks/agents.py --part rg --work runs/agents-rg      # writes benchmarks/results/agents_rg.json
     python benchmarks/agents.py --part toy --verdicts-only           # recompute rows and verdicts; run nothing
     python benchmarks/agents.py --part toy --work /tmp/a --seeds 0 1 --n-prompts 40 --steps 4 \\
-        --cot-teacher-steps 4 --n-test 8 --n-exemplar-test 8 --json /tmp/a/agents.json   # the tests' tiny size
+        --n-test 8 --n-exemplar-test 8 --json /tmp/a/agents.json   # the tests' tiny size
 
 The JSON holds the command, the settings, per trace set its size and accuracy (and the agent
 statistics), per seed the students' evaluations (`runs.SEED.students.ARM`: accuracy, and for
@@ -238,29 +242,16 @@ def part_toy(args, work: Path, log: Path, results: dict) -> None:
     n = args.n_prompts
     for task in ("calc", "progs", "modchain"):
         sh(["teacher", f"task.name={task}"], log)  # cached after the first run
-    # the CoT teacher of calc: the built-in teachers' preset and recipe, on the arithmetic as text
-    cot_train, questions = work / "calc-cot-train.jsonl", work / "calc-cot-questions.jsonl"
-    write_calc_cot(cot_train, args.cot_teacher_questions)
+    questions = work / "calc-cot.jsonl"
     write_calc_cot(questions, n)
-    cot_teacher = train(work / "cot-teacher", [
-        # its questions are calc's train questions, so the file has no test split of its own (calc's is
-        # held out by the same hash): its run evaluates on the file, and the teachers on calc's test below
-        "method=sft", f"task.name={cot_train}", "task.test_fraction=0", "data.source=solutions",
-        "student.name=preset:teacher",
-        f"train.steps={args.cot_teacher_steps}", "train.batch_size=32", "train.lr=1e-3", "train.warmup_steps=50",
-        "train.save_every=0", "train.log_every=50", "data.max_len=160", "eval.n=200", "eval.max_new_tokens=96",
-        "eval.fidelity=false"], log)
     results["teachers"] = evaluate(work / "eval-teachers.json", [
         "task.name=calc", "agent=code", f"eval.n={args.n_test}", "eval.max_new_tokens=96"],
-        {"calc_agent_teacher": "builtin:teacher-calc", "calc_cot_teacher": cot_teacher}, log)
+        {"calc": "builtin:teacher-calc"}, log)
     sets = {
-        "cot": traces(work / "calc-cot", [f"task.name={questions}", "task.test_fraction=0", f"teacher.name={cot_teacher}",
-                                          f"n_prompts={n}", "sampling.n=1", "sampling.temperature=0",
-                                          "sampling.max_new_tokens=96"], log),
         "agent": traces(work / "calc-agent", ["agent=code", "task.name=calc", "teacher.name=builtin:teacher-calc",
                                               f"n_prompts={n}", "sampling.max_new_tokens=64"], log),
-        "agent_ftp": traces(work / "calc-ftp", ["agent=code", "agent.first_thought=cot", f"agent.cot={work / 'calc-cot'}",
-                                                "task.name=calc", "teacher.name=builtin:teacher-calc", f"n_prompts={n}",
+        "agent_ftp": traces(work / "calc-ftp", ["agent=code", "agent.first_thought=cot", "task.name=calc",
+                                                "teacher.name=builtin:teacher-calc", f"n_prompts={n}",
                                                 "sampling.max_new_tokens=64"], log),
         "program_cot": traces(work / "modchain-cot", ["task.name=modchain", "teacher.name=builtin:teacher",
                                                       f"n_prompts={n}", "sampling.n=1", "sampling.temperature=0",
@@ -271,14 +262,15 @@ def part_toy(args, work: Path, log: Path, results: dict) -> None:
     sets["agent:filtered"] = curate(work / "calc-agent", work / "calc-agent-ok", log)
     sets["agent_ftp:filtered"] = curate(work / "calc-ftp", work / "calc-ftp-ok", log)
     results["traces"] = sets
-    data = {"cot": ("calc", work / "calc-cot"), "agent": ("calc", work / "calc-agent-ok"),
-            "agent_ftp": ("calc", work / "calc-ftp-ok"), "program_cot": ("modchain", work / "modchain-cot"),
-            "program": ("progs", work / "progs")}
+    # the cot arm learns the worked arithmetic of the same questions (docstring)
+    data = {"cot": [f"task.name={questions}", "task.test_fraction=0", "data.source=solutions"],
+            **{arm: [f"task.name={task}", "data.source=traces", f"data.traces={work / path}"] for arm, (task, path) in {
+                "agent": ("calc", "calc-agent-ok"), "agent_ftp": ("calc", "calc-ftp-ok"),
+                "program_cot": ("modchain", "modchain-cot"), "program": ("progs", "progs")}.items()}}
     ev = [f"eval.n={args.n_test}", "eval.max_new_tokens=96"]
     for s in args.seeds:
         d = work / f"seed{s}"
-        m = {arm: train(d / arm, ["method=sft", f"task.name={task}", "data.source=traces", f"data.traces={path}",
-                                  *student_args(args, s)], log) for arm, (task, path) in data.items()}
+        m = {arm: train(d / arm, ["method=sft", *how, *student_args(args, s)], log) for arm, how in data.items()}
         seed_ev = [*ev, f"eval.seed={1234 + s}"]
         # calc is answered as an agent whatever agent.kind says: the CoT student's text answer ends its
         # episode at its A: line (a turn without code that the task's format reads)
@@ -379,8 +371,6 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--exemplars", type=int, help="programs.exemplars K of the exemplar rows (toy 2, rg 4)")
     ap.add_argument("--max-new-tokens", type=int, help="rg: per answer or agent step (256)")
     ap.add_argument("--sag", type=int, default=4, help="agent.sag N of the SAG rows")
-    ap.add_argument("--cot-teacher-steps", type=int, default=1500, help="toy: steps of calc's CoT teacher")
-    ap.add_argument("--cot-teacher-questions", type=int, default=20000, help="toy: calc train questions it learns")
     ap.add_argument("--teacher", default="qwen2.5-coder-0.5b-instruct", help="rg: the teacher")
     ap.add_argument("--task-arg", action="append", default=None, metavar="KEY=VALUE",
                     help=f"rg: task options (repeatable; default: {' '.join(RG_TASK)})")
@@ -399,10 +389,7 @@ def main(argv=None) -> dict | None:
     work, log = workdir(args.work or f"runs/agents-{args.part}")
     settings = {k: getattr(args, k) for k in ("n_prompts", "steps", "batch_size", "lr", "student", "lora_r", "max_len",
                                               "n_test", "n_exemplar_test", "exemplars", "sag")}
-    if args.part == "toy":
-        settings["cot_teacher"] = {"model": "preset:teacher", "steps": args.cot_teacher_steps,
-                                   "questions": args.cot_teacher_questions}
-    else:
+    if args.part == "rg":
         settings.update(teacher=args.teacher, task=args.task_arg or RG_TASK, max_new_tokens=args.max_new_tokens)
     results = {"command": " ".join(["python", "benchmarks/agents.py", *(sys.argv[1:] if argv is None else argv)]),
                "part": args.part, "settings": settings, "seeds": args.seeds, "runs": {}}

@@ -76,22 +76,25 @@ def test_every_arm_trains_alike_is_evaluated_its_way_and_the_json_states_the_ord
     calls = []
     monkeypatch.setattr(agents, "sh", fake_cli(calls))
     out = tmp_path / "agents.json"
-    argv = ["--part", part, "--work", str(tmp_path / "w"), "--json", str(out), "--steps", "7", "--n-prompts", "40",
-            "--cot-teacher-questions", "30"]
+    argv = ["--part", part, "--work", str(tmp_path / "w"), "--json", str(out), "--steps", "7", "--n-prompts", "40"]
     results = agents.main(argv)
     trains = [c for c in calls if c[0] == "train" and "/seed" in next(a for a in c if a.startswith("out="))]
     arms = {"cot", "agent", "agent_ftp", "program"} | ({"program_cot"} if part == "toy" else set())
     assert len(trains) == 3 * len(arms)
-    for c in trains:
-        assert "train.steps=7" in c and "method=sft" in c and "data.source=traces" in c
+    for c in trains:  # the toy's cot arm learns the worked arithmetic of the same questions
+        cot = part == "toy" and c[-1].endswith("/cot")
+        assert "train.steps=7" in c and "method=sft" in c and f"data.source={'solutions' if cot else 'traces'}" in c
         assert ("student.lora.r=16" in c) == (part == "rg")
+        assert not cot or any(a.startswith("task.name=") and a.endswith("calc-cot.jsonl") for a in c)
     for s in range(3):  # one seed's arms: the same options but their task and data
-        assert len({tuple(a for a in c if not a.startswith(("out=", "task.", "data.traces=")))
+        assert len({tuple(a for a in c if not a.startswith(("out=", "task.", "data.traces=", "data.source=")))
                     for c in trains if f"seed={s}" in c}) == 1
     traces = [c for c in calls if c[0] == "traces" and "split=test" not in c]
     assert all("n_prompts=40" in c for c in traces)
     ftp = next(c for c in traces if "agent.first_thought=cot" in c)
-    assert any(a.startswith("agent.cot=") and a.endswith("cot") for a in ftp)
+    # FTP's first thoughts: rg, the teacher's CoT trace set; toy, the calc teacher's own answers (agent.cot unset)
+    assert [a for a in ftp if a.startswith("agent.cot=")] == ([f"agent.cot={tmp_path / 'w' / 'cot'}"] if part == "rg"
+                                                              else [])
     assert sum("--agent-filter" in c for c in calls if c[0] == "curate") == 2
     evals = {Path(c[c.index("--json") + 1]).name + c[c.index("--json") + 1].split("seed")[1][0]: c
              for c in calls if c[0] == "eval" and "/seed" in c[c.index("--json") + 1]}
@@ -166,7 +169,7 @@ def test_the_toy_part_runs_at_a_tiny_size(tmp_path):
     out = tmp_path / "agents.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "agents.py"), "--part", "toy", "--work",
                            str(tmp_path / "w"), "--seeds", "0", "1", "--n-prompts", "40", "--steps", "4",
-                           "--cot-teacher-steps", "4", "--cot-teacher-questions", "200", "--n-test", "8",
+                           "--n-test", "8",
                            "--n-exemplar-test", "8", "--json", str(out)], check=False, capture_output=True, text=True,
                           env={**os.environ, "RETORT_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
