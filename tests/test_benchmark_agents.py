@@ -105,6 +105,16 @@ def test_every_arm_trains_alike_is_evaluated_its_way_and_the_json_states_the_ord
         assert ("agent=code" in c) == bool(labels & {"agent", "agent_ftp"}) or (part == "toy" and "cot" in labels)
         assert ("program=python" in c) == (labels == {"program"})
 
+    # every command's options are keys its command takes, with values it accepts
+    from retort.config import load_config
+    from retort.lm.config import EvalRun, TracesRun, TrainRun
+
+    kinds = {"traces": TracesRun, "train": TrainRun, "eval": EvalRun}
+    for c in calls:  # seed 0's and the shared ones (the other seeds' differ in their seed only)
+        if c[0] in kinds and not any(a in ("seed=1", "seed=2", "eval.seed=1235", "eval.seed=1236") for a in c):
+            args = [a for i, a in enumerate(c[1:], 1) if "=" in a and c[i - 1] not in ("-m", "--json")]
+            load_config(kinds[c[0]], None, args)
+
     assert results["rows"]["agent_ftp_sag"]["accuracy"] == {"0": 0.7, "1": 0.7, "2": 0.75}
     assert results["rows"]["exemplars:dynamic"]["mean"] == pytest.approx(0.81666, abs=1e-4)
     assert results["runs"]["0"]["students"]["agent"] == {"accuracy": 0.5, "agent_steps": 1.5}  # numbers only
@@ -163,7 +173,7 @@ def test_calc_cot_file_writes_the_arithmetic_of_the_agent_runs_questions(agents,
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)
+@pytest.mark.timeout(5400)  # the three built-in teachers train first (about an hour)
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
 def test_the_toy_part_runs_at_a_tiny_size(tmp_path):
     out = tmp_path / "agents.json"
