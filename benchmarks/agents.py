@@ -58,10 +58,12 @@ model, `pip install 'retort[gguf,rg,peft]'`, and SmolLM2-135M-Instruct students 
   prompt (think, then <answer>); the teacher's CoT is its greedy answer, its agent episodes use
   the CodeAct instruction as system turn, FTP's first thought is the first paragraph of its CoT,
   the program arm's traces are its PAL programs without exemplars (up to 4 tries, the later at
-  temperature 0.5), and `program` is compared with the same `cot` row. At the defaults (300 train
-  questions, 150 steps of 8, 100 test questions per student, 60 per exemplar row, 3 seeds) about
-  3-4 hours on 2 quiet cores: an estimate from per-item costs (Qwen ~1-5 s per answer by length,
-  an agent episode ~2-4 answers, SmolLM2 ~1 s per LoRA step), not timed.
+  temperature 0.5), and `program` is compared with the same `cot` row. At the defaults (200 train
+  questions, 150 steps of 8, 50 test questions per student, 40 per exemplar row, K 4, 3 seeds) the
+  teacher generates ~250k tokens (CoT, agent and FTP episodes, programs, exemplar rows) and the
+  students ~500k (SAG's 4 samples per step are most of it): about 4 hours on 2 quiet cores if Qwen
+  makes ~30 and SmolLM2 ~100 tokens/s batched, an assumption, not timed (a busy machine ran Qwen
+  at 3 tokens/s). `--n-test` and `--sag` move most of the students' share.
 
     python benchmarks/agents.py --part toy --work runs/agents-toy    # writes benchmarks/results/agents_toy.json
     python benchmarks/agents.py --part rg --work runs/agents-rg      # writes benchmarks/results/agents_rg.json
@@ -356,8 +358,8 @@ RG_TASK = ["task.name=rg:basic_arithmetic", "task.difficulty.min_terms=2", "task
 DEFAULTS = {  # per part: what a flag left unset takes
     "toy": {"n_prompts": 2000, "steps": 800, "batch_size": 32, "lr": 2e-3, "student": "preset:student", "lora_r": 0,
             "max_len": 256, "n_test": 300, "n_exemplar_test": 200, "exemplars": 2, "max_new_tokens": 96},
-    "rg": {"n_prompts": 300, "steps": 150, "batch_size": 8, "lr": 2e-4, "student": "smollm2-135m-instruct",
-           "lora_r": 16, "max_len": 768, "n_test": 100, "n_exemplar_test": 60, "exemplars": 4, "max_new_tokens": 256},
+    "rg": {"n_prompts": 200, "steps": 150, "batch_size": 8, "lr": 2e-4, "student": "smollm2-135m-instruct",
+           "lora_r": 16, "max_len": 768, "n_test": 50, "n_exemplar_test": 40, "exemplars": 4, "max_new_tokens": 256},
 }
 
 
@@ -367,15 +369,15 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--work", default=None, help="every run of the part (default: runs/agents-PART)")
     ap.add_argument("--json", default=None, help="default: benchmarks/results/agents_PART.json")
-    ap.add_argument("--n-prompts", type=int, help="train questions every trace set is made from (toy 2000, rg 300)")
+    ap.add_argument("--n-prompts", type=int, help="train questions every trace set is made from (toy 2000, rg 200)")
     ap.add_argument("--steps", type=int, help="optimizer steps of every student (toy 800, rg 150)")
     ap.add_argument("--batch-size", type=int, help="toy 32, rg 8")
     ap.add_argument("--lr", type=float, help="toy 2e-3, rg 2e-4")
     ap.add_argument("--student", help="toy preset:student, rg smollm2-135m-instruct")
     ap.add_argument("--lora-r", type=int, help="LoRA rank of the students, 0: every weight (toy 0, rg 16)")
     ap.add_argument("--max-len", type=int, help="data.max_len of the students (toy 256, rg 768)")
-    ap.add_argument("--n-test", type=int, help="test questions each student is evaluated on (toy 300, rg 100)")
-    ap.add_argument("--n-exemplar-test", type=int, help="test questions of each exemplar row (toy 200, rg 60)")
+    ap.add_argument("--n-test", type=int, help="test questions each student is evaluated on (toy 300, rg 50)")
+    ap.add_argument("--n-exemplar-test", type=int, help="test questions of each exemplar row (toy 200, rg 40)")
     ap.add_argument("--exemplars", type=int, help="programs.exemplars K of the exemplar rows (toy 2, rg 4)")
     ap.add_argument("--max-new-tokens", type=int, help="rg: per answer or agent step (256)")
     ap.add_argument("--sag", type=int, default=4, help="agent.sag N of the SAG rows")
