@@ -93,8 +93,6 @@ from _data_runs import sh, workdir
 from _verdict import Ordering, state
 from _verdict import markdown as verdicts_markdown
 
-STUDENTS = ("cot", "agent", "agent_ftp", "program")  # the students trained; program_cot on the toy too
-EVALS = ("cot", "agent", "agent_sag", "agent_ftp", "agent_ftp_sag", "program")  # the rows of a seed
 SELECTS = ("none", "dynamic", "static", "random")
 
 
