@@ -41,9 +41,9 @@ hour more to train them; an estimate from ~1 student step/s and ~5 traces/s seen
     arithmetic as text writes wrong arithmetic, and its answers as first thoughts broke the calc
     teacher, never trained on thoughts: 0 of 200 episodes correct in a trial, nothing to train on.)
     Even so the "Thought: " turn in its history trips the calc teacher on two-step questions: in a
-    trial 103 of 200 FTP episodes passed the filter against 193 without FTP, most of them one-step,
-    so the toy's agent_ftp student learns from fewer and easier rows (`traces` in the JSON has the
-    counts). The toy's FTP rows are not the paper's FTP; the rg part's are.
+    trial 103 of 200 FTP episodes passed the filter against 193 without FTP, every one of them a
+    one-step question, so the toy's agent_ftp student learns from fewer and easier rows (`traces`
+    in the JSON has the counts). The toy's FTP rows are not the paper's FTP; the rg part's are.
   * program vs CoT on modchain's questions: `progs` (modchain answered by a program, its built-in
     teacher `builtin:teacher-progs`) against modchain's own built-in teacher's CoT
     (`builtin:teacher`); the `program_cot` row is that CoT student, evaluated on `modchain`.
@@ -210,13 +210,38 @@ def train(out: Path, args: list[str], log: Path) -> Path:
 
 def evaluate(path: Path, args: list[str], models: dict, log: Path) -> dict:
     """`retort eval ARGS -m LABEL=MODEL ... --json PATH` (read from PATH on a rerun): label -> the
-    numbers of its result (accuracy, agent steps and error rates, tokens)."""
+    numbers of its result (accuracy, agent steps and error rates, tokens). A model that is None (an
+    arm without training data) is left out; with none left nothing runs."""
+    models = {label: m for label, m in models.items() if m is not None}
+    if not models:
+        return {}
     if not path.is_file():
         sh(["eval", *args, *[a for label, m in models.items() for a in ("-m", f"{label}={m}")], "--json", str(path)],
            log)
     got = json.loads(path.read_text())
     return {label: {k: v for k, v in got[label].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             for label in models}
+
+
+def students(d: Path, data: dict, sets: dict, args, seed: int, log: Path, results: dict) -> dict:
+    """Train every arm of `data` (arm -> its task and data options) for `seed`: arm -> its model, or
+    None for an arm whose trace set (`sets[arm]`, its stats) has no correct row to learn from (the
+    JSON's `skipped` says so; its rows are missing and the orderings that need them are not judged)."""
+    models = {}
+    for arm, how in data.items():
+        got = sets.get(f"{arm}:filtered", sets.get(arm))
+        if got is not None and not (got.get("rows") and got.get("accuracy")):
+            results.setdefault("skipped", {})[arm] = "its trace set has no correct row to train on"
+            print(f"skipping the {arm} student: its trace set has no correct row", flush=True)
+            models[arm] = None
+            continue
+        models[arm] = train(d / arm, ["method=sft", *how, *student_args(args, seed)], log)
+    return models
+
+
+def with_sag(sag: dict) -> dict:
+    """The SAG evaluation's rows under their own names (agent -> agent_sag)."""
+    return {f"{label}_sag": r for label, r in sag.items()}
 
 
 def write_calc_cot(path: Path, n: int) -> None:
@@ -278,7 +303,7 @@ def part_toy(args, work: Path, log: Path, results: dict) -> None:
     ev = [f"eval.n={args.n_test}", "eval.max_new_tokens=96"]
     for s in args.seeds:
         d = work / f"seed{s}"
-        m = {arm: train(d / arm, ["method=sft", *how, *student_args(args, s)], log) for arm, how in data.items()}
+        m = students(d, data, sets, args, s, log, results)
         seed_ev = [*ev, f"eval.seed={1234 + s}"]
         # calc is answered as an agent whatever agent.kind says: the CoT student's text answer ends its
         # episode at its A: line (a turn without code that the task's format reads)
@@ -290,11 +315,11 @@ def part_toy(args, work: Path, log: Path, results: dict) -> None:
                             log)
         prog = evaluate(d / "eval-progs.json", ["task.name=progs", "program=python", *seed_ev], {"program": m["program"]},
                         log)
-        students = {**greedy, "agent_sag": sag["agent"], "agent_ftp_sag": sag["agent_ftp"], **prog_cot, **prog}
+        rows = {**greedy, **with_sag(sag), **prog_cot, **prog}
         exemplars = {sel: exemplar_row(d / f"exemplars-{sel}", ["task.name=progs", "teacher.name=builtin:teacher-progs",
                                                                 f"programs.pool={work / 'progs'}"], sel, s, args, log)
                      for sel in SELECTS}
-        results["runs"][str(s)] = {"students": students, "exemplars": exemplars}
+        results["runs"][str(s)] = {"students": rows, "exemplars": exemplars}
         _write(Path(args.json), results)  # after every seed: a killed run keeps what it finished
 
 
@@ -318,18 +343,18 @@ def part_rg(args, work: Path, log: Path, results: dict) -> None:
     ev = [*task, f"eval.n={args.n_test}", f"eval.max_new_tokens={args.max_new_tokens}", "eval.batch_size=16"]
     for s in args.seeds:
         d = work / f"seed{s}"
-        m = {arm: train(d / arm, ["method=sft", *task, "data.source=traces", f"data.traces={path}",
-                                  *student_args(args, s)], log) for arm, path in data.items()}
+        m = students(d, {arm: [*task, "data.source=traces", f"data.traces={path}"] for arm, path in data.items()},
+                     sets, args, s, log, results)
         seed_ev = [*ev, f"eval.seed={1234 + s}"]
         cot = evaluate(d / "eval-cot.json", seed_ev, {"cot": m["cot"]}, log)
         greedy = evaluate(d / "eval-agent.json", ["agent=code", *seed_ev], {k: m[k] for k in ("agent", "agent_ftp")}, log)
         sag = evaluate(d / "eval-agent-sag.json", ["agent=code", f"agent.sag={args.sag}", *seed_ev],
                        {k: m[k] for k in ("agent", "agent_ftp")}, log)
         prog = evaluate(d / "eval-program.json", ["program=python", *seed_ev], {"program": m["program"]}, log)
-        students = {**cot, **greedy, "agent_sag": sag["agent"], "agent_ftp_sag": sag["agent_ftp"], **prog}
+        rows = {**cot, **greedy, **with_sag(sag), **prog}
         exemplars = {sel: exemplar_row(d / f"exemplars-{sel}", [*task, teacher, f"programs.pool={work / 'programs'}", gen],
                                        sel, s, args, log) for sel in SELECTS}
-        results["runs"][str(s)] = {"students": students, "exemplars": exemplars}
+        results["runs"][str(s)] = {"students": rows, "exemplars": exemplars}
         _write(Path(args.json), results)
 
 

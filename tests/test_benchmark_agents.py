@@ -33,8 +33,9 @@ def agents(monkeypatch):
     return importlib.import_module("agents")
 
 
-def fake_cli(calls: list):
-    """`sh` standing in for the CLI: records each command and writes what the script reads back."""
+def fake_cli(calls: list, empty: tuple = ()):
+    """`sh` standing in for the CLI: records each command and writes what the script reads back
+    (trace sets named in `empty` have no row)."""
 
     def value(args, key):
         return next((a.split("=", 1)[1] for a in args if a.startswith(key + "=")), None)
@@ -49,7 +50,7 @@ def fake_cli(calls: list):
         elif cmd in ("traces", "curate"):
             out = Path(value(args, "out") or args[args.index("--out") + 1])
             out.mkdir(parents=True)
-            stats = {"rows": 10, "prompts": 10, "accuracy": 0.5}
+            stats = {"rows": 0, "prompts": 0} if out.name in empty else {"rows": 10, "prompts": 10, "accuracy": 0.5}
             if value(args, "split") == "test":  # an exemplar row
                 select = value(args, "programs.select") if value(args, "programs.exemplars") != "0" else "none"
                 stats["accuracy"] = EXEMPLARS[select][int(value(args, "seed"))]
@@ -137,6 +138,19 @@ def test_every_arm_trains_alike_is_evaluated_its_way_and_the_json_states_the_ord
     agents.main(["--part", part, "--json", str(out), "--verdicts-only"])
     again = {v["claim"].split(" (")[0]: v["verdict"] for v in json.loads(out.read_text())["verdicts"]}
     assert again["agent > CoT"] == "unresolved" and again["agent + FTP + SAG > CoT"] == "holds"
+
+
+def test_an_arm_with_nothing_to_learn_is_skipped_and_its_orderings_wait(agents, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(agents, "sh", fake_cli(calls, empty=("ftp-ok",)))  # no FTP episode passed the filter
+    results = agents.main(["--part", "rg", "--work", str(tmp_path / "w"), "--json", str(tmp_path / "a.json")])
+    assert not any(c[0] == "train" and c[-1].endswith("agent_ftp") for c in calls)
+    assert not any("agent_ftp=" in a for c in calls if c[0] == "eval" for a in c)
+    assert results["skipped"] == {"agent_ftp": "its trace set has no correct row to train on"}
+    assert "agent_ftp_sag" not in results["rows"] and "agent_sag" in results["rows"]
+    assert [v["claim"].split(" (")[0] for v in results["verdicts"]] == [
+        "agent > CoT", "agent + SAG > agent", "program > CoT", "dynamic > static exemplars",
+        "dynamic > random exemplars"]
 
 
 def test_verdicts_wait_for_every_seed_of_both_rows(agents):
