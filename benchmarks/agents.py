@@ -63,7 +63,10 @@ model, `pip install 'retort[gguf,rg,peft]'`, and SmolLM2-135M-Instruct students 
   teacher generates ~250k tokens (CoT, agent and FTP episodes, programs, exemplar rows) and the
   students ~500k (SAG's 4 samples per step are most of it): about 4 hours on 2 quiet cores if Qwen
   makes ~30 and SmolLM2 ~100 tokens/s batched, an assumption, not timed (a busy machine ran Qwen
-  at 3 tokens/s). `--n-test` and `--sag` move most of the students' share.
+  at 3 tokens/s). `--n-test` and `--sag` move most of the students' share. In a 4-question trial
+  (64 tokens per answer) Qwen answered the zero-shot PAL prompt in prose ("The answer to the last
+  question is 2888."; the prompt's open fence sits in the user turn), so no program ran; an arm
+  whose trace set ends with no correct row is skipped (`skipped` in the JSON), not trained.
 
     python benchmarks/agents.py --part toy --work runs/agents-toy    # writes benchmarks/results/agents_toy.json
     python benchmarks/agents.py --part rg --work runs/agents-rg      # writes benchmarks/results/agents_rg.json
