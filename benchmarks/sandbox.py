@@ -10,7 +10,7 @@ milliseconds, with every measurement kept.
 
 `--traces N` adds the throughput of agent traces against plain traces: the built-in teacher of the
 `calc` toy (trained once under `--work`, as `retort teacher task.name=calc` does) samples N
-questions greedily with `retort traces agent=code` (a CodeAct episode: actions run in the sandbox,
+questions greedily, one torch thread, with `retort traces agent=code` (a CodeAct episode: actions run in the sandbox,
 observations fed back, up to agent.max_steps) and with plain `retort traces` (one completion per
 question, nothing run), each command in its own process, the two alternating which goes first, `--reps`
 times (the call arms use --reps too). Per arm: wall seconds of the whole command, questions per
@@ -84,7 +84,7 @@ def _traces(root: Path, agent: bool, n: int, rep: int, env: dict) -> dict:
     out = root / f"{'agent' if agent else 'plain'}-{rep}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "retort", "traces", "task.name=calc", "teacher.name=builtin:teacher-calc",
-           f"n_prompts={n}", "sampling.n=1", "sampling.temperature=0", "sampling.max_new_tokens=64", f"out={out}",
+           f"n_prompts={n}", "sampling.n=1", "sampling.temperature=0", "sampling.max_new_tokens=64", "threads=1", f"out={out}",
            *(["agent=code"] if agent else [])]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
