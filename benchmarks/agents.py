@@ -93,6 +93,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _data_runs import sh, workdir
+from _results import accuracy_table, write_json
 from _verdict import Ordering, state
 from _verdict import markdown as verdicts_markdown
 
@@ -158,21 +159,14 @@ def summarise(results: dict) -> dict:
 def markdown(results: dict) -> str:
     """The table BENCHMARKS.md prints: accuracy per seed and mean +- std per row, then the orderings."""
     seeds = [str(s) for s in results["seeds"] if str(s) in results["runs"]]
-    lines = ["| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean +- std |",
-             "|---|" + "---:|" * (len(seeds) + 1)]
-    for name, row in results["rows"].items():
-        accs = [f"{row['accuracy'][s]:.3f}" if s in row["accuracy"] else "-" for s in seeds]
-        lines.append(f"| {name} | {' | '.join(accs)} | {row['mean']:.3f} +- {row['std']:.3f} |")
+    lines = accuracy_table(results["rows"], seeds, "row")
     if results.get("verdicts"):
         lines += ["", verdicts_markdown(results["verdicts"])]
     return "\n".join(lines)
 
 
 def _write(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summarise(results), indent=1))
-    tmp.replace(path)
+    write_json(path, summarise(results))
 
 
 # --------------------------------------------------------------------------- the steps

@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _results import write_json
 from _verdict import Ordering, state
 from _verdict import markdown as verdicts_markdown
 
@@ -102,10 +103,7 @@ def markdown(results: dict) -> str:
 
 
 def _write(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summarise(results), indent=1))
-    tmp.replace(path)
+    write_json(path, summarise(results))
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _results import accuracy_table, write_json
 from _verdict import Ordering, state
 from _verdict import markdown as verdicts_markdown
 
@@ -89,20 +90,14 @@ def markdown(results: dict) -> str:
     """The table BENCHMARKS.md prints: accuracy per seed and mean +- std per arm, then the orderings."""
     seeds = [str(s) for s in results["seeds"]]
     lines = [f"teacher accuracy: {results['teacher']['accuracy']:.3f}", "",
-             "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean +- std |", "|---|" + "---:|" * (len(seeds) + 1)]
-    for arm, row in results["rows"].items():
-        accs = [f"{row['accuracy'][s]:.3f}" if s in row["accuracy"] else "-" for s in seeds]
-        lines.append(f"| {arm} | {' | '.join(accs)} | {row['mean']:.3f} +- {row['std']:.3f} |")
+             *accuracy_table(results["rows"], seeds, "arm")]
     if results.get("verdicts"):
         lines += ["", verdicts_markdown(results["verdicts"])]
     return "\n".join(lines)
 
 
 def _write(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summarise(results), indent=1))
-    tmp.replace(path)
+    write_json(path, summarise(results))
 
 
 def _accuracy(model_dir: Path, task_args: list[str], n_test: int) -> float:
