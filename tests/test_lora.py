@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
-from test_kd import _teacher
+from conftest import peaked_teacher, tiny_overrides
 from retort.cli import main
 from retort.config import load_config
 from retort.lm.config import LoraConfig, ModelConfig, TrainRun
@@ -209,7 +208,7 @@ def test_lora_sft_from_the_cli_resumes_exactly_and_exports_a_merged_model(tmp_pa
 @pytest.mark.parametrize("method", ["kd", "opsd"])
 def test_lora_kd_and_opsd_train_through_the_loop(tmp_path, method):
     pytest.importorskip("peft")
-    extra = {"method_args.max_new_tokens": 10} if method == "opsd" else {"teacher.name": _teacher(tmp_path / "t")}
+    extra = {"method_args.max_new_tokens": 10} if method == "opsd" else {"teacher.name": peaked_teacher(tmp_path / "t")}
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / method, steps=3, **{
         "method": method, "student.lora.r": 4, "train.lr": 0.05, "seed": 1, **extra}))
     summary = train(run)

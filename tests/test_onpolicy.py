@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
-from test_kd import _teacher
+from conftest import peaked_teacher, tiny_overrides
 from retort.lm.teachers import LocalTeacher
 from retort.config import load_config
 from retort.lm.config import ModelConfig, TrainRun
@@ -25,7 +24,7 @@ from retort.train import train
 
 def _run(tmp_path, name, method, steps=3, **args):
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / name, steps=steps, **{
-        "method": method, "teacher.name": _teacher(tmp_path / "teacher"), "seed": 1, "train.lr": 0.02,
+        "method": method, "teacher.name": peaked_teacher(tmp_path / "teacher"), "seed": 1, "train.lr": 0.02,
         **({} if method in ("sft", "kd") else {"method_args.max_new_tokens": 12}), **args}))
     train(run)
     rows = [json.loads(line) for line in (Path(run.out) / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
@@ -34,7 +33,7 @@ def _run(tmp_path, name, method, steps=3, **args):
 
 def _method(tmp_path, name, overrides=(), **cfg):
     run = load_config(TrainRun, None, tiny_overrides(tmp_path / "r", **{"method": name, "teacher.name":
-                                                                         _teacher(tmp_path / "teacher")}))
+                                                                         peaked_teacher(tmp_path / "teacher")}))
     student, tok = load_model(ModelConfig(name="preset:nano"), seed=5)
     ctx = MethodContext(run=run, task=get_task(run.task), tokenizer=tok, load_teacher=lambda: LocalTeacher("t", *load_model(run.teacher)),
                         student=lambda: student,
