@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -214,7 +215,19 @@ def test_session_replays_cells():
                     reason="checks the unprivileged path from root, with the system python")
 def test_unprivileged_user_path():
     """As a normal user the sandbox has its own user namespace; the process limit still holds."""
-    script = (f"import sys\nsys.path.insert(0, {str(ROOT / 'src')!r})\n"
+    # the normal user imports retort from a copy every user can read (a checkout may lie under a
+    # directory only root can enter, as `mktemp -d` makes them)
+    shared = Path(tempfile.mkdtemp(prefix="retort-nobody-"))
+    try:
+        shared.chmod(0o755)
+        shutil.copytree(ROOT / "src" / "retort", shared / "retort", ignore=shutil.ignore_patterns("__pycache__"))
+        _unprivileged_run(shared)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _unprivileged_run(src: Path) -> None:
+    script = (f"import sys\nsys.path.insert(0, {str(src)!r})\n"
                       "from retort.sandbox import Limits, run\n"
                       "r = run('import os; print(os.getuid())')\nprint(r.stdout.strip(), r.exit_code)\n"
                       "r = run('import os, time\\nn = 0\\ntry:\\n    while n < 100:\\n        if os.fork() == 0:\\n"
