@@ -154,7 +154,7 @@ def main() -> None:
     task = args.task_arg or TASK
     work = Path(args.work)
     common = [*task, "data.source=answers", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
-              "train.save_every=0", "train.log_every=50", "eval.n=8", "eval.fidelity=false",
+              "train.save_every=0", "train.log_every=50", "eval.n=8", "eval.max_new_tokens=12", "eval.fidelity=false",
               "data.max_len=512"]
     teacher = work / "teacher"
     _train(teacher, [*common, "method=sft", "student.name=preset:teacher", f"train.steps={args.teacher_steps}",
