@@ -34,14 +34,14 @@ def _case(n=37, h=24, v=113, seed=0, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("ce_weight", [0.0, 0.7])
-def test_fused_equals_plain_fp32(name, ce_weight):
+@pytest.mark.parametrize("ce_weight,T", [(0.0, 1.5), (0.7, 1.5), (0.7, 1.0)])
+def test_fused_equals_plain_fp32(name, ce_weight, T):
     hidden, weight, th, tw, labels = _case()
     t_logits = th @ tw.T
-    want = plain(hidden, weight, t_logits, labels, name, T=1.5, kd_weight=0.8, ce_weight=ce_weight)
+    want = plain(hidden, weight, t_logits, labels, name, T=T, kd_weight=0.8, ce_weight=ce_weight)
     gh, gw = torch.autograd.grad(want, [hidden, weight])
     for teacher in ({"teacher_logits": t_logits}, {"teacher_hidden": th, "teacher_weight": tw}):
-        got, kd, ce = fused_linear_divergence(hidden, weight, labels, divergence=name, temperature=1.5,
+        got, kd, ce = fused_linear_divergence(hidden, weight, labels, divergence=name, temperature=T,
                                               kd_weight=0.8, ce_weight=ce_weight, chunk=8, **teacher)
         fh, fw = torch.autograd.grad(got, [hidden, weight])
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -151,3 +151,22 @@ def test_row_weights_scale_each_token_of_both_terms(name, temperature):
     assert torch.allclose(kd, (per_kd * w)[mask].sum(), rtol=1e-5, atol=1e-5)
     assert torch.allclose(fh, gh, rtol=1e-4, atol=1e-5) and torch.allclose(fw, gw, rtol=1e-4, atol=1e-5)
     assert torch.all(fh[1] == 0)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_jsd_ends_and_a_scaled_loss_backpropagate_like_plain(beta):
+    """beta 0 / 1 run the forward / reverse KL paths in fewer buffers; the upstream gradient (a loss
+    divided by its token count) scales the saved gradients in place, so a second backward is refused."""
+    hidden, weight, th, tw, labels = _case(seed=3)
+    want = plain(hidden, weight, th @ tw.T, labels, "jsd", beta=beta, ce_weight=0.4) / 29
+    want.backward()
+    gh, gw = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    got = fused_linear_divergence(hidden, weight, labels, teacher_hidden=th, teacher_weight=tw, divergence="jsd",
+                                  beta=beta, ce_weight=0.4, chunk=7)[0] / 29
+    got.backward(retain_graph=True)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(hidden.grad, gh, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(weight.grad, gw, rtol=1e-4, atol=1e-6)
+    with pytest.raises(RuntimeError, match="backward runs once"):
+        got.backward()

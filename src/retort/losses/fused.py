@@ -21,8 +21,6 @@ divergence f, the gradient is d f / d z = (g - p_s * sum(g)) / T, where
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .divergences import DIVERGENCES, _log_mix
@@ -60,11 +58,6 @@ def _value_and_grad_z(name: str, ls, lt, ps, pt, beta: float, alpha: float):
     return _value(name, ls, lt, beta, alpha), g - ps * g.sum(-1, keepdim=True)
 
 
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum_v a * b per row, without a (rows x V) temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
-
-
 def default_chunk(vocab: int) -> int:
     # ~8M float32 entries (32 MB) per (chunk x vocab) buffer, about six live at once; but at least
     # 128 rows, since each chunk also reads and writes the whole (V x H) weight gradient
@@ -79,9 +72,19 @@ def _matmul_into(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> None:
 
 
 def _log_softmax_(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """x = log_softmax(x / T) in place, by ATen's one-kernel log-softmax (`logsumexp` + `sub_` cost
+    three times as much: logsumexp allocates two (rows x V) temporaries). The CPU kernel is row-local,
+    so writing over its input is exact (tested); elsewhere the result is computed aside and copied."""
     if temperature != 1.0:
         x.div_(temperature)
-    return x.sub_(torch.logsumexp(x, dim=-1, keepdim=True))
+    if x.device.type == "cpu":
+        return torch.ops.aten._log_softmax.out(x, -1, False, out=x)
+    return x.copy_(torch.log_softmax(x, -1))
+
+
+def _dot_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a * b per row, overwriting a (an in-place product and a row sum cost half of a bmm)."""
+    return a.mul_(b).sum(-1)
 
 
 def _ce_into(z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -96,7 +99,12 @@ def _ce_into(z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
 def _n_buffers(name: str, beta: float, kd_weight: float, ce_weight: float, temperature: float) -> int:
     if not kd_weight:
         return 1
-    n = 5 if name == "jsd" and 0.0 < beta < 1.0 else 4
+    if name == "jsd" and 0.0 < beta < 1.0:
+        n = 5
+    elif name in ("forward_kl", "reverse_kl", "jsd"):
+        n = 3
+    else:
+        n = 4
     return n + 1 if ce_weight and temperature != 1.0 else n
 
 
@@ -105,38 +113,40 @@ _TINY = torch.finfo(torch.float32).tiny
 
 def _chunk_divergence(name: str, b: list, beta: float, alpha: float, temperature: float, tgt):
     """One chunk, in the buffers b (b[0] = student logits, b[1] = teacher logits, both overwritten).
-    Returns (f per row, g = T * d f / d z (a view of a buffer), CE per row or None); the CE
-    (temperature 1 only) reuses the student's log-softmax, and b[2] then holds p_s.
-    In-place formulas: with sum_v p = 1, g - p_s sum(g) simplifies to
+    Returns (f per row, g, c, p_s, CE per row or None) with c * g = T * d f / d z: g is a view of a
+    buffer, and the constant c goes into the matmuls' scale rather than into a pass over g. The CE
+    (temperature 1 only) reuses the student's log-softmax; p_s stays in a buffer of its own.
+    Each log-softmax overwrites its logits (b[0] = ls, b[1] = lt), then forward and reverse KL need
+    one more buffer and JSD three (p_s, p_t, log m). In-place formulas: with sum_v p = 1,
+    g - p_s sum(g) simplifies to
       forward KL: p_s - p_t;  reverse KL: p_s (d - sum_v p_s d), d = ls - lt;
       JSD: (1 - beta) p_s (d - sum_v p_s d), d = ls - lm, m = beta p_t + (1 - beta) p_s."""
-    ls, lt, ps = _log_softmax_(b[0], temperature), _log_softmax_(b[1], temperature), b[2]
+    ls, lt = _log_softmax_(b[0], temperature), _log_softmax_(b[1], temperature)
     ce = -ls.gather(1, tgt[:, None])[:, 0] if tgt is not None and temperature == 1.0 else None
-    torch.exp(ls, out=ps)
     if name == "jsd" and beta == 0.0:
         name = "forward_kl"
     if name == "jsd" and beta == 1.0:
         name = "reverse_kl"
     if name == "forward_kl":
-        pt = torch.exp(lt, out=b[3])
-        value = _rowdot(pt, lt.sub_(ls))
-        # g = p_s - p_t, in b[3]; p_s stays in b[2] for the CE term
-        return value, torch.sub(ps, pt, out=b[3]), ce
+        pt = torch.exp(lt, out=b[2])
+        value = _dot_(lt.sub_(ls), pt)
+        ps = torch.exp(ls, out=b[1])
+        return value, pt.neg_().add_(ps), 1.0, ps, ce  # g = p_s - p_t, in b[2]
+    ps = torch.exp(ls, out=b[2])
     if name == "reverse_kl":
-        d = torch.sub(ls, lt, out=b[1]).mul_(ps)  # p_s d
+        d = ls.sub_(lt).mul_(ps)  # p_s d
         row = d.sum(-1, keepdim=True)
-        return row[:, 0], d.addcmul_(ps, row, value=-1), ce
+        return row[:, 0], d.addcmul_(ps, row, value=-1), 1.0, ps, ce
+    pt = torch.exp(lt, out=b[3])
     if name == "jsd":
-        pt = torch.exp(lt, out=b[3])
         lm = torch.lerp(pt, ps, 1 - beta, out=b[4]).clamp_min_(_TINY).log_()
-        value_t = _rowdot(pt, lt.sub_(lm))  # sum_v p_t (lt - lm)
-        psd = torch.sub(ls, lm, out=b[3]).mul_(ps)
+        value_t = _dot_(lt.sub_(lm), pt)  # sum_v p_t (lt - lm)
+        psd = ls.sub_(lm).mul_(ps)
         row = psd.sum(-1, keepdim=True)
         value = beta * value_t + (1 - beta) * row[:, 0]
-        return value, psd.addcmul_(ps, row, value=-1).mul_(1 - beta), ce
-    pt = torch.exp(lt, out=b[3])
+        return value, psd.addcmul_(ps, row, value=-1), 1 - beta, ps, ce
     value, g = _value_and_grad_z(name, ls, lt, ps, pt, beta, alpha)
-    return value, b[3].copy_(g), ce
+    return value, b[3].copy_(g), 1.0, ps, ce
 
 
 class _FusedLinearDivergence(torch.autograd.Function):
@@ -187,13 +197,14 @@ class _FusedLinearDivergence(torch.autograd.Function):
                     b[1].copy_(t_logits[rows][:, :vocab])
                 else:
                     _matmul_into(b[1], t_hidden[rows], t_w)
-                value, g, ce = _chunk_divergence(name, b, beta, alpha, temperature, tgt if ce_weight else None)
+                value, g, g_scale, ps, ce = _chunk_divergence(name, b, beta, alpha, temperature,
+                                                              tgt if ce_weight else None)
                 kd_total += value.sum() if wr is None else value @ wr
-                scale = kd_weight / temperature
+                scale = kd_weight * g_scale / temperature
                 if ce is not None:
                     # CE from the student's softmax already computed (T = 1): d CE / d z = p_s - onehot
                     ce_total += ce.sum() if wr is None else ce @ wr
-                    g.add_(b[2], alpha=ce_weight / scale)
+                    g.add_(ps, alpha=ce_weight / scale)
                     g[torch.arange(r, device=dev), tgt] -= ce_weight / scale
                 elif ce_weight:
                     ce = _ce_into(b[-1], tgt)
@@ -216,28 +227,34 @@ class _FusedLinearDivergence(torch.autograd.Function):
         del bufs
         ctx.save_for_backward(grad_h, grad_w)
         ctx.in_dtypes = (hidden.dtype, weight.dtype, weight.shape[0])
+        ctx.spent = False
         loss = kd_weight * kd_total + ce_weight * ce_total
         ctx.mark_non_differentiable(kd_total, ce_total)
         return loss, kd_total, ce_total
 
     @staticmethod
     def backward(ctx, grad_loss, _g_kd, _g_ce):
+        if ctx.spent:
+            raise RuntimeError("the fused loss's backward runs once per forward: its saved gradients are scaled in "
+                               "place (retain_graph=True and a second backward through it are not supported)")
+        ctx.spent = True
         grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype, w_rows = ctx.in_dtypes
-        gh = (grad_h * grad_loss).to(h_dtype)
-        gw = grad_w * grad_loss
+        # in place: a scaled copy of the (V x H) weight gradient would be the largest allocation of the loss
+        gh = grad_h.mul_(grad_loss).to(h_dtype)
+        gw = grad_w.mul_(grad_loss)
         if gw.shape[0] < w_rows:  # padded vocabulary rows get no gradient
             gw = torch.cat([gw, gw.new_zeros(w_rows - gw.shape[0], gw.shape[1])])
         return gh, gw.to(w_dtype), *([None] * 13)
 
 
 def fused_linear_divergence(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                            teacher_hidden: Optional[torch.Tensor] = None,
-                            teacher_weight: Optional[torch.Tensor] = None,
-                            teacher_logits: Optional[torch.Tensor] = None, divergence: str = "forward_kl",
+                            teacher_hidden: torch.Tensor | None = None,
+                            teacher_weight: torch.Tensor | None = None,
+                            teacher_logits: torch.Tensor | None = None, divergence: str = "forward_kl",
                             beta: float = 0.5, alpha: float = 0.1, temperature: float = 1.0,
-                            kd_weight: float = 1.0, ce_weight: float = 0.0, vocab: Optional[int] = None,
-                            chunk: Optional[int] = None, row_weight: Optional[torch.Tensor] = None):
+                            kd_weight: float = 1.0, ce_weight: float = 0.0, vocab: int | None = None,
+                            chunk: int | None = None, row_weight: torch.Tensor | None = None):
     """Summed `kd_weight * sum_t D(student_t, teacher_t) + ce_weight * sum_t CE_t` over rows whose
     label is not -100, with the student's logits = hidden @ weight.T computed chunk by chunk.
 
