@@ -76,16 +76,18 @@ COMMANDS = _CommandMap()
 def _quiet_libraries() -> None:
     """retort draws its own progress; silence transformers' per-file bars and advisory warnings."""
     import os
+    import sys
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")  # e.g. transformers' GGUF de-quantisation bar
-    try:
+    # by environment, not by importing transformers (1.4 s) in commands that never load a model
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (a caller's process): its logger is set up
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 def main(argv=None) -> int:

@@ -26,6 +26,8 @@ from dataclasses import asdict
 from math import ceil
 from pathlib import Path
 
+import pyarrow as pa
+
 from .. import __version__
 from ..progress import ProgressLines
 from .config import teacher_params
@@ -127,6 +129,10 @@ class ApiTraces:
         self.total = sum(len(list(self.keys(i))) for i in range(self.n_shards))
         self.left = sum(len(v) for v in self.jobs_left.values())
         self.shard_of = {k: i for i in self.todo for k in self.keys(i)}
+        # pyarrow's first table imports its pandas shim (~0.4 s): here, not while requests are in flight
+        pa.Table.from_pydict({"x": [0]})
+        self.shard_writes: list = []  # shards being written by the writer thread (`finish_shard`)
+        self.shard_thread = None
         self.t0 = time.time()
 
     def keys(self, index: int):
@@ -231,16 +237,40 @@ class ApiTraces:
         # requests the server refused for good (e.g. a prompt too long): named, with its words
         refused = [{"prompt_id": self.examples[int(k.split("/")[0])].id, "sample_idx": int(k.split("/")[1]),
                     "why": have[k].get("why", "")} for k in self.keys(index) if have[k]["s"] == "fail"]
-        self.writer.write_shard(index, rows, extra={"usage": self.spent[index].dict(), "refused": refused,
-                                                    "dropped": sum(1 for r in have.values() if r["s"] in ("drop", "fail"))})
-        if index in self.journals:
-            self.journals.pop(index).close()
-        (self.out / journal_name(index)).unlink(missing_ok=True)
+        extra = {"usage": self.spent[index].dict(), "refused": refused,
+                 "dropped": sum(1 for r in have.values() if r["s"] in ("drop", "fail"))}
+        journal = self.journals.pop(index, None)
+
+        def write():
+            # the Parquet file, its fsync and the manifest (~20 ms a shard) in one writer thread, so that
+            # the event loop keeps answering replies and sending requests meanwhile; the journal goes
+            # only once the shard is recorded, so a kill at any moment loses nothing
+            self.writer.write_shard(index, rows, extra=extra)
+            if journal is not None:
+                journal.close()
+            (self.out / journal_name(index)).unlink(missing_ok=True)
+
+        for f in [f for f in self.shard_writes if f.done()]:
+            self.shard_writes.remove(f)
+            f.result()  # a shard that could not be written stops the run here
+        if self.shard_thread is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.shard_thread = ThreadPoolExecutor(1, thread_name_prefix="retort-shards")
+        self.shard_writes.append(self.shard_thread.submit(write))
 
     def close_journals(self) -> None:
-        for j in self.journals.values():
-            j.close()
-        self.journals.clear()
+        """Wait for the shards being written (their errors raised here), then close the other journals."""
+        try:
+            while self.shard_writes:
+                self.shard_writes.pop(0).result()
+        finally:
+            if self.shard_thread is not None:
+                self.shard_thread.shutdown(wait=True)
+                self.shard_thread = None
+            for j in self.journals.values():
+                j.close()
+            self.journals.clear()
 
     def ledger(self) -> dict:
         """Every answer received over all runs: finished shards' usage (their journals are gone)
@@ -368,6 +398,7 @@ class ApiTraces:
             elif batch_in is None:  # every answer is in: not one request, not even the tokenizer probe
                 for index in self.todo:  # answers all journaled, killed before their shard was written
                     self.finish_shard(index)
+                self.close_journals()
                 self.writer.update(ledger=_cost(self.ledger(), api),
                                    last_run={"requests": 0, "answers": 0, "seconds": 0.0, "errors": {}, "by_url": {}})
         except ApiError as e:

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 
 @lru_cache(maxsize=1)
@@ -82,6 +85,8 @@ def shared_vocab(student_tok, teacher_tok) -> torch.Tensor:
     s_eos, t_eos = student_tok.eos_token_id, teacher_tok.eos_token_id
     if s_eos is not None and t_eos is not None and all(s != s_eos and t != t_eos for s, t in pairs):
         pairs.append((s_eos, t_eos))
+    import torch  # here: an API teacher's traces use this module's byte tables and need no torch
+
     return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
 
