@@ -183,6 +183,8 @@ def throughput(root: Path, args) -> dict:
         for r in rows:
             r["tokens_per_s"] = r["completion_tokens"] / r["seconds"]
         results[server] = {"prompts": n, "max_tokens": max_tokens, "rows": rows, "command": " ".join(sys.argv)}
+        if server == "latency":  # what a client keeping `concurrency` requests in flight gets at most
+            results[server]["delay"] = args.delay
     return results
 
 
@@ -196,10 +198,27 @@ def summarise(part: dict) -> dict:
         if not isinstance(res, dict) or "rows" not in res:
             continue
         cells: dict = {}
+        ideal: dict = {}
         for r in res["rows"]:
             cells.setdefault(f"{r['client']}|{r['concurrency']}", {})[r["rep"]] = r["tokens_per_s"]
-        res["summary"] = {key: {"tokens_per_s": [v[k] for k in sorted(v)], "mean_tokens_per_s": sum(v.values()) / len(v)}
-                          for key, v in cells.items()}
+            if res.get("delay"):
+                # the latency server's limit: `concurrency` answers of this size every `delay` seconds
+                ideal.setdefault(f"{r['client']}|{r['concurrency']}", {})[r["rep"]] = (
+                    r["concurrency"] * r["completion_tokens"] / r["requests"] / res["delay"])
+        res["summary"] = {}
+        for key, v in cells.items():
+            xs = [v[k] for k in sorted(v)]
+            m = sum(xs) / len(xs)
+            se = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5 if len(xs) > 1 else None
+            res["summary"][key] = {"tokens_per_s": xs, "mean_tokens_per_s": m, "se_tokens_per_s": se}
+            if key in ideal:
+                fr = [v[k] / ideal[key][k] for k in sorted(v)]
+                fm = sum(fr) / len(fr)
+                res["summary"][key].update(
+                    ideal_tokens_per_s=sum(ideal[key].values()) / len(fr), fraction_of_ideal=fr,
+                    mean_fraction_of_ideal=fm,
+                    se_fraction_of_ideal=(sum((x - fm) ** 2 for x in fr) / (len(fr) - 1) / len(fr)) ** 0.5
+                    if len(fr) > 1 else None)
         res["verdicts"] = []
         for key, cell in res["summary"].items():
             client, c = key.split("|")
