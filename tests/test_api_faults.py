@@ -994,3 +994,16 @@ def test_a_bad_batch_file_or_batch_out_path_writes_nothing(tmp_path, capsys):
         rc = main(["traces", *extra, *[f"{k}={v}" for k, v in {**BASE, "out": str(out)}.items()]])
         err = capsys.readouterr().err
         assert rc == 2 and says in " ".join(err.split()) and not out.exists(), err
+
+
+def test_an_api_teachers_traces_load_neither_torch_nor_transformers(tmp_path):
+    """`retort traces` with an API teacher (no tokenizer) is requests and Parquet: a process that
+    imports torch (~2 s) or transformers (~1.4 s) only to start is a regression."""
+    with ApiServer() as s:
+        args = [f"{k}={v}" for k, v in {**BASE, "out": str(tmp_path / "t"), "teacher.api.base_url": s.url}.items()]
+        code = ("import sys; from retort.cli import main; rc = main(sys.argv[1:]); "
+                "print('LOADED', sorted(m for m in ('torch', 'transformers') if m in sys.modules)); sys.exit(rc)")
+        proc = subprocess.run([sys.executable, "-c", code, "traces", *args], capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "LOADED []" in proc.stdout, proc.stdout
