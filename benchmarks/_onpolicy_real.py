@@ -72,7 +72,15 @@ def model_dirs(a, work: Path) -> dict:
 # --------------------------------------------------------------------------- the two commands
 
 
-def retort_overrides(a, seed: int, student: str, teacher: str, out: str) -> list[str]:
+# the retort arms: as matched (fp32 everywhere), and with the two precision trades of the fix for the
+# biggest costs the profile found (rollout decode, then the teacher's forward): sampling from a bf16 copy
+# of the student (`method_args.rollout_dtype`) and the teacher held in bf16; student, loss and
+# optimizer stay fp32
+ARMS = {"retort": [], "retort-bf16": ["method_args.rollout_dtype=bfloat16", "teacher.dtype=bfloat16"]}
+SIDES = ("retort", "retort-bf16", "trl")
+
+
+def retort_overrides(a, seed: int, student: str, teacher: str, out: str, arm: str = "retort") -> list[str]:
     pair = REAL[a.real]
     method = ["method=gkd", "method_args.lmbda=1.0", f"method_args.temperature={a.temperature}",
               f"method_args.max_new_tokens={a.max_new_tokens}", "method_args.top_p=1.0", "data.source=answers"]
@@ -88,7 +96,7 @@ def retort_overrides(a, seed: int, student: str, teacher: str, out: str) -> list
         f"train.steps={a.steps}", f"train.lr={a.lr}", "train.warmup_steps=0", "train.min_lr_ratio=1.0",
         "train.weight_decay=0.01", "train.beta1=0.9", "train.beta2=0.99", "train.clip_grad=1.0",
         "train.precision=fp32", "train.log_every=1", "train.save_every=0", "train.eval_every=0",
-        "eval.n=1", "eval.batch_size=1", "eval.max_new_tokens=8", f"seed={seed}"]
+        "eval.n=1", "eval.batch_size=1", "eval.max_new_tokens=8", f"seed={seed}", *ARMS[arm]]
 
 
 def trl_config_kwargs(a, seed: int, out: str, teacher: str) -> dict:
@@ -170,7 +178,7 @@ def child_retort(spec: dict) -> dict:
     rows = [json.loads(line) for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]
     lengths = [r["rollout_tokens"] for r in rows if "rollout_tokens" in r]
-    return {"side": "retort", "steps": rows[-1]["step"], "peak_rss_bytes": peak, "rss_at_start_bytes": rss_start,
+    return {"side": spec.get("arm", "retort"), "steps": rows[-1]["step"], "peak_rss_bytes": peak, "rss_at_start_bytes": rss_start,
             "peak_above_start_bytes": peak - rss_start, "wall_s": wall, **_rate([r["time"] for r in rows]),
             "loss": [r["loss"] for r in rows], "completion_tokens": lengths,
             "completion_tokens_mean": sum(lengths) / len(lengths) if lengths else None,
@@ -287,7 +295,8 @@ def child_trl(spec: dict) -> dict:
             "tokenisation": parity, "loss_parity_real": loss_check}
 
 
-CHILDREN = {"real-prepare": child_prepare, "real-retort": child_retort, "real-trl": child_trl}
+CHILDREN = {"real-prepare": child_prepare, "real-retort": child_retort, "real-retort-bf16": child_retort,
+            "real-trl": child_trl}
 
 
 # --------------------------------------------------------------------------- summary
@@ -307,7 +316,7 @@ def summarise(reps: list[dict]) -> dict:
     """Per side: steps/s, peak above start, loss-trajectory mean (timed steps), mean +- se over reps;
     the ratios retort / TRL of the means (and per rep)."""
     out = {}
-    for side in ("retort", "trl"):
+    for side in SIDES:
         rs = [r[side] for r in reps if side in r]
         if not rs:
             continue
@@ -317,21 +326,23 @@ def summarise(reps: list[dict]) -> dict:
                      "loss_first": mean_se([r["loss"][0] for r in rs]),
                      "loss_mean_timed": mean_se([sum(r["loss"][1:]) / max(1, len(r["loss"]) - 1) for r in rs]),
                      "completion_tokens": mean_se([r["completion_tokens_mean"] for r in rs])}
-    if "retort" in out and "trl" in out:
-        r, t = out["retort"], out["trl"]
-        both = [x for x in reps if "retort" in x and "trl" in x]
+    for arm in ARMS:
+        if arm not in out or "trl" not in out:
+            continue
+        r, t = out[arm], out["trl"]
+        both = [x for x in reps if arm in x and "trl" in x]
         lr, lt = r["loss_mean_timed"], t["loss_mean_timed"]
         se = math.sqrt((lr["se"] or 0) ** 2 + (lt["se"] or 0) ** 2)
         diff = abs(lr["mean"] - lt["mean"])
-        out["ratios"] = {
-            "steps_per_s_retort_over_trl": r["steps_per_s"]["mean"] / t["steps_per_s"]["mean"],
-            "steps_per_s_ratio_per_rep": [x["retort"]["steps_per_s"] / x["trl"]["steps_per_s"] for x in both],
-            "peak_above_start_retort_over_trl": r["peak_above_start_mib"]["mean"] / t["peak_above_start_mib"]["mean"],
+        out[f"ratios_{arm}"] = {
+            "steps_per_s_over_trl": r["steps_per_s"]["mean"] / t["steps_per_s"]["mean"],
+            "steps_per_s_ratio_per_rep": [x[arm]["steps_per_s"] / x["trl"]["steps_per_s"] for x in both],
+            "peak_above_start_over_trl": r["peak_above_start_mib"]["mean"] / t["peak_above_start_mib"]["mean"],
             "targets": {"steps_per_s": ">= 2", "peak_above_start": "<= 0.5"}}
-        out["loss_check"] = {"mean_diff": diff, "combined_se": se,
-                             "rel_diff": diff / max(abs(lt["mean"]), 1e-12),
-                             "within": bool(diff <= 3 * se or diff <= 0.1 * abs(lt["mean"])),
-                             "tolerance": "trajectory means (timed steps) within 3 combined se or 10%"}
+        out[f"loss_check_{arm}"] = {"mean_diff": diff, "combined_se": se,
+                                    "rel_diff": diff / max(abs(lt["mean"]), 1e-12),
+                                    "within": bool(diff <= 3 * se or diff <= 0.1 * abs(lt["mean"])),
+                                    "tolerance": "trajectory means (timed steps) within 3 combined se or 10%"}
     return out
 
 
@@ -355,13 +366,14 @@ def run(a, run_child) -> None:
     out_file = Path(a.out if a.out_given else ROOT / "benchmarks" / "results" / f"onpolicy_real_{a.real}.json")
     for rep in range(a.reps):
         seed = a.seed + rep
-        order = list(a.sides) if rep % 2 == 0 else list(a.sides)[::-1]
+        sides = list(a.sides) if a.sides != ["retort", "trl"] else list(SIDES)  # the built-in default: all arms
+        order = sides if rep % 2 == 0 else sides[::-1]
         reps.append({"seed": seed, "order": order})
         for side in order:
             out = runs / f"rep{rep}-{side}"
-            if side == "retort":
-                spec = {"threads": a.threads, "out": str(out),
-                        "overrides": retort_overrides(a, seed, dirs["student"], dirs["teacher"], str(out))}
+            if side in ARMS:
+                spec = {"threads": a.threads, "out": str(out), "arm": side,
+                        "overrides": retort_overrides(a, seed, dirs["student"], dirs["teacher"], str(out), side)}
             else:
                 spec = {"threads": a.threads, "out": str(out), "student": dirs["student"], "teacher": dirs["teacher"],
                         "args": {k: v for k, v in vars(a).items() if k != "child"}, "seed": seed,
@@ -393,8 +405,8 @@ def run(a, run_child) -> None:
         tmp.write_text(json.dumps({
             "command": command, "settings": {k: v for k, v in vars(a).items() if k != "child"},
             "pair": pair, "task": TASK, "cores": os.cpu_count(), "versions": versions, "prepared": prepared,
-            "retort_command": "python -m retort.cli train " + " ".join(
-                retort_overrides(a, a.seed, "STUDENT_DIR", "TEACHER_DIR", "RUN")),
+            "retort_commands": {arm: "python -m retort.cli train " + " ".join(
+                retort_overrides(a, a.seed, "STUDENT_DIR", "TEACHER_DIR", "RUN", arm)) for arm in ARMS},
             "trl_config": trl_config_kwargs(a, a.seed, "RUN", "TEACHER_DIR"),
             "reps": reps, "summary": summary, "complete": rep == a.reps - 1}, indent=2, default=str))
         tmp.replace(out_file)

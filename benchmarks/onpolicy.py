@@ -47,6 +47,12 @@ whole process: the TRL child also imports trl, datasets and pandas; `rss_at_star
 beside it); the three students (warm start, retort, TRL) are then evaluated in one more subprocess.
 `--retort-method kd` swaps in off-policy online KD on worked solutions (a stand-in for developing
 this script without `method=gkd`; its numbers are not on-policy).
+
+`--real smollm2` / `--real qwen-smollm2`: the same comparison at real size (packaged SmolLM2-135M or
+Qwen2.5-Coder-0.5B teacher, a 10-layer pruned SmolLM2 student, reasoning-gym prompts through the chat
+template, 128-token rollouts, `--reps` repetitions alternating, mean +- se; a third arm,
+`retort-bf16`, samples from a bf16 copy of the student and holds the teacher in bf16): see
+`benchmarks/_onpolicy_real.py`. Results: benchmarks/results/onpolicy_real_PAIR.json.
 """
 
 from __future__ import annotations
@@ -334,7 +340,8 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=4000, help="train prompts in the pool both sides draw from")
     ap.add_argument("--warm-steps", type=int, default=300, help="sft steps of the warm-started student")
     ap.add_argument("--teacher", default=None, help="teacher model dir (default: retort's built-in, trained if needed)")
-    ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=[*SIDES, "retort-bf16"],
+                    help="arms to run (--real runs retort, retort-bf16 and trl unless told)")
     ap.add_argument("--retort-method", default="gkd", choices=["gkd", "kd"],
                     help="gkd: the benchmark; kd: off-policy stand-in for development")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "retort-onpolicy"),
@@ -361,6 +368,8 @@ def main() -> None:
         kind, spec_file = a.child
         print(json.dumps(_children()[kind](json.loads(Path(spec_file).read_text())), default=str))
         return
+    if "retort-bf16" in a.sides and not a.real:
+        raise SystemExit("--sides retort-bf16 is an arm of --real")
     if a.real:
         import _onpolicy_real
 
