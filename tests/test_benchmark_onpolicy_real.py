@@ -47,7 +47,8 @@ def test_every_arm_is_a_valid_retort_run_and_trl_config(real, pair):
         METHODS["gkd"].Config(**{k: (float(v) if k in ("lmbda", "temperature", "top_p", "beta") else
                                      int(v) if k == "max_new_tokens" else v) for k, v in args.items()})
         assert (args.get("cross_tokenizer") == "hybrid") == (pair == "qwen-smollm2")
-        assert (run.teacher.dtype == "bfloat16") == (arm == "retort-bf16")
+        assert (run.teacher.dtype == "bfloat16") == (arm == "retort-bf16" and pair == "smollm2")
+        assert (args.get("rollout_dtype") == "bfloat16") == (arm == "retort-bf16")
     trl = pytest.importorskip("trl")
     kw = real.trl_config_kwargs(a, 3, "OUT", "TEACHER")
     if pair == "qwen-smollm2":
