@@ -81,3 +81,31 @@ def test_the_bf16_arm_needs_real_mode(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["onpolicy.py", "--sides", "retort-bf16"])
     with pytest.raises(SystemExit, match="arm of --real"):
         onpolicy.main()
+
+
+def test_the_arms_alternate_and_a_failed_arm_is_recorded(real, tmp_path):
+    calls = []
+
+    def child(kind, spec, threads, log):  # a stand-in for a measured run: records the order
+        calls.append(kind)
+        if kind == "real-prepare":
+            return {"teacher": {}, "student": {}}
+        if kind == "real-trl" and spec["seed"] == 1:
+            raise SystemExit("trl child failed (status 1)")
+        rate = {"real-retort": 2.0, "real-retort-bf16": 3.0, "real-trl": 1.0}[kind]
+        return {"steps": 3, "steps_per_s": rate, "peak_above_start_bytes": 2**30, "peak_rss_bytes": 2**31,
+                "loss": [1.0, 0.9, 0.8], "completion_tokens_mean": 128.0}
+
+    a = _args("smollm2")
+    a.__dict__.update(work=str(tmp_path), out=str(tmp_path / "r.json"), out_given=True, reps=3, seed=0,
+                      sides=["retort", "trl"], child=None)
+    real.run(a, child)
+    order = [k.removeprefix("real-") for k in calls[1:]]
+    assert order == ["retort", "retort-bf16", "trl", "trl", "retort-bf16", "retort", "retort", "retort-bf16", "trl"]
+    import json
+
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["complete"] and [r["seed"] for r in res["reps"]] == [0, 1, 2]
+    assert res["reps"][1]["trl"]["error"].startswith("trl child failed")
+    assert res["summary"]["trl"]["steps_per_s"]["n"] == 2  # the failed repetition left out of TRL's mean
+    assert res["summary"]["ratios_retort-bf16"]["steps_per_s_over_trl"] == 3.0
