@@ -47,6 +47,12 @@ whole process: the TRL child also imports trl, datasets and pandas; `rss_at_star
 beside it); the three students (warm start, retort, TRL) are then evaluated in one more subprocess.
 `--retort-method kd` swaps in off-policy online KD on worked solutions (a stand-in for developing
 this script without `method=gkd`; its numbers are not on-policy).
+
+`--real smollm2` / `--real qwen-smollm2`: the same comparison at real size (packaged SmolLM2-135M or
+Qwen2.5-Coder-0.5B teacher, a 10-layer pruned SmolLM2 student, reasoning-gym prompts through the chat
+template, 128-token rollouts, `--reps` repetitions alternating, mean +- se; a third arm,
+`retort-bf16`, samples from a bf16 copy of the student and holds the teacher in bf16): see
+`benchmarks/_onpolicy_real.py`. Results: benchmarks/results/onpolicy_real_PAIR.json.
 """
 
 from __future__ import annotations
@@ -275,6 +281,12 @@ def child_eval(spec: dict) -> dict:
 CHILDREN = {"retort": child_retort, "trl": child_trl, "eval": child_eval}
 
 
+def _children() -> dict:
+    import _onpolicy_real
+
+    return CHILDREN | _onpolicy_real.CHILDREN
+
+
 def run_child(kind: str, spec: dict, threads: int, log: Path) -> dict:
     return _child.run_child(__file__, kind, spec, threads, log)
 
@@ -328,15 +340,25 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=4000, help="train prompts in the pool both sides draw from")
     ap.add_argument("--warm-steps", type=int, default=300, help="sft steps of the warm-started student")
     ap.add_argument("--teacher", default=None, help="teacher model dir (default: retort's built-in, trained if needed)")
-    ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    ap.add_argument("--sides", nargs="+", default=list(SIDES), choices=[*SIDES, "retort-bf16"],
+                    help="arms to run (--real runs retort, retort-bf16 and trl unless told)")
     ap.add_argument("--retort-method", default="gkd", choices=["gkd", "kd"],
                     help="gkd: the benchmark; kd: off-policy stand-in for development")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "retort-onpolicy"),
                     help="scratch dir (the warm-start student is cached here)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "onpolicy.json"))
+    ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/onpolicy.json; with "
+                    "--real: onpolicy_real_PAIR.json)")
+    ap.add_argument("--real", choices=["smollm2", "qwen-smollm2"], default=None,
+                    help="real-size mode (benchmarks/_onpolicy_real.py): packaged teacher, 10-layer pruned "
+                    "SmolLM2 student, reasoning-gym prompts; defaults become --steps 10 --batch 4 "
+                    "--max-new-tokens 128 --n-prompts 200 --lr 1e-5")
+    ap.add_argument("--reps", type=int, default=3, help="--real: repetitions, the side that runs first alternating")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--summarise-only", action="store_true", help="recompute the ratios of --out; run nothing")
     a = ap.parse_args()
+    a.out_given = a.out is not None
+    if a.out is None:
+        a.out = str(ROOT / "benchmarks" / "results" / "onpolicy.json")
     if a.summarise_only:
         done = json.loads(Path(a.out).read_text())
         done["ratios"] = ratios(done["results"])
@@ -344,7 +366,16 @@ def main() -> None:
         return
     if a.child:
         kind, spec_file = a.child
-        print(json.dumps(CHILDREN[kind](json.loads(Path(spec_file).read_text()))))
+        print(json.dumps(_children()[kind](json.loads(Path(spec_file).read_text())), default=str))
+        return
+    if "retort-bf16" in a.sides and not a.real:
+        raise SystemExit("--sides retort-bf16 is an arm of --real")
+    if a.real:
+        import _onpolicy_real
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        sys.path.insert(0, str(ROOT / "src"))
+        _onpolicy_real.run(a, run_child)
         return
 
     if a.steps * a.batch > a.n_prompts:

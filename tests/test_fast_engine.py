@@ -45,6 +45,37 @@ def test_greedy_tokens_equal_transformers_generate(kind, fold, monkeypatch):
         assert a[0].token_ids == b[0].token_ids and a[0].finish_reason == b[0].finish_reason
 
 
+@pytest.mark.parametrize("kind", ["gqa", "qwen2_bias"])
+def test_sampling_in_bf16_is_a_bf16_copy_of_the_model(kind):
+    """`dtype=bfloat16` on an fp32 model: the same tokens and log-probs as the model cast to bf16
+    (rounded weights, activations and cache), not the fp32 model's; the model itself is untouched."""
+    import copy
+
+    _, tok = load_model(ModelConfig(name="preset:nano"))
+    torch.manual_seed(5)
+    common = {"vocab_size": len(tok), "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
+              "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 128,
+              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    model = (LlamaForCausalLM(LlamaConfig(**common)) if kind == "gqa" else Qwen2ForCausalLM(Qwen2Config(**common)))
+    model.eval()
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    # as from_pretrained(dtype=bfloat16) leaves it: the rotary inverse frequencies stay float32
+    half.model.rotary_emb.inv_freq = model.model.rotary_emb.inv_freq.clone()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prompts = _prompts(vocab=len(tok))
+    kw = {"max_new_tokens": 10, "eos_ids": {2}, "pad_id": 0, "temperature": 1.0, "scores": 0}
+    cast = fast.sample(model, prompts, **kw, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(1))
+    ref = fast.sample(half, prompts, **kw, generator=torch.Generator().manual_seed(1))
+    full = fast.sample(model, prompts, **kw, generator=torch.Generator().manual_seed(1))
+    assert [s for s, _ in cast] == [s for s, _ in ref]
+    assert [sc.logprobs for _, sc in cast] == [sc.logprobs for _, sc in ref]
+    assert [sc.logprobs for _, sc in cast] != [sc.logprobs for _, sc in full]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert next(model.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="fast-engine option"):
+        generate_ids(model, tok, prompts, max_new_tokens=4, engine="hf", dtype=torch.bfloat16)
+
+
 def test_sampling_is_seeded_and_top_p_keeps_the_nucleus():
     model, tok = load_model(ModelConfig(name="preset:nano"), seed=1)
     prompts = _prompts(6, vocab=len(tok))

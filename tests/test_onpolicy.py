@@ -74,6 +74,25 @@ def test_rollout_batches_sample_the_current_student_and_mask_prompts(tmp_path):
     assert out.count == gkd.count(batch) > 0 and out.loss.item() > 0
 
 
+def test_rollout_dtype_samples_from_a_bf16_copy_and_only_with_the_fast_engine(tmp_path, monkeypatch):
+    from retort.errors import ConfigError
+    from retort.lm.methods import onpolicy
+
+    seen = []
+    real = onpolicy.generate_ids
+    monkeypatch.setattr(onpolicy, "generate_ids", lambda *a, **k: seen.append(k["dtype"]) or real(*a, **k))
+    gkd, student = _method(tmp_path, "gkd", lmbda=1.0, max_new_tokens=6, rollout_dtype="bfloat16")
+    plan = BatchPlan(0, 1, 1, 4, 0, 0)
+    half = next(gkd.batches(plan))
+    full = next(_method(tmp_path, "gkd", lmbda=1.0, max_new_tokens=6)[0].batches(plan))
+    assert seen == [torch.bfloat16, None]
+    assert next(student.parameters()).dtype == torch.float32
+    assert half["input_ids"].shape[0] == full["input_ids"].shape[0] == 4
+    for engine in ("hf", "vllm"):
+        with pytest.raises(ConfigError, match="rollout_dtype=bfloat16"):
+            _method(tmp_path, "gkd", rollout_dtype="bfloat16", engine=engine)
+
+
 def test_gate_keeps_exactly_the_verified_rollouts(tmp_path, monkeypatch):
     gkd, student = _method(tmp_path, "gkd", lmbda=1.0, max_new_tokens=9, gate=True)
     items = gkd.examples()[:4]
@@ -180,6 +199,7 @@ def test_entropy_prefix_and_discounted_returns():
 @pytest.mark.parametrize("method,args", [
     ("gkd", {}), ("rkl_pg", {}), ("tsd_kd", {}), ("opsd", {"data.source": "solutions"}),
     ("gkd", {"method_args.gate": True}), ("tsd_kd", {"method_args.listmle_direction": "as_released"}),
+    ("gkd", {"method_args.rollout_dtype": "bfloat16"}),
 ])
 def test_each_on_policy_method_trains_and_logs(tmp_path, method, args):
     rows, _ = _run(tmp_path, method, method, steps=3, **args)

@@ -154,6 +154,7 @@ class _RolloutFields:
     max_new_tokens: int
     engine: str
     gate: bool = False
+    rollout_dtype: str = "model"
 
 
 def record_losses(model, teacher, batch, c, vocab) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

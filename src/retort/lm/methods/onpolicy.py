@@ -30,6 +30,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Iterator
 
+import torch
+
 from ...config import param
 from ...errors import ConfigError
 from ..data.collate import IGNORE, Encoded, collate
@@ -58,7 +60,14 @@ class RolloutConfig:
     engine: str = param("auto", "rollout engine: auto (fast for Llama, Mistral, Qwen2 and Gemma 3 text decoders, "
                         "else hf), fast, hf (transformers' generate), or vllm (GPU; pip install 'retort[vllm]', "
                         "vLLM >= 0.9.1; weights pushed each optimizer step)", choices=["auto", "fast", "hf", "vllm"])
+    rollout_dtype: str = param("model", "weights' dtype while sampling: model (as trained), or bfloat16 (the fast "
+                               "engine samples from a bf16-rounded copy, as a bf16 vLLM would: ~3x faster decode on "
+                               "CPUs with AMX, samples not exactly the fp32 student's; the loss stays in the "
+                               "model's dtype)", choices=["model", "bfloat16"])
     vllm_gpu_memory: float = param(0.3, "share of GPU memory vLLM may take (engine=vllm)", lo=0.05, hi=0.95)
+
+
+ROLLOUT_DTYPES = {"model": None, "bfloat16": torch.bfloat16}
 
 
 class Rollouts:
@@ -117,7 +126,7 @@ class Rollouts:
             engine = "auto" if c.engine == "vllm" else c.engine  # the teacher (seq_kd) samples in-process
             outs = generate_ids(unwrap(model), tok, prompts, max_new_tokens=c.max_new_tokens,
                                 temperature=c.temperature, top_p=c.top_p, num_samples=1, batch_size=len(prompts),
-                                seed=seed, engine=engine)
+                                seed=seed, engine=engine, dtype=ROLLOUT_DTYPES[c.rollout_dtype])
         eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
         new, correct, kept, lengths = [], 0, 0, 0
         for x, p, (comp,) in zip(items, prompts, outs):
@@ -155,6 +164,9 @@ class OnPolicy(OffPolicy):
         if cfg.engine == "vllm" and getattr(getattr(ctx.run.student, "lora", None), "r", 0):
             raise ConfigError("method_args.engine=vllm pushes whole weights to vLLM, not LoRA adapters; "
                               "use engine=auto with student.lora.r > 0")
+        if cfg.rollout_dtype != "model" and cfg.engine in ("hf", "vllm"):
+            raise ConfigError(f"method_args.rollout_dtype={cfg.rollout_dtype} is an option of the fast engine; "
+                              f"method_args.engine={cfg.engine} samples in its own dtype (use engine=auto or fast)")
         self.run_teacher = LazyTeacher(ctx)
         self.rollouts = Rollouts(ctx, cfg, self.teacher, step=lambda: self.step)
 

@@ -89,11 +89,13 @@ def supports(model) -> bool:
 
 
 def _rms(x, norm):
-    if x.dtype == torch.float32:  # one fused op
+    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:  # one fused op
         return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * h.to(x.dtype)
+    # as transformers' LlamaRMSNorm in a model of x's dtype (weight in that dtype); fp32 weights of an
+    # fp32 model sampled in bf16 (`dtype`) are rounded the same way
+    return norm.weight.to(x.dtype) * h.to(x.dtype)
 
 
 def _rotate_half(x):
@@ -107,11 +109,15 @@ class _Cache:
         self.v = torch.empty_like(self.k)
 
 
-def _linear(layer):
-    """(weight, bias) a linear layer applies now (LoRA adapters folded in, `effective_weight`)."""
+def _linear(layer, dtype=None):
+    """(weight, bias) a linear layer applies now (LoRA adapters folded in, `effective_weight`), in
+    `dtype` when given (a copy: `sample(dtype=...)`)."""
     from ..models.lora import effective_weight
 
-    return effective_weight(layer), getattr(getattr(layer, "base_layer", layer), "bias", None)
+    w, b = effective_weight(layer), getattr(getattr(layer, "base_layer", layer), "bias", None)
+    if dtype is not None:
+        w, b = w.to(dtype), None if b is None else b.to(dtype)
+    return w, b
 
 
 def _rot_rows(w, n_heads, hd):
@@ -127,11 +133,12 @@ class _Weights:
     bias): the decode step then calls F.linear directly instead of modules (a small model's decode
     step is bound by per-op overhead, not arithmetic)."""
 
-    def __init__(self, model, heads, kv_heads, hd, fold_rotary: bool):
+    def __init__(self, model, heads, kv_heads, hd, fold_rotary: bool, dtype=None):
         self.layers = []
         for layer in model.model.layers:
             a, mlp = layer.self_attn, layer.mlp
-            (qw, qb), (kw, kb), (vw, vb) = _linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj)
+            (qw, qb), (kw, kb), (vw, vb) = (_linear(a.q_proj, dtype), _linear(a.k_proj, dtype),
+                                            _linear(a.v_proj, dtype))
             ws, bs = [qw, kw, vw], [qb, kb, vb]
             if fold_rotary:
                 ws += [_rot_rows(qw, heads, hd), _rot_rows(kw, kv_heads, hd)]
@@ -140,12 +147,13 @@ class _Weights:
             qkv_b = torch.cat(bs) if qb is not None else None
             gate_up = None
             if hasattr(mlp, "gate_proj"):
-                (gw, gb), (uw, ub) = _linear(mlp.gate_proj), _linear(mlp.up_proj)
+                (gw, gb), (uw, ub) = _linear(mlp.gate_proj, dtype), _linear(mlp.up_proj, dtype)
                 if gb is None and ub is None:
                     gate_up = torch.cat([gw, uw])
-            self.layers.append((qkv_w, qkv_b, _linear(a.o_proj), gate_up,
-                                _linear(mlp.down_proj) if gate_up is not None else None))
-        self.head = _linear(model.lm_head)
+            self.layers.append((qkv_w, qkv_b, _linear(a.o_proj, dtype), gate_up,
+                                _linear(mlp.down_proj, dtype) if gate_up is not None else None))
+        self.head = _linear(model.lm_head, dtype)
+        self.dtype = dtype
 
 
 def _forward(model, wts: _Weights, ids, rope, key_bias, cache: _Cache, start: int, fold_rotary: bool):
@@ -154,6 +162,8 @@ def _forward(model, wts: _Weights, ids, rope, key_bias, cache: _Cache, start: in
     query may attend, -inf elsewhere."""
     inner, cfg = model.model, model.config
     x = inner.embed_tokens(ids)  # Gemma 3's embedding module scales by sqrt(hidden) itself
+    if wts.dtype is not None:
+        x = x.to(wts.dtype)
     gemma = cfg.model_type in GEMMA3
     b, t, _ = x.shape
     heads = cfg.num_attention_heads
@@ -211,14 +221,20 @@ def _forward(model, wts: _Weights, ids, rope, key_bias, cache: _Cache, start: in
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set, pad_id: int,
            temperature: float = 0.0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
-           fold_rotary: Optional[bool] = None, scores: Optional[int] = None) -> list:
+           fold_rotary: Optional[bool] = None, scores: Optional[int] = None,
+           dtype: torch.dtype | None = None) -> list:
     """New tokens for each prompt (left-padded batch), up to and including the first EOS.
     `fold_rotary`: compute rotate_half(q), rotate_half(k) inside the q/k/v matmul (default: for
     small models, whose decode step is bound by the number of ops, not by arithmetic).
     `scores=K` (K >= 0): also return, per prompt, what `retort.lm.rollout.score` would compute from the
     logits the sampler had anyway — `Scores` with the model's own (temperature-1) log-prob of each
     new token and, for K > 0, its top-K ids, log-probs and the tail's log-mass at each step — as
-    (tokens, Scores) pairs; this saves the teacher-forced scoring pass of `retort traces`."""
+    (tokens, Scores) pairs; this saves the teacher-forced scoring pass of `retort traces`.
+    `dtype` (e.g. torch.bfloat16 for an fp32 model): sample with the weights, activations and KV cache
+    rounded to it (copies made per call; the model is untouched), as a bf16 inference copy of the
+    model would (vLLM beside an fp32 trainer). On CPUs with bf16 matrix units (AMX) this makes a
+    real-size decode step ~3x faster; the samples then come from the rounded model, not exactly
+    the trained one (logits and `scores` are float32 either way)."""
     model = _base(model)
     device = next(model.parameters()).device
     # A small model's decode step is a hundred tiny ops; on a CPU, waking a second OpenMP thread for
@@ -234,7 +250,7 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
     try:
         return _sample(model, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
                        temperature=temperature, top_p=top_p, generator=generator, device=device,
-                       fold=small if fold_rotary is None else fold_rotary, scores=scores)
+                       fold=small if fold_rotary is None else fold_rotary, scores=scores, dtype=dtype)
     finally:
         if one_thread:
             torch.set_num_threads(threads)
@@ -249,8 +265,9 @@ class Scores:
 
 
 def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top_p, generator, device, fold,
-            scores=None):
-    dtype = next(model.parameters()).dtype
+            scores=None, dtype=None):
+    cast = dtype if dtype is not None and dtype != next(model.parameters()).dtype else None
+    dtype = cast or next(model.parameters()).dtype
     b = len(prompts)
     width = max(len(p) for p in prompts)
     total = width + max_new_tokens
@@ -269,7 +286,7 @@ def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
     eos = torch.tensor(sorted(eos_ids), device=device)
     gemma = cfg.model_type in GEMMA3
     fold = fold and not gemma  # q/k are normalised between the projection and the rotation
-    wts = _Weights(model, heads, kv_heads, hd, fold)
+    wts = _Weights(model, heads, kv_heads, hd, fold, cast)
     inner = model.model
     probe = torch.zeros((1, 1, cfg.hidden_size), dtype=dtype, device=device)
     # Gemma 3: one rotary table per layer type (sliding layers have their own base)

@@ -55,13 +55,14 @@ def generate(model, tok, prompts: list[str], *, max_new_tokens: int = 128, tempe
 def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, num_samples: int = 1, batch_size: int = 64, seed: int = 0,
                  stop: Optional[list[str]] = None, progress=None, engine: str = "auto",
-                 scores: Optional[int] = None, processors=None) -> list[list[Completion]]:
+                 scores: Optional[int] = None, processors=None, dtype=None) -> list[list[Completion]]:
     """`generate` from prompt token ids (already templated). engine: `hf` (transformers' `generate`),
     `fast` (retort.lm.rollout.fast, Llama-family and Gemma 3 decoders, no stop strings) or `auto`
     (fast when it applies). `scores=K`: when the fast engine samples, each Completion also carries the model's
     log-probs (and top-K) at its tokens, from the sampling pass (`fast.sample`); None otherwise.
     `processors(width)`: transformers logits processors for a batch whose prompts are left-padded
-    to `width` tokens (the hf engine only)."""
+    to `width` tokens (the hf engine only). `dtype`: the fast engine samples with the weights rounded to
+    it (`fast.sample`); the hf engine refuses it."""
     if engine not in ("auto", "hf", "fast"):
         raise ValueError(f"engine must be auto, hf or fast, got {engine!r}")
     limit = _context(model)
@@ -76,6 +77,9 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
         why = fast.why_not(model) or ("stop strings" if stop else "logits processors")
         raise ValueError(f"the fast engine needs a Llama-family or Gemma 3 model, no stop strings and no logits "
                          f"processors ({why}); use engine=hf (or auto, which picks hf here)")
+    if dtype is not None and not use_fast:
+        raise ValueError(f"sampling in {dtype} is a fast-engine option; this model samples with transformers' "
+                         f"generate ({fast.why_not(model) or 'engine=hf, stop strings or logits processors'})")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -96,7 +100,7 @@ def generate_ids(model, tok, encoded: list[list[int]], *, max_new_tokens: int = 
             rng = torch.Generator(device=device).manual_seed(batch_seed)
             seqs = fast.sample(model, [encoded[i] for i in idx for _ in range(reps)], max_new_tokens=max_new_tokens,
                                eos_ids=eos_set, pad_id=pad_id, temperature=temperature, top_p=top_p, generator=rng,
-                               scores=scores)
+                               scores=scores, dtype=dtype)
             for row, seq in enumerate(seqs):
                 seq, sc = seq if scores is not None else (seq, None)
                 stopped = bool(seq) and seq[-1] in eos_set
