@@ -265,3 +265,14 @@ def test_samples_of_one_prompt_share_its_prefill_and_score_as_the_teacher_forced
     hf = generate_ids(model, tok, repeated, max_new_tokens=12, engine="hf", batch_size=10)
     ours = generate_ids(model, tok, repeated, max_new_tokens=12, engine="fast", batch_size=10)
     assert [o[0].token_ids for o in ours] == [o[0].token_ids for o in hf]
+
+
+def test_the_sampler_draws_each_token_with_its_probability_and_never_a_zero_one():
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0]) * 7  # unnormalised, as after top-p
+    n = 40_000
+    draws = fast._draw(probs.expand(n, -1), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=6).double() / n
+    want = probs.double() / probs.sum()
+    # 5 standard errors of a frequency at n = 40k is at most 0.0125
+    assert torch.allclose(freq, want, atol=0.0125)
+    assert freq[want == 0].sum() == 0

@@ -245,6 +245,18 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: set
             torch.set_num_threads(threads)
 
 
+def _draw(probs, generator):
+    """One token per row from (unnormalised) `probs` (B, V) by inverting the cumulative sum at one
+    uniform draw per row. torch.multinomial draws an exponential variable per vocabulary entry:
+    with 64 rows of SmolLM2's 49k vocabulary that was 80 ms a step, 9% of a traces batch (profiled);
+    this is one cumsum. Summed in float64 so that rounding moves no mass between tokens."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=torch.float64)
+    # right=True: the first entry whose cdf exceeds u * total, so a zero-probability token (a flat
+    # step of the cdf) is never drawn
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_max(probs.shape[-1] - 1)
+
+
 @dataclass
 class Scores:
     logprobs: list          # per new token (EOS included when sampled)
@@ -350,7 +362,7 @@ def _sample(model, prompts, *, max_new_tokens, eos_ids, pad_id, temperature, top
                 drop = sp.cumsum(-1) - sp > top_p  # keep the smallest prefix reaching top_p
                 sp = sp.masked_fill(drop, 0.0)
                 probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-            tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            tok = _draw(probs, generator)
         else:
             tok = logits.argmax(-1)
         tok = torch.where(done, pad, tok)
