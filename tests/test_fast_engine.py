@@ -267,11 +267,17 @@ def test_samples_of_one_prompt_share_its_prefill_and_score_as_the_teacher_forced
     assert [o[0].token_ids for o in ours] == [o[0].token_ids for o in hf]
 
 
-def test_the_sampler_draws_each_token_with_its_probability_and_never_a_zero_one():
-    probs = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0]) * 7  # unnormalised, as after top-p
+@pytest.mark.parametrize("vocab", [6, 64 * 3, 1024 * 2 + 64 * 5, 1000])  # one block, several, a tail, padded
+def test_the_sampler_draws_each_token_with_its_probability_and_never_a_zero_one(vocab):
+    g = torch.Generator().manual_seed(vocab)
+    probs = torch.zeros(vocab)
+    # a few tokens carry the mass (unnormalised, as after top-p), spread over the blocks; the rest 0
+    live = torch.randperm(vocab, generator=g)[:6]
+    probs[live] = torch.tensor([0.5, 0.2, 0.3, 0.1, 0.4, 0.5]) * 7
+    probs[live[-1]] = 0.0
     n = 40_000
-    draws = fast._draw(probs.expand(n, -1), torch.Generator().manual_seed(0))
-    freq = torch.bincount(draws, minlength=6).double() / n
+    draws = fast._draw(probs.expand(n, -1).contiguous(), g)
+    freq = torch.bincount(draws, minlength=vocab).double() / n
     want = probs.double() / probs.sum()
     # 5 standard errors of a frequency at n = 40k is at most 0.0125
     assert torch.allclose(freq, want, atol=0.0125)
