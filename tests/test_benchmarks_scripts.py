@@ -211,3 +211,46 @@ def test_privacy_benchmark_runs_every_part_tiny(tmp_path):
     assert set(res) >= {"mnist", "dpkd", "dpopd", "swing", "audits", "cost", "verdicts"}
     assert all(r["eps_equal"] for r in res["mnist"]["rows"].values() if "eps_equal" in r)
     assert set(res["dpopd"]["rows"]) == {f"{m}|eps{e}" for m in ("dp_opd", "kd", "sft") for e in (2, 8)}
+
+
+def test_traces_limit_is_the_slower_of_compute_and_memory_per_step_and_prefills_each_prompt_once(bench):
+    traces = bench("traces")
+    shape = {"matmul_params": 1_000_000, "lm_head_params": 200_000, "layers": 2, "heads": 4, "kv_heads": 2,
+             "head_dim": 8, "bytes_per_value": 4}
+    machine = {"gflops": 1.0, "gbytes": 1.0}
+    got = traces.limit_rates(shape, machine, batch=4, prompt_len=10, new_tokens=4, distinct_prompts=3, rows=6)
+    # a step of 4 rows at context 10 + 4/2: 2 x 1e6 x 4 matmul FLOPs + 2 layers x 4 x 4 heads x 8 x 12 x 4
+    # attention FLOPs; weights + 2 layers x K,V x 2 kv heads x 8 x 12 x 4 rows values, 4 bytes each
+    flops4, bytes4 = 8e6 + 2 * 4 * 4 * 8 * 12 * 4, (1e6 + 2 * 2 * 2 * 8 * 12 * 4) * 4
+    assert (got["decode_step_flops"], got["decode_step_bytes"]) == (flops4, bytes4)
+    assert got["decode_step_bound"] == "compute"
+    assert got["decode_step_limit_tok_s"] == pytest.approx(4 / (flops4 / 1e9))
+    # 6 rows: a batch of 4 (compute-bound) and one of 2 (as much compute as memory), 4 steps each;
+    # 3 prompts of 10 tokens prefilled once, the LM head at the last token only
+    rest = max(4e6 + 2 * 4 * 4 * 8 * 12 * 2, (1e6 + 2 * 2 * 2 * 8 * 12 * 2) * 4) / 1e9
+    decode = 4 * (flops4 / 1e9 + rest)
+    prefill = 2 * (800_000 * 10 + 200_000) * 3 / 1e9
+    assert got["workload_limit_tok_s"] == pytest.approx(6 * 4 / (prefill + decode))
+    assert got["workload_limit_prefill_share"] == pytest.approx(prefill / (prefill + decode))
+    assert [traces.order(["a", "b", "c"], r)[0] for r in range(3)] == ["a", "b", "c"]
+
+
+def test_traces_runs_a_loaded_model_end_to_end_at_a_tiny_size(bench, monkeypatch, tmp_path):
+    """The real-model path (any model `retort` loads; a tiny preset here, on the built-in task):
+    every arm runs each round, token counts and rates land in the results, fractions of the limit
+    and the speed-ups are computed from them."""
+    traces = bench("traces")
+    monkeypatch.setattr(traces, "measure_machine", lambda model, batch: {"gflops": 10.0, "gbytes": 5.0})
+    out = tmp_path / "traces.json"
+    result = traces.main(["--teacher", "preset:nano", "--task", "modchain", "--prompts", "3", "--n", "2",
+                          "--max-new-tokens", "4", "--rounds", "3", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    r = result["teachers"]["preset:nano"]
+    assert r["samples"] == 6 and set(r["tokens"]) == {"hf+score", "hf", "fast"}
+    for arm, tokens in r["tokens"].items():
+        assert len(tokens) == 3 and all(0 < t <= 6 * 4 for t in tokens), arm
+        assert r["tokens_per_s_mean"][arm] == pytest.approx(
+            statistics.fmean(n / s for n, s in zip(tokens, r["seconds"][arm])))
+        assert r["fraction_of_workload_limit"][arm] == pytest.approx(
+            r["tokens_per_s_mean"][arm] / r["limit"]["workload_limit_tok_s"])
+    assert r["speedup_fast_vs_hf_mean"] == pytest.approx(r["tokens_per_s_mean"]["fast"] / r["tokens_per_s_mean"]["hf"])

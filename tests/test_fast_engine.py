@@ -17,22 +17,27 @@ def _prompts(n=9, seed=0, vocab=100):
             for _ in range(n)]
 
 
+def _gqa_model(kind):
+    _, tok = load_model(ModelConfig(name="preset:nano"))
+    torch.manual_seed(4)
+    common = dict(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = (LlamaForCausalLM(LlamaConfig(**common)) if kind == "gqa"
+             else Qwen2ForCausalLM(Qwen2Config(**common)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(6)  # peaked distributions: greedy ties are unlikely
+    return model.eval(), tok
+
+
 @pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize("kind", ["student", "gqa", "qwen2_bias"])
 def test_greedy_tokens_equal_transformers_generate(kind, fold, monkeypatch):
     if kind == "student":
         model, tok = load_model(ModelConfig(name="preset:student"), seed=3)
     else:
-        _, tok = load_model(ModelConfig(name="preset:nano"))
-        torch.manual_seed(4)
-        common = dict(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
-        model = (LlamaForCausalLM(LlamaConfig(**common)) if kind == "gqa"
-                 else Qwen2ForCausalLM(Qwen2Config(**common)))
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(6)  # peaked distributions: greedy ties are unlikely
+        model, tok = _gqa_model(kind)
     model.eval()
     assert fast.supports(model)
     prompts = _prompts(vocab=len(tok))
@@ -258,3 +263,53 @@ def test_an_uncovered_architecture_is_named_and_auto_runs_it_with_generate():
         assert fast.engine_for(family).startswith("fast")
     assert fast.engine_for("gemma3").startswith("hf (transformers' generate; the fast engine does not cover gemma3: "
                                                 "the multimodal")
+
+
+def test_samples_of_one_prompt_share_its_prefill_and_score_as_the_teacher_forced_pass():
+    """N samples of a prompt are prefilled once and the KV cache copied to the N rows (grouped-query
+    attention, left padding, prompts of several lengths): each sample's kept log-probs and top-k
+    must still be what a teacher-forced forward of that sample gives, and greedy rows of a repeated
+    prompt equal transformers' generate."""
+    from retort.lm.rollout.score import score
+
+    model, tok = _gqa_model("qwen2_bias")
+    prompts = _prompts(n=5, seed=1, vocab=len(tok))
+    calls = []
+    sample = fast.sample
+
+    def fast_sample(m, ps, **k):
+        calls.append(len({tuple(p) for p in ps}))
+        return sample(m, ps, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast, "sample", fast_sample)
+        outs = generate_ids(model, tok, prompts, max_new_tokens=10, temperature=1.0, num_samples=3, seed=1,
+                            engine="fast", scores=4, batch_size=15)
+    assert calls == [5]  # one batch of 15 rows, 5 distinct prompts
+    flat = [(p, c) for p, o in zip(prompts, outs) for c in o]
+    assert len({tuple(c.token_ids) for _, c in flat}) > len(prompts)  # the samples of a prompt differ
+    want = score(model, [p for p, _ in flat], [c.token_ids for _, c in flat], topk=4)
+    for (_, c), w in zip(flat, want):
+        assert c.scores.logprobs[:len(c.token_ids)] == pytest.approx(w.logprobs, abs=1e-4)
+        assert c.scores.topk_ids[:len(c.token_ids)] == w.topk_ids
+    repeated = [p for p in prompts for _ in range(2)]
+    hf = generate_ids(model, tok, repeated, max_new_tokens=12, engine="hf", batch_size=10)
+    ours = generate_ids(model, tok, repeated, max_new_tokens=12, engine="fast", batch_size=10)
+    assert [o[0].token_ids for o in ours] == [o[0].token_ids for o in hf]
+
+
+@pytest.mark.parametrize("vocab", [6, 64 * 3, 1024 * 2 + 64 * 5, 1000])  # one block, several, a tail, padded
+def test_the_sampler_draws_each_token_with_its_probability_and_never_a_zero_one(vocab):
+    g = torch.Generator().manual_seed(vocab)
+    probs = torch.zeros(vocab)
+    # a few tokens carry the mass (unnormalised, as after top-p), spread over the blocks; the rest 0
+    live = torch.randperm(vocab, generator=g)[:6]
+    probs[live] = torch.tensor([0.5, 0.2, 0.3, 0.1, 0.4, 0.5]) * 7
+    probs[live[-1]] = 0.0
+    n = 40_000
+    draws = fast._draw(probs.expand(n, -1).contiguous(), g)
+    freq = torch.bincount(draws, minlength=vocab).double() / n
+    want = probs.double() / probs.sum()
+    # 5 standard errors of a frequency at n = 40k is at most 0.0125
+    assert torch.allclose(freq, want, atol=0.0125)
+    assert freq[want == 0].sum() == 0
