@@ -170,18 +170,3 @@ def test_jsd_ends_and_a_scaled_loss_backpropagate_like_plain(beta):
     assert torch.allclose(weight.grad, gw, rtol=1e-4, atol=1e-6)
     with pytest.raises(RuntimeError, match="backward runs once"):
         got.backward()
-
-
-@pytest.mark.parametrize("name", ["jsd", "forward_kl", "reverse_kl", "tvd"])
-def test_row_blocks_give_the_whole_chunks_result(name, monkeypatch):
-    import retort.losses.fused as fused
-
-    hidden, weight, th, tw, labels = _case(seed=5)
-    got = []
-    for entries in (0, 3 * 113):  # whole chunks; blocks of 3 rows (the last one shorter)
-        monkeypatch.setattr(fused, "BLOCK_ENTRIES", entries)
-        loss = fused_linear_divergence(hidden, weight, labels, teacher_hidden=th, teacher_weight=tw, divergence=name,
-                                       ce_weight=0.3, chunk=16)[0]
-        got.append((loss, *torch.autograd.grad(loss, [hidden, weight])))
-    for a, b in zip(*got):
-        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)

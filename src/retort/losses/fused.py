@@ -64,14 +64,6 @@ def default_chunk(vocab: int) -> int:
     return max(128, min(2048, (1 << 23) // max(1, vocab)))
 
 
-# Rows per element-wise block: about this many (row x vocabulary) entries (0: whole chunks).
-BLOCK_ENTRIES = 0
-
-
-def _row_block(vocab: int) -> int:
-    return max(1, BLOCK_ENTRIES // max(1, vocab)) if BLOCK_ENTRIES else 0
-
-
 def _matmul_into(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> None:
     if h.dtype == torch.float32 and w.dtype == torch.float32:
         torch.mm(h, w.T, out=out)
@@ -119,28 +111,8 @@ def _n_buffers(name: str, beta: float, kd_weight: float, ce_weight: float, tempe
 _TINY = torch.finfo(torch.float32).tiny
 
 
-def _chunk_divergence(name: str, b: list, beta: float, alpha: float, temperature: float, tgt, block: int = 0):
-    """`_block_divergence` over blocks of `block` rows of the chunk (0: the whole chunk at once): a
-    block's ~13 element-wise passes then run over a few MB that stay in cache instead of streaming the
-    (rows x V) buffers from memory each time. Same results, the same buffers."""
-    r = b[0].shape[0]
-    if not block or block >= r:
-        return _block_divergence(name, b, beta, alpha, temperature, tgt)
-    values, ces = [], []
-    for i in range(0, r, block):
-        sub = [x[i:i + block] for x in b]
-        value, g, g_scale, ps, ce = _block_divergence(name, sub, beta, alpha, temperature,
-                                                      None if tgt is None else tgt[i:i + block])
-        values.append(value)
-        ces.append(ce)
-    # every block leaves g and p_s in the same two buffers: found by where the last block's are
-    g_buf = next(x for x, y in zip(b, sub) if y.data_ptr() == g.data_ptr())
-    ps_buf = next(x for x, y in zip(b, sub) if y.data_ptr() == ps.data_ptr())
-    return torch.cat(values), g_buf, g_scale, ps_buf, None if ces[0] is None else torch.cat(ces)
-
-
-def _block_divergence(name: str, b: list, beta: float, alpha: float, temperature: float, tgt):
-    """One chunk (or block of rows), in the buffers b (b[0] = student logits, b[1] = teacher logits, both overwritten).
+def _chunk_divergence(name: str, b: list, beta: float, alpha: float, temperature: float, tgt):
+    """One chunk, in the buffers b (b[0] = student logits, b[1] = teacher logits, both overwritten).
     Returns (f per row, g, c, p_s, CE per row or None) with c * g = T * d f / d z: g is a view of a
     buffer, and the constant c goes into the matmuls' scale rather than into a pass over g. The CE
     (temperature 1 only) reuses the student's log-softmax; p_s stays in a buffer of its own.
@@ -226,7 +198,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
                 else:
                     _matmul_into(b[1], t_hidden[rows], t_w)
                 value, g, g_scale, ps, ce = _chunk_divergence(name, b, beta, alpha, temperature,
-                                                              tgt if ce_weight else None, _row_block(vocab))
+                                                              tgt if ce_weight else None)
                 kd_total += value.sum() if wr is None else value @ wr
                 scale = kd_weight * g_scale / temperature
                 if ce is not None:
