@@ -10,7 +10,7 @@ Per task (TASKS; every command asks for the number only, `task.answer=final_numb
 0.5B teacher follows):
 1. `gap`: the teacher and the untrained student on --gap-n held-out problems (`retort eval`); the
    task qualifies when the teacher is >= 30 points ahead (issue 28). A task that does not qualify
-   stops here (recorded as such) unless --keep-going.
+   stops here (recorded as such) unless --keep-going (--size smoke always goes on).
 2. `traces`: the teacher answers --prompts train problems, `samples` each at temperature 0.7, with
    its top-16 log-probs (offline kd); `retort curate --correct` keeps the correct ones (the data of
    every offline row) and `retort curate --correct --das smollm2-135m-instruct --das-keep 1` one
@@ -341,11 +341,14 @@ def main(argv: list[str] | None = None) -> None:
         started = time.time()
         for step in steps:
             if not _complete(step):
+                t0 = time.time()
                 run_step(step, work / "log.txt")
+                entry.setdefault("step_seconds", {})[step.name] = round(time.time() - t0, 1)  # wall, this machine
             if step.name == "gap":
                 entry["gap_check"] = gap_check(Path(step.out))
                 write_json(out, results)
-                if not entry["gap_check"]["qualifies"] and not args.keep_going:
+                # a smoke size's few problems decide nothing: it always goes on
+                if not entry["gap_check"]["qualifies"] and not args.keep_going and args.size != "smoke":
                     print(f"{task}: teacher - student = {entry['gap_check']['gap']:.3f} < {GAP_MIN}: not qualified, "
                           "stopping here (--keep-going trains it anyway)", flush=True)
                     break

@@ -129,7 +129,7 @@ def test_unqualified_task_stops_after_the_gap_check(bench, tmp_path, monkeypatch
 
     monkeypatch.setattr(bench, "run_step", fake_step)
     out = tmp_path / "r.json"
-    bench.main(["--size", "smoke", "--seeds", "0", "--task", "chain", "--work", str(tmp_path / "w"), "--json", str(out)])
+    bench.main(["--size", "full", "--seeds", "0", "--task", "chain", "--work", str(tmp_path / "w"), "--json", str(out)])
     assert ran == ["gap"]
     entry = json.loads(out.read_text())["tasks"]["chain"]
     assert entry["gap_check"]["qualifies"] is False and entry["gap_check"]["gap"] == pytest.approx(0.1)
