@@ -151,8 +151,9 @@ def plan(task: str, work: Path, size: Size, seeds: list[int], rows: list[str]) -
              f"train.batch_size={size.batch_size}", f"data.n_train={size.steps * size.batch_size}",
              f"train.warmup_steps={max(1, size.steps // 10)}", f"train.save_every={max(1, size.steps // 4)}",
              f"train.log_every={max(1, size.steps // 10)}", "eval.n=1", *EVAL]  # the real eval is step 4
-    steps.append(Step("eval-base", _eval(task_args, {"teacher": TEACHER, "student": STUDENT}, size.eval_n,
-                                         t / "eval-base.json"), str(t / "eval-base.json")))
+    if size.eval_n != size.gap_n:  # else the gap check is the base evaluation (the same problems)
+        steps.append(Step("eval-base", _eval(task_args, {"teacher": TEACHER, "student": STUDENT}, size.eval_n,
+                                             t / "eval-base.json"), str(t / "eval-base.json")))
     for seed in seeds:
         for row in rows:
             out = t / f"{row}-{seed}"
@@ -196,9 +197,10 @@ def run_step(step: Step, log: Path) -> None:
 
 
 # ---------------------------------------------------------------- the summary (no model is run below)
-def collect(task: str, work: Path, seeds: list[int], rows: list[str]) -> dict:
+def collect(task: str, work: Path, seeds: list[int], rows: list[str], size: Size | None = None) -> dict:
     """{row: {metric: {seed: value}}} from the finished evals and runs under WORK/TASK."""
     t = work / task
+    base_json = t / ("gap.json" if size is not None and size.eval_n == size.gap_n else "eval-base.json")
     runs: dict = {}
 
     def put(row: str, seed: int, values: dict) -> None:
@@ -206,7 +208,7 @@ def collect(task: str, work: Path, seeds: list[int], rows: list[str]) -> dict:
             if value is not None:
                 runs.setdefault(row, {}).setdefault(metric, {})[str(seed)] = value
 
-    base = json.loads((t / "eval-base.json").read_text()) if (t / "eval-base.json").is_file() else {}
+    base = json.loads(base_json.read_text()) if base_json.is_file() else {}
     for seed in seeds:
         for label in ("teacher", "student"):
             if label in base:
@@ -352,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{task}: teacher - student = {entry['gap_check']['gap']:.3f} < {GAP_MIN}: not qualified, "
                           "stopping here (--keep-going trains it anyway)", flush=True)
                     break
-        entry["runs"] = merge(entry.get("runs", {}), collect(task, work, args.seeds, args.rows))
+        entry["runs"] = merge(entry.get("runs", {}), collect(task, work, args.seeds, args.rows, size))
         entry["wall_seconds_this_run"] = round(time.time() - started, 1)
         summarize(results, task)
         write_json(out, results)

@@ -32,7 +32,8 @@ def _arg(argv, key):
 
 def test_smoke_plan_has_every_step_in_order(bench, tmp_path):
     steps = bench.plan("arith", tmp_path, bench.SIZES["smoke"], [0], list(bench.ROWS))
-    assert [s.name for s in steps] == ["gap", "traces", "correct", "das", "eval-base", "sft-0", "sft_das-0",
+    # the smoke size's base evaluation is its gap check (the same 4 problems): no eval-base
+    assert [s.name for s in steps] == ["gap", "traces", "correct", "das", "sft-0", "sft_das-0",
                                       "kd_uld-0", "kd_hybrid-0", "gkd-0", "hidden-0", "eval-0"]
     by = {s.name: s.argv for s in steps}
     assert "task.name=rg:basic_arithmetic" in by["gap"] and "task.answer=final_number" in by["traces"]
@@ -57,6 +58,7 @@ def test_smoke_plan_has_every_step_in_order(bench, tmp_path):
 def test_full_size_evaluates_at_least_200_and_rows_subset(bench, tmp_path):
     steps = bench.plan("chain", tmp_path, bench.SIZES["full"], [0, 1, 2], ["sft", "kd_hybrid"])
     assert "das" not in [s.name for s in steps]  # no DAS row: no selection
+    assert [s.name for s in steps].index("eval-base") == 3
     assert [s.name for s in steps if s.name.startswith("eval-") and s.name != "eval-base"] == \
         ["eval-0", "eval-1", "eval-2"]
     for s in steps:
@@ -68,7 +70,7 @@ def test_full_size_evaluates_at_least_200_and_rows_subset(bench, tmp_path):
 def test_plan_option_prints_commands(bench, tmp_path, capsys):
     bench.main(["--size", "smoke", "--seeds", "0", "--task", "arith", "--work", str(tmp_path), "--plan"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 12 and all(line.startswith("retort ") for line in lines)
+    assert len(lines) == 11 and all(line.startswith("retort ") for line in lines)
     assert not list(tmp_path.iterdir())  # --plan runs and writes nothing
 
 
