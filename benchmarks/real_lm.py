@@ -18,7 +18,11 @@ Per task (TASKS; every command asks for the number only, `task.answer=final_numb
 3. per seed, the rows (ROWS), each `retort train` at the same steps, batch and lr; SmolLM2 through
    LoRA (r=16, alpha=32 on attention and MLP, lr 2e-4, max_len 160: demo_real's students):
    - `sft`: sft on the correct traces (sequence-level KD);
-   - `sft_das`: sft on the DAS selection;
+   - `sft_das`: sft on the DAS selection. Caveat, seen in the smoke run: asked for the number
+     only, a prompt's correct samples are one and the same string ("13", "13"), so DAS has
+     nothing to choose between and this row is sft on one copy of each correct trace (the
+     `sft` row sees each twice); a DAS comparison that means something needs answers with
+     reasoning (which the 0.5B teacher did not close within 64 tokens in after_distill's trial);
    - `kd_uld`, `kd_hybrid`: cross-tokenizer kd offline on the same correct traces (the teacher's
      stored top-16; ULD, and GOLD's hybrid), ce_weight 0.5 as demo_real (token-level KD);
    - `gkd`: GKD on-policy (lmbda 1: every batch the student's own samples, generalized JSD beta
@@ -43,6 +47,18 @@ and the two orderings of benchmarks/_verdict.py (token-level KD >= sequence-leve
 data; on-policy >= off-policy). The teacher's and the untrained student's values are the same for
 every seed (greedy decoding of the same models) and are written per seed so that every ordering
 pairs by seed.
+
+Runtime (an estimate, not a measurement of a full run; the smoke run's commands all ran, at
+tiny counts, under a load of 4-5 on this 2-core machine): on 2 quiet cores each load of the
+packaged Qwen (GGUF de-quantised by transformers) costs ~80 s and it happens in the gap check,
+traces, eval-base, and per seed in gkd, hidden (twice) and the seed's eval; Qwen answers ~1.2 s
+per prompt, the untrained SmolLM2 ~2 s (it writes sentences; 32 new tokens). Per task: gap check
+~6 min, traces of 320 x 2 samples ~15 min, curate + DAS ~3 min, eval-base ~13 min; per seed:
+sft, sft_das ~5-8 min each, kd_uld, kd_hybrid ~6-10 min each, gkd ~10-15 min (rollouts and the
+online teacher every step), hidden ~25-40 min (a 1-step batch of 2 took 46 s under that load),
+the seed's eval of 7 models on 200 problems ~20 min. About 1.5-2 h per seed, 5-6.5 h per task,
+11-13 h for both tasks and 3 seeds; without `hidden` (--rows sft sft_das kd_uld kd_hybrid gkd)
+about 2 h less per task.
 
 Everything is kept under --work: the traces once per task, each run once per (row, seed); a rerun
 skips what is complete and a killed `retort train` resumes from its newest checkpoint (--resume).
