@@ -60,6 +60,11 @@ the seed's eval of 7 models on 200 problems ~20 min. About 1.5-2 h per seed, 5-6
 11-13 h for both tasks and 3 seeds; without `hidden` (--rows sft sft_das kd_uld kd_hybrid gkd)
 about 2 h less per task.
 
+Disk: every trained row exports its whole model for the evaluation (517 MB per SmolLM2 LoRA row,
+~1.4 GB for the pruned Qwen): ~4 GB per (task, seed), ~24 GB for the full run; a run's checkpoint
+is removed once it has finished. The smoke run filled this machine's disk with the pruned Qwen's
+checkpoints (AdamW state) before that.
+
 Everything is kept under --work: the traces once per task, each run once per (row, seed); a rerun
 skips what is complete and a killed `retort train` resumes from its newest checkpoint (--resume).
 """
@@ -70,6 +75,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,7 +172,7 @@ def plan(task: str, work: Path, size: Size, seeds: list[int], rows: list[str]) -
     train = [*task_args, "data.source=traces", "data.max_len=160", f"train.steps={size.steps}",
              f"train.batch_size={size.batch_size}", f"data.n_train={size.steps * size.batch_size}",
              f"train.warmup_steps={max(1, size.steps // 10)}", f"train.save_every={max(1, size.steps // 4)}",
-             f"train.log_every={max(1, size.steps // 10)}", "eval.n=1", *EVAL]  # the real eval is step 4
+             f"train.log_every={max(1, size.steps // 10)}", "train.keep_checkpoints=1", "eval.n=1", *EVAL]  # the real eval is step 4
     if size.eval_n != size.gap_n:  # else the gap check is the base evaluation (the same problems)
         steps.append(Step("eval-base", _eval(task_args, {"teacher": TEACHER, "student": STUDENT}, size.eval_n,
                                              t / "eval-base.json"), str(t / "eval-base.json")))
@@ -184,8 +190,12 @@ def plan(task: str, work: Path, size: Size, seeds: list[int], rows: list[str]) -
 
 def _complete(step: Step) -> bool:
     out = Path(step.out)
-    if step.argv[0] == "eval":
-        return out.is_file()
+    if step.argv[0] == "eval":  # and it has every model the step asks for (a row added later: again)
+        labels = [step.argv[i + 1].split("=", 1)[0] for i, a in enumerate(step.argv) if a == "-m"]
+        try:
+            return set(labels) <= set(json.loads(out.read_text()))
+        except (OSError, ValueError):
+            return False
     if step.argv[0] == "train":
         return (out / "summary.json").is_file() and (out / "peak_rss.json").is_file()
     try:
@@ -210,6 +220,9 @@ def run_step(step: Step, log: Path) -> None:
     if step.argv[0] == "train":
         Path(step.out, "peak_rss.json").write_text(json.dumps(
             {"peak_rss_bytes": usage.ru_maxrss * 1024, "wall_seconds": round(time.time() - t0, 1)}))
+        # the finished run's checkpoint (this run wrote it) is only for a resume: 120 MB for a LoRA
+        # student, ~5 GB with AdamW's state for the pruned Qwen
+        shutil.rmtree(Path(step.out, "ckpt"), ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the summary (no model is run below)

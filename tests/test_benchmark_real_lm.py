@@ -136,3 +136,14 @@ def test_unqualified_task_stops_after_the_gap_check(bench, tmp_path, monkeypatch
     entry = json.loads(out.read_text())["tasks"]["chain"]
     assert entry["gap_check"]["qualifies"] is False and entry["gap_check"]["gap"] == pytest.approx(0.1)
     assert entry["commands"]["gap"].startswith("retort eval task.name=rg:chain_sum")
+
+
+def test_an_eval_missing_a_row_is_not_complete(bench, tmp_path):
+    steps = bench.plan("arith", tmp_path, bench.SIZES["smoke"], [0], ["sft", "gkd"])
+    ev = next(s for s in steps if s.name == "eval-0")
+    assert not bench._complete(ev)
+    Path(ev.out).parent.mkdir(parents=True)
+    Path(ev.out).write_text(json.dumps({"teacher": {}, "sft": {}}))  # gkd added since
+    assert not bench._complete(ev)
+    Path(ev.out).write_text(json.dumps({"teacher": {}, "sft": {}, "gkd": {}}))
+    assert bench._complete(ev)
