@@ -29,11 +29,13 @@ Per task (TASKS; every command asks for the number only, `task.answer=final_numb
      0.5 on its rollouts) with the cross-tokenizer hybrid loss against the online teacher; the
      traces give the prompts only;
    - `hidden`: the same-tokenizer pair: a Qwen cut to 12 of its 24 decoder layers
-     (`student.keep_layers=12`, a contiguous block chosen by retort's prune), all its weights
-     trained at lr 5e-5, online logit KD (forward KL, ce_weight 0.5) plus hidden-state MSE at
-     layer pairs 6:12 and 12:24 (its middle and final states against the teacher's). The slowest
-     row on CPU (a 0.5B teacher forward and a 12-layer 0.5B-wide backward per step); optional
-     by --rows like every other.
+     (`student.keep_layers=12`, a contiguous block chosen by retort's prune: layers 5-16 go),
+     trained through LoRA r=64 (alpha 128, lr 2e-4), online logit KD (forward KL, ce_weight 0.5)
+     plus hidden-state MSE at layer pairs 6:12 and 12:24 (its middle and final states against
+     the teacher's). LoRA rather than every weight: training all of them ran (1 step in the
+     smoke probe) but its checkpoint with AdamW's state is ~5 GB, more than this machine's disk
+     had free. The slowest row on CPU (a 0.5B teacher forward and a 12-layer backward per step);
+     optional by --rows like every other.
 4. `eval`: `retort eval --fidelity-to teacher` of the teacher and the untrained student once, and per
    seed of the teacher and that seed's students (the same --eval-n held-out problems, greedy,
    32 new tokens): accuracy, no-answer rate, fidelity to the teacher (`agree_answer`: the same
@@ -115,7 +117,8 @@ ROWS = {  # name: (label, the row's own overrides)
                                             f"teacher.name={TEACHER}", *LORA]),
     "hidden": ("hidden + logit kd, pruned Qwen (same tokenizer)",
                ["method=kd", "method_args.teacher=online", "method_args.ce_weight=0.5", "method_args.hidden=6:12,12:24",
-                f"teacher.name={TEACHER}", f"student.name={TEACHER}", "student.keep_layers=12", "train.lr=5e-5"]),
+                f"teacher.name={TEACHER}", f"student.name={TEACHER}", "student.keep_layers=12", "student.lora.r=64",
+                "student.lora.alpha=128", "train.lr=2e-4"]),
 }
 SMOL_ROWS = ("sft", "sft_das", "kd_uld", "kd_hybrid", "gkd")  # the rows the SmolLM2 gap is recovered by
 METRICS = {"accuracy": "accuracy", "no_answer_rate": "no_answer_rate", "fidelity": "agree_answer",
