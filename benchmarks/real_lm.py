@@ -25,8 +25,9 @@ Per task (TASKS; every command asks for the number only, `task.answer=final_numb
      reasoning (which the 0.5B teacher did not close within 64 tokens in after_distill's trial);
    - `kd_uld`, `kd_hybrid`: cross-tokenizer kd offline on the same correct traces (the teacher's
      stored top-16; ULD, and GOLD's hybrid), ce_weight 0.5 as demo_real (token-level KD);
-   - `gkd`: GKD on-policy (lmbda 1: every batch the student's own samples, generalized JSD beta
-     0.5 on its rollouts) with the cross-tokenizer hybrid loss against the online teacher; the
+   - `gkd`: GKD on-policy (lmbda 1: every batch the student's own samples, 24 new tokens) with
+     the cross-tokenizer hybrid loss against the online teacher, so forward KL on the shared
+     tokens and ULD on the rest (retort refuses GKD's JSD with a cross-tokenizer loss); the
      traces give the prompts only;
    - `hidden`: the same-tokenizer pair: a Qwen cut to 12 of its 24 decoder layers
      (`student.keep_layers=12`, a contiguous block chosen by retort's prune: layers 5-16 go),
@@ -112,7 +113,7 @@ ROWS = {  # name: (label, the row's own overrides)
     "kd_hybrid": ("xtok kd offline, hybrid", ["method=kd", "method_args.teacher=offline",
                                               "method_args.cross_tokenizer=hybrid", "method_args.ce_weight=0.5",
                                               f"teacher.name={TEACHER}", *LORA]),
-    "gkd": ("gkd on-policy, xtok hybrid", ["method=gkd", "method_args.lmbda=1.0", "method_args.beta=0.5",
+    "gkd": ("gkd on-policy, xtok hybrid", ["method=gkd", "method_args.lmbda=1.0", "method_args.divergence=forward_kl",
                                             "method_args.cross_tokenizer=hybrid", "method_args.max_new_tokens=24",
                                             f"teacher.name={TEACHER}", *LORA]),
     "hidden": ("hidden + logit kd, pruned Qwen (same tokenizer)",
