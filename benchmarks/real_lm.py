@@ -65,7 +65,7 @@ about 2 h less per task.
 
 Disk: every trained row exports its whole model for the evaluation (517 MB per SmolLM2 LoRA row,
 ~1.4 GB for the pruned Qwen): ~4 GB per (task, seed), ~24 GB for the full run; a run's checkpoint
-is removed once it has finished. The smoke run filled this machine's disk with the pruned Qwen's
+is removed once it has finished, and --drop-models removes a seed's models once its eval is written. The smoke run filled this machine's disk with the pruned Qwen's
 checkpoints (AdamW state) before that.
 
 Everything is kept under --work: the traces once per task, each run once per (row, seed); a rerun
@@ -350,6 +350,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default="/tmp/retort-real-lm")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "real_lm.json"))
     ap.add_argument("--keep-going", action="store_true", help="train and evaluate a task whose gap is under 30 points")
+    ap.add_argument("--drop-models", action="store_true",
+                    help="remove a seed's exported models (RUN/model; LoRA rows keep RUN/adapter) once that seed's "
+                         "eval is written: ~4 GB per (task, seed) less disk; a row added later then needs them again")
     ap.add_argument("--plan", action="store_true", help="print the commands; run nothing")
     ap.add_argument("--verdicts-only", action="store_true", help="recompute the summaries of --json; run nothing")
     args = ap.parse_args(argv)
@@ -379,6 +382,10 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.time()
                 run_step(step, work / "log.txt")
                 entry.setdefault("step_seconds", {})[step.name] = round(time.time() - t0, 1)  # wall, this machine
+            if args.drop_models and step.name.startswith("eval-") and step.name != "eval-base":
+                for label in [step.argv[i + 1].split("=", 1) for i, a in enumerate(step.argv) if a == "-m"]:
+                    if label[0] in ROWS:  # a directory this script's run wrote
+                        shutil.rmtree(label[1], ignore_errors=True)
             if step.name == "gap":
                 entry["gap_check"] = gap_check(Path(step.out))
                 write_json(out, results)

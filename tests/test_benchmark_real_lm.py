@@ -147,3 +147,26 @@ def test_an_eval_missing_a_row_is_not_complete(bench, tmp_path):
     assert not bench._complete(ev)
     Path(ev.out).write_text(json.dumps({"teacher": {}, "sft": {}, "gkd": {}}))
     assert bench._complete(ev)
+
+
+def test_drop_models_removes_a_seeds_models_after_its_eval(bench, tmp_path, monkeypatch):
+    work = tmp_path / "w"
+
+    def fake_step(step, log):
+        out = Path(step.out)
+        if step.argv[0] == "eval":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            labels = [step.argv[i + 1].split("=", 1)[0] for i, a in enumerate(step.argv) if a == "-m"]
+            out.write_text(json.dumps({label: {"accuracy": 0.5} for label in labels}))
+        elif step.argv[0] == "train":
+            (out / "model").mkdir(parents=True)
+            (out / "summary.json").write_text("{}")
+            (out / "peak_rss.json").write_text(json.dumps({"peak_rss_bytes": 1}))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "manifest.json").write_text(json.dumps({"complete": True}))
+
+    monkeypatch.setattr(bench, "run_step", fake_step)
+    bench.main(["--size", "smoke", "--seeds", "0", "--task", "arith", "--rows", "sft", "--work", str(work),
+                "--json", str(tmp_path / "r.json"), "--drop-models"])
+    assert (work / "arith/sft-0/summary.json").is_file() and not (work / "arith/sft-0/model").exists()
