@@ -58,7 +58,7 @@ traces, eval-base, and per seed in gkd, hidden (twice) and the seed's eval; Qwen
 per prompt, the untrained SmolLM2 ~2 s (it writes sentences; 32 new tokens). Per task: gap check
 ~6 min, traces of 320 x 2 samples ~15 min, curate + DAS ~3 min, eval-base ~13 min; per seed:
 sft, sft_das ~5-8 min each, kd_uld, kd_hybrid ~6-10 min each, gkd ~10-15 min (rollouts and the
-online teacher every step), hidden ~25-40 min (a 1-step batch of 2 took 46 s under that load),
+online teacher every step), hidden ~10-25 min (LoRA: 2 steps of 2 took 17 s under that load; every weight: 1 step 46 s),
 the seed's eval of 7 models on 200 problems ~20 min. About 1.5-2 h per seed, 5-6.5 h per task,
 11-13 h for both tasks and 3 seeds; without `hidden` (--rows sft sft_das kd_uld kd_hybrid gkd)
 about 2 h less per task.
