@@ -161,7 +161,7 @@ def throughput(root: Path, args) -> dict:
             for rep in range(args.reps):
                 # arms alternate: retort first in even (repetition + concurrency index), curator first in odd,
                 # the sequential client first in even repetitions and last in odd ones
-                if rep % 2 == 0:
+                if rep % 2 == 0 and not args.no_sequential:
                     rows.append({"client": "sequential", "concurrency": 1, "rep": rep,
                                  **run_sequential(url, model, ps, max_tokens=max_tokens, temperature=1.0, seed=0)})
                 for i, c in enumerate(args.concurrency):
@@ -175,7 +175,7 @@ def throughput(root: Path, args) -> dict:
                         rows.append({"client": client, "concurrency": c, "rep": rep, "order": len(rows), **r})
                     print(server, rep, c, [f"{x['client']} {x['completion_tokens'] / x['seconds']:.0f}"
                                            for x in rows[-len(clients):]], flush=True)
-                if rep % 2 == 1:
+                if rep % 2 == 1 and not args.no_sequential:
                     rows.append({"client": "sequential", "concurrency": 1, "rep": rep,
                                  **run_sequential(url, model, ps, max_tokens=max_tokens, temperature=1.0, seed=0)})
         finally:
@@ -405,6 +405,8 @@ def main() -> None:
     ap.add_argument("--kill-delay", type=float, default=0.5)
     ap.add_argument("--kl-prompts", type=int, default=16)
     ap.add_argument("--no-curator", action="store_true")
+    ap.add_argument("--no-sequential", action="store_true",
+                    help="leave out the sequential client (against the latency server it is 1 / delay answers a second)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verdicts-only", action="store_true",
                     help="recompute the throughput summaries and verdicts in --out from its rows; run nothing")

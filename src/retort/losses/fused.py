@@ -225,20 +225,22 @@ class _FusedLinearDivergence(torch.autograd.Function):
             # in place: a (V x H) temporary per chunk would cost as much memory traffic as the matmul
             grad_w.addmm_(g.T, h32, alpha=scale)
         del bufs
-        ctx.save_for_backward(grad_h, grad_w)
+        # kept on ctx, not by save_for_backward: backward hands the one reference over, so autograd can
+        # take the (V x H) weight gradient as weight.grad instead of copying it
+        ctx.grads = (grad_h, grad_w)
         ctx.in_dtypes = (hidden.dtype, weight.dtype, weight.shape[0])
-        ctx.spent = False
         loss = kd_weight * kd_total + ce_weight * ce_total
         ctx.mark_non_differentiable(kd_total, ce_total)
         return loss, kd_total, ce_total
 
     @staticmethod
     def backward(ctx, grad_loss, _g_kd, _g_ce):
-        if ctx.spent:
-            raise RuntimeError("the fused loss's backward runs once per forward: its saved gradients are scaled in "
-                               "place (retain_graph=True and a second backward through it are not supported)")
-        ctx.spent = True
-        grad_h, grad_w = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError("the fused loss's backward runs once per forward: its gradients, computed in the "
+                               "forward, are handed over (retain_graph=True and a second backward through it are "
+                               "not supported)")
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None
         h_dtype, w_dtype, w_rows = ctx.in_dtypes
         # in place: a scaled copy of the (V x H) weight gradient would be the largest allocation of the loss
         gh = grad_h.mul_(grad_loss).to(h_dtype)
