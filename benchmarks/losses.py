@@ -2,7 +2,7 @@
 one run: plain full-vocabulary code (TRL's `generalized_jsd_loss` style), Liger-Kernel's chunked
 `LigerFusedLinearJSDLoss` (pure-PyTorch path, compiled=False), and retort's fused path
 (`retort.losses.fused`). Teacher given as hidden states + lm_head for all three. Each measurement
-runs in a fresh subprocess so that peak RSS is its own.
+runs in a fresh subprocess so that peak RSS is its own (VmHWM, reset once the inputs exist).
 
     pip install --no-deps liger-kernel       # its chunked losses need no triton on CPU
     python benchmarks/losses.py [--n 2048] [--hidden 576] [--vocab 49152 151936] [--reps 3] \
@@ -33,9 +33,28 @@ from _results import write_json
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def child(impl: str, div: str, n: int, h: int, v: int, threads: int) -> dict:
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (Linux: VmHWM, by writing 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """Peak RSS in bytes since the last `_reset_peak`: VmHWM. Not `ru_maxrss`, which on Linux keeps
+    the high-water mark of the process image before `exec` (the parent's RSS at the fork), so a
+    child whose own peak stays under its parent's reported the parent's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child(impl: str, div: str, n: int, h: int, v: int, threads: int) -> dict:
     import psutil
     import torch
 
@@ -81,14 +100,15 @@ def child(impl: str, div: str, n: int, h: int, v: int, threads: int) -> dict:
             return fused_linear_divergence(hs, w, labels, teacher_hidden=ht, teacher_weight=wt, divergence=name,
                                            beta=beta)[0] / n
 
+    reset = _reset_peak()  # the inputs' construction (randn temporaries) is not the loss's peak
     base = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
     loss = run()
     loss.backward()
     elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     return {"impl": impl, "divergence": div, "vocab": v, "seconds": elapsed, "extra_peak_bytes": max(0, peak - base),
-            "loss": float(loss)}
+            "peak_reset": reset, "loss": float(loss.detach())}
 
 
 def profile_child(div: str, n: int, h: int, v: int, threads: int) -> dict:
