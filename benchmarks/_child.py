@@ -28,3 +28,23 @@ def run_child(script: str, kind: str, spec: dict, threads: int, log: Path) -> di
         tail = "\n".join(log.read_text().strip().splitlines()[-15:])
         raise SystemExit(f"{kind} child failed (status {proc.returncode}); log {log}:\n{tail}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def step_timer():
+    """A transformers `TrainerCallback` that keeps the time training began (`begin`) and each optimizer
+    step's end (`times`): what the TRL arms' steps/s are computed from."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.begin, self.times = None, []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+    return StepTimes()

@@ -237,13 +237,14 @@ def _parity_real(student, teacher, tok, prompts, answers, beta: float, temperatu
 
 
 def child_trl(spec: dict) -> dict:
+    from _child import step_timer
     from onpolicy import _peak_rss, _rate, _rss_now, _setup_child
 
     _setup_child(spec["threads"])
     import torch
     import trl
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from retort.lm.data.collate import encode_prompt
 
@@ -256,17 +257,8 @@ def child_trl(spec: dict) -> dict:
     student = AutoModelForCausalLM.from_pretrained(spec["student"], dtype=torch.float32)
     teacher = AutoModelForCausalLM.from_pretrained(spec["teacher"], dtype=torch.float32)
 
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.begin, self.times = None, []
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.begin = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter())
-
-    timer = StepTimes()
+    timer = step_timer()
     t0 = time.time()
     if cross:
         from trl.experimental.gold import GOLDConfig, GOLDTrainer

@@ -152,7 +152,7 @@ def child_trl(spec: dict) -> dict:
     import torch
     import trl
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from retort.lm.config import TaskConfig
     from retort.lm.data.collate import encode_prompt
@@ -177,21 +177,12 @@ def child_trl(spec: dict) -> dict:
     dataset = Dataset.from_dict({"prompt": prompts})
     student = AutoModelForCausalLM.from_pretrained(spec["student"], dtype=torch.float32)
 
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.begin, self.times = None, []
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.begin = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter())
 
     fields = set(trl.GRPOConfig.__dataclass_fields__)
     missing = sorted(set(spec["config"]) - fields)
     if missing:
         raise SystemExit(f"trl {trl.__version__}: GRPOConfig has no {', '.join(missing)} (this script matches 1.16)")
-    timer = StepTimes()
+    timer = _child.step_timer()
     t0 = time.time()
     trainer = trl.GRPOTrainer(model=student, reward_funcs=[reward], args=trl.GRPOConfig(**spec["config"]),
                               train_dataset=dataset, processing_class=tok, callbacks=[timer])

@@ -202,7 +202,7 @@ def child_trl(spec: dict) -> dict:
     import torch
     import trl
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from retort.lm.config import TaskConfig
     from retort.lm.data.collate import encode_prompt
@@ -216,17 +216,8 @@ def child_trl(spec: dict) -> dict:
     student = AutoModelForCausalLM.from_pretrained(spec["student"], dtype=torch.float32)
     teacher = AutoModelForCausalLM.from_pretrained(spec["teacher"], dtype=torch.float32)
 
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.begin, self.times = None, []
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.begin = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter())
-
-    timer = StepTimes()
+    timer = _child.step_timer()
     cfg = trl.DistillationConfig(**spec["config"])
     t0 = time.time()
     trainer = trl.DistillationTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=dataset,

@@ -44,7 +44,7 @@ def test_api_traces_alternates_retort_and_curator(bench, monkeypatch, tmp_path):
     monkeypatch.setattr(anchors, "run_curator", fake("curator"))
     monkeypatch.setattr(anchors, "run_sequential", fake("sequential"))
     args = SimpleNamespace(servers=["latency"], delay=0.0, prompts_latency=4, reps=4, concurrency=[16, 64],
-                           no_curator=False)
+                           no_curator=False, no_sequential=False)
     rows = api.throughput(tmp_path, args)["latency"]["rows"]
     timed = calls[1:]  # the first call warms the server
     firsts = {}
