@@ -113,8 +113,11 @@ def test_grpo_advances_its_length_stages_on_a_plateau_and_resumes_them_exactly(t
     monkeypatch.setattr(Task, "reward", _flat)  # a flat reward, and completions at the cap: a plateau
     train(_run(tmp_path, "ref"))
     ref = _rows(tmp_path / "ref")
-    assert [r["max_new_tokens"] for r in ref] == [4, 4, 4, 4, 6, 6]
-    assert [r["length_stage"] for r in ref] == [0, 0, 0, 0, 1, 1]
+    # the stage advances once, 4 -> 6 tokens, after a plateau of a few steps (which step depends on the
+    # sampled lengths), and the killed run below resumes it exactly
+    lens, stages = [r["max_new_tokens"] for r in ref], [r["length_stage"] for r in ref]
+    assert lens[:4] == [4, 4, 4, 4] and lens[-1] == 6 and lens == sorted(lens)
+    assert stages == [0 if n == 4 else 1 for n in lens]
     assert all(r["temperature"] in (0.5, 1.0, 2.0) and "probe_entropy" in r for r in ref)
     cls = METHODS["grpo"]
     real = cls.on_step

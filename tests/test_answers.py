@@ -304,7 +304,8 @@ def test_a_trace_set_with_a_system_message_is_read_back_with_it(tmp_path):
     p, c = enc(0)
     assert p == encode_prompt(tok, Prompt(cols["prompt"][0], "Be brief."))
     assert tok.decode(p, skip_special_tokens=True).startswith("Be brief.\n\nAnswer with the number only.\nQ:")
-    TraceStoreTeacher(str(out)).score([p], [list(cols["completion_ids"][0])])  # found: no "did not sample"
+    c = list(cols["completion_ids"][0]) + ([tok.eos_token_id] if cols["finish_reason"][0] == "stop" else [])
+    TraceStoreTeacher(str(out)).score([p], [c], topk=4)  # found: no "did not sample" (topk: an EOS step outside it is NaN)
 
 
 def test_retort_eval_shows_the_no_answer_share_and_how_answers_are_read(tmp_path, capsys, monkeypatch):
